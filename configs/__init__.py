@@ -1,0 +1,1 @@
+"""The packaged default configuration files (YAML, one per mode, plus daemon.yaml)."""

@@ -1,0 +1,31 @@
+"""modcoord's supervisor, daemon and client side.
+
+Modules use :func:`connect`; everything modcoord raises derives from
+:class:`ModcoordError`.
+"""
+
+from modcoord.actors.errors import (
+    ActorCrashedError,
+    ActorStoppedError,
+    CallTimeoutError,
+    ConfigError,
+    ConnectionLostError,
+    InvalidMessageError,
+    ModcoordError,
+    NotRunningError,
+    QueueFullError,
+    RemoteError,
+)
+
+__all__ = [
+    "ActorCrashedError",
+    "ActorStoppedError",
+    "CallTimeoutError",
+    "ConfigError",
+    "ConnectionLostError",
+    "InvalidMessageError",
+    "ModcoordError",
+    "NotRunningError",
+    "QueueFullError",
+    "RemoteError",
+]
