@@ -1,13 +1,59 @@
-"""The ``modcoord`` command line (placeholder until the daemon lands)."""
+"""The ``modcoord`` command line: one module per command in ``commands/``.
+
+Exit codes are a contract: 0 success, 1 failure, 2 usage, 3 not running, 78 invalid
+config at start.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
+
+from modcoord.actors.errors import ModcoordError, NotRunningError
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS: tuple[str, ...] = (
+    "start", "stop", "status", "mode", "reload", "config", "insights", "optimize", "logs",
+    "metrics", "top", "debug",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modcoord",
+        description="The ModuleCoordinator daemon: debounce, cache, batch and monitor the "
+                    "updates of an application's modules.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        module = importlib.import_module(f"modcoord.supervisor.commands.{name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        p.add_argument("--runtime-dir", default=None,
+                       help="runtime directory (default: $MODCOORD_RUNTIME_DIR, "
+                            "$XDG_RUNTIME_DIR/modcoord, /tmp/modcoord-$UID)")
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("modcoord: commands arrive with the daemon", file=sys.stderr)
-    return 2
+    """Run one command; returns its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except NotRunningError as exc:
+        print(f"modcoord: {exc}", file=sys.stderr)
+        return 3
+    except ModcoordError as exc:
+        print(f"modcoord: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,586 @@
+"""The batcher: turns debounced updates into few, ordered deliveries to subscribers.
+
+Semantics (SPEC §3, Batcher):
+
+- ``critical`` updates go out at once, in a batch of their own (reason ``critical``; the
+  criticals of one :class:`Enqueue` travel together).
+- Other updates queue. The window opens with the first queued update; the queue goes out
+  ``batch.window_ms`` later (reason ``window``), or at once when ``batch.max_size`` are
+  queued (reason ``size``, in chunks of ``max_size``, oldest arrivals first).
+- A batch is ordered by priority (:data:`~modcoord.actors.update.PRIORITY_RANK`), then,
+  within one priority, grouped by source module (modules in the order of their first
+  update at that priority, by ``seq``), then by ``seq`` (see :func:`order_updates`).
+- Each subscriber gets one :class:`~modcoord.actors.update.Batch` per batch, holding only
+  the updates of the sources it subscribes to (``"*"`` = all); none if that is empty.
+  Every subscriber's copy of a batch has the same ``batch_id``; ids increase.
+- ``batch.enabled: false`` delivers each update on its own (reason ``unbatched``).
+- :class:`Enqueue` is never refused nor trimmed, even above ``batch.max_queue``: its
+  updates were already accepted. Admission happens before, at the façade, through the
+  shared :class:`QueueGauge`; stopping flushes the queue (reason ``flush``); a crash hands
+  it to the successor (:class:`BatcherHandover`).
+
+Deliveries go to ``context.extras["deliver"](subscriber_id, batch)`` in the actor's
+thread. A sink that raises is logged and counted; the other subscribers still get theirs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from modcoord.actors._base import ActorContext, ManagedActor, handles
+from modcoord.actors.clock import TimerHandle
+from modcoord.actors.errors import InvalidMessageError, ModcoordError
+from modcoord.actors.message import Message
+from modcoord.actors.settings import BatchSettings
+from modcoord.actors.update import PRIORITY_RANK, Batch, Update
+
+__all__ = [
+    "ALL_SOURCES",
+    "BatcherActor",
+    "BatcherHandover",
+    "BatcherStatistics",
+    "Enqueue",
+    "FlushBatches",
+    "QueueDepth",
+    "QueueGauge",
+    "QueueGaugeStatistics",
+    "Subscribe",
+    "Unsubscribe",
+    "order_updates",
+]
+
+ALL_SOURCES = "*"
+"""A subscription source meaning every module."""
+
+Deliver = Callable[[str, Batch], None]
+
+_UNKNOWN_RANK = len(PRIORITY_RANK)  # an unknown priority sorts after ``low``
+_timer_tokens = itertools.count(1)  # process-wide, so a successor never reuses a token
+
+
+# -- admission -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueGaugeStatistics:
+    """A snapshot of a :class:`QueueGauge`.
+
+    Attributes:
+        max_queue: ``batch.max_queue``.
+        depth: updates queued in the batcher now.
+        in_transit: updates sent towards the batcher and not yet received by it.
+        admitted / rejected: updates :meth:`QueueGauge.admit` accepted / refused.
+    """
+
+    max_queue: int
+    depth: int
+    in_transit: int
+    admitted: int
+    rejected: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class QueueGauge:
+    """Thread-safe admission control for the batch queue, shared by façade and batcher.
+
+    The batcher keeps :attr:`depth` (its queue length) current. Whoever sends the batcher
+    an :class:`Enqueue` may also call :meth:`sent` (the batcher calls :meth:`received`
+    when it takes it), so updates still in the batcher's inbox count against the limit
+    too; without :meth:`sent`, ``in_transit`` simply stays 0. The gauge is advisory: it
+    reserves nothing, so concurrent admissions may overshoot ``max_queue`` by what is in
+    flight — the batcher accepts those anyway (nothing accepted is dropped).
+
+    Args:
+        max_queue: ``batch.max_queue``.
+    """
+
+    def __init__(self, max_queue: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self._max_queue = max_queue
+        self._depth = 0
+        self._in_transit = 0
+        self._admitted = 0
+        self._rejected = 0
+
+    @property
+    def max_queue(self) -> int:
+        return self._max_queue
+
+    @property
+    def depth(self) -> int:
+        """Updates queued in the batcher now."""
+        return self._depth
+
+    @property
+    def rejected(self) -> int:
+        """Updates refused by :meth:`admit` so far."""
+        return self._rejected
+
+    def admit(self, n: int = 1) -> bool:
+        """Decide whether ``n`` more updates may be accepted.
+
+        Refused (and counted in :attr:`rejected`) when ``depth + in_transit + n`` would
+        exceed ``max_queue`` — for one update: when the queue is already full. The caller
+        then tells the publisher (``QueueFullError``); nothing is dropped silently.
+        """
+        with self._lock:
+            if self._depth + self._in_transit + n > self._max_queue:
+                self._rejected += n
+                return False
+            self._admitted += n
+            return True
+
+    def set_depth(self, depth: int) -> None:
+        """Batcher only: record the queue length now."""
+        self._depth = depth
+
+    def set_max_queue(self, max_queue: int) -> None:
+        """Apply a new ``batch.max_queue``."""
+        with self._lock:
+            self._max_queue = max_queue
+
+    def sent(self, n: int) -> None:
+        """``n`` updates were sent towards the batcher (an :class:`Enqueue` told)."""
+        with self._lock:
+            self._in_transit += n
+
+    def received(self, n: int) -> None:
+        """Batcher only: ``n`` updates arrived (never goes below zero)."""
+        with self._lock:
+            self._in_transit = max(0, self._in_transit - n)
+
+    def statistics(self) -> QueueGaugeStatistics:
+        """Return an immutable snapshot."""
+        with self._lock:
+            return QueueGaugeStatistics(
+                max_queue=self._max_queue,
+                depth=self._depth,
+                in_transit=self._in_transit,
+                admitted=self._admitted,
+                rejected=self._rejected,
+            )
+
+
+# -- ordering ------------------------------------------------------------------------------
+
+
+def _rank_seq(update: Update) -> tuple[int, int]:
+    return PRIORITY_RANK.get(update.priority, _UNKNOWN_RANK), update.seq
+
+
+def order_updates(updates: Iterable[Update]) -> list[Update]:
+    """Return ``updates`` in batch order, in O(n log n).
+
+    By priority (critical first; an unknown priority last), then within one priority
+    grouped by source module — modules in the order of their first (lowest ``seq``)
+    update at that priority — and each module's updates by ``seq``.
+    """
+    ranked = sorted(updates, key=_rank_seq)
+    n = len(ranked)
+    if n < 2:
+        return ranked
+    out: list[Update] = []
+    rank = PRIORITY_RANK.get
+    i = 0
+    while i < n:
+        current = rank(ranked[i].priority, _UNKNOWN_RANK)
+        groups: dict[str, list[Update]] = {}
+        j = i
+        while j < n:
+            u = ranked[j]
+            if rank(u.priority, _UNKNOWN_RANK) != current:
+                break
+            group = groups.get(u.module_id)
+            if group is None:
+                groups[u.module_id] = [u]
+            else:
+                group.append(u)
+            j += 1
+        if len(groups) == 1:
+            out.extend(ranked[i:j])
+        else:
+            for group in groups.values():
+                out.extend(group)
+        i = j
+    return out
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Enqueue(Message):
+    """Debounced updates to batch (from the debouncer). Never refused or trimmed."""
+
+    updates: tuple[Update, ...]
+
+
+@dataclass(frozen=True)
+class Subscribe(Message):
+    """Deliver to ``module_id`` the updates of ``sources`` (``"*"`` = every module).
+
+    Replaces any previous subscription of ``module_id``.
+    """
+
+    module_id: str
+    sources: tuple[str, ...] = (ALL_SOURCES,)
+
+
+@dataclass(frozen=True)
+class Unsubscribe(Message):
+    """Stop delivering to ``module_id``; the reply is whether it was subscribed."""
+
+    module_id: str
+
+
+@dataclass(frozen=True)
+class FlushBatches(Message):
+    """Deliver everything queued now (reason ``flush``); the reply is how many updates."""
+
+
+@dataclass(frozen=True)
+class QueueDepth(Message):
+    """The reply is the number of updates queued now."""
+
+
+@dataclass(frozen=True)
+class _WindowDue(Message):
+    """Private timer tick: the window armed with token ``generation`` is due."""
+
+    generation: int
+
+
+# -- snapshots -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatcherStatistics:
+    """A snapshot of the batcher.
+
+    Attributes:
+        batches: batches sent out (one per batch, however many subscribers got it).
+        updates: updates sent out in them.
+        mean_size: ``updates / batches`` (0.0 before the first batch).
+        efficiency: updates sent out per millisecond of processing time spent ordering
+            and delivering batches (CPU work measured with ``perf_counter``, not clock
+            time); 0.0 before the first batch.
+        queue_depth: updates queued now.
+        rejected: updates the :class:`QueueGauge` refused (0 without a gauge).
+        deliveries: calls to the delivery sink (one per subscriber per batch).
+        delivery_errors: of those, how many raised.
+        subscribers: subscriptions held.
+        max_queue: ``batch.max_queue``.
+    """
+
+    batches: int
+    updates: int
+    mean_size: float
+    efficiency: float
+    queue_depth: int
+    rejected: int
+    deliveries: int
+    delivery_errors: int
+    subscribers: int
+    max_queue: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BatcherHandover:
+    """A batcher's pending work, for its successor's :meth:`BatcherActor.restore`.
+
+    Attributes:
+        queued: the queued updates, in arrival order.
+        subscriptions: ``(subscriber_id, sources)`` pairs.
+        next_batch_id: the id the next batch takes (ids keep increasing across restarts).
+    """
+
+    queued: tuple[Update, ...]
+    subscriptions: tuple[tuple[str, tuple[str, ...]], ...]
+    next_batch_id: int
+
+
+# -- the actor -----------------------------------------------------------------------------
+
+
+def _no_sink(subscriber_id: str, batch: Batch) -> None:
+    logger.bind(actor="batcher").warning(
+        "no delivery sink: batch {id} for {sub} not delivered", id=batch.batch_id,
+        sub=subscriber_id,
+    )
+
+
+class BatcherActor(ManagedActor):
+    """Batches debounced updates and delivers them to subscribers (see the module doc).
+
+    Extras read from ``context.extras``: ``deliver`` (the sink, required in practice),
+    ``queue_gauge`` (a :class:`QueueGauge`, kept current), ``metrics`` (a
+    ``MetricsRegistry``; ``publish_to_delivery`` is recorded once per update sent out).
+    """
+
+    actor_name = "batcher"
+    settings_type = BatchSettings
+
+    def __init__(self, settings: Any, context: ActorContext, takeover: Any = None) -> None:
+        super().__init__(settings, context, takeover)
+        extras = context.extras
+        deliver = extras.get("deliver")
+        if deliver is None:
+            logger.bind(actor=self.actor_name).warning("started without a delivery sink")
+        self._deliver: Deliver = deliver if deliver is not None else _no_sink
+        self._metrics: Any = extras.get("metrics")
+        self._gauge: QueueGauge | None = extras.get("queue_gauge")
+        self._queue: list[Update] = []
+        # subscriber id -> (sources as given, frozenset of sources or None for all)
+        self._subs: dict[str, tuple[tuple[str, ...], frozenset[str] | None]] = {}
+        self._next_batch_id = 1
+        self._window_token = 0
+        self._window_start = 0.0
+        self._window_deadline: float | None = None
+        self._timer: TimerHandle | None = None
+        self._batches = 0
+        self._updates = 0
+        self._deliveries = 0
+        self._delivery_errors = 0
+        self._busy_s = 0.0
+        self._log = logger.bind(actor=self.actor_name)
+        if self._gauge is not None:
+            self._gauge.set_max_queue(self.settings.max_queue)
+            self._gauge.set_depth(0)
+
+    # -- hooks --
+
+    def statistics(self) -> BatcherStatistics:
+        return BatcherStatistics(
+            batches=self._batches,
+            updates=self._updates,
+            mean_size=self._updates / self._batches if self._batches else 0.0,
+            efficiency=self._updates / (self._busy_s * 1000.0) if self._busy_s > 0 else 0.0,
+            queue_depth=len(self._queue),
+            rejected=self._gauge.rejected if self._gauge is not None else 0,
+            deliveries=self._deliveries,
+            delivery_errors=self._delivery_errors,
+            subscribers=len(self._subs),
+            max_queue=self.settings.max_queue,
+        )
+
+    def apply_settings(self, old: Any, new: Any) -> None:
+        if self._gauge is not None:
+            self._gauge.set_max_queue(new.max_queue)
+        if not new.enabled:
+            self._flush_all("flush")
+        elif len(self._queue) >= new.max_size:
+            self._flush_full()
+        elif self._window_deadline is not None and new.window_ms != old.window_ms:
+            if self.clock.monotonic() >= self._window_start + new.window_ms / 1000.0:
+                self._flush_all("window")
+            else:
+                self._arm_window(self._window_start)
+        self._sync_gauge()
+
+    def export_pending(self) -> BatcherHandover:
+        return BatcherHandover(
+            queued=tuple(self._queue),
+            subscriptions=tuple((sid, sources) for sid, (sources, _) in self._subs.items()),
+            next_batch_id=self._next_batch_id,
+        )
+
+    def restore(self, pending: Any) -> None:
+        if not isinstance(pending, BatcherHandover):
+            if pending is not None:
+                self._log.warning("ignored a handover of type {t}", t=type(pending).__name__)
+            return
+        for sid, sources in pending.subscriptions:
+            self._subscribe(sid, tuple(sources))
+        self._next_batch_id = max(self._next_batch_id, pending.next_batch_id)
+        if pending.queued:
+            self._log.info("took over {n} queued updates", n=len(pending.queued))
+            self._accept(tuple(pending.queued))
+
+    def flush_pending(self) -> None:
+        n = self._flush_all("flush")
+        if n:
+            self._log.info("flushed {n} queued updates on stop", n=n)
+
+    # -- handlers --
+
+    @handles(Enqueue)
+    def _on_enqueue(self, message: Enqueue) -> None:
+        updates = message.updates
+        if self._gauge is not None:
+            self._gauge.received(len(updates))
+        self._accept(updates)
+
+    @handles(Subscribe)
+    def _on_subscribe(self, message: Subscribe) -> None:
+        sources = message.sources
+        if isinstance(sources, str):
+            sources = (sources,)
+        if type(message.module_id) is not str or not all(type(s) is str for s in sources):
+            raise InvalidMessageError("Subscribe: module_id and sources must be strings")
+        self._subscribe(message.module_id, tuple(sources))
+
+    @handles(Unsubscribe)
+    def _on_unsubscribe(self, message: Unsubscribe) -> bool:
+        return self._subs.pop(message.module_id, None) is not None
+
+    @handles(FlushBatches)
+    def _on_flush(self, message: FlushBatches) -> int:
+        return self._flush_all("flush")
+
+    @handles(QueueDepth)
+    def _on_queue_depth(self, message: QueueDepth) -> int:
+        return len(self._queue)
+
+    @handles(_WindowDue)
+    def _on_window_due(self, message: _WindowDue) -> None:
+        if message.generation != self._window_token or self._window_deadline is None:
+            return  # a stale tick (re-armed, flushed, or a predecessor's timer)
+        if self.clock.monotonic() < self._window_deadline:
+            self._arm_window(self._window_start)  # early wake-up: wait the rest
+            return
+        self._flush_all("window")
+
+    # -- internals --
+
+    def _subscribe(self, subscriber_id: str, sources: tuple[str, ...]) -> None:
+        selector = None if ALL_SOURCES in sources else frozenset(sources)
+        self._subs[subscriber_id] = (sources, selector)
+
+    def _accept(self, updates: Sequence[Update]) -> None:
+        """Route accepted updates: criticals now, the rest into the queue."""
+        if not self.settings.enabled:
+            for u in order_updates(updates):
+                self._send((u,), "unbatched")
+            return
+        queue = self._queue
+        critical: list[Update] | None = None
+        for u in updates:
+            if u.priority == "critical":
+                if critical is None:
+                    critical = [u]
+                else:
+                    critical.append(u)
+            else:
+                queue.append(u)
+        if critical is not None:
+            self._send(order_updates(critical), "critical")
+        if len(queue) >= self.settings.max_size:
+            self._flush_full()
+        elif queue and self._window_deadline is None:
+            self._arm_window(self.clock.monotonic())
+        self._sync_gauge()
+
+    def _flush_full(self) -> None:
+        """Send full chunks of ``max_size`` (oldest first); the rest opens a new window."""
+        size = self.settings.max_size
+        queue = self._queue
+        full = len(queue) // size * size
+        self._queue = queue[full:]
+        self._cancel_window()
+        for start in range(0, full, size):
+            self._send(order_updates(queue[start:start + size]), "size")
+        if self._queue:
+            self._arm_window(self.clock.monotonic())
+        self._sync_gauge()
+
+    def _flush_all(self, reason: str) -> int:
+        """Send everything queued, in chunks of ``max_size``; return how many updates."""
+        queue, self._queue = self._queue, []
+        self._cancel_window()
+        self._sync_gauge()
+        size = self.settings.max_size if self.settings.enabled else 1
+        for start in range(0, len(queue), size):
+            self._send(order_updates(queue[start:start + size]), reason)
+        return len(queue)
+
+    def _arm_window(self, start: float) -> None:
+        self._cancel_window()
+        token = next(_timer_tokens)
+        self._window_token = token
+        self._window_start = start
+        self._window_deadline = deadline = start + self.settings.window_ms / 1000.0
+        self._timer = self.clock.call_at(deadline, partial(self._tick, token))
+
+    def _cancel_window(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._window_deadline = None
+        self._window_token = 0
+
+    def _tick(self, token: int) -> None:
+        """Timer callback (scheduler thread): tell the actor, by name if possible."""
+        message = _WindowDue(token)
+        try:
+            handle = self.context.handles.get(self.actor_name)
+            if handle is not None:
+                handle.tell(message)
+            else:
+                self.actor_ref.tell(message)
+        except (pykka.ActorDeadError, ModcoordError):
+            pass  # stopped: on_stop flushed the queue; restarted: the successor re-armed
+
+    def _sync_gauge(self) -> None:
+        if self._gauge is not None:
+            self._gauge.set_depth(len(self._queue))
+
+    def _send(self, ordered: Sequence[Update], reason: str) -> None:
+        """Deliver one batch (already in batch order) to every interested subscriber."""
+        if not ordered:
+            return
+        started = time.perf_counter()
+        batch_id = self._next_batch_id
+        self._next_batch_id = batch_id + 1
+        updates = tuple(ordered)
+        batch = Batch(batch_id, updates, reason)
+        positions: dict[str, list[int]] | None = None  # module -> indices, built lazily
+        deliver = self._deliver
+        for sub_id, (_, selector) in self._subs.items():
+            if selector is None:
+                part = batch
+            else:
+                if positions is None:
+                    positions = {}
+                    for i, u in enumerate(updates):
+                        positions.setdefault(u.module_id, []).append(i)
+                present = [m for m in positions if m in selector]
+                if not present:
+                    continue
+                if len(present) == len(positions):
+                    part = batch
+                elif len(present) == 1:
+                    part = Batch(batch_id, tuple(updates[i] for i in positions[present[0]]),
+                                 reason)
+                else:
+                    idx = sorted(itertools.chain.from_iterable(positions[m] for m in present))
+                    part = Batch(batch_id, tuple(updates[i] for i in idx), reason)
+            self._deliveries += 1
+            try:
+                deliver(sub_id, part)
+            except Exception:
+                self._delivery_errors += 1
+                self._log.opt(exception=True).error(
+                    "delivery of batch {id} to {sub} failed", id=batch_id, sub=sub_id
+                )
+        self._batches += 1
+        self._updates += len(updates)
+        metrics = self._metrics
+        if metrics is not None:
+            now = self.clock.monotonic()
+            for u in updates:
+                metrics.record("publish_to_delivery", now - u.published_at)
+        self._busy_s += time.perf_counter() - started

@@ -1,0 +1,575 @@
+"""The debouncer actor: per-key latest-wins delays, with a fast path for critical updates.
+
+Every update is keyed by ``(module_id, key)``. A publish schedules delivery at
+``now + delay(priority)`` (``critical_delay_ms`` for ``critical``, ``delay_ms`` otherwise).
+A later publish for the same key replaces the pending payload (latest wins) and restarts the
+timer, but never beyond ``first_pending_publish + max_wait_ms``, so a continuous stream
+still gets through. The pending entry keeps the highest priority seen among the publishes
+it collapsed; a publish of higher priority than the pending one only ever pulls the
+deadline in, never pushes it out.
+
+Scheduling uses one heap of ``(deadline, counter, key)`` for every key, invalidated lazily
+(an item is live only while its ``counter`` is the entry's current one), and exactly one
+armed clock timer, for the earliest deadline. On a wake every due key is emitted, in
+deadline then arrival order, to the batcher as one :class:`~modcoord.actors.batcher.Enqueue`
+message, and the timer is re-armed for the next deadline. Emitted, flushed and cancelled
+keys are forgotten (their dict entries deleted).
+
+With ``debounce.enabled: false`` updates pass straight through: each publish message is
+forwarded at once as one ``Enqueue``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import heapq
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+from loguru import logger
+from modcoord.actors._base import ActorContext, ManagedActor, handles
+from modcoord.actors.clock import TimerHandle
+from modcoord.actors.errors import InvalidMessageError, ModcoordError
+from modcoord.actors.histogram import LatencyHistogram
+from modcoord.actors.message import Message
+from modcoord.actors.settings import DebounceSettings
+from modcoord.actors.update import PRIORITIES, PRIORITY_RANK, Update
+
+__all__ = [
+    "Cancel",
+    "DebouncerActor",
+    "DebouncerHandover",
+    "DebouncerStatistics",
+    "Flush",
+    "Pending",
+    "PendingEntry",
+    "Publish",
+    "PublishMany",
+]
+
+_CRITICAL = PRIORITY_RANK["critical"]
+_TIMER_TOKENS = itertools.count(1)  # unique across actor instances (successors included)
+
+Key = tuple[str, str]
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishMany(Message):
+    """Debounce these updates (the hot path: the façade sends one per socket read).
+
+    Refused with :class:`InvalidMessageError` — and none of the updates accepted — if an
+    item is not an :class:`Update` or has an unknown priority.
+    """
+
+    updates: tuple[Update, ...]
+
+
+@dataclass(frozen=True)
+class Publish(Message):
+    """Debounce one update (same rules and refusals as :class:`PublishMany`)."""
+
+    update: Update
+
+
+@dataclass(frozen=True)
+class Flush(Message):
+    """Deliver pending updates now; the reply is how many were delivered.
+
+    Both ``None``: everything pending. ``module_id`` only: every key of that module.
+    Both given: that one ``(module_id, key)``. (``key`` only: that key of every module.)
+    """
+
+    module_id: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Drop the pending update of ``(module_id, key)``; the reply says whether there was one."""
+
+    module_id: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Pending(Message):
+    """Ask how many keys have an update pending."""
+
+
+@dataclass(frozen=True)
+class _Wake(Message):
+    """Private: the debouncer's clock timer fired (``token`` names which timer)."""
+
+    token: int = 0
+
+
+# -- snapshots and handover ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DebouncerStatistics:
+    """Immutable snapshot of the debouncer.
+
+    Attributes:
+        received: updates received (every one, including pass-through ones).
+        emitted: updates handed to the batcher (due, flushed or passed through).
+        collapsed: updates replaced by a later publish for the same key before emission.
+        cancelled: pending updates dropped by an explicit :class:`Cancel`.
+        pending: keys with an update pending now.
+        lateness_p50_ms: median of how late due keys were emitted after their deadline.
+        lateness_p99_ms: 99th percentile of the same.
+        lateness_max_ms: the largest lateness seen.
+        undelivered: updates that could not be handed to the batcher (its handle was
+            closed for good); normally zero.
+    """
+
+    received: int
+    emitted: int
+    collapsed: int
+    cancelled: int
+    pending: int
+    lateness_p50_ms: float
+    lateness_p99_ms: float
+    lateness_max_ms: float
+    undelivered: int = 0
+
+    def as_dict(self) -> dict[str, int | float]:
+        """Return the snapshot as a plain dict (for status output and metrics)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """One pending key, as handed to a successor.
+
+    Attributes:
+        update: the update that will be emitted (latest payload, effective priority).
+        first_at: clock reading of the key's first pending publish (``max_wait`` origin).
+        deadline: when it is due.
+    """
+
+    update: Update
+    first_at: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class DebouncerHandover:
+    """A debouncer's pending work, in emission order (deadline, then arrival)."""
+
+    entries: tuple[PendingEntry, ...]
+
+
+class _Entry:
+    """Mutable per-key state; ``seq`` is the counter of its live heap item."""
+
+    __slots__ = ("deadline", "first_at", "rank", "seq", "update")
+
+    def __init__(self, update: Update, rank: int, first_at: float, deadline: float,
+                 seq: int) -> None:
+        self.update = update
+        self.rank = rank
+        self.first_at = first_at
+        self.deadline = deadline
+        self.seq = seq
+
+    def final(self) -> Update:
+        """The update to emit: the latest one, carrying the effective priority."""
+        update = self.update
+        if PRIORITY_RANK[update.priority] != self.rank:
+            update = dataclasses.replace(update, priority=PRIORITIES[self.rank])
+        return update
+
+
+# -- the actor -------------------------------------------------------------------------------
+
+
+class DebouncerActor(ManagedActor):
+    """Debounces updates per ``(module_id, key)`` and hands due ones to the batcher.
+
+    Args:
+        settings: a :class:`DebounceSettings` (or its dict).
+        context: clock, peer handles (``batcher`` is required), failure reporting,
+            ``extras["metrics"]`` (optional: lateness is recorded there too).
+        takeover: a predecessor's :class:`DebouncerHandover`, restored before any message.
+    """
+
+    actor_name = "debouncer"
+    settings_type = DebounceSettings
+
+    def __init__(self, settings: Any, context: ActorContext, takeover: Any = None) -> None:
+        super().__init__(settings, context, takeover)
+        self._entries: dict[Key, _Entry] = {}
+        self._heap: list[tuple[float, int, Key]] = []
+        self._counter = itertools.count()
+        self._timer: TimerHandle | None = None
+        self._armed_at: float | None = None
+        self._token = 0
+        self._received = 0
+        self._emitted = 0
+        self._collapsed = 0
+        self._cancelled = 0
+        self._undelivered = 0
+        self._lateness = LatencyHistogram(context.clock)
+        self._enabled = True
+        self._delay = 0.0
+        self._critical_delay = 0.0
+        self._max_wait = 0.0
+        self._load(self.settings)
+
+    def _load(self, settings: DebounceSettings) -> None:
+        self._enabled = settings.enabled
+        self._delay = settings.delay_ms / 1000.0
+        self._critical_delay = settings.critical_delay_ms / 1000.0
+        self._max_wait = settings.max_wait_ms / 1000.0
+
+    # -- handlers --
+
+    @handles(PublishMany)
+    def _on_publish_many(self, message: PublishMany) -> None:
+        self._accept(message.updates)
+
+    @handles(Publish)
+    def _on_publish(self, message: Publish) -> None:
+        self._accept((message.update,))
+
+    @handles(Flush)
+    def _on_flush(self, message: Flush) -> int:
+        return self._flush(message.module_id, message.key, reraise=True)
+
+    @handles(Cancel)
+    def _on_cancel(self, message: Cancel) -> bool:
+        entry = self._entries.pop((message.module_id, message.key), None)
+        if entry is None:
+            return False
+        self._cancelled += 1
+        self._rearm()
+        return True
+
+    @handles(Pending)
+    def _on_pending(self, message: Pending) -> int:
+        return len(self._entries)
+
+    @handles(_Wake)
+    def _on_wake(self, message: _Wake) -> None:
+        if message.token == self._token:  # our armed timer fired; otherwise a stale one
+            self._timer = None
+            self._armed_at = None
+        clock = self.clock
+        now = clock.monotonic()
+        out: list[Update] = []
+        late: list[float] = []
+        while True:  # each round pops at least one heap item, so this ends
+            self._collect_due(now, out, late)
+            heap = self._heap
+            if not heap:
+                break
+            now = clock.monotonic()
+            if heap[0][0] > now:
+                break  # else time moved on while we worked: take what fell due meanwhile
+        if out:
+            self._record_lateness(late)
+            self._deliver(out)
+        self._rearm()
+
+    # -- the hot path --
+
+    def _accept(self, updates: tuple[Update, ...]) -> None:
+        """Debounce ``updates`` (all or none).
+
+        Raises:
+            InvalidMessageError: an item is not an Update or has an unknown priority;
+                nothing is accepted then.
+        """
+        rank_of = PRIORITY_RANK
+        for u in updates:
+            if type(u) is not Update or u.priority not in rank_of:
+                raise InvalidMessageError(
+                    f"debouncer: not a valid update: {u!r:.120}"
+                )
+        n = len(updates)
+        if not n:
+            return
+        self._received += n
+        if not self._enabled:
+            self._deliver(list(updates))
+            return
+        now = self.clock.monotonic()
+        entries = self._entries
+        heap = self._heap
+        push = heapq.heappush
+        counter = self._counter
+        delay = self._delay
+        critical_delay = self._critical_delay
+        max_wait = self._max_wait
+        earliest = math.inf
+        collapsed = 0
+        for u in updates:
+            rank = rank_of[u.priority]
+            key = (u.module_id, u.key)
+            entry = entries.get(key)
+            if entry is None:
+                deadline = now + (critical_delay if rank == _CRITICAL else delay)
+                seq = next(counter)
+                entries[key] = _Entry(u, rank, now, deadline, seq)
+                push(heap, (deadline, seq, key))
+            else:
+                collapsed += 1
+                entry.update = u
+                if rank < entry.rank:  # higher priority: only ever pull the deadline in
+                    entry.rank = rank
+                    deadline = now + (critical_delay if rank == _CRITICAL else delay)
+                    if deadline >= entry.deadline:
+                        continue
+                else:  # restart the timer, capped at first + max_wait
+                    deadline = now + (critical_delay if entry.rank == _CRITICAL else delay)
+                    cap = entry.first_at + max_wait
+                    if deadline > cap:
+                        deadline = cap
+                    if deadline == entry.deadline:
+                        continue
+                seq = next(counter)
+                entry.deadline = deadline
+                entry.seq = seq
+                push(heap, (deadline, seq, key))
+            if deadline < earliest:
+                earliest = deadline
+        self._collapsed += collapsed
+        if earliest != math.inf and (self._armed_at is None or earliest < self._armed_at):
+            self._arm(earliest)
+        if len(heap) > 2 * len(entries) + 1024:
+            self._rebuild_heap()
+
+    # -- scheduling --
+
+    def _collect_due(self, now: float, out: list[Update], late: list[float]) -> None:
+        """Move every key due at ``now`` out of the pending set, in heap order."""
+        heap = self._heap
+        entries = self._entries
+        pop = heapq.heappop
+        while heap and heap[0][0] <= now:
+            deadline, seq, key = pop(heap)
+            entry = entries.get(key)
+            if entry is None or entry.seq != seq:
+                continue  # stale item: superseded, flushed or cancelled
+            del entries[key]
+            out.append(entry.final())
+            late.append(now - deadline)
+
+    def _rebuild_heap(self) -> None:
+        """Drop stale heap items: one live item per pending key."""
+        self._heap = [(e.deadline, e.seq, k) for k, e in self._entries.items()]
+        heapq.heapify(self._heap)
+
+    def _rearm(self) -> None:
+        """Arm the one timer for the earliest live deadline (or disarm when none).
+
+        Re-arms only when that deadline is earlier than the armed one; a timer armed too
+        early just wakes the actor once for nothing.
+        """
+        entries = self._entries
+        heap = self._heap
+        if not entries:
+            heap.clear()
+            self._disarm()
+            return
+        while heap:
+            _, seq, key = heap[0]
+            entry = entries.get(key)
+            if entry is not None and entry.seq == seq:
+                break
+            heapq.heappop(heap)
+        if not heap:  # cannot happen while entries exist; be safe rather than stuck
+            self._rebuild_heap()
+        top = self._heap[0][0]
+        if self._armed_at is None or top < self._armed_at:
+            self._arm(top)
+
+    def _arm(self, deadline: float) -> None:
+        """Replace the armed timer with one at ``deadline`` that tells us ``_Wake``."""
+        if self._timer is not None:
+            self._timer.cancel()
+        token = next(_TIMER_TOKENS)
+        self._token = token
+        ref = self.actor_ref
+
+        def fire() -> None:
+            # If this actor is gone, its successor has armed its own timer.
+            with contextlib.suppress(pykka.ActorDeadError, ModcoordError):
+                ref.tell(_Wake(token))
+
+        self._armed_at = deadline
+        self._timer = self.clock.call_at(deadline, fire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._armed_at = None
+
+    # -- delivery --
+
+    def _emit(self, updates: tuple[Update, ...]) -> None:
+        """Send ``updates`` to the batcher as one ``Enqueue``.
+
+        Raises:
+            ModcoordError: the batcher's handle refused it (stopped for good).
+        """
+        from modcoord.actors.batcher import Enqueue  # lazy: keeps the modules independent
+
+        self.peer("batcher").tell(Enqueue(updates=updates))
+
+    def _deliver(self, updates: list[Update], reraise: bool = False) -> bool:
+        """Emit ``updates`` and count them; return whether the batcher took them.
+
+        On a refusal the updates are counted as ``undelivered`` and logged as an error.
+
+        Raises:
+            ModcoordError: the batcher refused them and ``reraise`` is set.
+        """
+        try:
+            self._emit(tuple(updates))
+        except ModcoordError as exc:
+            self._undelivered += len(updates)
+            logger.bind(actor=self.actor_name).error(
+                "could not hand {n} updates to the batcher: {exc}", n=len(updates), exc=exc
+            )
+            if reraise:
+                raise
+            return False
+        self._emitted += len(updates)
+        return True
+
+    def _record_lateness(self, late: list[float]) -> None:
+        record = self._lateness.record
+        for seconds in late:
+            record(seconds)
+        metrics = self.context.extras.get("metrics")
+        if metrics is not None:
+            for seconds in late:
+                metrics.record("debounce_lateness", seconds)
+
+    def _flush(self, module_id: str | None, key: str | None, reraise: bool = False) -> int:
+        """Deliver the matching pending updates now (deadline, then arrival order).
+
+        Returns:
+            How many were handed to the batcher (0 if nothing matched or it refused).
+
+        Raises:
+            ModcoordError: the batcher refused them and ``reraise`` is set.
+        """
+        entries = self._entries
+        if module_id is not None and key is not None:
+            entry = entries.pop((module_id, key), None)
+            selected = [] if entry is None else [entry]
+        elif module_id is None and key is None:
+            selected = list(entries.values())
+            entries.clear()
+        else:
+            keys = [k for k in entries
+                    if (module_id is None or k[0] == module_id) and (key is None or k[1] == key)]
+            selected = [entries.pop(k) for k in keys]
+        self._rearm()
+        if not selected:
+            return 0
+        selected.sort(key=lambda e: (e.deadline, e.seq))
+        updates = [e.final() for e in selected]
+        return len(updates) if self._deliver(updates, reraise=reraise) else 0
+
+    # -- ManagedActor hooks --
+
+    def statistics(self) -> DebouncerStatistics:
+        """Return an immutable snapshot of the counters and the lateness percentiles."""
+        late = self._lateness.total()
+        return DebouncerStatistics(
+            received=self._received,
+            emitted=self._emitted,
+            collapsed=self._collapsed,
+            cancelled=self._cancelled,
+            pending=len(self._entries),
+            lateness_p50_ms=late.p50,
+            lateness_p99_ms=late.p99,
+            lateness_max_ms=late.max,
+            undelivered=self._undelivered,
+        )
+
+    def apply_settings(self, old: Any, new: Any) -> None:
+        """Apply new settings, keeping pending work.
+
+        Disabled now: everything pending is flushed. Delays or ``max_wait`` shrunk:
+        pending deadlines are pulled in to ``now + new delay`` (and ``first + new
+        max_wait``), never pushed out. Otherwise scheduled deadlines stay as they are.
+        """
+        before = (self._delay, self._critical_delay, self._max_wait)
+        self._load(new)
+        if not self._enabled:
+            self._flush(None, None)
+            return
+        if not self._entries:
+            return
+        after = (self._delay, self._critical_delay, self._max_wait)
+        if not any(a < b for a, b in zip(after, before, strict=True)):
+            return
+        now = self.clock.monotonic()
+        for entry in self._entries.values():
+            pulled = min(
+                entry.deadline,
+                now + (self._critical_delay if entry.rank == _CRITICAL else self._delay),
+                max(now, entry.first_at + self._max_wait),
+            )
+            entry.deadline = pulled
+        self._rebuild_heap()
+        self._rearm()
+
+    def export_pending(self) -> DebouncerHandover:
+        """Return the pending work in emission order.
+
+        When called because this actor has ended (a crash or a handover), its timer is
+        cancelled too, so only the successor's timer remains.
+        """
+        ordered = sorted(self._entries.values(), key=lambda e: (e.deadline, e.seq))
+        if self.actor_stopped.is_set():
+            self._disarm()
+        return DebouncerHandover(
+            entries=tuple(PendingEntry(e.final(), e.first_at, e.deadline) for e in ordered)
+        )
+
+    def restore(self, pending: Any) -> None:
+        """Re-insert a predecessor's pending entries and arm the timer.
+
+        Entries keep their ``first_at`` and deadline (a deadline already past is emitted
+        at the first wake, its lateness counted). Anything but a
+        :class:`DebouncerHandover` (or ``None``) is logged as an error and ignored.
+        """
+        if pending is None:
+            return
+        if not isinstance(pending, DebouncerHandover):
+            logger.bind(actor=self.actor_name).error(
+                "cannot restore pending work of type {t}", t=type(pending).__name__
+            )
+            return
+        for item in pending.entries:
+            update = item.update
+            rank = PRIORITY_RANK.get(update.priority)
+            if rank is None:  # not ours to judge now: keep it, as a normal update
+                update = dataclasses.replace(update, priority="medium")
+                rank = PRIORITY_RANK["medium"]
+            self._entries[update.dedup_key] = _Entry(
+                update, rank, item.first_at, item.deadline, next(self._counter)
+            )
+        self._rebuild_heap()
+        self._rearm()
+
+    def flush_pending(self) -> None:
+        """Deliver everything pending now and cancel the timer (called on stop)."""
+        n = self._flush(None, None)
+        self._disarm()
+        if n:
+            logger.bind(actor=self.actor_name).info("flushed {n} pending updates on stop", n=n)

@@ -1,0 +1,789 @@
+"""The memory manager: module activity sweeps and memory-pressure cleanup.
+
+Two pieces:
+
+- :class:`ActivityTable` is a thread-safe record of when each module was last active. The
+  façade touches it on every publish, coordinate or call, in the I/O thread, without a
+  message hop; the common path is one dict write and one set membership test.
+- :class:`MemoryManagerActor` (``memory``) owns the table's maintenance. Every
+  ``memory.cleanup_interval_ms`` it tells the cache to purge expired entries and *sweeps*
+  the modules inactive longer than ``memory.inactive_after_ms``: the batcher is told to
+  drop their subscriptions (the module stays registered and connected) and the table marks
+  them swept. The next activity of a swept module makes :meth:`ActivityTable.touch` return
+  ``True`` (exactly once), and the caller tells the actor :class:`Reactivate`, which
+  subscribes the module again with its remembered sources.
+
+  Every ``memory.check_interval_ms`` it reads the daemon's resident memory. Above
+  ``memory.max_rss_mb`` it runs a *pressure* cleanup, with hysteresis: it fires once and
+  not again until the RSS has fallen below 90% of the limit and risen above it again.
+  What a pressure (or forced) cleanup does depends on ``memory.strategy``:
+
+  ============  ==================================================================
+  conservative  purge expired cache entries, sweep inactive modules
+  balanced      the above, cache ``Shrink(0.5)``, monitor ``Trim()``, ``gc.collect()``
+  aggressive    the above but cache ``Clear()`` instead of ``Shrink``
+  ============  ==================================================================
+
+  The interval cleanup always purges and sweeps only. The actor never blocks on another
+  actor for a timer-driven cleanup (it ``tell``\\ s); only :class:`ForceCleanup` waits
+  briefly (:data:`FORCED_REPLY_TIMEOUT_S` per reply) so its report can carry the cache's
+  counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from modcoord.actors._base import ActorContext, ManagedActor, handles
+from modcoord.actors.clock import Clock, TimerHandle
+from modcoord.actors.errors import InvalidMessageError, ModcoordError
+from modcoord.actors.message import Message
+from modcoord.actors.settings import MemorySettings
+
+__all__ = [
+    "CLEANUP_REASONS",
+    "FORCED_REPLY_TIMEOUT_S",
+    "REARM_FRACTION",
+    "ActivityStatistics",
+    "ActivityTable",
+    "CleanupReport",
+    "ForceCleanup",
+    "Forget",
+    "MemoryHandover",
+    "MemoryManagerActor",
+    "MemoryStatistics",
+    "Reactivate",
+    "Touch",
+    "Track",
+]
+
+MB = 1024 * 1024
+REARM_FRACTION = 0.9
+"""After a pressure cleanup, RSS must fall below this fraction of the limit to re-arm."""
+FORCED_REPLY_TIMEOUT_S = 0.5
+"""How long a forced cleanup waits for each of the cache's replies (then counts 0)."""
+CLEANUP_REASONS: tuple[str, ...] = ("interval", "pressure", "forced")
+
+_log = logger.bind(actor="memory")
+
+
+# -- activity table ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivityStatistics:
+    """Snapshot of an :class:`ActivityTable`.
+
+    Attributes:
+        modules: modules with a recorded activity.
+        swept: modules currently marked swept.
+        sweeps: times a module was marked swept, since creation.
+        reactivations: times :meth:`ActivityTable.touch` reported a swept module.
+    """
+
+    modules: int
+    swept: int
+    sweeps: int
+    reactivations: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "modules": self.modules, "swept": self.swept, "sweeps": self.sweeps,
+            "reactivations": self.reactivations,
+        }
+
+
+class ActivityTable:
+    """When each module was last active, and which modules have been swept.
+
+    Thread-safe. :meth:`touch` is the hot path (any thread); the memory actor does the
+    rest. Marking swept and touching are ordered so that a module touched while it is
+    being swept is either not swept, or reported by that touch as needing reactivation:
+    it never stays swept while active.
+
+    Args:
+        clock: where activity times are read.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._now = clock.monotonic
+        self._last: dict[str, float] = {}
+        self._swept: set[str] = set()
+        self._lock = threading.Lock()
+        self._sweeps = 0
+        self._reactivations = 0
+
+    def touch(self, module_id: str) -> bool:
+        """Record activity of ``module_id`` now.
+
+        Returns:
+            ``True`` if the module had been swept (it is unmarked now, and only this call
+            returns ``True`` for that sweep): the caller should tell the memory actor
+            ``Reactivate(module_id)``. ``False`` otherwise (the common case).
+        """
+        self._last[module_id] = self._now()
+        if module_id not in self._swept:
+            return False
+        with self._lock:
+            if module_id in self._swept:
+                self._swept.discard(module_id)
+                self._reactivations += 1
+                return True
+        return False
+
+    def last_seen(self, module_id: str) -> float | None:
+        """Return the clock time of the module's last activity, or ``None`` if unknown."""
+        return self._last.get(module_id)
+
+    def inactive_since(self, cutoff: float, include_swept: bool = False) -> list[str]:
+        """Return the modules last active before ``cutoff``, sorted.
+
+        Args:
+            cutoff: a clock time.
+            include_swept: also list modules already marked swept.
+        """
+        last = self._last.copy()
+        with self._lock:
+            swept = set(self._swept)
+        return sorted(
+            m for m, t in last.items() if t < cutoff and (include_swept or m not in swept)
+        )
+
+    def mark_swept(self, module_id: str, cutoff: float | None = None) -> bool:
+        """Mark ``module_id`` swept.
+
+        Args:
+            module_id: the module.
+            cutoff: if given, mark only if the module is known and was last active before
+                ``cutoff`` (checked again after marking, against a concurrent touch).
+                ``None`` marks unconditionally (used when restoring a handover).
+
+        Returns:
+            ``True`` if the module is newly marked; ``False`` if it was already swept,
+            is unknown or has been active since ``cutoff``.
+        """
+        with self._lock:
+            if module_id in self._swept:
+                return False
+            if cutoff is not None:
+                last = self._last.get(module_id)
+                if last is None or last >= cutoff:
+                    return False
+            self._swept.add(module_id)
+            if cutoff is not None and self._last.get(module_id, cutoff) >= cutoff:
+                self._swept.discard(module_id)  # a touch raced us: it is active
+                return False
+            self._sweeps += 1
+            return True
+
+    def unmark_swept(self, module_id: str) -> bool:
+        """Clear the swept mark. Returns ``True`` if the module was marked."""
+        with self._lock:
+            if module_id in self._swept:
+                self._swept.discard(module_id)
+                return True
+            return False
+
+    def is_swept(self, module_id: str) -> bool:
+        """Return whether the module is currently marked swept."""
+        return module_id in self._swept
+
+    def swept(self) -> frozenset[str]:
+        """Return the modules currently marked swept."""
+        with self._lock:
+            return frozenset(self._swept)
+
+    def forget(self, module_id: str) -> None:
+        """Drop everything known about ``module_id`` (it unregistered). Idempotent."""
+        with self._lock:
+            self._last.pop(module_id, None)
+            self._swept.discard(module_id)
+
+    def statistics(self) -> ActivityStatistics:
+        """Return an immutable snapshot of the table's counts."""
+        with self._lock:
+            return ActivityStatistics(
+                modules=len(self._last), swept=len(self._swept), sweeps=self._sweeps,
+                reactivations=self._reactivations,
+            )
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Track(Message):
+    """A module registered: remember the sources it subscribes to, and touch it."""
+
+    module_id: str
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Forget(Message):
+    """A module unregistered: drop its activity and sources."""
+
+    module_id: str
+
+
+@dataclass(frozen=True)
+class Touch(Message):
+    """Activity of a module (for callers without access to the shared table)."""
+
+    module_id: str
+
+
+@dataclass(frozen=True)
+class Reactivate(Message):
+    """A swept module became active: subscribe it again (sent after ``touch`` → True)."""
+
+    module_id: str
+
+
+@dataclass(frozen=True)
+class ForceCleanup(Message):
+    """Run a cleanup now with the strategy's full actions; the reply is a CleanupReport."""
+
+
+@dataclass(frozen=True)
+class _CleanupTick(Message):
+    token: int = 0
+
+
+@dataclass(frozen=True)
+class _CheckTick(Message):
+    token: int = 0
+
+
+# -- snapshots -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What one cleanup did.
+
+    Attributes:
+        reason: ``interval``, ``pressure`` or ``forced``.
+        strategy: the ``memory.strategy`` it ran under.
+        expired_purged: expired cache entries purged (0 when not waited for).
+        modules_swept: modules whose subscriptions were removed.
+        cache_shrunk: cache entries removed by ``Shrink``/``Clear`` (0 when unknown).
+        rss_before: resident memory before, bytes (``None`` if it could not be read).
+        rss_after: resident memory after, bytes (``None`` if it could not be read).
+        gc_collected: objects ``gc.collect()`` found, or ``None`` if it did not run.
+        actions: what was done, in order (``purge``, ``sweep``, ``shrink``, ``clear``,
+            ``trim``, ``gc``).
+        swept: the ids of the modules swept.
+    """
+
+    reason: str
+    strategy: str
+    expired_purged: int
+    modules_swept: int
+    cache_shrunk: int
+    rss_before: int | None
+    rss_after: int | None
+    gc_collected: int | None
+    actions: tuple[str, ...]
+    swept: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason, "strategy": self.strategy,
+            "expired_purged": self.expired_purged, "modules_swept": self.modules_swept,
+            "cache_shrunk": self.cache_shrunk, "rss_before": self.rss_before,
+            "rss_after": self.rss_after, "gc_collected": self.gc_collected,
+            "actions": list(self.actions), "swept": list(self.swept),
+        }
+
+
+@dataclass(frozen=True)
+class MemoryStatistics:
+    """Snapshot of the memory manager.
+
+    Attributes:
+        rss_bytes: the latest resident-memory reading (0 if none could be made).
+        max_rss_bytes: the limit, ``memory.max_rss_mb`` in bytes.
+        cleanups: ``(reason, count)`` for each reason in :data:`CLEANUP_REASONS`.
+        modules_tracked: registered modules.
+        modules_inactive: registered modules inactive longer than ``inactive_after_ms``.
+        modules_swept: registered modules whose subscriptions are currently removed.
+        pressure_armed: whether a pressure cleanup would fire above the limit.
+        strategy: the current ``memory.strategy``.
+        sweeps_total: modules swept since start (a module may count more than once).
+        reactivations_total: swept modules subscribed again since start.
+    """
+
+    rss_bytes: int
+    max_rss_bytes: int
+    cleanups: tuple[tuple[str, int], ...]
+    modules_tracked: int
+    modules_inactive: int
+    modules_swept: int
+    pressure_armed: bool
+    strategy: str
+    sweeps_total: int = 0
+    reactivations_total: int = 0
+
+    def cleanup_count(self, reason: str) -> int:
+        """Return how many cleanups ran for ``reason`` (0 for an unknown reason)."""
+        return dict(self.cleanups).get(reason, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rss_bytes": self.rss_bytes, "max_rss_bytes": self.max_rss_bytes,
+            "cleanups": dict(self.cleanups), "modules_tracked": self.modules_tracked,
+            "modules_inactive": self.modules_inactive, "modules_swept": self.modules_swept,
+            "pressure_armed": self.pressure_armed, "strategy": self.strategy,
+            "sweeps_total": self.sweeps_total,
+            "reactivations_total": self.reactivations_total,
+        }
+
+
+@dataclass(frozen=True)
+class MemoryHandover:
+    """A memory manager's state, for its successor's :meth:`MemoryManagerActor.restore`.
+
+    Attributes:
+        modules: ``(module_id, sources)`` of every tracked module.
+        swept: tracked modules whose subscriptions are removed.
+        pressure_armed: the hysteresis state.
+        cleanups: ``(reason, count)`` so far.
+        sweeps_total: see :class:`MemoryStatistics`.
+        reactivations_total: see :class:`MemoryStatistics`.
+    """
+
+    modules: tuple[tuple[str, tuple[str, ...]], ...]
+    swept: tuple[str, ...]
+    pressure_armed: bool
+    cleanups: tuple[tuple[str, int], ...] = ()
+    sweeps_total: int = 0
+    reactivations_total: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "modules": [[m, list(s)] for m, s in self.modules], "swept": list(self.swept),
+            "pressure_armed": self.pressure_armed, "cleanups": dict(self.cleanups),
+            "sweeps_total": self.sweeps_total,
+            "reactivations_total": self.reactivations_total,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MemoryHandover:
+        """Rebuild from :meth:`as_dict` output.
+
+        Raises:
+            InvalidMessageError: if the data does not have that shape.
+        """
+        try:
+            cleanups = data.get("cleanups", {})
+            return cls(
+                modules=tuple((str(m), tuple(str(s) for s in src)) for m, src in
+                              data.get("modules", ())),
+                swept=tuple(str(m) for m in data.get("swept", ())),
+                pressure_armed=bool(data.get("pressure_armed", True)),
+                cleanups=tuple((str(k), int(v)) for k, v in dict(cleanups).items()),
+                sweeps_total=int(data.get("sweeps_total", 0)),
+                reactivations_total=int(data.get("reactivations_total", 0)),
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InvalidMessageError(f"memory: malformed handover: {exc}") from exc
+
+
+# -- the actor -----------------------------------------------------------------------------
+
+
+@functools.cache
+def _process() -> Any:
+    import psutil
+
+    return psutil.Process()
+
+
+def _psutil_rss() -> int:
+    """The daemon's resident memory in bytes (psutil)."""
+    return int(_process().memory_info().rss)
+
+
+def _check_module_id(module_id: Any) -> str:
+    if not isinstance(module_id, str) or not module_id:
+        raise InvalidMessageError(f"memory: module_id must be a non-empty string, "
+                                  f"not {module_id!r}")
+    return module_id
+
+
+def _peer_message(module: str, name: str, *args: Any) -> Message | None:
+    """Build a peer actor's message, imported lazily (the peer module is optional here).
+
+    Returns ``None`` (and logs) if the peer module or message does not exist.
+    """
+    try:
+        mod = __import__(f"modcoord.actors.{module}", fromlist=[name])
+        cls = getattr(mod, name)
+    except (ImportError, AttributeError):
+        _log.error("cannot send {}.{}: not available", module, name)
+        return None
+    message: Message = cls(*args)
+    return message
+
+
+class MemoryManagerActor(ManagedActor):
+    """The ``memory`` actor. See the module docstring for what it does.
+
+    Uses ``context.extras["activity"]`` (an :class:`ActivityTable`; one is created and put
+    there if absent) and ``context.extras["rss_reader"]`` (a callable returning resident
+    bytes; psutil by default). A failing ``rss_reader`` is logged once and the check
+    skipped; it never crashes the actor.
+
+    Peers: ``cache`` (``Purge``, ``Shrink``, ``Clear``), ``batcher`` (``Subscribe``,
+    ``Unsubscribe``), ``monitor`` (``Trim``). A missing or stopped peer is skipped.
+    """
+
+    actor_name = "memory"
+    settings_type = MemorySettings
+    settings: MemorySettings
+
+    def __init__(self, settings: Any, context: ActorContext, takeover: Any = None) -> None:
+        super().__init__(settings, context, takeover)
+        activity = context.extras.get("activity")
+        if activity is None:
+            activity = ActivityTable(context.clock)
+            context.extras["activity"] = activity
+        self.activity: ActivityTable = activity
+        reader = context.extras.get("rss_reader")
+        self._read_rss: Callable[[], int] = reader if reader is not None else _psutil_rss
+        self._sources: dict[str, tuple[str, ...]] = {}
+        self._unsubscribed: set[str] = set()
+        self._armed = True
+        self._cleanups: dict[str, int] = dict.fromkeys(CLEANUP_REASONS, 0)
+        self._last_rss: int | None = None
+        self._rss_failing = False
+        self._sweeps_total = 0
+        self._reactivations_total = 0
+        self._cleanup_timer: TimerHandle | None = None
+        self._cleanup_deadline = 0.0
+        self._cleanup_token = 0
+        self._check_timer: TimerHandle | None = None
+        self._check_deadline = 0.0
+        self._check_token = 0
+
+    # -- lifecycle --
+
+    def started(self) -> None:
+        self._arm_cleanup()
+        self._arm_check()
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        for timer in (self._cleanup_timer, self._check_timer):
+            if timer is not None:
+                timer.cancel()
+
+    def apply_settings(self, old: Any, new: Any) -> None:
+        """Re-arm the timers whose interval changed; strategy and limits apply at once."""
+        if old.cleanup_interval_ms != new.cleanup_interval_ms:
+            self._arm_cleanup()
+        if old.check_interval_ms != new.check_interval_ms:
+            self._arm_check()
+        if old.strategy != new.strategy:
+            _log.info("memory strategy {} -> {}", old.strategy, new.strategy)
+
+    # -- timers --
+
+    def _post(self, message: Message) -> None:
+        """Timer callback: tell this actor a tick; ignored if the actor is gone."""
+        try:
+            self.actor_ref.tell(message)
+        except (pykka.ActorDeadError, ModcoordError):
+            pass
+
+    def _arm_cleanup(self, deadline: float | None = None) -> None:
+        if self._cleanup_timer is not None:
+            self._cleanup_timer.cancel()
+        self._cleanup_token += 1
+        if deadline is None:
+            deadline = self.clock.monotonic() + self.settings.cleanup_interval_ms / 1000.0
+        self._cleanup_deadline = deadline
+        self._cleanup_timer = self.clock.call_at(
+            deadline, functools.partial(self._post, _CleanupTick(self._cleanup_token))
+        )
+
+    def _arm_check(self, deadline: float | None = None) -> None:
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+        self._check_token += 1
+        if deadline is None:
+            deadline = self.clock.monotonic() + self.settings.check_interval_ms / 1000.0
+        self._check_deadline = deadline
+        self._check_timer = self.clock.call_at(
+            deadline, functools.partial(self._post, _CheckTick(self._check_token))
+        )
+
+    def _next_deadline(self, previous: float, interval_ms: float) -> float:
+        """The next tick on the original schedule, or a full interval from now if late."""
+        interval = interval_ms / 1000.0
+        now = self.clock.monotonic()
+        deadline = previous + interval
+        return deadline if deadline > now else now + interval
+
+    @handles(_CleanupTick)
+    def _on_cleanup_tick(self, message: _CleanupTick) -> None:
+        if message.token != self._cleanup_token:
+            return  # a timer replaced by a reconfigure
+        self._arm_cleanup(
+            self._next_deadline(self._cleanup_deadline, self.settings.cleanup_interval_ms)
+        )
+        self._cleanup("interval")
+
+    @handles(_CheckTick)
+    def _on_check_tick(self, message: _CheckTick) -> None:
+        if message.token != self._check_token:
+            return
+        self._arm_check(
+            self._next_deadline(self._check_deadline, self.settings.check_interval_ms)
+        )
+        self._check_pressure()
+
+    # -- module tracking --
+
+    @handles(Track)
+    def _on_track(self, message: Track) -> None:
+        module_id = _check_module_id(message.module_id)
+        sources = message.sources
+        if not isinstance(sources, (tuple, list)) or not all(isinstance(s, str) for s in sources):
+            raise InvalidMessageError("memory: sources must be a sequence of strings")
+        self._sources[module_id] = tuple(sources)
+        # A (re-)registration subscribes the module anew: it is no longer swept.
+        self._unsubscribed.discard(module_id)
+        self.activity.touch(module_id)
+        self.activity.unmark_swept(module_id)
+
+    @handles(Forget)
+    def _on_forget(self, message: Forget) -> None:
+        module_id = _check_module_id(message.module_id)
+        self._sources.pop(module_id, None)
+        self._unsubscribed.discard(module_id)
+        self.activity.forget(module_id)
+
+    @handles(Touch)
+    def _on_touch(self, message: Touch) -> None:
+        module_id = _check_module_id(message.module_id)
+        if self.activity.touch(module_id) or module_id in self._unsubscribed:
+            self._reactivate(module_id)
+
+    @handles(Reactivate)
+    def _on_reactivate(self, message: Reactivate) -> None:
+        self._reactivate(_check_module_id(message.module_id))
+
+    def _reactivate(self, module_id: str) -> None:
+        self.activity.unmark_swept(module_id)
+        if module_id not in self._unsubscribed:
+            return  # already active (duplicate notice) or not tracked
+        self._unsubscribed.discard(module_id)
+        sources = self._sources.get(module_id)
+        if sources is None:
+            return
+        self._tell("batcher", _peer_message("batcher", "Subscribe", module_id, sources))
+        self._reactivations_total += 1
+        _log.bind(module=module_id).info(
+            "module {} active again: subscriptions restored", module_id
+        )
+
+    # -- cleanup --
+
+    def _tell(self, peer: str, message: Message | None) -> None:
+        handle = self.context.handles.get(peer)
+        if handle is None or message is None:
+            return
+        try:
+            handle.tell(message)
+        except ModcoordError as exc:
+            _log.debug("could not tell {}: {}", peer, exc)
+
+    def _ask_count(self, peer: str, message: Message | None) -> int:
+        """Ask a peer for a count, waiting at most FORCED_REPLY_TIMEOUT_S; 0 on failure."""
+        handle = self.context.handles.get(peer)
+        if handle is None or message is None:
+            return 0
+        try:
+            result = handle.ask(message, timeout=FORCED_REPLY_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the cleanup goes on without the count
+            _log.debug("no count from {}: {!r}", peer, exc)
+            return 0
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+    def _cache_op(self, message: Message | None, wait: bool) -> int:
+        if wait:
+            return self._ask_count("cache", message)
+        self._tell("cache", message)
+        return 0
+
+    def _sweep(self) -> list[str]:
+        """Unsubscribe the tracked modules inactive longer than ``inactive_after_ms``."""
+        now = self.clock.monotonic()
+        inactive_s = self.settings.inactive_after_ms / 1000.0
+        cutoff = now - inactive_s
+        swept: list[str] = []
+        for module_id in self.activity.inactive_since(cutoff):
+            if module_id not in self._sources:
+                self.activity.forget(module_id)  # activity of an unregistered module
+                continue
+            if not self.activity.mark_swept(module_id, cutoff):
+                continue
+            self._unsubscribed.add(module_id)
+            self._tell("batcher", _peer_message("batcher", "Unsubscribe", module_id))
+            swept.append(module_id)
+            last = self.activity.last_seen(module_id)
+            idle = now - last if last is not None else inactive_s
+            _log.bind(module=module_id).info(
+                "module {} inactive for {:.1f} s: subscriptions removed", module_id, idle
+            )
+        self._sweeps_total += len(swept)
+        return swept
+
+    def _cleanup(self, reason: str, rss_before: int | None = None) -> CleanupReport:
+        """Run one cleanup (see the module docstring); log and count it."""
+        strategy = self.settings.strategy
+        full = reason != "interval"
+        wait = reason == "forced"
+        if rss_before is None:
+            rss_before = self._rss()
+        actions = ["purge", "sweep"]
+        purged = self._cache_op(_peer_message("cache", "Purge"), wait)
+        swept = self._sweep()
+        shrunk = 0
+        gc_collected: int | None = None
+        if full and strategy in ("balanced", "aggressive"):
+            if strategy == "balanced":
+                shrunk = self._cache_op(_peer_message("cache", "Shrink", 0.5), wait)
+                actions.append("shrink")
+            else:
+                shrunk = self._cache_op(_peer_message("cache", "Clear"), wait)
+                actions.append("clear")
+            from modcoord.actors.monitor import Trim
+
+            self._tell("monitor", Trim())
+            actions.append("trim")
+            gc_collected = gc.collect()
+            actions.append("gc")
+        rss_after = self._rss() if full else rss_before
+        self._cleanups[reason] = self._cleanups.get(reason, 0) + 1
+        report = CleanupReport(
+            reason=reason, strategy=strategy, expired_purged=purged,
+            modules_swept=len(swept), cache_shrunk=shrunk, rss_before=rss_before,
+            rss_after=rss_after, gc_collected=gc_collected, actions=tuple(actions),
+            swept=tuple(swept),
+        )
+        _log.bind(reason=reason, strategy=strategy).info(
+            "{} cleanup ({}): {}; {} module(s) swept, rss {} -> {} MB",
+            reason, strategy, "+".join(actions), len(swept),
+            _mb(rss_before), _mb(rss_after),
+        )
+        return report
+
+    @handles(ForceCleanup)
+    def _on_force_cleanup(self, message: ForceCleanup) -> CleanupReport:
+        return self._cleanup("forced")
+
+    # -- pressure --
+
+    def _rss(self) -> int | None:
+        """Read resident memory; ``None`` (logged once per failure streak) on failure."""
+        try:
+            rss = int(self._read_rss())
+        except Exception as exc:  # noqa: BLE001 - a failed reading skips one check
+            if not self._rss_failing:
+                _log.warning("cannot read resident memory: {!r}", exc)
+            self._rss_failing = True
+            return None
+        self._rss_failing = False
+        self._last_rss = rss
+        return rss
+
+    def _check_pressure(self) -> None:
+        rss = self._rss()
+        if rss is None:
+            return
+        limit = self.settings.max_rss_mb * MB
+        if self._armed and rss > limit:
+            self._armed = False
+            _log.warning(
+                "memory pressure: rss {} MB above the {} MB limit", _mb(rss),
+                _mb(int(limit)),
+            )
+            self._cleanup("pressure", rss_before=rss)
+        elif not self._armed and rss < REARM_FRACTION * limit:
+            self._armed = True
+            _log.info("memory back to {} MB: pressure cleanup re-armed", _mb(rss))
+
+    # -- snapshots --
+
+    def statistics(self) -> MemoryStatistics:
+        rss = self._last_rss if self._last_rss is not None else self._rss()
+        cutoff = self.clock.monotonic() - self.settings.inactive_after_ms / 1000.0
+        inactive = sum(
+            1 for m in self.activity.inactive_since(cutoff, include_swept=True)
+            if m in self._sources
+        )
+        return MemoryStatistics(
+            rss_bytes=rss or 0,
+            max_rss_bytes=int(self.settings.max_rss_mb * MB),
+            cleanups=tuple(self._cleanups.items()),
+            modules_tracked=len(self._sources),
+            modules_inactive=inactive,
+            modules_swept=len(self._unsubscribed),
+            pressure_armed=self._armed,
+            strategy=self.settings.strategy,
+            sweeps_total=self._sweeps_total,
+            reactivations_total=self._reactivations_total,
+        )
+
+    def export_pending(self) -> MemoryHandover:
+        return MemoryHandover(
+            modules=tuple(sorted(self._sources.items())),
+            swept=tuple(sorted(self._unsubscribed)),
+            pressure_armed=self._armed,
+            cleanups=tuple(self._cleanups.items()),
+            sweeps_total=self._sweeps_total,
+            reactivations_total=self._reactivations_total,
+        )
+
+    def restore(self, pending: Any) -> None:
+        """Take over a predecessor's tracked modules, swept set and hysteresis state.
+
+        Accepts a :class:`MemoryHandover` or its :meth:`~MemoryHandover.as_dict`. Anything
+        else is logged and ignored (the actor starts empty rather than failing).
+        """
+        if isinstance(pending, Mapping):
+            try:
+                pending = MemoryHandover.from_dict(pending)
+            except InvalidMessageError as exc:
+                _log.error("ignoring handover: {}", exc)
+                return
+        if not isinstance(pending, MemoryHandover):
+            _log.error("ignoring handover of type {}", type(pending).__name__)
+            return
+        self._sources.update((m, tuple(s)) for m, s in pending.modules)
+        for module_id, _ in pending.modules:
+            if self.activity.last_seen(module_id) is None:
+                self.activity.touch(module_id)  # unknown activity: a fresh full period
+        self._unsubscribed.update(m for m in pending.swept if m in self._sources)
+        for module_id in self._unsubscribed:
+            self.activity.mark_swept(module_id)
+        self._armed = pending.pressure_armed
+        for reason, count in pending.cleanups:
+            self._cleanups[reason] = self._cleanups.get(reason, 0) + count
+        self._sweeps_total += pending.sweeps_total
+        self._reactivations_total += pending.reactivations_total
+
+
+def _mb(value: int | None) -> str:
+    return "?" if value is None else f"{value / MB:.1f}"

@@ -1,0 +1,39 @@
+"""Show whether the daemon runs (exit 0) or not (exit 3), with its state."""
+
+from __future__ import annotations
+
+import argparse
+
+from modcoord.supervisor.commands._common import client, print_json
+
+HELP = "show the daemon's status (exit 3 when not running)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        status = c.status().get(timeout=10)
+    if args.json:
+        print_json(status)
+        return 0
+    perf = status["performance_metrics"]
+    lat = perf["coordination_latency_ms"]
+    print(f"modcoord running: pid {status['pid']}, up {status['uptime_s']:.1f} s, "
+          f"mode {status['mode']}")
+    print(f"  modules: {status['modules']}   subscriptions: {perf['active_subscriptions']}")
+    print(f"  coordination latency ms: p50 {lat['p50']:.3f}  p95 {lat['p95']:.3f}  "
+          f"p99 {lat['p99']:.3f}")
+    print(f"  cache: {status['cache_stats'].get('size', 0)}/{status['cache_stats'].get('max_size', 0)}"
+          f" entries, hit rate {perf['cache_hit_rate']:.2f}")
+    print(f"  batch queue: {status['batch_queue']['pending']} pending, "
+          f"efficiency {perf['batch_efficiency']:.1f} updates/ms")
+    print(f"  memory: {perf['memory_usage_bytes'] / 1048576:.1f} MiB")
+    actors = ", ".join(f"{n} {'up' if a['alive'] else 'DOWN'} ({a['restarts']} restarts)"
+                       for n, a in status["actors"].items())
+    print(f"  actors: {actors}")
+    if status.get("last_reload_error"):
+        print(f"  last reload error: {status['last_reload_error']}")
+    return 0

@@ -1,0 +1,51 @@
+"""Stop the daemon gracefully: pending updates are flushed to subscribers, then it exits."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from modcoord.actors.errors import ConnectionLostError, NotRunningError
+from modcoord.supervisor.commands._common import client, runtime_dir
+
+HELP = "stop the daemon gracefully"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the daemon to exit (default 30)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    from modcoord.supervisor.daemon import is_locked, read_pid
+    from modcoord.supervisor.paths import pidfile_path
+
+    pidfile = pidfile_path(runtime_dir(args))
+    if not is_locked(pidfile):
+        raise NotRunningError(f"modcoord is not running on {runtime_dir(args)}")
+    pid = read_pid(pidfile)
+    try:
+        with client(args) as c:
+            c.stop().get(timeout=args.timeout)
+    except ConnectionLostError:
+        pass
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not is_locked(pidfile) and (pid is None or not _alive(pid)):
+            print(f"modcoord stopped (pid {pid})")
+            return 0
+        time.sleep(0.05)
+    print(f"modcoord: pid {pid} did not exit within {args.timeout:g} s", file=sys.stderr)
+    return 1

@@ -1,0 +1,108 @@
+"""The controller: what the server calls for each request (circus's "controller").
+
+It forwards the data calls (register, publish, coordinate) straight to the
+:class:`~modcoord.supervisor.coordinator.ModuleCoordinator` and answers the control calls
+(``status``, ``mode``, ``reload``, ``stop``, ...), adding what only the daemon knows: the
+reloader's last error, the metrics exposition, the request to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from modcoord.actors.errors import InvalidMessageError
+from modcoord.supervisor.coordinator import ModuleCoordinator
+from modcoord.supervisor.exposition import render_metrics
+from modcoord.supervisor.module import ModuleEndpoint, ModuleInfo
+from modcoord.supervisor.reload import Reloader
+
+__all__ = ["Controller"]
+
+
+class Controller:
+    """Dispatches requests to the coordinator and the daemon.
+
+    Args:
+        coordinator: the running actor system.
+        reloader: re-reads the config directory (``None``: reload unsupported).
+        request_stop: asks the daemon to stop gracefully.
+        daemon_info: static facts for ``status`` (runtime dir, socket, log dir, config dir).
+    """
+
+    def __init__(self, coordinator: ModuleCoordinator, *, reloader: Reloader | None = None,
+                 request_stop: Callable[[], None] | None = None,
+                 daemon_info: dict[str, Any] | None = None) -> None:
+        self.coordinator = coordinator
+        self.reloader = reloader
+        self.request_stop = request_stop
+        self.daemon_info = dict(daemon_info or {})
+        self._calls: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "status": lambda p: self.status(),
+            "insights": lambda p: self.coordinator.insights(),
+            "optimize": lambda p: self.coordinator.optimize(),
+            "set_mode": lambda p: self.coordinator.set_mode(p["mode"]),
+            "mode": lambda p: {"mode": self.coordinator.mode},
+            "actor": lambda p: self.coordinator.actor_call(
+                p["actor"], p["method"], p.get("args") or {}),
+            "reload": lambda p: self.reload(),
+            "config": lambda p: self.coordinator.config.as_dict(),
+            "metrics": lambda p: render_metrics(self.status(), self.coordinator.metrics),
+            "crash": lambda p: self.coordinator.crash(p["actor"], p.get("kind", "exception")),
+            "stop": lambda p: self.stop(),
+        }
+
+    # -- data calls (hot path) --
+
+    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> dict[str, Any]:
+        return self.coordinator.register(info, endpoint)
+
+    def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> bool:
+        return self.coordinator.unregister(module_id, endpoint)
+
+    def publish_many(self, items: Any) -> list[Any]:
+        return self.coordinator.publish_many(items)
+
+    def coordinate(self, mode: str, context: dict[str, Any],
+                   reply: Callable[[Any, BaseException | None], None],
+                   caller: Sequence[str] = ()) -> None:
+        self.coordinator.coordinate(mode, context, reply, caller)
+
+    # -- control calls --
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        """Answer a control call.
+
+        Raises:
+            InvalidMessageError: unknown method or missing parameter.
+            ModcoordError: whatever the coordinator raises for the call.
+        """
+        handler = self._calls.get(method)
+        if handler is None:
+            raise InvalidMessageError(f"unknown method {method!r}")
+        try:
+            return handler(params)
+        except KeyError as exc:
+            raise InvalidMessageError(f"{method}: missing parameter {exc}") from None
+
+    def status_brief(self) -> dict[str, Any]:
+        import os
+
+        return {"pid": os.getpid(), "mode": self.coordinator.mode}
+
+    def status(self) -> dict[str, Any]:
+        out = self.coordinator.status()
+        out["last_reload_error"] = self.reloader.last_error if self.reloader else None
+        out["daemon"] = self.daemon_info
+        return out
+
+    def reload(self) -> dict[str, Any]:
+        if self.reloader is None:
+            raise InvalidMessageError("reload is not available in this process")
+        result = self.reloader.reload("request")
+        return {"ok": result.ok, "changed": result.changed, "error": result.error}
+
+    def stop(self) -> dict[str, Any]:
+        if self.request_stop is not None:
+            self.request_stop()
+        return {"stopping": True}

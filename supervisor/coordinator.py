@@ -1,0 +1,671 @@
+"""The ModuleCoordinator: the façade the daemon serves, usable in-process too.
+
+It owns the actor system — the supervisor, the five children and the shared objects they
+maintain — and offers the operations of SPEC §6: register modules, publish, coordinate,
+switch modes, status, insights, optimize, per-actor calls.
+
+Hot paths avoid actor hops (see docs/ARCHITECTURE.md, rule 9): ``publish_many`` hands one
+message per call to the debouncer; ``coordinate`` answers cache hits from the
+:class:`~modcoord.actors.cache.CacheStore` in the caller's thread and computes misses
+once per key (single flight) by calling every module's ``on_mode_change``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from loguru import logger
+
+from modcoord.actors import (
+    ActorHandle,
+    Batch,
+    Clock,
+    MonotonicClock,
+    Statistics,
+    Update,
+)
+from modcoord.actors.batcher import BatcherActor, FlushBatches, QueueGauge
+from modcoord.actors.cache import CacheActor, CacheStore, Clear, cache_key
+from modcoord.actors.debouncer import DebouncerActor, Flush, PublishMany
+from modcoord.actors.errors import (
+    CallTimeoutError,
+    InvalidMessageError,
+    ModcoordError,
+    QueueFullError,
+)
+from modcoord.actors.memory import ActivityTable, ForceCleanup, MemoryManagerActor, Reactivate
+from modcoord.actors.metrics import MetricsRegistry
+from modcoord.actors.monitor import Evaluate, MonitorActor, build_snapshot
+from modcoord.actors.update import PRIORITY_RANK
+from modcoord.supervisor.config import MODES, ConfigSet, load_config_dir, normalize_mode
+from modcoord.supervisor.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
+from modcoord.supervisor.supervisor import (
+    ApplySettings,
+    ChildSpec,
+    ChildStatus,
+    CrashChild,
+    RegisterModule,
+    SetMode,
+    StartChildren,
+    StopChildren,
+    SupervisionPolicy,
+    SupervisorActor,
+    UnregisterModule,
+)
+
+__all__ = ["ACTOR_NAMES", "CoordinationResult", "ModuleCoordinator", "default_child_specs"]
+
+ACTOR_NAMES: tuple[str, ...] = ("debouncer", "cache", "batcher", "memory", "monitor")
+
+ReplyFn = Callable[[Any, "BaseException | None"], None]
+
+_MODE_LOOKUP = {m: m for m in MODES} | {m.lower(): m for m in MODES}
+
+
+def default_child_specs() -> list[ChildSpec]:
+    """The children in start order: monitor first, debouncer last (stopped first)."""
+    return [
+        ChildSpec("monitor", MonitorActor),
+        ChildSpec("memory", MemoryManagerActor),
+        ChildSpec("cache", CacheActor),
+        ChildSpec("batcher", BatcherActor),
+        ChildSpec("debouncer", DebouncerActor),
+    ]
+
+
+@dataclass(frozen=True)
+class CoordinationResult:
+    """The result of ``coordinate``: per-module results of ``on_mode_change``."""
+
+    mode: str
+    strategy: str
+    results: dict[str, Any]
+    errors: dict[str, str]
+    cached: bool
+    latency_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "strategy": self.strategy, "results": self.results,
+            "errors": self.errors, "cached": self.cached, "latency_ms": self.latency_ms,
+        }
+
+
+# Actor methods callable by name (client proxies: ``coord.cache.statistics()``).
+def _actor_messages() -> dict[str, dict[str, Callable[..., Any]]]:
+    from modcoord.actors import batcher, cache, debouncer, memory, monitor
+
+    stats = {"statistics": lambda: Statistics()}
+    return {
+        "debouncer": stats | {
+            "flush": lambda module_id=None, key=None: debouncer.Flush(module_id, key),
+            "cancel": lambda module_id, key: debouncer.Cancel(module_id, key),
+            "pending": lambda: debouncer.Pending(),
+        },
+        "cache": stats | {
+            "clear": lambda: cache.Clear(),
+            "purge": lambda: cache.Purge(),
+            "shrink": lambda fraction: cache.Shrink(float(fraction)),
+        },
+        "batcher": stats | {
+            "flush": lambda: batcher.FlushBatches(),
+            "queue_depth": lambda: batcher.QueueDepth(),
+        },
+        "memory": stats | {"force_cleanup": lambda: memory.ForceCleanup()},
+        "monitor": stats | {
+            "latencies": lambda: monitor.Latencies(),
+            "trim": lambda: monitor.Trim(),
+        },
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Make an actor reply wire-friendly (snapshots → dicts)."""
+    as_dict = getattr(value, "as_dict", None)
+    if callable(as_dict):
+        return as_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Flight:
+    """Gathers ``on_mode_change`` replies for one coordination or mode switch."""
+
+    def __init__(self, expected: Sequence[str], done: Callable[[dict[str, Any], dict[str, str]],
+                 None]) -> None:
+        self.results: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self._waiting = set(expected)
+        self._done = done
+        self._lock = threading.Lock()
+        self._finished = False
+        if not self._waiting:
+            self._finish()
+
+    def reply(self, module_id: str, result: Any, error: str | None) -> None:
+        with self._lock:
+            if self._finished or module_id not in self._waiting:
+                return
+            self._waiting.discard(module_id)
+            if error is None:
+                self.results[module_id] = result
+            else:
+                self.errors[module_id] = error
+            last = not self._waiting
+        if last:
+            self._finish()
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            for module_id in self._waiting:
+                self.errors[module_id] = "timeout: no answer from module"
+            self._waiting.clear()
+        self._finish()
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        self._done(self.results, self.errors)
+
+
+class ModuleCoordinator:
+    """The actor system behind one daemon (or one in-process instance).
+
+    Args:
+        config: a validated config directory (default: the packaged configs).
+        mode: the initial mode (default: ``daemon.default_mode``).
+        clock: time source (default: a real :class:`MonotonicClock`).
+        rss_reader: returns the process's resident memory in bytes (default: psutil).
+        fault_injection: honour ``crash`` requests (``--allow-fault-injection``).
+        on_escalate: called with a reason when the supervisor gives up.
+        policy: supervision policy (default from ``daemon.yaml``).
+        specs: child specs (default: :func:`default_child_specs`).
+    """
+
+    def __init__(
+        self,
+        config: ConfigSet | None = None,
+        *,
+        mode: str | None = None,
+        clock: Clock | None = None,
+        rss_reader: Callable[[], int] | None = None,
+        fault_injection: bool = False,
+        on_escalate: Callable[[str], None] | None = None,
+        policy: SupervisionPolicy | None = None,
+        specs: Sequence[ChildSpec] | None = None,
+    ) -> None:
+        self.config = config or load_config_dir()
+        self.mode = normalize_mode(mode or self.config.daemon.default_mode)
+        self.clock: Clock = clock or MonotonicClock()
+        self._owns_clock = clock is None
+        process = psutil.Process()
+        self._rss_reader = rss_reader or (lambda: int(process.memory_info().rss))
+        sup = self.config.daemon.supervisor
+        self.policy = policy or SupervisionPolicy(
+            max_restarts=sup.max_restarts, within_s=sup.within_s,
+            backoff_initial_s=sup.backoff_initial_ms / 1000.0,
+            backoff_max_s=sup.backoff_max_ms / 1000.0,
+        )
+        self.fault_injection = fault_injection
+        self.on_escalate = on_escalate
+        self.escalated: str | None = None
+        self.specs = list(specs or default_child_specs())
+        settings = self.config.mode(self.mode)
+        self.metrics = MetricsRegistry(self.clock, window_s=settings.monitor.window_s)
+        self.cache_store = CacheStore(self.clock, settings.cache)
+        self.queue_gauge = QueueGauge(settings.batch.max_queue)
+        self.activity = ActivityTable(self.clock)
+        self.handles: dict[str, ActorHandle] = {s.name: ActorHandle(s.name) for s in self.specs}
+        self._endpoints: dict[str, ModuleEndpoint] = {}
+        self._infos: dict[str, ModuleInfo] = {}
+        self._modules_lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._supervisor: Any = None
+        self._started_at = time.monotonic()
+        self._running = False
+        self.undeliverable = 0
+        self.callback_timeout_s = self.config.daemon.callback_timeout_ms / 1000.0
+        self._log = logger.bind(actor="coordinator")
+
+    # -- lifecycle --
+
+    def start(self) -> ModuleCoordinator:
+        """Start the supervisor and its children. Returns self.
+
+        Raises:
+            CallTimeoutError: the children did not start within 10 s.
+        """
+        extras = {
+            "metrics": self.metrics,
+            "cache_store": self.cache_store,
+            "queue_gauge": self.queue_gauge,
+            "activity": self.activity,
+            "deliver": self._deliver,
+            "rss_reader": self._rss_reader,
+        }
+        self._supervisor = SupervisorActor.start(
+            self.specs, self.handles, self.config.modes, self.mode, self.clock,
+            policy=self.policy, extras=extras, fault_injection=self.fault_injection,
+            on_escalate=self._escalated,
+        )
+        self._supervisor.ask(StartChildren(), timeout=10.0)
+        self._started_at = time.monotonic()
+        self._running = True
+        self._log.info("coordinator started in {mode}", mode=self.mode)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully: children stop in reverse order, flushing pending work."""
+        if not self._running:
+            return
+        self._running = False
+        try:
+            self._supervisor.ask(StopChildren(timeout=timeout), timeout=timeout + 5.0)
+        except Exception:
+            self._log.opt(exception=True).error("stopping children failed")
+        try:
+            self._supervisor.stop(timeout=timeout)
+        except Exception:
+            self._log.opt(exception=True).error("stopping the supervisor failed")
+        if self._owns_clock and isinstance(self.clock, MonotonicClock):
+            self.clock.close()
+        self._log.info("coordinator stopped")
+
+    def __enter__(self) -> ModuleCoordinator:
+        return self.start() if not self._running else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def _escalated(self, reason: str) -> None:
+        self.escalated = reason
+        self._running = False
+        if self.on_escalate is not None:
+            self.on_escalate(reason)
+
+    def _ask_supervisor(self, message: Any, timeout: float = 5.0) -> Any:
+        try:
+            return self._supervisor.ask(message, timeout=timeout)
+        except Exception as exc:
+            if isinstance(exc, ModcoordError):
+                raise
+            import pykka
+
+            if isinstance(exc, pykka.Timeout):
+                raise CallTimeoutError(f"supervisor: no reply within {timeout} s") from exc
+            raise
+
+    # -- modules --
+
+    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> dict[str, Any]:
+        """Register a module reached through ``endpoint``.
+
+        Raises:
+            InvalidMessageError: another live module already uses this id.
+        """
+        with self._modules_lock:
+            if info.module_id in self._endpoints and self._endpoints[info.module_id] is not endpoint:
+                raise InvalidMessageError(
+                    f"module id {info.module_id!r} is already registered by another client"
+                )
+            self._endpoints[info.module_id] = endpoint
+            self._infos[info.module_id] = info
+        reply = self._ask_supervisor(RegisterModule(info))
+        self.activity.touch(info.module_id)
+        logger.bind(actor="supervisor", module=info.module_id).info(
+            "module registered: {name}", name=info.name
+        )
+        strategy = self._strategy(self.mode)
+        return {"module_id": info.module_id, "mode": reply["mode"], "strategy": strategy}
+
+    def register_module(self, module: Any) -> dict[str, Any]:
+        """Register an in-process module object (callbacks run in the caller's threads)."""
+        return self.register(ModuleInfo.of(module), LocalEndpoint(module))
+
+    def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> bool:
+        """Unregister a module (its subscriptions and activity tracking go too)."""
+        with self._modules_lock:
+            current = self._endpoints.get(module_id)
+            if current is None or (endpoint is not None and current is not endpoint):
+                return False
+            del self._endpoints[module_id]
+            self._infos.pop(module_id, None)
+        self._ask_supervisor(UnregisterModule(module_id))
+        logger.bind(actor="supervisor", module=module_id).info("module unregistered")
+        return True
+
+    def modules(self) -> dict[str, ModuleInfo]:
+        with self._modules_lock:
+            return dict(self._infos)
+
+    def _deliver(self, subscriber_id: str, batch: Batch) -> None:
+        endpoint = self._endpoints.get(subscriber_id)
+        if endpoint is None:
+            self.undeliverable += len(batch.updates)
+            logger.bind(actor="batcher", module=subscriber_id).warning(
+                "batch {id} for a module that went away ({n} updates)",
+                id=batch.batch_id, n=len(batch.updates),
+            )
+            return
+        endpoint.deliver(subscriber_id, batch)
+
+    # -- publish --
+
+    def publish(self, module_id: str, key: str, payload: Any, priority: str = "medium") -> int:
+        """Publish one update; returns its sequence number.
+
+        Raises:
+            InvalidMessageError: unknown module or priority.
+            QueueFullError: the batch queue is full (backpressure); nothing was accepted.
+        """
+        (result,) = self.publish_many([(module_id, key, payload, priority)])
+        if isinstance(result, BaseException):
+            raise result
+        return int(result)
+
+    def publish_many(self, items: Iterable[tuple[str, str, Any, str]]) -> list[int | ModcoordError]:
+        """Publish several updates in one hop; per item, its seq or the error refusing it."""
+        now = self.clock.monotonic()
+        out: list[int | ModcoordError] = []
+        accepted: list[Update] = []
+        touched: set[str] = set()
+        gauge, seq, infos = self.queue_gauge, self._seq, self._infos
+        for module_id, key, payload, priority in items:
+            if priority not in PRIORITY_RANK:
+                out.append(InvalidMessageError(
+                    f"priority must be one of critical, high, medium, low (got {priority!r})"))
+                continue
+            if module_id not in infos:
+                out.append(InvalidMessageError(f"module {module_id!r} is not registered"))
+                continue
+            if not gauge.admit():
+                out.append(QueueFullError(
+                    f"batch queue full ({gauge.max_queue} updates): publish later, or raise "
+                    "batch.max_queue"))
+                continue
+            n = next(seq)
+            accepted.append(Update(module_id, key, payload, priority, n, now))
+            out.append(n)
+            touched.add(module_id)
+        if accepted:
+            self.handles["debouncer"].tell(PublishMany(tuple(accepted)))
+        for module_id in touched:
+            self._touch(module_id)
+        return out
+
+    def _touch(self, module_id: str) -> None:
+        if self.activity.touch(module_id):
+            self.handles["memory"].tell(Reactivate(module_id))
+
+    # -- coordinate --
+
+    def _strategy(self, mode: str) -> str:
+        return str(self.config.mode(mode).memory.strategy)
+
+    def coordinate(self, mode: str, context: dict[str, Any] | None = None,
+                   reply: ReplyFn | None = None, caller: Sequence[str] = (),
+                   timeout: float = 5.0) -> CoordinationResult | None:
+        """Coordinate the modules for ``mode`` and ``context``.
+
+        With ``reply``, returns at once and calls ``reply(result_dict, None)`` or
+        ``reply(None, error)`` exactly once, from any thread. Without it, blocks up to
+        ``timeout`` and returns a :class:`CoordinationResult`.
+
+        Raises:
+            InvalidMessageError: unknown mode or a context that is not plain data.
+            CallTimeoutError: (blocking form) no result within ``timeout``.
+        """
+        if reply is None:
+            box: list[Any] = []
+            event = threading.Event()
+
+            def done(result: Any, error: BaseException | None) -> None:
+                box.append((result, error))
+                event.set()
+
+            self.coordinate(mode, context, done, caller)
+            if not event.wait(timeout):
+                raise CallTimeoutError(f"coordinate: no result within {timeout} s")
+            result, error = box[0]
+            if error is not None:
+                raise error
+            return CoordinationResult(**result)
+        started = time.perf_counter()
+        canonical = _MODE_LOOKUP.get(mode) if isinstance(mode, str) else None
+        if canonical is None:
+            try:
+                canonical = normalize_mode(mode)
+            except ModcoordError as exc:
+                reply(None, InvalidMessageError(str(exc)))
+                return None
+        if context is None:
+            context = {}
+        for module_id in caller:
+            self._touch(module_id)
+        try:
+            key = cache_key(canonical, context)
+        except ModcoordError as exc:
+            reply(None, exc)
+            return None
+        lookup = self.cache_store.lookup(key)
+        kind = lookup.kind
+        if kind == "hit":
+            self._answer(reply, lookup.value, True, started)
+        elif kind == "wait":
+            lookup.flight.add_waiter(
+                lambda value, error: reply(None, error) if error is not None
+                else self._answer(reply, value, True, started)
+            )
+        else:
+            self._compute(canonical, context, key, reply, started)
+        return None
+
+    def _answer(self, reply: ReplyFn, value: dict[str, Any], cached: bool, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.record("coordination", elapsed)
+        reply({**value, "cached": cached, "latency_ms": elapsed * 1000.0}, None)
+
+    def _compute(self, mode: str, context: dict[str, Any], key: str, reply: ReplyFn,
+                 started: float) -> None:
+        strategy = self._strategy(mode)
+        with self._modules_lock:
+            targets = [(m, self._endpoints[m]) for m, info in self._infos.items()
+                       if mode in info.supported_modes]
+
+        def done(results: dict[str, Any], errors: dict[str, str]) -> None:
+            value = {"mode": mode, "strategy": strategy, "results": results, "errors": errors}
+            if errors:
+                self.cache_store.fail(key, None, value)
+            else:
+                self.cache_store.complete(key, value)
+            self._answer(reply, value, False, started)
+
+        self._fan_out(targets, mode, strategy, context, done)
+
+    def _fan_out(self, targets: list[tuple[str, ModuleEndpoint]], mode: str, strategy: str,
+                 context: dict[str, Any],
+                 done: Callable[[dict[str, Any], dict[str, str]], None]) -> None:
+        flight = _Flight([m for m, _ in targets], done)
+        if not targets:
+            return
+        timer = self.clock.call_at(self.clock.monotonic() + self.callback_timeout_s, flight.expire)
+        for module_id, endpoint in targets:
+            def answer(result: Any, error: str | None, module_id: str = module_id) -> None:
+                flight.reply(module_id, result, error)
+
+            try:
+                endpoint.mode_change(module_id, mode, strategy, context, answer)
+            except Exception as exc:
+                flight.reply(module_id, None, f"{type(exc).__name__}: {exc}")
+        del timer
+
+    # -- control --
+
+    def set_mode(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
+        """Switch mode: reconfigure every actor live, then call every module's
+        ``on_mode_change``. Pending work is kept.
+
+        Raises:
+            InvalidMessageError: unknown mode.
+        """
+        try:
+            canonical = normalize_mode(mode)
+        except ModcoordError as exc:
+            raise InvalidMessageError(str(exc)) from None
+        previous = self._ask_supervisor(SetMode(canonical))
+        self.mode = canonical
+        self.queue_gauge.max_queue = self.config.mode(canonical).batch.max_queue
+        strategy = self._strategy(canonical)
+        with self._modules_lock:
+            targets = list(self._endpoints.items())
+        box: dict[str, Any] = {}
+        event = threading.Event()
+
+        def done(results: dict[str, Any], errors: dict[str, str]) -> None:
+            box.update(results=results, errors=errors)
+            event.set()
+
+        self._fan_out(targets, canonical, strategy, {"previous_mode": previous}, done)
+        event.wait(timeout if timeout is not None else self.callback_timeout_s + 1.0)
+        return {"mode": canonical, "previous": previous, "strategy": strategy,
+                "results": box.get("results", {}), "errors": box.get("errors", {})}
+
+    def apply_config(self, config: ConfigSet) -> None:
+        """Swap in a new validated config (a reload); actors reconfigured live."""
+        self.config = config
+        self.cache_store.reconfigure(config.mode(self.mode).cache)
+        self.queue_gauge.max_queue = config.mode(self.mode).batch.max_queue
+        self.callback_timeout_s = config.daemon.callback_timeout_ms / 1000.0
+        self._ask_supervisor(ApplySettings(config.modes))
+
+    def crash(self, actor: str, kind: str = "exception") -> None:
+        """Fault injection: make ``actor`` fail (only with fault injection enabled).
+
+        Raises:
+            InvalidMessageError: fault injection disabled, or unknown actor/kind.
+        """
+        self._ask_supervisor(CrashChild(actor, kind))
+
+    def actor_call(self, actor: str, method: str, args: dict[str, Any] | None = None,
+                   timeout: float = 5.0) -> Any:
+        """Call an actor's method by name (``cache``, ``statistics``).
+
+        Raises:
+            InvalidMessageError: unknown actor, method or arguments.
+        """
+        table = _actor_messages()
+        if actor not in table:
+            raise InvalidMessageError(
+                f"unknown actor {actor!r}; choose one of {', '.join(ACTOR_NAMES)}")
+        build = table[actor].get(method)
+        if build is None:
+            raise InvalidMessageError(
+                f"{actor} has no method {method!r}; choose one of {', '.join(table[actor])}")
+        try:
+            message = build(**(args or {}))
+        except TypeError as exc:
+            raise InvalidMessageError(f"{actor}.{method}: {exc}") from None
+        return _plain(self.handles[actor].ask(message, timeout=timeout))
+
+    def statistics(self, actor: str, timeout: float = 5.0) -> Any:
+        """Return the statistics snapshot of ``actor``."""
+        return self.handles[actor].ask(Statistics(), timeout=timeout)
+
+    def _gather_statistics(self, timeout: float = 2.0) -> dict[str, Any]:
+        futures = {}
+        for name in ACTOR_NAMES:
+            try:
+                futures[name] = self.handles[name].ask_future(Statistics())
+            except ModcoordError:
+                pass
+        out: dict[str, Any] = {}
+        deadline = time.monotonic() + timeout
+        for name, future in futures.items():
+            try:
+                out[name] = _plain(future.get(timeout=max(0.01, deadline - time.monotonic())))
+            except Exception:
+                out[name] = None
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """The SPEC §5 status fields (the same dict ``status --json`` prints)."""
+        stats = self._gather_statistics()
+        children = self._ask_supervisor(ChildStatus())
+        coordination = self.metrics.histogram("coordination").recent()
+        cache = stats.get("cache") or {}
+        batcher = stats.get("batcher") or {}
+        memory = stats.get("memory") or {}
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "mode": self.mode,
+            "strategy": self._strategy(self.mode),
+            "is_coordinating": self._running and not self.escalated,
+            "actors": {
+                name: {"alive": c["alive"], "restarts": c["restarts"], "state": c["state"]}
+                for name, c in children.items()
+            },
+            "modules": len(self._infos),
+            "performance_metrics": {
+                "coordination_latency_ms": {
+                    "p50": coordination.p50, "p95": coordination.p95, "p99": coordination.p99,
+                    "max": coordination.max, "count": coordination.count,
+                },
+                "memory_usage_bytes": self._rss_reader(),
+                "active_subscriptions": batcher.get("subscribers", 0),
+                "cache_hit_rate": cache.get("hit_rate", 0.0),
+                "batch_efficiency": batcher.get("efficiency", 0.0),
+            },
+            "cache_stats": cache,
+            "batch_queue": {
+                "pending": batcher.get("queue_depth", 0),
+                "max_queue": self.queue_gauge.max_queue,
+                "rejected": batcher.get("rejected", 0),
+            },
+            "debouncer": stats.get("debouncer"),
+            "batcher": batcher,
+            "memory": memory,
+            "monitor": stats.get("monitor"),
+            "undeliverable": self.undeliverable,
+            "last_reload_error": None,
+        }
+
+    def insights(self) -> dict[str, Any]:
+        """Insights and recommendations (the dict ``insights --json`` prints)."""
+        stats = self._gather_statistics()
+        children = self._ask_supervisor(ChildStatus())
+        restarts = {name: c["restarts"] for name, c in children.items()}
+        snapshot = build_snapshot(stats, restarts)
+        snapshot.setdefault("batcher", {})
+        if isinstance(snapshot["batcher"], dict):
+            snapshot["batcher"]["max_queue"] = self.queue_gauge.max_queue
+        result: dict[str, Any] = self.handles["monitor"].ask(Evaluate(snapshot), timeout=5.0)
+        return result
+
+    def optimize(self) -> dict[str, Any]:
+        """Flush pending debounces and batches (never drop), clear the cache, clean memory."""
+        flushed = self.handles["debouncer"].ask(Flush(), timeout=5.0)
+        delivered = self.handles["batcher"].ask(FlushBatches(), timeout=5.0)
+        cleared = self.handles["cache"].ask(Clear(), timeout=5.0)
+        report = self.handles["memory"].ask(ForceCleanup(), timeout=10.0)
+        self._log.info("optimize: flushed {f}, delivered {d}, cache cleared {c}",
+                       f=flushed, d=delivered, c=cleared)
+        return {"debounces_flushed": flushed, "updates_delivered": delivered,
+                "cache_cleared": cleared, "memory": _plain(report)}
+

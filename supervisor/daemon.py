@@ -1,0 +1,351 @@
+"""The daemon process: lifecycle, pidfile lock, signals, readiness.
+
+``modcoord start`` runs :func:`run` in the foreground or :func:`spawn` to detach. The
+contract (SPEC §5):
+
+- One daemon per runtime directory, enforced by an exclusive ``flock`` on
+  ``modcoord.pid``. The kernel drops the lock when the process dies, so a stale pidfile
+  left by a killed daemon never blocks a new start.
+- Ready means listening: the detached parent returns only then (through a pipe), and
+  under systemd ``READY=1`` is sent to ``$NOTIFY_SOCKET``.
+- SIGTERM/SIGINT stop gracefully (flush pending updates to connected subscribers, then
+  close the socket); a second one forces an immediate exit (code 1). SIGHUP reloads.
+- Exit codes: 0 stopped cleanly, 1 failure (including escalation by the supervisor),
+  78 invalid config at start.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from modcoord.actors.errors import ConfigError, ModcoordError
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILURE",
+    "EXIT_NOT_RUNNING",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "DaemonOptions",
+    "PidLock",
+    "prepare_runtime_dir",
+    "run",
+    "spawn",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_CONFIG = 78
+
+STATE_FILE = "daemon.json"
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """What ``modcoord start`` was given."""
+
+    runtime_dir: Path
+    config_dir: Path | None = None
+    mode: str | None = None
+    log_dir: Path | None = None
+    allow_fault_injection: bool = False
+
+
+class AlreadyRunningError(ModcoordError):
+    """Another daemon holds the runtime directory's pidfile lock."""
+
+
+def prepare_runtime_dir(path: Path) -> Path:
+    """Create the runtime directory with mode 0700 (tightening it if we own it).
+
+    Raises:
+        ModcoordError: it exists but belongs to another user.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise ModcoordError(f"runtime directory {path} belongs to uid {st.st_uid}, not us")
+    if st.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+class PidLock:
+    """An exclusive ``flock`` on the pidfile, holding our pid."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock and write our pid.
+
+        Raises:
+            AlreadyRunningError: another live process holds it.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                pid = read_pid(self.path)
+                raise AlreadyRunningError(
+                    f"modcoord is already running (pid {pid}) on {self.path.parent}"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid in a pidfile, or None."""
+    try:
+        return int(path.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a live daemon holds the pidfile lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+class _Daemon:
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+        self.stop_requested = threading.Event()
+        self.exit_code = EXIT_OK
+        self._signals = 0
+
+    def request_stop(self, code: int = EXIT_OK) -> None:
+        if code:
+            self.exit_code = code
+        self.stop_requested.set()
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os.write(2, b"modcoord: second signal, forcing exit\n")
+            os._exit(EXIT_FAILURE)
+        logger.bind(actor="daemon").info("signal {sig}: stopping gracefully",
+                                         sig=signal.Signals(signum).name)
+        self.stop_requested.set()
+
+    def run(self, ready: Any) -> int:
+        from modcoord.supervisor import paths
+        from modcoord.supervisor.config import load_config_dir, normalize_mode
+        from modcoord.supervisor.controller import Controller
+        from modcoord.supervisor.coordinator import ModuleCoordinator
+        from modcoord.supervisor.exposition import MetricsHTTPServer, render_metrics
+        from modcoord.supervisor.logs import setup_logging, shutdown_logging
+        from modcoord.supervisor.reload import ConfigWatcher, Reloader
+        from modcoord.supervisor.server import Server
+        from modcoord.supervisor.systemd import sd_notify
+
+        opts = self.options
+        runtime = prepare_runtime_dir(opts.runtime_dir)
+        try:
+            config = load_config_dir(opts.config_dir)
+            mode = normalize_mode(opts.mode or config.daemon.default_mode)
+        except ConfigError as exc:
+            ready.fail(EXIT_CONFIG, f"invalid config: {exc}")
+            return EXIT_CONFIG
+        lock = PidLock(paths.pidfile_path(runtime))
+        try:
+            lock.acquire()
+        except AlreadyRunningError as exc:
+            ready.fail(EXIT_FAILURE, str(exc))
+            return EXIT_FAILURE
+        log_dir = prepare_runtime_dir(opts.log_dir) if opts.log_dir else runtime
+        coordinator: ModuleCoordinator | None = None
+        server: Server | None = None
+        watcher: ConfigWatcher | None = None
+        http: MetricsHTTPServer | None = None
+        state_file = runtime / STATE_FILE
+        try:
+            holder: dict[str, Any] = {}
+            setup_logging(
+                log_dir, level=config.daemon.logs.level, max_bytes=config.daemon.logs.max_bytes,
+                keep=config.daemon.logs.keep,
+                context=lambda: {"mode": holder["c"].mode if "c" in holder else mode},
+            )
+            log = logger.bind(actor="daemon")
+            coordinator = ModuleCoordinator(
+                config, mode=mode, fault_injection=opts.allow_fault_injection,
+                on_escalate=lambda reason: self.request_stop(EXIT_FAILURE),
+            )
+            holder["c"] = coordinator
+            coordinator.start()
+            config_dir = config.directory
+
+            reloader = Reloader(lambda: load_config_dir(config_dir), coordinator.apply_config,
+                                notify=sd_notify)
+            reloader.prime(config) if hasattr(reloader, "prime") else None
+            sock = runtime / config.daemon.socket
+            info = {"runtime_dir": str(runtime), "socket": str(sock), "log_dir": str(log_dir),
+                    "config_dir": str(config_dir)}
+            controller = Controller(coordinator, reloader=reloader,
+                                    request_stop=self.request_stop, daemon_info=info)
+            if sock.exists() or sock.is_symlink():
+                sock.unlink()  # stale: we hold the lock, so no daemon owns it
+            server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes)
+            server.start()
+            watcher = ConfigWatcher(Path(config_dir), lambda: reloader.reload("file change"))
+            watcher.start()
+            if config.daemon.metrics.enabled:
+                http = MetricsHTTPServer(
+                    config.daemon.metrics.host, config.daemon.metrics.port,
+                    lambda: render_metrics(controller.status(), coordinator.metrics)
+                    if coordinator is not None else "",
+                )
+                info["metrics_port"] = str(http.start())
+            state_file.write_text(json.dumps({"pid": os.getpid(), **info}))
+            signal.signal(signal.SIGTERM, self._on_term)
+            signal.signal(signal.SIGINT, self._on_term)
+            signal.signal(signal.SIGHUP, lambda s, f: threading.Thread(
+                target=reloader.reload, args=("SIGHUP",), daemon=True).start())
+            log.info("daemon ready: pid {pid}, socket {sock}, mode {mode}",
+                     pid=os.getpid(), sock=str(sock), mode=mode)
+            ready.ok(os.getpid(), str(sock))
+            sd_notify("READY=1\nMAINPID=%d" % os.getpid())
+            while not self.stop_requested.wait(0.5):
+                pass
+            log.info("daemon stopping")
+            sd_notify("STOPPING=1")
+            return self.exit_code
+        except Exception as exc:
+            logger.bind(actor="daemon").opt(exception=True).critical("daemon failed: {e}", e=exc)
+            ready.fail(EXIT_FAILURE, f"daemon failed: {exc}")
+            self.exit_code = EXIT_FAILURE
+            return EXIT_FAILURE
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            if http is not None:
+                http.stop()
+            if server is not None:
+                server.pause_reading() if hasattr(server, "pause_reading") else None
+            if coordinator is not None:
+                coordinator.stop(timeout=config.daemon.shutdown_timeout_s)
+            if server is not None:
+                server.stop()
+            state_file.unlink(missing_ok=True)
+            logger.bind(actor="daemon").info("daemon stopped (exit {code})", code=self.exit_code)
+            shutdown_logging()
+            lock.release()
+
+
+class _Ready:
+    """Reports readiness (or failure) to whoever started us."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def _send(self, text: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, text.encode() + b"\n")
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.fd = None
+
+    def ok(self, pid: int, sock: str) -> None:
+        self._send(f"READY {pid} {sock}")
+
+    def fail(self, code: int, message: str) -> None:
+        if self.fd is None:
+            print(f"modcoord: {message}", file=sys.stderr)
+        self._send(f"ERROR {code} {message}")
+
+
+def run(options: DaemonOptions, ready_fd: int | None = None) -> int:
+    """Run the daemon in this process until it is stopped; returns the exit code."""
+    return _Daemon(options).run(_Ready(ready_fd))
+
+
+def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
+    """Start a detached daemon (double fork, new session) and wait until it is ready.
+
+    Returns:
+        ``(exit_code, text)``: ``(0, "pid socket")`` when ready, else the daemon's code and
+        error text (78 for an invalid config, 1 otherwise).
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # first child
+        os.close(r)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.chdir("/")
+        code = EXIT_FAILURE
+        try:
+            code = run(options, ready_fd=w)
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.waitpid(pid, 0)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    import select
+
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+        if not readable:
+            break
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        buf += chunk
+        if b"\n" in buf:
+            break
+    os.close(r)
+    line = buf.decode(errors="replace").strip()
+    if line.startswith("READY "):
+        return EXIT_OK, line[len("READY "):]
+    if line.startswith("ERROR "):
+        _, code, message = line.split(" ", 2)
+        return int(code), message
+    return EXIT_FAILURE, "daemon did not report ready within %.0f s" % timeout

@@ -1,0 +1,161 @@
+"""Modules as the coordinator sees them: their description and how to reach them.
+
+A module is any object with ``module_id``, ``name``, ``supported_modes``, ``subscribe``,
+``on_mode_change(mode, strategy, context)``, ``on_batch(batch)`` and optionally
+``get_performance_metrics()`` (the SPEC's ``ModeAwareModule``). The coordinator keeps a
+:class:`ModuleInfo` (plain data) and a :class:`ModuleEndpoint` for each: a
+:class:`LocalEndpoint` calls an in-process object, the server's endpoint sends frames to the
+module's process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from modcoord.actors.errors import InvalidMessageError
+from modcoord.actors.update import Batch
+from modcoord.supervisor.config import MODES
+
+__all__ = ["LocalEndpoint", "ModeAwareModule", "ModuleEndpoint", "ModuleInfo", "Reply"]
+
+Reply = Callable[[Any, "str | None"], None]
+"""``reply(result, error_text)``: called exactly once; ``error_text`` is None on success."""
+
+
+@runtime_checkable
+class ModeAwareModule(Protocol):
+    """What a module object provides (``get_performance_metrics`` is optional)."""
+
+    module_id: str
+    name: str
+    supported_modes: Any
+    subscribe: Any
+
+    def on_mode_change(self, mode: str, strategy: str, context: dict[str, Any]) -> Any: ...
+
+    def on_batch(self, batch: Batch) -> None: ...
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """A registered module, as plain data.
+
+    Attributes:
+        module_id: unique id; also the source id others subscribe to.
+        name: human-readable name.
+        supported_modes: the modes whose coordination it takes part in.
+        subscribe: source module ids whose updates it receives (``"*"`` = all).
+        has_metrics: whether it offers ``get_performance_metrics()``.
+    """
+
+    module_id: str
+    name: str
+    supported_modes: frozenset[str]
+    subscribe: tuple[str, ...]
+    has_metrics: bool = False
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> ModuleInfo:
+        """Build from wire params, validating every field.
+
+        Raises:
+            InvalidMessageError: naming the field that is wrong.
+        """
+        module_id = params.get("module_id")
+        if not isinstance(module_id, str) or not module_id or len(module_id) > 200:
+            raise InvalidMessageError("module_id must be a non-empty string (≤ 200 chars)")
+        name = params.get("name", module_id)
+        if not isinstance(name, str):
+            raise InvalidMessageError("name must be a string")
+        modes = params.get("supported_modes", list(MODES))
+        if not isinstance(modes, (list, tuple, set, frozenset)) or not all(
+            isinstance(m, str) for m in modes
+        ):
+            raise InvalidMessageError("supported_modes must be a list of mode names")
+        unknown = [m for m in modes if m not in MODES]
+        if unknown:
+            raise InvalidMessageError(f"supported_modes: unknown mode(s) {unknown}")
+        subscribe = params.get("subscribe", [])
+        if isinstance(subscribe, str):
+            subscribe = [subscribe]
+        if not isinstance(subscribe, (list, tuple, set, frozenset)) or not all(
+            isinstance(s, str) for s in subscribe
+        ):
+            raise InvalidMessageError("subscribe must be a list of module ids")
+        return cls(
+            module_id=module_id,
+            name=name,
+            supported_modes=frozenset(modes),
+            subscribe=tuple(subscribe),
+            has_metrics=bool(params.get("has_metrics", False)),
+        )
+
+    @classmethod
+    def of(cls, module: Any) -> ModuleInfo:
+        """Describe a module object (validating it like wire params)."""
+        return cls.from_params(
+            {
+                "module_id": getattr(module, "module_id", None),
+                "name": getattr(module, "name", getattr(module, "module_id", "")),
+                "supported_modes": list(getattr(module, "supported_modes", MODES)),
+                "subscribe": list(getattr(module, "subscribe", [])),
+                "has_metrics": callable(getattr(module, "get_performance_metrics", None)),
+            }
+        )
+
+    def to_params(self) -> dict[str, Any]:
+        return {
+            "module_id": self.module_id,
+            "name": self.name,
+            "supported_modes": sorted(self.supported_modes),
+            "subscribe": list(self.subscribe),
+            "has_metrics": self.has_metrics,
+        }
+
+
+class ModuleEndpoint(Protocol):
+    """How the coordinator reaches a module. No method may block the caller."""
+
+    def deliver(self, module_id: str, batch: Batch) -> None:
+        """Hand a batch to module ``module_id`` (called from the batcher's thread)."""
+        ...
+
+    def mode_change(self, module_id: str, mode: str, strategy: str,
+                    context: dict[str, Any], reply: Reply) -> None:
+        """Call the module's ``on_mode_change``; ``reply`` gets the result or an error."""
+        ...
+
+    def performance_metrics(self, module_id: str, reply: Reply) -> None:
+        """Call the module's ``get_performance_metrics``."""
+        ...
+
+
+class LocalEndpoint:
+    """Reaches a module object in this process; calls run in the caller's thread."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def deliver(self, module_id: str, batch: Batch) -> None:
+        self.module.on_batch(batch)
+
+    def mode_change(self, module_id: str, mode: str, strategy: str,
+                    context: dict[str, Any], reply: Reply) -> None:
+        try:
+            result = self.module.on_mode_change(mode, strategy, context)
+        except Exception as exc:
+            reply(None, f"{type(exc).__name__}: {exc}")
+        else:
+            reply(result, None)
+
+    def performance_metrics(self, module_id: str, reply: Reply) -> None:
+        fn = getattr(self.module, "get_performance_metrics", None)
+        if fn is None:
+            reply(None, "module has no get_performance_metrics")
+            return
+        try:
+            reply(fn(), None)
+        except Exception as exc:
+            reply(None, f"{type(exc).__name__}: {exc}")
