@@ -292,7 +292,13 @@ class ManagedActor(pykka.ThreadingActor):
         self.clock = context.clock
         self.settings = self._coerce(settings)
         self.handled = 0
-        self.handling = LatencyHistogram(context.clock)
+        metrics = context.extras.get("metrics")
+        # Message handling time: in the shared registry when there is one, so it outlives
+        # restarts and reaches the monitor and the metrics exposition.
+        self.handling: LatencyHistogram = (
+            metrics.histogram(f"actor_{self.actor_name}") if metrics is not None
+            else LatencyHistogram(context.clock)
+        )
         self._takeover = takeover
 
     # -- hooks for subclasses --

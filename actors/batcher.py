@@ -115,7 +115,12 @@ class QueueGauge:
 
     @property
     def max_queue(self) -> int:
+        """``batch.max_queue``; assigning it is the same as :meth:`set_max_queue`."""
         return self._max_queue
+
+    @max_queue.setter
+    def max_queue(self, value: int) -> None:
+        self.set_max_queue(value)
 
     @property
     def depth(self) -> int:

@@ -200,7 +200,8 @@ class Flight:
 
         Raises:
             CallTimeoutError: not resolved within ``timeout`` seconds.
-            BaseException: the error the leader passed to :meth:`CacheStore.fail`.
+            BaseException: the error the leader passed to :meth:`CacheStore.fail`, if any
+                (with no error, ``fail``'s value is returned).
         """
         with self._lock:
             if not self._done:
@@ -236,8 +237,11 @@ def _call_waiter(callback: Waiter, value: Any, error: BaseException | None) -> N
         logger.bind(actor="cache").opt(exception=True).error("single-flight waiter failed")
 
 
-class LookupKind(enum.Enum):
-    """What a :meth:`CacheStore.lookup` tells its caller to do."""
+class LookupKind(str, enum.Enum):
+    """What a :meth:`CacheStore.lookup` tells its caller to do.
+
+    A ``str`` enum: ``LookupKind.HIT == "hit"``, so callers may compare with plain strings.
+    """
 
     HIT = "hit"
     """The value is in :attr:`Lookup.value`."""
@@ -405,12 +409,17 @@ class CacheStore:
         if flight is not None:
             flight._resolve(value, None)
 
-    def fail(self, key: str, error: BaseException) -> None:
-        """End the flight for ``key`` with ``error``: wake the waiters, store nothing."""
+    def fail(self, key: str, error: BaseException | None, value: Any = None) -> None:
+        """End the flight for ``key`` without storing anything, and wake the waiters.
+
+        The waiters get ``(value, error)``: ``Flight.wait`` raises ``error`` if there is
+        one. With ``error=None`` the waiters get ``value`` as a result that must not be
+        cached (for example one holding per-module errors); the next lookup leads again.
+        """
         with self._lock:
             flight = self._flights.pop(key, None)
         if flight is not None:
-            flight._resolve(None, error)
+            flight._resolve(value, error)
 
     def get(self, key: str) -> Any:
         """Return the fresh value for ``key``, or ``None`` (counted as hit or miss).

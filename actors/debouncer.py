@@ -425,6 +425,9 @@ class DebouncerActor(ManagedActor):
         from modcoord.actors.batcher import Enqueue  # lazy: keeps the modules independent
 
         self.peer("batcher").tell(Enqueue(updates=updates))
+        gauge = self.context.extras.get("queue_gauge")
+        if gauge is not None:
+            gauge.sent(len(updates))  # in transit to the batcher: counts for admission
 
     def _deliver(self, updates: list[Update], reraise: bool = False) -> bool:
         """Emit ``updates`` and count them; return whether the batcher took them.
@@ -535,8 +538,8 @@ class DebouncerActor(ManagedActor):
         cancelled too, so only the successor's timer remains.
         """
         ordered = sorted(self._entries.values(), key=lambda e: (e.deadline, e.seq))
-        if self.actor_stopped.is_set():
-            self._disarm()
+        if self.actor_stopped.is_set() or getattr(self, "_handed_over", False):
+            self._disarm()  # this actor is ending (crash or handover: see ManagedActor)
         return DebouncerHandover(
             entries=tuple(PendingEntry(e.final(), e.first_at, e.deadline) for e in ordered)
         )

@@ -32,6 +32,7 @@ Two pieces:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import threading
@@ -500,10 +501,8 @@ class MemoryManagerActor(ManagedActor):
 
     def _post(self, message: Message) -> None:
         """Timer callback: tell this actor a tick; ignored if the actor is gone."""
-        try:
+        with contextlib.suppress(pykka.ActorDeadError, ModcoordError):
             self.actor_ref.tell(message)
-        except (pykka.ActorDeadError, ModcoordError):
-            pass
 
     def _arm_cleanup(self, deadline: float | None = None) -> None:
         if self._cleanup_timer is not None:
@@ -615,7 +614,7 @@ class MemoryManagerActor(ManagedActor):
             return 0
         try:
             result = handle.ask(message, timeout=FORCED_REPLY_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - the cleanup goes on without the count
+        except Exception as exc:  # the cleanup goes on without the count
             _log.debug("no count from {}: {!r}", peer, exc)
             return 0
         return result if isinstance(result, int) and not isinstance(result, bool) else 0
@@ -682,8 +681,11 @@ class MemoryManagerActor(ManagedActor):
             rss_after=rss_after, gc_collected=gc_collected, actions=tuple(actions),
             swept=tuple(swept),
         )
-        _log.bind(reason=reason, strategy=strategy).info(
-            "{} cleanup ({}): {}; {} module(s) swept, rss {} -> {} MB",
+        # A routine interval cleanup that swept nothing is not worth an INFO line every
+        # cleanup_interval_ms (the cache logs its own purges when it removes something).
+        level = "DEBUG" if reason == "interval" and not swept else "INFO"
+        _log.bind(reason=reason, strategy=strategy).log(
+            level, "{} cleanup ({}): {}; {} module(s) swept, rss {} -> {} MB",
             reason, strategy, "+".join(actions), len(swept),
             _mb(rss_before), _mb(rss_after),
         )
@@ -699,7 +701,7 @@ class MemoryManagerActor(ManagedActor):
         """Read resident memory; ``None`` (logged once per failure streak) on failure."""
         try:
             rss = int(self._read_rss())
-        except Exception as exc:  # noqa: BLE001 - a failed reading skips one check
+        except Exception as exc:  # a failed reading skips one check
             if not self._rss_failing:
                 _log.warning("cannot read resident memory: {!r}", exc)
             self._rss_failing = True

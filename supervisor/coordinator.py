@@ -42,7 +42,7 @@ from modcoord.actors.errors import (
 )
 from modcoord.actors.memory import ActivityTable, ForceCleanup, MemoryManagerActor, Reactivate
 from modcoord.actors.metrics import MetricsRegistry
-from modcoord.actors.monitor import Evaluate, MonitorActor, build_snapshot
+from modcoord.actors.monitor import Insights, MonitorActor
 from modcoord.actors.update import PRIORITY_RANK
 from modcoord.supervisor.config import MODES, ConfigSet, load_config_dir, normalize_mode
 from modcoord.supervisor.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
@@ -648,14 +648,7 @@ class ModuleCoordinator:
 
     def insights(self) -> dict[str, Any]:
         """Insights and recommendations (the dict ``insights --json`` prints)."""
-        stats = self._gather_statistics()
-        children = self._ask_supervisor(ChildStatus())
-        restarts = {name: c["restarts"] for name, c in children.items()}
-        snapshot = build_snapshot(stats, restarts)
-        snapshot.setdefault("batcher", {})
-        if isinstance(snapshot["batcher"], dict):
-            snapshot["batcher"]["max_queue"] = self.queue_gauge.max_queue
-        result: dict[str, Any] = self.handles["monitor"].ask(Evaluate(snapshot), timeout=5.0)
+        result: dict[str, Any] = self.handles["monitor"].ask(Insights(), timeout=5.0)
         return result
 
     def optimize(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ truncation) and :func:`format_record` (a human-readable, optionally coloured lin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -114,10 +115,10 @@ def _make_formatter(context: Callable[[], dict[str, Any]] | None
         if out.get("actor") is None:
             out["actor"] = DEFAULT_ACTOR
         out.setdefault("source", f"{record['name']}:{record['function']}:{record['line']}")
-        exc = record["exception"]
-        if exc is not None:
+        failure = record["exception"]
+        if failure is not None:
             out["exception"] = "".join(
-                traceback.format_exception(exc.type, exc.value, exc.traceback)
+                traceback.format_exception(failure.type, failure.value, failure.traceback)
             ).rstrip("\n")
         try:
             line = json.dumps(out, ensure_ascii=False, default=_json_default)
@@ -188,10 +189,8 @@ def setup_logging(
     log_dir.mkdir(parents=True, exist_ok=True)
     with _state_lock:
         _remove_handlers_locked()
-        try:
+        with contextlib.suppress(ValueError):  # already gone
             logger.remove(0)  # loguru's default stderr handler
-        except ValueError:
-            pass
         handler_id = logger.add(
             str(log_dir / LOG_FILE),
             level=level,
@@ -216,10 +215,8 @@ def setup_logging(
 
 def _remove_handlers_locked() -> None:
     while _handler_ids:
-        try:
+        with contextlib.suppress(ValueError):  # removed elsewhere already
             logger.remove(_handler_ids.pop())
-        except ValueError:  # removed elsewhere already
-            pass
 
 
 def shutdown_logging() -> None:
@@ -503,6 +500,7 @@ def follow_records(
     path = log_dir / LOG_FILE
     fh: Any = None
     identity: tuple[int, int] | None = None
+    rotated_from: tuple[tuple[int, int], int] | None = None  # (identity, mtime) of the old file
     buffer = b""
 
     def open_current() -> bool:
@@ -538,6 +536,13 @@ def follow_records(
                 if not open_current():
                     stop.wait(poll_interval)
                     continue
+                if rotated_from is not None:
+                    # Files rotated out between the one we read and the one now current
+                    # (a burst can rotate several times within one poll) are read whole.
+                    assert identity is not None
+                    for between in _rotated_between(log_dir, *rotated_from, identity):
+                        yield from _records_of(_read_lines(between), match, stats)
+                    rotated_from = None
             got = False
             for rec in drain():
                 got = True
@@ -552,17 +557,11 @@ def follow_records(
                 st = None
             if st is not None and (st.st_ino, st.st_dev) != identity:
                 yield from drain()  # whatever was written before the rename
-                old_identity, old_mtime = identity, os.fstat(fh.fileno()).st_mtime_ns
+                assert identity is not None
+                rotated_from = (identity, os.fstat(fh.fileno()).st_mtime_ns)
                 fh.close()
                 fh = None
-                if not open_current():
-                    continue
-                # Files rotated out between the one we read and the one now current (a
-                # burst can rotate several times within one poll) are read whole first.
-                assert old_identity is not None and identity is not None
-                for between in _rotated_between(log_dir, old_identity, old_mtime, identity):
-                    yield from _records_of(_read_lines(between), match, stats)
-                continue
+                continue  # open the new file at once
             if st is not None and st.st_size < fh.tell():
                 fh.seek(0)
                 buffer = b""
@@ -577,6 +576,7 @@ def follow_records(
 
 _RESET = "\x1b[0m"
 _DIM = "\x1b[2m"
+_WHO = "\x1b[36m"
 _LEVEL_COLORS: dict[str, str] = {
     "TRACE": "\x1b[36m",          # cyan
     "DEBUG": "\x1b[34m",          # blue
@@ -622,7 +622,8 @@ def format_record(rec: dict[str, Any], color: bool = False) -> str:
     fields = [(k, v) for k, v in rec.items() if k not in _SHOWN_APART]
     if color:
         tint = _LEVEL_COLORS.get(level, "")
-        head = f"{_DIM}{when}{_RESET} {tint}{level:<8}{_RESET} \x1b[36m{who}{_RESET} {tint}{message}{_RESET}"
+        head = (f"{_DIM}{when}{_RESET} {tint}{level:<8}{_RESET} "
+                f"{_WHO}{who}{_RESET} {tint}{message}{_RESET}")
         tail = "".join(f" {_DIM}{k}={_RESET}{_plain_value(v)}" for k, v in fields)
     else:
         head = f"{when} {level:<8} {who} {message}"

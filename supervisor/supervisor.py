@@ -424,6 +424,10 @@ class SupervisorActor(pykka.ThreadingActor):
                 "restarted {name} (restart #{n}, pending work taken over)",
                 name=name, n=child.restarts,
             )
+            if "monitor" in self.handles:
+                from modcoord.actors.monitor import Restarted
+
+                self._tell("monitor", Restarted(name))
 
     def _escalate(self, reason: str) -> None:
         self.escalated = reason
@@ -510,11 +514,13 @@ class SupervisorActor(pykka.ThreadingActor):
     def _on_UnregisterModule(self, message: UnregisterModule) -> bool:
         from modcoord.actors.batcher import Unsubscribe
         from modcoord.actors.memory import Forget
+        from modcoord.actors.monitor import ForgetModule
 
         known = self.modules.pop(message.module_id, None) is not None
         if known:
             self._tell("batcher", Unsubscribe(message.module_id))
             self._tell("memory", Forget(message.module_id))
+            self._tell("monitor", ForgetModule(message.module_id))
         return known
 
     def _on_Modules(self, message: Modules) -> tuple[ModuleInfo, ...]:

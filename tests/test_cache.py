@@ -294,8 +294,12 @@ def test_waiter_callbacks_get_value_or_error(clock: MockClock) -> None:
     flight = store.lookup("k").flight
     assert flight is not None
     seen: list[tuple[Any, Any]] = []
+
+    def broken(value: Any, error: BaseException | None) -> None:
+        raise ZeroDivisionError("a broken waiter must not stop the others")
+
     flight.add_waiter(lambda v, e: seen.append((v, e)))
-    flight.add_waiter(lambda v, e: 1 / 0)  # a broken waiter must not stop the others
+    flight.add_waiter(broken)
     flight.add_waiter(lambda v, e: seen.append(("second", v)))
     store.complete("k", 5)
     assert seen == [(5, None), ("second", 5)]
@@ -318,6 +322,19 @@ def test_failure_propagates_to_waiters_and_stores_nothing(clock: MockClock) -> N
         flight.wait(WAIT_S)
     assert store.lookup("k").lead  # nothing was stored: the next caller leads again
     assert store.statistics().size == 0
+
+
+def test_fail_without_error_hands_waiters_an_uncached_value(clock: MockClock) -> None:
+    store = store_with(clock)
+    assert store.lookup("k").kind == "lead"  # a str enum: plain strings compare equal
+    joined = store.lookup("k")
+    assert joined.kind == "wait" and joined.flight is not None
+    seen: list[tuple[Any, Any]] = []
+    joined.flight.add_waiter(lambda v, e: seen.append((v, e)))
+    store.fail("k", None, {"errors": {"m": "timeout"}})
+    assert seen == [({"errors": {"m": "timeout"}}, None)]
+    assert joined.flight.wait(WAIT_S) == {"errors": {"m": "timeout"}}
+    assert store.lookup("k").kind == "lead"  # not cached
 
 
 def test_flight_wait_times_out(clock: MockClock) -> None:

@@ -275,10 +275,24 @@ def test_follow_filters_and_handles_truncation(tmp_path: Path) -> None:
     assert out.empty()
 
 
+class _PollProbe(threading.Event):
+    """A stop event that also tells when the follower has waited for a poll interval."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polled = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.polled.set()
+        return super().wait(timeout)
+
+
 def test_follow_waits_for_a_missing_file_and_stops_promptly(tmp_path: Path) -> None:
-    stop = threading.Event()
+    stop = _PollProbe()
     thread, out = _follow_in_thread(tmp_path, stop)
     try:
+        assert stop.polled.wait(WAIT)  # it found no file and is polling for it
+        assert not (tmp_path / LOG_FILE).exists()
         setup_logging(tmp_path)
         logger.bind(module="editor").info("first ever")
         assert out.get(timeout=WAIT)["message"] == "first ever"

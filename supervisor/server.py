@@ -1,0 +1,1096 @@
+"""The daemon's socket server: one I/O thread serving every module connection.
+
+A :class:`Server` listens on a Unix socket (mode 0600) and runs one ``selectors`` loop over
+the listening socket and every non-blocking connection. It validates each inbound message
+(:mod:`modcoord.supervisor.wire`) before anything reaches the coordinator, and keeps the
+I/O thread free of blocking work:
+
+- ``publish`` requests parsed from one read go to ``coordinator.publish_many`` in one call;
+- ``coordinate`` hands a reply callback to ``coordinator.coordinate``, answered from any
+  thread (at once for a cache hit);
+- ``register``/``unregister`` run on one serial registration thread; the connection's
+  later messages wait (in order) until that completes, so a pipelined publish after a
+  register sees the module registered;
+- control methods (``status``, ``set_mode``, ...) run on a small pool of control threads.
+
+Responses produced while processing one read are coalesced into one ``send``. Other
+threads (the batcher delivering, a reply callback) write with :meth:`Connection.send`,
+which sends directly when nothing is queued, else buffers and wakes the loop. A client
+whose unsent output exceeds ``max_buffer_bytes`` is disconnected (never blocking the
+sender).
+
+Each :class:`Connection` is the :class:`~modcoord.supervisor.module.ModuleEndpoint` of the
+modules registered on it. When it closes, its outstanding callbacks are answered with
+``"connection closed"`` and its modules are unregistered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import itertools
+import os
+import selectors
+import socket
+import stat
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from queue import SimpleQueue
+from typing import Any, Protocol
+
+from loguru import logger
+
+from modcoord.actors.errors import InvalidMessageError, ModcoordError
+from modcoord.actors.update import Batch
+from modcoord.supervisor.module import ModuleEndpoint, ModuleInfo, Reply
+from modcoord.supervisor.wire import (
+    CALLBACK,
+    CALLBACK_RESPONSE,
+    CONTROL_METHODS,
+    DEFAULT_MAX_FRAME_BYTES,
+    EVENT,
+    PROTOCOL_VERSION,
+    REQUEST,
+    RESPONSE,
+    FrameDecoder,
+    FramingError,
+    check_publish,
+    encode_frame,
+    encode_frames,
+    error_to_wire,
+    request_id_of,
+    split_inbound,
+    validate_request,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BUFFER_BYTES",
+    "Connection",
+    "CoordinatorLike",
+    "PeerCredentials",
+    "Server",
+    "ServerStatistics",
+    "peer_credentials",
+]
+
+DEFAULT_MAX_BUFFER_BYTES = 64 << 20
+_RECV_SIZE = 64 * 1024
+_PEERCRED = struct.Struct("3i")
+_log = logger.bind(actor="server")
+
+
+class CoordinatorLike(Protocol):
+    """What the server needs from the coordinator (``ModuleCoordinator`` provides it).
+
+    Every method may be called from the I/O thread except ``call`` (control threads) and
+    ``register``/``unregister`` (the registration thread); those on the I/O thread must
+    not block.
+    """
+
+    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> Any:
+        """Register a module reachable through ``endpoint``; returns a wire-friendly value.
+
+        Raises:
+            ModcoordError: refused (e.g. the id is taken by another connection).
+        """
+        ...
+
+    def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> Any:
+        """Unregister ``module_id`` if it is still registered through ``endpoint``."""
+        ...
+
+    def publish_many(self, items: Sequence[tuple[str, str, Any, str]]) -> Sequence[Any]:
+        """Publish ``(module_id, key, payload, priority)`` items; per item a seq or an error."""
+        ...
+
+    def coordinate(self, mode: str, context: dict[str, Any],
+                   reply: Callable[[Any, BaseException | None], None],
+                   caller: Sequence[str] = ()) -> Any:
+        """Coordinate; ``reply(result_dict, None)`` or ``reply(None, exc)`` exactly once."""
+        ...
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        """A control call (blocking; runs on a control thread).
+
+        Raises:
+            ModcoordError: the call failed (its type name goes to the client).
+        """
+        ...
+
+    def status_brief(self) -> dict[str, Any]:
+        """``{"pid", "mode"}`` for ``hello`` (non-blocking)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PeerCredentials:
+    """The credentials of a connected peer (``SO_PEERCRED``)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials | None:
+    """Return the peer's pid/uid/gid, or None if the platform cannot tell."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except (OSError, AttributeError):
+        return None
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return PeerCredentials(pid, uid, gid)
+
+
+@dataclass(frozen=True)
+class ServerStatistics:
+    """A snapshot of the server's counters.
+
+    Attributes:
+        socket_path: where it listens.
+        listening: whether it accepts connections.
+        connections: connections open now.
+        accepted: connections accepted since start.
+        refused: peers refused (another uid, or credentials unknown).
+        closed: connections closed since start.
+        requests: requests received.
+        publishes: publish requests handed to the coordinator.
+        invalid_messages: messages answered with InvalidMessageError.
+        framing_errors: connections closed for broken framing or undecodable frames.
+        slow_disconnects: connections closed because their output buffer overflowed.
+        internal_errors: unexpected exceptions (logged).
+        callbacks_sent: callback requests sent to modules.
+        callbacks_failed: callbacks answered with "connection closed".
+        bytes_in: bytes received.
+        buffered_out: bytes waiting to be sent, across connections.
+    """
+
+    socket_path: str
+    listening: bool
+    connections: int
+    accepted: int
+    refused: int
+    closed: int
+    requests: int
+    publishes: int
+    invalid_messages: int
+    framing_errors: int
+    slow_disconnects: int
+    internal_errors: int
+    callbacks_sent: int
+    callbacks_failed: int
+    bytes_in: int
+    buffered_out: int
+
+
+class Connection:
+    """One client connection, and the endpoint of the modules registered on it.
+
+    :meth:`send` and the endpoint methods may be called from any thread; everything else
+    belongs to the server's I/O thread.
+
+    Attributes:
+        conn_id: a number unique within the server.
+        peer: the peer's credentials.
+        module_ids: the modules registered on this connection.
+        closed: whether the connection is closed.
+    """
+
+    def __init__(self, server: Server, sock: socket.socket, peer: PeerCredentials,
+                 conn_id: int) -> None:
+        self.conn_id = conn_id
+        self.peer = peer
+        self.sock = sock
+        self.module_ids: set[str] = set()
+        self.closed = False
+        self.client_name = ""
+        self._server = server
+        self._lock = threading.Lock()
+        self._out = bytearray()
+        self._want_write = False
+        self._callbacks: dict[int, Reply] = {}
+        self._callback_ids = itertools.count(1)
+        # I/O-thread state.
+        self.decoder = FrameDecoder(server.max_frame_bytes)
+        self.coalesce: list[bytes] | None = None
+        self.paused = False
+        self.backlog: deque[Any] = deque()
+        self.close_when_flushed = False
+        self.reading = True
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.conn_id} pid={self.peer.pid} modules={sorted(self.module_ids)}>"
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> bool:
+        """Queue ``data`` (whole frames) for sending; never blocks.
+
+        Returns:
+            False if the connection is closed (the data is dropped), else True. A client
+            whose unsent output exceeds the server's bound is disconnected.
+        """
+        server = self._server
+        with self._lock:
+            if self.closed:
+                return False
+            out = self._out
+            if not out:
+                try:
+                    sent = self.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    server._post_close(self, f"send failed: {exc}")
+                    return False
+                if sent == len(data):
+                    return True
+                out += memoryview(data)[sent:]
+            else:
+                out += data
+            if len(out) > server.max_buffer_bytes:
+                out.clear()
+                server._post_close(self, "slow client: output buffer overflow", slow=True)
+                return False
+            if self._want_write:
+                return True
+            self._want_write = True
+        server._post_write(self)
+        return True
+
+    def _flush_out(self) -> bool | None:
+        """Send buffered output (I/O thread). True: drained; False: more; None: failed."""
+        with self._lock:
+            out = self._out
+            if out:
+                try:
+                    sent = self.sock.send(out)
+                except (BlockingIOError, InterruptedError):
+                    return False
+                except OSError:
+                    return None
+                del out[:sent]
+                if out:
+                    return False
+            self._want_write = False
+            return True
+
+    def _buffered(self) -> int:
+        return len(self._out)
+
+    # -- ModuleEndpoint ----------------------------------------------------------------------
+
+    def deliver(self, module_id: str, batch: Batch) -> None:
+        """Send a ``batch`` event to ``module_id``'s process (any thread, non-blocking)."""
+        if self.closed:
+            return
+        params = {
+            "module_id": module_id,
+            "batch_id": batch.batch_id,
+            "reason": batch.reason,
+            "updates": [[u.module_id, u.key, u.payload, u.priority, u.seq]
+                        for u in batch.updates],
+        }
+        try:
+            frame = encode_frame([EVENT, "batch", params])
+        except Exception as exc:
+            _log.bind(module=module_id).error(
+                "batch {id} cannot be encoded for {module}: {exc}",
+                id=batch.batch_id, module=module_id, exc=exc)
+            return
+        self.send(frame)
+
+    def mode_change(self, module_id: str, mode: str, strategy: str,
+                    context: dict[str, Any], reply: Reply) -> None:
+        """Ask the module's process to run ``on_mode_change``; ``reply`` gets the answer."""
+        self._callback(module_id, "on_mode_change",
+                       {"module_id": module_id, "mode": mode, "strategy": strategy,
+                        "context": context}, reply)
+
+    def performance_metrics(self, module_id: str, reply: Reply) -> None:
+        """Ask the module's process for ``get_performance_metrics()``."""
+        self._callback(module_id, "get_performance_metrics", {"module_id": module_id}, reply)
+
+    def _callback(self, module_id: str, method: str, params: dict[str, Any],
+                  reply: Reply) -> None:
+        with self._lock:
+            closed = self.closed
+            if not closed:
+                cid = next(self._callback_ids)
+                self._callbacks[cid] = reply
+        if closed:
+            self._server._count("callbacks_failed")
+            _safe_reply(reply, None, "connection closed")
+            return
+        try:
+            frame = encode_frame([CALLBACK, cid, method, params])
+        except Exception as exc:
+            with self._lock:
+                pending = self._callbacks.pop(cid, None)
+            if pending is not None:
+                _safe_reply(pending, None, f"cannot encode {method} request: {exc}")
+            return
+        self._server._count("callbacks_sent")
+        self.send(frame)
+
+    def _take_callback(self, cid: int) -> Reply | None:
+        with self._lock:
+            return self._callbacks.pop(cid, None)
+
+
+def _safe_reply(reply: Callable[..., Any], *args: Any) -> None:
+    try:
+        reply(*args)
+    except Exception:
+        _log.opt(exception=True).error("reply callback raised")
+
+
+_LISTENER = object()
+_WAKER = object()
+
+
+class _Serial:
+    """One thread running submitted jobs in order (registrations)."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._queue.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:
+                _log.opt(exception=True).error("registration job failed")
+
+    def close(self, timeout: float) -> None:
+        self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+
+class Server:
+    """The Unix-socket server in front of the coordinator.
+
+    Args:
+        coordinator: the façade requests go to (see :class:`CoordinatorLike`).
+        socket_path: where to listen; the parent directory must exist (its mode is the
+            caller's business). A stale socket file there is replaced; a live one is not.
+        max_frame_bytes: largest inbound frame body; larger is broken framing.
+        control_workers: threads running control calls.
+        allowed_uid: the only peer uid accepted (default: this process's uid).
+        max_buffer_bytes: unsent output per connection beyond which it is disconnected.
+        drain_timeout: on stop, how long to keep flushing queued output before closing.
+    """
+
+    def __init__(self, coordinator: CoordinatorLike, socket_path: str | os.PathLike[str],
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, control_workers: int = 2,
+                 *, allowed_uid: int | None = None,
+                 max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+                 drain_timeout: float = 1.0) -> None:
+        if max_frame_bytes < 64:
+            raise ValueError("max_frame_bytes must be at least 64")
+        self.coordinator = coordinator
+        self.socket_path = Path(socket_path)
+        self.max_frame_bytes = max_frame_bytes
+        self.max_buffer_bytes = max_buffer_bytes
+        self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
+        self.drain_timeout = drain_timeout
+        self._control_workers = max(1, control_workers)
+        self._selector: selectors.BaseSelector | None = None
+        self._listener: socket.socket | None = None
+        self._listener_ino: int | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._io_ident: int | None = None
+        self._posts: deque[tuple[str, Connection | None, str]] = deque()
+        self._conns: dict[int, Connection] = {}
+        self._conn_ids = itertools.count(1)
+        self._control: ThreadPoolExecutor | None = None
+        self._registrations: _Serial | None = None
+        self._stopping = False
+        self._started = False
+        self._counters_lock = threading.Lock()
+        self._counters: dict[str, int] = dict.fromkeys(
+            ("accepted", "refused", "closed", "requests", "publishes", "invalid_messages",
+             "framing_errors", "slow_disconnects", "internal_errors", "callbacks_sent",
+             "callbacks_failed", "bytes_in"), 0)
+        self._handlers: dict[str, Callable[[Connection, int, Any], None]] = {
+            "hello": self._on_hello,
+            "register": self._on_register,
+            "unregister": self._on_unregister,
+            "publish": self._on_publish_one,
+            "coordinate": self._on_coordinate,
+        }
+        for method in CONTROL_METHODS:
+            self._handlers[method] = functools.partial(self._on_control, method)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Server:
+        """Bind and listen; returns once connections are accepted (queued until served).
+
+        Raises:
+            OSError: the path is in use by a live server (``EADDRINUSE``), is not a socket
+                (``EEXIST``), or cannot be bound.
+            RuntimeError: already started.
+        """
+        if self._started:
+            raise RuntimeError("server already started")
+        path = str(self.socket_path)
+        self._remove_stale_socket(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old_umask = os.umask(0o177)
+            try:
+                listener.bind(path)
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, 0o600)
+            listener.listen(256)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._listener_ino = os.stat(path).st_ino
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKER)
+        self._control = ThreadPoolExecutor(self._control_workers,
+                                           thread_name_prefix="modcoord-control")
+        self._registrations = _Serial("modcoord-registrations")
+        self._started = True
+        self._thread = threading.Thread(target=self._run, name="modcoord-server-io",
+                                        daemon=True)
+        self._thread.start()
+        _log.info("listening on {path}", path=path)
+        return self
+
+    @staticmethod
+    def _remove_stale_socket(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            _log.info("removed stale socket {path}", path=path)
+            return
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        raise OSError(errno.EADDRINUSE, f"a server is already listening on {path}")
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket (existing connections carry on). Idempotent."""
+        self._post("stop_accepting", None, "")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop: stop accepting, flush queued output (up to ``drain_timeout``), close every
+        connection (failing its callbacks, unregistering its modules), remove the socket.
+
+        Safe to call from any thread, including a control thread; idempotent.
+        """
+        if not self._started or self._stopping:
+            self.wait_closed(timeout)
+            return
+        self._stopping = True
+        self._wake()
+        self.wait_closed(timeout)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until the I/O thread has finished. Returns whether it has."""
+        thread = self._thread
+        if thread is None:
+            return True
+        if threading.current_thread() is thread:
+            return False
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def connections(self) -> int:
+        """Number of open connections."""
+        return len(self._conns)
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None
+
+    def statistics(self) -> ServerStatistics:
+        """A snapshot of the counters."""
+        with self._counters_lock:
+            c = dict(self._counters)
+        conns = list(self._conns.values())
+        return ServerStatistics(
+            socket_path=str(self.socket_path),
+            listening=self.listening,
+            connections=len(conns),
+            buffered_out=sum(conn._buffered() for conn in conns),
+            **c,
+        )
+
+    def __enter__(self) -> Server:
+        return self.start() if not self._started else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- cross-thread plumbing ---------------------------------------------------------------
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._counters_lock:
+            self._counters[name] += n
+
+    def _wake(self) -> None:
+        wake_w = self._wake_w
+        if wake_w is None:
+            return
+        try:
+            wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the loop is awake already
+        except OSError:
+            pass  # shutting down
+
+    def _post(self, kind: str, conn: Connection | None, reason: str) -> None:
+        self._posts.append((kind, conn, reason))
+        if threading.get_ident() != self._io_ident:
+            self._wake()
+
+    def _post_write(self, conn: Connection) -> None:
+        self._post("write", conn, "")
+
+    def _post_close(self, conn: Connection, reason: str, slow: bool = False) -> None:
+        if slow:
+            self._count("slow_disconnects")
+            _log.warning("disconnecting slow client {conn}: {reason}", conn=conn, reason=reason)
+        self._post("close", conn, reason)
+
+    def _emit(self, conn: Connection, frame: bytes) -> None:
+        """Send a frame, coalescing when called inside the I/O thread's processing."""
+        if threading.get_ident() == self._io_ident and conn.coalesce is not None:
+            conn.coalesce.append(frame)
+        else:
+            conn.send(frame)
+
+    def _respond(self, conn: Connection, rid: int | None, result: Any) -> None:
+        try:
+            frame = encode_frame([RESPONSE, rid, None, result])
+        except Exception as exc:
+            self._count("internal_errors")
+            _log.error("response to request {rid} cannot be encoded: {exc}", rid=rid, exc=exc)
+            frame = encode_frame([RESPONSE, rid,
+                                  ["InternalError", f"result cannot be encoded: {exc}"], None])
+        self._emit(conn, frame)
+
+    def _respond_error(self, conn: Connection, rid: int | None, exc: BaseException) -> None:
+        if isinstance(exc, InvalidMessageError):
+            self._count("invalid_messages")
+        elif not isinstance(exc, ModcoordError):
+            self._count("internal_errors")
+            _log.opt(exception=exc).error("internal error answering request {rid}", rid=rid)
+        self._emit(conn, encode_frame([RESPONSE, rid, error_to_wire(exc), None]))
+
+    # -- the I/O loop ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._io_ident = threading.get_ident()
+        selector = self._selector
+        assert selector is not None
+        try:
+            while not self._stopping:
+                try:
+                    events = selector.select()
+                except InterruptedError:
+                    continue
+                for key, mask in events:
+                    self._on_event(key.data, mask)
+                self._run_posts()
+            self._shutdown()
+        except BaseException:
+            _log.opt(exception=True).critical("server I/O loop failed")
+            with contextlib.suppress(Exception):
+                self._shutdown()
+            raise
+
+    def _on_event(self, data: Any, mask: int) -> None:
+        try:
+            if data is _LISTENER:
+                self._accept()
+            elif data is _WAKER:
+                self._drain_waker()
+            else:
+                conn: Connection = data
+                if mask & selectors.EVENT_WRITE and not conn.closed:
+                    self._on_writable(conn)
+                if mask & selectors.EVENT_READ and not conn.closed:
+                    self._on_readable(conn)
+        except Exception:
+            self._count("internal_errors")
+            _log.opt(exception=True).error("unexpected error in the I/O loop")
+            if isinstance(data, Connection):
+                self._close(data, "internal error")
+
+    def _drain_waker(self) -> None:
+        assert self._wake_r is not None
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _run_posts(self) -> None:
+        posts = self._posts
+        while posts:
+            kind, conn, reason = posts.popleft()
+            try:
+                if kind == "write":
+                    if conn is not None and not conn.closed:
+                        self._update_interest(conn)
+                elif kind == "close":
+                    if conn is not None:
+                        self._close(conn, reason)
+                elif kind == "resume":
+                    if conn is not None and not conn.closed:
+                        self._resume(conn)
+                elif kind == "stop_accepting":
+                    self._close_listener()
+            except Exception:
+                self._count("internal_errors")
+                _log.opt(exception=True).error("error handling {kind}", kind=kind)
+                if conn is not None:
+                    self._close(conn, "internal error")
+
+    def _update_interest(self, conn: Connection) -> None:
+        assert self._selector is not None
+        events = (selectors.EVENT_READ if conn.reading else 0) | (
+            selectors.EVENT_WRITE if conn._want_write else 0)
+        if events == 0:
+            # Nothing to wait for: it was closing once flushed.
+            self._close(conn, "closed after error")
+            return
+        self._selector.modify(conn.sock, events, conn)
+
+    def _accept(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(64):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                _log.error("accept failed: {exc}", exc=exc)
+                return
+            peer = peer_credentials(sock)
+            if peer is None or peer.uid != self.allowed_uid:
+                self._refuse(sock, peer)
+                continue
+            sock.setblocking(False)
+            conn = Connection(self, sock, peer, next(self._conn_ids))
+            self._conns[conn.conn_id] = conn
+            assert self._selector is not None
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+            self._count("accepted")
+            _log.debug("connection {id} from pid {pid}", id=conn.conn_id, pid=peer.pid)
+
+    def _refuse(self, sock: socket.socket, peer: PeerCredentials | None) -> None:
+        self._count("refused")
+        if peer is None:
+            reason = "peer credentials unavailable"
+        else:
+            reason = f"peer uid {peer.uid} (pid {peer.pid}) is not allowed"
+        _log.warning("refused connection: {reason}", reason=reason)
+        try:
+            sock.setblocking(False)
+            sock.send(encode_frame([RESPONSE, None, ["PermissionError", f"refused: {reason}"],
+                                    None]))
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _on_writable(self, conn: Connection) -> None:
+        drained = conn._flush_out()
+        if drained is None:
+            self._close(conn, "send failed")
+        elif drained:
+            if conn.close_when_flushed:
+                self._close(conn, "closed after error")
+            else:
+                self._update_interest(conn)
+
+    def _on_readable(self, conn: Connection) -> None:
+        try:
+            data = conn.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._close(conn, f"recv failed: {exc}")
+            return
+        if not data:
+            self._close(conn, "peer closed the connection")
+            return
+        self._count("bytes_in", len(data))
+        self._with_coalescing(conn, conn.decoder.feed(data))
+
+    def _with_coalescing(self, conn: Connection, messages: Iterable[Any]) -> None:
+        out: list[bytes] = []
+        conn.coalesce = out
+        try:
+            self._process(conn, messages)
+        except FramingError as exc:
+            self._count("framing_errors")
+            _log.warning("broken framing on connection {id}: {exc}", id=conn.conn_id, exc=exc)
+            out.append(encode_frame([RESPONSE, None, error_to_wire(exc), None]))
+            conn.close_when_flushed = True
+        finally:
+            conn.coalesce = None
+            if out:
+                conn.send(b"".join(out) if len(out) > 1 else out[0])
+        if conn.close_when_flushed and not conn.closed:
+            self._close_after_flush(conn)
+
+    def _close_after_flush(self, conn: Connection) -> None:
+        conn.reading = False
+        conn.paused = True
+        conn.backlog.clear()
+        if not conn._want_write:
+            self._close(conn, "closed after error")
+        else:
+            self._update_interest(conn)
+
+    def _resume(self, conn: Connection) -> None:
+        if conn.close_when_flushed:
+            return
+        conn.paused = False
+        backlog = conn.backlog
+        conn.backlog = deque()
+        if backlog:
+            self._with_coalescing(conn, backlog)
+
+    def _process(self, conn: Connection, messages: Iterable[Any]) -> None:
+        pub_ids: list[int] = []
+        pub_items: list[tuple[str, str, Any, str]] = []
+        requests = 0
+        try:
+            for msg in messages:
+                if conn.paused:
+                    if not conn.close_when_flushed:
+                        conn.backlog.append(msg)
+                    continue
+                requests += 1
+                if (type(msg) is list and len(msg) == 4 and msg[0] == REQUEST
+                        and msg[2] == "publish" and type(msg[1]) is int
+                        and type(msg[3]) is dict):
+                    rid = msg[1]
+                    try:
+                        item = check_publish(msg[3])
+                    except InvalidMessageError as exc:
+                        self._respond_error(conn, rid, exc)
+                        continue
+                    if item[0] not in conn.module_ids:
+                        self._respond_error(conn, rid, InvalidMessageError(
+                            f"publish: module_id {item[0]!r} is not registered on this "
+                            "connection"))
+                        continue
+                    pub_ids.append(rid)
+                    pub_items.append(item)
+                    continue
+                if pub_items:
+                    self._publish(conn, pub_ids, pub_items)
+                    pub_ids, pub_items = [], []
+                self._dispatch(conn, msg)
+        finally:
+            if pub_items:
+                self._publish(conn, pub_ids, pub_items)
+            if requests:
+                self._count("requests", requests)
+
+    def _publish(self, conn: Connection, ids: list[int],
+                 items: list[tuple[str, str, Any, str]]) -> None:
+        self._count("publishes", len(items))
+        try:
+            results: Sequence[Any] = self.coordinator.publish_many(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"publish_many returned {len(results)} results for "
+                                   f"{len(items)} items")
+        except Exception as exc:
+            results = [exc] * len(items)
+        frames: list[Any] = []
+        for rid, result in zip(ids, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, ModcoordError):
+                    self._count("internal_errors")
+                    _log.opt(exception=result).error("publish_many failed")
+                elif isinstance(result, InvalidMessageError):
+                    self._count("invalid_messages")
+                frames.append([RESPONSE, rid, error_to_wire(result), None])
+            else:
+                frames.append([RESPONSE, rid, None, result])
+        try:
+            data = encode_frames(frames)
+        except Exception as exc:  # a coordinator returning something odd
+            self._count("internal_errors")
+            data = encode_frames([RESPONSE, rid, ["InternalError", str(exc)], None]
+                                 for rid in ids)
+        self._emit(conn, data)
+
+    def _dispatch(self, conn: Connection, msg: Any) -> None:
+        try:
+            kind, rid, method, params = split_inbound(msg)
+        except InvalidMessageError as exc:
+            rid_or_none = request_id_of(msg)
+            self._respond_error(conn, rid_or_none, exc)
+            if rid_or_none is None:
+                self._count("framing_errors")
+                _log.warning("closing connection {id}: {exc}", id=conn.conn_id, exc=exc)
+                conn.close_when_flushed = True
+                conn.paused = True
+            return
+        if kind == CALLBACK_RESPONSE:
+            self._on_callback_response(conn, rid, method, params)
+            return
+        handler = self._handlers.get(method)
+        try:
+            value = validate_request(method, params)
+        except InvalidMessageError as exc:
+            self._respond_error(conn, rid, exc)
+            return
+        assert handler is not None
+        try:
+            handler(conn, rid, value)
+        except Exception as exc:
+            self._respond_error(conn, rid, exc)
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    def _on_hello(self, conn: Connection, rid: int, params: dict[str, Any]) -> None:
+        conn.client_name = params["client"]
+        brief = dict(self.coordinator.status_brief())
+        brief.update(max_frame_bytes=self.max_frame_bytes, version=PROTOCOL_VERSION)
+        self._respond(conn, rid, brief)
+
+    def _on_register(self, conn: Connection, rid: int, info: ModuleInfo) -> None:
+        conn.paused = True
+        assert self._registrations is not None
+
+        def job() -> None:
+            try:
+                result = self.coordinator.register(info, conn)
+            except Exception as exc:
+                self._respond_error(conn, rid, exc)
+            else:
+                with conn._lock:
+                    closed = conn.closed
+                    if not closed:
+                        conn.module_ids.add(info.module_id)
+                if closed:
+                    self._unregister_quietly(conn, info.module_id)
+                else:
+                    _log.bind(module=info.module_id).debug(
+                        "module {m} registered on connection {id}", m=info.module_id,
+                        id=conn.conn_id)
+                    self._respond(conn, rid, result)
+            finally:
+                self._post("resume", conn, "")
+
+        self._registrations.submit(job)
+
+    def _on_unregister(self, conn: Connection, rid: int, module_id: str) -> None:
+        if module_id not in conn.module_ids:
+            raise InvalidMessageError(
+                f"unregister: module_id {module_id!r} is not registered on this connection")
+        conn.paused = True
+        assert self._registrations is not None
+
+        def job() -> None:
+            try:
+                with conn._lock:
+                    conn.module_ids.discard(module_id)
+                self.coordinator.unregister(module_id, conn)
+            except Exception as exc:
+                self._respond_error(conn, rid, exc)
+            else:
+                self._respond(conn, rid, {"module_id": module_id})
+            finally:
+                self._post("resume", conn, "")
+
+        self._registrations.submit(job)
+
+    def _on_publish_one(self, conn: Connection, rid: int,
+                        item: tuple[str, str, Any, str]) -> None:
+        if item[0] not in conn.module_ids:
+            raise InvalidMessageError(
+                f"publish: module_id {item[0]!r} is not registered on this connection")
+        self._publish(conn, [rid], [item])
+
+    def _on_coordinate(self, conn: Connection, rid: int,
+                       value: tuple[str, dict[str, Any]]) -> None:
+        mode, context = value
+        answered = [False]
+
+        def reply(result: Any, exc: BaseException | None = None) -> None:
+            if answered[0]:
+                return
+            answered[0] = True
+            if exc is not None:
+                self._respond_error(conn, rid, exc)
+            else:
+                self._respond(conn, rid, result)
+
+        try:
+            self.coordinator.coordinate(mode, context, reply, caller=tuple(conn.module_ids))
+        except Exception as exc:
+            reply(None, exc)
+
+    def _on_control(self, method: str, conn: Connection, rid: int,
+                    params: dict[str, Any]) -> None:
+        assert self._control is not None
+
+        def job() -> None:
+            try:
+                result = self.coordinator.call(method, params)
+            except Exception as exc:
+                self._respond_error(conn, rid, exc)
+            else:
+                self._respond(conn, rid, result)
+
+        try:
+            self._control.submit(job)
+        except RuntimeError:  # executor shut down: the server is stopping
+            self._respond_error(conn, rid, ModcoordError("the daemon is stopping"))
+
+    def _on_callback_response(self, conn: Connection, cid: int, error: Any,
+                              result: Any) -> None:
+        reply = conn._take_callback(cid)
+        if reply is None:
+            _log.debug("late or unknown callback response {cid} on connection {id}",
+                       cid=cid, id=conn.conn_id)
+            return
+        if error is None:
+            _safe_reply(reply, result, None)
+        else:
+            text = ": ".join(str(e) for e in error) if isinstance(error, list) else str(error)
+            _safe_reply(reply, None, text)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def _close(self, conn: Connection, reason: str) -> None:
+        with conn._lock:
+            if conn.closed:
+                return
+            conn.closed = True
+            callbacks = conn._callbacks
+            conn._callbacks = {}
+            modules = list(conn.module_ids)
+            conn._out.clear()
+        self._conns.pop(conn.conn_id, None)
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(conn.sock)
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.sock.close()
+        conn.backlog.clear()
+        self._count("closed")
+        _log.debug("connection {id} closed: {reason}", id=conn.conn_id, reason=reason)
+        if callbacks:
+            self._count("callbacks_failed", len(callbacks))
+            for reply in callbacks.values():
+                _safe_reply(reply, None, "connection closed")
+        if modules and self._registrations is not None:
+            for module_id in modules:
+                self._registrations.submit(
+                    functools.partial(self._unregister_quietly, conn, module_id))
+
+    def _unregister_quietly(self, conn: Connection, module_id: str) -> None:
+        try:
+            self.coordinator.unregister(module_id, conn)
+        except Exception:
+            _log.bind(module=module_id).opt(exception=True).warning(
+                "unregistering {m} after its connection closed failed", m=module_id)
+
+    def _close_listener(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        self._listener = None
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(listener)
+        listener.close()
+        path = str(self.socket_path)
+        try:
+            if os.stat(path).st_ino == self._listener_ino:
+                os.unlink(path)
+        except OSError:
+            pass
+        _log.info("stopped listening on {path}", path=path)
+
+    def _shutdown(self) -> None:
+        self._close_listener()
+        self._run_posts()
+        self._drain_output()
+        for conn in list(self._conns.values()):
+            self._close(conn, "server stopping")
+        if self._control is not None:
+            self._control.shutdown(wait=False, cancel_futures=True)
+        if self._registrations is not None:
+            self._registrations.close(timeout=5.0)
+        if self._selector is not None:
+            self._selector.close()
+        for s in (self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+        self._wake_w = None
+        _log.info("server stopped")
+
+    def _drain_output(self) -> None:
+        """Keep sending queued output for up to ``drain_timeout`` seconds."""
+        assert self._selector is not None
+        deadline = time.monotonic() + self.drain_timeout
+        while True:
+            pending = [c for c in self._conns.values() if c._want_write and not c.closed]
+            if not pending:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            for conn in pending:
+                conn.reading = False
+                self._update_interest(conn)
+            for key, mask in self._selector.select(min(remaining, 0.05)):
+                data = key.data
+                if isinstance(data, Connection) and mask & selectors.EVENT_WRITE:
+                    self._on_writable(data)
+                elif data is _WAKER:
+                    self._drain_waker()
+            self._run_posts()

@@ -1,0 +1,605 @@
+"""The wire protocol between module processes and the daemon (SPEC §7).
+
+Framing: every frame is a 4-byte big-endian unsigned length followed by a msgpack body of
+that many bytes. The body is never unpickled: msgpack only yields plain data (ext types
+stay :class:`msgpack.ExtType`). A frame announcing more than ``max_frame_bytes`` (1 MiB by
+default) is broken framing: :class:`FrameDecoder` raises :class:`FramingError` and the
+server closes that connection after an error frame.
+
+Messages are msgpack arrays:
+
+=======================  ======================================  =========================
+kind                     shape                                   direction
+=======================  ======================================  =========================
+request                  ``[0, id, method, params]``             client → daemon
+response                 ``[1, id, error, result]``              daemon → client
+event                    ``[2, event, params]``                  daemon → client
+callback request         ``[3, id, method, params]``             daemon → client
+callback response        ``[4, id, error, result]``              client → daemon
+=======================  ======================================  =========================
+
+``error`` is ``None`` or ``[type_name, message]`` (a callback response may also carry a
+plain string). The only event is ``"batch"`` with params ``{"module_id": subscriber,
+"batch_id", "reason", "updates": [[module_id, key, payload, priority, seq], ...]}``.
+Callback methods are ``"on_mode_change"`` ``{module_id, mode, strategy, context}`` and
+``"get_performance_metrics"`` ``{module_id}``.
+
+Request methods and their params (validated here, by hand, before anything reaches the
+coordinator; unknown fields are refused too):
+
+- ``hello`` ``{client?: str, pid?: int}`` → ``{pid, mode, max_frame_bytes, version}``
+- ``register`` ``{module_id, name, supported_modes, subscribe, has_metrics}``
+- ``unregister`` ``{module_id}``
+- ``publish`` ``{module_id, key (1..1024 chars), payload, priority?}`` → seq
+- ``coordinate`` ``{mode, context?: map}`` → ``{mode, strategy, results, errors, cached,
+  latency_ms}``
+- control: ``set_mode {mode}``, ``status``, ``insights``, ``optimize``, ``reload``,
+  ``config``, ``metrics``, ``stop`` (all ``{}``), ``crash {actor, kind?}`` and
+  ``actor {actor, method, args?, kwargs?}`` where ``args`` is a list of positional
+  arguments (a map is taken as keyword arguments) and ``kwargs`` a map. The validated
+  ``actor`` params given to the coordinator are ``{actor, method, args: dict (keyword
+  arguments), posargs: list (positional arguments)}``.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from modcoord.actors.errors import (
+    ActorCrashedError,
+    ActorError,
+    ActorStoppedError,
+    CallTimeoutError,
+    InvalidMessageError,
+    ModcoordError,
+    QueueFullError,
+    RemoteError,
+)
+from modcoord.actors.update import PRIORITIES, PRIORITY_RANK
+from modcoord.supervisor.config import MODES
+from modcoord.supervisor.module import ModuleInfo
+
+__all__ = [
+    "ACTOR_NAMES",
+    "CALLBACK",
+    "CALLBACK_RESPONSE",
+    "CONTROL_METHODS",
+    "CRASH_KINDS",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "EVENT",
+    "HEADER",
+    "MAX_KEY_LENGTH",
+    "METHODS",
+    "PROTOCOL_VERSION",
+    "REQUEST",
+    "RESPONSE",
+    "BadFrame",
+    "FrameDecoder",
+    "FramingError",
+    "check_coordinate",
+    "check_publish",
+    "decode_body",
+    "encode_frame",
+    "encode_frames",
+    "error_from_wire",
+    "error_to_wire",
+    "new_packer",
+    "normalize_mode_param",
+    "request_id_of",
+    "split_inbound",
+    "validate_request",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME_BYTES = 1 << 20
+MAX_KEY_LENGTH = 1024
+
+REQUEST = 0
+RESPONSE = 1
+EVENT = 2
+CALLBACK = 3
+CALLBACK_RESPONSE = 4
+
+HEADER = struct.Struct(">I")
+_HEADER_SIZE = HEADER.size
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+
+ACTOR_NAMES: tuple[str, ...] = ("debouncer", "cache", "batcher", "memory", "monitor")
+CRASH_KINDS: tuple[str, ...] = ("exception", "base_exception")
+CONTROL_METHODS: frozenset[str] = frozenset(
+    {"set_mode", "status", "insights", "optimize", "actor", "reload", "config", "metrics",
+     "crash", "stop"}
+)
+METHODS: frozenset[str] = frozenset({"hello", "register", "unregister", "publish",
+                                     "coordinate"}) | CONTROL_METHODS
+_METHOD_LIST = ", ".join(sorted(METHODS))
+
+
+class FramingError(InvalidMessageError):
+    """The byte stream is not valid framing (a frame larger than allowed).
+
+    The stream cannot be resynchronised: the connection is closed.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class BadFrame:
+    """A well-framed frame whose body is not valid msgpack.
+
+    Attributes:
+        error: what the decoder said.
+        size: the body's length in bytes.
+    """
+
+    error: str
+    size: int
+
+
+# -- encoding ----------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def new_packer() -> msgpack.Packer:
+    """Return a msgpack packer configured for the wire (bin type, no pickle)."""
+    return msgpack.Packer(use_bin_type=True, autoreset=True)
+
+
+def _packer() -> msgpack.Packer:
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = new_packer()
+    return packer
+
+
+def encode_frame(obj: Any) -> bytes:
+    """Encode one message as a frame (header + msgpack body). Thread-safe.
+
+    Raises:
+        TypeError: ``obj`` holds something msgpack cannot serialize.
+        ValueError: a value is out of msgpack's range.
+    """
+    body: bytes = _packer().pack(obj)
+    return _pack_header(len(body)) + body
+
+
+def encode_frames(objs: Iterable[Any]) -> bytes:
+    """Encode several messages into one contiguous byte string (for a single send).
+
+    Raises:
+        TypeError, ValueError: as :func:`encode_frame`.
+    """
+    pack = _packer().pack
+    parts: list[bytes] = []
+    append = parts.append
+    for obj in objs:
+        body = pack(obj)
+        append(_pack_header(len(body)))
+        append(body)
+    return b"".join(parts)
+
+
+def decode_body(body: bytes | bytearray | memoryview) -> Any:
+    """Decode one frame body.
+
+    Raises:
+        ValueError, TypeError, msgpack.UnpackException: the body is not valid msgpack.
+    """
+    return msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+
+
+class FrameDecoder:
+    """Incremental frame decoder: feed bytes as they arrive, get whole messages out.
+
+    Frames may be split across reads or several may arrive in one read. A frame whose
+    body is not msgpack comes out as a :class:`BadFrame` (the stream stays in sync).
+
+    Attributes:
+        max_frame_bytes: the largest body length accepted.
+    """
+
+    __slots__ = ("_buf", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        if max_frame_bytes < 1:
+            raise ValueError("max_frame_bytes must be positive")
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> Iterator[Any]:
+        """Add ``data`` and return an iterator over the messages now complete.
+
+        The data is taken at once; iterate the result before the next ``feed``.
+
+        Raises:
+            FramingError: (while iterating) a frame announces more than
+                ``max_frame_bytes``; the messages before it have been yielded. The decoder
+                is unusable afterwards.
+        """
+        self._buf += data
+        return self._drain()
+
+    def _drain(self) -> Iterator[Any]:
+        buf = self._buf
+        end_all = len(buf)
+        pos = 0
+        limit = self.max_frame_bytes
+        try:
+            while end_all - pos >= _HEADER_SIZE:
+                (length,) = _unpack_header(buf, pos)
+                if length > limit:
+                    raise FramingError(
+                        f"frame of {length} bytes exceeds the maximum of {limit} bytes"
+                    )
+                start = pos + _HEADER_SIZE
+                end = start + length
+                if end > end_all:
+                    break
+                pos = end
+                try:
+                    msg = msgpack.unpackb(
+                        memoryview(buf)[start:end], raw=False, strict_map_key=False,
+                        use_list=True,
+                    )
+                except Exception as exc:
+                    msg = BadFrame(f"{type(exc).__name__}: {exc}", length)
+                yield msg
+        finally:
+            if pos:
+                del buf[:pos]
+
+
+# -- errors ------------------------------------------------------------------------------
+
+_SIMPLE_ERRORS: dict[str, Callable[[str], ModcoordError]] = {
+    "InvalidMessageError": InvalidMessageError,
+    "FramingError": FramingError,
+    "QueueFullError": QueueFullError,
+    "CallTimeoutError": CallTimeoutError,
+}
+_ACTOR_ERRORS: dict[str, type[ActorError]] = {
+    "ActorError": ActorError,
+    "ActorCrashedError": ActorCrashedError,
+    "ActorStoppedError": ActorStoppedError,
+}
+
+
+def error_to_wire(exc: BaseException) -> list[str]:
+    """Return the wire form ``[type_name, message]`` of an exception.
+
+    A :class:`ModcoordError` keeps its type name; anything else is an ``InternalError``
+    whose message names the original type.
+    """
+    if isinstance(exc, ModcoordError):
+        return [type(exc).__name__, str(exc)]
+    return ["InternalError", f"{type(exc).__name__}: {exc}"]
+
+
+def error_from_wire(error: Any) -> ModcoordError:
+    """Rebuild an error received as ``[type_name, message]`` (or a plain string).
+
+    Known modcoord types whose constructor allows it come back as that type
+    (``InvalidMessageError``, ``QueueFullError``, ``CallTimeoutError``, ``FramingError``,
+    the actor errors); anything else is a :class:`RemoteError` carrying the remote type
+    and message.
+    """
+    if isinstance(error, (list, tuple)) and len(error) == 2:
+        type_name, message = str(error[0]), str(error[1])
+    else:
+        type_name, message = "RemoteError", str(error)
+    simple = _SIMPLE_ERRORS.get(type_name)
+    if simple is not None:
+        return simple(message)
+    actor_cls = _ACTOR_ERRORS.get(type_name)
+    if actor_cls is not None:
+        actor, sep, rest = message.partition(": ")
+        if sep:
+            return actor_cls(actor, rest)
+    return RemoteError(type_name, message)
+
+
+# -- envelopes ---------------------------------------------------------------------------
+
+
+def request_id_of(msg: Any) -> int | None:
+    """Best effort: the id of a (possibly malformed) inbound message, else None."""
+    if isinstance(msg, list) and len(msg) >= 2 and type(msg[1]) is int:
+        return int(msg[1])
+    return None
+
+
+def split_inbound(msg: Any) -> tuple[int, int, Any, Any]:
+    """Check the envelope of a message from a client.
+
+    Returns:
+        ``(kind, id, method, params)`` for a request, ``(kind, id, error, result)`` for a
+        callback response.
+
+    Raises:
+        InvalidMessageError: naming what is wrong with the envelope.
+    """
+    if isinstance(msg, BadFrame):
+        raise InvalidMessageError(f"undecodable frame ({msg.size} bytes): {msg.error}")
+    if type(msg) is not list:
+        raise InvalidMessageError(
+            f"message must be an array [kind, id, ...], got {type(msg).__name__}"
+        )
+    if len(msg) != 4:
+        raise InvalidMessageError(f"message must have 4 elements, got {len(msg)}")
+    kind, rid, third, fourth = msg
+    if type(rid) is not int:
+        raise InvalidMessageError(f"message id must be an integer, got {type(rid).__name__}")
+    if kind == REQUEST:
+        if type(third) is not str:
+            raise InvalidMessageError(
+                f"request method must be a string, got {type(third).__name__}"
+            )
+        if type(fourth) is not dict:
+            raise InvalidMessageError(
+                f"{third}: params must be a map, got {type(fourth).__name__}"
+            )
+        return REQUEST, rid, third, fourth
+    if kind == CALLBACK_RESPONSE:
+        if third is not None and not isinstance(third, (str, list)):
+            raise InvalidMessageError("callback response error must be null, a string or "
+                                      "[type, message]")
+        return CALLBACK_RESPONSE, rid, third, fourth
+    raise InvalidMessageError(
+        f"message kind must be {REQUEST} (request) or {CALLBACK_RESPONSE} "
+        f"(callback response), got {kind!r}"
+    )
+
+
+# -- params validation -------------------------------------------------------------------
+
+_MODE_LOOKUP: dict[str, str] = {}
+for _m in MODES:
+    _MODE_LOOKUP[_m] = _m
+    _MODE_LOOKUP[_m.lower()] = _m
+
+
+def normalize_mode_param(method: str, value: Any, field: str = "mode") -> str:
+    """Return the canonical mode name for a ``mode`` param.
+
+    Raises:
+        InvalidMessageError: not a string, or not MANUAL, HYBRID or FULLY_AUTO
+            (case-insensitive, ``-`` or ``_``).
+    """
+    if type(value) is not str:
+        raise InvalidMessageError(
+            f"{method}: '{field}' must be a string, got {type(value).__name__}"
+        )
+    mode = _MODE_LOOKUP.get(value)
+    if mode is None:
+        mode = value.strip().upper().replace("-", "_")
+        if mode not in MODES:
+            raise InvalidMessageError(
+                f"{method}: '{field}' must be one of {', '.join(MODES)}, got {value!r}"
+            )
+    return mode
+
+
+def _unknown_fields(method: str, params: dict[Any, Any], known: Iterable[str]) -> None:
+    extra = [k for k in params if k not in known]
+    if extra:
+        raise InvalidMessageError(
+            f"{method}: unknown field(s) {', '.join(repr(k) for k in extra)}"
+        )
+
+
+def _missing(method: str, field: str) -> InvalidMessageError:
+    return InvalidMessageError(f"{method}: missing field '{field}'")
+
+
+_PUBLISH_FIELDS = ("module_id", "key", "payload", "priority")
+
+
+def check_publish(params: dict[Any, Any]) -> tuple[str, str, Any, str]:
+    """Validate ``publish`` params (the hot path: plain type checks only).
+
+    Returns:
+        ``(module_id, key, payload, priority)``; priority defaults to ``medium``.
+
+    Raises:
+        InvalidMessageError: a field is missing, of the wrong type, an empty or too long
+            key, an unknown priority, or an unknown field.
+    """
+    try:
+        module_id = params["module_id"]
+        key = params["key"]
+        payload = params["payload"]
+    except KeyError as exc:
+        raise _missing("publish", str(exc.args[0])) from None
+    priority = params.get("priority", "medium")
+    if type(module_id) is not str or not module_id:
+        raise InvalidMessageError("publish: 'module_id' must be a non-empty string")
+    if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidMessageError(
+            f"publish: 'key' must be a non-empty string of at most {MAX_KEY_LENGTH} chars"
+        )
+    if type(priority) is not str or priority not in PRIORITY_RANK:
+        raise InvalidMessageError(
+            f"publish: 'priority' must be one of {', '.join(PRIORITIES)}, got {priority!r}"
+        )
+    if len(params) != (4 if "priority" in params else 3):
+        _unknown_fields("publish", params, _PUBLISH_FIELDS)
+    return module_id, key, payload, priority
+
+
+def check_coordinate(params: dict[Any, Any]) -> tuple[str, dict[Any, Any]]:
+    """Validate ``coordinate`` params.
+
+    Returns:
+        ``(mode, context)`` with the canonical mode name; context defaults to ``{}``.
+
+    Raises:
+        InvalidMessageError: missing or unknown mode, a context that is not a map, or an
+            unknown field.
+    """
+    if "mode" not in params:
+        raise _missing("coordinate", "mode")
+    mode = normalize_mode_param("coordinate", params["mode"])
+    context = params.get("context")
+    if context is None:
+        context = {}
+    elif type(context) is not dict:
+        raise InvalidMessageError(
+            f"coordinate: 'context' must be a map, got {type(context).__name__}"
+        )
+    if len(params) > 2 or (len(params) == 2 and "context" not in params):
+        _unknown_fields("coordinate", params, ("mode", "context"))
+    return mode, context
+
+
+def _check_hello(params: dict[Any, Any]) -> dict[str, Any]:
+    _unknown_fields("hello", params, ("client", "pid"))
+    client = params.get("client", "")
+    if type(client) is not str:
+        raise InvalidMessageError("hello: 'client' must be a string")
+    pid = params.get("pid", 0)
+    if type(pid) is not int:
+        raise InvalidMessageError("hello: 'pid' must be an integer")
+    return {"client": client, "pid": pid}
+
+
+_REGISTER_FIELDS = ("module_id", "name", "supported_modes", "subscribe", "has_metrics")
+
+
+def _check_register(params: dict[Any, Any]) -> ModuleInfo:
+    _unknown_fields("register", params, _REGISTER_FIELDS)
+    if "module_id" not in params:
+        raise _missing("register", "module_id")
+    if type(params.get("has_metrics", False)) is not bool:
+        raise InvalidMessageError("register: 'has_metrics' must be a boolean")
+    try:
+        return ModuleInfo.from_params(params)
+    except InvalidMessageError as exc:
+        raise InvalidMessageError(f"register: {exc}") from None
+
+
+def _check_module_id(method: str, params: dict[Any, Any]) -> str:
+    _unknown_fields(method, params, ("module_id",))
+    if "module_id" not in params:
+        raise _missing(method, "module_id")
+    module_id = params["module_id"]
+    if type(module_id) is not str or not module_id:
+        raise InvalidMessageError(f"{method}: 'module_id' must be a non-empty string")
+    return module_id
+
+
+def _check_empty(method: str) -> Callable[[dict[Any, Any]], dict[str, Any]]:
+    def check(params: dict[Any, Any]) -> dict[str, Any]:
+        _unknown_fields(method, params, ())
+        return {}
+
+    return check
+
+
+def _check_set_mode(params: dict[Any, Any]) -> dict[str, Any]:
+    _unknown_fields("set_mode", params, ("mode",))
+    if "mode" not in params:
+        raise _missing("set_mode", "mode")
+    return {"mode": normalize_mode_param("set_mode", params["mode"])}
+
+
+def _check_actor_name(method: str, params: dict[Any, Any]) -> str:
+    if "actor" not in params:
+        raise _missing(method, "actor")
+    actor = params["actor"]
+    if type(actor) is not str or actor not in ACTOR_NAMES:
+        raise InvalidMessageError(
+            f"{method}: 'actor' must be one of {', '.join(ACTOR_NAMES)}, got {actor!r}"
+        )
+    return actor
+
+
+def _check_actor(params: dict[Any, Any]) -> dict[str, Any]:
+    _unknown_fields("actor", params, ("actor", "method", "args", "kwargs"))
+    actor = _check_actor_name("actor", params)
+    if "method" not in params:
+        raise _missing("actor", "method")
+    method = params["method"]
+    if type(method) is not str or not method.isidentifier() or method.startswith("_"):
+        raise InvalidMessageError(
+            f"actor: 'method' must be a public method name, got {method!r}"
+        )
+    args = params.get("args")
+    kwargs = params.get("kwargs")
+    posargs: list[Any] = []
+    keywords: dict[str, Any] = {}
+    if type(args) is list:
+        posargs = args
+    elif type(args) is dict:
+        keywords.update(args)
+    elif args is not None:
+        raise InvalidMessageError(
+            f"actor: 'args' must be a list (or a map of keyword arguments), "
+            f"got {type(args).__name__}"
+        )
+    if type(kwargs) is dict:
+        keywords.update(kwargs)
+    elif kwargs is not None:
+        raise InvalidMessageError(f"actor: 'kwargs' must be a map, got {type(kwargs).__name__}")
+    for name in keywords:
+        if type(name) is not str or not name.isidentifier():
+            raise InvalidMessageError(f"actor: keyword argument names must be identifiers, "
+                                      f"got {name!r}")
+    return {"actor": actor, "method": method, "args": keywords, "posargs": posargs}
+
+
+def _check_crash(params: dict[Any, Any]) -> dict[str, Any]:
+    _unknown_fields("crash", params, ("actor", "kind"))
+    actor = _check_actor_name("crash", params)
+    kind = params.get("kind", "exception")
+    if type(kind) is not str or kind not in CRASH_KINDS:
+        raise InvalidMessageError(
+            f"crash: 'kind' must be one of {', '.join(CRASH_KINDS)}, got {kind!r}"
+        )
+    return {"actor": actor, "kind": kind}
+
+
+_VALIDATORS: dict[str, Callable[[dict[Any, Any]], Any]] = {
+    "hello": _check_hello,
+    "register": _check_register,
+    "unregister": lambda p: _check_module_id("unregister", p),
+    "publish": check_publish,
+    "coordinate": check_coordinate,
+    "set_mode": _check_set_mode,
+    "actor": _check_actor,
+    "crash": _check_crash,
+}
+for _name in ("status", "insights", "optimize", "reload", "config", "metrics", "stop"):
+    _VALIDATORS[_name] = _check_empty(_name)
+assert set(_VALIDATORS) == METHODS
+
+
+def validate_request(method: str, params: dict[Any, Any]) -> Any:
+    """Validate a request's params and return their normalized form.
+
+    Returns:
+        per method: ``hello`` → dict; ``register`` → :class:`ModuleInfo`; ``unregister``
+        → module id; ``publish`` → ``(module_id, key, payload, priority)``;
+        ``coordinate`` → ``(mode, context)``; control methods → the params dict for
+        ``coordinator.call`` (modes canonical, defaults filled in).
+
+    Raises:
+        InvalidMessageError: unknown method, or params naming the wrong field.
+    """
+    validator = _VALIDATORS.get(method)
+    if validator is None:
+        raise InvalidMessageError(f"unknown method {method!r}; expected one of {_METHOD_LIST}")
+    if type(params) is not dict:
+        raise InvalidMessageError(f"{method}: params must be a map, got {type(params).__name__}")
+    return validator(params)

@@ -1,0 +1,850 @@
+"""The real client against the real server over a real Unix socket, with a fake coordinator.
+
+The fake records what reaches it; tests wait on its condition variable or on events with
+bounded timeouts (no sleeping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from modcoord.actors.errors import (
+    ActorCrashedError,
+    CallTimeoutError,
+    ConnectionLostError,
+    InvalidMessageError,
+    ModcoordError,
+    NotRunningError,
+    QueueFullError,
+    RemoteError,
+)
+from modcoord.actors.update import Batch, Update
+from modcoord.supervisor.client import Client, CoordinationResult, Future, connect
+from modcoord.supervisor.module import ModuleEndpoint, ModuleInfo
+from modcoord.supervisor.paths import (
+    pidfile_path,
+    resolve_runtime_dir,
+    socket_path,
+)
+from modcoord.supervisor.server import Server
+from modcoord.supervisor.wire import FrameDecoder, encode_frame
+
+WAIT = 5.0
+
+
+# -- the fake coordinator ----------------------------------------------------------------------
+
+
+class FakeCoordinator:
+    """Records every call; answers like the real façade would, in shape."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.endpoints: dict[str, ModuleEndpoint] = {}
+        self.registrations: list[ModuleInfo] = []
+        self.unregistrations: list[tuple[str, Any]] = []
+        self.publish_calls: list[list[tuple[str, str, Any, str]]] = []
+        self.coordinations: list[tuple[str, dict[str, Any], tuple[str, ...]]] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.held: list[Callable[[Any, BaseException | None], None]] = []
+        self.full_modules: set[str] = set()
+        self.cached: set[str] = set()
+        self._seq = itertools.count(1)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+        with self.cond:
+            return self.cond.wait_for(predicate, timeout)
+
+    @property
+    def published(self) -> list[tuple[str, str, Any, str]]:
+        return [item for call in self.publish_calls for item in call]
+
+    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> dict[str, Any]:
+        with self.cond:
+            current = self.endpoints.get(info.module_id)
+            if current is not None and current is not endpoint:
+                raise InvalidMessageError(f"module id {info.module_id!r} is already registered")
+            self.endpoints[info.module_id] = endpoint
+            self.registrations.append(info)
+            self.cond.notify_all()
+        return {"module_id": info.module_id, "mode": "HYBRID", "strategy": "balanced"}
+
+    def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> bool:
+        with self.cond:
+            self.unregistrations.append((module_id, endpoint))
+            removed = False
+            if endpoint is None or self.endpoints.get(module_id) is endpoint:
+                removed = self.endpoints.pop(module_id, None) is not None
+            self.cond.notify_all()
+        return removed
+
+    def publish_many(self, items: list[tuple[str, str, Any, str]]) -> list[Any]:
+        out: list[Any] = []
+        with self.cond:
+            self.publish_calls.append(list(items))
+            for module_id, _key, _payload, _priority in items:
+                if module_id in self.full_modules:
+                    out.append(QueueFullError("batch queue full (10000 updates)"))
+                else:
+                    out.append(next(self._seq))
+            self.cond.notify_all()
+        return out
+
+    def coordinate(self, mode: str, context: dict[str, Any],
+                   reply: Callable[[Any, BaseException | None], None],
+                   caller: tuple[str, ...] = ()) -> None:
+        with self.cond:
+            self.coordinations.append((mode, context, caller))
+            self.cond.notify_all()
+        if context.get("explode"):
+            raise RuntimeError("coordinator bug")
+        if context.get("hold"):
+            with self.cond:
+                self.held.append(reply)
+                self.cond.notify_all()
+            return
+        if context.get("refuse"):
+            reply(None, ActorCrashedError("cache", "failed on this key"))
+            return
+        key = f"{mode}:{sorted(context.items())}"
+        cached = key in self.cached
+        self.cached.add(key)
+        result = {"mode": mode, "strategy": "balanced",
+                  "results": {m: f"ok:{mode}" for m in caller}, "errors": {},
+                  "cached": cached, "latency_ms": 0.25}
+        if cached:
+            reply(result, None)  # a hit: answered in the calling (I/O) thread
+        else:
+            threading.Thread(target=reply, args=(result, None)).start()
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        with self.cond:
+            self.calls.append((method, params))
+            self.cond.notify_all()
+        if method == "status":
+            return {"pid": os.getpid(), "mode": "HYBRID", "modules": len(self.endpoints)}
+        if method == "insights":
+            return {"insights": [], "recommendations": []}
+        if method == "actor":
+            if params["method"] == "explode":
+                raise ZeroDivisionError("division by zero")
+            return {"actor": params["actor"], "method": params["method"],
+                    "args": params["args"], "posargs": params["posargs"]}
+        if method == "crash":
+            raise InvalidMessageError("fault injection is disabled")
+        return {"method": method, "params": params}
+
+    def status_brief(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "mode": "HYBRID"}
+
+
+class Editor:
+    """A module object as a module process would write it."""
+
+    def __init__(self, module_id: str = "editor", subscribe: tuple[str, ...] = ("*",)) -> None:
+        self.module_id = module_id
+        self.name = module_id.title()
+        self.supported_modes = {"MANUAL", "HYBRID", "FULLY_AUTO"}
+        self.subscribe = list(subscribe)
+        self.batches: list[Batch] = []
+        self.batch_threads: list[str] = []
+        self.got_batch = threading.Event()
+        self.mode_changes: list[tuple[str, str, dict[str, Any], str]] = []
+
+    def on_mode_change(self, mode: str, strategy: str, context: dict[str, Any]) -> Any:
+        self.mode_changes.append((mode, strategy, context, threading.current_thread().name))
+        if context.get("fail"):
+            raise ValueError("cannot switch")
+        return f"{self.module_id} in {mode}/{strategy}"
+
+    def on_batch(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        self.batch_threads.append(threading.current_thread().name)
+        self.got_batch.set()
+
+    def get_performance_metrics(self) -> dict[str, Any]:
+        return {"coordination_latency": 50}
+
+
+class RawClient:
+    """A bare socket speaking frames by hand (for malformed input)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(str(path))
+        self.decoder = FrameDecoder(1 << 30)
+        self.inbox: list[Any] = []
+
+    def send(self, *msgs: Any) -> None:
+        self.sock.sendall(b"".join(encode_frame(m) for m in msgs))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self) -> Any:
+        """The next message, or None at EOF (bounded by the socket timeout)."""
+        while not self.inbox:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.inbox.extend(self.decoder.feed(data))
+        return self.inbox.pop(0)
+
+    def recv_response(self, rid: Any) -> Any:
+        return self.recv_responses([rid])[rid]
+
+    def recv_responses(self, rids: list[Any]) -> dict[Any, Any]:
+        """Responses by id (in whatever order they come); other messages are dropped."""
+        got: dict[Any, Any] = {}
+        while len(got) < len(rids):
+            msg = self.recv()
+            assert msg is not None, f"EOF while waiting for responses {rids}, got {got}"
+            if msg[0] == 1 and msg[1] in rids:
+                got[msg[1]] = msg
+        return got
+
+    def at_eof(self) -> bool:
+        """Read until EOF (true) or a timeout (false)."""
+        try:
+            while True:
+                if self.recv() is None:
+                    return True
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runtime_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    return d
+
+
+@pytest.fixture
+def fake() -> FakeCoordinator:
+    return FakeCoordinator()
+
+
+@pytest.fixture
+def server(fake: FakeCoordinator, runtime_dir: Path) -> Iterator[Server]:
+    srv = Server(fake, socket_path(runtime_dir)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: Server, runtime_dir: Path) -> Iterator[Client]:
+    c = connect(runtime_dir, timeout=WAIT)
+    yield c
+    c.close()
+
+
+def registered(fake: FakeCoordinator, module_id: str, count: int = 1) -> bool:
+    return fake.wait_for(
+        lambda: sum(i.module_id == module_id for i in fake.registrations) >= count)
+
+
+# -- paths -----------------------------------------------------------------------------------
+
+
+def test_runtime_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MODCOORD_RUNTIME_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    assert resolve_runtime_dir(tmp_path / "explicit") == tmp_path / "explicit"
+    assert resolve_runtime_dir(None) == tmp_path / "a"
+    monkeypatch.setenv("MODCOORD_RUNTIME_DIR", "")
+    assert resolve_runtime_dir(None) == tmp_path / "xdg" / "modcoord"
+    monkeypatch.delenv("MODCOORD_RUNTIME_DIR")
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert resolve_runtime_dir() == Path(f"/tmp/modcoord-{os.getuid()}")
+    assert socket_path(tmp_path) == tmp_path / "modcoord.sock"
+    assert pidfile_path(tmp_path) == tmp_path / "modcoord.pid"
+
+
+# -- connecting ------------------------------------------------------------------------------
+
+
+def test_socket_is_0600_and_hello_answers(server: Server, client: Client,
+                                          runtime_dir: Path) -> None:
+    mode = stat.S_IMODE(os.stat(socket_path(runtime_dir)).st_mode)
+    assert mode == 0o600
+    assert client.connected
+    assert client.daemon_info["pid"] == os.getpid()
+    assert client.daemon_info["mode"] == "HYBRID"
+    assert client.daemon_info["max_frame_bytes"] == 1 << 20
+    assert client.daemon_info["version"] == 1
+    assert server.connections() == 1
+
+
+def test_connect_without_daemon_raises_not_running(runtime_dir: Path) -> None:
+    with pytest.raises(NotRunningError, match="modcoord start"):
+        connect(runtime_dir, timeout=1.0)
+
+
+def test_connect_to_stale_socket_raises_not_running(runtime_dir: Path) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(socket_path(runtime_dir)))
+    stale.close()  # the file stays, nobody listens
+    with pytest.raises(NotRunningError, match="modcoord start"):
+        connect(runtime_dir, timeout=1.0)
+
+
+def test_connect_honours_environment(server: Server, runtime_dir: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODCOORD_RUNTIME_DIR", str(runtime_dir))
+    with connect(timeout=WAIT) as c:
+        assert c.status().get()["mode"] == "HYBRID"
+
+
+def test_server_replaces_stale_socket_but_not_live_one(fake: FakeCoordinator,
+                                                       runtime_dir: Path) -> None:
+    path = socket_path(runtime_dir)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    first = Server(fake, path).start()
+    try:
+        with pytest.raises(OSError, match="already listening"):
+            Server(fake, path).start()
+        with connect(runtime_dir, timeout=WAIT) as c:
+            assert c.connected
+    finally:
+        first.stop()
+    assert not path.exists()
+
+
+def test_peer_of_another_uid_is_refused(fake: FakeCoordinator, runtime_dir: Path) -> None:
+    srv = Server(fake, socket_path(runtime_dir), allowed_uid=os.getuid() + 1).start()
+    try:
+        with pytest.raises(ConnectionLostError, match="refused: peer uid"):
+            connect(runtime_dir, timeout=WAIT, reconnect=False)
+        raw = RawClient(socket_path(runtime_dir))
+        first = raw.recv()
+        assert first[0] == 1 and first[2][0] == "PermissionError"
+        assert raw.recv() is None
+        raw.close()
+        assert srv.statistics().refused == 2
+        assert srv.statistics().accepted == 0
+        assert fake.registrations == [] and fake.calls == []
+    finally:
+        srv.stop()
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def test_register_publish_and_priorities(client: Client, fake: FakeCoordinator) -> None:
+    answer = client.register(Editor()).get()
+    assert answer == {"module_id": "editor", "mode": "HYBRID", "strategy": "balanced"}
+    info = fake.registrations[0]
+    assert info == ModuleInfo("editor", "Editor", frozenset({"MANUAL", "HYBRID", "FULLY_AUTO"}),
+                              ("*",), True)
+    seqs = [client.publish("editor", f"doc-{i}", {"i": i}, priority=p).get()
+            for i, p in enumerate(["low", "critical", "medium"])]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert fake.published == [("editor", "doc-0", {"i": 0}, "low"),
+                              ("editor", "doc-1", {"i": 1}, "critical"),
+                              ("editor", "doc-2", {"i": 2}, "medium")]
+
+
+def test_publish_refusals(client: Client, fake: FakeCoordinator) -> None:
+    client.register(Editor()).get()
+    with pytest.raises(InvalidMessageError, match="not registered on this connection"):
+        client.publish("someone-else", "k", 1).get()
+    with pytest.raises(InvalidMessageError, match="'priority'"):
+        client.publish("editor", "k", 1, priority="urgent").get()
+    fake.full_modules.add("editor")
+    with pytest.raises(QueueFullError, match="queue full"):
+        client.publish("editor", "k", 1).get()
+    assert fake.published == [("editor", "k", 1, "medium")]  # only the one refused as full
+
+
+def test_pipelined_publishes_are_answered_in_full(client: Client, fake: FakeCoordinator) -> None:
+    client.register(Editor()).get()
+    futures = [client.publish("editor", f"k{i}", i) for i in range(2000)]
+    seqs = [f.get() for f in futures]
+    assert len(set(seqs)) == 2000
+    assert [item[1] for item in fake.published] == [f"k{i}" for i in range(2000)]
+    assert len(fake.publish_calls) < 2000  # several frames per read went in one call
+
+
+def test_publishes_from_one_read_go_in_one_publish_many(server: Server, fake: FakeCoordinator
+                                                        ) -> None:
+    raw = RawClient(server.socket_path)
+    # register and three publishes in one write: the publishes wait for the registration
+    raw.send([0, 1, "register", {"module_id": "m1"}],
+             *[[0, 10 + i, "publish", {"module_id": "m1", "key": f"k{i}", "payload": i}]
+               for i in range(3)])
+    answers = raw.recv_responses([1, 10, 11, 12])
+    assert answers[1][2] is None
+    assert [answers[rid][3] for rid in (10, 11, 12)] == [1, 2, 3]
+    assert fake.publish_calls == [[("m1", f"k{i}", i, "medium") for i in range(3)]]
+    raw.close()
+
+
+def test_coordinate_miss_then_hit(client: Client, fake: FakeCoordinator) -> None:
+    client.register(Editor()).get()
+    first = client.coordinate("hybrid", {"user": 7}).get()
+    assert isinstance(first, CoordinationResult)
+    assert first.mode == "HYBRID" and first.strategy == "balanced"
+    assert first.results == {"editor": "ok:HYBRID"}
+    assert first.cached is False and first.latency_ms == 0.25
+    second = client.coordinate("HYBRID", {"user": 7}).get()
+    assert second.cached is True
+    assert fake.coordinations[0] == ("HYBRID", {"user": 7}, ("editor",))
+
+
+def test_coordinate_errors(client: Client) -> None:
+    with pytest.raises(ActorCrashedError) as crashed:
+        client.coordinate("MANUAL", {"refuse": True}).get()
+    assert crashed.value.actor == "cache"
+    with pytest.raises(RemoteError) as internal:
+        client.coordinate("MANUAL", {"explode": True}).get()
+    assert internal.value.remote_type == "InternalError"
+    assert "coordinator bug" in internal.value.remote_message
+    with pytest.raises(InvalidMessageError, match="'mode'"):
+        client.coordinate("TURBO").get()
+    assert client.status().get()["mode"] == "HYBRID"  # still serving
+
+
+def test_control_calls_and_actor_proxies(client: Client, fake: FakeCoordinator) -> None:
+    assert client.status().get()["pid"] == os.getpid()
+    assert client.insights().get() == {"insights": [], "recommendations": []}
+    assert client.set_mode("fully-auto").get() == {"method": "set_mode",
+                                                   "params": {"mode": "FULLY_AUTO"}}
+    for name in ("optimize", "reload", "config", "metrics", "stop"):
+        assert getattr(client, name)().get() == {"method": name, "params": {}}
+    assert client.cache.statistics().get() == {
+        "actor": "cache", "method": "statistics", "args": {}, "posargs": []}
+    assert client.debouncer.flush("editor", key="doc-1").get() == {
+        "actor": "debouncer", "method": "flush", "args": {"key": "doc-1"},
+        "posargs": ["editor"]}
+    with pytest.raises(InvalidMessageError, match="fault injection is disabled"):
+        client.crash("cache").get()
+    with pytest.raises(InvalidMessageError, match="'actor'"):
+        client.actor("supervisor").statistics().get()
+    with pytest.raises(RemoteError, match="ZeroDivisionError"):
+        client.monitor.explode().get()
+    names = [m for m, _ in fake.calls]
+    assert names[:3] == ["status", "insights", "set_mode"]
+    assert ("crash", {"actor": "cache", "kind": "exception"}) in fake.calls
+
+
+def test_oversized_request_is_refused_before_sending(fake: FakeCoordinator,
+                                                     runtime_dir: Path) -> None:
+    with Server(fake, socket_path(runtime_dir), max_frame_bytes=4096), \
+            connect(runtime_dir, timeout=WAIT) as c:
+        c.register(Editor()).get()
+        with pytest.raises(InvalidMessageError, match="exceeds the daemon's maximum frame"):
+            c.publish("editor", "big", "x" * 5000).get()
+        assert c.publish("editor", "small", "x" * 100).get() >= 1
+        assert c.connected
+        with pytest.raises(InvalidMessageError, match="cannot be serialized"):
+            c.publish("editor", "obj", object()).get()
+
+
+# -- daemon → module -------------------------------------------------------------------------
+
+
+def test_batch_delivery_runs_on_batch_in_the_callback_thread(client: Client,
+                                                             fake: FakeCoordinator) -> None:
+    editor = Editor()
+    client.register(editor).get()
+    batch = Batch(7, (Update("a", "k1", {"x": 1}, "critical", 3),
+                      Update("b", "k2", [1, 2], "low", 9)), "window")
+    fake.endpoints["editor"].deliver("editor", batch)
+    assert editor.got_batch.wait(WAIT)
+    (got,) = editor.batches
+    assert got.batch_id == 7 and got.reason == "window"
+    assert got.updates == batch.updates
+    assert editor.batch_threads == ["modcoord-client-callbacks"]
+    assert client.statistics().batches_received == 1
+
+
+def test_callback_round_trip(client: Client, fake: FakeCoordinator) -> None:
+    editor = Editor()
+    client.register(editor).get()
+    endpoint = fake.endpoints["editor"]
+    answers: list[tuple[Any, str | None]] = []
+    done = threading.Event()
+
+    def reply(result: Any, error: str | None) -> None:
+        answers.append((result, error))
+        if len(answers) == 3:
+            done.set()
+
+    endpoint.mode_change("editor", "MANUAL", "conservative", {"user": 7}, reply)
+    endpoint.mode_change("editor", "MANUAL", "conservative", {"fail": True}, reply)
+    endpoint.performance_metrics("editor", reply)
+    assert done.wait(WAIT)
+    assert answers[0] == ("editor in MANUAL/conservative", None)
+    assert answers[1] == (None, "ValueError: cannot switch")
+    assert answers[2] == ({"coordination_latency": 50}, None)
+    assert editor.mode_changes[0][:3] == ("MANUAL", "conservative", {"user": 7})
+    assert editor.mode_changes[0][3] == "modcoord-client-callbacks"
+
+
+def test_outstanding_callbacks_fail_when_connection_closes(server: Server,
+                                                           fake: FakeCoordinator) -> None:
+    raw = RawClient(server.socket_path)
+    raw.send([0, 1, "register", {"module_id": "mute"}])
+    assert raw.recv_response(1)[2] is None
+    answers: list[tuple[Any, str | None]] = []
+    done = threading.Event()
+    fake.endpoints["mute"].mode_change(
+        "mute", "MANUAL", "conservative", {},
+        lambda r, e: (answers.append((r, e)), done.set()))
+    request = raw.recv()
+    assert request[0] == 3 and request[2] == "on_mode_change"
+    assert request[3] == {"module_id": "mute", "mode": "MANUAL", "strategy": "conservative",
+                          "context": {}}
+    raw.close()  # never answers
+    assert done.wait(WAIT)
+    assert answers == [(None, "connection closed")]
+    assert fake.wait_for(lambda: any(m == "mute" for m, _ in fake.unregistrations))
+    assert "mute" not in fake.endpoints
+    # a callback to a closed connection is answered at once
+    late: list[Any] = []
+    request_endpoint = fake.unregistrations[0][1]
+    request_endpoint.performance_metrics("mute", lambda r, e: late.append(e))
+    assert late == ["connection closed"]
+    assert server.statistics().callbacks_failed >= 2
+
+
+def test_raw_callback_response_with_error_list(server: Server, fake: FakeCoordinator) -> None:
+    raw = RawClient(server.socket_path)
+    raw.send([0, 1, "register", {"module_id": "m"}])
+    raw.recv_response(1)
+    got: list[Any] = []
+    done = threading.Event()
+    fake.endpoints["m"].performance_metrics("m", lambda r, e: (got.append((r, e)), done.set()))
+    cb = raw.recv()
+    raw.send([4, cb[1] + 1000, None, "unknown id: ignored"],
+             [4, cb[1], ["KeyError", "nope"], None])
+    assert done.wait(WAIT)
+    assert got == [(None, "KeyError: nope")]
+    raw.close()
+
+
+def test_closing_the_client_unregisters_its_modules(server: Server, runtime_dir: Path,
+                                                    fake: FakeCoordinator) -> None:
+    c = connect(runtime_dir, timeout=WAIT)
+    c.register(Editor("one")).get()
+    c.register(Editor("two")).get()
+    c.unregister("one").get()
+    assert [m for m, _ in fake.unregistrations] == ["one"]
+    c.close()
+    assert fake.wait_for(lambda: len(fake.unregistrations) == 2)
+    assert fake.unregistrations[1][0] == "two"
+    assert fake.endpoints == {}
+    assert fake.wait_for(lambda: server.connections() == 0)
+
+
+def test_module_id_taken_by_another_connection(client: Client, runtime_dir: Path) -> None:
+    client.register(Editor()).get()
+    with connect(runtime_dir, timeout=WAIT) as other:
+        with pytest.raises(InvalidMessageError, match="already registered"):
+            other.register(Editor()).get()
+        with pytest.raises(InvalidMessageError, match="not registered on this connection"):
+            other.publish("editor", "k", 1).get()
+        with pytest.raises(InvalidMessageError, match="not registered on this connection"):
+            other.unregister("editor").get()
+    assert client.publish("editor", "k", 1).get() >= 1
+
+
+# -- malformed input ---------------------------------------------------------------------------
+
+
+def test_wrong_types_and_unknown_methods_keep_the_connection(server: Server, client: Client
+                                                             ) -> None:
+    raw = RawClient(server.socket_path)
+    raw.send([0, 1, "explode", {}],
+             [0, 2, "publish", {"module_id": "m", "key": 5, "payload": 1}],
+             [0, 3, "status", [1, 2]],
+             [0, 4, 99, {}],
+             [0, 5, "coordinate", {"mode": "HYBRID", "context": "x"}],
+             [9, 6, "status", {}],
+             [0, 7, "status", {}])
+    errors = {rid: msg[2] for rid, msg in raw.recv_responses(list(range(1, 8))).items()}
+    assert errors[1][0] == "InvalidMessageError" and "unknown method 'explode'" in errors[1][1]
+    assert "'key'" in errors[2][1]
+    assert "params must be a map" in errors[3][1]
+    assert "method must be a string" in errors[4][1]
+    assert "'context'" in errors[5][1]
+    assert "kind must be" in errors[6][1]
+    assert errors[7] is None  # the valid one after them is served
+    assert client.status().get()["mode"] == "HYBRID"
+    assert server.statistics().invalid_messages >= 6
+    raw.close()
+
+
+@pytest.mark.parametrize("case", ["garbage_body", "not_an_array", "oversized", "bad_envelope_id"])
+def test_broken_frames_close_only_that_connection(server: Server, client: Client,
+                                                  fake: FakeCoordinator, case: str) -> None:
+    client.register(Editor()).get()
+    raw = RawClient(server.socket_path)
+    if case == "garbage_body":
+        raw.send_bytes(struct.pack(">I", 4) + b"\xc1\xc1\xc1\xc1")
+        expected = "undecodable frame"
+    elif case == "not_an_array":
+        raw.send("just a string")
+        expected = "must be an array"
+    elif case == "bad_envelope_id":
+        raw.send([0, "id", "status", {}])
+        expected = "id must be an integer"
+    else:
+        raw.send_bytes(struct.pack(">I", (1 << 20) + 1) + b"x" * 100)
+        expected = "exceeds the maximum"
+    msg = raw.recv()
+    assert msg[0] == 1 and msg[1] is None
+    assert expected in msg[2][1]
+    assert raw.at_eof()
+    raw.close()
+    assert client.publish("editor", "still", "working").get() >= 1
+    assert client.coordinate("MANUAL").get().mode == "MANUAL"
+    stats = server.statistics()
+    assert stats.framing_errors == 1 and stats.connections == 1
+
+
+def test_truncated_frame_then_close(server: Server, client: Client) -> None:
+    raw = RawClient(server.socket_path)
+    frame = encode_frame([0, 1, "status", {}])
+    raw.send_bytes(frame[:-3])
+    raw.sock.shutdown(socket.SHUT_WR)
+    assert raw.at_eof()
+    raw.close()
+    assert client.status().get()["pid"] == os.getpid()
+
+
+def test_garbage_bytes_without_framing(server: Server, client: Client) -> None:
+    raw = RawClient(server.socket_path)
+    raw.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # "GET " is a 1.2 GB length
+    msg = raw.recv()
+    assert msg[1] is None and msg[2][0] == "FramingError"
+    assert raw.at_eof()
+    raw.close()
+    assert client.status().get()["mode"] == "HYBRID"
+
+
+def test_slow_client_is_disconnected_without_blocking_the_sender(
+        fake: FakeCoordinator, runtime_dir: Path) -> None:
+    with Server(fake, socket_path(runtime_dir), max_buffer_bytes=1 << 20) as srv:
+        raw = RawClient(srv.socket_path)
+        raw.send([0, 1, "register", {"module_id": "sink"}])
+        raw.recv_response(1)
+        endpoint = fake.endpoints["sink"]
+        payload = "x" * 65536
+        started = time.monotonic()
+        delivered = 0
+        while srv.statistics().slow_disconnects == 0 and delivered < 1000:
+            endpoint.deliver("sink", Batch(delivered, (Update("a", "k", payload),)))
+            delivered += 1
+        assert time.monotonic() - started < 5.0
+        assert srv.statistics().slow_disconnects == 1
+        assert fake.wait_for(lambda: any(m == "sink" for m, _ in fake.unregistrations))
+        raw.close()
+
+
+# -- losing and regaining the daemon ------------------------------------------------------------
+
+
+def test_server_stop_fails_pending_futures_quickly(fake: FakeCoordinator,
+                                                   runtime_dir: Path) -> None:
+    srv = Server(fake, socket_path(runtime_dir)).start()
+    c = connect(runtime_dir, timeout=WAIT)
+    try:
+        pending = c.coordinate("HYBRID", {"hold": True})
+        assert fake.wait_for(lambda: len(fake.held) == 1)
+        assert not pending.done()
+        started = time.monotonic()
+        srv.stop()
+        with pytest.raises(ConnectionLostError):
+            pending.get(timeout=2.0)
+        assert time.monotonic() - started < 1.5
+        fast = c.status()
+        assert fast.done()
+        with pytest.raises(ConnectionLostError, match="not connected"):
+            fast.get()
+        assert not c.connected
+        fake.held[0]({"mode": "HYBRID"}, None)  # a late reply to a closed connection is dropped
+    finally:
+        c.close()
+
+
+def test_reconnects_and_reregisters_after_restart(runtime_dir: Path) -> None:
+    first_fake = FakeCoordinator()
+    srv = Server(first_fake, socket_path(runtime_dir)).start()
+    c = connect(runtime_dir, timeout=WAIT)
+    editor = Editor()
+    try:
+        c.register(editor).get()
+        srv.stop()
+        assert first_fake.wait_for(lambda: len(first_fake.unregistrations) == 1)
+        second_fake = FakeCoordinator()
+        srv = Server(second_fake, socket_path(runtime_dir)).start()
+        assert c.wait_connected(WAIT)
+        assert registered(second_fake, "editor")
+        assert second_fake.registrations[0].module_id == "editor"
+        assert c.publish("editor", "after", 1).get() == 1
+        second_fake.endpoints["editor"].deliver("editor", Batch(1, (Update("x", "k", 1),)))
+        assert editor.got_batch.wait(WAIT)
+        stats = c.statistics()
+        assert stats.reconnects == 1 and stats.connection_losses == 1
+    finally:
+        c.close()
+        srv.stop()
+
+
+def test_close_stops_reconnecting(fake: FakeCoordinator, runtime_dir: Path) -> None:
+    srv = Server(fake, socket_path(runtime_dir)).start()
+    c = connect(runtime_dir, timeout=WAIT)
+    srv.stop()
+    c.close()
+    srv = Server(fake, socket_path(runtime_dir)).start()
+    try:
+        assert not c.wait_connected(0.3)
+        assert srv.connections() == 0
+        with pytest.raises(ConnectionLostError):
+            c.status().get()
+    finally:
+        srv.stop()
+
+
+# -- futures ---------------------------------------------------------------------------------
+
+
+def test_future_timeout_and_callbacks(client: Client, fake: FakeCoordinator) -> None:
+    held = client.coordinate("MANUAL", {"hold": True})
+    with pytest.raises(CallTimeoutError):
+        held.get(timeout=0.05)
+    seen: list[Any] = []
+    held.add_done_callback(lambda f: seen.append(f.result()))
+    assert fake.wait_for(lambda: len(fake.held) == 1)
+    fake.held[0]({"mode": "MANUAL", "strategy": "conservative", "results": {}, "errors": {},
+                  "cached": False, "latency_ms": 1.0}, None)
+    assert held.get().strategy == "conservative"
+    assert held.exception() is None
+    assert [r.mode for r in seen] == ["MANUAL"]
+    late: list[Any] = []
+    held.add_done_callback(late.append)  # already done: runs at once
+    assert late == [held]
+
+
+def test_future_is_awaitable(client: Client, fake: FakeCoordinator) -> None:
+    async def main() -> tuple[Any, Any, BaseException | None]:
+        status = await client.status()
+        result = await client.coordinate("MANUAL", {"k": 1})
+        try:
+            await client.coordinate("TURBO")
+        except InvalidMessageError as exc:
+            return status, result, exc
+        return status, result, None
+
+    status, result, error = asyncio.run(main())
+    assert status["mode"] == "HYBRID"
+    assert result.mode == "MANUAL"
+    assert isinstance(error, InvalidMessageError)
+
+
+def test_awaiting_a_held_future_times_out(fake: FakeCoordinator, server: Server,
+                                          runtime_dir: Path) -> None:
+    with connect(runtime_dir, timeout=0.2) as c:
+        async def main() -> None:
+            await c.coordinate("MANUAL", {"hold": True})
+
+        with pytest.raises(CallTimeoutError):
+            asyncio.run(main())
+
+
+def test_future_standalone() -> None:
+    f: Future[int] = Future(timeout=0.01)
+    assert not f.done()
+    with pytest.raises(CallTimeoutError):
+        f.get()
+    assert f.set_result(3) and not f.set_exception(ValueError())
+    assert f.get() == 3 and f.exception() is None
+
+
+def test_server_statistics_count_traffic(server: Server, client: Client) -> None:
+    client.register(Editor()).get()
+    for i in range(5):
+        client.publish("editor", "k", i).get()
+    stats = server.statistics()
+    assert stats.accepted == 1 and stats.connections == 1
+    assert stats.publishes == 5
+    assert stats.requests >= 7  # hello, register, 5 publishes
+    assert stats.bytes_in > 0
+    assert stats.listening and stats.socket_path == str(server.socket_path)
+
+
+# -- a real module process ---------------------------------------------------------------------
+
+MODULE_SCRIPT = """
+import json, sys
+from modcoord.supervisor.client import connect
+
+class Sensor:
+    module_id = "sensor"
+    name = "Sensor"
+    supported_modes = ["HYBRID"]
+    subscribe = []
+    def on_mode_change(self, mode, strategy, context):
+        return "sensor ok"
+    def on_batch(self, batch):
+        pass
+
+with connect(sys.argv[1], timeout=10) as coord:
+    coord.register(Sensor()).get()
+    futures = [coord.publish("sensor", f"t{i}", {"v": i}, priority="high") for i in range(100)]
+    seqs = [f.get() for f in futures]
+    result = coord.coordinate("HYBRID", {"from": "process"}).get()
+    print(json.dumps({"seqs": seqs, "results": result.results}))
+"""
+
+
+def test_module_in_a_separate_process(server: Server, fake: FakeCoordinator,
+                                      runtime_dir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "module.py"
+    script.write_text(MODULE_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(runtime_dir)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(set(out["seqs"])) == 100
+    assert out["results"] == {"sensor": "ok:HYBRID"}
+    assert fake.registrations[0].supported_modes == frozenset({"HYBRID"})
+    assert [(m, k, p["v"], pr) for m, k, p, pr in fake.published] == [
+        ("sensor", f"t{i}", i, "high") for i in range(100)]
+    assert fake.wait_for(lambda: [m for m, _ in fake.unregistrations] == ["sensor"])
+
+
+def test_errors_share_the_root(client: Client) -> None:
+    with pytest.raises(ModcoordError):
+        client.publish("nobody", "k", 1).get()
+    assert issubclass(NotRunningError, ModcoordError)
+    assert isinstance(msgpack.packb([1]), bytes)

@@ -1,0 +1,344 @@
+"""Tests of the Prometheus exposition: a strict parser of format 0.0.4 checks the output."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from modcoord.actors.clock import MockClock
+from modcoord.actors.histogram import PROMETHEUS_BUCKETS_S
+from modcoord.actors.metrics import MetricsRegistry
+from modcoord.supervisor.exposition import CONTENT_TYPE, MetricsHTTPServer, render_metrics
+
+# --------------------------------------------------------------------------- strict parser
+
+NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LABEL = r"[a-zA-Z_][a-zA-Z0-9_]*"
+SAMPLE_RE = re.compile(rf"^({NAME})(\{{(.*)\}})? (\S+)( -?\d+)?$")
+LABEL_PAIR_RE = re.compile(rf'({LABEL})="((?:[^"\\\n]|\\\\|\\"|\\n)*)"')
+TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
+ALLOWED_LABELS = {"actor", "mode", "cause", "quantile", "le", "result"}
+
+
+@dataclass
+class Family:
+    name: str
+    type: str = ""
+    help: str | None = None
+    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "\\": "\\", '"': '"'}[m.group(1)], value)
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    pos = 0
+    while pos < len(text):
+        m = LABEL_PAIR_RE.match(text, pos)
+        assert m, f"bad labels {text!r} at {pos}"
+        assert m.group(1) not in labels, f"duplicate label in {text!r}"
+        labels[m.group(1)] = _unescape(m.group(2))
+        pos = m.end()
+        if pos < len(text):
+            assert text[pos] == ",", f"bad separator in {text!r}"
+            pos += 1
+    return labels
+
+
+def _parse_value(text: str) -> float:
+    assert text in ("NaN", "+Inf", "-Inf") or re.fullmatch(
+        r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?", text), f"bad value {text!r}"
+    return float(text.replace("+Inf", "inf").replace("-Inf", "-inf"))
+
+
+def _family_of(sample: str, families: dict[str, Family]) -> Family:
+    if sample in families:
+        return families[sample]
+    for suffix in ("_bucket", "_sum", "_count"):
+        base = sample[: -len(suffix)]
+        if sample.endswith(suffix) and base in families and families[base].type in (
+                "histogram", "summary"):
+            return families[base]
+    raise AssertionError(f"sample {sample} has no TYPE line before it")
+
+
+def parse_exposition(text: str) -> dict[str, Family]:
+    """Parse text format 0.0.4 strictly; fail on anything malformed or out of order."""
+    assert text.endswith("\n"), "the exposition must end with a newline"
+    families: dict[str, Family] = {}
+    finished: set[str] = set()
+    current: str | None = None
+    seen_series: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for line in text[:-1].split("\n"):
+        assert line, "no blank lines"
+        if line.startswith("#"):
+            parts = line.split(" ", 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                name = parts[2]
+                assert re.fullmatch(NAME, name), name
+                fam = families.setdefault(name, Family(name))
+                assert name not in finished, f"{name} split in two groups"
+                if current is not None and current != name:
+                    finished.add(current)
+                current = name
+                if parts[1] == "TYPE":
+                    assert not fam.type, f"second TYPE for {name}"
+                    assert not fam.samples, f"TYPE after samples of {name}"
+                    assert len(parts) == 4 and parts[3] in TYPES, line
+                    fam.type = parts[3]
+                else:
+                    assert fam.help is None, f"second HELP for {name}"
+                    fam.help = parts[3] if len(parts) == 4 else ""
+            continue
+        m = SAMPLE_RE.match(line)
+        assert m, f"malformed sample line {line!r}"
+        sample, _, label_text, value_text, _ = m.groups()
+        labels = _parse_labels(label_text or "")
+        fam = _family_of(sample, families)
+        assert fam.type, f"no TYPE for {fam.name} before its samples"
+        assert current == fam.name, f"{sample} is outside its family's group"
+        series = (sample, tuple(sorted(labels.items())))
+        assert series not in seen_series, f"duplicate series {series}"
+        seen_series.add(series)
+        fam.samples.append((sample, labels, _parse_value(value_text)))
+    return families
+
+
+def check_conventions(families: dict[str, Family]) -> None:
+    for fam in families.values():
+        assert fam.name.startswith("modcoord_"), fam.name
+        assert fam.help, f"{fam.name} has no HELP"
+        assert fam.samples, f"{fam.name} has no samples"
+        if fam.type == "counter":
+            assert fam.name.endswith("_total"), fam.name
+            assert all(v >= 0 for _, _, v in fam.samples)
+        for _, labels, _ in fam.samples:
+            assert set(labels) <= ALLOWED_LABELS, labels
+        if fam.type == "histogram":
+            check_histogram(fam)
+
+
+def check_histogram(fam: Family) -> tuple[list[tuple[float, float]], float, float]:
+    buckets = [(_parse_value(lab["le"]), v) for s, lab, v in fam.samples
+               if s == fam.name + "_bucket"]
+    sums = [v for s, _, v in fam.samples if s == fam.name + "_sum"]
+    counts = [v for s, _, v in fam.samples if s == fam.name + "_count"]
+    assert len(sums) == 1 and len(counts) == 1, fam.name
+    bounds = [le for le, _ in buckets]
+    assert bounds == sorted(bounds) and len(set(bounds)) == len(bounds), bounds
+    assert bounds[-1] == math.inf, "last bucket must be +Inf"
+    values = [v for _, v in buckets]
+    assert all(a <= b for a, b in itertools.pairwise(values)), f"not cumulative: {values}"
+    assert values[-1] == counts[0], "+Inf bucket must equal _count"
+    assert bounds[0] < 0.001, "needs sub-millisecond buckets"
+    return buckets, sums[0], counts[0]
+
+
+def value_of(families: dict[str, Family], name: str, **labels: str) -> float:
+    for fam in families.values():
+        for sample, labs, value in fam.samples:
+            if sample == name and labs == labels:
+                return value
+    raise KeyError(f"{name}{labels}")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+def full_status() -> dict[str, Any]:
+    return {
+        "pid": 4242,
+        "uptime_s": 12.5,
+        "mode": "HYBRID",
+        "is_coordinating": True,
+        "actors": {name: {"alive": name != "memory", "restarts": i}
+                   for i, name in enumerate(("debouncer", "cache", "batcher", "memory",
+                                             "monitor"))},
+        "modules": 3,
+        "performance_metrics": {
+            "coordination_latency_ms": {"p50": 0.25, "p95": 4.0, "p99": 12.5},
+            "memory_usage_bytes": 52_428_800,
+            "active_subscriptions": 7,
+            "cache_hit_rate": 0.75,
+            "batch_efficiency": 0.4,
+        },
+        "cache_stats": {"size": 10, "max_size": 1000, "hits": 30, "misses": 10,
+                        "evictions": 4, "expirations": 6},
+        "batch_queue": {"pending": 5, "rejected": 2, "max_queue": 10000},
+        "last_reload_error": "hybrid.yaml: cache.ttl_ms: bad",
+        "debouncer": {"received": 100, "emitted": 60, "collapsed": 40, "pending": 3},
+        "batcher": {"batches": 12, "updates": 60},
+    }
+
+
+@pytest.fixture
+def registry() -> MetricsRegistry:
+    reg = MetricsRegistry(MockClock())
+    for seconds in (0.00004, 0.00009, 0.0003, 0.002, 0.002, 0.07, 3.0, 60.0):
+        reg.record("coordination", seconds)
+    reg.record("publish_to_delivery", 0.12)
+    reg.increment("publish_rejected", 3)
+    reg.increment("odd name-2")
+    return reg
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_full_status_is_strictly_valid_and_carries_the_values(registry: MetricsRegistry
+                                                              ) -> None:
+    text = render_metrics(full_status(), registry)
+    fams = parse_exposition(text)
+    check_conventions(fams)
+
+    assert value_of(fams, "modcoord_uptime_seconds") == 12.5
+    assert value_of(fams, "modcoord_mode", mode="HYBRID") == 1
+    assert value_of(fams, "modcoord_mode", mode="MANUAL") == 0
+    assert value_of(fams, "modcoord_coordinating") == 1
+    assert value_of(fams, "modcoord_modules") == 3
+    assert value_of(fams, "modcoord_config_last_reload_ok") == 0
+    assert value_of(fams, "modcoord_actor_up", actor="memory") == 0
+    assert value_of(fams, "modcoord_actor_up", actor="cache") == 1
+    assert value_of(fams, "modcoord_actor_restarts_total", actor="batcher") == 2
+    assert fams["modcoord_actor_restarts_total"].type == "counter"
+    quant = "modcoord_coordination_latency_recent_seconds"
+    assert value_of(fams, quant, quantile="0.5") == pytest.approx(0.00025)
+    assert value_of(fams, quant, quantile="0.99") == pytest.approx(0.0125)
+    assert value_of(fams, "modcoord_memory_usage_bytes") == 52_428_800
+    assert value_of(fams, "modcoord_active_subscriptions") == 7
+    assert value_of(fams, "modcoord_cache_hit_ratio") == 0.75
+    assert value_of(fams, "modcoord_cache_entries") == 10
+    assert value_of(fams, "modcoord_cache_max_entries") == 1000
+    assert value_of(fams, "modcoord_cache_hits_total") == 30
+    assert value_of(fams, "modcoord_cache_evictions_total", cause="capacity") == 4
+    assert value_of(fams, "modcoord_cache_evictions_total", cause="expired") == 6
+    assert value_of(fams, "modcoord_batch_queue_pending") == 5
+    assert value_of(fams, "modcoord_batch_queue_rejected_total") == 2
+    assert value_of(fams, "modcoord_debouncer_collapsed_total") == 40
+    assert value_of(fams, "modcoord_batcher_updates_total") == 60
+    assert value_of(fams, "modcoord_publish_rejected_total") == 3
+    assert value_of(fams, "modcoord_odd_name_2_total") == 1
+    assert "4242" not in text  # the pid is no metric
+
+
+def test_histograms_are_cumulative_with_sub_millisecond_buckets(registry: MetricsRegistry
+                                                                ) -> None:
+    fams = parse_exposition(render_metrics({}, registry))
+    check_conventions(fams)
+    assert {"modcoord_coordination_seconds", "modcoord_publish_to_delivery_seconds",
+            "modcoord_debounce_lateness_seconds"} <= set(fams)
+    coord = fams["modcoord_coordination_seconds"]
+    assert coord.type == "histogram"
+    buckets, total, count = check_histogram(coord)
+    assert [le for le, _ in buckets] == [*PROMETHEUS_BUCKETS_S, math.inf]
+    assert count == 8
+    assert total == pytest.approx(0.00004 + 0.00009 + 0.0003 + 0.004 + 0.07 + 63.0)
+    by_le = dict(buckets)
+    assert by_le[0.0001] == 2      # 40 µs and 90 µs
+    assert by_le[0.0005] == 3
+    assert by_le[0.0025] == 5
+    assert by_le[0.1] == 6
+    assert by_le[5.0] == 7
+    assert by_le[10.0] == 7        # 60 s only in +Inf
+    assert by_le[math.inf] == 8
+    _, _, empty = check_histogram(fams["modcoord_debounce_lateness_seconds"])
+    assert empty == 0
+
+
+def test_missing_and_malformed_keys_are_tolerated() -> None:
+    assert render_metrics({}, None) == ""
+    assert render_metrics(None, None) == ""
+    odd = {
+        "mode": "TURBO",
+        "uptime_s": "soon",
+        "actors": "everyone",
+        "modules": ["a", "b"],
+        "performance_metrics": None,
+        "cache_stats": {"size": 2, "evictions": {"ttl": 1, "capacity": 2}},
+        "batch_queue": {},
+        "debouncer": {"received": None},
+    }
+    fams = parse_exposition(render_metrics(odd, None))
+    check_conventions(fams)
+    assert value_of(fams, "modcoord_mode", mode="TURBO") == 1
+    assert value_of(fams, "modcoord_mode", mode="HYBRID") == 0
+    assert value_of(fams, "modcoord_modules") == 2
+    assert value_of(fams, "modcoord_cache_evictions_total", cause="ttl") == 1
+    assert "modcoord_uptime_seconds" not in fams
+    assert "modcoord_debouncer_received_total" not in fams
+    assert "modcoord_actor_up" not in fams
+
+
+def test_label_values_are_escaped() -> None:
+    weird = 'we"ird\\actor\nname'
+    text = render_metrics({"actors": {weird: {"alive": True, "restarts": 1}}}, None)
+    assert "\n" not in text.split("modcoord_actor_up{", 1)[1].split("}", 1)[0]
+    fams = parse_exposition(text)
+    assert value_of(fams, "modcoord_actor_restarts_total", actor=weird) == 1
+
+
+def test_registry_counter_does_not_duplicate_a_status_family() -> None:
+    reg = MetricsRegistry(MockClock(), names=())
+    reg.increment("cache_hits", 99)
+    fams = parse_exposition(render_metrics({"cache_stats": {"hits": 5}}, reg))
+    assert [s for s in fams["modcoord_cache_hits_total"].samples] == [
+        ("modcoord_cache_hits_total", {}, 5.0)]
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+def test_http_endpoint_serves_the_exposition(registry: MetricsRegistry) -> None:
+    status = full_status()
+    server = MetricsHTTPServer("127.0.0.1", 0, lambda: render_metrics(status, registry))
+    port = server.start()
+    try:
+        assert port > 0
+        code, ctype, body = _get(f"http://127.0.0.1:{port}/metrics")
+        assert code == 200
+        assert ctype == CONTENT_TYPE
+        assert ctype.startswith("text/plain; version=0.0.4")
+        check_conventions(parse_exposition(body))
+        assert body == render_metrics(status, registry)
+        status["mode"] = "MANUAL"  # rendered afresh for every scrape
+        _, _, body2 = _get(f"http://127.0.0.1:{port}/metrics")
+        assert value_of(parse_exposition(body2), "modcoord_mode", mode="MANUAL") == 1
+        code, _, _ = _get(f"http://127.0.0.1:{port}/other")
+        assert code == 404
+        stats = server.statistics()
+        assert (stats.scrapes, stats.not_found, stats.errors, stats.port) == (2, 1, 0, port)
+    finally:
+        server.stop()
+    assert server.statistics().port is None
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    server.stop()  # idempotent
+
+
+def test_http_endpoint_answers_500_when_rendering_fails() -> None:
+    def broken() -> str:
+        raise RuntimeError("no status")
+
+    server = MetricsHTTPServer("127.0.0.1", 0, broken)
+    port = server.start()
+    try:
+        code, _, body = _get(f"http://127.0.0.1:{port}/metrics")
+        assert code == 500
+        assert "failed" in body
+        assert server.statistics().errors == 1
+        with pytest.raises(RuntimeError, match="already started"):
+            server.start()
+    finally:
+        server.stop()

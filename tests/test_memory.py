@@ -1,0 +1,567 @@
+"""Tests of the memory manager: activity table, sweeps, pressure cleanup, strategies."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+import pytest
+from loguru import logger
+
+from modcoord.actors import memory as memory_mod
+from modcoord.actors._base import (
+    ActorContext,
+    ActorHandle,
+    Crash,
+    FailureReport,
+    Handover,
+    ManagedActor,
+    Reconfigure,
+    Statistics,
+)
+from modcoord.actors.clock import MockClock
+from modcoord.actors.errors import ActorCrashedError, InvalidMessageError
+from modcoord.actors.memory import (
+    ActivityTable,
+    CleanupReport,
+    ForceCleanup,
+    Forget,
+    MemoryHandover,
+    MemoryManagerActor,
+    MemoryStatistics,
+    Reactivate,
+    Touch,
+    Track,
+)
+from modcoord.actors.message import Message
+from modcoord.actors.settings import MemorySettings
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Sync(Message):
+    """Test-only: asked of a fake peer to wait until it has handled earlier messages."""
+
+
+class _Recorder(ManagedActor):
+    """A fake peer: records every message and answers from ``replies`` (default 0)."""
+
+    def __init__(self, settings: Any, context: ActorContext, received: list[Any],
+                 replies: dict[str, Any]) -> None:
+        super().__init__(settings, context)
+        self.received = received
+        self.replies = replies
+
+    def statistics(self) -> None:
+        return None
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Sync):
+            return None
+        self.received.append(message)
+        reply = self.replies.get(type(message).__name__, 0)
+        return reply(message) if callable(reply) else reply
+
+
+def _fake(name: str) -> type[_Recorder]:
+    return type(f"Fake_{name}", (_Recorder,), {"actor_name": name})
+
+
+@dataclass
+class Harness:
+    clock: MockClock
+    context: ActorContext
+    handle: ActorHandle
+    received: dict[str, list[Any]]
+    reports: list[FailureReport]
+    level: list[int]
+    activity: ActivityTable
+    ref: Any = None
+    peers: dict[str, ActorHandle] = field(default_factory=dict)
+
+    def sync(self) -> MemoryStatistics:
+        """Wait until memory and then every fake peer handled what was sent so far."""
+        stats: MemoryStatistics = self.handle.ask(Statistics(), timeout=5)
+        for handle in self.peers.values():
+            handle.ask(_Sync(), timeout=5)
+        return stats
+
+    def names(self, peer: str) -> list[str]:
+        return [type(m).__name__ for m in self.received[peer]]
+
+    def sent(self, peer: str, type_name: str) -> list[Any]:
+        return [m for m in self.received[peer] if type(m).__name__ == type_name]
+
+    def advance(self, seconds: float) -> MemoryStatistics:
+        self.clock.advance(seconds)
+        return self.sync()
+
+    def run(self, seconds: int) -> MemoryStatistics:
+        """Advance one second at a time, letting each tick be handled before the next."""
+        stats = self.sync()
+        for _ in range(seconds):
+            stats = self.advance(1)
+        return stats
+
+
+def _settings(**over: Any) -> MemorySettings:
+    base: dict[str, Any] = dict(
+        strategy="conservative", cleanup_interval_ms=1000.0, inactive_after_ms=5000.0,
+        max_rss_mb=100.0, check_interval_ms=3_600_000.0,
+    )
+    base.update(over)
+    return MemorySettings(**base)
+
+
+@pytest.fixture
+def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
+    def _start(settings: MemorySettings | None = None,
+               replies: dict[str, dict[str, Any]] | None = None,
+               rss_reader: Callable[[], int] | None = None,
+               install_peers: tuple[str, ...] = ("cache", "batcher", "monitor")) -> Harness:
+        level = [20 * MB]
+        handles = {n: ActorHandle(n) for n in ("memory", "cache", "batcher", "monitor")}
+        reports: list[FailureReport] = []
+        activity = ActivityTable(clock)
+        context = ActorContext(
+            clock=clock, handles=handles, report_failure=reports.append,
+            extras={"activity": activity,
+                    "rss_reader": rss_reader if rss_reader is not None else lambda: level[0]},
+        )
+        received: dict[str, list[Any]] = {n: [] for n in ("cache", "batcher", "monitor")}
+        h = Harness(clock, context, handles["memory"], received, reports, level, activity)
+        for name in install_peers:
+            ref = _fake(name).start(None, context, received[name], (replies or {}).get(name, {}))
+            handles[name].install(ref)
+            h.peers[name] = handles[name]
+        h.ref = MemoryManagerActor.start(settings or _settings(), context)
+        h.handle.install(h.ref)
+        return h
+
+    yield _start
+    pykka.ActorRegistry.stop_all()
+
+
+@pytest.fixture
+def memory_logs() -> Iterator[list[Any]]:
+    records: list[Any] = []
+    sink = logger.add(lambda m: records.append(m.record), level="DEBUG",
+                      filter=lambda r: r["extra"].get("actor") == "memory")
+    yield records
+    logger.remove(sink)
+
+
+# -- ActivityTable -------------------------------------------------------------------------
+
+
+def test_activity_table_touch_last_seen_and_inactive(clock: MockClock) -> None:
+    table = ActivityTable(clock)
+    assert table.touch("b") is False
+    clock.advance(2)
+    assert table.touch("a") is False
+    assert table.last_seen("b") == 1000.0
+    assert table.last_seen("a") == 1002.0
+    assert table.last_seen("zzz") is None
+    assert table.inactive_since(1001.0) == ["b"]
+    assert table.inactive_since(1003.0) == ["a", "b"]
+    assert table.inactive_since(1000.0) == []
+
+
+def test_activity_table_swept_module_reports_reactivation_once(clock: MockClock) -> None:
+    table = ActivityTable(clock)
+    table.touch("a")
+    clock.advance(10)
+    assert table.mark_swept("a", cutoff=1005.0) is True
+    assert table.mark_swept("a", cutoff=1005.0) is False  # already swept
+    assert table.is_swept("a")
+    assert table.inactive_since(1005.0) == []
+    assert table.inactive_since(1005.0, include_swept=True) == ["a"]
+    assert table.touch("a") is True
+    assert table.touch("a") is False
+    assert not table.is_swept("a")
+    stats = table.statistics()
+    assert (stats.modules, stats.swept, stats.sweeps, stats.reactivations) == (1, 0, 1, 1)
+    assert stats.as_dict()["reactivations"] == 1
+
+
+def test_activity_table_refuses_to_sweep_recent_or_unknown(clock: MockClock) -> None:
+    table = ActivityTable(clock)
+    table.touch("a")
+    clock.advance(10)
+    table.touch("a")  # active after the cutoff
+    assert table.mark_swept("a", cutoff=1005.0) is False
+    assert table.mark_swept("ghost", cutoff=1005.0) is False
+    assert table.mark_swept("ghost") is True  # unconditional (restoring a handover)
+    assert table.swept() == frozenset({"ghost"})
+
+
+def test_activity_table_forget(clock: MockClock) -> None:
+    table = ActivityTable(clock)
+    table.touch("a")
+    table.mark_swept("a")
+    table.forget("a")
+    table.forget("a")  # idempotent
+    assert table.last_seen("a") is None
+    assert not table.is_swept("a")
+    assert table.statistics().modules == 0
+
+
+def test_activity_table_concurrent_touch_never_leaves_an_active_module_swept(
+        clock: MockClock) -> None:
+    table = ActivityTable(clock)
+    table.touch("a")
+    clock.advance(10)
+    stop = threading.Event()
+    reactivations = []
+
+    def toucher() -> None:
+        while not stop.is_set():
+            if table.touch("a"):
+                reactivations.append(1)
+
+    thread = threading.Thread(target=toucher)
+    thread.start()
+    try:
+        marked = sum(table.mark_swept("a", cutoff=1005.0) for _ in range(2000))
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    # The toucher keeps "a" fresh, so it is never marked; or a mark was consumed by a touch.
+    assert marked == len(reactivations)
+    assert table.touch("a") is False
+
+
+# -- sweeps and reactivation ---------------------------------------------------------------
+
+
+def test_inactive_module_is_swept_at_cleanup_tick_after_inactive_after(
+        start: Callable[..., Harness], memory_logs: list[Any]) -> None:
+    h = start()
+    h.handle.ask(Track("a", ("*",)))
+    h.handle.ask(Track("b", ("a",)))
+    for _ in range(5):  # ticks at +1 .. +5 s: "a" is not yet inactive for > 5 s
+        h.activity.touch("b")
+        h.advance(1)
+        assert h.sent("batcher", "Unsubscribe") == []
+    h.activity.touch("b")
+    stats = h.advance(1)  # +6 s
+    unsubscribed = h.sent("batcher", "Unsubscribe")
+    assert [m.module_id for m in unsubscribed] == ["a"]
+    assert stats.modules_tracked == 2  # the module stays registered
+    assert stats.modules_swept == 1
+    assert stats.modules_inactive == 1
+    assert stats.cleanup_count("interval") == 6
+    assert len(h.sent("cache", "Purge")) == 6
+    assert h.activity.is_swept("a")
+    swept_logs = [r for r in memory_logs if r["extra"].get("module") == "a"]
+    assert swept_logs and "subscriptions removed" in swept_logs[0]["message"]
+    assert any("interval cleanup" in r["message"] for r in memory_logs)
+    # A later tick does not unsubscribe it again.
+    h.activity.touch("b")
+    h.advance(1)
+    assert len(h.sent("batcher", "Unsubscribe")) == 1
+
+
+def test_reactivation_subscribes_again_with_the_remembered_sources(
+        start: Callable[..., Harness], memory_logs: list[Any]) -> None:
+    h = start()
+    h.handle.ask(Track("a", ("x", "y")))
+    h.run(6)
+    assert len(h.sent("batcher", "Unsubscribe")) == 1
+    assert h.activity.touch("a") is True  # the façade's hot path says: reactivate
+    h.handle.tell(Reactivate("a"))
+    stats = h.sync()
+    subscribed = h.sent("batcher", "Subscribe")
+    assert [(m.module_id, tuple(m.sources)) for m in subscribed] == [("a", ("x", "y"))]
+    assert stats.modules_swept == 0
+    assert stats.reactivations_total == 1
+    assert any("active again" in r["message"] and r["extra"].get("module") == "a"
+               for r in memory_logs)
+    # A duplicate notice does nothing.
+    h.handle.ask(Reactivate("a"))
+    h.sync()
+    assert len(h.sent("batcher", "Subscribe")) == 1
+
+
+def test_touch_message_reactivates_a_swept_module(start: Callable[..., Harness]) -> None:
+    h = start()
+    h.handle.ask(Track("a", ("*",)))
+    assert h.run(6).modules_swept == 1
+    h.handle.tell(Touch("a"))
+    stats = h.sync()
+    assert [m.module_id for m in h.sent("batcher", "Subscribe")] == ["a"]
+    assert stats.modules_swept == 0
+    assert h.activity.is_swept("a") is False
+
+
+def test_forgotten_and_untracked_modules_are_not_swept(start: Callable[..., Harness]) -> None:
+    h = start()
+    h.handle.ask(Track("a", ("*",)))
+    h.handle.ask(Forget("a"))
+    h.activity.touch("ghost")  # activity without a registration
+    assert h.activity.last_seen("a") is None
+    stats = h.run(6)
+    assert h.sent("batcher", "Unsubscribe") == []
+    assert stats.modules_tracked == 0
+    assert h.activity.last_seen("ghost") is None  # dropped by the sweep
+
+
+def test_invalid_module_id_is_refused_and_the_actor_carries_on(
+        start: Callable[..., Harness]) -> None:
+    h = start()
+    with pytest.raises(InvalidMessageError):
+        h.handle.ask(Track("", ("*",)))
+    with pytest.raises(InvalidMessageError):
+        h.handle.ask(Track("a", ("*", 3)))  # type: ignore[arg-type]
+    assert h.handle.ask(Statistics()).modules_tracked == 0
+
+
+def test_interval_cleanup_tells_and_does_not_wait_for_an_unresponsive_cache(
+        start: Callable[..., Harness]) -> None:
+    h = start(install_peers=("batcher", "monitor"))  # the cache handle only buffers
+    h.clock.advance(1)
+    stats = h.handle.ask(Statistics(), timeout=0.4)  # a blocking purge would time this out
+    assert stats.cleanup_count("interval") == 1
+    assert h.context.handles["cache"].buffered() == 1
+
+
+# -- memory pressure -----------------------------------------------------------------------
+
+
+def test_pressure_cleanup_fires_once_with_hysteresis(start: Callable[..., Harness],
+                                                     memory_logs: list[Any]) -> None:
+    h = start(_settings(cleanup_interval_ms=86_400_000.0, check_interval_ms=100.0))
+
+    def check(mb: float) -> MemoryStatistics:
+        h.level[0] = int(mb * MB)
+        return h.advance(0.1)
+
+    assert check(50).cleanup_count("pressure") == 0
+    stats = check(120)
+    assert stats.cleanup_count("pressure") == 1
+    assert stats.pressure_armed is False
+    assert stats.rss_bytes == 120 * MB
+    assert check(130).cleanup_count("pressure") == 1  # still above: not again
+    assert check(95).cleanup_count("pressure") == 1   # below the limit, above 90%
+    assert check(120).cleanup_count("pressure") == 1  # so not re-armed
+    stats = check(85)                                 # below 90%: re-armed
+    assert stats.pressure_armed is True
+    assert stats.cleanup_count("pressure") == 1
+    assert check(101).cleanup_count("pressure") == 2
+    assert stats.max_rss_bytes == 100 * MB
+    assert sum("memory pressure" in r["message"] for r in memory_logs) == 2
+
+
+@pytest.mark.parametrize(
+    ("strategy", "cache_ops", "trims", "gc_calls"),
+    [
+        ("conservative", ["Purge"], 0, 0),
+        ("balanced", ["Purge", "Shrink"], 1, 1),
+        ("aggressive", ["Purge", "Clear"], 1, 1),
+    ],
+)
+def test_strategies_differ_in_what_a_pressure_cleanup_does(
+        start: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch, strategy: str,
+        cache_ops: list[str], trims: int, gc_calls: int) -> None:
+    calls: list[int] = []
+
+    class FakeGc:
+        @staticmethod
+        def collect() -> int:
+            calls.append(1)
+            return 3
+
+    monkeypatch.setattr(memory_mod, "gc", FakeGc)
+    h = start(_settings(strategy=strategy, cleanup_interval_ms=86_400_000.0,
+                        check_interval_ms=100.0))
+    h.level[0] = 150 * MB
+    stats = h.advance(0.1)
+    assert stats.cleanup_count("pressure") == 1
+    assert h.names("cache") == cache_ops
+    assert h.names("monitor") == ["Trim"] * trims
+    assert len(calls) == gc_calls
+    if strategy == "balanced":
+        assert h.sent("cache", "Shrink")[0].fraction == 0.5
+
+
+def test_forced_cleanup_report(start: Callable[..., Harness],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory_mod, "gc", type("G", (), {"collect": staticmethod(lambda: 11)}))
+    h = start(_settings(strategy="balanced"),
+              replies={"cache": {"Purge": 4, "Shrink": 7}})
+    h.handle.ask(Track("idle", ("*",)))
+    h.run(5)  # ticks at +1..+5 s sweep nothing yet (inactive for > 5 s is needed)
+    h.advance(0.5)  # past inactive_after, but before the next tick
+    h.level[0] = 42 * MB
+    report: CleanupReport = h.handle.ask(ForceCleanup())
+    assert report.reason == "forced"
+    assert report.strategy == "balanced"
+    assert report.expired_purged == 4
+    assert report.cache_shrunk == 7
+    assert report.modules_swept == 1
+    assert report.swept == ("idle",)
+    assert report.gc_collected == 11
+    assert report.rss_before == report.rss_after == 42 * MB
+    assert report.actions == ("purge", "sweep", "shrink", "trim", "gc")
+    as_dict = report.as_dict()
+    assert as_dict["actions"] == ["purge", "sweep", "shrink", "trim", "gc"]
+    assert as_dict["expired_purged"] == 4
+    stats = h.sync()
+    assert stats.cleanup_count("forced") == 1
+    assert stats.as_dict()["cleanups"] == {"interval": 5, "pressure": 0, "forced": 1}
+    with pytest.raises(AttributeError):
+        report.reason = "x"  # type: ignore[misc]
+
+
+def test_forced_cleanup_counts_zero_when_the_cache_does_not_answer(
+        start: Callable[..., Harness]) -> None:
+    h = start(install_peers=("batcher", "monitor"))
+    report: CleanupReport = h.handle.ask(ForceCleanup(), timeout=3)
+    assert report.expired_purged == 0
+    assert report.gc_collected is None  # conservative: no gc
+    assert report.actions == ("purge", "sweep")
+
+
+def test_failing_rss_reader_skips_the_check(start: Callable[..., Harness],
+                                            memory_logs: list[Any]) -> None:
+    def broken() -> int:
+        raise OSError("no /proc")
+
+    h = start(_settings(check_interval_ms=100.0), rss_reader=broken)
+    h.advance(0.1)
+    stats = h.advance(0.1)
+    assert h.ref.is_alive()
+    assert stats.rss_bytes == 0
+    assert stats.cleanup_count("pressure") == 0
+    assert sum("cannot read resident memory" in r["message"] for r in memory_logs) == 1
+
+
+def test_default_rss_reader_uses_psutil(clock: MockClock) -> None:
+    handles = {"memory": ActorHandle("memory")}
+    context = ActorContext(clock=clock, handles=handles)
+    ref = MemoryManagerActor.start(_settings(), context)
+    handles["memory"].install(ref)
+    try:
+        stats = handles["memory"].ask(Statistics())
+        assert stats.rss_bytes > 1 * MB
+        assert isinstance(context.extras["activity"], ActivityTable)  # created
+    finally:
+        ref.stop()
+
+
+# -- reconfigure, handover, crash ----------------------------------------------------------
+
+
+def test_reconfigure_strategy_live(start: Callable[..., Harness]) -> None:
+    h = start(_settings(strategy="conservative", cleanup_interval_ms=86_400_000.0))
+    h.handle.ask(ForceCleanup())
+    assert h.names("cache") == ["Purge"]
+    h.handle.ask(Reconfigure(_settings(strategy="aggressive",
+                                       cleanup_interval_ms=86_400_000.0)))
+    h.handle.ask(ForceCleanup())
+    h.sync()
+    assert h.names("cache") == ["Purge", "Purge", "Clear"]
+    assert h.names("monitor") == ["Trim"]
+    assert h.handle.ask(Statistics()).strategy == "aggressive"
+
+
+def test_reconfigure_rearms_the_cleanup_timer(start: Callable[..., Harness]) -> None:
+    h = start(_settings(cleanup_interval_ms=10_000.0))
+    h.handle.ask(Reconfigure(_settings(cleanup_interval_ms=2000.0).model_dump()))
+    for _ in range(5):
+        h.advance(2)
+    # Ticks at +2, +4, +6, +8, +10 s; the replaced 10 s timer did not add one.
+    assert len(h.sent("cache", "Purge")) == 5
+    assert h.sync().cleanup_count("interval") == 5
+
+
+def test_handover_and_restore(start: Callable[..., Harness]) -> None:
+    h = start(_settings(check_interval_ms=100.0, cleanup_interval_ms=86_400_000.0))
+    h.handle.ask(Track("a", ("x",)))
+    h.handle.ask(Track("b", ("*",)))
+    h.level[0] = 200 * MB
+    h.advance(0.1)  # pressure cleanup: disarmed
+    h.clock.advance(6)
+    h.activity.touch("b")
+    h.handle.ask(ForceCleanup())  # sweeps "a"
+    before = h.sync()
+    pending = h.handle.ask(Handover())
+    assert isinstance(pending, MemoryHandover)
+    assert pending.modules == (("a", ("x",)), ("b", ("*",)))
+    assert pending.swept == ("a",)
+    assert pending.pressure_armed is False
+    assert not h.ref.is_alive()
+
+    for source in (pending, pending.as_dict()):
+        h.handle.suspend()
+        successor = MemoryManagerActor.start(
+            _settings(check_interval_ms=100.0, cleanup_interval_ms=86_400_000.0), h.context,
+            source)
+        h.handle.install(successor)
+        after = h.handle.ask(Statistics())
+        assert after.modules_tracked == before.modules_tracked == 2
+        assert after.modules_swept == before.modules_swept == 1
+        assert after.pressure_armed is False
+        assert after.cleanups == before.cleanups
+        assert h.handle.ask(Handover()) is not None  # stop it for the next round
+
+    h.handle.suspend()
+    successor = MemoryManagerActor.start(
+        _settings(check_interval_ms=100.0, cleanup_interval_ms=86_400_000.0), h.context,
+        pending)
+    h.handle.install(successor)
+    h.level[0] = 250 * MB
+    assert h.advance(0.1).cleanup_count("pressure") == 1  # still disarmed: no new cleanup
+    h.handle.ask(Reactivate("a"))
+    h.sync()
+    assert [(m.module_id, tuple(m.sources)) for m in h.sent("batcher", "Subscribe")] == [
+        ("a", ("x",))
+    ]
+
+
+def test_restore_ignores_garbage(start: Callable[..., Harness]) -> None:
+    h = start()
+    for junk in ({"modules": 5}, "junk"):
+        ref = MemoryManagerActor.start(_settings(), h.context, junk)
+        stats: MemoryStatistics = ref.ask(Statistics(), block=True)
+        assert stats.modules_tracked == 0
+        assert stats.pressure_armed is True
+        ref.stop()
+
+
+@pytest.mark.parametrize(("kind", "fatal"), [("exception", False), ("base_exception", True)])
+def test_crash_is_reported_with_handover(start: Callable[..., Harness], kind: str,
+                                         fatal: bool) -> None:
+    h = start()
+    h.handle.ask(Track("a", ("*",)))
+    with pytest.raises(ActorCrashedError):
+        h.handle.ask(Crash(kind))
+    assert len(h.reports) == 1
+    report = h.reports[0]
+    assert report.name == "memory"
+    assert report.fatal is fatal
+    assert isinstance(report.handover, MemoryHandover)
+    assert report.handover.modules == (("a", ("*",)),)
+    assert h.peers["batcher"].is_alive()  # the others carry on
+    # A timer firing after the crash is harmless.
+    h.clock.advance(2)
+    assert h.peers["cache"].ask(_Sync()) is None
+
+
+def test_stop_cancels_timers(start: Callable[..., Harness], clock: MockClock) -> None:
+    h = start(_settings(check_interval_ms=100.0))
+    h.sync()
+    assert clock.pending_timers() == 2
+    h.ref.stop()
+    assert clock.pending_timers() == 0
+
+
+def test_statistics_snapshot_is_frozen(start: Callable[..., Harness]) -> None:
+    stats = start().sync()
+    with pytest.raises(AttributeError):
+        stats.rss_bytes = 1  # type: ignore[misc]
+    assert stats.as_dict()["strategy"] == "conservative"

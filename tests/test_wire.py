@@ -1,0 +1,340 @@
+"""The wire protocol: framing, envelopes, params validation, error mapping."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+
+from modcoord.actors.errors import (
+    ActorCrashedError,
+    CallTimeoutError,
+    InvalidMessageError,
+    QueueFullError,
+    RemoteError,
+)
+from modcoord.supervisor.module import ModuleInfo
+from modcoord.supervisor.wire import (
+    CALLBACK_RESPONSE,
+    METHODS,
+    REQUEST,
+    BadFrame,
+    FrameDecoder,
+    FramingError,
+    check_coordinate,
+    check_publish,
+    encode_frame,
+    encode_frames,
+    error_from_wire,
+    error_to_wire,
+    request_id_of,
+    split_inbound,
+    validate_request,
+)
+
+# -- framing ---------------------------------------------------------------------------------
+
+
+def test_encode_frame_is_length_prefixed_msgpack() -> None:
+    msg = [0, 7, "publish", {"module_id": "m", "key": "k", "payload": b"\x00\x01"}]
+    frame = encode_frame(msg)
+    (length,) = struct.unpack(">I", frame[:4])
+    assert length == len(frame) - 4
+    assert msgpack.unpackb(frame[4:], raw=False) == msg
+
+
+def test_decoder_roundtrip_of_several_frames_in_one_feed() -> None:
+    msgs = [[0, i, "status", {"n": i, "blob": b"x" * i}] for i in range(5)]
+    decoder = FrameDecoder()
+    assert list(decoder.feed(encode_frames(msgs))) == msgs
+    assert decoder.buffered == 0
+
+
+def test_decoder_handles_frames_split_at_every_byte() -> None:
+    msgs = [[1, 1, None, {"a": [1, 2, 3]}], [2, "batch", {"updates": []}], "text", 42]
+    data = b"".join(encode_frame(m) for m in msgs)
+    decoder = FrameDecoder()
+    out: list[Any] = []
+    for i in range(len(data)):
+        out.extend(decoder.feed(data[i:i + 1]))
+    assert out == msgs
+    assert decoder.buffered == 0
+
+
+def test_decoder_keeps_partial_frame_until_complete() -> None:
+    frame = encode_frame({"k": "v" * 100})
+    decoder = FrameDecoder()
+    assert list(decoder.feed(frame[:3])) == []
+    assert list(decoder.feed(frame[3:50])) == []
+    assert decoder.buffered == 50
+    assert list(decoder.feed(frame[50:])) == [{"k": "v" * 100}]
+
+
+def test_decoder_oversize_frame_raises_after_yielding_earlier_frames() -> None:
+    decoder = FrameDecoder(max_frame_bytes=100)
+    good = encode_frame([0, 1, "status", {}])
+    oversize_header = struct.pack(">I", 101)
+    it = decoder.feed(good + oversize_header + b"x" * 10)
+    assert next(it) == [0, 1, "status", {}]
+    with pytest.raises(FramingError, match="101 bytes exceeds the maximum of 100"):
+        next(it)
+
+
+def test_decoder_accepts_frame_of_exactly_max_size() -> None:
+    body = msgpack.packb("a" * 95)
+    decoder = FrameDecoder(max_frame_bytes=len(body))
+    assert list(decoder.feed(struct.pack(">I", len(body)) + body)) == ["a" * 95]
+
+
+def test_decoder_undecodable_body_yields_badframe_and_stays_in_sync() -> None:
+    garbage = b"\xc1\xc1\xc1"  # 0xc1 is never used in msgpack
+    data = struct.pack(">I", len(garbage)) + garbage + encode_frame(["ok"])
+    out = list(FrameDecoder().feed(data))
+    assert isinstance(out[0], BadFrame)
+    assert out[0].size == 3
+    assert out[1] == ["ok"]
+
+
+def test_decoder_truncated_body_in_frame_is_badframe() -> None:
+    body = msgpack.packb([1, 2, 3])[:-1]  # array header promises 3 items, 2 present
+    out = list(FrameDecoder().feed(struct.pack(">I", len(body)) + body))
+    assert len(out) == 1 and isinstance(out[0], BadFrame)
+
+
+def test_decoder_never_unpickles_ext_types() -> None:
+    body = msgpack.packb(msgpack.ExtType(42, b"cos\nsystem\n"))
+    (msg,) = FrameDecoder().feed(struct.pack(">I", len(body)) + body)
+    assert msg == msgpack.ExtType(42, b"cos\nsystem\n")
+
+
+def test_decoder_rejects_nonpositive_limit() -> None:
+    with pytest.raises(ValueError):
+        FrameDecoder(0)
+
+
+# -- envelopes -------------------------------------------------------------------------------
+
+
+def test_split_inbound_request_and_callback_response() -> None:
+    assert split_inbound([0, 3, "status", {}]) == (REQUEST, 3, "status", {})
+    assert split_inbound([4, 9, None, {"x": 1}]) == (CALLBACK_RESPONSE, 9, None, {"x": 1})
+    assert split_inbound([4, 9, "ValueError: no", None])[2] == "ValueError: no"
+
+
+@pytest.mark.parametrize(
+    ("msg", "fragment", "rid"),
+    [
+        ({"a": 1}, "must be an array", None),
+        ("hello", "must be an array", None),
+        ([0, 1, "status"], "4 elements", 1),
+        ([0, "1", "status", {}], "id must be an integer", None),
+        ([0, True, "status", {}], "id must be an integer", None),
+        ([0, 1, 5, {}], "method must be a string", 1),
+        ([0, 1, "status", [1]], "params must be a map", 1),
+        ([1, 1, None, None], "kind must be", 1),
+        ([7, 1, "x", {}], "kind must be", 1),
+        ([4, 2, 5, None], "callback response error", 2),
+        (BadFrame("boom", 3), "undecodable frame", None),
+    ],
+)
+def test_split_inbound_rejects_malformed_envelopes(msg: Any, fragment: str,
+                                                   rid: int | None) -> None:
+    with pytest.raises(InvalidMessageError, match=fragment):
+        split_inbound(msg)
+    assert request_id_of(msg) == rid
+
+
+# -- params ----------------------------------------------------------------------------------
+
+
+def test_check_publish_good_and_default_priority() -> None:
+    assert check_publish({"module_id": "m", "key": "k", "payload": None}) == (
+        "m", "k", None, "medium")
+    assert check_publish({"module_id": "m", "key": "k", "payload": [1], "priority": "critical"}
+                         ) == ("m", "k", [1], "critical")
+    assert check_publish({"module_id": "m", "key": "k" * 1024, "payload": 1})[1] == "k" * 1024
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"key": "k", "payload": 1}, "'module_id'"),
+        ({"module_id": "m", "payload": 1}, "'key'"),
+        ({"module_id": "m", "key": "k"}, "'payload'"),
+        ({"module_id": 5, "key": "k", "payload": 1}, "'module_id'"),
+        ({"module_id": "", "key": "k", "payload": 1}, "'module_id'"),
+        ({"module_id": "m", "key": "", "payload": 1}, "'key'"),
+        ({"module_id": "m", "key": "k" * 1025, "payload": 1}, "'key'"),
+        ({"module_id": "m", "key": ["k"], "payload": 1}, "'key'"),
+        ({"module_id": "m", "key": "k", "payload": 1, "priority": "urgent"}, "'priority'"),
+        ({"module_id": "m", "key": "k", "payload": 1, "priority": ["high"]}, "'priority'"),
+        ({"module_id": "m", "key": "k", "payload": 1, "extra": 1}, "'extra'"),
+        ({"module_id": "m", "key": "k", "payload": 1, "priority": "low", "x": 0}, "'x'"),
+    ],
+)
+def test_check_publish_names_the_bad_field(params: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidMessageError) as info:
+        check_publish(params)
+    assert field in str(info.value)
+    assert str(info.value).startswith("publish:")
+
+
+def test_check_coordinate_normalizes_mode_and_context() -> None:
+    assert check_coordinate({"mode": "hybrid"}) == ("HYBRID", {})
+    assert check_coordinate({"mode": "Fully-Auto", "context": {"u": 7}}) == (
+        "FULLY_AUTO", {"u": 7})
+    assert check_coordinate({"mode": "MANUAL", "context": None}) == ("MANUAL", {})
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({}, "'mode'"),
+        ({"mode": 3}, "'mode'"),
+        ({"mode": "TURBO"}, "'mode'"),
+        ({"mode": "HYBRID", "context": [1]}, "'context'"),
+        ({"mode": "HYBRID", "ctx": {}}, "'ctx'"),
+        ({"mode": "HYBRID", "context": {}, "ctx": {}}, "'ctx'"),
+    ],
+)
+def test_check_coordinate_names_the_bad_field(params: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidMessageError) as info:
+        check_coordinate(params)
+    assert field in str(info.value)
+
+
+GOOD: list[tuple[str, dict[str, Any], Any]] = [
+    ("hello", {}, {"client": "", "pid": 0}),
+    ("hello", {"client": "editor", "pid": 42}, {"client": "editor", "pid": 42}),
+    ("unregister", {"module_id": "m"}, "m"),
+    ("publish", {"module_id": "m", "key": "k", "payload": 1}, ("m", "k", 1, "medium")),
+    ("coordinate", {"mode": "manual"}, ("MANUAL", {})),
+    ("set_mode", {"mode": "fully_auto"}, {"mode": "FULLY_AUTO"}),
+    ("status", {}, {}),
+    ("insights", {}, {}),
+    ("optimize", {}, {}),
+    ("reload", {}, {}),
+    ("config", {}, {}),
+    ("metrics", {}, {}),
+    ("stop", {}, {}),
+    ("crash", {"actor": "cache"}, {"actor": "cache", "kind": "exception"}),
+    ("crash", {"actor": "batcher", "kind": "base_exception"},
+     {"actor": "batcher", "kind": "base_exception"}),
+    ("actor", {"actor": "cache", "method": "statistics"},
+     {"actor": "cache", "method": "statistics", "args": {}, "posargs": []}),
+    ("actor", {"actor": "debouncer", "method": "flush", "args": ["m", "k"],
+               "kwargs": {"key": "k"}},
+     {"actor": "debouncer", "method": "flush", "args": {"key": "k"}, "posargs": ["m", "k"]}),
+    ("actor", {"actor": "cache", "method": "shrink", "args": {"fraction": 0.5}},
+     {"actor": "cache", "method": "shrink", "args": {"fraction": 0.5}, "posargs": []}),
+]
+
+
+@pytest.mark.parametrize(("method", "params", "expected"), GOOD)
+def test_validate_request_good(method: str, params: dict[str, Any], expected: Any) -> None:
+    assert validate_request(method, params) == expected
+
+
+def test_validate_request_register_builds_module_info() -> None:
+    info = validate_request("register", {
+        "module_id": "editor", "name": "Editor", "supported_modes": ["MANUAL", "HYBRID"],
+        "subscribe": ["*"], "has_metrics": True})
+    assert info == ModuleInfo("editor", "Editor", frozenset({"MANUAL", "HYBRID"}), ("*",), True)
+
+
+BAD: list[tuple[str, dict[str, Any], str]] = [
+    ("hello", {"client": 5}, "'client'"),
+    ("hello", {"pid": "1"}, "'pid'"),
+    ("hello", {"version": 1}, "'version'"),
+    ("register", {}, "'module_id'"),
+    ("register", {"module_id": 7}, "module_id"),
+    ("register", {"module_id": "m", "supported_modes": ["TURBO"]}, "supported_modes"),
+    ("register", {"module_id": "m", "supported_modes": "MANUAL"}, "supported_modes"),
+    ("register", {"module_id": "m", "subscribe": [1]}, "subscribe"),
+    ("register", {"module_id": "m", "name": 3}, "name"),
+    ("register", {"module_id": "m", "has_metrics": "yes"}, "'has_metrics'"),
+    ("register", {"module_id": "m", "colour": "red"}, "'colour'"),
+    ("unregister", {}, "'module_id'"),
+    ("unregister", {"module_id": ""}, "'module_id'"),
+    ("unregister", {"module_id": "m", "x": 1}, "'x'"),
+    ("publish", {"module_id": "m", "key": "k"}, "'payload'"),
+    ("coordinate", {"mode": None}, "'mode'"),
+    ("set_mode", {}, "'mode'"),
+    ("set_mode", {"mode": "FAST"}, "'mode'"),
+    ("status", {"verbose": True}, "'verbose'"),
+    ("insights", {"x": 1}, "'x'"),
+    ("optimize", {"x": 1}, "'x'"),
+    ("reload", {"x": 1}, "'x'"),
+    ("config", {"x": 1}, "'x'"),
+    ("metrics", {"x": 1}, "'x'"),
+    ("stop", {"x": 1}, "'x'"),
+    ("crash", {}, "'actor'"),
+    ("crash", {"actor": "supervisor"}, "'actor'"),
+    ("crash", {"actor": "cache", "kind": "segfault"}, "'kind'"),
+    ("actor", {"method": "statistics"}, "'actor'"),
+    ("actor", {"actor": "cache"}, "'method'"),
+    ("actor", {"actor": "nope", "method": "statistics"}, "'actor'"),
+    ("actor", {"actor": "cache", "method": "_private"}, "'method'"),
+    ("actor", {"actor": "cache", "method": 5}, "'method'"),
+    ("actor", {"actor": "cache", "method": "shrink", "args": "0.5"}, "'args'"),
+    ("actor", {"actor": "cache", "method": "shrink", "kwargs": [1]}, "'kwargs'"),
+    ("actor", {"actor": "cache", "method": "shrink", "kwargs": {"not an id": 1}},
+     "keyword argument"),
+    ("actor", {"actor": "cache", "method": "statistics", "extra": 1}, "'extra'"),
+]
+
+
+@pytest.mark.parametrize(("method", "params", "field"), BAD)
+def test_validate_request_bad_names_the_field(method: str, params: dict[str, Any],
+                                              field: str) -> None:
+    with pytest.raises(InvalidMessageError) as info:
+        validate_request(method, params)
+    text = str(info.value)
+    assert field in text
+    assert text.startswith(f"{method}:")
+
+
+def test_every_method_has_good_and_bad_cases() -> None:
+    good = {m for m, _, _ in GOOD} | {"register"}
+    bad = {m for m, _, _ in BAD}
+    assert good == set(METHODS)
+    assert bad == set(METHODS)
+
+
+def test_validate_request_unknown_method_and_non_map_params() -> None:
+    with pytest.raises(InvalidMessageError, match="unknown method 'explode'"):
+        validate_request("explode", {})
+    with pytest.raises(InvalidMessageError, match="params must be a map"):
+        validate_request("status", [])  # type: ignore[arg-type]
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_error_to_wire_keeps_modcoord_types_and_hides_others() -> None:
+    assert error_to_wire(QueueFullError("full")) == ["QueueFullError", "full"]
+    assert error_to_wire(ActorCrashedError("cache", "boom")) == [
+        "ActorCrashedError", "cache: boom"]
+    assert error_to_wire(KeyError("x")) == ["InternalError", "KeyError: 'x'"]
+
+
+def test_error_from_wire_rebuilds_known_types() -> None:
+    err = error_from_wire(["InvalidMessageError", "publish: 'key' bad"])
+    assert type(err) is InvalidMessageError and str(err) == "publish: 'key' bad"
+    assert type(error_from_wire(["QueueFullError", "full"])) is QueueFullError
+    assert type(error_from_wire(["CallTimeoutError", "slow"])) is CallTimeoutError
+    assert type(error_from_wire(["FramingError", "big"])) is FramingError
+    crashed = error_from_wire(error_to_wire(ActorCrashedError("cache", "boom")))
+    assert type(crashed) is ActorCrashedError
+    assert crashed.actor == "cache" and str(crashed) == "cache: boom"
+
+
+def test_error_from_wire_unknown_types_are_remote_errors() -> None:
+    err = error_from_wire(["InternalError", "KeyError: 'x'"])
+    assert isinstance(err, RemoteError)
+    assert err.remote_type == "InternalError" and err.remote_message == "KeyError: 'x'"
+    assert isinstance(error_from_wire("plain text"), RemoteError)
+    odd = error_from_wire(["ConfigError", "daemon.yaml: socket: bad"])
+    assert isinstance(odd, RemoteError) and odd.remote_type == "ConfigError"
