@@ -17,15 +17,21 @@ from modcoord.actors.errors import (
     RemoteError,
 )
 
+from modcoord.supervisor.client import Client, CoordinationResult, Future, connect
+
 __all__ = [
     "ActorCrashedError",
     "ActorStoppedError",
     "CallTimeoutError",
+    "Client",
     "ConfigError",
     "ConnectionLostError",
+    "CoordinationResult",
+    "Future",
     "InvalidMessageError",
     "ModcoordError",
     "NotRunningError",
     "QueueFullError",
     "RemoteError",
+    "connect",
 ]

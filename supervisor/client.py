@@ -93,14 +93,16 @@ class Future(Generic[T]):
     client's timeout (never infinite unless asked for with ``math.inf``).
     """
 
-    __slots__ = ("_callbacks", "_done", "_event", "_exc", "_result", "_timeout")
+    __slots__ = ("_callbacks", "_done", "_exc", "_result", "_timeout", "_waiter")
 
     def __init__(self, timeout: float = 5.0) -> None:
         self._done = False
         self._result: Any = None
         self._exc: BaseException | None = None
         self._callbacks: list[Callable[[Future[T]], None]] | None = None
-        self._event: threading.Event | None = None
+        # A lock held until the future is done; waiters block acquiring it (cheaper than
+        # an Event) and release it at once so that every waiter gets through.
+        self._waiter: threading.Lock | None = None
         self._timeout = timeout
 
     def __repr__(self) -> str:
@@ -119,10 +121,10 @@ class Future(Generic[T]):
             self._result = result
             self._exc = exc
             self._done = True
-            event, callbacks = self._event, self._callbacks
+            waiter, callbacks = self._waiter, self._callbacks
             self._callbacks = None
-        if event is not None:
-            event.set()
+        if waiter is not None:
+            waiter.release()
         if callbacks:
             for fn in callbacks:
                 _run_done_callback(fn, self)
@@ -153,10 +155,14 @@ class Future(Generic[T]):
         with _FUTURE_LOCK:
             if self._done:
                 return True
-            event = self._event
-            if event is None:
-                event = self._event = threading.Event()
-        return event.wait(None if math.isinf(timeout) else max(timeout, 0.0))
+            waiter = self._waiter
+            if waiter is None:
+                waiter = self._waiter = threading.Lock()
+                waiter.acquire()
+        if waiter.acquire(timeout=-1 if math.isinf(timeout) else max(timeout, 0.0)):
+            waiter.release()
+            return True
+        return self._done
 
     def get(self, timeout: float | None = None) -> T:
         """Wait for the answer and return it.
@@ -394,7 +400,11 @@ class Client:
         self._packer = new_packer()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        # Registered modules (re-registered after a reconnection) ...
         self._modules: dict[str, Any] = {}
+        # ... and every module callbacks may concern, including those whose registration
+        # is in flight (the daemon may deliver to a module before its answer arrives).
+        self._objects: dict[str, Any] = {}
         self._sock: socket.socket | None = None
         self._generation = 0
         self._connected = False
@@ -608,15 +618,27 @@ class Client:
         except InvalidMessageError as exc:
             return _failed(exc, self.timeout)
 
+        module_id = info.module_id
+
         def registered(result: Any) -> Any:
-            self._modules[info.module_id] = module
+            self._modules[module_id] = module
             return result
 
-        return self.request("register", info.to_params(), registered)
+        def forget_if_refused(future: Future[Any]) -> None:
+            if future.exception(0) is not None and self._modules.get(module_id) is not module:
+                self._objects.pop(module_id, None)
+
+        previous = self._objects.get(module_id)
+        self._objects[module_id] = module
+        future = self.request("register", info.to_params(), registered)
+        if previous is None:
+            future.add_done_callback(forget_if_refused)
+        return future
 
     def unregister(self, module_id: str) -> Future[Any]:
         """Unregister a module (it is not re-registered after a reconnection)."""
         self._modules.pop(module_id, None)
+        self._objects.pop(module_id, None)
         return self.request("unregister", {"module_id": module_id})
 
     def publish(self, module_id: str, key: str, payload: Any,
@@ -861,7 +883,7 @@ class Client:
 
     def _deliver_batch(self, params: dict[str, Any]) -> None:
         module_id = params.get("module_id")
-        module = self._modules.get(module_id)  # type: ignore[arg-type]
+        module = self._objects.get(module_id)  # type: ignore[arg-type]
         if module is None:
             _log.bind(module=module_id).warning(
                 "batch for {m}, which this client has not registered", m=module_id)
@@ -878,7 +900,7 @@ class Client:
             if not isinstance(params, dict):
                 raise TypeError("callback params must be a map")
             module_id = params.get("module_id")
-            module = self._modules.get(module_id)  # type: ignore[arg-type]
+            module = self._objects.get(module_id)  # type: ignore[arg-type]
             if module is None:
                 raise LookupError(f"module {module_id!r} is not registered in this client")
             if method == "on_mode_change":

@@ -607,7 +607,10 @@ class ModuleCoordinator:
         """The SPEC §5 status fields (the same dict ``status --json`` prints)."""
         stats = self._gather_statistics()
         children = self._ask_supervisor(ChildStatus())
-        coordination = self.metrics.histogram("coordination").recent()
+        histogram = self.metrics.histogram("coordination")
+        coordination = histogram.recent()
+        if not coordination.count:  # nothing in the window (or trimmed): since start
+            coordination = histogram.total()
         cache = stats.get("cache") or {}
         batcher = stats.get("batcher") or {}
         memory = stats.get("memory") or {}

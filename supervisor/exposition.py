@@ -3,8 +3,8 @@
 :func:`render_metrics` turns the dict that ``modcoord status --json`` prints, plus the shared
 :class:`~modcoord.actors.metrics.MetricsRegistry`, into the text format. Every name starts
 with ``modcoord_`` and carries its unit (``_seconds``, ``_bytes``, ``_ratio``; counters end
-in ``_total``); labels are bounded (actor name, mode, eviction cause, quantile, result).
-Missing status keys simply leave their metrics out.
+in ``_total``); labels are bounded (actor name, mode, eviction cause, cleanup reason,
+quantile, reload result, histogram bucket). Missing status keys leave their metrics out.
 
 :class:`MetricsHTTPServer` optionally serves the same text at ``GET /metrics`` on the
 loopback interface for a scraper.
@@ -172,8 +172,9 @@ def _render_status(fam: _Families, status: Mapping[str, Any]) -> None:
     fam.add(PREFIX + "cache_hit_ratio", "gauge",
             "Share of coordinate requests answered from the cache (0..1).",
             perf.get("cache_hit_rate"))
-    fam.add(PREFIX + "batch_efficiency_ratio", "gauge",
-            "Batch efficiency as reported by the monitor.", perf.get("batch_efficiency"))
+    fam.add(PREFIX + "batch_efficiency", "gauge",
+            "Batch efficiency as status reports it (updates sent per millisecond of batching "
+            "work).", perf.get("batch_efficiency"))
 
     cache = _section(status, "cache_stats")
     fam.add(PREFIX + "cache_entries", "gauge", "Entries in the coordination cache.",
@@ -184,16 +185,20 @@ def _render_status(fam: _Families, status: Mapping[str, Any]) -> None:
             cache.get("hits"))
     fam.add(PREFIX + "cache_misses_total", "counter", "Coordination cache misses.",
             cache.get("misses"))
-    evictions = cache.get("evictions")
+    fam.add(PREFIX + "cache_inflight", "gauge", "Coordinations being computed now.",
+            cache.get("inflight"))
     evict = PREFIX + "cache_evictions_total"
     help_evict = "Entries removed from the coordination cache, by cause."
-    if isinstance(evictions, Mapping):
+    evictions = cache.get("evictions")
+    if isinstance(evictions, Mapping):  # {"cause": n}
         for cause in sorted(evictions):
             fam.add(evict, "counter", help_evict, evictions[cause], (("cause", str(cause)),))
-    else:  # flat counters: evictions (capacity) and expirations (TTL)
-        fam.add(evict, "counter", help_evict, evictions, (("cause", "capacity"),))
-        fam.add(evict, "counter", help_evict, cache.get("expirations", cache.get("expired")),
-                (("cause", "expired"),))
+    else:  # flat counters: evictions_<cause> (expired, size, explicit), or one total
+        for key in sorted(k for k in cache if k.startswith("evictions_")):
+            fam.add(evict, "counter", help_evict, cache[key],
+                    (("cause", key[len("evictions_"):]),))
+        if evict not in fam:
+            fam.add(evict, "counter", help_evict, evictions, (("cause", "size"),))
 
     queue = _section(status, "batch_queue")
     fam.add(PREFIX + "batch_queue_pending", "gauge", "Updates waiting in the batch queue.",
@@ -204,18 +209,45 @@ def _render_status(fam: _Families, status: Mapping[str, Any]) -> None:
             "Publishes refused because the batch queue was full.", queue.get("rejected"))
 
     debouncer = _section(status, "debouncer")
-    for key, help_text in (("received", "Updates received by the debouncer."),
-                           ("emitted", "Updates the debouncer passed on."),
-                           ("collapsed", "Updates replaced by a later one for the same key.")):
+    for key, help_text in (
+        ("received", "Updates received by the debouncer."),
+        ("emitted", "Updates the debouncer handed to the batcher."),
+        ("collapsed", "Updates replaced by a later publish for the same key."),
+        ("cancelled", "Pending updates dropped by an explicit cancel."),
+        ("undelivered", "Updates the debouncer could not hand to the batcher."),
+    ):
         fam.add(f"{PREFIX}debouncer_{key}_total", "counter", help_text, debouncer.get(key))
-    fam.add(PREFIX + "debouncer_pending", "gauge", "Keys waiting in the debouncer.",
+    fam.add(PREFIX + "debouncer_pending", "gauge", "Keys with an update pending in the debouncer.",
             debouncer.get("pending"))
 
     batcher = _section(status, "batcher")
-    fam.add(PREFIX + "batcher_batches_total", "counter", "Batches delivered.",
-            batcher.get("batches"))
-    fam.add(PREFIX + "batcher_updates_total", "counter", "Updates delivered in batches.",
-            batcher.get("updates"))
+    for key, help_text in (
+        ("batches", "Batches sent out."),
+        ("updates", "Updates sent out in batches."),
+        ("deliveries", "Batches handed to subscribers (one per subscriber per batch)."),
+        ("delivery_errors", "Deliveries to subscribers that failed."),
+    ):
+        fam.add(f"{PREFIX}batcher_{key}_total", "counter", help_text, batcher.get(key))
+    fam.add(PREFIX + "undeliverable_updates_total", "counter",
+            "Updates that could not be delivered to a subscriber.", status.get("undeliverable"))
+
+    memory = _section(status, "memory")
+    fam.add(PREFIX + "memory_limit_bytes", "gauge",
+            "Resident memory above which the memory manager cleans up (memory.max_rss_mb).",
+            memory.get("max_rss_bytes"))
+    fam.add(PREFIX + "memory_modules_swept", "gauge",
+            "Registered modules whose subscriptions are removed for inactivity.",
+            memory.get("modules_swept"))
+    cleanups = memory.get("cleanups")
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(cleanups, Mapping):
+        pairs = sorted(cleanups.items())
+    elif isinstance(cleanups, (list, tuple)):
+        pairs = [tuple(p) for p in cleanups if isinstance(p, (list, tuple)) and len(p) == 2]
+    for reason, n in pairs:
+        fam.add(PREFIX + "memory_cleanups_total", "counter",
+                "Memory cleanups run, by reason (interval, pressure, forced).", n,
+                (("reason", str(reason)),))
 
     reloads = _section(status, "reloads")
     for result in ("ok", "rejected", "skipped"):

@@ -423,6 +423,7 @@ class Server:
         self._control: ThreadPoolExecutor | None = None
         self._registrations: _Serial | None = None
         self._stopping = False
+        self._refusing = False
         self._started = False
         self._counters_lock = threading.Lock()
         self._counters: dict[str, int] = dict.fromkeys(
@@ -509,6 +510,14 @@ class Server:
 
     def stop_accepting(self) -> None:
         """Close the listening socket (existing connections carry on). Idempotent."""
+        self._post("stop_accepting", None, "")
+
+    def pause_reading(self) -> None:
+        """Take no new work, for a graceful stop: close the listening socket and answer
+        every new request with ``ActorStoppedError`` ("daemon: stopping"), while output
+        (deliveries, replies to requests already accepted) still flows and callback
+        responses are still taken. Idempotent; :meth:`stop` follows."""
+        self._refusing = True
         self._post("stop_accepting", None, "")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -807,6 +816,13 @@ class Server:
                         conn.backlog.append(msg)
                     continue
                 requests += 1
+                if self._refusing and not (type(msg) is list and msg
+                                           and msg[0] == CALLBACK_RESPONSE):
+                    rid = request_id_of(msg)
+                    if rid is not None:
+                        self._emit(conn, encode_frame(
+                            [RESPONSE, rid, ["ActorStoppedError", "daemon: stopping"], None]))
+                    continue
                 if (type(msg) is list and len(msg) == 4 and msg[0] == REQUEST
                         and msg[2] == "publish" and type(msg[1]) is int
                         and type(msg[3]) is dict):

@@ -26,6 +26,7 @@ import pytest
 
 from modcoord.actors.errors import (
     ActorCrashedError,
+    ActorStoppedError,
     CallTimeoutError,
     ConnectionLostError,
     InvalidMessageError,
@@ -83,6 +84,8 @@ class FakeCoordinator:
             self.endpoints[info.module_id] = endpoint
             self.registrations.append(info)
             self.cond.notify_all()
+        if info.module_id == "eager":  # the batcher delivers before register returns
+            endpoint.deliver("eager", Batch(1, (Update("src", "k", "early"),), "critical"))
         return {"module_id": info.module_id, "mode": "HYBRID", "strategy": "balanced"}
 
     def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> bool:
@@ -486,6 +489,13 @@ def test_batch_delivery_runs_on_batch_in_the_callback_thread(client: Client,
     assert client.statistics().batches_received == 1
 
 
+def test_batch_delivered_before_the_register_answer_is_not_lost(client: Client) -> None:
+    eager = Editor("eager")
+    client.register(eager).get()
+    assert eager.got_batch.wait(WAIT)
+    assert [u.payload for u in eager.batches[0].updates] == ["early"]
+
+
 def test_callback_round_trip(client: Client, fake: FakeCoordinator) -> None:
     editor = Editor()
     client.register(editor).get()
@@ -668,6 +678,30 @@ def test_slow_client_is_disconnected_without_blocking_the_sender(
         assert srv.statistics().slow_disconnects == 1
         assert fake.wait_for(lambda: any(m == "sink" for m, _ in fake.unregistrations))
         raw.close()
+
+
+def test_pause_reading_refuses_new_work_but_output_still_flows(
+        server: Server, client: Client, fake: FakeCoordinator, runtime_dir: Path) -> None:
+    editor = Editor()
+    client.register(editor).get()
+    endpoint = fake.endpoints["editor"]
+    server.pause_reading()
+    with pytest.raises(ActorStoppedError, match="stopping"):
+        client.publish("editor", "late", 1).get()
+    with pytest.raises(ActorStoppedError):
+        client.status().get()
+    assert fake.published == [] and fake.calls == []
+    endpoint.deliver("editor", Batch(3, (Update("src", "k", "flushed"),), "flush"))
+    assert editor.got_batch.wait(WAIT)
+    answers: list[Any] = []
+    done = threading.Event()
+    endpoint.mode_change("editor", "MANUAL", "conservative", {},
+                         lambda r, e: (answers.append((r, e)), done.set()))
+    assert done.wait(WAIT)
+    assert answers == [("editor in MANUAL/conservative", None)]
+    assert not server.listening
+    with pytest.raises(NotRunningError):
+        connect(runtime_dir, timeout=1.0)
 
 
 # -- losing and regaining the daemon ------------------------------------------------------------

@@ -24,7 +24,7 @@ LABEL = r"[a-zA-Z_][a-zA-Z0-9_]*"
 SAMPLE_RE = re.compile(rf"^({NAME})(\{{(.*)\}})? (\S+)( -?\d+)?$")
 LABEL_PAIR_RE = re.compile(rf'({LABEL})="((?:[^"\\\n]|\\\\|\\"|\\n)*)"')
 TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
-ALLOWED_LABELS = {"actor", "mode", "cause", "quantile", "le", "result"}
+ALLOWED_LABELS = {"actor", "mode", "cause", "reason", "quantile", "le", "result"}
 
 
 @dataclass
@@ -171,11 +171,17 @@ def full_status() -> dict[str, Any]:
             "batch_efficiency": 0.4,
         },
         "cache_stats": {"size": 10, "max_size": 1000, "hits": 30, "misses": 10,
-                        "evictions": 4, "expirations": 6},
+                        "hit_rate": 0.75, "evictions_expired": 6, "evictions_size": 4,
+                        "evictions_explicit": 0, "inflight": 1, "enabled": True},
         "batch_queue": {"pending": 5, "rejected": 2, "max_queue": 10000},
         "last_reload_error": "hybrid.yaml: cache.ttl_ms: bad",
         "debouncer": {"received": 100, "emitted": 60, "collapsed": 40, "pending": 3},
-        "batcher": {"batches": 12, "updates": 60},
+        "batcher": {"batches": 12, "updates": 60, "deliveries": 20, "delivery_errors": 1,
+                    "mean_size": 5.0},
+        "memory": {"rss_bytes": 52_428_800, "max_rss_bytes": 104_857_600,
+                   "cleanups": [["interval", 9], ["pressure", 1], ["forced", 0]],
+                   "strategy": "balanced"},
+        "undeliverable": 2,
     }
 
 
@@ -217,8 +223,15 @@ def test_full_status_is_strictly_valid_and_carries_the_values(registry: MetricsR
     assert value_of(fams, "modcoord_cache_entries") == 10
     assert value_of(fams, "modcoord_cache_max_entries") == 1000
     assert value_of(fams, "modcoord_cache_hits_total") == 30
-    assert value_of(fams, "modcoord_cache_evictions_total", cause="capacity") == 4
+    assert value_of(fams, "modcoord_cache_evictions_total", cause="size") == 4
     assert value_of(fams, "modcoord_cache_evictions_total", cause="expired") == 6
+    assert value_of(fams, "modcoord_cache_evictions_total", cause="explicit") == 0
+    assert value_of(fams, "modcoord_batch_efficiency") == 0.4
+    assert value_of(fams, "modcoord_batcher_delivery_errors_total") == 1
+    assert value_of(fams, "modcoord_undeliverable_updates_total") == 2
+    assert value_of(fams, "modcoord_memory_limit_bytes") == 104_857_600
+    assert value_of(fams, "modcoord_memory_cleanups_total", reason="interval") == 9
+    assert value_of(fams, "modcoord_memory_cleanups_total", reason="pressure") == 1
     assert value_of(fams, "modcoord_batch_queue_pending") == 5
     assert value_of(fams, "modcoord_batch_queue_rejected_total") == 2
     assert value_of(fams, "modcoord_debouncer_collapsed_total") == 40
@@ -262,6 +275,7 @@ def test_missing_and_malformed_keys_are_tolerated() -> None:
         "modules": ["a", "b"],
         "performance_metrics": None,
         "cache_stats": {"size": 2, "evictions": {"ttl": 1, "capacity": 2}},
+        "memory": {"cleanups": {"forced": 3}},
         "batch_queue": {},
         "debouncer": {"received": None},
     }
@@ -271,6 +285,9 @@ def test_missing_and_malformed_keys_are_tolerated() -> None:
     assert value_of(fams, "modcoord_mode", mode="HYBRID") == 0
     assert value_of(fams, "modcoord_modules") == 2
     assert value_of(fams, "modcoord_cache_evictions_total", cause="ttl") == 1
+    assert value_of(fams, "modcoord_memory_cleanups_total", reason="forced") == 3
+    flat = parse_exposition(render_metrics({"cache_stats": {"evictions": 7}}, None))
+    assert value_of(flat, "modcoord_cache_evictions_total", cause="size") == 7
     assert "modcoord_uptime_seconds" not in fams
     assert "modcoord_debouncer_received_total" not in fams
     assert "modcoord_actor_up" not in fams

@@ -13,11 +13,11 @@ CHECK = """
 import importlib.util
 import supervisor
 import modcoord.supervisor, modcoord.actors
-from modcoord.supervisor import ModcoordError
+from modcoord.supervisor import ModcoordError, connect
 from supervisor.options import ServerOptions  # supervisord's own module
 # PyPI's 'actors' does not even import on its own; it only must not shadow ours.
 assert importlib.util.find_spec('actors').origin.startswith(%r)
-assert modcoord.actors.ManagedActor and ModcoordError
+assert modcoord.actors.ManagedActor and ModcoordError and connect
 print('ok', supervisor.__file__, modcoord.supervisor.__file__)
 """
 

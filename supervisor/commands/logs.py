@@ -53,12 +53,10 @@ def run(args: argparse.Namespace) -> int:
         for rec in iter_records(directory, n=args.n, **filters):
             emit(rec)
         return 0
-    for rec in iter_records(directory, n=args.n if args.n is not None else 10, **filters):
-        emit(rec)
-    sys.stdout.flush()
     stop = threading.Event()
     try:
-        for rec in follow_records(directory, stop=stop, **filters):
+        backlog = args.n if args.n is not None else 10
+        for rec in follow_records(directory, n=backlog, stop=stop, **filters):
             emit(rec)
             sys.stdout.flush()
     except KeyboardInterrupt:
