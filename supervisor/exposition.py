@@ -137,7 +137,8 @@ def _render_status(fam: _Families, status: Mapping[str, Any]) -> None:
                     "The current system mode (1 for the current one, 0 for the others).",
                     m == mode, (("mode", m),))
     fam.add(PREFIX + "coordinating", "gauge",
-            "1 while a coordination is in flight, else 0.", status.get("is_coordinating"))
+            "1 while the daemon accepts and coordinates work (0 while stopping).",
+            status.get("is_coordinating"))
     fam.add(PREFIX + "modules", "gauge", "Registered modules.", _count(status.get("modules")))
     if "last_reload_error" in status:
         fam.add(PREFIX + "config_last_reload_ok", "gauge",

@@ -8,13 +8,11 @@ It holds the socket (``modcoord.sock``) and the pidfile (``modcoord.pid``).
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 __all__ = [
     "PIDFILE_NAME",
     "SOCKET_NAME",
-    "ensure_runtime_dir",
     "pidfile_path",
     "resolve_runtime_dir",
     "socket_path",
@@ -54,28 +52,3 @@ def socket_path(runtime_dir: str | os.PathLike[str], name: str = SOCKET_NAME) ->
 def pidfile_path(runtime_dir: str | os.PathLike[str]) -> Path:
     """Return the path of the daemon's pidfile in ``runtime_dir``."""
     return Path(runtime_dir) / PIDFILE_NAME
-
-
-def ensure_runtime_dir(runtime_dir: str | os.PathLike[str]) -> Path:
-    """Create ``runtime_dir`` with mode 0700 if needed and check that it is safe to use.
-
-    An existing directory owned by this user has its mode tightened to 0700.
-
-    Raises:
-        PermissionError: the path exists but is not a directory owned by this user (another
-            user could then reach the socket).
-        OSError: the directory cannot be created.
-    """
-    path = Path(runtime_dir)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.lstat()
-    if not stat.S_ISDIR(st.st_mode):
-        raise PermissionError(f"runtime directory {path} is not a directory")
-    if st.st_uid != os.getuid():
-        raise PermissionError(
-            f"runtime directory {path} belongs to uid {st.st_uid}, not to this user "
-            f"({os.getuid()}); choose another with --runtime-dir"
-        )
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)
-    return path
