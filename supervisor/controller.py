@@ -42,9 +42,8 @@ class Controller:
             "insights": lambda p: self.coordinator.insights(),
             "optimize": lambda p: self.coordinator.optimize(),
             "set_mode": lambda p: self.coordinator.set_mode(p["mode"]),
-            "mode": lambda p: {"mode": self.coordinator.mode},
             "actor": lambda p: self.coordinator.actor_call(
-                p["actor"], p["method"], p.get("args") or {}),
+                p["actor"], p["method"], p.get("args") or {}, posargs=p.get("posargs") or ()),
             "reload": lambda p: self.reload(),
             "config": lambda p: self.coordinator.config.as_dict(),
             "metrics": lambda p: render_metrics(self.status(), self.coordinator.metrics),

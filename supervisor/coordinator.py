@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -44,6 +43,7 @@ from modcoord.actors.memory import ActivityTable, ForceCleanup, MemoryManagerAct
 from modcoord.actors.metrics import MetricsRegistry
 from modcoord.actors.monitor import Insights, MonitorActor
 from modcoord.actors.update import PRIORITY_RANK
+from modcoord.supervisor.client import CoordinationResult
 from modcoord.supervisor.config import MODES, ConfigSet, load_config_dir, normalize_mode
 from modcoord.supervisor.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.supervisor import (
@@ -78,24 +78,6 @@ def default_child_specs() -> list[ChildSpec]:
         ChildSpec("batcher", BatcherActor),
         ChildSpec("debouncer", DebouncerActor),
     ]
-
-
-@dataclass(frozen=True)
-class CoordinationResult:
-    """The result of ``coordinate``: per-module results of ``on_mode_change``."""
-
-    mode: str
-    strategy: str
-    results: dict[str, Any]
-    errors: dict[str, str]
-    cached: bool
-    latency_ms: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode, "strategy": self.strategy, "results": self.results,
-            "errors": self.errors, "cached": self.cached, "latency_ms": self.latency_ms,
-        }
 
 
 # Actor methods callable by name (client proxies: ``coord.cache.statistics()``).
@@ -563,7 +545,7 @@ class ModuleCoordinator:
         self._ask_supervisor(CrashChild(actor, kind))
 
     def actor_call(self, actor: str, method: str, args: dict[str, Any] | None = None,
-                   timeout: float = 5.0) -> Any:
+                   timeout: float = 5.0, posargs: Sequence[Any] = ()) -> Any:
         """Call an actor's method by name (``cache``, ``statistics``).
 
         Raises:
@@ -578,7 +560,7 @@ class ModuleCoordinator:
             raise InvalidMessageError(
                 f"{actor} has no method {method!r}; choose one of {', '.join(table[actor])}")
         try:
-            message = build(**(args or {}))
+            message = build(*posargs, **(args or {}))
         except TypeError as exc:
             raise InvalidMessageError(f"{actor}.{method}: {exc}") from None
         return _plain(self.handles[actor].ask(message, timeout=timeout))

@@ -10,7 +10,7 @@ from typing import Any
 import pykka
 import pytest
 
-from modcoord.actors import Batch, MockClock, QueueFullError
+from modcoord.actors import Batch, MockClock, QueueFullError, Statistics
 from modcoord.actors.batcher import QueueDepth
 from modcoord.actors.debouncer import Pending
 from modcoord.actors.errors import InvalidMessageError
@@ -73,9 +73,10 @@ def make(clock: MockClock) -> Any:
 
 
 def settle(coord: ModuleCoordinator) -> None:
-    """Wait until every message told so far has passed debouncer and batcher."""
+    """Wait until every message told so far has passed debouncer, batcher and memory."""
     coord.handles["debouncer"].ask(Pending(), timeout=5)
     coord.handles["batcher"].ask(QueueDepth(), timeout=5)
+    coord.handles["memory"].ask(Statistics(), timeout=5)
 
 
 def advance(coord: ModuleCoordinator, clock: MockClock, seconds: float, step: float = 0.01
@@ -321,6 +322,7 @@ def test_inactive_module_is_swept_and_reactivated(make: Any, clock: MockClock) -
     for _ in range(4):
         coord.publish("editor", "k", 0)
         advance(coord, clock, 10.0, step=0.5)
+    advance(coord, clock, 1.0, step=0.5)
     assert coord.activity.is_swept("viewer")
     assert not coord.activity.is_swept("editor")
     delivered = len(viewer.updates())
