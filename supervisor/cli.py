@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from modcoord.actors.errors import ModcoordError, NotRunningError
@@ -31,12 +32,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         module = importlib.import_module(f"modcoord.supervisor.commands.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
-        p.add_argument("--runtime-dir", default=None,
-                       help="runtime directory (default: $MODCOORD_RUNTIME_DIR, "
-                            "$XDG_RUNTIME_DIR/modcoord, /tmp/modcoord-$UID)")
+        p.add_argument("--runtime-dir", default=None, help=_RUNTIME_DIR_HELP)
         module.add_arguments(p)
+        _runtime_dir_on_actions(p)
         p.set_defaults(run=module.run)
     return parser
+
+
+_RUNTIME_DIR_HELP = ("runtime directory (default: $MODCOORD_RUNTIME_DIR, "
+                     "$XDG_RUNTIME_DIR/modcoord, /tmp/modcoord-$UID)")
+
+
+def _runtime_dir_on_actions(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--runtime-dir`` after a command's action too (``config show --runtime-dir
+    R``), not only before it; given there, it wins (SUPPRESS: absent leaves the value the
+    command level parsed)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument("--runtime-dir", default=argparse.SUPPRESS,
+                                   help=_RUNTIME_DIR_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``modcoord logs -f | head``): no traceback, and no second
+        # error when the interpreter flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

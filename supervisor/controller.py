@@ -36,7 +36,8 @@ class Controller:
         self.coordinator = coordinator
         self.reloader = reloader
         self.request_stop = request_stop
-        self.daemon_info = dict(daemon_info or {})
+        # Shared, not copied: the daemon adds facts known only later (``metrics_port``).
+        self.daemon_info = daemon_info if daemon_info is not None else {}
         self._calls: dict[str, Callable[[dict[str, Any]], Any]] = {
             "status": lambda p: self.status(),
             "insights": lambda p: self.coordinator.insights(),
@@ -91,8 +92,13 @@ class Controller:
 
     def status(self) -> dict[str, Any]:
         out = self.coordinator.status()
-        out["last_reload_error"] = self.reloader.last_error if self.reloader else None
-        out["daemon"] = self.daemon_info
+        out["last_reload_error"] = None
+        if self.reloader is not None:
+            reloads = self.reloader.statistics()
+            out["last_reload_error"] = reloads.last_error
+            out["reloads"] = {"ok": reloads.reloads_ok, "rejected": reloads.rejected,
+                              "skipped": reloads.skipped}
+        out["daemon"] = dict(self.daemon_info)
         return out
 
     def reload(self) -> dict[str, Any]:

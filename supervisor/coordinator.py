@@ -276,8 +276,10 @@ class ModuleCoordinator:
         return self._running
 
     def _escalated(self, reason: str) -> None:
+        # ``_running`` stays True: ``stop()`` must still stop the supervisor actor and the
+        # clock (non-daemon threads) or the process never exits; ``is_coordinating``
+        # already reads ``escalated``.
         self.escalated = reason
-        self._running = False
         if self.on_escalate is not None:
             self.on_escalate(reason)
 
@@ -328,7 +330,8 @@ class ModuleCoordinator:
                 return False
             del self._endpoints[module_id]
             self._infos.pop(module_id, None)
-        self._ask_supervisor(UnregisterModule(module_id))
+        if self._running:  # after stop() the actors are gone: nothing left to route to
+            self._ask_supervisor(UnregisterModule(module_id))
         logger.bind(actor="supervisor", module=module_id).info("module unregistered")
         return True
 
@@ -450,6 +453,7 @@ class ModuleCoordinator:
         if kind == "hit":
             self._answer(reply, lookup.value, True, started)
         elif kind == "wait":
+            assert lookup.flight is not None
             lookup.flight.add_waiter(
                 lambda value, error: reply(None, error) if error is not None
                 else self._answer(reply, value, True, started)

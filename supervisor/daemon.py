@@ -217,7 +217,7 @@ class _Daemon:
 
             reloader = Reloader(lambda: load_config_dir(config_dir), coordinator.apply_config,
                                 notify=sd_notify)
-            reloader.prime(config) if hasattr(reloader, "prime") else None
+            reloader.prime(config)
             sock = runtime / config.daemon.socket
             info = {"runtime_dir": str(runtime), "socket": str(sock), "log_dir": str(log_dir),
                     "config_dir": str(config_dir)}
@@ -227,7 +227,8 @@ class _Daemon:
                 sock.unlink()  # stale: we hold the lock, so no daemon owns it
             server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes)
             server.start()
-            watcher = ConfigWatcher(Path(config_dir), lambda: reloader.reload("file change"))
+            watcher = ConfigWatcher(Path(config_dir), lambda: None if reloader.reload(
+                "file change") else None)
             watcher.start()
             if config.daemon.metrics.enabled:
                 http = MetricsHTTPServer(
@@ -241,8 +242,10 @@ class _Daemon:
             signal.signal(signal.SIGINT, self._on_term)
             signal.signal(signal.SIGHUP, lambda s, f: threading.Thread(
                 target=reloader.reload, args=("SIGHUP",), daemon=True).start())
-            log.info("daemon ready: pid {pid}, socket {sock}, mode {mode}",
-                     pid=os.getpid(), sock=str(sock), mode=mode)
+            # Positional arguments: a ``pid=`` keyword would land in the record as a
+            # duplicate ``extra_pid`` field (``pid`` is a core field).
+            log.bind(socket=str(sock)).info("daemon ready: pid {}, socket {}, mode {}",
+                                            os.getpid(), str(sock), mode)
             ready.ok(os.getpid(), str(sock))
             sd_notify("READY=1\nMAINPID=%d" % os.getpid())
             while not self.stop_requested.wait(0.5):
@@ -261,7 +264,7 @@ class _Daemon:
             if http is not None:
                 http.stop()
             if server is not None:
-                server.pause_reading() if hasattr(server, "pause_reading") else None
+                server.pause_reading()  # refuse new requests; deliveries still go out
             if coordinator is not None:
                 coordinator.stop(timeout=config.daemon.shutdown_timeout_s)
             if server is not None:
@@ -346,6 +349,6 @@ def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
     if line.startswith("READY "):
         return EXIT_OK, line[len("READY "):]
     if line.startswith("ERROR "):
-        _, code, message = line.split(" ", 2)
-        return int(code), message
+        _, code_text, message = line.split(" ", 2)
+        return int(code_text), message
     return EXIT_FAILURE, "daemon did not report ready within %.0f s" % timeout

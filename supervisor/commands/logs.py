@@ -37,11 +37,24 @@ def log_dir_of(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modcoord.supervisor.logs import follow_records, format_record, iter_records
+    from modcoord.supervisor.logs import (
+        follow_records,
+        format_record,
+        iter_records,
+        level_number,
+    )
 
     directory = log_dir_of(args)
     if args.level:
         args.level = args.level.upper()
+        try:
+            level_number(args.level)
+        except ValueError as exc:  # a usage error, not a crash
+            print(f"modcoord logs: {exc}", file=sys.stderr)
+            return 2
+    if args.n is not None and args.n < 0:
+        print("modcoord logs: -n must not be negative", file=sys.stderr)
+        return 2
     color = sys.stdout.isatty() and not args.json
     filters = {"level": args.level, "actor": args.actor, "module": args.module}
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from modcoord.actors.errors import ConnectionLostError, NotRunningError
 from modcoord.supervisor.commands._common import client, runtime_dir
@@ -19,13 +20,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. A zombie (exited, not yet reaped by its parent — for
+    a detached daemon that is init, which may be slow or, in a container, never reap)
+    has exited: it counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def run(args: argparse.Namespace) -> int:

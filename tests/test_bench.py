@@ -1,0 +1,96 @@
+"""``scripts/bench --quick --json``: it runs end to end against real daemons and module
+processes and prints every SPEC §10 figure in the documented JSON shape."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+__all__: list[str] = []
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench"
+
+# One row per SPEC §10 figure, in the table's order: (name prefix, unit, target).
+EXPECTED = [
+    ("cached coordinate round trip p50", "µs", "<= 1.0x"),
+    ("cached coordinate round trip p99", "µs", "<= 4.0x"),
+    ("publish throughput", "msg/s", ">= 0.5x"),
+    ("updates delivered", "updates/s", ">= 0.3x"),
+    ("cached vs uncached coordination", "fraction", ">= 0.90"),
+    ("batched vs unbatched", "updates/s", ">= 10x"),
+    ("critical vs normal", "fraction", ">= 0.85"),
+    ("memory added", "fraction", ">= 0.50"),
+    ("debounce timer lateness", "ms", "<= 2 ms"),
+    ("cached coordinate p99, 1,000 modules", "µs", "<= 2.0x"),
+    ("daemon resident memory when idle", "MB", "<= 50 MB"),
+    ("start to ready", "s", "<= 0.5 s"),
+]
+
+
+def _run_bench(timeout: float) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen([sys.executable, str(BENCH), "--quick", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the bench stops its daemons on SIGTERM
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"bench did not finish within {timeout} s; stderr:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _met(row: dict[str, object]) -> bool:
+    """Recompute ``met`` from the row, as the bench documents it."""
+    op, _, rest = str(row["target"]).partition(" ")
+    bound = float(rest.split()[0].rstrip("x"))
+    compared = row["ratio"] if rest.endswith("x") else row["value"]
+    assert isinstance(compared, (int, float))
+    return compared <= bound if op == "<=" else compared >= bound
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_quick_json_has_every_figure() -> None:
+    result = _run_bench(timeout=200)
+
+    assert result.returncode == 0, f"bench failed:\n{result.stderr[-3000:]}"
+    assert "[bench" not in result.stderr  # no progress output with --json
+    data = json.loads(result.stdout)
+    assert list(data) == ["results"]
+    rows = data["results"]
+    assert len(rows) == len(EXPECTED)
+    for row, (prefix, unit, target) in zip(rows, EXPECTED, strict=True):
+        assert list(row) == ["name", "value", "unit", "baseline", "ratio", "target", "met"]
+        assert row["name"].startswith(prefix), row
+        assert row["unit"] == unit
+        assert row["target"] == target
+        assert isinstance(row["met"], bool)
+        value = row["value"]
+        assert isinstance(value, (int, float)) and math.isfinite(value), row
+        if row["target"].endswith("x"):  # compared as a ratio to a same-run baseline
+            assert isinstance(row["baseline"], (int, float)) and row["baseline"] > 0, row
+            assert isinstance(row["ratio"], (int, float)), row
+            assert row["ratio"] == pytest.approx(value / row["baseline"], rel=0.02, abs=1e-3)
+        assert row["met"] is _met(row), row
+
+    by_unit = {prefix: row for row, (prefix, _, _) in zip(rows, EXPECTED, strict=True)}
+    # Plausibility: measured quantities, not placeholders.
+    assert by_unit["cached coordinate round trip p50"]["value"] <= (
+        by_unit["cached coordinate round trip p99"]["value"])
+    assert by_unit["publish throughput"]["value"] > 1000
+    assert by_unit["updates delivered"]["value"] > 100
+    assert 0 < by_unit["daemon resident memory when idle"]["value"] < 1024
+    assert 0 < by_unit["start to ready"]["value"] < 30
+    assert -1.0 <= by_unit["cached vs uncached coordination"]["value"] < 1.0
+    assert -1.0 <= by_unit["critical vs normal"]["value"] < 1.0
