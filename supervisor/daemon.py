@@ -225,7 +225,8 @@ class _Daemon:
                                     request_stop=self.request_stop, daemon_info=info)
             if sock.exists() or sock.is_symlink():
                 sock.unlink()  # stale: we hold the lock, so no daemon owns it
-            server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes)
+            server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes,
+                            drain_timeout=config.daemon.shutdown_timeout_s)
             server.start()
             watcher = ConfigWatcher(Path(config_dir), lambda: None if reloader.reload(
                 "file change") else None)

@@ -409,6 +409,7 @@ class Server:
         self.max_buffer_bytes = max_buffer_bytes
         self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
         self.drain_timeout = drain_timeout
+        self.undelivered_bytes_at_stop = 0
         self._control_workers = max(1, control_workers)
         self._selector: selectors.BaseSelector | None = None
         self._listener: socket.socket | None = None
@@ -1099,6 +1100,12 @@ class Server:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                lost = sum(c._buffered() for c in pending)
+                self.undelivered_bytes_at_stop = lost
+                _log.warning(
+                    "drain timeout ({t:g} s): {n} bytes of output to {c} slow client(s) not "
+                    "delivered at stop; raise shutdown_timeout_s in daemon.yaml",
+                    t=self.drain_timeout, n=lost, c=len(pending))
                 return
             for conn in pending:
                 conn.reading = False

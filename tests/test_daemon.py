@@ -335,6 +335,15 @@ def test_invalid_config_at_start_exits_78(
     assert d.cli("status").code == 3
 
 
+def test_unknown_mode_at_start_is_a_usage_error(
+        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    d = daemon_factory(start=False)
+    result = run_cli("start", "--mode", "TURBO", runtime_dir=d.runtime_dir, timeout=20)
+    assert result.code == 2, result
+    assert "TURBO" in result.err and "FULLY_AUTO" in result.err
+    assert d.cli("status").code == 3
+
+
 # -- SIGHUP ----------------------------------------------------------------------------------
 
 

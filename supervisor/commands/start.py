@@ -24,10 +24,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from modcoord.actors.errors import ConfigError
+    from modcoord.supervisor.config import normalize_mode
     from modcoord.supervisor.daemon import DaemonOptions
     from modcoord.supervisor.daemon import run as run_daemon
     from modcoord.supervisor.daemon import spawn
 
+    if args.mode is not None:
+        try:
+            normalize_mode(args.mode)
+        except ConfigError as exc:
+            print(f"modcoord start: {exc.problem}", file=sys.stderr)
+            return 2
     options = DaemonOptions(
         runtime_dir=runtime_dir(args), config_dir=args.config_dir, mode=args.mode,
         log_dir=args.log_dir, allow_fault_injection=args.allow_fault_injection,
