@@ -26,6 +26,7 @@ import dataclasses
 import heapq
 import itertools
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ from modcoord.actors.settings import DebounceSettings
 from modcoord.actors.update import PRIORITIES, PRIORITY_RANK, Update
 
 __all__ = [
+    "Backlog",
     "Cancel",
     "DebouncerActor",
     "DebouncerHandover",
@@ -58,6 +60,31 @@ Key = tuple[str, str]
 
 
 # -- messages ------------------------------------------------------------------------------
+
+
+class Backlog:
+    """Updates told to the debouncer that it has not taken in yet (thread-safe).
+
+    The façade adds what it sends; the debouncer subtracts what it absorbs. The server reads
+    :attr:`value` to slow publishers down (it stops reading their sockets) while the
+    debouncer is behind, so its inbox stays bounded without refusing anything.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = 0
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._value += n
+
+    def sub(self, n: int) -> None:
+        with self._lock:
+            self._value = max(0, self._value - n)
 
 
 @dataclass(frozen=True)
@@ -234,6 +261,9 @@ class DebouncerActor(ManagedActor):
 
     @handles(PublishMany)
     def _on_publish_many(self, message: PublishMany) -> None:
+        backlog = self.context.extras.get("publish_backlog")
+        if backlog is not None:
+            backlog.sub(len(message.updates))
         self._accept(message.updates)
 
     @handles(Publish)

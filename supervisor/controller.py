@@ -63,6 +63,9 @@ class Controller:
     def publish_many(self, items: Any) -> list[Any]:
         return self.coordinator.publish_many(items)
 
+    def publish_backlog(self) -> int:
+        return self.coordinator.publish_backlog()
+
     def coordinate(self, mode: str, context: dict[str, Any],
                    reply: Callable[[Any, BaseException | None], None],
                    caller: Sequence[str] = ()) -> None:

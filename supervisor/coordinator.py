@@ -32,7 +32,7 @@ from modcoord.actors import (
 )
 from modcoord.actors.batcher import BatcherActor, FlushBatches, QueueGauge
 from modcoord.actors.cache import CacheActor, CacheStore, Clear, cache_key
-from modcoord.actors.debouncer import DebouncerActor, Flush, PublishMany
+from modcoord.actors.debouncer import Backlog, DebouncerActor, Flush, PublishMany
 from modcoord.actors.errors import (
     CallTimeoutError,
     InvalidMessageError,
@@ -209,6 +209,7 @@ class ModuleCoordinator:
         self.cache_store = CacheStore(self.clock, settings.cache)
         self.queue_gauge = QueueGauge(settings.batch.max_queue)
         self.activity = ActivityTable(self.clock)
+        self.backlog = Backlog()
         self.handles: dict[str, ActorHandle] = {s.name: ActorHandle(s.name) for s in self.specs}
         self._endpoints: dict[str, ModuleEndpoint] = {}
         self._infos: dict[str, ModuleInfo] = {}
@@ -236,6 +237,7 @@ class ModuleCoordinator:
             "activity": self.activity,
             "deliver": self._deliver,
             "rss_reader": self._rss_reader,
+            "publish_backlog": self.backlog,
         }
         self._supervisor = SupervisorActor.start(
             self.specs, self.handles, self.config.modes, self.mode, self.clock,
@@ -389,10 +391,15 @@ class ModuleCoordinator:
             out.append(n)
             touched.add(module_id)
         if accepted:
+            self.backlog.add(len(accepted))
             self.handles["debouncer"].tell(PublishMany(tuple(accepted)))
         for module_id in touched:
             self._touch(module_id)
         return out
+
+    def publish_backlog(self) -> int:
+        """Updates accepted but not yet taken in by the debouncer (for flow control)."""
+        return self.backlog.value
 
     def _touch(self, module_id: str) -> None:
         if self.activity.touch(module_id):
