@@ -21,6 +21,7 @@ Design rules (followed by every actor in this package):
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
@@ -242,6 +243,20 @@ class ActorHandle:
 # -- the actor base ----------------------------------------------------------------------
 
 
+class _Inbox(queue.Queue):  # type: ignore[type-arg]
+    """An actor inbox where a timer's wake-up can jump the queue (:meth:`put_urgent`).
+
+    A debounce deadline must not wait behind thousands of queued publishes: that is the
+    difference between a timer that fires on time under load and one that fires late.
+    """
+
+    def put_urgent(self, item: Any) -> None:
+        with self.not_empty:
+            self.queue.appendleft(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+
 @dataclass
 class ActorContext:
     """What the supervisor gives each actor: time, peers, and where to report failure."""
@@ -327,6 +342,21 @@ class ManagedActor(pykka.ThreadingActor):
 
     def peer(self, name: str) -> ActorHandle:
         return self.context.handles[name]
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return _Inbox()
+
+    def tell_urgent(self, message: Any) -> bool:
+        """Put ``message`` at the FRONT of this actor's inbox (timer wake-ups only).
+
+        Callable from any thread. Returns False if this actor is no longer running (its
+        successor, if any, arms its own timers).
+        """
+        if self.actor_stopped.is_set():
+            return False
+        self.actor_inbox.put_urgent(Envelope(message))
+        return True
 
     def _coerce(self, settings: Any) -> Any:
         if isinstance(settings, dict):

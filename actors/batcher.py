@@ -33,12 +33,11 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
-import pykka
 from loguru import logger
 
 from modcoord.actors._base import ActorContext, ManagedActor, handles
 from modcoord.actors.clock import TimerHandle
-from modcoord.actors.errors import InvalidMessageError, ModcoordError
+from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.message import Message
 from modcoord.actors.settings import BatchSettings
 from modcoord.actors.update import PRIORITY_RANK, Batch, Update
@@ -145,6 +144,19 @@ class QueueGauge:
                 return False
             self._admitted += n
             return True
+
+    def admit_up_to(self, n: int) -> int:
+        """Admit as many of ``n`` updates as fit (all, or up to the limit); return how many.
+
+        The refused rest is counted in :attr:`rejected`. One lock for a whole read's worth
+        of publishes.
+        """
+        with self._lock:
+            room = self._max_queue - self._depth - self._in_transit
+            take = n if room >= n else max(0, room)
+            self._admitted += take
+            self._rejected += n - take
+            return take
 
     def set_depth(self, depth: int) -> None:
         """Batcher only: record the queue length now."""
@@ -529,15 +541,9 @@ class BatcherActor(ManagedActor):
 
     def _tick(self, token: int) -> None:
         """Timer callback (scheduler thread): tell the actor, by name if possible."""
-        message = _WindowDue(token)
-        try:
-            handle = self.context.handles.get(self.actor_name)
-            if handle is not None:
-                handle.tell(message)
-            else:
-                self.actor_ref.tell(message)
-        except (pykka.ActorDeadError, ModcoordError):
-            pass  # stopped: on_stop flushed the queue; restarted: the successor re-armed
+        # Urgent: the window closes on time even with Enqueues queued behind it. If this
+        # actor is gone, on_stop flushed its queue or the successor re-armed its window.
+        self.tell_urgent(_WindowDue(token))
 
     def _sync_gauge(self) -> None:
         if self._gauge is not None:
@@ -586,6 +592,5 @@ class BatcherActor(ManagedActor):
         metrics = self._metrics
         if metrics is not None:
             now = self.clock.monotonic()
-            for u in updates:
-                metrics.record("publish_to_delivery", now - u.published_at)
+            metrics.record_many("publish_to_delivery", [now - u.published_at for u in updates])
         self._busy_s += time.perf_counter() - started

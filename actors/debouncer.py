@@ -21,7 +21,6 @@ forwarded at once as one ``Enqueue``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -30,7 +29,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import pykka
 from loguru import logger
 from modcoord.actors._base import ActorContext, ManagedActor, handles
 from modcoord.actors.clock import TimerHandle
@@ -363,7 +361,12 @@ class DebouncerActor(ManagedActor):
                     cap = entry.first_at + max_wait
                     if deadline > cap:
                         deadline = cap
-                    if deadline == entry.deadline:
+                    if deadline >= entry.deadline:
+                        # Later (the usual restart): no new heap item. The live item
+                        # stays where it is; when it comes up early it is pushed again
+                        # at the real deadline (see _collect_due). Streams of publishes
+                        # to one key cost no heap work.
+                        entry.deadline = deadline
                         continue
                 seq = next(counter)
                 entry.deadline = deadline
@@ -384,14 +387,19 @@ class DebouncerActor(ManagedActor):
         heap = self._heap
         entries = self._entries
         pop = heapq.heappop
+        push = heapq.heappush
         while heap and heap[0][0] <= now:
-            deadline, seq, key = pop(heap)
+            _, seq, key = pop(heap)
             entry = entries.get(key)
             if entry is None or entry.seq != seq:
                 continue  # stale item: superseded, flushed or cancelled
+            if entry.deadline > now:  # its timer was restarted: reschedule lazily
+                entry.seq = seq = next(self._counter)
+                push(heap, (entry.deadline, seq, key))
+                continue
             del entries[key]
             out.append(entry.final())
-            late.append(now - deadline)
+            late.append(now - entry.deadline)
 
     def _rebuild_heap(self) -> None:
         """Drop stale heap items: one live item per pending key."""
@@ -428,12 +436,12 @@ class DebouncerActor(ManagedActor):
             self._timer.cancel()
         token = next(_TIMER_TOKENS)
         self._token = token
-        ref = self.actor_ref
+        tell_urgent = self.tell_urgent
 
         def fire() -> None:
-            # If this actor is gone, its successor has armed its own timer.
-            with contextlib.suppress(pykka.ActorDeadError, ModcoordError):
-                ref.tell(_Wake(token))
+            # Jumps the inbox so a deadline never waits behind queued publishes. If this
+            # actor is gone, its successor has armed its own timer.
+            tell_urgent(_Wake(token))
 
         self._armed_at = deadline
         self._timer = self.clock.call_at(deadline, fire)
@@ -481,13 +489,16 @@ class DebouncerActor(ManagedActor):
         return True
 
     def _record_lateness(self, late: list[float]) -> None:
-        record = self._lateness.record
-        for seconds in late:
-            record(seconds)
+        """Record how late this timer fire was: the lateness of the most overdue key.
+
+        One sample per fire (not per key): a wake that emits 10,000 keys is one timer
+        firing, and recording per key would cost more than the emission itself.
+        """
+        seconds = max(late)
+        self._lateness.record(seconds)
         metrics = self.context.extras.get("metrics")
         if metrics is not None:
-            for seconds in late:
-                metrics.record("debounce_lateness", seconds)
+            metrics.record("debounce_lateness", seconds)
 
     def _flush(self, module_id: str | None, key: str | None, reraise: bool = False) -> int:
         """Deliver the matching pending updates now (deadline, then arrival order).

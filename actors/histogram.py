@@ -130,6 +130,23 @@ class LatencyHistogram:
                     del self._slices[0]
             self._slices[-1][1].add(i, seconds)
 
+    def record_many(self, values: list[float]) -> None:
+        """Add several observations (seconds) under one lock acquisition."""
+        if not values:
+            return
+        number = int(self._clock.monotonic() // self._slice_s)
+        with self._lock:
+            if not self._slices or self._slices[-1][0] != number:
+                self._slices.append((number, _Counts()))
+                if len(self._slices) > self._n_slices:
+                    del self._slices[0]
+            total, recent = self._total, self._slices[-1][1]
+            for seconds in values:
+                seconds = max(0.0, seconds)
+                i = _bucket(seconds)
+                total.add(i, seconds)
+                recent.add(i, seconds)
+
     def total(self) -> HistogramSnapshot:
         """Return the summary since start."""
         with self._lock:

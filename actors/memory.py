@@ -409,6 +409,30 @@ def _process() -> Any:
     return psutil.Process()
 
 
+_LIBC: Any = None
+
+
+def _release_to_os() -> bool:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so a cleanup shows
+    in RSS. Returns whether it ran; a no-op off glibc."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC is False:
+        return False
+    try:
+        _LIBC.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def _psutil_rss() -> int:
     """The daemon's resident memory in bytes (psutil)."""
     return int(_process().memory_info().rss)
@@ -673,6 +697,8 @@ class MemoryManagerActor(ManagedActor):
             actions.append("trim")
             gc_collected = gc.collect()
             actions.append("gc")
+            if _release_to_os():
+                actions.append("malloc_trim")
         rss_after = self._rss() if full else rss_before
         self._cleanups[reason] = self._cleanups.get(reason, 0) + 1
         report = CleanupReport(

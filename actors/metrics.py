@@ -54,6 +54,10 @@ class MetricsRegistry:
         """Record one latency observation (seconds) into histogram ``name``."""
         self.histogram(name).record(seconds)
 
+    def record_many(self, name: str, values: list[float]) -> None:
+        """Record several observations (seconds) into histogram ``name`` at once."""
+        self.histogram(name).record_many(values)
+
     def increment(self, name: str, by: int = 1) -> None:
         """Add ``by`` to counter ``name``."""
         with self._lock:

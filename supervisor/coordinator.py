@@ -367,28 +367,40 @@ class ModuleCoordinator:
         return int(result)
 
     def publish_many(self, items: Iterable[tuple[str, str, Any, str]]) -> list[int | ModcoordError]:
-        """Publish several updates in one hop; per item, its seq or the error refusing it."""
+        """Publish several updates in one hop; per item, its seq or the error refusing it.
+
+        Admission is decided once for the whole call: as many as fit in the batch queue
+        are accepted, in order; the rest get :class:`QueueFullError` (and are counted).
+        """
         now = self.clock.monotonic()
-        out: list[int | ModcoordError] = []
-        accepted: list[Update] = []
-        touched: set[str] = set()
-        gauge, seq, infos = self.queue_gauge, self._seq, self._infos
-        for module_id, key, payload, priority in items:
+        infos = self._infos
+        out: list[Any] = []
+        valid: list[int] = []
+        for i, (module_id, _key, _payload, priority) in enumerate(items := list(items)):
             if priority not in PRIORITY_RANK:
                 out.append(InvalidMessageError(
                     f"priority must be one of critical, high, medium, low (got {priority!r})"))
-                continue
-            if module_id not in infos:
+            elif module_id not in infos:
                 out.append(InvalidMessageError(f"module {module_id!r} is not registered"))
+            else:
+                out.append(None)
+                valid.append(i)
+        if not valid:
+            return out
+        take = self.queue_gauge.admit_up_to(len(valid))
+        seq = self._seq
+        accepted: list[Update] = []
+        touched: set[str] = set()
+        for n, i in enumerate(valid):
+            if n >= take:
+                out[i] = QueueFullError(
+                    f"batch queue full ({self.queue_gauge.max_queue} updates): publish "
+                    "later, or raise batch.max_queue")
                 continue
-            if not gauge.admit():
-                out.append(QueueFullError(
-                    f"batch queue full ({gauge.max_queue} updates): publish later, or raise "
-                    "batch.max_queue"))
-                continue
-            n = next(seq)
-            accepted.append(Update(module_id, key, payload, priority, n, now))
-            out.append(n)
+            module_id, key, payload, priority = items[i]
+            number = next(seq)
+            accepted.append(Update(module_id, key, payload, priority, number, now))
+            out[i] = number
             touched.add(module_id)
         if accepted:
             self.backlog.add(len(accepted))

@@ -180,6 +180,9 @@ class _Daemon:
         from modcoord.supervisor.systemd import sd_notify
 
         opts = self.options
+        # Timers must stay punctual while the I/O thread is busy: a thread woken by a
+        # timer waits for the GIL up to the switch interval (5 ms by default).
+        sys.setswitchinterval(0.0005)
         runtime = prepare_runtime_dir(opts.runtime_dir)
         try:
             config = load_config_dir(opts.config_dir)

@@ -400,3 +400,14 @@ def test_stress_100k_updates_over_10k_keys(make: Any, clock: MockClock) -> None:
     assert len(got) == 10_000
     assert {u.key: u.payload for u in got} == latest
     assert peak < 200 * 1024 * 1024
+
+
+def test_admission_takes_what_fits_in_order(make: Any) -> None:
+    coord = make()
+    coord.register_module(Module("a"))
+    gauge = coord.queue_gauge
+    gauge.set_depth(gauge.max_queue - 2)
+    out = coord.publish_many([("a", f"k{i}", i, "medium") for i in range(5)])
+    assert [type(x).__name__ for x in out] == ["int", "int", "QueueFullError",
+                                               "QueueFullError", "QueueFullError"]
+    assert gauge.statistics().rejected == 3
