@@ -406,7 +406,8 @@ def test_forced_cleanup_report(start: Callable[..., Harness],
     assert report.swept == ("idle",)
     assert report.gc_collected == 11
     assert report.rss_before == report.rss_after == 42 * MB
-    assert report.actions == ("purge", "sweep", "shrink", "trim", "gc")
+    assert report.actions[:5] == ("purge", "sweep", "shrink", "trim", "gc")
+    assert report.actions[5:] in ((), ("malloc_trim",))  # glibc only
     as_dict = report.as_dict()
     assert as_dict["actions"] == ["purge", "sweep", "shrink", "trim", "gc"]
     assert as_dict["expired_purged"] == 4
