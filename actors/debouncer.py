@@ -232,6 +232,7 @@ class DebouncerActor(ManagedActor):
     def __init__(self, settings: Any, context: ActorContext, takeover: Any = None) -> None:
         super().__init__(settings, context, takeover)
         self._entries: dict[Key, _Entry] = {}
+        self._collected_inline = 0
         self._heap: list[tuple[float, int, Key]] = []
         self._counter = itertools.count()
         self._timer: TimerHandle | None = None
@@ -290,6 +291,10 @@ class DebouncerActor(ManagedActor):
         if message.token == self._token:  # our armed timer fired; otherwise a stale one
             self._timer = None
             self._armed_at = None
+        self._fire_due()
+
+    def _fire_due(self) -> None:
+        """Emit every key due now (one Enqueue), record the fire's lateness, re-arm."""
         clock = self.clock
         now = clock.monotonic()
         out: list[Update] = []
@@ -339,7 +344,18 @@ class DebouncerActor(ManagedActor):
         max_wait = self._max_wait
         earliest = math.inf
         collapsed = 0
-        for u in updates:
+        clock = self.clock
+        for i, u in enumerate(updates):
+            if not i & 255 and i and self._armed_at is not None \
+                    and clock.monotonic() >= self._armed_at:
+                # A long batch of publishes must not hold up a deadline that passed
+                # while we work through it: fire inline, as the timer would have.
+                self._collected_inline += 1
+                self._fire_due()
+                if earliest != math.inf and (self._armed_at is None
+                                             or earliest < self._armed_at):
+                    self._arm(earliest)
+                now = clock.monotonic()
             rank = rank_of[u.priority]
             key = (u.module_id, u.key)
             entry = entries.get(key)

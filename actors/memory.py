@@ -699,6 +699,11 @@ class MemoryManagerActor(ManagedActor):
             actions.append("gc")
             if _release_to_os():
                 actions.append("malloc_trim")
+        if gc_collected is None and reason == "interval":
+            # The daemon defers automatic full collections (they stop every thread for
+            # tens of ms with a large heap); this is where the cyclic garbage goes.
+            gc_collected = gc.collect()
+            actions.append("gc")
         rss_after = self._rss() if full else rss_before
         self._cleanups[reason] = self._cleanups.get(reason, 0) + 1
         report = CleanupReport(

@@ -649,3 +649,22 @@ def test_restarted_timers_are_rescheduled_lazily_and_exactly(
     rig.advance_to(last + DELAY)
     assert [u.payload for u in rig.delivered()] == [49]
     assert rig.stats().lateness_max_ms == pytest.approx(0.0, abs=1e-6)
+
+
+class StuckClock(MockClock):
+    """A MockClock whose timers never fire: as if the actor's wake were stuck behind work."""
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> TimerHandle:
+        return TimerHandle(deadline, callback)
+
+
+def test_a_long_publish_batch_fires_passed_deadlines_inline() -> None:
+    clock = StuckClock()
+    rig = Rig(clock)
+    rig.publish(upd("early", 1))
+    clock.advance(DELAY + 0.01)  # its deadline passed; the (stuck) timer did not fire
+    assert rig.delivered() == []
+    rig.publish(*(upd(f"k{i}", i) for i in range(600)))
+    keys = [u.key for u in rig.delivered()]
+    assert keys == ["early"]  # emitted while working through the batch, not after it
+    assert rig.pending() == 600
