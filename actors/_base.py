@@ -31,9 +31,9 @@ from typing import Any, ClassVar, TypeVar
 
 import pykka
 from loguru import logger
+from pydantic import BaseModel
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope  # pykka's inbox item; stable across 4.x
-from pydantic import BaseModel
 
 from modcoord.actors.clock import Clock
 from modcoord.actors.errors import (
@@ -424,7 +424,7 @@ class ManagedActor(pykka.ThreadingActor):
                     logger.bind(actor=self.actor_name).opt(exception=True).warning(
                         "message refused"
                     )
-            except BaseException as exc:  # noqa: BLE001 - containment is the point
+            except BaseException as exc:
                 self._crash(exc, envelope)
             else:
                 if envelope.reply_to is not None:

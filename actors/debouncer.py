@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
+
 from modcoord.actors._base import ActorContext, ManagedActor, handles
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError, ModcoordError

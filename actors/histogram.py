@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from modcoord.actors.clock import Clock
 
-__all__ = ["HistogramSnapshot", "LatencyHistogram", "PROMETHEUS_BUCKETS_S"]
+__all__ = ["PROMETHEUS_BUCKETS_S", "HistogramSnapshot", "LatencyHistogram"]
 
 _MIN_S = 1e-6
 _PER_OCTAVE = 8

@@ -16,7 +16,6 @@ from modcoord.actors.errors import (
     QueueFullError,
     RemoteError,
 )
-
 from modcoord.supervisor.client import Client, CoordinationResult, Future, connect
 
 __all__ = [

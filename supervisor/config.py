@@ -127,7 +127,8 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], bytes]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(str(path), "", f"expected a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            str(path), "", f"expected a mapping of sections, got {type(data).__name__}")
     return data, raw
 
 

@@ -12,6 +12,7 @@ once per key (single flight) by calling every module's ``on_mode_change``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -306,7 +307,8 @@ class ModuleCoordinator:
             InvalidMessageError: another live module already uses this id.
         """
         with self._modules_lock:
-            if info.module_id in self._endpoints and self._endpoints[info.module_id] is not endpoint:
+            current = self._endpoints.get(info.module_id)
+            if current is not None and current is not endpoint:
                 raise InvalidMessageError(
                     f"module id {info.module_id!r} is already registered by another client"
                 )
@@ -595,10 +597,8 @@ class ModuleCoordinator:
     def _gather_statistics(self, timeout: float = 2.0) -> dict[str, Any]:
         futures = {}
         for name in ACTOR_NAMES:
-            try:
+            with contextlib.suppress(ModcoordError):  # a stopped actor has no statistics
                 futures[name] = self.handles[name].ask_future(Statistics())
-            except ModcoordError:
-                pass
         out: dict[str, Any] = {}
         deadline = time.monotonic() + timeout
         for name, future in futures.items():

@@ -17,8 +17,8 @@ contract (SPEC §5):
 from __future__ import annotations
 
 import errno
-import gc
 import fcntl
+import gc
 import json
 import os
 import signal
@@ -239,8 +239,10 @@ class _Daemon:
             server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes,
                             drain_timeout=config.daemon.shutdown_timeout_s)
             server.start()
-            watcher = ConfigWatcher(Path(config_dir), lambda: None if reloader.reload(
-                "file change") else None)
+            def on_change() -> None:
+                reloader.reload("file change")
+
+            watcher = ConfigWatcher(Path(config_dir), on_change)
             watcher.start()
             if config.daemon.metrics.enabled:
                 http = MetricsHTTPServer(
@@ -259,7 +261,7 @@ class _Daemon:
             log.bind(socket=str(sock)).info("daemon ready: pid {}, socket {}, mode {}",
                                             os.getpid(), str(sock), mode)
             ready.ok(os.getpid(), str(sock))
-            sd_notify("READY=1\nMAINPID=%d" % os.getpid())
+            sd_notify(f"READY=1\nMAINPID={os.getpid()}")
             while not self.stop_requested.wait(0.5):
                 pass
             log.info("daemon stopping")
@@ -363,4 +365,4 @@ def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
     if line.startswith("ERROR "):
         _, code_text, message = line.split(" ", 2)
         return int(code_text), message
-    return EXIT_FAILURE, "daemon did not report ready within %.0f s" % timeout
+    return EXIT_FAILURE, f"daemon did not report ready within {timeout:.0f} s"

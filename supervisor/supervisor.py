@@ -22,6 +22,7 @@ The supervisor also holds the current mode and the registry of modules.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -48,8 +49,8 @@ from modcoord.supervisor.module import ModuleInfo
 
 __all__ = [
     "SECTION_OF",
-    "ChildSpec",
     "ChildFailed",
+    "ChildSpec",
     "SupervisionPolicy",
     "SupervisorActor",
 ]
@@ -379,10 +380,8 @@ class SupervisorActor(pykka.ThreadingActor):
             me = self.actor_ref
 
             def due() -> None:
-                try:
+                with contextlib.suppress(pykka.ActorDeadError):  # supervisor stopped
                     me.tell(_RestartDue(tuple(group), token))
-                except pykka.ActorDeadError:
-                    pass
 
             self.clock.call_at(now + delay, due)
 
@@ -496,10 +495,8 @@ class SupervisorActor(pykka.ThreadingActor):
         for name, child in self.children.items():
             if child.state == "stopped":
                 continue
-            try:
+            with contextlib.suppress(ActorStoppedError):  # stopping: nothing to reconfigure
                 child.handle.tell(Reconfigure(self._settings_for(name)))
-            except ActorStoppedError:
-                pass
 
     def _on_RegisterModule(self, message: RegisterModule) -> dict[str, Any]:
         from modcoord.actors.batcher import Subscribe

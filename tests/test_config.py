@@ -99,7 +99,7 @@ def test_invalid_yaml_names_the_line(config_dir: Path) -> None:
 
 def test_missing_mode_file_and_not_a_directory(config_dir: Path, tmp_path: Path) -> None:
     (config_dir / "manual.yaml").unlink()
-    with pytest.raises(ConfigError, match="manual.yaml: file not found"):
+    with pytest.raises(ConfigError, match=r"manual\.yaml: file not found"):
         load_config_dir(config_dir)
     with pytest.raises(ConfigError, match="not a directory"):
         load_config_dir(tmp_path / "nope")

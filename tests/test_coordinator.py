@@ -163,7 +163,7 @@ def test_publish_refuses_bad_input_and_full_queue(make: Any) -> None:
     with pytest.raises(InvalidMessageError, match="not registered"):
         coord.publish("ghost", "k", 1)
     coord.queue_gauge.set_depth(coord.queue_gauge.max_queue)
-    with pytest.raises(QueueFullError, match="batch.max_queue"):
+    with pytest.raises(QueueFullError, match=r"batch\.max_queue"):
         coord.publish("a", "k", 1)
     assert coord.queue_gauge.statistics().rejected == 1
 

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import pykka
 import pytest
+
 from modcoord.actors import (
     ActorContext,
     ActorCrashedError,

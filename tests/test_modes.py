@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_coordinator import Module, advance
+from test_coordinator import make as make  # the fixture, re-used
 
 from modcoord.actors import MockClock
-from test_coordinator import Module, advance, make  # noqa: F401 - fixture re-use
 
 TABLE = {
     #            cache  debounce_s  batching  window_s  strategy

@@ -245,7 +245,7 @@ def test_intensity_exceeded_escalates_and_flushes(clock: MockClock) -> None:
 def test_restarts_outside_the_window_do_not_count(clock: MockClock) -> None:
     escalations: list[str] = []
     policy = SupervisionPolicy(max_restarts=1, within_s=10, backoff_initial_s=0.0)
-    sup, hs = start(clock, policy, escalations=escalations)
+    sup, _ = start(clock, policy, escalations=escalations)
     sup.ask(CrashChild("cache"), timeout=5)
     wait_restarts(sup, "cache", 1)
     clock.advance(11)

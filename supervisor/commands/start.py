@@ -26,9 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from modcoord.actors.errors import ConfigError
     from modcoord.supervisor.config import normalize_mode
-    from modcoord.supervisor.daemon import DaemonOptions
+    from modcoord.supervisor.daemon import DaemonOptions, spawn
     from modcoord.supervisor.daemon import run as run_daemon
-    from modcoord.supervisor.daemon import spawn
 
     if args.mode is not None:
         try:

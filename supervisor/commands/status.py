@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  modules: {status['modules']}   subscriptions: {perf['active_subscriptions']}")
     print(f"  coordination latency ms: p50 {lat['p50']:.3f}  p95 {lat['p95']:.3f}  "
           f"p99 {lat['p99']:.3f}")
-    print(f"  cache: {status['cache_stats'].get('size', 0)}/{status['cache_stats'].get('max_size', 0)}"
+    cache = status["cache_stats"]
+    print(f"  cache: {cache.get('size', 0)}/{cache.get('max_size', 0)}"
           f" entries, hit rate {perf['cache_hit_rate']:.2f}")
     print(f"  batch queue: {status['batch_queue']['pending']} pending, "
           f"efficiency {perf['batch_efficiency']:.1f} updates/ms")
