@@ -355,7 +355,9 @@ class ManagedActor(pykka.ThreadingActor):
         """
         if self.actor_stopped.is_set():
             return False
-        self.actor_inbox.put_urgent(Envelope(message))
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Inbox)
+        inbox.put_urgent(Envelope(message))
         return True
 
     def _coerce(self, settings: Any) -> Any:
