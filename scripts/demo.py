@@ -118,8 +118,7 @@ def main() -> int:
             for p in procs:
                 p.join(timeout=30)
             published = sum(r[1] for r in reports)
-            coord.optimize().get(timeout=30)  # flush what is still debouncing
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 10  # the last updates are still debouncing
             status = coord.status().get(timeout=10)
             while time.monotonic() < deadline:
                 status = coord.status().get(timeout=10)
