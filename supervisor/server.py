@@ -5,7 +5,8 @@ the listening socket and every non-blocking connection. It validates each inboun
 (:mod:`modcoord.supervisor.wire`) before anything reaches the coordinator, and keeps the
 I/O thread free of blocking work:
 
-- ``publish`` requests parsed from one read go to ``coordinator.publish_many`` in one call;
+- ``publish`` requests parsed from one read go to ``coordinator.publish_many`` in one call
+  (checked inline on a fast path; their acknowledgements are encoded in one go);
 - ``coordinate`` hands a reply callback to ``coordinator.coordinate``, answered from any
   thread (at once for a cache hit);
 - ``register``/``unregister`` run on one serial registration thread; the connection's
@@ -18,6 +19,18 @@ threads (the batcher delivering, a reply callback) write with :meth:`Connection.
 which sends directly when nothing is queued, else buffers and wakes the loop. A client
 whose unsent output exceeds ``max_buffer_bytes`` is disconnected (never blocking the
 sender).
+
+Flow control (SPEC §3, "publishers are slowed"): when, right after the publishes of a read
+went to the coordinator, its ``publish_backlog()`` (updates accepted but not yet taken in
+by the debouncer) exceeds ``backlog_high_water``, the server stops reading from every
+connection that published in the last second (what they sent before is still handled);
+while paused it re-checks about every millisecond, and resumes once the backlog is down
+to ``backlog_low_water``. The paused publishers' socket buffers fill and their ``sendall``
+blocks: they are slowed, nothing is refused or dropped. Connections that only make
+control calls, and output to every connection, carry on. If the backlog makes no
+progress for ``backlog_stall_s`` (a stuck consumer), reading resumes anyway, with a
+warning, and flow control rests for as long again: publishers are never held
+indefinitely (the bounded queues then refuse with explicit errors).
 
 Each :class:`Connection` is the :class:`~modcoord.supervisor.module.ModuleEndpoint` of the
 modules registered on it. When it closes, its outstanding callbacks are answered with
@@ -48,7 +61,7 @@ from typing import Any, Protocol
 from loguru import logger
 
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
-from modcoord.actors.update import Batch
+from modcoord.actors.update import PRIORITY_RANK, Batch
 from modcoord.supervisor.module import ModuleEndpoint, ModuleInfo, Reply
 from modcoord.supervisor.wire import (
     CALLBACK,
@@ -56,12 +69,14 @@ from modcoord.supervisor.wire import (
     CONTROL_METHODS,
     DEFAULT_MAX_FRAME_BYTES,
     EVENT,
+    MAX_KEY_LENGTH,
     PROTOCOL_VERSION,
     REQUEST,
     RESPONSE,
     FrameDecoder,
     FramingError,
     check_publish,
+    encode_acks,
     encode_frame,
     encode_frames,
     error_to_wire,
@@ -71,6 +86,9 @@ from modcoord.supervisor.wire import (
 )
 
 __all__ = [
+    "DEFAULT_BACKLOG_HIGH_WATER",
+    "DEFAULT_BACKLOG_LOW_WATER",
+    "DEFAULT_BACKLOG_STALL_S",
     "DEFAULT_MAX_BUFFER_BYTES",
     "Connection",
     "CoordinatorLike",
@@ -81,7 +99,14 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BUFFER_BYTES = 64 << 20
-_RECV_SIZE = 64 * 1024
+DEFAULT_BACKLOG_HIGH_WATER = 20_000
+DEFAULT_BACKLOG_LOW_WATER = 5_000
+DEFAULT_BACKLOG_STALL_S = 2.0
+_RECV_SIZE = 256 * 1024
+_THROTTLE_POLL_S = 0.001  # how often a paused server re-checks the backlog
+_PUBLISHER_WINDOW_S = 1.0  # a connection that published this recently is a publisher
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
 _PEERCRED = struct.Struct("3i")
 _log = logger.bind(actor="server")
 
@@ -91,7 +116,8 @@ class CoordinatorLike(Protocol):
 
     Every method may be called from the I/O thread except ``call`` (control threads) and
     ``register``/``unregister`` (the registration thread); those on the I/O thread must
-    not block.
+    not block. ``publish_backlog() -> int`` (updates accepted but not yet taken in by the
+    debouncer) is optional: without it there is no flow control.
     """
 
     def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> Any:
@@ -168,6 +194,16 @@ class ServerStatistics:
         callbacks_sent: callback requests sent to modules.
         callbacks_failed: callbacks answered with "connection closed".
         bytes_in: bytes received.
+        reads: reads from client sockets that returned data.
+        backpressure_pauses: times the publish backlog crossed the high-water mark and
+            reading from publishing connections stopped.
+        backpressure_throttled: connections paused for backpressure since start (one
+            count per connection per pause).
+        backpressure_stalls: pauses ended because the backlog made no progress for
+            ``backlog_stall_s`` (rather than by falling below the low-water mark).
+        backpressure_paused_s: total time spent paused, in seconds (including the
+            current pause).
+        backpressure_active: whether publishers are paused now.
         buffered_out: bytes waiting to be sent, across connections.
     """
 
@@ -186,6 +222,12 @@ class ServerStatistics:
     callbacks_sent: int
     callbacks_failed: int
     bytes_in: int
+    reads: int
+    backpressure_pauses: int
+    backpressure_throttled: int
+    backpressure_stalls: int
+    backpressure_paused_s: float
+    backpressure_active: bool
     buffered_out: int
 
 
@@ -223,6 +265,9 @@ class Connection:
         self.backlog: deque[Any] = deque()
         self.close_when_flushed = False
         self.reading = True
+        self.throttled = False  # not read from: backpressure
+        self.events = _READ  # the selector interest registered now (0: unregistered)
+        self.last_publish = float("-inf")  # time.monotonic() of its last publishing read
 
     def __repr__(self) -> str:
         return f"<Connection {self.conn_id} pid={self.peer.pid} modules={sorted(self.module_ids)}>"
@@ -394,15 +439,32 @@ class Server:
         allowed_uid: the only peer uid accepted (default: this process's uid).
         max_buffer_bytes: unsent output per connection beyond which it is disconnected.
         drain_timeout: on stop, how long to keep flushing queued output before closing.
+        backlog_high_water: publish backlog above which publishers are paused (``None``:
+            no flow control; also off when the coordinator has no ``publish_backlog``).
+        backlog_low_water: publish backlog below which paused publishers resume.
+        backlog_stall_s: a pause during which the backlog does not fall for this long
+            ends anyway (and flow control rests for as long again).
+
+    Raises:
+        ValueError: ``max_frame_bytes`` below 64, or water marks not
+            ``0 <= low < high``, or a non-positive ``backlog_stall_s``.
     """
 
     def __init__(self, coordinator: CoordinatorLike, socket_path: str | os.PathLike[str],
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, control_workers: int = 2,
                  *, allowed_uid: int | None = None,
                  max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
-                 drain_timeout: float = 1.0) -> None:
+                 drain_timeout: float = 1.0,
+                 backlog_high_water: int | None = DEFAULT_BACKLOG_HIGH_WATER,
+                 backlog_low_water: int = DEFAULT_BACKLOG_LOW_WATER,
+                 backlog_stall_s: float = DEFAULT_BACKLOG_STALL_S) -> None:
         if max_frame_bytes < 64:
             raise ValueError("max_frame_bytes must be at least 64")
+        if backlog_high_water is not None and not 0 <= backlog_low_water < backlog_high_water:
+            raise ValueError("backlog water marks must satisfy 0 <= low < high, got "
+                             f"low={backlog_low_water}, high={backlog_high_water}")
+        if backlog_stall_s <= 0:
+            raise ValueError("backlog_stall_s must be positive")
         self.coordinator = coordinator
         self.socket_path = Path(socket_path)
         self.max_frame_bytes = max_frame_bytes
@@ -411,6 +473,22 @@ class Server:
         self.drain_timeout = drain_timeout
         self.undelivered_bytes_at_stop = 0
         self._control_workers = max(1, control_workers)
+        self.backlog_high_water = backlog_high_water
+        self.backlog_low_water = backlog_low_water
+        self.backlog_stall_s = backlog_stall_s
+        backlog_fn = getattr(coordinator, "publish_backlog", None)
+        self._backlog: Callable[[], int] | None = (
+            backlog_fn if backlog_high_water is not None and callable(backlog_fn) else None)
+        # Flow control state (I/O thread).
+        self._throttling = False
+        self._throttled: list[Connection] = []
+        self._throttle_since = 0.0
+        self._throttle_low = 0  # the lowest backlog seen in this pause
+        self._throttle_progress_at = 0.0  # when it last fell
+        self._flow_rest_until = float("-inf")  # after a stall: no pausing before this
+        self._paused_total_s = 0.0
+        self._rbuf = bytearray(_RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
         self._selector: selectors.BaseSelector | None = None
         self._listener: socket.socket | None = None
         self._listener_ino: int | None = None
@@ -430,7 +508,8 @@ class Server:
         self._counters: dict[str, int] = dict.fromkeys(
             ("accepted", "refused", "closed", "requests", "publishes", "invalid_messages",
              "framing_errors", "slow_disconnects", "internal_errors", "callbacks_sent",
-             "callbacks_failed", "bytes_in"), 0)
+             "callbacks_failed", "bytes_in", "reads", "backpressure_pauses",
+             "backpressure_throttled", "backpressure_stalls"), 0)
         self._handlers: dict[str, Callable[[Connection, int, Any], None]] = {
             "hello": self._on_hello,
             "register": self._on_register,
@@ -556,12 +635,18 @@ class Server:
         """A snapshot of the counters."""
         with self._counters_lock:
             c = dict(self._counters)
+            paused_s = self._paused_total_s
+            active = self._throttling
+            if active:
+                paused_s += time.monotonic() - self._throttle_since
         conns = list(self._conns.values())
         return ServerStatistics(
             socket_path=str(self.socket_path),
             listening=self.listening,
             connections=len(conns),
             buffered_out=sum(conn._buffered() for conn in conns),
+            backpressure_paused_s=paused_s,
+            backpressure_active=active,
             **c,
         )
 
@@ -636,12 +721,14 @@ class Server:
         try:
             while not self._stopping:
                 try:
-                    events = selector.select()
+                    events = selector.select(_THROTTLE_POLL_S if self._throttling else None)
                 except InterruptedError:
                     continue
                 for key, mask in events:
                     self._on_event(key.data, mask)
                 self._run_posts()
+                if self._throttling:
+                    self._check_backlog()
             self._shutdown()
         except BaseException:
             _log.opt(exception=True).critical("server I/O loop failed")
@@ -657,9 +744,9 @@ class Server:
                 self._drain_waker()
             else:
                 conn: Connection = data
-                if mask & selectors.EVENT_WRITE and not conn.closed:
+                if mask & _WRITE and not conn.closed:
                     self._on_writable(conn)
-                if mask & selectors.EVENT_READ and not conn.closed:
+                if mask & _READ and not conn.closed and not conn.throttled:
                     self._on_readable(conn)
         except Exception:
             self._count("internal_errors")
@@ -698,14 +785,25 @@ class Server:
                     self._close(conn, "internal error")
 
     def _update_interest(self, conn: Connection) -> None:
-        assert self._selector is not None
-        events = (selectors.EVENT_READ if conn.reading else 0) | (
-            selectors.EVENT_WRITE if conn._want_write else 0)
-        if events == 0:
-            # Nothing to wait for: it was closing once flushed.
-            self._close(conn, "closed after error")
+        """Register the selector interest ``conn`` needs now (read unless it is closing or
+        throttled, write while output is queued); a no-op when unchanged."""
+        selector = self._selector
+        assert selector is not None
+        events = (_READ if conn.reading and not conn.throttled else 0) | (
+            _WRITE if conn._want_write else 0)
+        if events == conn.events:
             return
-        self._selector.modify(conn.sock, events, conn)
+        if events == 0:
+            if not conn.reading:
+                # Nothing to wait for: it was closing once flushed.
+                self._close(conn, "closed after error")
+                return
+            selector.unregister(conn.sock)  # throttled, nothing to send
+        elif conn.events == 0:
+            selector.register(conn.sock, events, conn)
+        else:
+            selector.modify(conn.sock, events, conn)
+        conn.events = events
 
     def _accept(self) -> None:
         listener = self._listener
@@ -759,17 +857,21 @@ class Server:
 
     def _on_readable(self, conn: Connection) -> None:
         try:
-            data = conn.sock.recv(_RECV_SIZE)
+            n = conn.sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._close(conn, f"recv failed: {exc}")
             return
-        if not data:
+        if not n:
             self._close(conn, "peer closed the connection")
             return
-        self._count("bytes_in", len(data))
-        self._with_coalescing(conn, conn.decoder.feed(data))
+        with self._counters_lock:
+            counters = self._counters
+            counters["bytes_in"] += n
+            counters["reads"] += 1
+        # The decoder copies what it keeps: the receive buffer is reused at once.
+        self._with_coalescing(conn, conn.decoder.feed(self._rview[:n]))
 
     def _with_coalescing(self, conn: Connection, messages: Iterable[Any]) -> None:
         out: list[bytes] = []
@@ -787,6 +889,94 @@ class Server:
                 conn.send(b"".join(out) if len(out) > 1 else out[0])
         if conn.close_when_flushed and not conn.closed:
             self._close_after_flush(conn)
+
+    # -- flow control (I/O thread) -------------------------------------------------------------
+
+    def _after_publishing(self, conn: Connection) -> None:
+        """Right after handing publishes to the coordinator (before anything releases the
+        GIL, so the debouncer cannot have taken them in yet): pause publishers if the
+        backlog is above the high-water mark. ``conn`` stops being read after the messages
+        already received."""
+        backlog = self._backlog
+        if backlog is None or conn.closed:
+            return
+        now = time.monotonic()
+        conn.last_publish = now
+        if self._throttling:
+            self._throttle(conn)
+            return
+        high = self.backlog_high_water
+        assert high is not None
+        if now < self._flow_rest_until:
+            return
+        try:
+            value = backlog()
+        except Exception:
+            self._count("internal_errors")
+            _log.opt(exception=True).error("publish_backlog() failed: no flow control")
+            self._backlog = None
+            return
+        if value > high:
+            self._start_throttling(now, value)
+
+    def _start_throttling(self, now: float, value: int) -> None:
+        with self._counters_lock:
+            self._throttling = True
+            self._throttle_since = now
+            self._counters["backpressure_pauses"] += 1
+        self._throttle_low = value
+        self._throttle_progress_at = now
+        _log.debug("publish backlog {n} above {high}: pausing publishers", n=value,
+                   high=self.backlog_high_water)
+        recent = now - _PUBLISHER_WINDOW_S
+        for conn in list(self._conns.values()):
+            if conn.last_publish >= recent and not conn.closed:
+                self._throttle(conn)
+
+    def _throttle(self, conn: Connection) -> None:
+        if conn.throttled:
+            return
+        conn.throttled = True
+        self._throttled.append(conn)
+        self._count("backpressure_throttled")
+        self._update_interest(conn)
+
+    def _check_backlog(self) -> None:
+        """While paused: resume below the low-water mark, or when the backlog is stuck."""
+        backlog = self._backlog
+        value = 0
+        if backlog is not None:
+            try:
+                value = backlog()
+            except Exception:
+                self._count("internal_errors")
+                _log.opt(exception=True).error("publish_backlog() failed: no flow control")
+                self._backlog = None
+                value = 0
+        now = time.monotonic()
+        if value <= self.backlog_low_water:
+            self._stop_throttling(now)
+            return
+        if value < self._throttle_low:
+            self._throttle_low = value
+            self._throttle_progress_at = now
+        elif now - self._throttle_progress_at >= self.backlog_stall_s:
+            self._count("backpressure_stalls")
+            _log.warning(
+                "publish backlog stuck at {n} updates for {s:g} s: resuming publishers "
+                "anyway (is the debouncer running?)", n=value, s=self.backlog_stall_s)
+            self._flow_rest_until = now + self.backlog_stall_s
+            self._stop_throttling(now)
+
+    def _stop_throttling(self, now: float) -> None:
+        with self._counters_lock:
+            self._throttling = False
+            self._paused_total_s += now - self._throttle_since
+        throttled, self._throttled = self._throttled, []
+        for conn in throttled:
+            conn.throttled = False
+            if not conn.closed:
+                self._update_interest(conn)
 
     def _close_after_flush(self, conn: Connection) -> None:
         conn.reading = False
@@ -810,6 +1000,8 @@ class Server:
         pub_ids: list[int] = []
         pub_items: list[tuple[str, str, Any, str]] = []
         requests = 0
+        module_ids = conn.module_ids
+        ranks = PRIORITY_RANK
         try:
             for msg in messages:
                 if conn.paused:
@@ -824,23 +1016,41 @@ class Server:
                         self._emit(conn, encode_frame(
                             [RESPONSE, rid, ["ActorStoppedError", "daemon: stopping"], None]))
                     continue
-                if (type(msg) is list and len(msg) == 4 and msg[0] == REQUEST
-                        and msg[2] == "publish" and type(msg[1]) is int
-                        and type(msg[3]) is dict):
+                if (type(msg) is list and len(msg) == 4 and msg[2] == "publish"
+                        and msg[0] == REQUEST):
                     rid = msg[1]
-                    try:
-                        item = check_publish(msg[3])
-                    except InvalidMessageError as exc:
-                        self._respond_error(conn, rid, exc)
+                    params = msg[3]
+                    if type(rid) is int and type(params) is dict:
+                        # The fast path: the checks of check_publish, inline.
+                        n = len(params)
+                        try:
+                            module_id = params["module_id"]
+                            key = params["key"]
+                            payload = params["payload"]
+                            priority = params["priority"] if n == 4 else "medium"
+                        except KeyError:
+                            n = 0
+                        if ((n == 3 or n == 4) and type(key) is str
+                                and 0 < len(key) <= MAX_KEY_LENGTH and type(priority) is str
+                                and priority in ranks and type(module_id) is str
+                                and module_id in module_ids):
+                            pub_ids.append(rid)
+                            pub_items.append((module_id, key, payload, priority))
+                            continue
+                        # Something is wrong with it: say exactly what.
+                        try:
+                            item = check_publish(params)
+                        except InvalidMessageError as exc:
+                            self._respond_error(conn, rid, exc)
+                            continue
+                        if item[0] not in module_ids:
+                            self._respond_error(conn, rid, InvalidMessageError(
+                                f"publish: module_id {item[0]!r} is not registered on this "
+                                "connection"))
+                            continue
+                        pub_ids.append(rid)
+                        pub_items.append(item)
                         continue
-                    if item[0] not in conn.module_ids:
-                        self._respond_error(conn, rid, InvalidMessageError(
-                            f"publish: module_id {item[0]!r} is not registered on this "
-                            "connection"))
-                        continue
-                    pub_ids.append(rid)
-                    pub_items.append(item)
-                    continue
                 if pub_items:
                     self._publish(conn, pub_ids, pub_items)
                     pub_ids, pub_items = [], []
@@ -853,14 +1063,25 @@ class Server:
 
     def _publish(self, conn: Connection, ids: list[int],
                  items: list[tuple[str, str, Any, str]]) -> None:
-        self._count("publishes", len(items))
         try:
             results: Sequence[Any] = self.coordinator.publish_many(items)
-            if len(results) != len(items):
-                raise RuntimeError(f"publish_many returned {len(results)} results for "
-                                   f"{len(items)} items")
         except Exception as exc:
             results = [exc] * len(items)
+        if self._backlog is not None:
+            self._after_publishing(conn)
+        self._count("publishes", len(items))
+        try:
+            data = encode_acks(ids, results)  # all accepted: one struct call each
+        except (struct.error, TypeError, ValueError):
+            data = self._publish_results(ids, results)
+        self._emit(conn, data)
+
+    def _publish_results(self, ids: list[int], results: Sequence[Any]) -> bytes:
+        """Encode publish responses one by one (some are errors, or odd ids or values)."""
+        if len(results) != len(ids):
+            error = RuntimeError(f"publish_many returned {len(results)} results for "
+                                 f"{len(ids)} items")
+            results = [error] * len(ids)
         frames: list[Any] = []
         for rid, result in zip(ids, results, strict=True):
             if isinstance(result, BaseException):
@@ -872,13 +1093,14 @@ class Server:
                 frames.append([RESPONSE, rid, error_to_wire(result), None])
             else:
                 frames.append([RESPONSE, rid, None, result])
+        data: bytes
         try:
             data = encode_frames(frames)
         except Exception as exc:  # a coordinator returning something odd
             self._count("internal_errors")
             data = encode_frames([RESPONSE, rid, ["InternalError", str(exc)], None]
                                  for rid in ids)
-        self._emit(conn, data)
+        return data
 
     def _dispatch(self, conn: Connection, msg: Any) -> None:
         try:

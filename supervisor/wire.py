@@ -43,9 +43,10 @@ coordinator; unknown fields are refused too):
 
 from __future__ import annotations
 
+import itertools
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,7 @@ __all__ = [
     "check_coordinate",
     "check_publish",
     "decode_body",
+    "encode_acks",
     "encode_frame",
     "encode_frames",
     "error_from_wire",
@@ -107,9 +109,15 @@ CALLBACK = 3
 CALLBACK_RESPONSE = 4
 
 HEADER = struct.Struct(">I")
-_HEADER_SIZE = HEADER.size
-_unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
+_int_from_bytes = int.from_bytes
+# Frame bodies up to this size are decoded in the stream; larger ones on their own.
+_STREAM_LIMIT = 1 << 20
+_READ_SIZE = 16 << 10  # the decoder's initial buffer (it grows as needed)
+# A publish acknowledgement ``[RESPONSE, id, None, seq]`` with both integers as msgpack
+# uint 64 (0xcf): a fixed 25-byte frame made by one ``struct`` call.
+_ACK = struct.Struct(">IBBBQBBQ")
+_ack_fields = (_ACK.size - 4, 0x94, RESPONSE, 0xCF)
 
 ACTOR_NAMES: tuple[str, ...] = ("debouncer", "cache", "batcher", "memory", "monitor")
 CRASH_KINDS: tuple[str, ...] = ("exception", "base_exception")
@@ -186,6 +194,21 @@ def encode_frames(objs: Iterable[Any]) -> bytes:
     return b"".join(parts)
 
 
+def encode_acks(ids: Sequence[int], values: Sequence[int]) -> bytes:
+    """Encode the responses ``[RESPONSE, id, None, value]`` (publish acknowledgements) in
+    one contiguous byte string, one fixed-size frame each.
+
+    Raises:
+        ValueError: ``ids`` and ``values`` differ in length.
+        struct.error: an id or value is not an integer in ``[0, 2**64)`` (an error
+            object, say): encode those responses with :func:`encode_frames` instead.
+    """
+    pack = _ACK.pack
+    size, array4, response, uint64 = _ack_fields
+    return b"".join([pack(size, array4, response, uint64, rid, 0xC0, uint64, value)
+                     for rid, value in zip(ids, values, strict=True)])
+
+
 def decode_body(body: bytes | bytearray | memoryview) -> Any:
     """Decode one frame body.
 
@@ -199,66 +222,165 @@ class FrameDecoder:
     """Incremental frame decoder: feed bytes as they arrive, get whole messages out.
 
     Frames may be split across reads or several may arrive in one read. A frame whose
-    body is not msgpack comes out as a :class:`BadFrame` (the stream stays in sync).
+    body is not msgpack (or holds more or less than one msgpack object) comes out as a
+    :class:`BadFrame` and the stream stays in sync.
+
+    Decoding streams: one :class:`msgpack.Unpacker` per decoder takes every byte fed, the
+    4-byte prefixes are read from it with ``read_bytes`` and each body is unpacked in
+    place (no per-frame slicing or copying). After every body the unpacker's offset is
+    checked against the frame's end; on any mismatch or decoding error the unpacker is
+    replaced by a fresh one fed from a copy of the bytes after that frame. The unpacker's
+    length limits (items, bytes) are ``min(max_frame_bytes, 1 MiB)``, so that a length
+    field in a frame can never make it allocate more than that many slots; a body larger
+    than 1 MiB is read out whole and decoded on its own (msgpack then bounds every length
+    by the body's size).
 
     Attributes:
         max_frame_bytes: the largest body length accepted.
     """
 
-    __slots__ = ("_buf", "max_frame_bytes")
+    __slots__ = ("_broken", "_fed", "_need", "_start", "_stream_limit", "_tail", "_unpacker",
+                 "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be positive")
         self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
+        self._stream_limit = min(max_frame_bytes, _STREAM_LIMIT)
+        self._broken: FramingError | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        limit = self._stream_limit
+        self._unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=False, use_list=True, max_buffer_size=0,
+            read_size=_READ_SIZE, max_str_len=limit, max_bin_len=limit,
+            max_array_len=limit, max_map_len=limit, max_ext_len=limit,
+        )
+        # Offsets are in the unpacker's stream (``Unpacker.tell()``).
+        self._start = 0  # where the current (incomplete) frame begins
+        self._fed = 0  # the end of the bytes fed
+        self._need = -1  # the current frame's body length once its prefix is read
+        self._tail = bytearray()  # a copy of the bytes from _start to _fed
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
-        return len(self._buf)
+        return len(self._tail)
 
-    def feed(self, data: bytes) -> Iterator[Any]:
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[Any]:
         """Add ``data`` and return an iterator over the messages now complete.
 
-        The data is taken at once; iterate the result before the next ``feed``.
+        The data is consumed (copied) at once: the caller may reuse its buffer as soon as
+        this returns.
 
         Raises:
             FramingError: (while iterating) a frame announces more than
-                ``max_frame_bytes``; the messages before it have been yielded. The decoder
-                is unusable afterwards.
+                ``max_frame_bytes``; the messages before it are yielded first. The decoder
+                is unusable afterwards (every later ``feed`` raises it again).
         """
-        self._buf += data
-        return self._drain()
+        out: list[Any] = []
+        broken = self._broken
+        if broken is None:
+            try:
+                self._decode(data, out)
+            except FramingError as exc:
+                broken = self._broken = exc
+        if broken is not None:
+            return itertools.chain(out, _raising(broken))
+        return iter(out)
 
-    def _drain(self) -> Iterator[Any]:
-        buf = self._buf
-        end_all = len(buf)
-        pos = 0
-        limit = self.max_frame_bytes
+    def _decode(self, data: bytes | bytearray | memoryview, out: list[Any]) -> None:
+        while True:
+            rest = self._decode_some(data, out)
+            if rest is None:
+                return
+            self._reset()
+            data = rest
+
+    def _decode_some(self, data: bytes | bytearray | memoryview, out: list[Any]
+                     ) -> bytes | None:
+        """Decode what ``data`` completes; returns the bytes to resynchronise with
+        (after a bad frame) or None when everything was taken."""
+        unpacker = self._unpacker
+        unpacker.feed(data)
+        old_start = self._start
+        old_fed = self._fed
+        fed = old_fed + len(data)
+        start = old_start
+        need = self._need
+        pos = start + 4 if need >= 0 else start
+        read_bytes = unpacker.read_bytes
+        unpack = unpacker.unpack
+        tell = unpacker.tell
+        append = out.append
+        stream_limit = self._stream_limit
+        resync = False
         try:
-            while end_all - pos >= _HEADER_SIZE:
-                (length,) = _unpack_header(buf, pos)
-                if length > limit:
-                    raise FramingError(
-                        f"frame of {length} bytes exceeds the maximum of {limit} bytes"
-                    )
-                start = pos + _HEADER_SIZE
-                end = start + length
-                if end > end_all:
+            while True:
+                if need < 0:
+                    if fed - pos < 4:
+                        break
+                    need = _int_from_bytes(read_bytes(4), "big")
+                    if need > self.max_frame_bytes:
+                        raise FramingError(f"frame of {need} bytes exceeds the maximum of "
+                                           f"{self.max_frame_bytes} bytes")
+                    pos += 4
+                end = pos + need
+                if end > fed:
                     break
-                pos = end
-                try:
-                    msg = msgpack.unpackb(
-                        memoryview(buf)[start:end], raw=False, strict_map_key=False,
-                        use_list=True,
-                    )
-                except Exception as exc:
-                    msg = BadFrame(f"{type(exc).__name__}: {exc}", length)
-                yield msg
+                if need > stream_limit or need == 0:
+                    body = read_bytes(need)
+                    try:
+                        msg = msgpack.unpackb(body, raw=False, strict_map_key=False,
+                                              use_list=True)
+                    except Exception as exc:
+                        msg = BadFrame(f"{type(exc).__name__}: {exc}", need)
+                else:
+                    try:
+                        msg = unpack()
+                    except Exception as exc:
+                        msg = BadFrame(f"{type(exc).__name__}: {exc}", need)
+                        resync = True
+                    else:
+                        at = tell()
+                        if at != end:
+                            if at < end:
+                                msg = BadFrame(f"ExtraData: {end - at} bytes after the "
+                                               "message in the frame", need)
+                                read_bytes(end - at)
+                            else:
+                                msg = BadFrame("OutOfData: the message runs past the end "
+                                               "of its frame", need)
+                                resync = True
+                append(msg)
+                start = pos = end
+                need = -1
+                if resync:
+                    break
         finally:
-            if pos:
-                del buf[:pos]
+            self._need = need
+            self._fed = fed
+            self._start = start
+            # Keep a copy of the bytes of the incomplete frame (for resynchronising).
+            tail = self._tail
+            if start != old_start or resync:
+                cut = start - old_fed  # >= 0: a frame completed, so it ended in data
+                if cut >= 0:
+                    self._tail = bytearray(data[cut:])
+                else:
+                    del tail[:start - old_start]
+                    tail += data
+            elif fed != old_fed:
+                tail += data
+        if resync:
+            return bytes(self._tail)
+        return None
+
+
+def _raising(exc: BaseException) -> Iterator[Any]:
+    raise exc
+    yield  # pragma: no cover - makes this a generator
 
 
 # -- errors ------------------------------------------------------------------------------

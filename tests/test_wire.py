@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 from typing import Any
 
@@ -25,6 +26,7 @@ from modcoord.supervisor.wire import (
     FramingError,
     check_coordinate,
     check_publish,
+    encode_acks,
     encode_frame,
     encode_frames,
     error_from_wire,
@@ -112,6 +114,136 @@ def test_decoder_never_unpickles_ext_types() -> None:
 def test_decoder_rejects_nonpositive_limit() -> None:
     with pytest.raises(ValueError):
         FrameDecoder(0)
+
+
+def test_decoder_takes_memoryviews_and_keeps_no_reference_to_them() -> None:
+    frames = encode_frames([["first", 1], {"second": [2] * 50}])
+    buf = bytearray(frames)
+    view = memoryview(buf)
+    decoder = FrameDecoder()
+    cut = len(frames) - 20  # inside the second frame
+    assert list(decoder.feed(view[:cut])) == [["first", 1]]
+    saved = bytes(buf)
+    buf[:] = b"\xc1" * len(buf)  # the caller reuses its buffer
+    assert list(decoder.feed(memoryview(saved)[cut:])) == [{"second": [2] * 50}]
+    assert decoder.buffered == 0
+
+
+def test_decoder_after_framing_error_stays_broken() -> None:
+    decoder = FrameDecoder(max_frame_bytes=100)
+    with pytest.raises(FramingError):
+        list(decoder.feed(struct.pack(">I", 500)))
+    with pytest.raises(FramingError, match="500 bytes"):
+        list(decoder.feed(encode_frame(["fine"])))
+
+
+def test_decoder_body_holding_two_messages_is_badframe() -> None:
+    body = msgpack.packb([1]) + msgpack.packb([2])
+    data = struct.pack(">I", len(body)) + body + encode_frame("next")
+    out = list(FrameDecoder().feed(data))
+    assert isinstance(out[0], BadFrame) and "ExtraData" in out[0].error
+    assert out[0].size == len(body)
+    assert out[1] == "next"
+
+
+def test_decoder_small_frame_cannot_claim_a_huge_container() -> None:
+    body = b"\xdd\x7f\xff\xff\xff"  # array32 header claiming 2**31 - 1 items, no items
+    data = struct.pack(">I", len(body)) + body + encode_frame("after")
+    out = list(FrameDecoder().feed(data))
+    assert isinstance(out[0], BadFrame)
+    assert out[1] == "after"
+
+
+def test_decoder_frames_above_the_stream_limit_decode_on_their_own() -> None:
+    big = {"blob": b"z" * (3 << 20 >> 1), "n": 7}  # a 1.5 MiB frame
+    decoder = FrameDecoder(max_frame_bytes=4 << 20)
+    data = encode_frames([["small"], big, ["small again"]])
+    out: list[Any] = []
+    for i in range(0, len(data), 256 << 10):
+        out.extend(decoder.feed(data[i:i + (256 << 10)]))
+    assert out == [["small"], big, ["small again"]]
+    assert decoder.buffered == 0
+
+
+def _reference_decode(data: bytes, max_frame: int) -> tuple[list[Any], bool]:
+    """Frame-by-frame decoding with ``msgpack.unpackb`` (bad bodies as ("bad", size))."""
+    out: list[Any] = []
+    pos = 0
+    while len(data) - pos >= 4:
+        (length,) = struct.unpack_from(">I", data, pos)
+        if length > max_frame:
+            return out, True
+        if len(data) - pos - 4 < length:
+            break
+        body = data[pos + 4:pos + 4 + length]
+        try:
+            out.append(msgpack.unpackb(body, raw=False, strict_map_key=False))
+        except Exception:
+            out.append(("bad", length))
+        pos += 4 + length
+    return out, False
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_decoder_agrees_with_frame_by_frame_decoding(seed: int) -> None:
+    rng = random.Random(seed)
+
+    def body() -> bytes:
+        kind = rng.choice(["good"] * 6 + ["garbage", "truncated", "extra", "empty", "utf8"])
+        if kind == "good":
+            return msgpack.packb([0, rng.randrange(1 << 40), "k" * rng.randrange(9),
+                                  {"p": list(range(rng.randrange(5))), "b": b"\x00" * 3}])
+        if kind == "garbage":
+            return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 8)))
+        if kind == "truncated":
+            return msgpack.packb([1, 2, "abc", [4, 5]])[:-rng.randrange(1, 4)]
+        if kind == "extra":
+            return msgpack.packb({"a": 1}) + b"\x01"
+        if kind == "empty":
+            return b""
+        return b"\xa2\xff\xfe"  # a str that is not UTF-8
+
+    for _ in range(150):
+        data = b"".join(struct.pack(">I", len(b)) + b
+                        for b in (body() for _ in range(rng.randrange(1, 15))))
+        if rng.random() < 0.1:
+            data += struct.pack(">I", 1000) + b"x"
+        expected, broken = _reference_decode(data, 999)
+        decoder = FrameDecoder(max_frame_bytes=999)
+        got: list[Any] = []
+        raised = False
+        pos = 0
+        try:
+            while pos < len(data):
+                step = rng.choice([1, 3, 17, 64, len(data)])
+                got.extend(("bad", m.size) if isinstance(m, BadFrame) else m
+                           for m in decoder.feed(data[pos:pos + step]))
+                pos += step
+        except FramingError:
+            raised = True
+        assert (got, raised) == (expected, broken)
+
+
+def test_encode_acks_are_response_frames() -> None:
+    ids = [0, 1, 127, 128, 70000, 2**40, 2**64 - 1]
+    seqs = [5, 2**33, 0, 1, 9, 12, 3]
+    data = encode_acks(ids, seqs)
+    decoded = list(FrameDecoder().feed(data))
+    assert decoded == [[1, rid, None, seq] for rid, seq in zip(ids, seqs, strict=True)]
+    assert encode_acks([], []) == b""
+
+
+@pytest.mark.parametrize("ids, values, error", [
+    ([1, 2], [3], ValueError),
+    ([1], [QueueFullError("full")], struct.error),
+    ([-1], [3], struct.error),
+    ([1], [2**64], struct.error),
+    ([1], [1.5], struct.error),
+])
+def test_encode_acks_refuses_what_is_not_a_plain_ack(ids: list[Any], values: list[Any],
+                                                     error: type[Exception]) -> None:
+    with pytest.raises(error):
+        encode_acks(ids, values)
 
 
 # -- envelopes -------------------------------------------------------------------------------
