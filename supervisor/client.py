@@ -9,14 +9,36 @@
 Every call returns a :class:`Future` at once (calls are pipelined over one socket);
 ``future.get(timeout)`` waits for the answer, and a future is also awaitable from asyncio.
 
-Threads: a reader thread decodes frames and resolves futures (done-callbacks run there,
-so keep them short); a callback thread runs the modules' ``on_batch``, ``on_mode_change``
-and ``get_performance_metrics`` in this process, in arrival order.
+Sending: requests are appended to an output buffer (under the send lock) and written in
+batches: at once when the buffer passes 64 KiB, whenever a thread waits for a future
+(``get``, ``exception``, ``await``, :meth:`Client.wait_connected`), before closing, and
+otherwise in the background within about a millisecond: by a writer thread half a
+millisecond after the first buffered request (while it writes, further requests accumulate
+for its next write), or by the reader thread when it wakes from its short park (below).
+Callback answers and the handshake are written at once. A write that fails shuts the
+socket's sending side: the daemon closes, and the readers see the connection lost.
+
+Reading (leader/follower): one thread at a time holds the *reading token* and decodes
+frames — answers settle their futures, events and callback requests go to the callback
+thread in arrival order. A thread that waits for a pending future takes the token itself
+when it is free and reads until its own future is done (so a blocking call costs the
+daemon's thread and the caller's, no third wake-up); other waiting threads wait for their
+future or for the token to be handed to them. A background reader thread reads whenever
+no caller does: it waits for the socket to become readable without holding the token, and
+stays parked while a caller reads (and for a millisecond after; it looks every millisecond
+meanwhile), so that it does not wake for data a caller is about to read. Done-callbacks
+run in whichever thread settles the future (keep them short, and do not wait for another
+future of the same client in them: that wait could only time out). A frame from the daemon
+that breaks the framing or is not one msgpack value loses the connection (and reconnects).
+
+A callback thread runs the modules' ``on_batch``, ``on_mode_change`` and
+``get_performance_metrics`` in this process, in arrival order.
 
 If the daemon goes away, every pending future fails with :class:`ConnectionLostError`
-at once, calls made while disconnected fail the same way immediately, and the reader
-thread reconnects with backoff (50 ms doubling to 1 s); once the daemon is back it says
-hello again and re-registers every module this client registered.
+at once (whoever reads sees the end of the stream), calls made while disconnected fail
+the same way immediately, and the reader thread reconnects with backoff (50 ms doubling to
+1 s); once the daemon is back it says hello again and re-registers every module this
+client registered.
 """
 
 from __future__ import annotations
@@ -24,18 +46,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import math
 import os
+import select
 import socket
+import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
+import msgpack
 from loguru import logger
 
 from modcoord.actors.errors import (
@@ -57,8 +82,6 @@ from modcoord.supervisor.wire import (
     HEADER,
     REQUEST,
     RESPONSE,
-    FrameDecoder,
-    FramingError,
     error_from_wire,
     new_packer,
 )
@@ -76,11 +99,28 @@ T = TypeVar("T")
 
 _log = logger.bind(actor="client")
 _pack_header = HEADER.pack
+_unpack_header = HEADER.unpack
+_HEADER_SIZE = HEADER.size
 _RECV_SIZE = 64 * 1024
 _INBOUND_MAX_FRAME = 128 << 20
+_FLUSH_AT = 64 * 1024          # buffered bytes that make a request write at once
+_FLUSH_DELAY = 0.0005          # the writer thread writes this long after the first request
+_LINGER = 0.001                # the reader thread stays parked this long after a caller read
+_LONG_LEAD = 0.02              # a caller reading longer than this lets the reader sleep
+_PARK_MAX = 1.0                # no wait in the client is longer than this without a recheck
+_RECV_TIMEOUT = 0.02           # a caller's blocking read returns at least this often
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
-_FUTURE_LOCK = threading.Lock()
+_POLLIN = select.POLLIN
+_MSG_DONTWAIT = socket.MSG_DONTWAIT
+_monotonic = time.monotonic
+_get_ident = threading.get_ident
+_allocate_lock = threading.Lock
+_LockType = type(threading.Lock())
+_object_new = object.__new__
+# Serialises *registering* waiters and done-callbacks (so that the list is created once);
+# settling never takes it (see Future._resolve).
+_REG_LOCK = threading.Lock()
 
 
 # -- futures ---------------------------------------------------------------------------------
@@ -90,20 +130,25 @@ class Future(Generic[T]):
     """The eventual answer of a call.
 
     ``get(timeout)`` waits for it; ``await future`` works in asyncio. Both default to the
-    client's timeout (never infinite unless asked for with ``math.inf``).
+    client's timeout (never infinite unless asked for with ``math.inf``). Waiting for a
+    client's future first writes the client's buffered requests, then reads the connection
+    in the waiting thread if no other thread does.
     """
 
-    __slots__ = ("_callbacks", "_done", "_exc", "_result", "_timeout", "_waiter")
+    __slots__ = ("_callbacks", "_convert", "_done", "_exc", "_owner", "_result", "_rid",
+                 "_timeout")
 
     def __init__(self, timeout: float = 5.0) -> None:
         self._done = False
         self._result: Any = None
         self._exc: BaseException | None = None
-        self._callbacks: list[Callable[[Future[T]], None]] | None = None
-        # A lock held until the future is done; waiters block acquiring it (cheaper than
-        # an Event) and release it at once so that every waiter gets through.
-        self._waiter: threading.Lock | None = None
+        # Done-callbacks and waiters' locks, in order; each is taken out (list.pop, atomic)
+        # by exactly one thread, which runs (or releases) it.
+        self._callbacks: list[Any] | None = None
         self._timeout = timeout
+        self._owner: Client | None = None  # the client whose connection answers it
+        self._convert: Callable[[Any], Any] | None = None
+        self._rid = 0
 
     def __repr__(self) -> str:
         if not self._done:
@@ -112,31 +157,78 @@ class Future(Generic[T]):
             return f"<Future failed {type(self._exc).__name__}>"
         return f"<Future done {self._result!r:.60}>"
 
-    # completion (reader thread, or the caller for fail-fast)
+    # completion
+
+    def _resolve(self, result: Any, exc: BaseException | None) -> None:
+        """Complete; only for the one thread entitled to (it took the future out of its
+        client's pending table, or made it and never published it)."""
+        self._result = result
+        self._exc = exc
+        self._done = True
+        # A registrant writes _callbacks, then reads _done; we wrote _done, now read
+        # _callbacks: at least one of us sees the other, and pop() hands every item to one.
+        if self._callbacks is not None:
+            self._run_callbacks()
 
     def _settle(self, result: Any, exc: BaseException | None) -> bool:
-        with _FUTURE_LOCK:
+        owner = self._owner
+        if owner is not None:
+            # A client's future belongs to whoever takes it out of the pending table.
+            if owner._pending.pop(self._rid, None) is not self:
+                return False
+            self._resolve(result, exc)
+            return True
+        with _REG_LOCK:
             if self._done:
                 return False
             self._result = result
             self._exc = exc
             self._done = True
-            waiter, callbacks = self._waiter, self._callbacks
-            self._callbacks = None
-        if waiter is not None:
-            waiter.release()
-        if callbacks:
-            for fn in callbacks:
-                _run_done_callback(fn, self)
+        if self._callbacks is not None:
+            self._run_callbacks()
         return True
 
     def set_result(self, result: T) -> bool:
-        """Resolve with ``result``; returns False if already done."""
+        """Resolve with ``result``; returns False if already done (or, for a client's
+        future, already being answered)."""
         return self._settle(result, None)
 
     def set_exception(self, exc: BaseException) -> bool:
-        """Fail with ``exc``; returns False if already done."""
+        """Fail with ``exc``; returns False if already done (or being answered)."""
         return self._settle(None, exc)
+
+    def _run_callbacks(self) -> None:
+        callbacks = self._callbacks
+        assert callbacks is not None
+        while True:
+            try:
+                item = callbacks.pop(0)
+            except IndexError:
+                return
+            if type(item) is _LockType:
+                with contextlib.suppress(RuntimeError):  # its waiter was poked already
+                    item.release()
+            else:
+                _run_done_callback(item, self)
+
+    def _register(self, item: Any) -> bool:
+        """Add a done-callback or a waiter's lock; False (not added) if already done."""
+        with _REG_LOCK:
+            if self._done:
+                return False
+            callbacks = self._callbacks
+            if callbacks is None:
+                callbacks = self._callbacks = []
+            callbacks.append(item)
+        if self._done:  # settled meanwhile, perhaps without seeing the item: run what's left
+            self._run_callbacks()
+        return True
+
+    def _unregister(self, item: Any) -> None:
+        callbacks = self._callbacks
+        if callbacks is not None:
+            with _REG_LOCK, contextlib.suppress(ValueError):
+                callbacks.remove(item)
 
     # observation
 
@@ -144,25 +236,28 @@ class Future(Generic[T]):
         """Whether the answer (or an error) has arrived."""
         return self._done
 
-    def _effective(self, timeout: float | None) -> float:
-        return self._timeout if timeout is None else timeout
-
-    def _wait(self, timeout: float | None) -> bool:
+    def _wait(self, timeout: float) -> bool:
+        """Wait without reading (a standalone future, or nested in a reading thread)."""
         if self._done:
             return True
+        waiter = _allocate_lock()
+        waiter.acquire()
+        if not self._register(waiter):
+            return True
+        try:
+            waiter.acquire(timeout=-1 if math.isinf(timeout) else max(timeout, 0.0))
+        finally:
+            if not self._done:
+                self._unregister(waiter)
+        return self._done
+
+    def _wait_done(self, timeout: float | None) -> bool:
         if timeout is None:
             timeout = self._timeout
-        with _FUTURE_LOCK:
-            if self._done:
-                return True
-            waiter = self._waiter
-            if waiter is None:
-                waiter = self._waiter = threading.Lock()
-                waiter.acquire()
-        if waiter.acquire(timeout=-1 if math.isinf(timeout) else max(timeout, 0.0)):
-            waiter.release()
-            return True
-        return self._done
+        owner = self._owner
+        if owner is not None:
+            return owner._wait_for(self, timeout)
+        return self._wait(timeout)
 
     def get(self, timeout: float | None = None) -> T:
         """Wait for the answer and return it.
@@ -174,8 +269,9 @@ class Future(Generic[T]):
             CallTimeoutError: no answer within ``timeout`` (the call may still complete).
             ModcoordError: the call failed (remote error, connection lost, ...).
         """
-        if not self._done and not self._wait(timeout):
-            raise CallTimeoutError(f"no answer within {self._effective(timeout)} s")
+        if not self._done and not self._wait_done(timeout):
+            raise CallTimeoutError(
+                f"no answer within {self._timeout if timeout is None else timeout} s")
         if self._exc is not None:
             raise self._exc
         return self._result  # type: ignore[no-any-return]
@@ -190,21 +286,18 @@ class Future(Generic[T]):
         Raises:
             CallTimeoutError: no answer within ``timeout``.
         """
-        if not self._done and not self._wait(timeout):
-            raise CallTimeoutError(f"no answer within {self._effective(timeout)} s")
+        if not self._done and not self._wait_done(timeout):
+            raise CallTimeoutError(
+                f"no answer within {self._timeout if timeout is None else timeout} s")
         return self._exc
 
     def add_done_callback(self, fn: Callable[[Future[T]], None]) -> None:
         """Call ``fn(future)`` when done: at once (in this thread) if already done, else in
-        the thread that completes it (usually the reader thread: keep ``fn`` short).
-        Exceptions from ``fn`` are logged."""
-        with _FUTURE_LOCK:
-            if not self._done:
-                if self._callbacks is None:
-                    self._callbacks = []
-                self._callbacks.append(fn)
-                return
-        _run_done_callback(fn, self)
+        the thread that completes it (the reader thread or a waiting caller: keep ``fn``
+        short, and do not wait for another future of the same client in it). Exceptions
+        from ``fn`` are logged."""
+        if not self._register(fn):
+            _run_done_callback(fn, self)
 
     def __await__(self) -> Generator[Any, None, T]:
         """Await the answer in asyncio, with the same default timeout as :meth:`get`.
@@ -214,6 +307,9 @@ class Future(Generic[T]):
             ModcoordError: the call failed.
         """
         if not self._done:
+            owner = self._owner
+            if owner is not None and owner._out:
+                owner._flush()
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[None] = loop.create_future()
 
@@ -262,6 +358,9 @@ def _failed(exc: BaseException, timeout: float = 5.0) -> Future[Any]:
     return future
 
 
+_new_future = Future.__new__
+
+
 # -- results ---------------------------------------------------------------------------------
 
 
@@ -292,20 +391,27 @@ class CoordinationResult:
         Raises:
             InvalidMessageError: the map lacks ``mode`` or has fields of the wrong type.
         """
-        if not isinstance(data, dict) or not isinstance(data.get("mode"), str):
+        if type(data) is not dict or type(data.get("mode")) is not str:
             raise InvalidMessageError(f"coordinate: malformed result {data!r:.120}")
         results = data.get("results") or {}
         errors = data.get("errors") or {}
-        if not isinstance(results, dict) or not isinstance(errors, dict):
+        if type(results) is not dict or type(errors) is not dict:
             raise InvalidMessageError("coordinate: results and errors must be maps")
-        return cls(
+        if errors:
+            errors = {str(k): str(v) for k, v in errors.items()}
+        strategy = data.get("strategy", "")
+        # Every cached coordinate builds one: fill the fields directly, without the frozen
+        # dataclass's per-field object.__setattr__ (half the cost).
+        result = _object_new(cls)
+        result.__dict__.update(
             mode=data["mode"],
-            strategy=str(data.get("strategy", "")),
+            strategy=strategy if type(strategy) is str else str(strategy),
             results=results,
-            errors={str(k): str(v) for k, v in errors.items()},
+            errors=errors,
             cached=bool(data.get("cached", False)),
             latency_ms=float(data.get("latency_ms", 0.0)),
         )
+        return result
 
 
 @dataclass(frozen=True)
@@ -322,6 +428,10 @@ class ClientStatistics:
         callbacks_run: callback requests answered.
         callback_errors: module callbacks (or on_batch) that raised.
         modules: modules registered through this client.
+        writes: writes of buffered requests to the socket (several requests per write
+            when they come faster than the writes).
+        caller_reads: times a waiting caller read the connection itself (instead of being
+            woken by the reader thread).
     """
 
     connected: bool
@@ -333,6 +443,8 @@ class ClientStatistics:
     callbacks_run: int
     callback_errors: int
     modules: int
+    writes: int
+    caller_reads: int
 
 
 # -- proxies ---------------------------------------------------------------------------------
@@ -370,7 +482,40 @@ class ActorProxy:
 
 # -- the client --------------------------------------------------------------------------------
 
-_Pending = tuple[Future[Any], "Callable[[Any], Any] | None"]
+
+class _Connection:
+    """One socket to the daemon and its inbound decoding state.
+
+    Everything but ``lost`` is used only by the holder of the client's reading token (so
+    no frame is ever split between two readers). ``lost`` is set once, under the send lock.
+    """
+
+    __slots__ = ("body_end", "fed", "generation", "lead_poll", "lost", "rbuf", "rview",
+                 "sock", "timed_reads", "unpacker")
+
+    def __init__(self, sock: socket.socket, generation: int) -> None:
+        self.sock = sock
+        self.generation = generation
+        self.lost: str | None = None
+        # Frames are a 4-byte length and a msgpack body: the unpacker is fed every read,
+        # hands out the header with read_bytes and the body with unpack.
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True,
+                                         max_buffer_size=2 * _INBOUND_MAX_FRAME)
+        self.fed = 0         # bytes fed so far (compared with unpacker.tell())
+        self.body_end = -1   # stream offset where the current body ends (-1: at a header)
+        self.rbuf = bytearray(_RECV_SIZE)
+        self.rview = memoryview(self.rbuf)
+        self.lead_poll = select.poll()  # for token holders only (poll objects are per thread)
+        self.lead_poll.register(sock.fileno(), _POLLIN)
+        # A blocking read by a caller gives up (EAGAIN) after _RECV_TIMEOUT; the socket
+        # stays in blocking mode otherwise (the reader thread reads with MSG_DONTWAIT).
+        # Where that cannot be set, callers poll before every read instead.
+        self.timed_reads = True
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                            struct.pack("@ll", 0, int(_RECV_TIMEOUT * 1_000_000)))
+        except (OSError, struct.error):
+            self.timed_reads = False
 
 
 class Client:
@@ -396,16 +541,40 @@ class Client:
         self.timeout = timeout
         self.name = name or Path(sys.argv[0] or "python").name
         self._reconnect = reconnect
+        # sending: the send lock guards the id counter, the pending table, the output
+        # buffer and the current connection; the write lock orders the writes.
         self._send_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._packer = new_packer()
-        self._ids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
+        self._next_id = 1
+        self._pending: dict[int, Future[Any]] = {}
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._writer_idle = True
+        self._writer_wake = threading.Lock()   # released to wake the idle writer
+        self._writer_wake.acquire()
+        self._writer_tick = threading.Lock()   # never released but by close: a sleep
+        self._writer_tick.acquire()
+        # reading: the token, who holds it, and what the reader thread needs to park
+        self._token = threading.Lock()
+        self._token_holder = 0
+        self._caller_reading = False
+        self._lead_since = 0.0
+        self._lead_end = 0.0
+        self._reader_asleep = False
+        # While the reader thread parks with a timeout (a caller reads), it writes what is
+        # buffered when it wakes, and requests need not wake the writer thread.
+        self._reader_ticking = False
+        self._park = threading.Lock()          # released to wake the parked reader thread
+        self._park.acquire()
+        self._follow_lock = threading.Lock()
+        self._followers: dict[Any, None] = {}  # locks of threads waiting for the token
         # Registered modules (re-registered after a reconnection) ...
         self._modules: dict[str, Any] = {}
         # ... and every module callbacks may concern, including those whose registration
         # is in flight (the daemon may deliver to a module before its answer arrives).
         self._objects: dict[str, Any] = {}
-        self._sock: socket.socket | None = None
+        self._conn: _Connection | None = None
         self._generation = 0
         self._connected = False
         self._handshake = threading.Event()
@@ -418,12 +587,15 @@ class Client:
         self._stats = dict.fromkeys(
             ("connection_losses", "reconnects", "batches_received", "callbacks_run",
              "callback_errors"), 0)
-        self._calls = itertools.count()
         self._calls_made = 0
+        self._writes = 0
+        self._caller_reads = 0
         self._callback_queue: SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
             SimpleQueue())
         self._callback_thread = threading.Thread(
             target=self._callback_main, name="modcoord-client-callbacks", daemon=True)
+        self._writer = threading.Thread(
+            target=self._writer_main, name="modcoord-client-writer", daemon=True)
         self._reader: threading.Thread | None = None
         for actor in ACTOR_NAMES:
             setattr(self, actor, ActorProxy(self, actor))
@@ -465,10 +637,12 @@ class Client:
         """
         sock = self._open_socket()
         self._callback_thread.start()
+        self._writer.start()
         hello = self._install(sock)
-        if hello is None:
+        conn = self._conn
+        if hello is None or conn is None:
             raise ConnectionLostError("client closed")
-        self._reader = threading.Thread(target=self._reader_main, args=(sock,),
+        self._reader = threading.Thread(target=self._reader_main, args=(conn,),
                                         name="modcoord-client-reader", daemon=True)
         self._reader.start()
         try:
@@ -485,26 +659,37 @@ class Client:
         return self
 
     def close(self, timeout: float = 2.0) -> None:
-        """Close the connection and stop reconnecting; pending futures fail with
-        :class:`ConnectionLostError`. Idempotent."""
+        """Write what is buffered, close the connection and stop reconnecting; pending
+        futures fail with :class:`ConnectionLostError`. Idempotent."""
         if self._closed.is_set():
             return
+        with contextlib.suppress(Exception):
+            self._flush()
         self._closed.set()
         with self._send_lock:
-            sock = self._sock
+            conn = self._conn
             self._connected = False
-        if sock is not None:
+            if not self._writer_idle:
+                with contextlib.suppress(RuntimeError):  # cut its sleep short
+                    self._writer_tick.release()
+            else:
+                self._writer_idle = False
+                self._writer_wake.release()
+        if conn is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        self._wake_reader()
         current = threading.current_thread()
         if self._reader is not None and self._reader is not current:
             self._reader.join(timeout)
-        self._fail_pending(None, "client closed")
+        if self._writer.is_alive() and self._writer is not current:
+            self._writer.join(timeout)
+        self._fail_all("client closed")
         self._callback_queue.put(None)
         if self._callback_thread.is_alive() and self._callback_thread is not current:
             self._callback_thread.join(timeout)
-        if sock is not None:
-            sock.close()
+        if conn is not None:
+            self._close_socket(conn, timeout)
 
     def __enter__(self) -> Client:
         return self
@@ -527,6 +712,8 @@ class Client:
         Returns:
             whether it is, within ``timeout`` (default: the client's timeout).
         """
+        if self._out:
+            self._flush()
         return self._handshake.wait(self.timeout if timeout is None else timeout)
 
     def statistics(self) -> ClientStatistics:
@@ -537,6 +724,7 @@ class Client:
             connection_losses=s["connection_losses"], reconnects=s["reconnects"],
             batches_received=s["batches_received"], callbacks_run=s["callbacks_run"],
             callback_errors=s["callback_errors"], modules=len(self._modules),
+            writes=self._writes, caller_reads=self._caller_reads,
         )
 
     # -- sending ---------------------------------------------------------------------------
@@ -545,46 +733,133 @@ class Client:
                 convert: Callable[[Any], Any] | None = None) -> Future[Any]:
         """Send a request; the future resolves to its result (passed through ``convert``).
 
+        The request is buffered and written soon (see the module docstring); waiting for
+        the future writes it at once.
+
         Never raises: failures come out of the future — ``ConnectionLostError`` when not
         connected, ``InvalidMessageError`` for params that cannot be serialized or exceed
         the daemon's frame size, any remote error as mapped by
         :func:`~modcoord.supervisor.wire.error_from_wire`.
         """
-        future: Future[Any] = Future(self.timeout)
+        future: Future[Any] = _new_future(Future)
+        future._done = False
+        future._result = None
+        future._exc = None
+        future._callbacks = None
+        future._timeout = self.timeout
+        future._owner = self
+        future._convert = convert
+        future._rid = 0
+        if params is None:
+            params = {}
         error: BaseException | None = None
+        # _enqueue_locked, inlined (the hot path)
         with self._send_lock:
             if not self._connected:
                 error = ConnectionLostError(f"not connected to the daemon ({self._loss_reason})")
             else:
-                error = self._send_request_locked(future, method, params or {}, convert)
-        if error is not None:
-            future.set_exception(error)
+                rid = self._next_id
+                self._next_id = rid + 1
+                try:
+                    body = self._packer.pack([REQUEST, rid, method, params])
+                except Exception as exc:
+                    error = InvalidMessageError(f"{method}: params cannot be serialized: {exc}")
+                else:
+                    size = len(body)
+                    if size > self._max_frame:
+                        error = InvalidMessageError(
+                            f"{method}: request of {size} bytes exceeds the daemon's maximum "
+                            f"frame size of {self._max_frame} bytes")
+                    else:
+                        future._rid = rid
+                        self._pending[rid] = future
+                        self._calls_made += 1
+                        out = self._out
+                        out.append(_pack_header(size))
+                        out.append(body)
+                        size = self._out_size = self._out_size + size + _HEADER_SIZE
+                        if self._writer_idle and not self._reader_ticking:
+                            self._writer_idle = False
+                            self._writer_wake.release()
+                        if size < _FLUSH_AT:
+                            return future
+        if error is None:
+            self._flush()
+        else:
+            future._resolve(None, error)
         return future
 
-    def _send_request_locked(self, future: Future[Any], method: str, params: dict[str, Any],
-                             convert: Callable[[Any], Any] | None) -> BaseException | None:
-        rid = next(self._ids)
+    def _enqueue_locked(self, future: Future[Any], method: str,
+                        params: dict[str, Any]) -> BaseException | None:
+        """Buffer a request (send lock held); returns the error that fails it, if any."""
+        rid = self._next_id
+        self._next_id = rid + 1
         try:
             body = self._packer.pack([REQUEST, rid, method, params])
         except Exception as exc:
-            return InvalidMessageError(f"{method}: params cannot be serialized: {exc}")
-        if len(body) > self._max_frame:
-            return InvalidMessageError(
-                f"{method}: request of {len(body)} bytes exceeds the daemon's maximum frame "
+            error: BaseException = InvalidMessageError(
+                f"{method}: params cannot be serialized: {exc}")
+            return error
+        size = len(body)
+        if size > self._max_frame:
+            error = InvalidMessageError(
+                f"{method}: request of {size} bytes exceeds the daemon's maximum frame "
                 f"size of {self._max_frame} bytes")
-        self._pending[rid] = (future, convert)
+            return error
+        future._rid = rid
+        self._pending[rid] = future
         self._calls_made += 1
-        sock = self._sock
-        assert sock is not None
-        try:
-            sock.sendall(_pack_header(len(body)) + body)
-        except OSError as exc:
-            self._pending.pop(rid, None)
-            with contextlib.suppress(OSError):
-                # The daemon sees EOF and closes; the reader still reads what it sent.
-                sock.shutdown(socket.SHUT_WR)
-            return ConnectionLostError(f"connection to the daemon lost: {exc}")
+        out = self._out
+        out.append(_pack_header(size))
+        out.append(body)
+        self._out_size += size + _HEADER_SIZE
+        if self._writer_idle and not self._reader_ticking:
+            self._writer_idle = False
+            self._writer_wake.release()
         return None
+
+    def _flush(self) -> None:
+        """Write everything buffered, in order, now (in the calling thread).
+
+        A failed write shuts the connection's sending side down: the daemon sees the end of
+        the stream and closes, and the reader sees that (reading what the daemon sent first).
+        """
+        with self._write_lock:
+            with self._send_lock:
+                out = self._out
+                if not out:
+                    return
+                self._out = []
+                self._out_size = 0
+                conn = self._conn
+            if conn is None:
+                return
+            self._writes += 1
+            try:
+                conn.sock.sendall(b"".join(out))
+            except OSError:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_WR)
+
+    def _writer_main(self) -> None:
+        """Write buffered requests shortly after they come, when nobody else does."""
+        wake, tick, closed = self._writer_wake, self._writer_tick, self._closed
+        while True:
+            wake.acquire()
+            while not closed.is_set():
+                tick.acquire(timeout=_FLUSH_DELAY)  # a sleep that close() cuts short
+                if closed.is_set():
+                    return
+                with self._send_lock:
+                    if not self._out:
+                        self._writer_idle = True
+                        break
+                try:
+                    self._flush()
+                except Exception:
+                    _log.opt(exception=True).error("client writer failed")
+            if closed.is_set():
+                return
 
     def _send_callback_response(self, generation: int, cid: int, error: str | None,
                                 result: Any) -> None:
@@ -596,13 +871,11 @@ class Client:
             except Exception as exc:
                 body = self._packer.pack(
                     [CALLBACK_RESPONSE, cid, f"result cannot be serialized: {exc}", None])
-            sock = self._sock
-            assert sock is not None
-            try:
-                sock.sendall(_pack_header(len(body)) + body)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_WR)
+            self._out.append(_pack_header(len(body)))
+            self._out.append(body)
+            self._out_size += len(body) + _HEADER_SIZE
+        self._flush()
+
 
     # -- the API -----------------------------------------------------------------------------
 
@@ -699,39 +972,379 @@ class Client:
         """The proxy of actor ``name`` (same as the attribute)."""
         return ActorProxy(self, name)
 
-    # -- the reader thread -----------------------------------------------------------------
+    # -- reading: waiting callers ---------------------------------------------------------
+
+    def _wait_for(self, future: Future[Any], timeout: float) -> bool:
+        """Wait until ``future`` (one of ours) is done, reading the connection if nobody
+        else does; returns whether it is done within ``timeout``."""
+        if self._out:
+            self._flush()
+        if future._done:
+            return True
+        if self._token_holder == _get_ident():
+            # Nested in a dispatch (a done-callback waits): only another thread can answer.
+            return future._wait(timeout)
+        deadline = math.inf if math.isinf(timeout) else _monotonic() + max(timeout, 0.0)
+        token = self._token
+        while True:
+            if token.acquire(False):
+                self._lead(future, deadline)
+            else:
+                self._follow(future, deadline)
+            if future._done:
+                return True
+            if _monotonic() >= deadline:
+                return False
+
+    def _lead(self, future: Future[Any], deadline: float) -> None:
+        """Read (holding the token, released here) until ``future`` is done, the deadline
+        passes or the connection is lost."""
+        conn = self._conn
+        if conn is None or conn.lost is not None:
+            # Losing a connection fails its pending futures right after marking it lost.
+            self._release_token()
+            future._wait(min(0.05, max(deadline - _monotonic(), 0.0)))
+            return
+        self._token_holder = _get_ident()
+        self._lead_since = _monotonic()
+        self._caller_reading = True
+        self._caller_reads += 1
+        try:
+            poll = conn.lead_poll.poll
+            recv_into = conn.sock.recv_into
+            rbuf = conn.rbuf
+            blocking_above = _RECV_TIMEOUT if conn.timed_reads else math.inf
+            looked = False
+            while not future._done:
+                remaining = deadline - _monotonic()
+                try:
+                    if remaining > blocking_above:
+                        # a plain blocking read (no poll first): it returns within
+                        # _RECV_TIMEOUT (SO_RCVTIMEO), then the future and deadline are
+                        # checked again
+                        n = recv_into(rbuf, _RECV_SIZE)
+                    elif remaining <= 0:
+                        if looked:
+                            return
+                        looked = True  # get(0): take what has arrived, without waiting
+                        n = recv_into(rbuf, _RECV_SIZE, _MSG_DONTWAIT)
+                    elif poll(math.ceil(min(remaining, _PARK_MAX) * 1000)):
+                        n = recv_into(rbuf, _RECV_SIZE, _MSG_DONTWAIT)
+                    else:
+                        continue
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    self._conn_lost(conn, f"receive failed: {exc}")
+                    return
+                if not n:
+                    self._conn_lost(conn, "the daemon closed the connection")
+                    return
+                if not self._consume(conn, n):
+                    return
+        finally:
+            self._lead_end = _monotonic()
+            self._caller_reading = False
+            self._release_token()
+            if self._reader_asleep:
+                self._wake_reader()
+
+    def _release_token(self) -> None:
+        self._token_holder = 0
+        self._token.release()
+        if self._followers:
+            self._handoff()
+
+    def _follow(self, future: Future[Any], deadline: float) -> None:
+        """Wait until ``future`` is done or the token is handed to this thread."""
+        waiter = _allocate_lock()
+        waiter.acquire()
+        if not future._register(waiter):
+            return
+        with self._follow_lock:
+            self._followers[waiter] = None
+        try:
+            # Registered first, then checked: a holder releasing the token after this check
+            # sees us and hands it over.
+            if self._token.locked() and not future._done:
+                remaining = min(deadline - _monotonic(), _PARK_MAX)
+                if remaining > 0:
+                    waiter.acquire(timeout=remaining)
+        finally:
+            with self._follow_lock:
+                self._followers.pop(waiter, None)
+            future._unregister(waiter)
+            if self._followers:
+                self._handoff()
+
+    def _handoff(self) -> None:
+        """Wake one thread waiting for the token, if it is free."""
+        if self._token.locked():
+            return
+        with self._follow_lock:
+            for waiter in self._followers:
+                with contextlib.suppress(RuntimeError):  # already woken
+                    waiter.release()
+                break
+
+    def _wake_reader(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already woken
+            self._park.release()
+
+    # -- reading: the reader thread --------------------------------------------------------
+
+    def _reader_main(self, conn: _Connection) -> None:
+        current: _Connection | None = conn
+        while current is not None:
+            try:
+                self._serve(current)
+            except Exception as exc:  # a bug: do not leave the connection unread
+                _log.opt(exception=True).error("client reader failed")
+                self._conn_lost(current, f"client reader failed: {exc}")
+            self._reader_ticking = False  # requests wake the writer thread again
+            self._close_socket(current, _PARK_MAX)
+            if self._closed.is_set() or not self._reconnect:
+                return
+            current = self._reconnect_loop()
+
+    def _serve(self, conn: _Connection) -> None:
+        """Read ``conn`` whenever no caller does, until it is lost."""
+        poller = select.poll()
+        poller.register(conn.sock.fileno(), _POLLIN)
+        poll = poller.poll
+        recv_into = conn.sock.recv_into
+        rbuf = conn.rbuf
+        park = self._park.acquire
+        token = self._token
+        me = _get_ident()
+        while conn.lost is None:
+            if self._caller_reading and _monotonic() - self._lead_since > _LONG_LEAD:
+                # A caller has been reading for long: sleep until it is done.
+                self._stop_ticking()
+                self._reader_asleep = True
+                if self._caller_reading:
+                    park(timeout=_PARK_MAX)
+                self._reader_asleep = False
+                continue
+            if self._caller_reading or _monotonic() - self._lead_end < _LINGER:
+                # A caller reads, or just did and will likely read again soon: stay out of
+                # its way (no wake-up for its data), but look every _LINGER (and write
+                # what requests buffered meanwhile: they count on it).
+                self._reader_ticking = True
+                park(timeout=_LINGER)
+                if self._out:
+                    self._flush()
+                continue
+            self._stop_ticking()
+            if not poll() or self._caller_reading:
+                continue
+            token.acquire()
+            self._token_holder = me
+            try:
+                while conn.lost is None:
+                    try:
+                        n = recv_into(rbuf, _RECV_SIZE, _MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    except InterruptedError:
+                        continue
+                    except OSError as exc:
+                        self._conn_lost(conn, f"receive failed: {exc}")
+                        break
+                    if not n:
+                        self._conn_lost(conn, "the daemon closed the connection")
+                        break
+                    if not self._consume(conn, n) or n < _RECV_SIZE:
+                        break
+            finally:
+                self._release_token()
+
+    def _stop_ticking(self) -> None:
+        """Leave the ticking park: requests signal the writer thread again (any buffered
+        before they saw this are written here)."""
+        if self._reader_ticking:
+            self._reader_ticking = False
+            if self._out:
+                self._flush()
+
+    def _close_socket(self, conn: _Connection, timeout: float) -> None:
+        """Close ``conn``'s socket once no thread reads it (it was shut down before)."""
+        if self._token_holder == _get_ident():
+            conn.sock.close()
+            return
+        got = self._token.acquire(timeout=timeout)
+        try:
+            conn.sock.close()
+        finally:
+            if got:
+                self._release_token()
+
+    # -- reading: decoding and dispatching ---------------------------------------------------
+
+    def _consume(self, conn: _Connection, n: int) -> bool:
+        """Decode and dispatch the frames completed by ``n`` bytes just read into
+        ``conn.rbuf`` (token held). Returns False if the connection is lost (broken framing
+        marks it so)."""
+        unpacker = conn.unpacker
+        unpacker.feed(conn.rview[:n])
+        fed = conn.fed = conn.fed + n
+        end = conn.body_end
+        tell = unpacker.tell
+        pending = self._pending
+        try:
+            while True:
+                if end < 0:
+                    if fed - tell() < _HEADER_SIZE:
+                        break
+                    (length,) = _unpack_header(unpacker.read_bytes(_HEADER_SIZE))
+                    if not 0 < length <= _INBOUND_MAX_FRAME:
+                        self._conn_lost(conn, f"broken framing from the daemon: a frame of "
+                                              f"{length} bytes")
+                        return False
+                    end = tell() + length
+                if fed < end:
+                    break
+                try:
+                    msg = unpacker.unpack()
+                except Exception as exc:
+                    self._conn_lost(conn, f"broken framing from the daemon: undecodable "
+                                          f"frame ({type(exc).__name__}: {exc})")
+                    return False
+                if tell() != end:
+                    self._conn_lost(conn, "broken framing from the daemon: a frame body is "
+                                          "not exactly one msgpack value")
+                    return False
+                end = -1
+                # the hot path: an answer
+                if type(msg) is list and len(msg) == 4 and msg[0] == RESPONSE:
+                    future = pending.pop(msg[1], None)
+                    if future is None:
+                        if self._pending is not pending:  # the connection was lost meanwhile
+                            pending = self._pending
+                        self._orphan_response(msg)
+                        continue
+                    error = msg[2]
+                    if error is not None:
+                        future._resolve(None, error_from_wire(error))
+                        continue
+                    result = msg[3]
+                    convert = future._convert
+                    if convert is not None:
+                        try:
+                            result = convert(result)
+                        except Exception as exc:
+                            future._resolve(None, exc if isinstance(exc, ModcoordError)
+                                            else InvalidMessageError(f"malformed answer: {exc}"))
+                            continue
+                    future._resolve(result, None)
+                else:
+                    self._dispatch_other(conn, msg)
+        except Exception as exc:
+            _log.opt(exception=True).error("client reader failed")
+            self._conn_lost(conn, f"client reader failed: {exc}")
+            return False
+        finally:
+            conn.body_end = end
+        return conn.lost is None
+
+    def _orphan_response(self, msg: list[Any]) -> None:
+        if msg[1] is None and msg[2] is not None:
+            err = msg[2]
+            self._server_error = (": ".join(map(str, err)) if isinstance(err, list)
+                                  else str(err))
+            _log.warning("daemon says: {e}", e=self._server_error)
+
+    def _dispatch_other(self, conn: _Connection, msg: Any) -> None:
+        if type(msg) is not list or not msg:
+            _log.warning("ignoring malformed message from the daemon: {m!r:.80}", m=msg)
+            return
+        kind = msg[0]
+        if kind == EVENT and len(msg) == 3:
+            if msg[1] == "batch" and isinstance(msg[2], dict):
+                self._callback_queue.put((self._deliver_batch, (msg[2],)))
+        elif kind == CALLBACK and len(msg) == 4:
+            self._callback_queue.put(
+                (self._run_callback, (conn.generation, msg[1], msg[2], msg[3])))
+        else:
+            _log.warning("ignoring unexpected message from the daemon: {m!r:.80}", m=msg)
+
+    # -- losing and regaining the connection -------------------------------------------------
+
+    def _conn_lost(self, conn: _Connection, reason: str) -> None:
+        """Mark ``conn`` lost (once): fail its pending futures, drop what is buffered for
+        it, shut the socket down (which wakes every thread waiting on it) and wake the
+        reader thread (which closes the socket and reconnects)."""
+        with self._send_lock:
+            if conn.lost is not None:
+                return
+            if self._closed.is_set():
+                reason = "client closed"
+            elif self._server_error:
+                reason = f"{reason} ({self._server_error})"
+            conn.lost = reason
+            current = self._conn is conn
+            pending: dict[int, Future[Any]] = {}
+            if current:
+                self._connected = False
+                self._handshake.clear()
+                self._loss_reason = reason
+                self._out = []
+                self._out_size = 0
+                pending = self._pending
+                self._pending = {}
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        self._lost_event.set()
+        self._wake_reader()
+        if current:
+            self._stats["connection_losses"] += 1
+            if not self._closed.is_set():
+                _log.warning("connection to the daemon lost: {reason}", reason=reason)
+            self._fail(pending, reason)
+
+    def _fail_all(self, reason: str) -> None:
+        with self._send_lock:
+            pending = self._pending
+            self._pending = {}
+            self._out = []
+            self._out_size = 0
+        self._fail(pending, reason)
+
+    @staticmethod
+    def _fail(pending: dict[int, Future[Any]], reason: str) -> None:
+        text = reason if reason == "client closed" else f"connection to the daemon lost: {reason}"
+        for future in pending.values():
+            future._resolve(None, ConnectionLostError(text))
 
     def _install(self, sock: socket.socket) -> Future[Any] | None:
-        """Make ``sock`` current and pipeline hello plus every module's registration."""
+        """Make ``sock`` current and send hello plus every module's registration."""
         futures: list[Future[Any]] = []
-        errors: list[BaseException] = []
         with self._send_lock:
             if self._closed.is_set():
                 sock.close()
                 return None
-            self._sock = sock
             self._generation += 1
+            self._conn = _Connection(sock, self._generation)
             self._connected = True
             self._server_error = None
-            hello: Future[Any] = Future(self.timeout)
-            err = self._send_request_locked(
-                hello, "hello", {"client": self.name, "pid": os.getpid()}, self._on_hello)
-            if err is not None:
-                errors.append(err)
+            self._out = []
+            self._out_size = 0
+            hello = self._new_future(self._on_hello)
+            error = self._enqueue_locked(hello, "hello",
+                                         {"client": self.name, "pid": os.getpid()})
+            if error is not None:  # cannot happen (plain data), but never leave it pending
+                hello._resolve(None, error)
             futures.append(hello)
             for module_id, module in list(self._modules.items()):
-                future: Future[Any] = Future(self.timeout)
-                err = self._send_request_locked(future, "register",
-                                                ModuleInfo.of(module).to_params(), None)
-                if err is not None:
-                    errors.append(err)
+                future = self._new_future(None)
+                error = self._enqueue_locked(future, "register",
+                                             ModuleInfo.of(module).to_params())
+                if error is not None:
+                    future._resolve(None, error)
                 future.add_done_callback(functools.partial(_log_reregistration, module_id))
                 futures.append(future)
             generation = self._generation
-        if errors:
-            for f in futures:
-                f.set_exception(errors[0])
-            return hello
+        self._flush()
         remaining = [len(futures)]
         lock = threading.Lock()
 
@@ -746,6 +1359,12 @@ class Client:
             f.add_done_callback(one_done)
         return hello
 
+    def _new_future(self, convert: Callable[[Any], Any] | None) -> Future[Any]:
+        future: Future[Any] = Future(self.timeout)
+        future._owner = self
+        future._convert = convert
+        return future
+
     def _on_hello(self, result: Any) -> Any:
         if isinstance(result, dict):
             self.daemon_info = result
@@ -754,66 +1373,7 @@ class Client:
                 self._max_frame = max_frame
         return result
 
-    def _reader_main(self, sock: socket.socket) -> None:
-        current: socket.socket | None = sock
-        while current is not None:
-            reason = self._read_until_lost(current)
-            self._lost(current, reason)
-            if self._closed.is_set() or not self._reconnect:
-                return
-            current = self._reconnect_loop()
-
-    def _read_until_lost(self, sock: socket.socket) -> str:
-        decoder = FrameDecoder(_INBOUND_MAX_FRAME)
-        dispatch = self._dispatch
-        recv = sock.recv
-        while True:
-            try:
-                data = recv(_RECV_SIZE)
-            except OSError as exc:
-                return f"receive failed: {exc}"
-            if not data:
-                return "the daemon closed the connection"
-            try:
-                for msg in decoder.feed(data):
-                    dispatch(msg)
-            except FramingError as exc:
-                return f"broken framing from the daemon: {exc}"
-            except Exception as exc:
-                _log.opt(exception=True).error("client reader failed")
-                return f"client reader failed: {exc}"
-
-    def _lost(self, sock: socket.socket, reason: str) -> None:
-        if self._closed.is_set():
-            reason = "client closed"
-        elif self._server_error:
-            reason = f"{reason} ({self._server_error})"
-        with self._send_lock:
-            current = self._sock is sock
-            if current:
-                self._connected = False
-                self._handshake.clear()
-                self._loss_reason = reason
-        self._lost_event.set()
-        with contextlib.suppress(OSError):
-            sock.close()
-        if current:
-            self._stats["connection_losses"] += 1
-            if not self._closed.is_set():
-                _log.warning("connection to the daemon lost: {reason}", reason=reason)
-            self._fail_pending(sock, reason)
-
-    def _fail_pending(self, sock: socket.socket | None, reason: str) -> None:
-        with self._send_lock:
-            if sock is not None and self._sock is not sock:
-                return
-            pending = self._pending
-            self._pending = {}
-        text = reason if reason == "client closed" else f"connection to the daemon lost: {reason}"
-        for future, _convert in pending.values():
-            future.set_exception(ConnectionLostError(text))
-
-    def _reconnect_loop(self) -> socket.socket | None:
+    def _reconnect_loop(self) -> _Connection | None:
         delay = _BACKOFF_FIRST
         while not self._closed.wait(delay):
             delay = min(delay * 2, _BACKOFF_MAX)
@@ -825,46 +1385,8 @@ class Client:
                 return None
             self._stats["reconnects"] += 1
             _log.info("reconnected to the daemon at {path}", path=self.path)
-            return sock
+            return self._conn
         return None
-
-    def _dispatch(self, msg: Any) -> None:
-        if type(msg) is not list or not msg:
-            _log.warning("ignoring malformed message from the daemon: {m!r:.80}", m=msg)
-            return
-        kind = msg[0]
-        if kind == RESPONSE and len(msg) == 4:
-            entry = self._pending.pop(msg[1], None)
-            if entry is None:
-                if msg[1] is None and msg[2] is not None:
-                    err = msg[2]
-                    self._server_error = (": ".join(map(str, err)) if isinstance(err, list)
-                                          else str(err))
-                    _log.warning("daemon says: {e}", e=self._server_error)
-                return
-            future, convert = entry
-            error = msg[2]
-            if error is None:
-                result = msg[3]
-                if convert is not None:
-                    try:
-                        result = convert(result)
-                    except Exception as exc:
-                        future.set_exception(
-                            exc if isinstance(exc, ModcoordError)
-                            else InvalidMessageError(f"malformed answer: {exc}"))
-                        return
-                future.set_result(result)
-            else:
-                future.set_exception(error_from_wire(error))
-        elif kind == EVENT and len(msg) == 3:
-            if msg[1] == "batch" and isinstance(msg[2], dict):
-                self._callback_queue.put((self._deliver_batch, (msg[2],)))
-        elif kind == CALLBACK and len(msg) == 4:
-            self._callback_queue.put(
-                (self._run_callback, (self._generation, msg[1], msg[2], msg[3])))
-        else:
-            _log.warning("ignoring unexpected message from the daemon: {m!r:.80}", m=msg)
 
     # -- the callback thread ---------------------------------------------------------------
 
