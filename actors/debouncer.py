@@ -347,7 +347,7 @@ class DebouncerActor(ManagedActor):
         collapsed = 0
         clock = self.clock
         for i, u in enumerate(updates):
-            if not i & 255 and i and self._armed_at is not None \
+            if not i & 63 and self._armed_at is not None \
                     and clock.monotonic() >= self._armed_at:
                 # A long batch of publishes must not hold up a deadline that passed
                 # while we work through it: fire inline, as the timer would have.
