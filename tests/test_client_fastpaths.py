@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from daemon_harness import wait_for
-from test_client_server import WAIT, Editor, FakeCoordinator, registered
+from test_client_server import (  # noqa: F401 - fixtures
+    WAIT,
+    Editor,
+    FakeCoordinator,
+    client,
+    fake,
+    registered,
+    runtime_dir,
+    server,
+)
 
 from modcoord.actors.errors import CallTimeoutError, ConnectionLostError
 from modcoord.actors.update import Batch, Update
@@ -24,32 +32,6 @@ from modcoord.supervisor.server import Server
 
 _CACHED = {"mode": "MANUAL", "strategy": "conservative", "results": {}, "errors": {},
            "cached": False, "latency_ms": 1.0}
-
-
-@pytest.fixture
-def runtime_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "run"
-    d.mkdir(mode=0o700)
-    return d
-
-
-@pytest.fixture
-def fake() -> FakeCoordinator:
-    return FakeCoordinator()
-
-
-@pytest.fixture
-def server(fake: FakeCoordinator, runtime_dir: Path) -> Iterator[Server]:
-    srv = Server(fake, socket_path(runtime_dir)).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def client(server: Server, runtime_dir: Path) -> Iterator[Client]:
-    c = connect(runtime_dir, timeout=WAIT)
-    yield c
-    c.close()
 
 
 def _in_thread(target: Any, *args: Any) -> tuple[threading.Thread, list[BaseException]]:

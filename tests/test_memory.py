@@ -18,7 +18,6 @@ from modcoord.actors._base import (
     Crash,
     FailureReport,
     Handover,
-    ManagedActor,
     Reconfigure,
     Statistics,
 )
@@ -36,39 +35,13 @@ from modcoord.actors.memory import (
     Touch,
     Track,
 )
-from modcoord.actors.message import Message
 from modcoord.actors.settings import MemorySettings
 
 MB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class _Sync(Message):
-    """Test-only: asked of a fake peer to wait until it has handled earlier messages."""
-
-
-class _Recorder(ManagedActor):
-    """A fake peer: records every message and answers from ``replies`` (default 0)."""
-
-    def __init__(self, settings: Any, context: ActorContext, received: list[Any],
-                 replies: dict[str, Any]) -> None:
-        super().__init__(settings, context)
-        self.received = received
-        self.replies = replies
-
-    def statistics(self) -> None:
-        return None
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _Sync):
-            return None
-        self.received.append(message)
-        reply = self.replies.get(type(message).__name__, 0)
-        return reply(message) if callable(reply) else reply
-
-
-def _fake(name: str) -> type[_Recorder]:
-    return type(f"Fake_{name}", (_Recorder,), {"actor_name": name})
+from fakes import Sync as _Sync  # noqa: E402
+from fakes import fake as _fake  # noqa: E402
 
 
 @dataclass

@@ -16,13 +16,11 @@ from modcoord.actors._base import (
     Crash,
     FailureReport,
     Handover,
-    ManagedActor,
     Reconfigure,
     Statistics,
 )
 from modcoord.actors.clock import MockClock
 from modcoord.actors.errors import ActorCrashedError, InvalidMessageError
-from modcoord.actors.message import Message
 from modcoord.actors.metrics import MetricsRegistry
 from modcoord.actors.monitor import (
     Evaluate,
@@ -49,33 +47,7 @@ COORDINATION_MESSAGE = (
 CACHE_MESSAGE = "Low cache hit rate - consider adjusting cache TTL or strategy"
 
 
-@dataclass(frozen=True)
-class _Sync(Message):
-    """Test-only: asked of a fake peer to wait until it has handled earlier messages."""
-
-
-class _Recorder(ManagedActor):
-    """A fake peer: records every message and answers from ``replies`` (default 0)."""
-
-    def __init__(self, settings: Any, context: ActorContext, received: list[Any],
-                 replies: dict[str, Any]) -> None:
-        super().__init__(settings, context)
-        self.received = received
-        self.replies = replies
-
-    def statistics(self) -> None:
-        return None
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _Sync):
-            return None
-        self.received.append(message)
-        reply = self.replies.get(type(message).__name__, 0)
-        return reply(message) if callable(reply) else reply
-
-
-def _fake(name: str) -> type[_Recorder]:
-    return type(f"Fake_{name}", (_Recorder,), {"actor_name": name})
+from fakes import fake as _fake  # noqa: E402
 
 
 @dataclass(frozen=True)
