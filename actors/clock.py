@@ -23,6 +23,10 @@ from loguru import logger
 __all__ = ["Clock", "MockClock", "MonotonicClock", "TimerHandle"]
 
 
+def _noop() -> None:
+    pass
+
+
 class TimerHandle:
     """A scheduled callback; :meth:`cancel` stops it from running (idempotent)."""
 
@@ -34,8 +38,13 @@ class TimerHandle:
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Cancel the timer. Does nothing if it already ran."""
+        """Cancel the timer. Does nothing if it already ran.
+
+        The callback is released at once, so whatever it refers to is freed now rather
+        than when the cancelled entry reaches the top of the scheduler's heap.
+        """
         self.cancelled = True
+        self.callback = _noop
 
 
 class Clock(Protocol):

@@ -29,6 +29,7 @@ from modcoord.actors import (
     Clock,
     MonotonicClock,
     Statistics,
+    TimerHandle,
     Update,
 )
 from modcoord.actors.batcher import BatcherActor, FlushBatches, QueueGauge
@@ -154,6 +155,10 @@ class _Flight:
                 self.errors[module_id] = "timeout: no answer from module"
             self._waiting.clear()
         self._finish()
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
 
     def _finish(self) -> None:
         with self._lock:
@@ -508,10 +513,21 @@ class ModuleCoordinator:
     def _fan_out(self, targets: list[tuple[str, ModuleEndpoint]], mode: str, strategy: str,
                  context: dict[str, Any],
                  done: Callable[[dict[str, Any], dict[str, str]], None]) -> None:
-        flight = _Flight([m for m, _ in targets], done)
         if not targets:
+            _Flight([], done)
             return
-        timer = self.clock.call_at(self.clock.monotonic() + self.callback_timeout_s, flight.expire)
+        timer: list[TimerHandle] = []
+
+        def finished(results: dict[str, Any], errors: dict[str, str]) -> None:
+            if timer:
+                timer[0].cancel()  # frees the flight (and what it holds) now, not at expiry
+            done(results, errors)
+
+        flight = _Flight([m for m, _ in targets], finished)
+        timer.append(self.clock.call_at(self.clock.monotonic() + self.callback_timeout_s,
+                                        flight.expire))
+        if flight.finished:
+            timer[0].cancel()
         for module_id, endpoint in targets:
             def answer(result: Any, error: str | None, module_id: str = module_id) -> None:
                 flight.reply(module_id, result, error)
@@ -520,7 +536,6 @@ class ModuleCoordinator:
                 endpoint.mode_change(module_id, mode, strategy, context, answer)
             except Exception as exc:
                 flight.reply(module_id, None, f"{type(exc).__name__}: {exc}")
-        del timer
 
     # -- control --
 

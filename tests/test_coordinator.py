@@ -411,3 +411,16 @@ def test_admission_takes_what_fits_in_order(make: Any) -> None:
     assert [type(x).__name__ for x in out] == ["int", "int", "QueueFullError",
                                                "QueueFullError", "QueueFullError"]
     assert gauge.statistics().rejected == 3
+
+
+def test_finished_coordination_releases_its_timeout_timer(make: Any, clock: MockClock) -> None:
+    """The per-module callback timeout is cancelled when every module has answered, so
+    the flight (and the results it holds) is freed at once, not callback_timeout later."""
+    coord = make()
+    coord.register_module(Module("a"))
+    settle(coord)
+    before = clock.pending_timers()
+    for i in range(20):
+        result = coord.coordinate("HYBRID", {"i": i})
+        assert result is not None and result.cached is False
+    assert clock.pending_timers() == before
