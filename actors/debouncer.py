@@ -72,6 +72,9 @@ class Backlog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._value = 0
+        self.next_deadline: float | None = None
+        """The debouncer's armed timer (clock time), or None: lets the server tell that a
+        deadline has passed without being served, and hold publishers back meanwhile."""
 
     @property
     def value(self) -> int:
@@ -234,10 +237,11 @@ class DebouncerActor(ManagedActor):
         super().__init__(settings, context, takeover)
         self._entries: dict[Key, _Entry] = {}
         self._collected_inline = 0
+        self._backlog: Backlog | None = context.extras.get("publish_backlog")
         self._heap: list[tuple[float, int, Key]] = []
         self._counter = itertools.count()
         self._timer: TimerHandle | None = None
-        self._armed_at: float | None = None
+        self._armed_deadline: float | None = None
         self._token = 0
         self._received = 0
         self._emitted = 0
@@ -446,6 +450,17 @@ class DebouncerActor(ManagedActor):
         top = self._heap[0][0]
         if self._armed_at is None or top < self._armed_at:
             self._arm(top)
+
+    @property
+    def _armed_at(self) -> float | None:
+        return self._armed_deadline
+
+    @_armed_at.setter
+    def _armed_at(self, deadline: float | None) -> None:
+        self._armed_deadline = deadline
+        backlog = getattr(self, "_backlog", None)
+        if backlog is not None:
+            backlog.next_deadline = deadline
 
     def _arm(self, deadline: float) -> None:
         """Replace the armed timer with one at ``deadline`` that tells us ``_Wake``."""

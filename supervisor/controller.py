@@ -66,6 +66,9 @@ class Controller:
     def publish_backlog(self) -> int:
         return self.coordinator.publish_backlog()
 
+    def timers_overdue(self) -> bool:
+        return self.coordinator.timers_overdue()
+
     def coordinate(self, mode: str, context: dict[str, Any],
                    reply: Callable[[Any, BaseException | None], None],
                    caller: Sequence[str] = ()) -> None:

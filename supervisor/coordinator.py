@@ -420,6 +420,14 @@ class ModuleCoordinator:
         """Updates accepted but not yet taken in by the debouncer (for flow control)."""
         return self.backlog.value
 
+    def timers_overdue(self, grace: float = 0.0005) -> bool:
+        """Whether a debounce deadline passed more than ``grace`` seconds ago unserved.
+
+        The server holds publishers back while this is true: timers come before intake.
+        """
+        deadline = self.backlog.next_deadline
+        return deadline is not None and self.clock.monotonic() - deadline > grace
+
     def _touch(self, module_id: str) -> None:
         if self.activity.touch(module_id):
             self.handles["memory"].tell(Reactivate(module_id))

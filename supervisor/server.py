@@ -477,6 +477,10 @@ class Server:
         self.backlog_high_water = backlog_high_water
         self.backlog_low_water = backlog_low_water
         self.backlog_stall_s = backlog_stall_s
+        overdue_fn = getattr(coordinator, "timers_overdue", None)
+        self._overdue: Callable[[], bool] = (
+            overdue_fn if backlog_high_water is not None and callable(overdue_fn)
+            else lambda: False)
         backlog_fn = getattr(coordinator, "publish_backlog", None)
         self._backlog: Callable[[], int] | None = (
             backlog_fn if backlog_high_water is not None and callable(backlog_fn) else None)
@@ -931,7 +935,7 @@ class Server:
             _log.opt(exception=True).error("publish_backlog() failed: no flow control")
             self._backlog = None
             return
-        if value > high:
+        if value > high or self._overdue():
             self._start_throttling(now, value)
 
     def _start_throttling(self, now: float, value: int) -> None:
@@ -969,7 +973,7 @@ class Server:
                 self._backlog = None
                 value = 0
         now = time.monotonic()
-        if value <= self.backlog_low_water:
+        if value <= self.backlog_low_water and not self._overdue():
             self._stop_throttling(now)
             return
         if value < self._throttle_low:
