@@ -963,9 +963,13 @@ class BackloggedCoordinator(FakeCoordinator):
     def __init__(self) -> None:
         super().__init__()
         self.backlog = 0
+        self.overdue = False
 
     def publish_backlog(self) -> int:
         return self.backlog
+
+    def timers_overdue(self) -> bool:
+        return self.overdue
 
 
 def _publish(rid: int, module_id: str = "m1", key: str | None = None) -> list[Any]:
@@ -1032,6 +1036,28 @@ def test_backpressure_pauses_publishers_only_until_the_backlog_falls(
         assert stats.backpressure_paused_s >= 0.25
         for raw in (pub, control, late):
             raw.close()
+
+
+def test_an_overdue_timer_holds_publishers_until_it_is_served(
+        backlogged: BackloggedCoordinator, runtime_dir: Path) -> None:
+    """Timers before intake: with the backlog low, an overdue debounce deadline alone
+    pauses the publishers; they resume once it is served."""
+    fake = backlogged
+    with Server(fake, socket_path(runtime_dir), backlog_high_water=100,
+                backlog_low_water=10) as srv:
+        pub = RawClient(srv.socket_path)
+        pub.send([0, 1, "register", {"module_id": "m1"}])
+        pub.recv_response(1)
+        fake.overdue = True
+        pub.send(_publish(10))
+        assert pub.recv_response(10)[3] == 1
+        assert srv.statistics().backpressure_active
+        pub.send(_publish(11))
+        assert _quiet(pub, 0.1)
+        fake.overdue = False
+        assert pub.recv_response(11)[3] == 2
+        assert not srv.statistics().backpressure_active
+        pub.close()
 
 
 def test_backpressure_slows_a_publisher_without_refusing_or_losing(

@@ -424,3 +424,19 @@ def test_finished_coordination_releases_its_timeout_timer(make: Any, clock: Mock
         result = coord.coordinate("HYBRID", {"i": i})
         assert result is not None and result.cached is False
     assert clock.pending_timers() == before
+
+
+def test_timers_overdue_tells_when_a_deadline_passed_unserved(make: Any,
+                                                              clock: MockClock) -> None:
+    """The server holds publishers back while this is true (timers before intake)."""
+    coord = make()
+    coord.register_module(Module("a"))
+    assert coord.timers_overdue() is False  # nothing pending, no timer armed
+    coord.publish("a", "k", 1)
+    settle(coord)
+    assert coord.timers_overdue() is False  # armed, not yet due
+    # Time passes but the wake has not been served yet: overdue.
+    coord.backlog.next_deadline = clock.monotonic() - 0.01
+    assert coord.timers_overdue() is True
+    advance(coord, clock, 0.5)  # the debouncer fires and disarms
+    assert coord.timers_overdue() is False
