@@ -728,7 +728,7 @@ class Server:
         try:
             while not self._stopping:
                 try:
-                    events = []
+                    events: list[tuple[selectors.SelectorKey, int]] = []
                     if busy and not self._throttling:
                         # Adaptive polling: right after activity, poll for a moment
                         # before blocking. A request-reply client sends its next request
