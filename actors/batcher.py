@@ -390,7 +390,7 @@ class BatcherActor(ManagedActor):
             rejected=self._gauge.rejected if self._gauge is not None else 0,
             deliveries=self._deliveries,
             delivery_errors=self._delivery_errors,
-            subscribers=len(self._subs),
+            subscribers=sum(1 for sources, _ in self._subs.values() if sources),
             max_queue=self.settings.max_queue,
         )
 

@@ -510,3 +510,13 @@ def test_messages_round_trip_over_the_wire(clock: MockClock) -> None:
     for message in messages:
         packed = msgpack.packb(message.to_wire())
         assert from_wire(msgpack.unpackb(packed)) == message
+
+
+def test_a_module_that_subscribes_to_nothing_is_not_an_active_subscription(
+        clock: MockClock) -> None:
+    rig = Rig(clock)
+    before = rig.stats().subscribers
+    rig.tell(Subscribe("publisher-only", ()))
+    assert rig.stats().subscribers == before
+    rig.tell(Subscribe("reader", ("a",)))
+    assert rig.stats().subscribers == before + 1
