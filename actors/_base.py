@@ -63,7 +63,6 @@ __all__ = [
 DEFAULT_ASK_TIMEOUT = 5.0
 """Seconds an internal ``ask`` waits before raising :class:`CallTimeoutError`."""
 
-S = TypeVar("S", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

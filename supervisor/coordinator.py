@@ -13,6 +13,7 @@ once per key (single flight) by calling every module's ``on_mode_change``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import threading
@@ -82,7 +83,8 @@ def default_child_specs() -> list[ChildSpec]:
     ]
 
 
-# Actor methods callable by name (client proxies: ``coord.cache.statistics()``).
+# Actor methods callable by name (client proxies: ``coord.cache.statistics()``). Built once.
+@functools.cache
 def _actor_messages() -> dict[str, dict[str, Callable[..., Any]]]:
     from modcoord.actors import batcher, cache, debouncer, memory, monitor
 
