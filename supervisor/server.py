@@ -340,6 +340,8 @@ class Connection:
         self.partial_frames = 0  # decoder.frames when it began: a change means a new frame
         self.reserved = 0  # input budget reserved for it
         self.input_waiting = False  # not read: its frame waits for the input budget
+        # When output last drained or was taken (server clock): see live().
+        self.out_progress_at = server._now()
 
     def __repr__(self) -> str:
         return f"<Connection {self.conn_id} pid={self.peer.pid} modules={sorted(self.module_ids)}>"
@@ -400,6 +402,32 @@ class Connection:
 
     def _buffered(self) -> int:
         return len(self._out)
+
+    def live(self, stall_s: float) -> bool:
+        """Whether the connection is open and takes what it is sent (any thread).
+
+        A live connection is activity (the memory manager does not sweep its modules): it
+        is live unless it is closed or closing, or output has been waiting for
+        ``stall_s`` seconds or more without the peer taking any of it.
+        """
+        if self.closed or self.close_when_flushed:
+            return False
+        now = self._server._now()
+        if not self._out:
+            self.out_progress_at = now
+            return True
+        return now - self.out_progress_at < stall_s
+
+    def swept(self, module_id: str, notice: dict[str, Any]) -> None:
+        """Tell ``module_id``'s process its subscriptions were removed: a ``swept`` event
+        (``notice`` is its params; any thread, non-blocking; dropped if closed)."""
+        try:
+            frame = encode_frame([EVENT, "swept", {**notice, "module_id": module_id}])
+        except Exception as exc:
+            _log.bind(module=module_id).error("swept notice for {m} cannot be encoded: {e}",
+                                              m=module_id, e=exc)
+            return
+        self.send(frame)
 
     # -- ModuleEndpoint ----------------------------------------------------------------------
 
@@ -909,6 +937,7 @@ class Server:
             try:
                 if kind == "write":
                     if conn is not None and not conn.closed:
+                        conn.out_progress_at = self._now()  # output starts waiting
                         self._update_interest(conn)
                 elif kind == "close":
                     if conn is not None:
@@ -1209,6 +1238,8 @@ class Server:
 
     def _on_writable(self, conn: Connection) -> None:
         drained = conn._flush_out()
+        if drained is not None:
+            conn.out_progress_at = self._now()  # the peer took some: it reads
         if drained is None:
             self._close(conn, "send failed")
         elif drained:

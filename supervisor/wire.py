@@ -19,8 +19,11 @@ callback response        ``[4, id, error, result]``              client → daem
 =======================  ======================================  =========================
 
 ``error`` is ``None`` or ``[type_name, message]`` (a callback response may also carry a
-plain string). The only event is ``"batch"`` with params ``{"module_id": subscriber,
-"batch_id", "reason", "updates": [[module_id, key, payload, priority, seq], ...]}``.
+plain string). Events are ``"batch"`` with params ``{"module_id": subscriber,
+"batch_id", "reason", "updates": [[module_id, key, payload, priority, seq], ...]}``, and
+``"swept"`` ``{module_id, reason, idle_s, inactive_after_ms}`` (the memory manager removed
+that module's subscriptions; the client registers it again). A client ignores (and logs)
+an event it does not know.
 Callback methods are ``"on_mode_change"`` ``{module_id, mode, strategy, context}`` and
 ``"get_performance_metrics"`` ``{module_id}``.
 
