@@ -13,6 +13,20 @@ Two pieces:
   ``True`` (exactly once), and the caller tells the actor :class:`Reactivate`, which
   subscribes the module again with its remembered sources.
 
+  A live connection is activity: a module that only listens is active while connected.
+  Before each sweep the actor asks ``extras["connection_states"](stall_s)`` (the
+  coordinator's: module id → whether its connection is open and takes its output, with
+  ``stall_s = inactive_after_ms``) and touches every module whose connection is live
+  (re-activating it if it was swept). So only modules whose connection is gone or
+  *stalled* (output waiting, none of it taken for ``inactive_after_ms``), or in-process
+  modules that make no calls, are swept. The daemon counts this rather than a client
+  heartbeat because a heartbeat proves only that a client can write, while a stalled
+  reader is exactly what must be caught; and it needs no cooperation from old clients.
+  A swept module is told: ``extras["notify_swept"](module_id, notice)`` sends a ``swept``
+  event on its connection (queued behind what it has not read yet) and the sweep is
+  logged with its reason; the client then registers the module again (which
+  re-subscribes it, see :class:`Track`).
+
   Every ``memory.check_interval_ms`` it reads the daemon's resident memory. Above
   ``memory.max_rss_mb`` it runs a *pressure* cleanup, with hysteresis: it fires once and
   not again until the RSS has fallen below 90% of the limit and risen above it again.
@@ -585,7 +599,11 @@ class MemoryManagerActor(ManagedActor):
             raise InvalidMessageError("memory: sources must be a sequence of strings")
         self._sources[module_id] = tuple(sources)
         # A (re-)registration subscribes the module anew: it is no longer swept.
-        self._unsubscribed.discard(module_id)
+        if module_id in self._unsubscribed:
+            self._unsubscribed.discard(module_id)
+            self._reactivations_total += 1
+            _log.bind(module=module_id).info(
+                "module {} registered again: subscriptions restored", module_id)
         self.activity.touch(module_id)
         self.activity.unmark_swept(module_id)
 
@@ -606,7 +624,7 @@ class MemoryManagerActor(ManagedActor):
     def _on_reactivate(self, message: Reactivate) -> None:
         self._reactivate(_check_module_id(message.module_id))
 
-    def _reactivate(self, module_id: str) -> None:
+    def _reactivate(self, module_id: str, why: str = "") -> None:
         self.activity.unmark_swept(module_id)
         if module_id not in self._unsubscribed:
             return  # already active (duplicate notice) or not tracked
@@ -617,7 +635,7 @@ class MemoryManagerActor(ManagedActor):
         self._tell("batcher", _peer_message("batcher", "Subscribe", module_id, sources))
         self._reactivations_total += 1
         _log.bind(module=module_id).info(
-            "module {} active again: subscriptions restored", module_id
+            "module {} active again{}: subscriptions restored", module_id, why
         )
 
     # -- cleanup --
@@ -649,11 +667,28 @@ class MemoryManagerActor(ManagedActor):
         self._tell("cache", message)
         return 0
 
+    def _connection_states(self, stall_s: float) -> dict[str, bool]:
+        """Module id → whether its connection is live (empty if nobody can tell)."""
+        states = self.context.extras.get("connection_states")
+        if states is None:
+            return {}
+        try:
+            return dict(states(stall_s))
+        except Exception as exc:  # sweep as if no connection could tell
+            _log.warning("connection states unavailable: {!r}", exc)
+            return {}
+
     def _sweep(self) -> list[str]:
-        """Unsubscribe the tracked modules inactive longer than ``inactive_after_ms``."""
+        """Touch the modules whose connection is live; unsubscribe (and tell) the tracked
+        modules inactive longer than ``inactive_after_ms``."""
         now = self.clock.monotonic()
         inactive_s = self.settings.inactive_after_ms / 1000.0
         cutoff = now - inactive_s
+        states = self._connection_states(inactive_s)
+        for module_id, live in states.items():
+            if live and module_id in self._sources and (
+                    self.activity.touch(module_id) or module_id in self._unsubscribed):
+                self._reactivate(module_id, " (its connection reads again)")
         swept: list[str] = []
         for module_id in self.activity.inactive_since(cutoff):
             if module_id not in self._sources:
@@ -666,11 +701,28 @@ class MemoryManagerActor(ManagedActor):
             swept.append(module_id)
             last = self.activity.last_seen(module_id)
             idle = now - last if last is not None else inactive_s
+            if module_id in states:  # not live, or it would have been touched
+                reason = (f"its connection has taken none of its output for "
+                          f"{inactive_s:g} s or more")
+            else:
+                reason = "no publish, coordinate or call"
             _log.bind(module=module_id).info(
-                "module {} inactive for {:.1f} s: subscriptions removed", module_id, idle
-            )
+                "module {} inactive for {:.1f} s ({}): subscriptions removed", module_id,
+                idle, reason)
+            self._notify(module_id, {"reason": reason, "idle_s": round(idle, 3),
+                                     "inactive_after_ms": self.settings.inactive_after_ms})
         self._sweeps_total += len(swept)
         return swept
+
+    def _notify(self, module_id: str, notice: dict[str, Any]) -> None:
+        notify = self.context.extras.get("notify_swept")
+        if notify is None:
+            return
+        try:
+            notify(module_id, notice)
+        except Exception as exc:  # the sweep stands; the module learns at its next call
+            _log.bind(module=module_id).warning("could not tell {} it was swept: {!r}",
+                                                module_id, exc)
 
     def _cleanup(self, reason: str, rss_before: int | None = None) -> CleanupReport:
         """Run one cleanup (see the module docstring); log and count it."""

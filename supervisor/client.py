@@ -34,6 +34,14 @@ that breaks the framing or is not one msgpack value loses the connection (and re
 A callback thread runs the modules' ``on_batch``, ``on_mode_change`` and
 ``get_performance_metrics`` in this process, in arrival order.
 
+A module whose subscriptions the daemon swept (its connection took none of its output for
+``memory.inactive_after_ms``: the process was stopped, or its reader stuck) is told by a
+``swept`` event, read when the connection moves again: the client logs a warning, counts
+it (``ClientStatistics.sweeps_notified``), registers the module again (which restores its
+subscriptions; updates published while it was swept were not delivered to it) and then
+calls the module's optional ``on_swept(notice)`` with the event's params (``module_id``,
+``reason``, ``idle_s``, ``inactive_after_ms``).
+
 If the daemon goes away, every pending future fails with :class:`ConnectionLostError`
 at once (whoever reads sees the end of the stream), calls made while disconnected fail
 the same way immediately, and the reader thread reconnects with backoff (50 ms doubling to
@@ -433,6 +441,7 @@ class ClientStatistics:
             when they come faster than the writes).
         caller_reads: times a waiting caller read the connection itself (instead of being
             woken by the reader thread).
+        sweeps_notified: ``swept`` events received (each re-registered its module).
     """
 
     connected: bool
@@ -446,6 +455,7 @@ class ClientStatistics:
     modules: int
     writes: int
     caller_reads: int
+    sweeps_notified: int = 0
 
 
 # -- proxies ---------------------------------------------------------------------------------
@@ -587,7 +597,7 @@ class Client:
         self.daemon_info: dict[str, Any] = {}
         self._stats = dict.fromkeys(
             ("connection_losses", "reconnects", "batches_received", "callbacks_run",
-             "callback_errors"), 0)
+             "callback_errors", "sweeps_notified"), 0)
         self._calls_made = 0
         self._writes = 0
         self._caller_reads = 0
@@ -726,6 +736,7 @@ class Client:
             batches_received=s["batches_received"], callbacks_run=s["callbacks_run"],
             callback_errors=s["callback_errors"], modules=len(self._modules),
             writes=self._writes, caller_reads=self._caller_reads,
+            sweeps_notified=s["sweeps_notified"],
         )
 
     # -- sending ---------------------------------------------------------------------------
@@ -1270,6 +1281,10 @@ class Client:
         if kind == EVENT and len(msg) == 3:
             if msg[1] == "batch" and isinstance(msg[2], dict):
                 self._callback_queue.put((self._deliver_batch, (msg[2],)))
+            elif msg[1] == "swept" and isinstance(msg[2], dict):
+                self._callback_queue.put((self._on_swept, (msg[2],)))
+            else:
+                _log.warning("ignoring unknown event from the daemon: {m!r:.80}", m=msg)
         elif kind == CALLBACK and len(msg) == 4:
             self._callback_queue.put(
                 (self._run_callback, (conn.generation, msg[1], msg[2], msg[3])))
@@ -1422,6 +1437,29 @@ class Client:
         batch = Batch(params["batch_id"], updates, params.get("reason", "window"))
         self._stats["batches_received"] += 1
         module.on_batch(batch)
+
+    def _on_swept(self, params: dict[str, Any]) -> None:
+        """The daemon removed a module's subscriptions: register it again, then tell it.
+
+        Raises:
+            Exception: whatever the module's ``on_swept`` raises (counted and logged by
+                the callback thread; the re-registration is already sent).
+        """
+        module_id = str(params.get("module_id"))
+        self._stats["sweeps_notified"] += 1
+        module = self._modules.get(module_id)
+        if module is None:
+            _log.bind(module=module_id).warning(
+                "the daemon swept {m}, which this client has not registered", m=module_id)
+            return
+        _log.bind(module=module_id).warning(
+            "the daemon removed the subscriptions of {m} ({reason}); registering it again",
+            m=module_id, reason=params.get("reason", "inactive"))
+        future = self.request("register", ModuleInfo.of(module).to_params())
+        future.add_done_callback(functools.partial(_log_reregistration, module_id))
+        hook = getattr(module, "on_swept", None)
+        if callable(hook):
+            hook(dict(params))
 
     def _run_callback(self, generation: int, cid: Any, method: Any, params: Any) -> None:
         result: Any = None

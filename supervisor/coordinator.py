@@ -246,6 +246,8 @@ class ModuleCoordinator:
             "deliver": self._deliver,
             "rss_reader": self._rss_reader,
             "publish_backlog": self.backlog,
+            "connection_states": self._connection_states,
+            "notify_swept": self._notify_swept,
         }
         self._supervisor = SupervisorActor.start(
             self.specs, self.handles, self.config.modes, self.mode, self.clock,
@@ -433,6 +435,34 @@ class ModuleCoordinator:
     def _touch(self, module_id: str) -> None:
         if self.activity.touch(module_id):
             self.handles["memory"].tell(Reactivate(module_id))
+
+    def _connection_states(self, stall_s: float) -> dict[str, bool]:
+        """For the memory manager: module id → whether its connection is live (open and
+        taking its output; see ``Connection.live``). Modules whose endpoint cannot tell
+        (in-process objects) are left out: only their calls count as activity."""
+        with self._modules_lock:
+            endpoints = list(self._endpoints.items())
+        states: dict[str, bool] = {}
+        for module_id, endpoint in endpoints:
+            live = getattr(endpoint, "live", None)
+            if callable(live):
+                try:
+                    states[module_id] = bool(live(stall_s))
+                except Exception:
+                    self._log.opt(exception=True).error("liveness of {m} unknown", m=module_id)
+        return states
+
+    def _notify_swept(self, module_id: str, notice: dict[str, Any]) -> None:
+        """For the memory manager: tell a swept module (a ``swept`` event on its
+        connection) where its endpoint can; never raises."""
+        endpoint = self._endpoints.get(module_id)
+        swept = getattr(endpoint, "swept", None)
+        if not callable(swept):
+            return
+        try:
+            swept(module_id, notice)
+        except Exception:
+            self._log.opt(exception=True).error("could not tell {m} it was swept", m=module_id)
 
     # -- coordinate --
 

@@ -177,7 +177,7 @@ class _Daemon:
         from modcoord.supervisor.exposition import MetricsHTTPServer, render_metrics
         from modcoord.supervisor.logs import setup_logging, shutdown_logging
         from modcoord.supervisor.reload import ConfigWatcher, Reloader
-        from modcoord.supervisor.server import Server
+        from modcoord.supervisor.server import Server, raise_nofile_limit
         from modcoord.supervisor.systemd import sd_notify
 
         opts = self.options
@@ -236,9 +236,14 @@ class _Daemon:
                                     request_stop=self.request_stop, daemon_info=info)
             if sock.exists() or sock.is_symlink():
                 sock.unlink()  # stale: we hold the lock, so no daemon owns it
+            nofile_before, nofile = raise_nofile_limit()
+            log.info("open files limit {} (soft limit was {})", nofile, nofile_before)
             server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes,
-                            drain_timeout=config.daemon.shutdown_timeout_s)
+                            drain_timeout=config.daemon.shutdown_timeout_s,
+                            frame_timeout_s=config.daemon.frame_timeout_s,
+                            max_input_bytes=config.daemon.max_input_buffer_bytes)
             server.start()
+            controller.server = server
             def on_change() -> None:
                 reloader.reload("file change")
 

@@ -116,7 +116,13 @@ class ModuleInfo:
 
 
 class ModuleEndpoint(Protocol):
-    """How the coordinator reaches a module. No method may block the caller."""
+    """How the coordinator reaches a module. No method may block the caller.
+
+    An endpoint over a connection may also offer ``live(stall_s) -> bool`` (the connection
+    is open and takes what it is sent: a live connection is activity, so its modules are
+    not swept) and ``swept(module_id, notice)`` (tell the module its subscriptions were
+    removed). The coordinator uses them when present.
+    """
 
     def deliver(self, module_id: str, batch: Batch) -> None:
         """Hand a batch to module ``module_id`` (called from the batcher's thread)."""

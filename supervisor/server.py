@@ -32,6 +32,30 @@ progress for ``backlog_stall_s`` (a stuck consumer), reading resumes anyway, wit
 warning, and flow control rests for as long again: publishers are never held
 indefinitely (the bounded queues then refuse with explicit errors).
 
+Input limits (what a hostile or broken peer can make the server hold):
+
+- An incomplete frame must be completed within ``frame_timeout_s`` (10 s; ``daemon.yaml``
+  ``frame_timeout_s``) of its first byte, counted while the server reads the connection;
+  otherwise the connection gets a ``FramingError`` frame naming the limit and is closed
+  (logged, counted in ``frame_timeouts``).
+- The incomplete frames of all connections together may reserve at most
+  ``max_input_bytes`` (32 MiB; ``daemon.yaml`` ``max_input_buffer_bytes``). A frame reserves
+  the size its prefix announces once that exceeds :data:`SMALL_FRAME_BYTES` (smaller frames
+  are never held back, so ordinary requests always flow). A connection whose large frame
+  does not fit waits, unread, until reservations are released (frames completed, timed
+  out, connections closed), in arrival order; one frame is always admitted when nothing
+  is reserved, so every frame that fits the frame limit gets through eventually. While
+  connections wait, connections without a reservation are read in small chunks. Waiting
+  is counted (``input_waits``) and logged at most once per :data:`LIMIT_LOG_INTERVAL_S`.
+- Connections are capped below the descriptor limit (``RLIMIT_NOFILE``), keeping
+  :data:`FD_RESERVE` descriptors for the daemon's own work (status, logs, config reads).
+  At the cap, a new connection gets a polite ``ConnectionRefused`` error frame and is
+  closed; if ``accept`` itself fails (``EMFILE``: descriptors used elsewhere), a reserve
+  descriptor is given up to accept and refuse the pending peer. Either way accepting
+  then rests for :data:`ACCEPT_PAUSE_S` (the listener leaves the selector: no busy loop),
+  and one log line per :data:`LIMIT_LOG_INTERVAL_S` gives the count. Existing connections
+  are served throughout.
+
 Each :class:`Connection` is the :class:`~modcoord.supervisor.module.ModuleEndpoint` of the
 modules registered on it. When it closes, its outstanding callbacks are answered with
 ``"connection closed"`` and its modules are unregistered.
@@ -44,6 +68,7 @@ import errno
 import functools
 import itertools
 import os
+import resource
 import selectors
 import socket
 import stat
@@ -86,22 +111,42 @@ from modcoord.supervisor.wire import (
 )
 
 __all__ = [
+    "ACCEPT_PAUSE_S",
     "DEFAULT_BACKLOG_HIGH_WATER",
     "DEFAULT_BACKLOG_LOW_WATER",
     "DEFAULT_BACKLOG_STALL_S",
+    "DEFAULT_FRAME_TIMEOUT_S",
     "DEFAULT_MAX_BUFFER_BYTES",
+    "DEFAULT_MAX_INPUT_BYTES",
+    "FD_RESERVE",
+    "LIMIT_LOG_INTERVAL_S",
+    "SMALL_FRAME_BYTES",
     "Connection",
     "CoordinatorLike",
     "PeerCredentials",
     "Server",
     "ServerStatistics",
     "peer_credentials",
+    "raise_nofile_limit",
 ]
 
 DEFAULT_MAX_BUFFER_BYTES = 64 << 20
 DEFAULT_BACKLOG_HIGH_WATER = 20_000
 DEFAULT_BACKLOG_LOW_WATER = 5_000
 DEFAULT_BACKLOG_STALL_S = 2.0
+DEFAULT_FRAME_TIMEOUT_S = 10.0
+"""An incomplete frame must be completed this long after its first byte (while read)."""
+DEFAULT_MAX_INPUT_BYTES = 32 << 20
+"""What the incomplete large frames of all connections may reserve together."""
+SMALL_FRAME_BYTES = 16 * 1024
+"""Frames up to this size (prefix included) never wait for the input budget; it is also
+the read size for unreserved connections while others wait."""
+FD_RESERVE = 32
+"""Descriptors kept free of connections, for the daemon's own work."""
+ACCEPT_PAUSE_S = 0.25
+"""How long accepting rests at the connection or descriptor limit."""
+LIMIT_LOG_INTERVAL_S = 5.0
+"""At most one log line per this interval for each limit (with the count since)."""
 _RECV_SIZE = 256 * 1024
 _THROTTLE_POLL_S = 0.001  # how often a paused server re-checks the backlog
 _SPIN_S = 0.0002  # adaptive polling after activity (see Server._run)
@@ -206,6 +251,18 @@ class ServerStatistics:
             current pause).
         backpressure_active: whether publishers are paused now.
         buffered_out: bytes waiting to be sent, across connections.
+        frame_timeouts: connections closed because a frame stayed incomplete longer than
+            ``frame_timeout_s``.
+        input_waits: times a connection was held back (not read) because its large frame
+            did not fit the input budget.
+        refused_at_limit: connections refused at the connection cap or the descriptor
+            limit.
+        accept_errors: ``accept`` calls that failed (``EMFILE`` and the like).
+        accept_pauses: times accepting rested for ``ACCEPT_PAUSE_S`` at a limit.
+        buffered_in: bytes of incomplete frames held now, across connections.
+        input_reserved: bytes of the input budget reserved now.
+        input_waiting: connections waiting for the input budget now.
+        max_connections: the connection cap (from ``RLIMIT_NOFILE`` less the reserve).
     """
 
     socket_path: str
@@ -230,6 +287,15 @@ class ServerStatistics:
     backpressure_paused_s: float
     backpressure_active: bool
     buffered_out: int
+    frame_timeouts: int
+    input_waits: int
+    refused_at_limit: int
+    accept_errors: int
+    accept_pauses: int
+    buffered_in: int
+    input_reserved: int
+    input_waiting: int
+    max_connections: int
 
 
 class Connection:
@@ -269,6 +335,13 @@ class Connection:
         self.throttled = False  # not read from: backpressure
         self.events = _READ  # the selector interest registered now (0: unregistered)
         self.last_publish = float("-inf")  # time.monotonic() of its last publishing read
+        # Input limits (I/O thread): the incomplete frame, if any.
+        self.partial_since: float | None = None  # when it began (server clock)
+        self.partial_frames = 0  # decoder.frames when it began: a change means a new frame
+        self.reserved = 0  # input budget reserved for it
+        self.input_waiting = False  # not read: its frame waits for the input budget
+        # When output last drained or was taken (server clock): see live().
+        self.out_progress_at = server._now()
 
     def __repr__(self) -> str:
         return f"<Connection {self.conn_id} pid={self.peer.pid} modules={sorted(self.module_ids)}>"
@@ -329,6 +402,32 @@ class Connection:
 
     def _buffered(self) -> int:
         return len(self._out)
+
+    def live(self, stall_s: float) -> bool:
+        """Whether the connection is open and takes what it is sent (any thread).
+
+        A live connection is activity (the memory manager does not sweep its modules): it
+        is live unless it is closed or closing, or output has been waiting for
+        ``stall_s`` seconds or more without the peer taking any of it.
+        """
+        if self.closed or self.close_when_flushed:
+            return False
+        now = self._server._now()
+        if not self._out:
+            self.out_progress_at = now
+            return True
+        return now - self.out_progress_at < stall_s
+
+    def swept(self, module_id: str, notice: dict[str, Any]) -> None:
+        """Tell ``module_id``'s process its subscriptions were removed: a ``swept`` event
+        (``notice`` is its params; any thread, non-blocking; dropped if closed)."""
+        try:
+            frame = encode_frame([EVENT, "swept", {**notice, "module_id": module_id}])
+        except Exception as exc:
+            _log.bind(module=module_id).error("swept notice for {m} cannot be encoded: {e}",
+                                              m=module_id, e=exc)
+            return
+        self.send(frame)
 
     # -- ModuleEndpoint ----------------------------------------------------------------------
 
@@ -445,10 +544,19 @@ class Server:
         backlog_low_water: publish backlog below which paused publishers resume.
         backlog_stall_s: a pause during which the backlog does not fall for this long
             ends anyway (and flow control rests for as long again).
+        frame_timeout_s: how long an incomplete frame may stay incomplete (see the
+            module docstring).
+        max_input_bytes: the input budget: what incomplete large frames may reserve,
+            across connections.
+        max_connections: the connection cap (default: ``RLIMIT_NOFILE`` less the
+            descriptors open at start and :data:`FD_RESERVE`).
+        clock: where the input and accept limits read the time (default
+            ``time.monotonic``; tests inject a fake).
 
     Raises:
         ValueError: ``max_frame_bytes`` below 64, or water marks not
-            ``0 <= low < high``, or a non-positive ``backlog_stall_s``.
+            ``0 <= low < high``, or a non-positive ``backlog_stall_s``,
+            ``frame_timeout_s``, ``max_input_bytes`` or ``max_connections``.
     """
 
     def __init__(self, coordinator: CoordinatorLike, socket_path: str | os.PathLike[str],
@@ -458,9 +566,19 @@ class Server:
                  drain_timeout: float = 1.0,
                  backlog_high_water: int | None = DEFAULT_BACKLOG_HIGH_WATER,
                  backlog_low_water: int = DEFAULT_BACKLOG_LOW_WATER,
-                 backlog_stall_s: float = DEFAULT_BACKLOG_STALL_S) -> None:
+                 backlog_stall_s: float = DEFAULT_BACKLOG_STALL_S,
+                 frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
+                 max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+                 max_connections: int | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         if max_frame_bytes < 64:
             raise ValueError("max_frame_bytes must be at least 64")
+        if frame_timeout_s <= 0:
+            raise ValueError(f"frame_timeout_s must be positive, got {frame_timeout_s}")
+        if max_input_bytes <= 0:
+            raise ValueError(f"max_input_bytes must be positive, got {max_input_bytes}")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         if backlog_high_water is not None and not 0 <= backlog_low_water < backlog_high_water:
             raise ValueError("backlog water marks must satisfy 0 <= low < high, got "
                              f"low={backlog_low_water}, high={backlog_high_water}")
@@ -477,6 +595,23 @@ class Server:
         self.backlog_high_water = backlog_high_water
         self.backlog_low_water = backlog_low_water
         self.backlog_stall_s = backlog_stall_s
+        self.frame_timeout_s = frame_timeout_s
+        self.max_input_bytes = max_input_bytes
+        self.max_connections = max_connections or 0  # 0 until start() derives it
+        self._now: Callable[[], float] = clock or time.monotonic
+        # Input limits (I/O thread).
+        self._partials: dict[int, Connection] = {}  # connections with an incomplete frame
+        self._input_reserved = 0
+        self._input_waiters: deque[Connection] = deque()
+        self._input_tight = False  # waiters exist: read unreserved connections in small chunks
+        self._frame_check_at = 0.0
+        self._waits_logged_at = float("-inf")
+        self._waits_unlogged = 0
+        # The connection and descriptor limits (I/O thread).
+        self._reserve_fd: int | None = None
+        self._accept_resume_at: float | None = None  # accepting rests until then
+        self._limit_logged_at = float("-inf")
+        self._limit_unlogged = 0
         overdue_fn = getattr(coordinator, "timers_overdue", None)
         self._overdue: Callable[[], bool] = (
             overdue_fn if backlog_high_water is not None and callable(overdue_fn)
@@ -514,7 +649,8 @@ class Server:
             ("accepted", "refused", "closed", "requests", "publishes", "invalid_messages",
              "framing_errors", "slow_disconnects", "internal_errors", "callbacks_sent",
              "callbacks_failed", "bytes_in", "reads", "backpressure_pauses",
-             "backpressure_throttled", "backpressure_stalls"), 0)
+             "backpressure_throttled", "backpressure_stalls", "frame_timeouts", "input_waits",
+             "refused_at_limit", "accept_errors", "accept_pauses"), 0)
         self._handlers: dict[str, Callable[[Connection, int, Any], None]] = {
             "hello": self._on_hello,
             "register": self._on_register,
@@ -554,6 +690,9 @@ class Server:
             raise
         self._listener = listener
         self._listener_ino = os.stat(path).st_ino
+        if not self.max_connections:
+            self.max_connections = _connection_cap()
+        self._reserve_fd = _open_reserve()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -567,7 +706,8 @@ class Server:
         self._thread = threading.Thread(target=self._run, name="modcoord-server-io",
                                         daemon=True)
         self._thread.start()
-        _log.info("listening on {path}", path=path)
+        _log.info("listening on {path} (at most {n} connections)", path=path,
+                  n=self.max_connections)
         return self
 
     @staticmethod
@@ -650,6 +790,10 @@ class Server:
             listening=self.listening,
             connections=len(conns),
             buffered_out=sum(conn._buffered() for conn in conns),
+            buffered_in=sum(conn.decoder.buffered for conn in conns),
+            input_reserved=self._input_reserved,
+            input_waiting=sum(1 for conn in conns if conn.input_waiting),
+            max_connections=self.max_connections,
             backpressure_paused_s=paused_s,
             backpressure_active=active,
             **c,
@@ -738,8 +882,10 @@ class Server:
                         while not events and perf() < until:
                             events = selector.select(0)
                     if not events:
-                        events = selector.select(
-                            _THROTTLE_POLL_S if self._throttling else None)
+                        timeout = _THROTTLE_POLL_S if self._throttling else None
+                        if self._partials or self._accept_resume_at is not None:
+                            timeout = self._timer_timeout(timeout)
+                        events = selector.select(timeout)
                     busy = bool(events)
                 except InterruptedError:
                     continue
@@ -748,6 +894,8 @@ class Server:
                 self._run_posts()
                 if self._throttling:
                     self._check_backlog()
+                if self._partials or self._accept_resume_at is not None:
+                    self._run_timers()
             self._shutdown()
         except BaseException:
             _log.opt(exception=True).critical("server I/O loop failed")
@@ -765,7 +913,8 @@ class Server:
                 conn: Connection = data
                 if mask & _WRITE and not conn.closed:
                     self._on_writable(conn)
-                if mask & _READ and not conn.closed and not conn.throttled:
+                if (mask & _READ and not conn.closed and not conn.throttled
+                        and not conn.input_waiting):
                     self._on_readable(conn)
         except Exception:
             self._count("internal_errors")
@@ -788,6 +937,7 @@ class Server:
             try:
                 if kind == "write":
                     if conn is not None and not conn.closed:
+                        conn.out_progress_at = self._now()  # output starts waiting
                         self._update_interest(conn)
                 elif kind == "close":
                     if conn is not None:
@@ -808,8 +958,8 @@ class Server:
         throttled, write while output is queued); a no-op when unchanged."""
         selector = self._selector
         assert selector is not None
-        events = (_READ if conn.reading and not conn.throttled else 0) | (
-            _WRITE if conn._want_write else 0)
+        events = (_READ if conn.reading and not conn.throttled and not conn.input_waiting
+                  else 0) | (_WRITE if conn._want_write else 0)
         if events == conn.events:
             return
         if events == 0:
@@ -829,12 +979,15 @@ class Server:
         if listener is None:
             return
         for _ in range(64):
+            if len(self._conns) >= self.max_connections:
+                self._shed(listener)
+                return
             try:
                 sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                _log.error("accept failed: {exc}", exc=exc)
+                self._accept_failed(listener, exc)
                 return
             peer = peer_credentials(sock)
             if peer is None or peer.uid != self.allowed_uid:
@@ -864,8 +1017,229 @@ class Server:
         finally:
             sock.close()
 
+    # -- the connection and descriptor limits (I/O thread) ------------------------------------
+
+    def _shed(self, listener: socket.socket) -> None:
+        """At the connection cap: refuse the pending peers politely, then rest (if there
+        were any: with none pending the listener is not readable, nothing spins)."""
+        refused = 0
+        for _ in range(64):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._accept_failed(listener, exc)
+                return
+            self._refuse_at_limit(sock)
+            refused += 1
+        if refused:
+            self._pause_accepting(f"at the connection limit ({len(self._conns)} of "
+                                  f"{self.max_connections} connections)")
+
+    def _accept_failed(self, listener: socket.socket, exc: OSError) -> None:
+        """``accept`` failed: out of descriptors (``EMFILE``/``ENFILE``) or worse. Give up
+        the reserve descriptor to accept and refuse the pending peer (so it is told, not
+        left waiting), take it back, and rest instead of retrying at once."""
+        self._count("accept_errors")
+        self._limit_unlogged += 1
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
+            try:
+                sock, _addr = listener.accept()
+            except OSError:
+                pass
+            else:
+                self._refuse_at_limit(sock)
+            self._reserve_fd = _open_reserve()
+        self._pause_accepting(f"accept failed: {exc}")
+
+    def _refuse_at_limit(self, sock: socket.socket) -> None:
+        self._count("refused_at_limit")
+        self._limit_unlogged += 1
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        text = (f"refused: the daemon is at its connection limit ({len(self._conns)} "
+                f"connections, {self.max_connections} allowed by RLIMIT_NOFILE {soft}); "
+                "close idle clients, or raise the daemon's open-files limit "
+                "(LimitNOFILE= in its systemd unit, ulimit -n)")
+        try:
+            sock.setblocking(False)
+            sock.send(encode_frame([RESPONSE, None, ["ConnectionRefused", text], None]))
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _pause_accepting(self, reason: str) -> None:
+        """Take the listener out of the selector for ``ACCEPT_PAUSE_S`` (no busy loop at a
+        limit); log at most once per ``LIMIT_LOG_INTERVAL_S``, with the count since."""
+        now = self._now()
+        listener = self._listener
+        if self._accept_resume_at is None and listener is not None and self._selector:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(listener)
+        self._accept_resume_at = now + ACCEPT_PAUSE_S
+        self._count("accept_pauses")
+        if now - self._limit_logged_at >= LIMIT_LOG_INTERVAL_S:
+            _log.warning(
+                "{reason}: accepting rests {p:g} s at a time; {n} connection attempt(s) "
+                "refused or failed since the last report, existing connections are "
+                "served; close idle clients or raise the open-files limit (LimitNOFILE=, "
+                "ulimit -n)", reason=reason, p=ACCEPT_PAUSE_S, n=self._limit_unlogged)
+            self._limit_logged_at = now
+            self._limit_unlogged = 0
+
+    def _resume_accepting(self) -> None:
+        self._accept_resume_at = None
+        if self._reserve_fd is None:
+            self._reserve_fd = _open_reserve()
+        listener = self._listener
+        if listener is not None and self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
+
+    # -- input limits (I/O thread) -------------------------------------------------------------
+
+    def _timer_timeout(self, timeout: float | None) -> float:
+        """The select timeout that wakes the loop for the next input or accept timer."""
+        due = self._frame_check_at if self._partials else float("inf")
+        if self._accept_resume_at is not None:
+            due = min(due, self._accept_resume_at)
+        wait = max(0.0, due - self._now())
+        return wait if timeout is None else min(timeout, wait)
+
+    def _run_timers(self) -> None:
+        now = self._now()
+        if self._accept_resume_at is not None and now >= self._accept_resume_at:
+            self._resume_accepting()
+        if self._partials and now >= self._frame_check_at:
+            self._frame_check_at = now + self._frame_check_interval()
+            self._check_frame_timeouts(now)
+
+    def _frame_check_interval(self) -> float:
+        return min(1.0, self.frame_timeout_s / 4)
+
+    def _track_partial(self, conn: Connection) -> None:
+        """After a read: note when ``conn``'s incomplete frame began, reserve the input
+        budget for a large one, or hold the connection back when it does not fit."""
+        decoder = conn.decoder
+        if not decoder.buffered:
+            self._end_partial(conn)
+            return
+        if conn.partial_since is None or decoder.frames != conn.partial_frames:
+            now = self._now()
+            conn.partial_since = now
+            conn.partial_frames = decoder.frames
+            if not self._partials:
+                self._frame_check_at = now + self._frame_check_interval()
+            self._partials[conn.conn_id] = conn
+        size = decoder.pending_size
+        want = size if size > SMALL_FRAME_BYTES else 0
+        if want <= conn.reserved:
+            if want < conn.reserved:
+                self._release_input(conn, conn.reserved - want)
+            return
+        if not self._reserve_input(conn, want):
+            self._wait_for_input(conn)
+
+    def _reserve_input(self, conn: Connection, want: int) -> bool:
+        """Reserve ``want`` bytes for ``conn``'s frame if they fit (always when nothing
+        else is reserved, so that one frame can always make progress)."""
+        delta = want - conn.reserved
+        others = self._input_reserved - conn.reserved
+        if others and self._input_reserved + delta > self.max_input_bytes:
+            return False
+        conn.reserved = want
+        self._input_reserved += delta
+        return True
+
+    def _wait_for_input(self, conn: Connection) -> None:
+        conn.input_waiting = True
+        self._input_waiters.append(conn)
+        self._input_tight = True
+        self._count("input_waits")
+        self._update_interest(conn)
+        self._waits_unlogged += 1
+        now = self._now()
+        if now - self._waits_logged_at >= LIMIT_LOG_INTERVAL_S:
+            _log.warning(
+                "input budget full: incomplete frames reserve {r} of {m} bytes; {n} "
+                "connection(s) held back (not read) since the last report until frames "
+                "complete; raise max_input_buffer_bytes in daemon.yaml if this is normal "
+                "load", r=self._input_reserved, m=self.max_input_bytes,
+                n=self._waits_unlogged)
+            self._waits_logged_at = now
+            self._waits_unlogged = 0
+
+    def _release_input(self, conn: Connection, amount: int) -> None:
+        conn.reserved -= amount
+        self._input_reserved -= amount
+        if self._input_waiters:
+            self._admit_waiters()
+
+    def _admit_waiters(self) -> None:
+        """Read again, in arrival order, the held-back connections whose frame now fits."""
+        waiters = self._input_waiters
+        while waiters:
+            conn = waiters[0]
+            if conn.closed or not conn.input_waiting:
+                waiters.popleft()
+                continue
+            size = conn.decoder.pending_size
+            if not self._reserve_input(conn, size if size > SMALL_FRAME_BYTES else 0):
+                break
+            waiters.popleft()
+            conn.input_waiting = False
+            conn.partial_since = self._now()  # its time runs again from now
+            self._update_interest(conn)
+        self._input_tight = bool(waiters)
+
+    def _end_partial(self, conn: Connection) -> None:
+        """``conn`` holds no incomplete frame (any more): release what it reserved."""
+        conn.partial_since = None
+        self._partials.pop(conn.conn_id, None)
+        if conn.input_waiting:
+            conn.input_waiting = False
+            with contextlib.suppress(ValueError):
+                self._input_waiters.remove(conn)
+            self._input_tight = bool(self._input_waiters)
+        if conn.reserved:
+            self._release_input(conn, conn.reserved)
+
+    def _check_frame_timeouts(self, now: float) -> None:
+        limit = self.frame_timeout_s
+        for conn in list(self._partials.values()):
+            if conn.closed:
+                self._partials.pop(conn.conn_id, None)
+                continue
+            if conn.input_waiting or conn.throttled or not conn.reading:
+                conn.partial_since = now  # not read now: its time starts when it is again
+                continue
+            since = conn.partial_since
+            if since is not None and now - since >= limit:
+                self._frame_timed_out(conn, now - since)
+
+    def _frame_timed_out(self, conn: Connection, elapsed: float) -> None:
+        decoder = conn.decoder
+        size = decoder.pending_size
+        announced = f" of {size}" if size > decoder.buffered else ""
+        reason = (f"a frame stayed incomplete for {elapsed:.1f} s ({decoder.buffered}"
+                  f"{announced} bytes received), longer than frame_timeout_s "
+                  f"({self.frame_timeout_s:g} s)")
+        self._count("frame_timeouts")
+        _log.warning("closing connection {id} (pid {pid}): {reason}", id=conn.conn_id,
+                     pid=conn.peer.pid, reason=reason)
+        with contextlib.suppress(Exception):
+            conn.send(encode_frame([RESPONSE, None, ["FramingError", (
+                f"{reason}; send each frame whole (frame_timeout_s in daemon.yaml sets the "
+                "limit)")], None]))
+        self._close(conn, reason)
+
     def _on_writable(self, conn: Connection) -> None:
         drained = conn._flush_out()
+        if drained is not None:
+            conn.out_progress_at = self._now()  # the peer took some: it reads
         if drained is None:
             self._close(conn, "send failed")
         elif drained:
@@ -875,8 +1249,11 @@ class Server:
                 self._update_interest(conn)
 
     def _on_readable(self, conn: Connection) -> None:
+        # While connections wait for the input budget, one without a reservation is read
+        # in small chunks: whatever large frame it may start, it holds little of it.
+        size = SMALL_FRAME_BYTES if self._input_tight and not conn.reserved else _RECV_SIZE
         try:
-            n = conn.sock.recv_into(self._rbuf)
+            n = conn.sock.recv_into(self._rbuf, size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -890,7 +1267,11 @@ class Server:
             counters["bytes_in"] += n
             counters["reads"] += 1
         # The decoder copies what it keeps: the receive buffer is reused at once.
-        self._with_coalescing(conn, conn.decoder.feed(self._rview[:n]))
+        decoder = conn.decoder
+        messages = decoder.feed(self._rview[:n])
+        if conn.partial_since is not None or decoder.buffered:
+            self._track_partial(conn)
+        self._with_coalescing(conn, messages)
 
     def _with_coalescing(self, conn: Connection, messages: Iterable[Any]) -> None:
         out: list[bytes] = []
@@ -1271,6 +1652,8 @@ class Server:
             modules = list(conn.module_ids)
             conn._out.clear()
         self._conns.pop(conn.conn_id, None)
+        if conn.partial_since is not None or conn.reserved or conn.input_waiting:
+            self._end_partial(conn)
         if self._selector is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(conn.sock)
@@ -1301,6 +1684,7 @@ class Server:
         if listener is None:
             return
         self._listener = None
+        self._accept_resume_at = None
         if self._selector is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(listener)
@@ -1325,6 +1709,9 @@ class Server:
             self._registrations.close(timeout=5.0)
         if self._selector is not None:
             self._selector.close()
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
         for s in (self._wake_r, self._wake_w):
             if s is not None:
                 s.close()
@@ -1358,3 +1745,56 @@ class Server:
                 elif data is _WAKER:
                     self._drain_waker()
             self._run_posts()
+
+
+# -- descriptors -----------------------------------------------------------------------------
+
+
+def _open_reserve() -> int | None:
+    """A spare descriptor to give up when ``accept`` fails for want of one (None: none)."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _open_fds() -> int:
+    """Descriptors open in this process now (an estimate of 64 where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 64
+
+
+def _connection_cap() -> int:
+    """Connections the descriptor limit allows beside what is open and ``FD_RESERVE``."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(1, soft - _open_fds() - FD_RESERVE)
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (a daemon serving many clients
+    needs descriptors; the soft default, often 1024, is for interactive shells).
+
+    An infinite hard limit means the kernel's ``fs.nr_open``. Never raises: if the limit
+    cannot be changed it stays as it is.
+
+    Returns:
+        ``(before, after)``: the soft limit before and after.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, target

@@ -19,8 +19,11 @@ callback response        ``[4, id, error, result]``              client → daem
 =======================  ======================================  =========================
 
 ``error`` is ``None`` or ``[type_name, message]`` (a callback response may also carry a
-plain string). The only event is ``"batch"`` with params ``{"module_id": subscriber,
-"batch_id", "reason", "updates": [[module_id, key, payload, priority, seq], ...]}``.
+plain string). Events are ``"batch"`` with params ``{"module_id": subscriber,
+"batch_id", "reason", "updates": [[module_id, key, payload, priority, seq], ...]}``, and
+``"swept"`` ``{module_id, reason, idle_s, inactive_after_ms}`` (the memory manager removed
+that module's subscriptions; the client registers it again). A client ignores (and logs)
+an event it does not know.
 Callback methods are ``"on_mode_change"`` ``{module_id, mode, strategy, context}`` and
 ``"get_performance_metrics"`` ``{module_id}``.
 
@@ -237,10 +240,11 @@ class FrameDecoder:
 
     Attributes:
         max_frame_bytes: the largest body length accepted.
+        frames: frames completed so far (a change tells a new frame began).
     """
 
     __slots__ = ("_broken", "_fed", "_need", "_start", "_stream_limit", "_tail", "_unpacker",
-                 "max_frame_bytes")
+                 "frames", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if max_frame_bytes < 1:
@@ -248,6 +252,7 @@ class FrameDecoder:
         self.max_frame_bytes = max_frame_bytes
         self._stream_limit = min(max_frame_bytes, _STREAM_LIMIT)
         self._broken: FramingError | None = None
+        self.frames = 0  # frames completed so far (whole messages and bad frames)
         self._reset()
 
     def _reset(self) -> None:
@@ -268,6 +273,19 @@ class FrameDecoder:
         """Bytes received but not yet part of a complete frame."""
         return len(self._tail)
 
+    @property
+    def pending_size(self) -> int:
+        """The size of the incomplete frame, prefix included, as its prefix announces it
+        (``buffered`` while the prefix itself is incomplete; 0 when nothing is pending).
+
+        A server can hold back the rest of a large frame without reading it (an input
+        budget); the value never exceeds ``max_frame_bytes + 4``.
+        """
+        if not self._tail:
+            return 0
+        need = self._need
+        return need + 4 if need >= 0 else len(self._tail)
+
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[Any]:
         """Add ``data`` and return an iterator over the messages now complete.
 
@@ -286,6 +304,7 @@ class FrameDecoder:
                 self._decode(data, out)
             except FramingError as exc:
                 broken = self._broken = exc
+            self.frames += len(out)
         if broken is not None:
             return itertools.chain(out, _raising(broken))
         return iter(out)

@@ -95,7 +95,8 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
     def _start(settings: MemorySettings | None = None,
                replies: dict[str, dict[str, Any]] | None = None,
                rss_reader: Callable[[], int] | None = None,
-               install_peers: tuple[str, ...] = ("cache", "batcher", "monitor")) -> Harness:
+               install_peers: tuple[str, ...] = ("cache", "batcher", "monitor"),
+               extras: dict[str, Any] | None = None) -> Harness:
         level = [20 * MB]
         handles = {n: ActorHandle(n) for n in ("memory", "cache", "batcher", "monitor")}
         reports: list[FailureReport] = []
@@ -103,7 +104,8 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
         context = ActorContext(
             clock=clock, handles=handles, report_failure=reports.append,
             extras={"activity": activity,
-                    "rss_reader": rss_reader if rss_reader is not None else lambda: level[0]},
+                    "rss_reader": rss_reader if rss_reader is not None else lambda: level[0],
+                    **(extras or {})},
         )
         received: dict[str, list[Any]] = {n: [] for n in ("cache", "batcher", "monitor")}
         h = Harness(clock, context, handles["memory"], received, reports, level, activity)
@@ -269,6 +271,93 @@ def test_touch_message_reactivates_a_swept_module(start: Callable[..., Harness])
     assert [m.module_id for m in h.sent("batcher", "Subscribe")] == ["a"]
     assert stats.modules_swept == 0
     assert h.activity.is_swept("a") is False
+
+
+class Connections:
+    """What the coordinator tells the memory manager about module connections."""
+
+    def __init__(self, **live: bool) -> None:
+        self.live = dict(live)
+        self.asked: list[float] = []
+        self.told: list[tuple[str, dict[str, Any]]] = []
+
+    def states(self, stall_s: float) -> dict[str, bool]:
+        self.asked.append(stall_s)
+        return dict(self.live)
+
+    def notify(self, module_id: str, notice: dict[str, Any]) -> None:
+        self.told.append((module_id, notice))
+
+    def extras(self) -> dict[str, Any]:
+        return {"connection_states": self.states, "notify_swept": self.notify}
+
+
+def test_a_module_whose_connection_is_live_is_never_swept(
+        start: Callable[..., Harness]) -> None:
+    conns = Connections(listener=True)
+    h = start(extras=conns.extras())
+    h.handle.ask(Track("listener", ("src",)))
+    h.handle.ask(Track("idle", ("src",)))  # in-process: no connection state
+    stats = h.run(20)  # four times inactive_after_ms (5 s)
+    assert [m.module_id for m in h.sent("batcher", "Unsubscribe")] == ["idle"]
+    assert not h.activity.is_swept("listener") and stats.modules_swept == 1
+    last = h.activity.last_seen("listener")
+    assert last is not None and h.clock.monotonic() - last <= 1.0  # touched every sweep
+    assert conns.asked and set(conns.asked) == {5.0}  # stall_s = inactive_after_ms
+    assert [m for m, _ in conns.told] == ["idle"]
+
+
+def test_a_stalled_connection_is_swept_told_and_reactivated_when_it_reads_again(
+        start: Callable[..., Harness], memory_logs: list[Any]) -> None:
+    conns = Connections(listener=True)
+    h = start(extras=conns.extras())
+    h.handle.ask(Track("listener", ("src",)))
+    h.run(10)
+    assert h.sent("batcher", "Unsubscribe") == []
+    conns.live["listener"] = False  # its output stopped draining
+    h.run(4)
+    assert h.sent("batcher", "Unsubscribe") == []  # last touched under 5 s ago
+    stats = h.run(2)
+    assert [m.module_id for m in h.sent("batcher", "Unsubscribe")] == ["listener"]
+    assert stats.modules_swept == 1 and stats.sweeps_total == 1
+    ((module_id, notice),) = conns.told
+    assert module_id == "listener" and "connection" in notice["reason"]
+    assert notice["inactive_after_ms"] == 5000.0 and notice["idle_s"] > 5.0
+    swept = [r for r in memory_logs if "subscriptions removed" in r["message"]]
+    assert len(swept) == 1 and "connection" in swept[0]["message"]
+    assert swept[0]["extra"]["module"] == "listener"
+    h.run(3)  # still stalled: swept once, told once
+    assert len(h.sent("batcher", "Unsubscribe")) == 1 and len(conns.told) == 1
+    conns.live["listener"] = True  # it reads again
+    stats = h.run(1)
+    assert [(m.module_id, tuple(m.sources)) for m in h.sent("batcher", "Subscribe")] == [
+        ("listener", ("src",))]
+    assert stats.modules_swept == 0 and stats.reactivations_total == 1
+    assert any("reads again" in r["message"] for r in memory_logs)
+
+
+def test_registering_a_swept_module_again_restores_and_counts_it(
+        start: Callable[..., Harness], memory_logs: list[Any]) -> None:
+    conns = Connections(listener=False)
+    h = start(extras=conns.extras())
+    h.handle.ask(Track("listener", ("src",)))
+    assert h.run(6).modules_swept == 1
+    h.handle.ask(Track("listener", ("src",)))  # what the told client does
+    stats = h.sync()
+    assert stats.modules_swept == 0 and stats.reactivations_total == 1
+    assert not h.activity.is_swept("listener")
+    assert any("registered again" in r["message"] for r in memory_logs)
+
+
+def test_failing_connection_states_sweep_as_before(start: Callable[..., Harness],
+                                                   memory_logs: list[Any]) -> None:
+    def broken(stall_s: float) -> dict[str, bool]:
+        raise RuntimeError("coordinator gone")
+
+    h = start(extras={"connection_states": broken})
+    h.handle.ask(Track("a", ("*",)))
+    assert h.run(6).modules_swept == 1
+    assert any("connection states unavailable" in r["message"] for r in memory_logs)
 
 
 def test_forgotten_and_untracked_modules_are_not_swept(start: Callable[..., Harness]) -> None:

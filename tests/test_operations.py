@@ -14,6 +14,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import urllib.request
@@ -28,6 +29,8 @@ from daemon_harness import CLI, DaemonProcess, run_cli, wait_for
 from test_exposition import Family, check_conventions, check_histogram, parse_exposition
 
 from modcoord.supervisor.config import default_config_dir
+from modcoord.supervisor.module import ModuleInfo
+from modcoord.supervisor.wire import encode_frame
 
 MODES = {"MANUAL", "HYBRID", "FULLY_AUTO"}
 LOW_HIT_RATE = "Low cache hit rate - consider adjusting cache TTL or strategy"
@@ -474,9 +477,19 @@ def test_log_records_carry_the_fields_and_the_events(daemon_factory: DaemonFacto
         assert registered["actor"] == "supervisor" and registered["mode"] == "HYBRID"
         assert registered["level"] == "INFO"
 
-        swept = wait_record(d, message=startswith("module editor-7 inactive"),
-                            module="editor-7")
+        # A module whose connection stops reading is swept (a reading one never is).
+        stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stalled.connect(str(d.socket))
+        stalled.sendall(encode_frame([0, 1, "register", ModuleInfo.of(
+            Module("viewer-9", subscribe=("*",))).to_params()]))
+        wait_record(d, message=startswith("module registered"), module="viewer-9")
+        for i in range(20):
+            c.publish("editor-7", f"bulk{i}", "x" * 100_000).get(timeout=5)
+        swept = wait_record(d, message=startswith("module viewer-9 inactive"),
+                            module="viewer-9")
         assert swept["actor"] == "memory"
+        stalled.close()
+        assert not records(d, message=startswith("module editor-7 inactive"))
         wait_record(d, message=startswith("interval cleanup"), reason="interval",
                     actor="memory")
         c.coordinate("HYBRID", {"wake": 1}, ).get(timeout=5)
