@@ -864,6 +864,10 @@ class Client:
 
     def _send_callback_response(self, generation: int, cid: int, error: str | None,
                                 result: Any) -> None:
+        """Answer a callback request. A result that cannot be serialized, or whose answer
+        would exceed the daemon's frame limit (learnt from ``hello``; the daemon would
+        drop the connection for it), is answered with an error naming the problem
+        instead: the caller sees it in ``errors[module_id]``, the connection stays."""
         with self._send_lock:
             if not self._connected or generation != self._generation:
                 return  # the daemon already answered it with "connection closed"
@@ -872,6 +876,12 @@ class Client:
             except Exception as exc:
                 body = self._packer.pack(
                     [CALLBACK_RESPONSE, cid, f"result cannot be serialized: {exc}", None])
+            if len(body) > self._max_frame:
+                self._stats["callback_errors"] += 1
+                text = (f"result too large ({len(body)} bytes > limit {self._max_frame} "
+                        "bytes, the daemon's max_frame_bytes); return a smaller result")
+                _log.error("callback {cid}: {text}", cid=cid, text=text)
+                body = self._packer.pack([CALLBACK_RESPONSE, cid, text, None])
             self._out.append(_pack_header(len(body)))
             self._out.append(body)
             self._out_size += len(body) + _HEADER_SIZE

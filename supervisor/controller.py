@@ -9,6 +9,7 @@ reloader's last error, the metrics exposition, the request to stop.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from modcoord.actors.errors import InvalidMessageError
@@ -38,6 +39,8 @@ class Controller:
         self.request_stop = request_stop
         # Shared, not copied: the daemon adds facts known only later (``metrics_port``).
         self.daemon_info = daemon_info if daemon_info is not None else {}
+        # The socket server (set by the daemon): its counters go into ``status``.
+        self.server: Any = None
         self._calls: dict[str, Callable[[dict[str, Any]], Any]] = {
             "status": lambda p: self.status(),
             "insights": lambda p: self.coordinator.insights(),
@@ -105,6 +108,8 @@ class Controller:
             out["reloads"] = {"ok": reloads.reloads_ok, "rejected": reloads.rejected,
                               "skipped": reloads.skipped}
         out["daemon"] = dict(self.daemon_info)
+        if self.server is not None:
+            out["server"] = asdict(self.server.statistics())
         return out
 
     def reload(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from modcoord.actors.update import PRIORITY_RANK
 from modcoord.supervisor.client import CoordinationResult
 from modcoord.supervisor.config import MODES, ConfigSet, load_config_dir, normalize_mode
 from modcoord.supervisor.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
+from modcoord.supervisor.wire import check_payload
 from modcoord.supervisor.supervisor import (
     ApplySettings,
     ChildSpec,
@@ -227,6 +228,8 @@ class ModuleCoordinator:
         self._started_at = time.monotonic()
         self._running = False
         self.undeliverable = 0
+        # Every accepted update must fit one delivery frame (checked at publish).
+        self.max_frame_bytes = self.config.daemon.max_frame_bytes
         self.callback_timeout_s = self.config.daemon.callback_timeout_ms / 1000.0
         self._log = logger.bind(actor="coordinator")
 
@@ -380,18 +383,28 @@ class ModuleCoordinator:
 
         Admission is decided once for the whole call: as many as fit in the batch queue
         are accepted, in order; the rest get :class:`QueueFullError` (and are counted).
+        Only deliverable updates are accepted: a payload nested too deeply, that cannot be
+        encoded, or whose update would not fit one delivery frame gets
+        :class:`InvalidMessageError` naming the limit (:func:`~modcoord.supervisor.wire.
+        check_payload`).
         """
         now = self.clock.monotonic()
         infos = self._infos
+        max_frame = self.max_frame_bytes
         out: list[Any] = []
         valid: list[int] = []
-        for i, (module_id, _key, _payload, priority) in enumerate(items := list(items)):
+        for i, (module_id, key, payload, priority) in enumerate(items := list(items)):
             if priority not in PRIORITY_RANK:
                 out.append(InvalidMessageError(
                     f"priority must be one of critical, high, medium, low (got {priority!r})"))
             elif module_id not in infos:
                 out.append(InvalidMessageError(f"module {module_id!r} is not registered"))
             else:
+                try:
+                    check_payload(module_id, key, payload, max_frame)
+                except InvalidMessageError as exc:
+                    out.append(exc)
+                    continue
                 out.append(None)
                 valid.append(i)
         if not valid:

@@ -236,8 +236,13 @@ class _Daemon:
                                     request_stop=self.request_stop, daemon_info=info)
             if sock.exists() or sock.is_symlink():
                 sock.unlink()  # stale: we hold the lock, so no daemon owns it
+            output = config.daemon.output
             server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes,
-                            drain_timeout=config.daemon.shutdown_timeout_s)
+                            drain_timeout=config.daemon.shutdown_timeout_s,
+                            max_buffer_bytes=output.max_connection_bytes,
+                            output_budget_bytes=output.max_total_bytes,
+                            output_stall_s=output.stall_timeout_s)
+            controller.server = server
             server.start()
             def on_change() -> None:
                 reloader.reload("file change")

@@ -20,7 +20,10 @@ callback response        ``[4, id, error, result]``              client → daem
 
 ``error`` is ``None`` or ``[type_name, message]`` (a callback response may also carry a
 plain string). The only event is ``"batch"`` with params ``{"module_id": subscriber,
-"batch_id", "reason", "updates": [[module_id, key, payload, priority, seq], ...]}``.
+"batch_id", "reason", "updates": [[module_id, key, payload, priority, seq], ...]}``; no
+event frame is larger than ``max_frame_bytes``: a batch that would be goes out as several
+consecutive frames with the same ``batch_id`` (:func:`encode_batch`), which is why a
+publish whose update could not fit one frame is refused (:func:`check_payload`).
 Callback methods are ``"on_mode_change"`` ``{module_id, mode, strategy, context}`` and
 ``"get_performance_metrics"`` ``{module_id}``.
 
@@ -62,9 +65,10 @@ from modcoord.actors.errors import (
     QueueFullError,
     RemoteError,
 )
-from modcoord.actors.update import PRIORITIES, PRIORITY_RANK
+from modcoord.actors.update import PRIORITIES, PRIORITY_RANK, Update
 from modcoord.supervisor.config import MODES
-from modcoord.supervisor.module import ModuleInfo
+from modcoord.supervisor.limits import MAX_NESTING_DEPTH
+from modcoord.supervisor.module import MAX_MODULE_ID_LENGTH, ModuleInfo
 
 __all__ = [
     "ACTOR_NAMES",
@@ -73,20 +77,25 @@ __all__ = [
     "CONTROL_METHODS",
     "CRASH_KINDS",
     "DEFAULT_MAX_FRAME_BYTES",
+    "DELIVERY_ENVELOPE_BYTES",
     "EVENT",
     "HEADER",
     "MAX_KEY_LENGTH",
+    "MAX_NESTING_DEPTH",
     "METHODS",
     "PROTOCOL_VERSION",
     "REQUEST",
     "RESPONSE",
     "BadFrame",
+    "BatchFrames",
     "FrameDecoder",
     "FramingError",
     "check_coordinate",
+    "check_payload",
     "check_publish",
     "decode_body",
     "encode_acks",
+    "encode_batch",
     "encode_frame",
     "encode_frames",
     "error_from_wire",
@@ -207,6 +216,164 @@ def encode_acks(ids: Sequence[int], values: Sequence[int]) -> bytes:
     size, array4, response, uint64 = _ack_fields
     return b"".join([pack(size, array4, response, uint64, rid, 0xC0, uint64, value)
                      for rid, value in zip(ids, values, strict=True)])
+
+
+# -- deliverability ----------------------------------------------------------------------
+
+_UINT64_MAX = (1 << 64) - 1
+_INT64_MIN = -(1 << 63)
+# Per update row beside its payload, module id and key: the 5-element array header, the
+# priority (at most "critical", 9 bytes) and the seq (uint 64, 9 bytes).
+_ROW_FIXED_BYTES = 1 + 9 + 9
+
+
+def _delivery_head(subscriber_id: str, batch_id: int, reason: str) -> bytes:
+    """The bytes of a batch event body up to its ``updates`` array header."""
+    pack = _packer().pack
+    return b"".join((b"\x93", pack(EVENT), pack("batch"), b"\x84", pack("module_id"),
+                     pack(subscriber_id), pack("batch_id"), pack(batch_id), pack("reason"),
+                     pack(reason), pack("updates")))
+
+
+DELIVERY_ENVELOPE_BYTES = len(_delivery_head(
+    "\U0010ffff" * MAX_MODULE_ID_LENGTH, _UINT64_MAX, "x" * 32)) + 5
+"""Most bytes of a batch event body that are not its update rows (the longest subscriber
+id, the largest batch id, a reason of up to 32 bytes and the rows' array header)."""
+
+
+_CONTAINERS = frozenset({dict, list, tuple})
+
+
+def _nesting_ok(obj: Any, level: int) -> bool:
+    """Whether the container ``obj``, at nesting ``level``, nests at most
+    :data:`MAX_NESTING_DEPTH` levels (map keys are not containers on the wire)."""
+    if level > MAX_NESTING_DEPTH:
+        return False
+    values = obj.values() if type(obj) is dict else obj
+    if _CONTAINERS.isdisjoint(map(type, values)):  # a flat container: a C-speed scan
+        return True
+    inner = level + 1
+    containers = _CONTAINERS
+    for v in values:
+        if type(v) in containers and not _nesting_ok(v, inner):
+            return False
+    return True
+
+
+def _too_deep() -> InvalidMessageError:
+    return InvalidMessageError(
+        f"publish: payload nested deeper than {MAX_NESTING_DEPTH} levels (the maximum "
+        "nesting depth of lists and maps); flatten it")
+
+
+def check_payload(module_id: str, key: str, payload: Any,
+                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    """Check, at publish, that an update can be delivered: its payload nests at most
+    :data:`MAX_NESTING_DEPTH` levels, is msgpack-encodable, and the update fits one
+    delivery frame of ``max_frame_bytes`` (beside :data:`DELIVERY_ENVELOPE_BYTES`).
+
+    Cheap: scalars and short strings are judged by type and length; other payloads are
+    packed once (C speed) for their exact size, and walked for depth only when they are
+    longer than :data:`MAX_NESTING_DEPTH` bytes (each level takes at least a byte).
+
+    Raises:
+        InvalidMessageError: naming the limit that is exceeded and what to do.
+    """
+    t = type(payload)
+    if t is float or t is bool or payload is None or (
+            t is int and _INT64_MIN <= payload <= _UINT64_MAX):
+        return
+    room = (max_frame_bytes - DELIVERY_ENVELOPE_BYTES - _ROW_FIXED_BYTES - 10
+            - 4 * (len(module_id) + len(key)))
+    if t is bytes:
+        size = len(payload) + 5
+    elif t is str and 4 * len(payload) + 5 <= room:
+        return
+    else:
+        try:
+            size = len(_packer().pack(payload))
+        except (TypeError, ValueError, OverflowError) as exc:
+            if "recursion limit" in str(exc):
+                raise _too_deep() from None
+            raise InvalidMessageError(
+                f"publish: payload cannot be encoded for delivery ({exc}); use only msgpack "
+                "types (None, bool, int within 64 bits, float, str, bytes, list, map)"
+            ) from None
+        if size > MAX_NESTING_DEPTH and t in _CONTAINERS and not _nesting_ok(payload, 1):
+            raise _too_deep()
+    if size > room:
+        raise InvalidMessageError(
+            f"publish: payload of {size} bytes (encoded) does not fit one delivery frame: "
+            f"at most {room} bytes with this module id and key (daemon.max_frame_bytes "
+            f"{max_frame_bytes} minus the delivery envelope); split it into several "
+            "updates or raise daemon.max_frame_bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFrames:
+    """A batch encoded for one subscriber by :func:`encode_batch`.
+
+    Attributes:
+        frames: ``(frame, updates in it)`` in batch order; each body at most the limit.
+        failed: ``(update, why)`` for each update that cannot be delivered (it cannot be
+            encoded, or alone it does not fit a frame); the others are in ``frames``.
+    """
+
+    frames: list[tuple[bytes, int]]
+    failed: list[tuple[Update, str]]
+
+
+def encode_batch(subscriber_id: str, batch_id: int, reason: str, updates: Sequence[Update],
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> BatchFrames:
+    """Encode a batch event for ``subscriber_id`` in frames of at most
+    ``max_frame_bytes`` (body). Never raises for a bad update: what cannot go is returned
+    in :attr:`BatchFrames.failed`, everything else is delivered.
+
+    The common case is one frame. A batch too large for a frame is split, in order, into
+    consecutive frames with the same ``batch_id``; a batch with an update that cannot be
+    encoded is encoded update by update, leaving that one out.
+    """
+    rows = [[u.module_id, u.key, u.payload, u.priority, u.seq] for u in updates]
+    try:
+        frame = encode_frame([EVENT, "batch", {"module_id": subscriber_id,
+                                               "batch_id": batch_id, "reason": reason,
+                                               "updates": rows}])
+    except Exception:
+        pass
+    else:
+        if len(frame) - HEADER.size <= max_frame_bytes:
+            return BatchFrames([(frame, len(rows))], [])
+    packer = _packer()
+    head = _delivery_head(subscriber_id, batch_id, reason)
+    limit = max_frame_bytes - len(head) - 5  # 5: the largest array header
+    frames: list[tuple[bytes, int]] = []
+    failed: list[tuple[Update, str]] = []
+    group: list[bytes] = []
+    size = 0
+
+    def close_group() -> None:
+        body = b"".join((head, packer.pack_array_header(len(group)), *group))
+        frames.append((_pack_header(len(body)) + body, len(group)))
+
+    for update, row in zip(updates, rows, strict=True):
+        try:
+            packed: bytes = packer.pack(row)
+        except Exception as exc:
+            failed.append((update, f"cannot be encoded: {type(exc).__name__}: {exc}"))
+            continue
+        n = len(packed)
+        if n > limit:
+            failed.append((update, f"an update of {n} bytes does not fit a frame of "
+                                   f"{max_frame_bytes} bytes"))
+            continue
+        if group and size + n > limit:
+            close_group()
+            group, size = [], 0
+        group.append(packed)
+        size += n
+    if group:
+        close_group()
+    return BatchFrames(frames, failed)
 
 
 def decode_body(body: bytes | bytearray | memoryview) -> Any:
@@ -453,6 +620,10 @@ def split_inbound(msg: Any) -> tuple[int, int, Any, Any]:
         InvalidMessageError: naming what is wrong with the envelope.
     """
     if isinstance(msg, BadFrame):
+        if msg.error.startswith("StackError"):
+            raise InvalidMessageError(
+                f"undecodable frame ({msg.size} bytes): nested deeper than msgpack's 1024 "
+                f"levels (a payload may nest at most {MAX_NESTING_DEPTH} levels); flatten it")
         raise InvalidMessageError(f"undecodable frame ({msg.size} bytes): {msg.error}")
     if type(msg) is not list:
         raise InvalidMessageError(
