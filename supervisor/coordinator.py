@@ -49,7 +49,6 @@ from modcoord.actors.update import PRIORITY_RANK
 from modcoord.supervisor.client import CoordinationResult
 from modcoord.supervisor.config import MODES, ConfigSet, load_config_dir, normalize_mode
 from modcoord.supervisor.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
-from modcoord.supervisor.wire import check_payload
 from modcoord.supervisor.supervisor import (
     ApplySettings,
     ChildSpec,
@@ -63,6 +62,7 @@ from modcoord.supervisor.supervisor import (
     SupervisorActor,
     UnregisterModule,
 )
+from modcoord.supervisor.wire import check_payload
 
 __all__ = ["ACTOR_NAMES", "CoordinationResult", "ModuleCoordinator", "default_child_specs"]
 

@@ -93,7 +93,6 @@ from modcoord.supervisor.wire import (
     CALLBACK_RESPONSE,
     CONTROL_METHODS,
     DEFAULT_MAX_FRAME_BYTES,
-    EVENT,
     MAX_KEY_LENGTH,
     PROTOCOL_VERSION,
     REQUEST,
@@ -227,8 +226,8 @@ class ServerStatistics:
         undelivered_bytes: bytes of output discarded with them.
         undeliverable_updates: updates left out of a delivery because they could not be
             encoded or did not fit a frame (the rest of the batch was delivered).
-        split_batches: deliveries sent as several frames because one would exceed
-            ``max_frame_bytes``.
+        split_batches: deliveries (or held remainders of one) encoded in several frames
+            because one would exceed ``max_frame_bytes``.
         output_pauses: times output pressure started (publishers paused).
         output_pressure: whether output pressure is on now.
         internal_errors: unexpected exceptions (logged).
@@ -246,6 +245,7 @@ class ServerStatistics:
             current pause).
         backpressure_active: whether publishers are paused now.
         buffered_out: bytes waiting to be sent, across connections.
+        held_updates: updates of deliveries held unencoded behind full output buffers.
         output_budget_bytes: the output budget across connections.
     """
 
@@ -277,6 +277,7 @@ class ServerStatistics:
     backpressure_paused_s: float
     backpressure_active: bool
     buffered_out: int
+    held_updates: int
     output_budget_bytes: int
 
 
@@ -308,7 +309,10 @@ class Connection:
         # (stream position where it ends, updates in it) of each delivery frame in _out.
         self._out_frames: deque[tuple[int, int]] = deque()
         self._progress_at = 0.0  # server clock: output last taken (or started queuing)
-        self.full = False  # above max_buffer_bytes, until down to half of it
+        self.full = False  # above max_buffer_bytes or holding, until down to half of it
+        self._held: deque[tuple[str, Batch]] = deque()  # deliveries not encoded yet
+        self._held_updates = 0
+        self._lost_in_encoding = 0
         self._want_write = False
         self._callbacks: dict[int, Reply] = {}
         self._callback_ids = itertools.count(1)
@@ -341,39 +345,45 @@ class Connection:
             counted as undelivered and logged), else True. Output queuing above the
             server's marks turns output pressure on (see the module doc).
         """
-        server = self._server
-        lost = ""
-        pressure = wake = False
         with self._lock:
-            out = self._out
-            before = len(out)
-            if self.closed:
-                lost = f"connection {self.conn_id} is closed"
-            elif not out:
-                try:
-                    sent = self.sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as exc:
-                    server._post_close(self, f"send failed: {exc}")
-                    lost = f"send failed: {exc}"
-                    sent = 0
-                if not lost:
-                    if sent == len(data):
-                        return True
-                    self._progress_at = server._now()  # the stall clock starts
-                    out += memoryview(data)[sent:]
-            else:
-                out += data
-            if not lost:
-                if updates:
-                    self._out_frames.append((self._out_base + len(out), updates))
-                pressure = server._output_added(self, len(out) - before, len(out))
-                wake = not self._want_write
-                self._want_write = True
+            lost, pressure, wake = self._queue_locked(data, updates)
+        return self._after_queue(lost, pressure, wake, updates, len(data))
+
+    def _queue_locked(self, data: bytes, updates: int) -> tuple[str, bool, bool]:
+        """Send or buffer ``data`` (lock held). Returns ``(why it was lost or "",
+        output pressure to turn on, the loop to wake)``."""
+        server = self._server
+        if self.closed:
+            return f"connection {self.conn_id} is closed", False, False
+        out = self._out
+        before = len(out)
+        if not out:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                server._post_close(self, f"send failed: {exc}")
+                return f"send failed: {exc}", False, False
+            if sent == len(data):
+                return "", False, False
+            self._progress_at = server._now()  # the stall clock starts
+            out += memoryview(data)[sent:]
+        else:
+            out += data
+        if updates:
+            self._out_frames.append((self._out_base + len(out), updates))
+        pressure = server._output_added(self, len(out) - before, len(out))
+        wake = not self._want_write
+        self._want_write = True
+        return "", pressure, wake
+
+    def _after_queue(self, lost: str, pressure: bool, wake: bool, updates: int,
+                     size: int) -> bool:
+        server = self._server
         if lost:
             if updates:
-                server._count_undelivered(self, updates, len(data), lost)
+                server._count_undelivered(self, updates, size, lost)
             return False
         if pressure:
             server._post("pressure", self, "")
@@ -382,28 +392,85 @@ class Connection:
         return True
 
     def _flush_out(self) -> bool | None:
-        """Send buffered output (I/O thread). True: drained; False: more; None: failed."""
-        with self._lock:
-            out = self._out
-            if out:
-                try:
-                    sent = self.sock.send(out)
-                except (BlockingIOError, InterruptedError):
-                    return False
-                except OSError:
-                    return None
-                if sent:
-                    del out[:sent]
-                    base = self._out_base = self._out_base + sent
-                    frames = self._out_frames
-                    while frames and frames[0][0] <= base:
-                        frames.popleft()
-                    self._progress_at = self._server._now()
-                    self._server._output_taken(self, sent, len(out))
+        """Send buffered output (I/O thread). True: drained; False: more; None: failed.
+
+        Once the buffer is down to half the per-connection mark, held deliveries are
+        encoded into it (see :meth:`deliver`)."""
+        failed: list[tuple[str, int, list[tuple[Any, str]], int]] = []
+        pressure = False
+        try:
+            with self._lock:
+                out = self._out
+                if out:
+                    try:
+                        sent = self.sock.send(out)
+                    except (BlockingIOError, InterruptedError):
+                        return False
+                    except OSError:
+                        return None
+                    if sent:
+                        del out[:sent]
+                        base = self._out_base = self._out_base + sent
+                        frames = self._out_frames
+                        while frames and frames[0][0] <= base:
+                            frames.popleft()
+                        self._progress_at = self._server._now()
+                        self._server._output_taken(self, sent, len(out))
+                half = self._server.max_buffer_bytes // 2
+                while self._held and len(out) <= half and not self.closed:
+                    if out and self._server._over_budget():
+                        break
+                    module_id, batch = self._held.popleft()
+                    self._held_updates -= len(batch.updates)
+                    lost, p, _ = self._encode_locked(module_id, batch, failed)
+                    pressure |= p
+                    if lost:
+                        break
+                if not self._held:
+                    self._server._output_taken(self, 0, len(out))  # may leave the full set
                 if out:
                     return False
-            self._want_write = False
-            return True
+                self._want_write = False
+                return True
+        finally:
+            for module_id, batch_id, bad, sent_n in failed:
+                self._server._count_undeliverable(module_id, batch_id, bad, sent_n)
+            if pressure:
+                self._server._post("pressure", self, "")
+
+    def _encode_locked(self, module_id: str, batch: Batch,
+                       failed: list[tuple[str, int, list[tuple[Any, str]], int]]
+                       ) -> tuple[str, bool, bool]:
+        """Encode ``batch`` (lock held) and queue its frames while this connection is
+        under its mark and the budget allows (one frame at least); hold the rest, in
+        front of anything held. Returns what :meth:`_queue_locked` does."""
+        server = self._server
+        allowance = max(1, min(server.max_buffer_bytes - len(self._out),
+                               server.output_budget_bytes - server._out_total))
+        encoded = encode_batch(module_id, batch.batch_id, batch.reason, batch.updates,
+                               server.max_frame_bytes, max_bytes=allowance,
+                               whole=batch.batch_id != server._oversized_batch)
+        if encoded.oversized:
+            server._oversized_batch = batch.batch_id
+            server._count("split_batches")
+        if encoded.failed:
+            failed.append((module_id, batch.batch_id, encoded.failed,
+                           sum(n for _, n in encoded.frames)))
+        lost, pressure, wake = "", False, False
+        frames = encoded.frames
+        for i, (frame, n) in enumerate(frames):
+            lost, p, w = self._queue_locked(frame, n)
+            if lost:
+                self._lost_in_encoding = sum(k for _, k in frames[i:])
+                return lost, False, False
+            pressure |= p
+            wake |= w
+        if encoded.rest < len(batch.updates):
+            rest = Batch(batch.batch_id, batch.updates[encoded.rest:], batch.reason)
+            self._held.appendleft((module_id, rest))
+            self._held_updates += len(rest.updates)
+            pressure |= server._output_held(self)
+        return "", pressure, wake
 
     def _buffered(self) -> int:
         return len(self._out)
@@ -417,22 +484,40 @@ class Connection:
         ``batch_id``, if it is larger). An update that cannot be encoded, or alone does
         not fit a frame, is left out, counted (``undeliverable_updates``) and logged;
         the rest is delivered. To a closed connection nothing goes: counted and logged.
+
+        Encoded output per connection stops at ``max_buffer_bytes`` (plus one frame), and
+        while the output budget is spent at one frame for a connection with output
+        queued: what is beyond is *held* unencoded (its updates are shared with every
+        other subscriber's copy, so a subscriber that lags costs references, not another
+        encoded copy), in order, and encoded as the output drains to half the mark.
+        Holding turns output pressure on.
         """
         server = self._server
-        if self.closed:
-            server._count_undelivered(self, len(batch.updates), 0,
-                                      f"connection {self.conn_id} is closed", module_id)
+        failed: list[tuple[str, int, list[tuple[Any, str]], int]] = []
+        lost, pressure, wake = "", False, False
+        lost_n = len(batch.updates)
+        with self._lock:
+            out = self._out
+            if self.closed:
+                lost = f"connection {self.conn_id} is closed"
+            elif self._held or (out and (len(out) > server.max_buffer_bytes
+                                         or server._over_budget())):
+                self._held.append((module_id, batch))
+                self._held_updates += len(batch.updates)
+                pressure = server._output_held(self)
+            else:
+                lost, pressure, wake = self._encode_locked(module_id, batch, failed)
+                if lost:
+                    lost_n = self._lost_in_encoding
+        for mid, batch_id, bad, sent_n in failed:
+            server._count_undeliverable(mid, batch_id, bad, sent_n)
+        if lost:
+            server._count_undelivered(self, lost_n, 0, lost, module_id)
             return
-        encoded = encode_batch(module_id, batch.batch_id, batch.reason, batch.updates,
-                               server.max_frame_bytes)
-        if encoded.failed:
-            server._count_undeliverable(module_id, batch.batch_id, encoded.failed,
-                                        sum(n for _, n in encoded.frames))
-        frames = encoded.frames
-        if len(frames) > 1:
-            server._count("split_batches")
-        for frame, n in frames:
-            self.send(frame, n)
+        if pressure:
+            server._post("pressure", self, "")
+        if wake:
+            server._post_write(self)
 
     def mode_change(self, module_id: str, mode: str, strategy: str,
                     context: dict[str, Any], reply: Reply) -> None:
@@ -574,6 +659,7 @@ class Server:
         self._out_lock = threading.Lock()
         self._out_total = 0
         self._out_full: set[Connection] = set()
+        self._oversized_batch = 0  # the id of the last batch found not to fit one frame
         # Output pressure state (I/O thread).
         self._out_pressure = False
         self._out_stall_check = float("-inf")
@@ -759,6 +845,7 @@ class Server:
             listening=self.listening,
             connections=len(self._conns),
             buffered_out=buffered,
+            held_updates=sum(conn._held_updates for conn in list(self._conns.values())),
             backpressure_paused_s=paused_s,
             backpressure_active=active,
             output_pressure=self._out_pressure,
@@ -813,11 +900,24 @@ class Server:
                 self._out_full.add(conn)
         return newly_full or (total > self.output_budget_bytes and not self._out_pressure)
 
+    def _over_budget(self) -> bool:
+        return self._out_total > self.output_budget_bytes
+
+    def _output_held(self, conn: Connection) -> bool:
+        """``conn`` holds a delivery (its lock held). Returns whether output pressure
+        should be turned on."""
+        with self._out_lock:
+            if conn.full:
+                return not self._out_pressure
+            conn.full = True
+            self._out_full.add(conn)
+            return True
+
     def _output_taken(self, conn: Connection, taken: int, buffered: int) -> None:
         """``taken`` bytes of ``conn``'s output went (sent or discarded; its lock held)."""
         with self._out_lock:
             self._out_total -= taken
-            if conn.full and buffered <= self.max_buffer_bytes // 2:
+            if conn.full and buffered <= self.max_buffer_bytes // 2 and not conn._held:
                 conn.full = False
                 self._out_full.discard(conn)
 
@@ -1484,9 +1584,11 @@ class Server:
             conn._callbacks = {}
             modules = list(conn.module_ids)
             lost_bytes = len(conn._out)
-            lost_updates = sum(n for _, n in conn._out_frames)
+            lost_updates = sum(n for _, n in conn._out_frames) + conn._held_updates
             conn._out_frames.clear()
             conn._out.clear()
+            conn._held.clear()
+            conn._held_updates = 0
             self._output_taken(conn, lost_bytes, 0)
         self._conns.pop(conn.conn_id, None)
         if self._selector is not None:

@@ -254,7 +254,7 @@ def _nesting_ok(obj: Any, level: int) -> bool:
         return True
     inner = level + 1
     containers = _CONTAINERS
-    for v in values:
+    for v in values:  # noqa: SIM110 - a loop, not all(): no generator frame per level
         if type(v) in containers and not _nesting_ok(v, inner):
             return False
     return True
@@ -311,20 +311,27 @@ def check_payload(module_id: str, key: str, payload: Any,
 
 @dataclass(frozen=True, slots=True)
 class BatchFrames:
-    """A batch encoded for one subscriber by :func:`encode_batch`.
+    """A batch (or the first part of one) encoded for one subscriber by
+    :func:`encode_batch`.
 
     Attributes:
         frames: ``(frame, updates in it)`` in batch order; each body at most the limit.
         failed: ``(update, why)`` for each update that cannot be delivered (it cannot be
             encoded, or alone it does not fit a frame); the others are in ``frames``.
+        rest: the index of the first update not encoded yet (``len(updates)`` when all
+            were): with ``max_bytes``, what is left for later.
+        oversized: whether the batch did not fit one frame (it was split).
     """
 
     frames: list[tuple[bytes, int]]
     failed: list[tuple[Update, str]]
+    rest: int
+    oversized: bool = False
 
 
 def encode_batch(subscriber_id: str, batch_id: int, reason: str, updates: Sequence[Update],
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> BatchFrames:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, *,
+                 max_bytes: int | None = None, whole: bool = True) -> BatchFrames:
     """Encode a batch event for ``subscriber_id`` in frames of at most
     ``max_frame_bytes`` (body). Never raises for a bad update: what cannot go is returned
     in :attr:`BatchFrames.failed`, everything else is delivered.
@@ -332,17 +339,29 @@ def encode_batch(subscriber_id: str, batch_id: int, reason: str, updates: Sequen
     The common case is one frame. A batch too large for a frame is split, in order, into
     consecutive frames with the same ``batch_id``; a batch with an update that cannot be
     encoded is encoded update by update, leaving that one out.
+
+    Args:
+        max_bytes: stop after the frame that reaches this many bytes (at least one frame
+            is made); the updates from :attr:`BatchFrames.rest` on are left for later.
+        whole: try the whole batch as one frame first (pass False when it is known not
+            to fit, to save encoding it in vain).
     """
-    rows = [[u.module_id, u.key, u.payload, u.priority, u.seq] for u in updates]
-    try:
-        frame = encode_frame([EVENT, "batch", {"module_id": subscriber_id,
-                                               "batch_id": batch_id, "reason": reason,
-                                               "updates": rows}])
-    except Exception:
-        pass
+    if whole:
+        rows = [[u.module_id, u.key, u.payload, u.priority, u.seq] for u in updates]
+        try:
+            frame = encode_frame([EVENT, "batch", {"module_id": subscriber_id,
+                                                   "batch_id": batch_id, "reason": reason,
+                                                   "updates": rows}])
+        except Exception:
+            oversized = False
+        else:
+            if len(frame) - HEADER.size <= max_frame_bytes:
+                return BatchFrames([(frame, len(rows))], [], len(rows))
+            oversized = True
+            del frame
+        del rows
     else:
-        if len(frame) - HEADER.size <= max_frame_bytes:
-            return BatchFrames([(frame, len(rows))], [])
+        oversized = True
     packer = _packer()
     head = _delivery_head(subscriber_id, batch_id, reason)
     limit = max_frame_bytes - len(head) - 5  # 5: the largest array header
@@ -350,30 +369,34 @@ def encode_batch(subscriber_id: str, batch_id: int, reason: str, updates: Sequen
     failed: list[tuple[Update, str]] = []
     group: list[bytes] = []
     size = 0
+    total = 0
 
-    def close_group() -> None:
+    def close_group() -> int:
         body = b"".join((head, packer.pack_array_header(len(group)), *group))
         frames.append((_pack_header(len(body)) + body, len(group)))
+        return len(body) + HEADER.size
 
-    for update, row in zip(updates, rows, strict=True):
+    for i, u in enumerate(updates):
         try:
-            packed: bytes = packer.pack(row)
+            packed: bytes = packer.pack([u.module_id, u.key, u.payload, u.priority, u.seq])
         except Exception as exc:
-            failed.append((update, f"cannot be encoded: {type(exc).__name__}: {exc}"))
+            failed.append((u, f"cannot be encoded: {type(exc).__name__}: {exc}"))
             continue
         n = len(packed)
         if n > limit:
-            failed.append((update, f"an update of {n} bytes does not fit a frame of "
-                                   f"{max_frame_bytes} bytes"))
+            failed.append((u, f"an update of {n} bytes does not fit a frame of "
+                              f"{max_frame_bytes} bytes"))
             continue
         if group and size + n > limit:
-            close_group()
+            total += close_group()
             group, size = [], 0
+            if max_bytes is not None and total >= max_bytes:
+                return BatchFrames(frames, failed, i, oversized)
         group.append(packed)
         size += n
     if group:
         close_group()
-    return BatchFrames(frames, failed)
+    return BatchFrames(frames, failed, len(updates), oversized)
 
 
 def decode_body(body: bytes | bytearray | memoryview) -> Any:
