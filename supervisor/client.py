@@ -71,6 +71,7 @@ from modcoord.actors.errors import (
     NotRunningError,
 )
 from modcoord.actors.update import Batch, Update
+from modcoord.supervisor.limits import MAX_NESTING_DEPTH
 from modcoord.supervisor.module import ModuleInfo
 from modcoord.supervisor.paths import resolve_runtime_dir, socket_path
 from modcoord.supervisor.wire import (
@@ -764,7 +765,7 @@ class Client:
                 try:
                     body = self._packer.pack([REQUEST, rid, method, params])
                 except Exception as exc:
-                    error = InvalidMessageError(f"{method}: params cannot be serialized: {exc}")
+                    error = _unserializable(method, exc)
                 else:
                     size = len(body)
                     if size > self._max_frame:
@@ -798,8 +799,7 @@ class Client:
         try:
             body = self._packer.pack([REQUEST, rid, method, params])
         except Exception as exc:
-            error: BaseException = InvalidMessageError(
-                f"{method}: params cannot be serialized: {exc}")
+            error: BaseException = _unserializable(method, exc)
             return error
         size = len(body)
         if size > self._max_frame:
@@ -1459,6 +1459,16 @@ class Client:
             result = None
         self._stats["callbacks_run"] += 1
         self._send_callback_response(generation, cid, error, result)
+
+
+def _unserializable(method: str, exc: Exception) -> InvalidMessageError:
+    """The error for request params msgpack cannot pack (naming the nesting limit when
+    that is what was hit)."""
+    if "recursion limit" in str(exc):
+        return InvalidMessageError(
+            f"{method}: params nested deeper than msgpack's 1024 levels cannot be "
+            f"serialized (a payload may nest at most {MAX_NESTING_DEPTH} levels); flatten it")
+    return InvalidMessageError(f"{method}: params cannot be serialized: {exc}")
 
 
 def connect(runtime_dir: str | os.PathLike[str] | None = None, timeout: float = 5.0, *,

@@ -567,3 +567,13 @@ def test_a_frame_nested_beyond_msgpack_limits_is_refused_naming_the_nesting_limi
     (msg,) = FrameDecoder().feed(struct.pack(">I", len(body)) + body)
     with pytest.raises(InvalidMessageError, match=f"at most {MAX_NESTING_DEPTH} levels"):
         split_inbound(msg)
+
+
+def test_the_client_refuses_params_msgpack_cannot_nest_naming_the_limit(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    with Server(_Endpoints(), socket_path(run)), connect(run, timeout=5) as client:
+        client.register(Publisher("pub")).get()
+        with pytest.raises(InvalidMessageError, match=f"at most {MAX_NESTING_DEPTH} levels"):
+            client.publish("pub", "k", nested(3000)).get()
+        assert client.publish("pub", "k", 1).get() >= 1  # the connection is fine
