@@ -62,7 +62,7 @@ from modcoord.supervisor.supervisor import (
     SupervisorActor,
     UnregisterModule,
 )
-from modcoord.supervisor.wire import check_payload
+from modcoord.supervisor.wire import check_payload, payload_packer
 
 __all__ = ["ACTOR_NAMES", "CoordinationResult", "ModuleCoordinator", "default_child_specs"]
 
@@ -391,6 +391,7 @@ class ModuleCoordinator:
         now = self.clock.monotonic()
         infos = self._infos
         max_frame = self.max_frame_bytes
+        pack = payload_packer()
         out: list[Any] = []
         valid: list[int] = []
         for i, (module_id, key, payload, priority) in enumerate(items := list(items)):
@@ -401,7 +402,7 @@ class ModuleCoordinator:
                 out.append(InvalidMessageError(f"module {module_id!r} is not registered"))
             else:
                 try:
-                    check_payload(module_id, key, payload, max_frame)
+                    check_payload(module_id, key, payload, max_frame, pack)
                 except InvalidMessageError as exc:
                     out.append(exc)
                     continue

@@ -101,6 +101,7 @@ __all__ = [
     "error_from_wire",
     "error_to_wire",
     "new_packer",
+    "payload_packer",
     "normalize_mode_param",
     "request_id_of",
     "split_inbound",
@@ -266,41 +267,73 @@ def _too_deep() -> InvalidMessageError:
         "nesting depth of lists and maps); flatten it")
 
 
+def _unencodable(exc: Exception) -> InvalidMessageError:
+    if "recursion limit" in str(exc):
+        return _too_deep()
+    return InvalidMessageError(
+        f"publish: payload cannot be encoded for delivery ({exc}); use only msgpack types "
+        "(None, bool, int within 64 bits, float, str, bytes, list, map)")
+
+
+# Beside the payload, the most an update's delivery frame can need (longest names).
+_WORST_OVERHEAD = (DELIVERY_ENVELOPE_BYTES + _ROW_FIXED_BYTES + 10
+                   + 4 * (MAX_MODULE_ID_LENGTH + MAX_KEY_LENGTH))
+
+
+def payload_packer() -> Callable[[Any], bytes]:
+    """The calling thread's ``pack`` function, for :func:`check_payload` in a loop."""
+    pack: Callable[[Any], bytes] = _packer().pack
+    return pack
+
+
 def check_payload(module_id: str, key: str, payload: Any,
-                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                  pack: Callable[[Any], bytes] | None = None) -> None:
     """Check, at publish, that an update can be delivered: its payload nests at most
     :data:`MAX_NESTING_DEPTH` levels, is msgpack-encodable, and the update fits one
     delivery frame of ``max_frame_bytes`` (beside :data:`DELIVERY_ENVELOPE_BYTES`).
 
-    Cheap: scalars and short strings are judged by type and length; other payloads are
+    Cheap: scalars, strings and bytes are judged by type and length; containers are
     packed once (C speed) for their exact size, and walked for depth only when they are
     longer than :data:`MAX_NESTING_DEPTH` bytes (each level takes at least a byte).
+    ``pack`` is the calling thread's packer (:func:`payload_packer`), to save looking it
+    up per call.
 
     Raises:
         InvalidMessageError: naming the limit that is exceeded and what to do.
     """
     t = type(payload)
-    if t is float or t is bool or payload is None or (
-            t is int and _INT64_MIN <= payload <= _UINT64_MAX):
+    if t is dict or t is list or t is tuple:
+        try:
+            size = len((pack or _packer().pack)(payload))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _unencodable(exc) from None
+        if size > MAX_NESTING_DEPTH and not _nesting_ok(payload, 1):
+            raise _too_deep()
+    elif t is str:
+        size = 5 + 4 * len(payload)  # a bound; made exact below if it matters
+    elif t is bytes or t is bytearray:
+        size = 5 + len(payload)
+    elif t is float or t is bool or payload is None:
+        return
+    elif t is int:
+        if _INT64_MIN <= payload <= _UINT64_MAX:
+            return
+        raise _unencodable(OverflowError(f"integer {payload} is outside 64 bits"))
+    else:  # an extension type, or something only the packer can judge
+        try:
+            size = len((pack or _packer().pack)(payload))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _unencodable(exc) from None
+    if size <= max_frame_bytes - _WORST_OVERHEAD:
         return
     room = (max_frame_bytes - DELIVERY_ENVELOPE_BYTES - _ROW_FIXED_BYTES - 10
             - 4 * (len(module_id) + len(key)))
-    if t is bytes:
-        size = len(payload) + 5
-    elif t is str and 4 * len(payload) + 5 <= room:
-        return
-    else:
+    if t is str and size > room:
         try:
-            size = len(_packer().pack(payload))
-        except (TypeError, ValueError, OverflowError) as exc:
-            if "recursion limit" in str(exc):
-                raise _too_deep() from None
-            raise InvalidMessageError(
-                f"publish: payload cannot be encoded for delivery ({exc}); use only msgpack "
-                "types (None, bool, int within 64 bits, float, str, bytes, list, map)"
-            ) from None
-        if size > MAX_NESTING_DEPTH and t in _CONTAINERS and not _nesting_ok(payload, 1):
-            raise _too_deep()
+            size = len((pack or _packer().pack)(payload))
+        except (TypeError, ValueError, OverflowError) as exc:  # lone surrogates
+            raise _unencodable(exc) from None
     if size > room:
         raise InvalidMessageError(
             f"publish: payload of {size} bytes (encoded) does not fit one delivery frame: "
