@@ -79,6 +79,7 @@ from modcoord.actors.errors import (
     NotRunningError,
 )
 from modcoord.actors.update import Batch, Update
+from modcoord.supervisor.limits import MAX_NESTING_DEPTH
 from modcoord.supervisor.module import ModuleInfo
 from modcoord.supervisor.paths import resolve_runtime_dir, socket_path
 from modcoord.supervisor.wire import (
@@ -775,7 +776,7 @@ class Client:
                 try:
                     body = self._packer.pack([REQUEST, rid, method, params])
                 except Exception as exc:
-                    error = InvalidMessageError(f"{method}: params cannot be serialized: {exc}")
+                    error = _unserializable(method, exc)
                 else:
                     size = len(body)
                     if size > self._max_frame:
@@ -809,8 +810,7 @@ class Client:
         try:
             body = self._packer.pack([REQUEST, rid, method, params])
         except Exception as exc:
-            error: BaseException = InvalidMessageError(
-                f"{method}: params cannot be serialized: {exc}")
+            error: BaseException = _unserializable(method, exc)
             return error
         size = len(body)
         if size > self._max_frame:
@@ -875,6 +875,10 @@ class Client:
 
     def _send_callback_response(self, generation: int, cid: int, error: str | None,
                                 result: Any) -> None:
+        """Answer a callback request. A result that cannot be serialized, or whose answer
+        would exceed the daemon's frame limit (learnt from ``hello``; the daemon would
+        drop the connection for it), is answered with an error naming the problem
+        instead: the caller sees it in ``errors[module_id]``, the connection stays."""
         with self._send_lock:
             if not self._connected or generation != self._generation:
                 return  # the daemon already answered it with "connection closed"
@@ -883,6 +887,12 @@ class Client:
             except Exception as exc:
                 body = self._packer.pack(
                     [CALLBACK_RESPONSE, cid, f"result cannot be serialized: {exc}", None])
+            if len(body) > self._max_frame:
+                self._stats["callback_errors"] += 1
+                text = (f"result too large ({len(body)} bytes > limit {self._max_frame} "
+                        "bytes, the daemon's max_frame_bytes); return a smaller result")
+                _log.error("callback {cid}: {text}", cid=cid, text=text)
+                body = self._packer.pack([CALLBACK_RESPONSE, cid, text, None])
             self._out.append(_pack_header(len(body)))
             self._out.append(body)
             self._out_size += len(body) + _HEADER_SIZE
@@ -1487,6 +1497,16 @@ class Client:
             result = None
         self._stats["callbacks_run"] += 1
         self._send_callback_response(generation, cid, error, result)
+
+
+def _unserializable(method: str, exc: Exception) -> InvalidMessageError:
+    """The error for request params msgpack cannot pack (naming the nesting limit when
+    that is what was hit)."""
+    if "recursion limit" in str(exc):
+        return InvalidMessageError(
+            f"{method}: params nested deeper than msgpack's 1024 levels cannot be "
+            f"serialized (a payload may nest at most {MAX_NESTING_DEPTH} levels); flatten it")
+    return InvalidMessageError(f"{method}: params cannot be serialized: {exc}")
 
 
 def connect(runtime_dir: str | os.PathLike[str] | None = None, timeout: float = 5.0, *,

@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from modcoord.actors.errors import ConfigError
 from modcoord.actors.settings import ModeSettings
+from modcoord.supervisor.limits import (
+    DEFAULT_OUTPUT_BUDGET_BYTES,
+    DEFAULT_OUTPUT_CONNECTION_BYTES,
+    DEFAULT_OUTPUT_STALL_S,
+)
 
 __all__ = [
     "MODES",
@@ -70,6 +75,15 @@ class SupervisionSettings(_Strict):
     backoff_max_ms: float = Field(2000.0, ge=0)
 
 
+class OutputSettings(_Strict):
+    """``daemon.yaml`` ``output``: bounds on output queued for module connections (what
+    happens at each: :mod:`modcoord.supervisor.limits`)."""
+
+    max_connection_bytes: int = Field(DEFAULT_OUTPUT_CONNECTION_BYTES, ge=1 << 20)
+    max_total_bytes: int = Field(DEFAULT_OUTPUT_BUDGET_BYTES, ge=1 << 20)
+    stall_timeout_s: float = Field(DEFAULT_OUTPUT_STALL_S, gt=0, le=3600)
+
+
 class DaemonSettings(_Strict):
     """``daemon.yaml``: the daemon's own settings."""
 
@@ -85,6 +99,7 @@ class DaemonSettings(_Strict):
     logs: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     supervisor: SupervisionSettings = SupervisionSettings()
+    output: OutputSettings = OutputSettings()
 
 
 @dataclass(frozen=True)

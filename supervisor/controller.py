@@ -9,6 +9,7 @@ reloader's last error, the metrics exposition, the request to stop.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from modcoord.actors.errors import InvalidMessageError
@@ -108,9 +109,7 @@ class Controller:
                               "skipped": reloads.skipped}
         out["daemon"] = dict(self.daemon_info)
         if self.server is not None:
-            import dataclasses
-
-            out["server"] = dataclasses.asdict(self.server.statistics())
+            out["server"] = asdict(self.server.statistics())
         return out
 
     def reload(self) -> dict[str, Any]:

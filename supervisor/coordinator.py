@@ -62,6 +62,7 @@ from modcoord.supervisor.supervisor import (
     SupervisorActor,
     UnregisterModule,
 )
+from modcoord.supervisor.wire import check_payload, payload_packer
 
 __all__ = ["ACTOR_NAMES", "CoordinationResult", "ModuleCoordinator", "default_child_specs"]
 
@@ -227,6 +228,8 @@ class ModuleCoordinator:
         self._started_at = time.monotonic()
         self._running = False
         self.undeliverable = 0
+        # Every accepted update must fit one delivery frame (checked at publish).
+        self.max_frame_bytes = self.config.daemon.max_frame_bytes
         self.callback_timeout_s = self.config.daemon.callback_timeout_ms / 1000.0
         self._log = logger.bind(actor="coordinator")
 
@@ -382,18 +385,29 @@ class ModuleCoordinator:
 
         Admission is decided once for the whole call: as many as fit in the batch queue
         are accepted, in order; the rest get :class:`QueueFullError` (and are counted).
+        Only deliverable updates are accepted: a payload nested too deeply, that cannot be
+        encoded, or whose update would not fit one delivery frame gets
+        :class:`InvalidMessageError` naming the limit (:func:`~modcoord.supervisor.wire.
+        check_payload`).
         """
         now = self.clock.monotonic()
         infos = self._infos
+        max_frame = self.max_frame_bytes
+        pack = payload_packer()
         out: list[Any] = []
         valid: list[int] = []
-        for i, (module_id, _key, _payload, priority) in enumerate(items := list(items)):
+        for i, (module_id, key, payload, priority) in enumerate(items := list(items)):
             if priority not in PRIORITY_RANK:
                 out.append(InvalidMessageError(
                     f"priority must be one of critical, high, medium, low (got {priority!r})"))
             elif module_id not in infos:
                 out.append(InvalidMessageError(f"module {module_id!r} is not registered"))
             else:
+                try:
+                    check_payload(module_id, key, payload, max_frame, pack)
+                except InvalidMessageError as exc:
+                    out.append(exc)
+                    continue
                 out.append(None)
                 valid.append(i)
         if not valid:

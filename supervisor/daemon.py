@@ -238,10 +238,14 @@ class _Daemon:
                 sock.unlink()  # stale: we hold the lock, so no daemon owns it
             nofile_before, nofile = raise_nofile_limit()
             log.info("open files limit {} (soft limit was {})", nofile, nofile_before)
+            output = config.daemon.output
             server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes,
                             drain_timeout=config.daemon.shutdown_timeout_s,
                             frame_timeout_s=config.daemon.frame_timeout_s,
-                            max_input_bytes=config.daemon.max_input_buffer_bytes)
+                            max_input_bytes=config.daemon.max_input_buffer_bytes,
+                            max_buffer_bytes=output.max_connection_bytes,
+                            output_budget_bytes=output.max_total_bytes,
+                            output_stall_s=output.stall_timeout_s)
             server.start()
             controller.server = server
             def on_change() -> None:

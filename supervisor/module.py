@@ -18,7 +18,11 @@ from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.update import Batch
 from modcoord.supervisor.config import MODES
 
-__all__ = ["LocalEndpoint", "ModeAwareModule", "ModuleEndpoint", "ModuleInfo", "Reply"]
+__all__ = ["MAX_MODULE_ID_LENGTH", "LocalEndpoint", "ModeAwareModule", "ModuleEndpoint",
+           "ModuleInfo", "Reply"]
+
+MAX_MODULE_ID_LENGTH = 200
+"""Longest module id, in characters."""
 
 Reply = Callable[[Any, "str | None"], None]
 """``reply(result, error_text)``: called exactly once; ``error_text`` is None on success."""
@@ -64,8 +68,10 @@ class ModuleInfo:
             InvalidMessageError: naming the field that is wrong.
         """
         module_id = params.get("module_id")
-        if not isinstance(module_id, str) or not module_id or len(module_id) > 200:
-            raise InvalidMessageError("module_id must be a non-empty string (≤ 200 chars)")
+        if (not isinstance(module_id, str) or not module_id
+                or len(module_id) > MAX_MODULE_ID_LENGTH):
+            raise InvalidMessageError(
+                f"module_id must be a non-empty string (≤ {MAX_MODULE_ID_LENGTH} chars)")
         name = params.get("name", module_id)
         if not isinstance(name, str):
             raise InvalidMessageError("name must be a string")

@@ -16,9 +16,29 @@ I/O thread free of blocking work:
 
 Responses produced while processing one read are coalesced into one ``send``. Other
 threads (the batcher delivering, a reply callback) write with :meth:`Connection.send`,
-which sends directly when nothing is queued, else buffers and wakes the loop. A client
-whose unsent output exceeds ``max_buffer_bytes`` is disconnected (never blocking the
-sender).
+which sends directly when nothing is queued, else buffers and wakes the loop; it never
+blocks the sender. A batch event never exceeds ``max_frame_bytes``: a larger batch goes out
+as several frames with the same ``batch_id``, and an update that cannot be encoded is left
+out (counted in ``undeliverable_updates`` and logged) while the rest of its batch goes.
+
+Output, "slow but reading" versus "not reading" (the rule):
+
+- *Output pressure* is on while some connection's unsent output is above
+  ``max_buffer_bytes`` (until it is down to half of that), or all connections' together
+  are above ``output_budget_bytes`` (until down to half). Under output pressure the server
+  stops reading from publishing connections (those that published in the last second, and
+  any that publishes meanwhile), exactly as for the publish backlog below: publishers are
+  slowed by their socket buffers, nothing is refused or dropped. Deliveries of updates
+  already accepted still queue (the marks are high-water marks, not caps), so a subscriber
+  that keeps reading, however slowly, is never cut: it sets the publishers' pace.
+- A connection is *not reading* when, under output pressure, it has output queued and has
+  taken none of it for ``output_stall_s`` (measured from the last send that made progress,
+  or from when its output started queuing). It is disconnected with a logged reason and
+  counted (``stalled_disconnects``); once it is gone the pressure it caused lifts. A
+  connection without queued output is never judged, so an idle subscriber is safe.
+- Whatever is discarded — the deliveries still queued for a connection when it closes,
+  for any reason, and deliveries to a connection already closed — is counted
+  (``undelivered_updates``, ``undelivered_bytes``) and logged with the modules concerned.
 
 Flow control (SPEC §3, "publishers are slowed"): when, right after the publishes of a read
 went to the coordinator, its ``publish_backlog()`` (updates accepted but not yet taken in
@@ -87,6 +107,11 @@ from loguru import logger
 
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.actors.update import PRIORITY_RANK, Batch
+from modcoord.supervisor.limits import (
+    DEFAULT_OUTPUT_BUDGET_BYTES,
+    DEFAULT_OUTPUT_CONNECTION_BYTES,
+    DEFAULT_OUTPUT_STALL_S,
+)
 from modcoord.supervisor.module import ModuleEndpoint, ModuleInfo, Reply
 from modcoord.supervisor.wire import (
     CALLBACK,
@@ -102,6 +127,7 @@ from modcoord.supervisor.wire import (
     FramingError,
     check_publish,
     encode_acks,
+    encode_batch,
     encode_frame,
     encode_frames,
     error_to_wire,
@@ -118,6 +144,8 @@ __all__ = [
     "DEFAULT_FRAME_TIMEOUT_S",
     "DEFAULT_MAX_BUFFER_BYTES",
     "DEFAULT_MAX_INPUT_BYTES",
+    "DEFAULT_OUTPUT_BUDGET_BYTES",
+    "DEFAULT_OUTPUT_STALL_S",
     "FD_RESERVE",
     "LIMIT_LOG_INTERVAL_S",
     "SMALL_FRAME_BYTES",
@@ -130,7 +158,7 @@ __all__ = [
     "raise_nofile_limit",
 ]
 
-DEFAULT_MAX_BUFFER_BYTES = 64 << 20
+DEFAULT_MAX_BUFFER_BYTES = DEFAULT_OUTPUT_CONNECTION_BYTES
 DEFAULT_BACKLOG_HIGH_WATER = 20_000
 DEFAULT_BACKLOG_LOW_WATER = 5_000
 DEFAULT_BACKLOG_STALL_S = 2.0
@@ -149,6 +177,8 @@ LIMIT_LOG_INTERVAL_S = 5.0
 """At most one log line per this interval for each limit (with the count since)."""
 _RECV_SIZE = 256 * 1024
 _THROTTLE_POLL_S = 0.001  # how often a paused server re-checks the backlog
+_OUTPUT_POLL_S = 0.01  # how often, under output pressure, it re-checks the output
+_STALL_CHECK_S = 0.05  # how often, under output pressure, it looks for stalled readers
 _SPIN_S = 0.0002  # adaptive polling after activity (see Server._run)
 _PUBLISHER_WINDOW_S = 1.0  # a connection that published this recently is a publisher
 _READ = selectors.EVENT_READ
@@ -235,7 +265,17 @@ class ServerStatistics:
         publishes: publish requests handed to the coordinator.
         invalid_messages: messages answered with InvalidMessageError.
         framing_errors: connections closed for broken framing or undecodable frames.
-        slow_disconnects: connections closed because their output buffer overflowed.
+        stalled_disconnects: connections closed as not reading (queued output none of
+            which they took for ``output_stall_s`` under output pressure).
+        undelivered_updates: updates of deliveries discarded because their connection
+            closed before taking them (still queued then, or sent after it closed).
+        undelivered_bytes: bytes of output discarded with them.
+        undeliverable_updates: updates left out of a delivery because they could not be
+            encoded or did not fit a frame (the rest of the batch was delivered).
+        split_batches: deliveries (or held remainders of one) encoded in several frames
+            because one would exceed ``max_frame_bytes``.
+        output_pauses: times output pressure started (publishers paused).
+        output_pressure: whether output pressure is on now.
         internal_errors: unexpected exceptions (logged).
         callbacks_sent: callback requests sent to modules.
         callbacks_failed: callbacks answered with "connection closed".
@@ -263,6 +303,8 @@ class ServerStatistics:
         input_reserved: bytes of the input budget reserved now.
         input_waiting: connections waiting for the input budget now.
         max_connections: the connection cap (from ``RLIMIT_NOFILE`` less the reserve).
+        held_updates: updates of deliveries held unencoded behind full output buffers.
+        output_budget_bytes: the output budget across connections.
     """
 
     socket_path: str
@@ -275,7 +317,13 @@ class ServerStatistics:
     publishes: int
     invalid_messages: int
     framing_errors: int
-    slow_disconnects: int
+    stalled_disconnects: int
+    undelivered_updates: int
+    undelivered_bytes: int
+    undeliverable_updates: int
+    split_batches: int
+    output_pauses: int
+    output_pressure: bool
     internal_errors: int
     callbacks_sent: int
     callbacks_failed: int
@@ -296,6 +344,8 @@ class ServerStatistics:
     input_reserved: int
     input_waiting: int
     max_connections: int
+    held_updates: int
+    output_budget_bytes: int
 
 
 class Connection:
@@ -322,6 +372,14 @@ class Connection:
         self._server = server
         self._lock = threading.Lock()
         self._out = bytearray()
+        self._out_base = 0  # bytes sent out of ``_out`` so far (a position in the stream)
+        # (stream position where it ends, updates in it) of each delivery frame in _out.
+        self._out_frames: deque[tuple[int, int]] = deque()
+        self._progress_at = 0.0  # server clock: output last taken (or started queuing)
+        self.full = False  # above max_buffer_bytes or holding, until down to half of it
+        self._held: deque[tuple[str, Batch]] = deque()  # deliveries not encoded yet
+        self._held_updates = 0
+        self._lost_in_encoding = 0
         self._want_write = False
         self._callbacks: dict[int, Reply] = {}
         self._callback_ids = itertools.count(1)
@@ -348,57 +406,145 @@ class Connection:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def send(self, data: bytes) -> bool:
-        """Queue ``data`` (whole frames) for sending; never blocks.
+    def send(self, data: bytes, updates: int = 0) -> bool:
+        """Queue ``data`` (whole frames) for sending; never blocks, never cuts.
+
+        Args:
+            data: whole frames.
+            updates: how many updates ``data`` delivers (one delivery frame), so that they
+                are counted if the connection closes before taking them.
 
         Returns:
-            False if the connection is closed (the data is dropped), else True. A client
-            whose unsent output exceeds the server's bound is disconnected.
+            False if the connection is closed (the data is dropped; its updates are
+            counted as undelivered and logged), else True. Output queuing above the
+            server's marks turns output pressure on (see the module doc).
         """
-        server = self._server
         with self._lock:
-            if self.closed:
-                return False
-            out = self._out
-            if not out:
-                try:
-                    sent = self.sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as exc:
-                    server._post_close(self, f"send failed: {exc}")
-                    return False
-                if sent == len(data):
-                    return True
-                out += memoryview(data)[sent:]
-            else:
-                out += data
-            if len(out) > server.max_buffer_bytes:
-                out.clear()
-                server._post_close(self, "slow client: output buffer overflow", slow=True)
-                return False
-            if self._want_write:
-                return True
-            self._want_write = True
-        server._post_write(self)
+            lost, pressure, wake = self._queue_locked(data, updates)
+        return self._after_queue(lost, pressure, wake, updates, len(data))
+
+    def _queue_locked(self, data: bytes, updates: int) -> tuple[str, bool, bool]:
+        """Send or buffer ``data`` (lock held). Returns ``(why it was lost or "",
+        output pressure to turn on, the loop to wake)``."""
+        server = self._server
+        if self.closed:
+            return f"connection {self.conn_id} is closed", False, False
+        out = self._out
+        before = len(out)
+        if not out:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                server._post_close(self, f"send failed: {exc}")
+                return f"send failed: {exc}", False, False
+            if sent == len(data):
+                return "", False, False
+            self._progress_at = server._now()  # the stall clock starts
+            out += memoryview(data)[sent:]
+        else:
+            out += data
+        if updates:
+            self._out_frames.append((self._out_base + len(out), updates))
+        pressure = server._output_added(self, len(out) - before, len(out))
+        wake = not self._want_write
+        self._want_write = True
+        return "", pressure, wake
+
+    def _after_queue(self, lost: str, pressure: bool, wake: bool, updates: int,
+                     size: int) -> bool:
+        server = self._server
+        if lost:
+            if updates:
+                server._count_undelivered(self, updates, size, lost)
+            return False
+        if pressure:
+            server._post("pressure", self, "")
+        if wake:
+            server._post_write(self)
         return True
 
     def _flush_out(self) -> bool | None:
-        """Send buffered output (I/O thread). True: drained; False: more; None: failed."""
-        with self._lock:
-            out = self._out
-            if out:
-                try:
-                    sent = self.sock.send(out)
-                except (BlockingIOError, InterruptedError):
-                    return False
-                except OSError:
-                    return None
-                del out[:sent]
+        """Send buffered output (I/O thread). True: drained; False: more; None: failed.
+
+        Once the buffer is down to half the per-connection mark, held deliveries are
+        encoded into it (see :meth:`deliver`)."""
+        failed: list[tuple[str, int, list[tuple[Any, str]], int]] = []
+        pressure = False
+        try:
+            with self._lock:
+                out = self._out
+                if out:
+                    try:
+                        sent = self.sock.send(out)
+                    except (BlockingIOError, InterruptedError):
+                        return False
+                    except OSError:
+                        return None
+                    if sent:
+                        del out[:sent]
+                        base = self._out_base = self._out_base + sent
+                        frames = self._out_frames
+                        while frames and frames[0][0] <= base:
+                            frames.popleft()
+                        self._progress_at = self._server._now()
+                        self._server._output_taken(self, sent, len(out))
+                half = self._server.max_buffer_bytes // 2
+                while self._held and len(out) <= half and not self.closed:
+                    if out and self._server._over_budget():
+                        break
+                    module_id, batch = self._held.popleft()
+                    self._held_updates -= len(batch.updates)
+                    lost, p, _ = self._encode_locked(module_id, batch, failed)
+                    pressure |= p
+                    if lost:
+                        break
+                if not self._held:
+                    self._server._output_taken(self, 0, len(out))  # may leave the full set
                 if out:
                     return False
-            self._want_write = False
-            return True
+                self._want_write = False
+                return True
+        finally:
+            for module_id, batch_id, bad, sent_n in failed:
+                self._server._count_undeliverable(module_id, batch_id, bad, sent_n)
+            if pressure:
+                self._server._post("pressure", self, "")
+
+    def _encode_locked(self, module_id: str, batch: Batch,
+                       failed: list[tuple[str, int, list[tuple[Any, str]], int]]
+                       ) -> tuple[str, bool, bool]:
+        """Encode ``batch`` (lock held) and queue its frames while this connection is
+        under its mark and the budget allows (one frame at least); hold the rest, in
+        front of anything held. Returns what :meth:`_queue_locked` does."""
+        server = self._server
+        allowance = max(1, min(server.max_buffer_bytes - len(self._out),
+                               server.output_budget_bytes - server._out_total))
+        encoded = encode_batch(module_id, batch.batch_id, batch.reason, batch.updates,
+                               server.max_frame_bytes, max_bytes=allowance,
+                               whole=batch.batch_id != server._oversized_batch)
+        if encoded.oversized:
+            server._oversized_batch = batch.batch_id
+            server._count("split_batches")
+        if encoded.failed:
+            failed.append((module_id, batch.batch_id, encoded.failed,
+                           sum(n for _, n in encoded.frames)))
+        lost, pressure, wake = "", False, False
+        frames = encoded.frames
+        for i, (frame, n) in enumerate(frames):
+            lost, p, w = self._queue_locked(frame, n)
+            if lost:
+                self._lost_in_encoding = sum(k for _, k in frames[i:])
+                return lost, False, False
+            pressure |= p
+            wake |= w
+        if encoded.rest < len(batch.updates):
+            rest = Batch(batch.batch_id, batch.updates[encoded.rest:], batch.reason)
+            self._held.appendleft((module_id, rest))
+            self._held_updates += len(rest.updates)
+            pressure |= server._output_held(self)
+        return "", pressure, wake
 
     def _buffered(self) -> int:
         return len(self._out)
@@ -432,24 +578,46 @@ class Connection:
     # -- ModuleEndpoint ----------------------------------------------------------------------
 
     def deliver(self, module_id: str, batch: Batch) -> None:
-        """Send a ``batch`` event to ``module_id``'s process (any thread, non-blocking)."""
-        if self.closed:
+        """Send a ``batch`` event to ``module_id``'s process (any thread, non-blocking).
+
+        The batch goes in frames of at most ``max_frame_bytes`` (several, with the same
+        ``batch_id``, if it is larger). An update that cannot be encoded, or alone does
+        not fit a frame, is left out, counted (``undeliverable_updates``) and logged;
+        the rest is delivered. To a closed connection nothing goes: counted and logged.
+
+        Encoded output per connection stops at ``max_buffer_bytes`` (plus one frame), and
+        while the output budget is spent at one frame for a connection with output
+        queued: what is beyond is *held* unencoded (its updates are shared with every
+        other subscriber's copy, so a subscriber that lags costs references, not another
+        encoded copy), in order, and encoded as the output drains to half the mark.
+        Holding turns output pressure on.
+        """
+        server = self._server
+        failed: list[tuple[str, int, list[tuple[Any, str]], int]] = []
+        lost, pressure, wake = "", False, False
+        lost_n = len(batch.updates)
+        with self._lock:
+            out = self._out
+            if self.closed:
+                lost = f"connection {self.conn_id} is closed"
+            elif self._held or (out and (len(out) > server.max_buffer_bytes
+                                         or server._over_budget())):
+                self._held.append((module_id, batch))
+                self._held_updates += len(batch.updates)
+                pressure = server._output_held(self)
+            else:
+                lost, pressure, wake = self._encode_locked(module_id, batch, failed)
+                if lost:
+                    lost_n = self._lost_in_encoding
+        for mid, batch_id, bad, sent_n in failed:
+            server._count_undeliverable(mid, batch_id, bad, sent_n)
+        if lost:
+            server._count_undelivered(self, lost_n, 0, lost, module_id)
             return
-        params = {
-            "module_id": module_id,
-            "batch_id": batch.batch_id,
-            "reason": batch.reason,
-            "updates": [[u.module_id, u.key, u.payload, u.priority, u.seq]
-                        for u in batch.updates],
-        }
-        try:
-            frame = encode_frame([EVENT, "batch", params])
-        except Exception as exc:
-            _log.bind(module=module_id).error(
-                "batch {id} cannot be encoded for {module}: {exc}",
-                id=batch.batch_id, module=module_id, exc=exc)
-            return
-        self.send(frame)
+        if pressure:
+            server._post("pressure", self, "")
+        if wake:
+            server._post_write(self)
 
     def mode_change(self, module_id: str, mode: str, strategy: str,
                     context: dict[str, Any], reply: Reply) -> None:
@@ -537,7 +705,15 @@ class Server:
         max_frame_bytes: largest inbound frame body; larger is broken framing.
         control_workers: threads running control calls.
         allowed_uid: the only peer uid accepted (default: this process's uid).
-        max_buffer_bytes: unsent output per connection beyond which it is disconnected.
+        max_buffer_bytes: a connection's unsent output above which output pressure is on
+            (``daemon.output.max_connection_bytes``; see the module doc).
+        output_budget_bytes: all connections' unsent output above which output pressure
+            is on (``daemon.output.max_total_bytes``).
+        output_stall_s: under output pressure, how long a connection may take none of
+            its queued output before it is disconnected as not reading
+            (``daemon.output.stall_timeout_s``).
+        monotonic: the clock the output stall timeout is measured with (a test injects
+            a ``MockClock``'s ``monotonic``).
         drain_timeout: on stop, how long to keep flushing queued output before closing.
         backlog_high_water: publish backlog above which publishers are paused (``None``:
             no flow control; also off when the coordinator has no ``publish_backlog``).
@@ -556,7 +732,8 @@ class Server:
     Raises:
         ValueError: ``max_frame_bytes`` below 64, or water marks not
             ``0 <= low < high``, or a non-positive ``backlog_stall_s``,
-            ``frame_timeout_s``, ``max_input_bytes`` or ``max_connections``.
+            ``frame_timeout_s``, ``max_input_bytes``, ``max_connections``,
+            ``max_buffer_bytes``, ``output_budget_bytes`` or ``output_stall_s``.
     """
 
     def __init__(self, coordinator: CoordinatorLike, socket_path: str | os.PathLike[str],
@@ -570,6 +747,8 @@ class Server:
                  frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
                  max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
                  max_connections: int | None = None,
+                 output_budget_bytes: int = DEFAULT_OUTPUT_BUDGET_BYTES,
+                 output_stall_s: float = DEFAULT_OUTPUT_STALL_S,
                  clock: Callable[[], float] | None = None) -> None:
         if max_frame_bytes < 64:
             raise ValueError("max_frame_bytes must be at least 64")
@@ -584,10 +763,23 @@ class Server:
                              f"low={backlog_low_water}, high={backlog_high_water}")
         if backlog_stall_s <= 0:
             raise ValueError("backlog_stall_s must be positive")
+        if max_buffer_bytes <= 0 or output_budget_bytes <= 0 or output_stall_s <= 0:
+            raise ValueError("max_buffer_bytes, output_budget_bytes and output_stall_s must "
+                             "be positive")
         self.coordinator = coordinator
         self.socket_path = Path(socket_path)
         self.max_frame_bytes = max_frame_bytes
         self.max_buffer_bytes = max_buffer_bytes
+        self.output_budget_bytes = output_budget_bytes
+        self.output_stall_s = output_stall_s
+        # Output accounting (any thread, under _out_lock; a connection's lock first).
+        self._out_lock = threading.Lock()
+        self._out_total = 0
+        self._out_full: set[Connection] = set()
+        self._oversized_batch = 0  # the id of the last batch found not to fit one frame
+        # Output pressure state (I/O thread).
+        self._out_pressure = False
+        self._out_stall_check = float("-inf")
         self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
         self.drain_timeout = drain_timeout
         self.undelivered_bytes_at_stop = 0
@@ -647,10 +839,12 @@ class Server:
         self._counters_lock = threading.Lock()
         self._counters: dict[str, int] = dict.fromkeys(
             ("accepted", "refused", "closed", "requests", "publishes", "invalid_messages",
-             "framing_errors", "slow_disconnects", "internal_errors", "callbacks_sent",
-             "callbacks_failed", "bytes_in", "reads", "backpressure_pauses",
-             "backpressure_throttled", "backpressure_stalls", "frame_timeouts", "input_waits",
-             "refused_at_limit", "accept_errors", "accept_pauses"), 0)
+             "framing_errors", "stalled_disconnects", "undelivered_updates",
+             "undelivered_bytes", "undeliverable_updates", "split_batches", "output_pauses",
+             "internal_errors", "callbacks_sent", "callbacks_failed", "bytes_in", "reads",
+             "backpressure_pauses", "backpressure_throttled", "backpressure_stalls",
+             "frame_timeouts", "input_waits", "refused_at_limit", "accept_errors",
+             "accept_pauses"), 0)
         self._handlers: dict[str, Callable[[Connection, int, Any], None]] = {
             "hello": self._on_hello,
             "register": self._on_register,
@@ -778,24 +972,29 @@ class Server:
 
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters."""
+        conns = list(self._conns.values())
         with self._counters_lock:
             c = dict(self._counters)
             paused_s = self._paused_total_s
             active = self._throttling
             if active:
                 paused_s += time.monotonic() - self._throttle_since
-        conns = list(self._conns.values())
+        with self._out_lock:
+            buffered = self._out_total
         return ServerStatistics(
             socket_path=str(self.socket_path),
             listening=self.listening,
             connections=len(conns),
-            buffered_out=sum(conn._buffered() for conn in conns),
+            buffered_out=buffered,
+            held_updates=sum(conn._held_updates for conn in conns),
             buffered_in=sum(conn.decoder.buffered for conn in conns),
             input_reserved=self._input_reserved,
             input_waiting=sum(1 for conn in conns if conn.input_waiting),
             max_connections=self.max_connections,
             backpressure_paused_s=paused_s,
             backpressure_active=active,
+            output_pressure=self._out_pressure,
+            output_budget_bytes=self.output_budget_bytes,
             **c,
         )
 
@@ -830,11 +1029,64 @@ class Server:
     def _post_write(self, conn: Connection) -> None:
         self._post("write", conn, "")
 
-    def _post_close(self, conn: Connection, reason: str, slow: bool = False) -> None:
-        if slow:
-            self._count("slow_disconnects")
-            _log.warning("disconnecting slow client {conn}: {reason}", conn=conn, reason=reason)
+    def _post_close(self, conn: Connection, reason: str) -> None:
         self._post("close", conn, reason)
+
+    # -- output accounting (any thread) -----------------------------------------------------
+
+    def _output_added(self, conn: Connection, added: int, buffered: int) -> bool:
+        """``added`` bytes were queued on ``conn`` (its lock held), which has ``buffered``
+        now. Returns whether output pressure should be turned on."""
+        with self._out_lock:
+            self._out_total = total = self._out_total + added
+            newly_full = not conn.full and buffered > self.max_buffer_bytes
+            if newly_full:
+                conn.full = True
+                self._out_full.add(conn)
+        return newly_full or (total > self.output_budget_bytes and not self._out_pressure)
+
+    def _over_budget(self) -> bool:
+        return self._out_total > self.output_budget_bytes
+
+    def _output_held(self, conn: Connection) -> bool:
+        """``conn`` holds a delivery (its lock held). Returns whether output pressure
+        should be turned on."""
+        with self._out_lock:
+            if conn.full:
+                return not self._out_pressure
+            conn.full = True
+            self._out_full.add(conn)
+            return True
+
+    def _output_taken(self, conn: Connection, taken: int, buffered: int) -> None:
+        """``taken`` bytes of ``conn``'s output went (sent or discarded; its lock held)."""
+        with self._out_lock:
+            self._out_total -= taken
+            if conn.full and buffered <= self.max_buffer_bytes // 2 and not conn._held:
+                conn.full = False
+                self._out_full.discard(conn)
+
+    def _count_undelivered(self, conn: Connection, updates: int, size: int, reason: str,
+                           module_id: str | None = None) -> None:
+        """Count and log deliveries discarded (``reason``: why)."""
+        with self._counters_lock:
+            self._counters["undelivered_updates"] += updates
+            self._counters["undelivered_bytes"] += size
+        modules = module_id or ", ".join(sorted(conn.module_ids)) or "no module"
+        _log.bind(module=module_id).warning(
+            "{n} update(s) to {modules} not delivered ({size} bytes): {reason}",
+            n=updates, modules=modules, size=size, reason=reason)
+
+    def _count_undeliverable(self, module_id: str, batch_id: int,
+                             failed: Sequence[tuple[Any, str]], sent: int) -> None:
+        """Count and log updates left out of a delivery (they cannot be encoded)."""
+        self._count("undeliverable_updates", len(failed))
+        first, why = failed[0]
+        _log.bind(module=module_id).error(
+            "batch {id} for {module}: {n} update(s) cannot be delivered and were left out "
+            "(first: {src}/{key} seq {seq}: {why}); the other {sent} were sent",
+            id=batch_id, module=module_id, n=len(failed), src=first.module_id,
+            key=first.key, seq=first.seq, why=why, sent=sent)
 
     def _emit(self, conn: Connection, frame: bytes) -> None:
         """Send a frame, coalescing when called inside the I/O thread's processing."""
@@ -882,7 +1134,8 @@ class Server:
                         while not events and perf() < until:
                             events = selector.select(0)
                     if not events:
-                        timeout = _THROTTLE_POLL_S if self._throttling else None
+                        timeout = (_THROTTLE_POLL_S if self._throttling
+                                   else _OUTPUT_POLL_S if self._out_pressure else None)
                         if self._partials or self._accept_resume_at is not None:
                             timeout = self._timer_timeout(timeout)
                         events = selector.select(timeout)
@@ -896,6 +1149,8 @@ class Server:
                     self._check_backlog()
                 if self._partials or self._accept_resume_at is not None:
                     self._run_timers()
+                if self._out_pressure:
+                    self._check_output()
             self._shutdown()
         except BaseException:
             _log.opt(exception=True).critical("server I/O loop failed")
@@ -945,6 +1200,8 @@ class Server:
                 elif kind == "resume":
                     if conn is not None and not conn.closed:
                         self._resume(conn)
+                elif kind == "pressure":
+                    self._start_output_pressure()
                 elif kind == "stop_accepting":
                     self._close_listener()
             except Exception:
@@ -1297,13 +1554,15 @@ class Server:
         GIL, so the debouncer cannot have taken them in yet): pause publishers if the
         backlog is above the high-water mark. ``conn`` stops being read after the messages
         already received."""
-        backlog = self._backlog
-        if backlog is None or conn.closed:
+        if conn.closed:
             return
         now = time.monotonic()
         conn.last_publish = now
-        if self._throttling:
+        if self._throttling or self._out_pressure:
             self._throttle(conn)
+            return
+        backlog = self._backlog
+        if backlog is None:
             return
         high = self.backlog_high_water
         assert high is not None
@@ -1372,11 +1631,68 @@ class Server:
         with self._counters_lock:
             self._throttling = False
             self._paused_total_s += now - self._throttle_since
+        if not self._out_pressure:
+            self._release_publishers()
+
+    def _release_publishers(self) -> None:
+        """Read from the paused publishers again (neither reason to pause holds)."""
         throttled, self._throttled = self._throttled, []
         for conn in throttled:
             conn.throttled = False
             if not conn.closed:
                 self._update_interest(conn)
+
+    # -- output pressure (I/O thread) ---------------------------------------------------------
+
+    def _start_output_pressure(self) -> None:
+        """Output is above a mark: pause the publishers (see the module doc)."""
+        if self._out_pressure:
+            return
+        with self._out_lock:
+            total = self._out_total
+            full = len(self._out_full)
+        if not full and total <= self.output_budget_bytes:
+            return  # drained meanwhile
+        self._out_pressure = True
+        self._out_stall_check = self._now()
+        self._count("output_pauses")
+        _log.info("output pressure: {total} bytes queued ({full} connection(s) above "
+                  "{cap} bytes; budget {budget}): pausing publishers", total=total, full=full,
+                  cap=self.max_buffer_bytes, budget=self.output_budget_bytes)
+        recent = time.monotonic() - _PUBLISHER_WINDOW_S
+        for conn in list(self._conns.values()):
+            if conn.last_publish >= recent and not conn.closed:
+                self._throttle(conn)
+
+    def _check_output(self) -> None:
+        """Under output pressure: resume once below the low marks; disconnect the
+        connections that are not reading (queued output, none taken for
+        ``output_stall_s``)."""
+        with self._out_lock:
+            total = self._out_total
+            full = bool(self._out_full)
+        if not full and total <= self.output_budget_bytes // 2:
+            self._out_pressure = False
+            _log.info("output pressure over ({total} bytes queued): resuming publishers",
+                      total=total)
+            if not self._throttling:
+                self._release_publishers()
+            return
+        now = self._now()
+        if now - self._out_stall_check < _STALL_CHECK_S:
+            return
+        self._out_stall_check = now
+        for conn in list(self._conns.values()):
+            if conn.closed or not conn._want_write:
+                continue
+            idle = now - conn._progress_at
+            if idle >= self.output_stall_s:
+                self._count("stalled_disconnects")
+                reason = (f"not reading: {conn._buffered()} bytes of output queued and none "
+                          f"taken for {idle:.1f} s under output pressure (limit "
+                          f"daemon.output.stall_timeout_s = {self.output_stall_s:g} s)")
+                _log.warning("disconnecting {conn}: {reason}", conn=conn, reason=reason)
+                self._close(conn, reason)
 
     def _close_after_flush(self, conn: Connection) -> None:
         conn.reading = False
@@ -1467,8 +1783,7 @@ class Server:
             results: Sequence[Any] = self.coordinator.publish_many(items)
         except Exception as exc:
             results = [exc] * len(items)
-        if self._backlog is not None:
-            self._after_publishing(conn)
+        self._after_publishing(conn)
         self._count("publishes", len(items))
         try:
             data = encode_acks(ids, results)  # all accepted: one struct call each
@@ -1650,7 +1965,13 @@ class Server:
             callbacks = conn._callbacks
             conn._callbacks = {}
             modules = list(conn.module_ids)
+            lost_bytes = len(conn._out)
+            lost_updates = sum(n for _, n in conn._out_frames) + conn._held_updates
+            conn._out_frames.clear()
             conn._out.clear()
+            conn._held.clear()
+            conn._held_updates = 0
+            self._output_taken(conn, lost_bytes, 0)
         self._conns.pop(conn.conn_id, None)
         if conn.partial_since is not None or conn.reserved or conn.input_waiting:
             self._end_partial(conn)
@@ -1663,6 +1984,10 @@ class Server:
         conn.backlog.clear()
         self._count("closed")
         _log.debug("connection {id} closed: {reason}", id=conn.conn_id, reason=reason)
+        if lost_updates:
+            self._count_undelivered(conn, lost_updates, lost_bytes,
+                                    f"connection {conn.conn_id} closed ({reason}) before "
+                                    "taking them")
         if callbacks:
             self._count("callbacks_failed", len(callbacks))
             for reply in callbacks.values():

@@ -23,7 +23,9 @@ from typing import Any
 
 import msgpack
 import pytest
+from daemon_harness import wait_for
 
+from modcoord.actors import MockClock
 from modcoord.actors.errors import (
     ActorCrashedError,
     ActorStoppedError,
@@ -661,22 +663,42 @@ def test_garbage_bytes_without_framing(server: Server, client: Client) -> None:
     assert client.status().get()["mode"] == "HYBRID"
 
 
-def test_slow_client_is_disconnected_without_blocking_the_sender(
+def test_a_peer_that_stops_reading_is_disconnected_after_the_stall_timeout(
         fake: FakeCoordinator, runtime_dir: Path) -> None:
-    with Server(fake, socket_path(runtime_dir), max_buffer_bytes=1 << 20) as srv:
+    """Output pressure does not cut a peer at once; one that takes none of its output for
+    ``output_stall_s`` (a mock clock) is disconnected, and what it missed is counted."""
+    clock = MockClock()
+    with Server(fake, socket_path(runtime_dir), max_buffer_bytes=1 << 20,
+                output_stall_s=5.0, clock=clock.monotonic) as srv:
         raw = RawClient(srv.socket_path)
         raw.send([0, 1, "register", {"module_id": "sink"}])
         raw.recv_response(1)
         endpoint = fake.endpoints["sink"]
         payload = "x" * 65536
         started = time.monotonic()
-        delivered = 0
-        while srv.statistics().slow_disconnects == 0 and delivered < 1000:
-            endpoint.deliver("sink", Batch(delivered, (Update("a", "k", payload),)))
-            delivered += 1
+        for i in range(64):  # 4 MiB: well above the 1 MiB mark, never blocking the sender
+            endpoint.deliver("sink", Batch(i, (Update("a", "k", payload),)))
         assert time.monotonic() - started < 5.0
-        assert srv.statistics().slow_disconnects == 1
+        wait_for(lambda: srv.statistics().output_pressure, WAIT, message="output pressure")
+        before = srv.statistics()
+        # Encoded output stops at the mark (plus the frame that crossed it); the rest is
+        # held as references, not as another encoded copy.
+        assert before.buffered_out <= (1 << 20) + 65536 + 100
+        assert before.held_updates >= 40
+        clock.advance(4.9)  # not yet: it may be slow rather than gone
+        with pytest.raises(AssertionError):  # the I/O loop looks every 10 ms
+            wait_for(lambda: srv.statistics().stalled_disconnects > 0, 0.3)
+        assert srv.connections() == 1
+        clock.advance(0.2)
+        wait_for(lambda: srv.statistics().stalled_disconnects == 1, WAIT,
+                 message="the stalled peer to be disconnected")
         assert fake.wait_for(lambda: any(m == "sink" for m, _ in fake.unregistrations))
+        stats = srv.statistics()
+        # What the kernel took is not counted; the rest of the 64 deliveries is.
+        assert 40 <= stats.undelivered_updates < 64
+        assert 0 < stats.undelivered_bytes <= before.buffered_out
+        assert stats.buffered_out == 0 and stats.held_updates == 0
+        wait_for(lambda: not srv.statistics().output_pressure, WAIT, message="pressure off")
         raw.close()
 
 
@@ -1094,7 +1116,7 @@ def test_backpressure_slows_a_publisher_without_refusing_or_losing(
         assert [item[1] for item in fake.published] == [f"k{100 + i}" for i in range(n)]
         stats = srv.statistics()
         assert stats.backpressure_pauses >= 1 and stats.backpressure_stalls == 0
-        assert stats.invalid_messages == 0 and stats.slow_disconnects == 0
+        assert stats.invalid_messages == 0 and stats.stalled_disconnects == 0
         pub.close()
 
 
