@@ -53,8 +53,8 @@ def runtime_dirs() -> Iterator[list[Path]]:
     dirs: list[Path] = []
     yield dirs
     for d in dirs:
-        pidfile = d / "modcoord.pid"
-        if pidfile.is_symlink() or not pidfile.is_file():
+        pidfile = d / "modcoord.pid"  # read through a planted symlink too: a daemon
+        if not pidfile.is_file():        # that wrote its pid there must be stopped
             continue
         with contextlib.suppress(ValueError, OSError):
             pid = int(pidfile.read_text().strip())
