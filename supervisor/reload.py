@@ -285,11 +285,13 @@ class Reloader:
             ``$NOTIFY_SOCKET``).
         digest: the digest of the config already running, so that reloading an
             unchanged directory is skipped from the first time on.
+        wait_s: how long :meth:`request` waits for an outcome by default.
     """
 
     def __init__(self, load: Callable[[], ConfigSet], apply: Callable[[ConfigSet], None], *,
                  notify: Callable[[str], Any] | None = None,
-                 digest: str | None = None) -> None:
+                 digest: str | None = None, wait_s: float = RELOAD_WAIT_S) -> None:
+        self.wait_s = wait_s
         self._load = load
         self._apply = apply
         self._notify = notify if notify is not None else sd_notify
@@ -376,8 +378,9 @@ class Reloader:
             self._queue.notify()
             return future
 
-    def request(self, reason: str, wait_s: float = RELOAD_WAIT_S) -> ReloadResult:
-        """Reload on the reloader's thread and wait for the outcome, at most ``wait_s``.
+    def request(self, reason: str, wait_s: float | None = None) -> ReloadResult:
+        """Reload on the reloader's thread and wait for the outcome, at most ``wait_s``
+        (default: the reloader's ``wait_s``, :data:`RELOAD_WAIT_S`).
 
         Only one caller waits at a time; another caller meanwhile gets a pending answer at
         once. So a reload that hangs holds at most one calling thread, for ``wait_s``.
@@ -388,7 +391,7 @@ class Reloader:
         """
         future = self.submit(reason)
         with self._queue:
-            wait = 0.0 if self._waiting else wait_s
+            wait = 0.0 if self._waiting else (self.wait_s if wait_s is None else wait_s)
             self._waiting = self._waiting or wait > 0
         try:
             return future.result(timeout=wait)
