@@ -9,6 +9,9 @@ what is wrong, and nothing is applied.
 from __future__ import annotations
 
 import hashlib
+import os
+import reprlib
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +28,10 @@ from modcoord.supervisor.limits import (
 )
 
 __all__ = [
+    "MAX_CONFIG_FILE_BYTES",
+    "MAX_ERROR_VALUE_CHARS",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
     "MODES",
     "MODE_FILES",
     "ConfigSet",
@@ -33,11 +40,22 @@ __all__ = [
     "load_config_dir",
     "load_mode_file",
     "normalize_mode",
+    "short_repr",
 ]
 
 MODES: tuple[str, ...] = ("MANUAL", "HYBRID", "FULLY_AUTO")
 MODE_FILES: dict[str, str] = {m: f"{m.lower()}.yaml" for m in MODES}
 DAEMON_FILE = "daemon.yaml"
+
+#: A config file larger than this is refused before it is parsed (real ones are a few KiB).
+MAX_CONFIG_FILE_BYTES = 1 << 20
+#: A YAML document may hold at most this many nodes *after* alias expansion: a
+#: "billion laughs" alias bomb is refused while composing, before anything is built.
+MAX_YAML_NODES = 100_000
+#: ... and may nest collections at most this deep.
+MAX_YAML_DEPTH = 64
+#: An offending value is shown in an error message in at most this many characters.
+MAX_ERROR_VALUE_CHARS = 80
 
 
 def normalize_mode(mode: str) -> str:
@@ -129,26 +147,156 @@ def default_config_dir() -> Path:
     return Path(modcoord.configs.__file__).resolve().parent
 
 
-def _read_yaml(path: Path) -> tuple[dict[str, Any], bytes]:
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _read_config_bytes(path: Path) -> bytes:
+    """Read a config file: a regular file (symlinks are followed) of at most
+    :data:`MAX_CONFIG_FILE_BYTES`.
+
+    It is opened non-blocking, so a FIFO or a device never blocks the caller; ``fstat`` on
+    the open file then refuses anything but a regular file.
+
+    Raises:
+        ConfigError: missing, unreadable, not a regular file, or too large (naming the file).
+    """
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(str(path), "", "file not found") from None
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(raw)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(str(path), "", (
+                f"is {_file_kind(st.st_mode)}, not a regular file; only regular files are "
+                "read as config (replace it with a regular file)"))
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_FILE_BYTES:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(str(path), "", (
+            f"file is larger than the limit of {MAX_CONFIG_FILE_BYTES} bytes "
+            "(MAX_CONFIG_FILE_BYTES); a config file holds a few settings, shorten it"))
+    return b"".join(chunks)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents that expand to more than
+    :data:`MAX_YAML_NODES` nodes or nest deeper than :data:`MAX_YAML_DEPTH`.
+
+    Aliases make a node graph whose expanded size can be exponential in the file's size
+    (each alias counts the whole subtree it names). The size is counted on the composed
+    graph (each node once, memoised), before any Python object is built; a recursive
+    alias counts as too large.
+    """
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _yaml_error(problem: str, node: yaml.Node) -> yaml.YAMLError:
+    return yaml.composer.ComposerError(None, None, problem, node.start_mark)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Raise a YAML error if ``root`` expands past the node or depth limit."""
+    sizes: dict[int, int] = {}  # id(node) -> expanded node count
+    active: set[int] = set()  # nodes on the current path: seeing one again is recursion
+    total_limit = MAX_YAML_NODES
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [item for pair in node.value for item in pair]
+        return []
+
+    # Iterative post-order walk: (node, depth, children left to visit).
+    stack: list[tuple[yaml.Node, int, list[yaml.Node]]] = [(root, 1, children(root))]
+    active.add(id(root))
+    while stack:
+        node, depth, todo = stack[-1]
+        if depth > MAX_YAML_DEPTH:
+            raise _yaml_error(
+                f"collections nest deeper than {MAX_YAML_DEPTH} levels (MAX_YAML_DEPTH); "
+                "flatten the structure", node)
+        while todo and id(todo[-1]) in sizes:
+            todo.pop()
+        if todo:
+            child = todo.pop()
+            if id(child) in active:
+                raise _yaml_error("an alias refers to a collection that contains it "
+                                  "(recursive alias); remove it", child)
+            active.add(id(child))
+            stack.append((child, depth + 1, children(child)))
+            continue
+        stack.pop()
+        active.discard(id(node))
+        size = 1 + sum(sizes[id(c)] for c in children(node))
+        if size > total_limit:
+            raise _yaml_error(
+                f"the document expands to more than {total_limit} nodes through its "
+                f"aliases (MAX_YAML_NODES; an alias bomb?); write the values out or use "
+                "fewer aliases", node)
+        sizes[id(node)] = size
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], bytes]:
+    raw = _read_config_bytes(path)
+    try:
+        data = yaml.load(raw, Loader=_BoundedLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(path), "", f"invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(str(path), "", (
+            f"invalid YAML: collections nest too deeply (the limit is {MAX_YAML_DEPTH} "
+            "levels, MAX_YAML_DEPTH); flatten the structure")) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
             str(path), "", f"expected a mapping of sections, got {type(data).__name__}")
     return data, raw
+
+
+_short = reprlib.Repr()
+_short.maxlevel = 3
+_short.maxstring = _short.maxother = _short.maxlong = MAX_ERROR_VALUE_CHARS
+for _attr in ("maxdict", "maxlist", "maxtuple", "maxset", "maxfrozenset", "maxdeque",
+              "maxarray"):
+    setattr(_short, _attr, 6)
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` in at most :data:`MAX_ERROR_VALUE_CHARS` characters (``…`` marks a cut).
+
+    Built with :mod:`reprlib`, so the cost is bounded whatever the size of ``value``.
+    """
+    text = _short.repr(value)
+    if len(text) > MAX_ERROR_VALUE_CHARS:
+        text = text[:MAX_ERROR_VALUE_CHARS] + "…"
+    return text
 
 
 def _validate(model: type[BaseModel], data: dict[str, Any], path: Path) -> Any:
@@ -163,7 +311,7 @@ def _validate(model: type[BaseModel], data: dict[str, Any], path: Path) -> Any:
         else:
             problem = err["msg"]
             if "input" in err and kind not in ("missing",) and not isinstance(err["input"], dict):
-                problem += f" (got {err['input']!r})"
+                problem += f" (got {short_repr(err['input'])})"
         raise ConfigError(str(path), key, problem) from None
 
 

@@ -106,17 +106,21 @@ class Controller:
             reloads = self.reloader.statistics()
             out["last_reload_error"] = reloads.last_error
             out["reloads"] = {"ok": reloads.reloads_ok, "rejected": reloads.rejected,
-                              "skipped": reloads.skipped}
+                              "skipped": reloads.skipped, "running": reloads.running,
+                              "unanswered": reloads.unanswered}
         out["daemon"] = dict(self.daemon_info)
         if self.server is not None:
             out["server"] = asdict(self.server.statistics())
         return out
 
     def reload(self) -> dict[str, Any]:
+        """Reload on the reloader's own thread, waiting a bounded time for the outcome
+        (``pending: true`` if it had not finished), so the control threads stay free."""
         if self.reloader is None:
             raise InvalidMessageError("reload is not available in this process")
-        result = self.reloader.reload("request")
-        return {"ok": result.ok, "changed": result.changed, "error": result.error}
+        result = self.reloader.request("request")
+        return {"ok": result.ok, "changed": result.changed, "error": result.error,
+                "pending": result.pending}
 
     def stop(self) -> dict[str, Any]:
         if self.request_stop is not None:

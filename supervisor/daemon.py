@@ -11,17 +11,26 @@ contract (SPEC §5):
 - SIGTERM/SIGINT stop gracefully (flush pending updates to connected subscribers, then
   close the socket); a second one forces an immediate exit (code 1). SIGHUP reloads.
 - Exit codes: 0 stopped cleanly, 1 failure (including escalation by the supervisor),
-  78 invalid config at start.
+  78 invalid config or unsafe/unusable runtime or log directory at start.
+- Files: the runtime and log directories must belong to the daemon's user and not be
+  writable by group or others (checked before detaching); the pidfile and the log file
+  are opened with ``O_NOFOLLOW`` and must be regular files; ``daemon.json`` is written to a
+  temporary file and renamed into place (see :mod:`modcoord.supervisor.paths`).
+- Whatever fails before the daemon is ready is reported at once through the readiness
+  pipe: ``start`` prints it and exits with its code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import fcntl
 import gc
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -32,6 +41,13 @@ from typing import Any
 from loguru import logger
 
 from modcoord.actors.errors import ConfigError, ModcoordError
+from modcoord.supervisor.paths import (
+    UnsafePathError,
+    check_writable_dir,
+    open_for_writing,
+    prepare_private_dir,
+    write_file_atomic,
+)
 
 __all__ = [
     "EXIT_CONFIG",
@@ -41,6 +57,7 @@ __all__ = [
     "EXIT_USAGE",
     "DaemonOptions",
     "PidLock",
+    "preflight",
     "prepare_runtime_dir",
     "run",
     "spawn",
@@ -71,18 +88,34 @@ class AlreadyRunningError(ModcoordError):
 
 
 def prepare_runtime_dir(path: Path) -> Path:
-    """Create the runtime directory with mode 0700 (tightening it if we own it).
+    """Create the runtime directory with mode 0700 (removing group/other read bits if it
+    exists).
 
     Raises:
-        ModcoordError: it exists but belongs to another user.
+        UnsafePathError: it is not a directory, belongs to another user or is writable by
+            group or others (the message names it, its owner and mode).
     """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise ModcoordError(f"runtime directory {path} belongs to uid {st.st_uid}, not us")
-    if st.st_mode & 0o077:
-        path.chmod(0o700)
-    return path
+    return prepare_private_dir(path, "runtime directory", tighten=True)
+
+
+def preflight(options: DaemonOptions) -> tuple[Path, Path]:
+    """Prepare and check the runtime and log directories: what ``start`` does before it
+    detaches (so that a bad directory fails at once, exit 78), and the daemon again.
+
+    Returns:
+        ``(runtime_dir, log_dir)``; the log directory defaults to the runtime directory.
+
+    Raises:
+        UnsafePathError: a directory cannot be created, is not a directory, belongs to
+            another user, is writable by group or others, or cannot be written.
+    """
+    runtime = prepare_runtime_dir(options.runtime_dir)
+    check_writable_dir(runtime, "runtime directory")
+    if options.log_dir is None:
+        return runtime, runtime
+    log_dir = prepare_private_dir(options.log_dir, "log directory", tighten=False)
+    check_writable_dir(log_dir, "log directory")
+    return runtime, log_dir
 
 
 class PidLock:
@@ -97,8 +130,10 @@ class PidLock:
 
         Raises:
             AlreadyRunningError: another live process holds it.
+            UnsafePathError: the pidfile is a symlink or not a regular file (never written
+                through), or cannot be opened.
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_for_writing(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -123,19 +158,39 @@ class PidLock:
             self._fd = None
 
 
+def _open_pidfile(path: Path) -> int:
+    """Open a pidfile for reading: not through a symlink, never blocking (a planted FIFO).
+
+    Raises:
+        OSError: missing, a symlink (ELOOP), or not a regular file (EINVAL).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
 def read_pid(path: Path) -> int | None:
-    """The pid in a pidfile, or None."""
+    """The pid in a pidfile, or None (also if it is a symlink or not a regular file)."""
     try:
-        return int(path.read_text().strip() or 0) or None
+        fd = _open_pidfile(path)
+    except OSError:
+        return None
+    try:
+        return int(os.read(fd, 64).decode().strip() or 0) or None
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
 def is_locked(path: Path) -> bool:
-    """Whether a live daemon holds the pidfile lock."""
+    """Whether a live daemon holds the pidfile lock (a symlink or non-regular file at the
+    pidfile's name is never a daemon's: False)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = _open_pidfile(path)
+    except OSError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -189,7 +244,11 @@ class _Daemon:
         # Young generations are collected as usual; full collections run in the memory
         # manager's cleanups (every memory.cleanup_interval_ms) and under pressure.
         gc.set_threshold(700, 10, 1_000_000)
-        runtime = prepare_runtime_dir(opts.runtime_dir)
+        try:
+            runtime, log_dir = preflight(opts)
+        except UnsafePathError as exc:
+            ready.fail(EXIT_CONFIG, str(exc))
+            return EXIT_CONFIG
         try:
             config = load_config_dir(opts.config_dir)
             mode = normalize_mode(opts.mode or config.daemon.default_mode)
@@ -202,12 +261,15 @@ class _Daemon:
         except AlreadyRunningError as exc:
             ready.fail(EXIT_FAILURE, str(exc))
             return EXIT_FAILURE
-        log_dir = prepare_runtime_dir(opts.log_dir) if opts.log_dir else runtime
+        except UnsafePathError as exc:
+            ready.fail(EXIT_CONFIG, str(exc))
+            return EXIT_CONFIG
         coordinator: ModuleCoordinator | None = None
         server: Server | None = None
         watcher: ConfigWatcher | None = None
         http: MetricsHTTPServer | None = None
         state_file = runtime / STATE_FILE
+        reloader: Reloader | None = None
         try:
             holder: dict[str, Any] = {}
             setup_logging(
@@ -249,7 +311,8 @@ class _Daemon:
             server.start()
             controller.server = server
             def on_change() -> None:
-                reloader.reload("file change")
+                assert reloader is not None
+                reloader.submit("file change")  # runs on the reloader's thread
 
             watcher = ConfigWatcher(Path(config_dir), on_change)
             watcher.start()
@@ -260,11 +323,11 @@ class _Daemon:
                     if coordinator is not None else "",
                 )
                 info["metrics_port"] = str(http.start())
-            state_file.write_text(json.dumps({"pid": os.getpid(), **info}))
+            write_file_atomic(state_file, json.dumps({"pid": os.getpid(), **info}).encode())
             signal.signal(signal.SIGTERM, self._on_term)
             signal.signal(signal.SIGINT, self._on_term)
             signal.signal(signal.SIGHUP, lambda s, f: threading.Thread(
-                target=reloader.reload, args=("SIGHUP",), daemon=True).start())
+                target=reloader.submit, args=("SIGHUP",), daemon=True).start())
             # Positional arguments: a ``pid=`` keyword would land in the record as a
             # duplicate ``extra_pid`` field (``pid`` is a core field).
             log.bind(socket=str(sock)).info("daemon ready: pid {}, socket {}, mode {}",
@@ -276,6 +339,11 @@ class _Daemon:
             log.info("daemon stopping")
             sd_notify("STOPPING=1")
             return self.exit_code
+        except UnsafePathError as exc:  # the log file or daemon.json
+            logger.bind(actor="daemon", path=exc.path).critical("daemon failed: {e}", e=exc)
+            ready.fail(EXIT_CONFIG, str(exc))
+            self.exit_code = EXIT_CONFIG
+            return EXIT_CONFIG
         except Exception as exc:
             logger.bind(actor="daemon").opt(exception=True).critical("daemon failed: {e}", e=exc)
             ready.fail(EXIT_FAILURE, f"daemon failed: {exc}")
@@ -284,6 +352,8 @@ class _Daemon:
         finally:
             if watcher is not None:
                 watcher.stop()
+            if reloader is not None:
+                reloader.close()
             if http is not None:
                 http.stop()
             if server is not None:
@@ -307,12 +377,16 @@ class _Ready:
     def _send(self, text: str) -> None:
         if self.fd is None:
             return
+        data = memoryview(text.encode() + b"\n")
         try:
-            os.write(self.fd, text.encode() + b"\n")
-            os.close(self.fd)
+            while data:  # the reader reads to EOF: the message may span lines
+                data = data[os.write(self.fd, data):]
         except OSError:
             pass
-        self.fd = None
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
 
     def ok(self, pid: int, sock: str) -> None:
         self._send(f"READY {pid} {sock}")
@@ -324,17 +398,41 @@ class _Ready:
 
 
 def run(options: DaemonOptions, ready_fd: int | None = None) -> int:
-    """Run the daemon in this process until it is stopped; returns the exit code."""
-    return _Daemon(options).run(_Ready(ready_fd))
+    """Run the daemon in this process until it is stopped; returns the exit code.
+
+    Whatever fails before the daemon is ready is reported to ``ready_fd`` (or printed on
+    stderr without one) as ``ERROR <code> <message>``; an unexpected exception gives 1.
+    """
+    ready = _Ready(ready_fd)
+    try:
+        return _Daemon(options).run(ready)
+    except Exception as exc:
+        ready.fail(EXIT_FAILURE, f"daemon failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAILURE
 
 
 def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
     """Start a detached daemon (double fork, new session) and wait until it is ready.
 
+    The runtime and log directories are checked first (:func:`preflight`), in this
+    process; what fails later, before the daemon is ready, comes back through the
+    readiness pipe at once.
+
     Returns:
         ``(exit_code, text)``: ``(0, "pid socket")`` when ready, else the daemon's code and
-        error text (78 for an invalid config, 1 otherwise).
+        error text (78 for an invalid config or an unsafe or unusable directory or file, 1
+        otherwise).
     """
+    # The daemon changes to "/": relative paths are made absolute first.
+    options = dataclasses.replace(
+        options, runtime_dir=Path(os.path.abspath(options.runtime_dir)),
+        config_dir=None if options.config_dir is None else Path(
+            os.path.abspath(options.config_dir)),
+        log_dir=None if options.log_dir is None else Path(os.path.abspath(options.log_dir)))
+    try:
+        preflight(options)
+    except UnsafePathError as exc:
+        return EXIT_CONFIG, str(exc)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # first child
@@ -357,16 +455,16 @@ def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
     buf = b""
     import select
 
+    eof = False
     while time.monotonic() < deadline:
         readable, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
         if not readable:
             break
         chunk = os.read(r, 4096)
         if not chunk:
+            eof = True
             break
         buf += chunk
-        if b"\n" in buf:
-            break
     os.close(r)
     line = buf.decode(errors="replace").strip()
     if line.startswith("READY "):
@@ -374,4 +472,6 @@ def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
     if line.startswith("ERROR "):
         _, code_text, message = line.split(" ", 2)
         return int(code_text), message
+    if eof:
+        return EXIT_FAILURE, "daemon exited before reporting ready (see its log)"
     return EXIT_FAILURE, f"daemon did not report ready within {timeout:.0f} s"

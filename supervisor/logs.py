@@ -40,6 +40,8 @@ from typing import Any
 
 from loguru import logger
 
+from modcoord.supervisor.paths import open_for_writing
+
 __all__ = [
     "DEFAULT_ACTOR",
     "LEVELS",
@@ -132,6 +134,13 @@ def _make_formatter(context: Callable[[], dict[str, Any]] | None
     return build
 
 
+def _open_log_file(path: str, flags: int) -> int:
+    """``opener`` of the file sink (also used when rotation reopens it): never through a
+    symlink, only a regular file (raises :class:`~modcoord.supervisor.paths.UnsafePathError`).
+    """
+    return open_for_writing(Path(path), flags, 0o666)  # the umask applies, as with open()
+
+
 def _human_format(record: Any) -> str:
     """Format function of the optional stderr sink (plain text, coloured by us)."""
     rec: dict[str, Any] = {
@@ -179,8 +188,14 @@ def setup_logging(
     Returns:
         The loguru handler id of the file sink.
 
+    The file is opened with ``O_NOFOLLOW`` and must be a regular file: a symlink or FIFO
+    planted at its name is refused, never written through (also when rotation reopens it;
+    loguru then reports the error on stderr and drops that record).
+
     Raises:
-        OSError: if the directory or the file cannot be created.
+        OSError: if the directory cannot be created.
+        UnsafePathError: if the file cannot be opened, or is a symlink or not a regular
+            file (the message names it).
         ValueError: if ``level`` is unknown to loguru, or ``max_bytes``/``keep`` < 1.
     """
     if max_bytes < 1 or keep < 1:
@@ -203,6 +218,7 @@ def setup_logging(
             diagnose=False,
             catch=True,
             encoding="utf-8",
+            opener=_open_log_file,
         )
         _handler_ids.append(handler_id)
         if also_stderr:

@@ -10,6 +10,13 @@ nothing changed (same digest), otherwise apply it. An invalid config is rejected
 whole: the running config stays, the error (file, key, problem) is kept as ``last_error``
 until a later load succeeds, and it is logged. Under systemd (``Type=notify-reload``) the
 reload is bracketed by ``RELOADING=1`` and ``READY=1`` notifications.
+
+In the daemon every reload (a ``reload`` request, SIGHUP, a file change) runs on the
+reloader's own thread (:meth:`Reloader.submit`), one at a time, with at most one more
+queued behind it. A ``reload`` request waits for its outcome at most
+:data:`RELOAD_WAIT_S` (:meth:`Reloader.request`) and only one request waits at a time, so a
+reload that hangs can hold at most one control thread, and only for that long: ``status``
+and ``stop`` always get through.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +47,7 @@ from modcoord.supervisor.config import ConfigSet
 from modcoord.supervisor.systemd import reloading_state, sd_notify
 
 __all__ = [
+    "RELOAD_WAIT_S",
     "ConfigWatcher",
     "ReloadResult",
     "Reloader",
@@ -45,6 +55,9 @@ __all__ = [
     "WatcherStatistics",
     "is_config_file",
 ]
+
+#: How long a ``reload`` request waits for the outcome before answering "still running".
+RELOAD_WAIT_S = 5.0
 
 _RELEVANT_EVENTS = frozenset(
     (EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED, EVENT_TYPE_DELETED)
@@ -231,17 +244,23 @@ class ReloadResult:
         changed: a new config was applied.
         error: why it was rejected (``file: key: problem``), else None.
         digest: the digest of the config now running (None if none is known yet).
+        pending: the reload had not finished when the caller stopped waiting
+            (:meth:`Reloader.request`); its outcome shows later in the statistics
+            (``last_error``). ``ok`` and ``changed`` are then False.
     """
 
     ok: bool
     changed: bool
     error: str | None
     digest: str | None
+    pending: bool = False
 
 
 @dataclass(frozen=True)
 class ReloaderStatistics:
-    """Counts of a :class:`Reloader`: applied, rejected and unchanged reloads."""
+    """Counts of a :class:`Reloader`: applied, rejected and unchanged reloads; ``running``:
+    a reload is under way on the reloader's thread; ``unanswered``: requests that stopped
+    waiting before their reload finished (:meth:`Reloader.request`)."""
 
     reloads_ok: int
     rejected: int
@@ -249,6 +268,8 @@ class ReloaderStatistics:
     last_error: str | None
     digest: str | None
     last_reason: str | None
+    running: bool = False
+    unanswered: int = 0
 
 
 class Reloader:
@@ -264,11 +285,13 @@ class Reloader:
             ``$NOTIFY_SOCKET``).
         digest: the digest of the config already running, so that reloading an
             unchanged directory is skipped from the first time on.
+        wait_s: how long :meth:`request` waits for an outcome by default.
     """
 
     def __init__(self, load: Callable[[], ConfigSet], apply: Callable[[ConfigSet], None], *,
                  notify: Callable[[str], Any] | None = None,
-                 digest: str | None = None) -> None:
+                 digest: str | None = None, wait_s: float = RELOAD_WAIT_S) -> None:
+        self.wait_s = wait_s
         self._load = load
         self._apply = apply
         self._notify = notify if notify is not None else sd_notify
@@ -280,6 +303,14 @@ class Reloader:
         self._ok = 0
         self._rejected = 0
         self._skipped = 0
+        self._unanswered = 0
+        # The reloader's own thread (started on first submit) and its one-slot queue.
+        self._queue = threading.Condition(threading.Lock())
+        self._queued: tuple[str, Future[ReloadResult]] | None = None
+        self._running = False
+        self._waiting = False
+        self._closed = False
+        self._worker: threading.Thread | None = None
 
     def prime(self, config: ConfigSet) -> None:
         """Record ``config`` as the one already running (applied at start), so that reloading
@@ -324,11 +355,98 @@ class Reloader:
             finally:
                 self._send("READY=1")
 
+    def submit(self, reason: str) -> Future[ReloadResult]:
+        """Queue a reload on the reloader's own thread and return at once.
+
+        One reload runs at a time and at most one waits behind it: a request made while one
+        is already waiting joins that one (it reads the files as they are when it starts)
+        and gets its future. The future never raises for a bad config (see :meth:`reload`);
+        it is cancelled if the reloader is closed before the reload starts.
+        """
+        with self._queue:
+            if self._queued is not None:
+                return self._queued[1]
+            future: Future[ReloadResult] = Future()
+            if self._closed:
+                future.cancel()
+                return future
+            self._queued = (reason, future)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="modcoord-reload",
+                                                daemon=True)
+                self._worker.start()
+            self._queue.notify()
+            return future
+
+    def request(self, reason: str, wait_s: float | None = None) -> ReloadResult:
+        """Reload on the reloader's thread and wait for the outcome, at most ``wait_s``
+        (default: the reloader's ``wait_s``, :data:`RELOAD_WAIT_S`).
+
+        Only one caller waits at a time; another caller meanwhile gets a pending answer at
+        once. So a reload that hangs holds at most one calling thread, for ``wait_s``.
+
+        Returns:
+            The outcome, or one with ``pending=True`` (counted in ``unanswered`` and logged)
+            if the reload had not finished: its outcome shows later in :meth:`statistics`.
+        """
+        future = self.submit(reason)
+        with self._queue:
+            wait = 0.0 if self._waiting else (self.wait_s if wait_s is None else wait_s)
+            self._waiting = self._waiting or wait > 0
+        try:
+            return future.result(timeout=wait)
+        except (FutureTimeout, CancelledError):
+            with self._lock:
+                self._unanswered += 1
+            logger.bind(actor="reloader", reason=reason, wait_s=wait).warning(
+                "reload still running; answered as pending (its outcome will show in "
+                "status: last_reload_error)")
+            return ReloadResult(ok=False, changed=False, error=None, digest=self._digest,
+                                pending=True)
+        finally:
+            if wait > 0:
+                with self._queue:
+                    self._waiting = False
+
+    def close(self) -> None:
+        """Stop the reloader's thread once the reload under way (if any) ends; a queued
+        reload is cancelled. A reload that hangs is abandoned (the thread is a daemon)."""
+        with self._queue:
+            self._closed = True
+            queued, self._queued = self._queued, None
+            self._queue.notify_all()
+        if queued is not None:
+            queued[1].cancel()
+
+    def _work(self) -> None:
+        while True:
+            with self._queue:
+                while self._queued is None and not self._closed:
+                    self._queue.wait()
+                if self._queued is None:
+                    return
+                (reason, future), self._queued = self._queued, None
+                self._running = True
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(self.reload(reason))
+                    except BaseException as exc:  # reload() rejects bad configs itself
+                        logger.bind(actor="reloader", reason=reason).opt(
+                            exception=exc).error("reload failed")
+                        future.set_exception(exc)
+            finally:
+                with self._queue:
+                    self._running = False
+
     def _reload_locked(self, reason: str) -> ReloadResult:
         try:
             config = self._load()
         except ConfigError as exc:
             return self._reject(reason, exc, exc.file, exc.key, exc.problem)
+        except Exception as exc:  # a loader bug must not take the reloader's thread down
+            return self._reject(reason, exc, "", "",
+                                f"load failed: {type(exc).__name__}: {exc}")
         if config.digest == self._digest:
             with self._lock:
                 self._skipped += 1
@@ -353,7 +471,10 @@ class Reloader:
 
     def _reject(self, reason: str, exc: Exception, file: str, key: str, problem: str
                 ) -> ReloadResult:
-        text = str(exc) if isinstance(exc, ConfigError) else f"{file}: {problem}"
+        if isinstance(exc, ConfigError):
+            text = str(exc)
+        else:
+            text = f"{file}: {problem}" if file else problem
         with self._lock:
             self._rejected += 1
             self._last_error = text
@@ -370,5 +491,6 @@ class Reloader:
             return ReloaderStatistics(
                 reloads_ok=self._ok, rejected=self._rejected, skipped=self._skipped,
                 last_error=self._last_error, digest=self._digest,
-                last_reason=self._last_reason,
+                last_reason=self._last_reason, running=self._running,
+                unanswered=self._unanswered,
             )

@@ -18,6 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     with client(args) as c:
         result = c.reload().get(timeout=30)
+    if result.get("pending"):
+        print("modcoord: the reload is still running; its outcome will show in "
+              "'modcoord status' (last_reload_error)", file=sys.stderr)
+        return 1
     if not result["ok"]:
         print(f"modcoord: reload rejected, running config kept: {result['error']}",
               file=sys.stderr)
