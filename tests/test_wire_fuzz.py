@@ -607,33 +607,47 @@ def honest(fuzz_daemon: DaemonProcess) -> Any:
 
 class Watch:
     """After every example: the daemon is alive; every ``CHECK_EVERY``: honest clients
-    are served and no actor restarted. Remembers the last examples for the report."""
+    are served and no actor restarted. Remembers the examples since the last check for the
+    report. A failure is sticky (hypothesis replays the failing example: it fails again
+    instead of looking flaky)."""
 
     def __init__(self, daemon: DaemonProcess, honest: HonestClients) -> None:
         self.daemon = daemon
         self.honest = honest
         self.n = 0
-        self.recent: collections.deque[str] = collections.deque(maxlen=5)
+        self.recent: collections.deque[str] = collections.deque(maxlen=CHECK_EVERY + 1)
         self.restarts = self._restarts()
+        self.failure: str | None = None
 
     def _restarts(self) -> dict[str, int]:
         status = self.honest.pub_client.status().get(READ_S)
         return {name: a["restarts"] for name, a in status["actors"].items()}
 
     def after(self, what: str, force: bool = False) -> None:
+        if self.failure is not None:
+            raise AssertionError(self.failure)
         self.n += 1
         self.recent.append(what)
-        assert self.daemon.proc is not None and self.daemon.proc.poll() is None, (
-            f"the daemon died (exit {self.daemon.proc.returncode if self.daemon.proc else '?'})"
-            f" after: {list(self.recent)}")
+        try:
+            self._check(force)
+        except Exception as exc:
+            self.failure = f"{exc}; the examples since the last check: {list(self.recent)}"
+            raise AssertionError(self.failure) from exc
+
+    def _check(self, force: bool) -> None:
+        proc = self.daemon.proc
+        assert proc is not None and proc.poll() is None, (
+            f"the daemon died (exit {proc.returncode if proc else '?'})")
         if force or self.n % CHECK_EVERY == 0:
             try:
                 self.honest.check(f"example {self.n}")
             except Exception as exc:
-                raise AssertionError(f"honest clients not served after: {list(self.recent)}"
-                                     ) from exc
-            assert self._restarts() == self.restarts, (
-                f"an actor restarted after {list(self.recent)}")
+                raise AssertionError(f"honest clients not served: {exc}") from exc
+            restarts = self._restarts()
+            changed = {a: (self.restarts[a], n) for a, n in restarts.items()
+                       if n != self.restarts.get(a)}
+            assert not changed, f"actors restarted (before, after): {changed}"
+            self.recent.clear()
 
 
 # -- the tests -----------------------------------------------------------------------------------
