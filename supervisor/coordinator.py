@@ -84,22 +84,54 @@ def default_child_specs() -> list[ChildSpec]:
     ]
 
 
+def _text(name: str, value: Any, optional: bool = False) -> Any:
+    """``value`` if it is a string (or ``None`` when ``optional``).
+
+    Raises:
+        InvalidMessageError: anything else, naming the argument.
+    """
+    if isinstance(value, str) or (optional and value is None):
+        return value
+    wanted = "a string or null" if optional else "a string"
+    raise InvalidMessageError(f"argument {name!r} must be {wanted}, got "
+                              f"{type(value).__name__}")
+
+
+def _fraction(name: str, value: Any) -> float:
+    """``value`` as a float in ``[0, 1]``.
+
+    Raises:
+        InvalidMessageError: not a number, or out of range, naming the argument.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidMessageError(f"argument {name!r} must be a number in [0, 1], got "
+                                  f"{type(value).__name__}")
+    if not 0 <= value <= 1:
+        raise InvalidMessageError(f"argument {name!r} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
 # Actor methods callable by name (client proxies: ``coord.cache.statistics()``). Built once.
 @functools.cache
 def _actor_messages() -> dict[str, dict[str, Callable[..., Any]]]:
+    """Each actor's callable methods: name → a builder of the message, which checks the
+    arguments' types (wire data is untrusted: a wrong type must be refused here with an
+    :class:`InvalidMessageError`, never reach an actor and crash it)."""
     from modcoord.actors import batcher, cache, debouncer, memory, monitor
 
     stats = {"statistics": lambda: Statistics()}
     return {
         "debouncer": stats | {
-            "flush": lambda module_id=None, key=None: debouncer.Flush(module_id, key),
-            "cancel": lambda module_id, key: debouncer.Cancel(module_id, key),
+            "flush": lambda module_id=None, key=None: debouncer.Flush(
+                _text("module_id", module_id, True), _text("key", key, True)),
+            "cancel": lambda module_id, key: debouncer.Cancel(
+                _text("module_id", module_id), _text("key", key)),
             "pending": lambda: debouncer.Pending(),
         },
         "cache": stats | {
             "clear": lambda: cache.Clear(),
             "purge": lambda: cache.Purge(),
-            "shrink": lambda fraction: cache.Shrink(float(fraction)),
+            "shrink": lambda fraction: cache.Shrink(_fraction("fraction", fraction)),
         },
         "batcher": stats | {
             "flush": lambda: batcher.FlushBatches(),

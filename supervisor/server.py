@@ -1733,7 +1733,7 @@ class Server:
                             [RESPONSE, rid, ["ActorStoppedError", "daemon: stopping"], None]))
                     continue
                 if (type(msg) is list and len(msg) == 4 and msg[2] == "publish"
-                        and msg[0] == REQUEST):
+                        and msg[0] == REQUEST and type(msg[0]) is int):
                     rid = msg[1]
                     params = msg[3]
                     if type(rid) is int and type(params) is dict:

@@ -707,6 +707,10 @@ def split_inbound(msg: Any) -> tuple[int, int, Any, Any]:
     if len(msg) != 4:
         raise InvalidMessageError(f"message must have 4 elements, got {len(msg)}")
     kind, rid, third, fourth = msg
+    if type(kind) is not int:
+        raise InvalidMessageError(
+            f"message kind must be {REQUEST} (request) or {CALLBACK_RESPONSE} "
+            f"(callback response), got {type(kind).__name__} {kind!r}")
     if type(rid) is not int:
         raise InvalidMessageError(f"message id must be an integer, got {type(rid).__name__}")
     if kind == REQUEST:

@@ -267,6 +267,8 @@ def test_split_inbound_request_and_callback_response() -> None:
         ([0, 1, "status", [1]], "params must be a map", 1),
         ([1, 1, None, None], "kind must be", 1),
         ([7, 1, "x", {}], "kind must be", 1),
+        ([False, 1, "status", {}], "kind must be", 1),
+        ([0.0, 1, "status", {}], "kind must be", 1),
         ([4, 2, 5, None], "callback response error", 2),
         (BadFrame("boom", 3), "undecodable frame", None),
     ],
