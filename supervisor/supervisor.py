@@ -45,7 +45,7 @@ from modcoord.actors import (
     Reconfigure,
 )
 from modcoord.actors.errors import ActorStoppedError, InvalidMessageError, ModcoordError
-from modcoord.supervisor.module import ModuleInfo
+from modcoord.supervisor.protocol.module import ModuleInfo
 
 __all__ = [
     "SECTION_OF",

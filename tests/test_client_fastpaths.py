@@ -26,9 +26,9 @@ from test_client_server import (  # noqa: F401 - fixtures
 
 from modcoord.actors.errors import CallTimeoutError, ConnectionLostError
 from modcoord.actors.update import Batch, Update
-from modcoord.supervisor.client import Client, connect
-from modcoord.supervisor.paths import socket_path
-from modcoord.supervisor.server import Server
+from modcoord.supervisor.client.client import Client, connect
+from modcoord.supervisor.daemon.server import Server
+from modcoord.supervisor.protocol.paths import socket_path
 
 _CACHED = {"mode": "MANUAL", "strategy": "conservative", "results": {}, "errors": {},
            "cached": False, "latency_ms": 1.0}

@@ -38,15 +38,15 @@ from modcoord.actors.errors import (
     RemoteError,
 )
 from modcoord.actors.update import Batch, Update
-from modcoord.supervisor.client import Client, CoordinationResult, Future, connect
-from modcoord.supervisor.module import ModuleEndpoint, ModuleInfo
-from modcoord.supervisor.paths import (
+from modcoord.supervisor.client.client import Client, CoordinationResult, Future, connect
+from modcoord.supervisor.daemon.server import Server
+from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
+from modcoord.supervisor.protocol.paths import (
     pidfile_path,
     resolve_runtime_dir,
     socket_path,
 )
-from modcoord.supervisor.server import Server
-from modcoord.supervisor.wire import FrameDecoder, encode_frame
+from modcoord.supervisor.protocol.wire import FrameDecoder, encode_frame
 
 WAIT = 5.0
 
@@ -862,7 +862,7 @@ def test_server_statistics_count_traffic(server: Server, client: Client) -> None
 
 MODULE_SCRIPT = """
 import json, sys
-from modcoord.supervisor.client import connect
+from modcoord.supervisor.client.client import connect
 
 class Sensor:
     module_id = "sensor"
@@ -1158,9 +1158,9 @@ def test_backpressure_with_the_real_coordinator_loses_nothing(runtime_dir: Path)
     publish is accepted and delivered."""
     import pykka
 
-    from modcoord.supervisor.config import load_config_dir
-    from modcoord.supervisor.controller import Controller
-    from modcoord.supervisor.coordinator import ModuleCoordinator
+    from modcoord.supervisor.daemon.config import load_config_dir
+    from modcoord.supervisor.daemon.controller import Controller
+    from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
 
     coordinator = ModuleCoordinator(load_config_dir(), mode="HYBRID").start()
     n = 5_000

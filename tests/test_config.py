@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modcoord.actors.errors import ConfigError
-from modcoord.supervisor.config import (
+from modcoord.supervisor.daemon.config import (
     MODES,
     default_config_dir,
     load_config_dir,

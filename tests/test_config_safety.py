@@ -24,7 +24,7 @@ import yaml
 from daemon_harness import CLI, DaemonProcess, run_cli, wait_for
 
 from modcoord.actors.errors import ConfigError
-from modcoord.supervisor.config import (
+from modcoord.supervisor.daemon.config import (
     MAX_CONFIG_FILE_BYTES,
     MAX_ERROR_VALUE_CHARS,
     MAX_YAML_NODES,
@@ -33,7 +33,7 @@ from modcoord.supervisor.config import (
     load_config_dir,
     load_mode_file,
 )
-from modcoord.supervisor.reload import Reloader, ReloadResult
+from modcoord.supervisor.daemon.reload import Reloader, ReloadResult
 
 #: "Well under a second" of work; the bound leaves room for interpreter start-up on a
 #: loaded machine (``config validate`` is a fresh process: ~0.5 s of imports).

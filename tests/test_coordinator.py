@@ -14,9 +14,9 @@ from modcoord.actors import Batch, MockClock, QueueFullError, Statistics
 from modcoord.actors.batcher import QueueDepth
 from modcoord.actors.debouncer import Pending
 from modcoord.actors.errors import InvalidMessageError
-from modcoord.supervisor.config import load_config_dir
-from modcoord.supervisor.coordinator import ACTOR_NAMES, ModuleCoordinator
-from modcoord.supervisor.module import ModuleInfo
+from modcoord.supervisor.daemon.config import load_config_dir
+from modcoord.supervisor.daemon.coordinator import ACTOR_NAMES, ModuleCoordinator
+from modcoord.supervisor.protocol.module import ModuleInfo
 
 
 class Module:

@@ -27,7 +27,7 @@ import yaml
 from daemon_harness import DaemonProcess, run_cli, wait_for
 
 from modcoord.actors.errors import ConnectionLostError
-from modcoord.supervisor.config import MODES
+from modcoord.supervisor.daemon.config import MODES
 
 pytestmark = pytest.mark.integration
 

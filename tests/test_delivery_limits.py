@@ -37,14 +37,14 @@ from daemon_harness import DaemonProcess, wait_for
 
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.update import Batch, Update
-from modcoord.supervisor.client import connect
-from modcoord.supervisor.paths import socket_path
-from modcoord.supervisor.server import Server
-from modcoord.supervisor.wire import DEFAULT_MAX_FRAME_BYTES
+from modcoord.supervisor.client.client import connect
+from modcoord.supervisor.daemon.server import Server
+from modcoord.supervisor.protocol.paths import socket_path
+from modcoord.supervisor.protocol.wire import DEFAULT_MAX_FRAME_BYTES
 
 # The integration tests use only what every version has, so that they can be run against
 # an older daemon (they fail there); the unit tests import the new helpers themselves.
-MAX_NESTING_DEPTH = 100  # modcoord.supervisor.limits.MAX_NESTING_DEPTH (checked below)
+MAX_NESTING_DEPTH = 100  # modcoord.supervisor.protocol.limits.MAX_NESTING_DEPTH (checked below)
 
 _SPAWN = multiprocessing.get_context("spawn")
 MiB = 1 << 20
@@ -223,8 +223,8 @@ def log_records(d: DaemonProcess) -> list[dict[str, Any]]:
 
 
 def test_check_payload_accepts_what_fits_and_names_each_limit() -> None:
-    from modcoord.supervisor import limits
-    from modcoord.supervisor.wire import DELIVERY_ENVELOPE_BYTES, check_payload
+    from modcoord.supervisor.protocol import limits
+    from modcoord.supervisor.protocol.wire import DELIVERY_ENVELOPE_BYTES, check_payload
 
     assert limits.MAX_NESTING_DEPTH == MAX_NESTING_DEPTH
     check_payload("m", "k", {"text": "hi", "n": [1, 2.5, None, True, b"x"]})
@@ -248,7 +248,7 @@ def test_check_payload_accepts_what_fits_and_names_each_limit() -> None:
 
 def test_every_payload_check_passes_is_deliverable_in_one_frame() -> None:
     """What check_payload accepts, encode_batch delivers whole, for the longest names."""
-    from modcoord.supervisor.wire import check_payload, encode_batch
+    from modcoord.supervisor.protocol.wire import check_payload, encode_batch
 
     sub = "\U0010ffff" * 200
     key = "\U0010ffff" * 1024
@@ -264,7 +264,7 @@ def test_every_payload_check_passes_is_deliverable_in_one_frame() -> None:
 
 
 def test_encode_batch_splits_by_size_and_leaves_out_only_the_bad_update() -> None:
-    from modcoord.supervisor.wire import encode_batch
+    from modcoord.supervisor.protocol.wire import encode_batch
 
     ups = [Update("a", f"k{i}", b"x" * 300_000, "medium", i) for i in range(7)]
     ups.insert(3, Update("b", "bad", object(), "high", 99))
@@ -560,7 +560,7 @@ def test_stalled_subscribers_are_cut_counted_and_memory_stays_bounded(
 def test_a_frame_nested_beyond_msgpack_limits_is_refused_naming_the_nesting_limit() -> None:
     import struct
 
-    from modcoord.supervisor.wire import FrameDecoder, split_inbound
+    from modcoord.supervisor.protocol.wire import FrameDecoder, split_inbound
 
     body = (b"\x94\x00\x01\xa7publish\x83\xa9module_id\xa1m\xa3key\xa1k\xa7payload"
             + b"\x91" * 3000 + b"\x00")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from daemon_harness import CliResult, run_cli, wait_for
 
-from modcoord.supervisor.config import default_config_dir
+from modcoord.supervisor.daemon.config import default_config_dir
 
 pytestmark = pytest.mark.integration
 

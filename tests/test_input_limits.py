@@ -29,12 +29,12 @@ from test_client_server import WAIT, FakeCoordinator, RawClient
 from test_operations import edited_yaml, records, startswith
 
 from modcoord.actors.clock import MockClock
-from modcoord.supervisor.paths import socket_path
-from modcoord.supervisor.server import (
+from modcoord.supervisor.daemon.server import (
     ACCEPT_PAUSE_S,
     Server,
 )
-from modcoord.supervisor.wire import encode_frame
+from modcoord.supervisor.protocol.paths import socket_path
+from modcoord.supervisor.protocol.wire import encode_frame
 
 MB = 1024 * 1024
 

@@ -31,7 +31,7 @@ import yaml
 from daemon_harness import DaemonProcess, wait_for
 
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
-from modcoord.supervisor.config import MODES
+from modcoord.supervisor.daemon.config import MODES
 
 pytestmark = pytest.mark.integration
 

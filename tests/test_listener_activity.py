@@ -27,9 +27,9 @@ from test_client_server import WAIT, Editor, FakeCoordinator, RawClient
 from test_operations import records, start_daemon, startswith
 
 from modcoord.actors.clock import MockClock
-from modcoord.supervisor.client import Client, connect
-from modcoord.supervisor.paths import socket_path
-from modcoord.supervisor.server import Connection, Server
+from modcoord.supervisor.client.client import Client, connect
+from modcoord.supervisor.daemon.server import Connection, Server
+from modcoord.supervisor.protocol.paths import socket_path
 
 DaemonFactory = Callable[..., DaemonProcess]
 FAST_SWEEPS = {"memory": {"inactive_after_ms": 1000, "cleanup_interval_ms": 200}}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from modcoord.supervisor.logs import (
+from modcoord.supervisor.daemon.logs import (
     LOG_FILE,
     ReadStats,
     follow_records,

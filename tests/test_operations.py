@@ -28,9 +28,9 @@ import yaml
 from daemon_harness import CLI, DaemonProcess, run_cli, wait_for
 from test_exposition import Family, check_conventions, check_histogram, parse_exposition
 
-from modcoord.supervisor.config import default_config_dir
-from modcoord.supervisor.module import ModuleInfo
-from modcoord.supervisor.wire import encode_frame
+from modcoord.supervisor.daemon.config import default_config_dir
+from modcoord.supervisor.protocol.module import ModuleInfo
+from modcoord.supervisor.protocol.wire import encode_frame
 
 MODES = {"MANUAL", "HYBRID", "FULLY_AUTO"}
 LOW_HIT_RATE = "Low cache hit rate - consider adjusting cache TTL or strategy"

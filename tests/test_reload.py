@@ -17,9 +17,9 @@ from loguru import logger
 
 from modcoord.actors.clock import MockClock
 from modcoord.actors.errors import ConfigError
-from modcoord.supervisor.config import ConfigSet, default_config_dir, load_config_dir
-from modcoord.supervisor.reload import ConfigWatcher, Reloader, is_config_file
-from modcoord.supervisor.systemd import sd_notify
+from modcoord.supervisor.daemon.config import ConfigSet, default_config_dir, load_config_dir
+from modcoord.supervisor.daemon.reload import ConfigWatcher, Reloader, is_config_file
+from modcoord.supervisor.daemon.systemd import sd_notify
 
 WAIT = 5.0
 

@@ -36,7 +36,7 @@ import psutil
 import pytest
 from daemon_harness import DaemonProcess, wait_for
 
-from modcoord.supervisor.config import MODES
+from modcoord.supervisor.daemon.config import MODES
 
 SOAK_S = float(os.environ.get("MODCOORD_SOAK_S", "150"))
 RATE = float(os.environ.get("MODCOORD_SOAK_RATE", "250"))

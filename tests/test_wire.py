@@ -16,8 +16,8 @@ from modcoord.actors.errors import (
     QueueFullError,
     RemoteError,
 )
-from modcoord.supervisor.module import ModuleInfo
-from modcoord.supervisor.wire import (
+from modcoord.supervisor.protocol.module import ModuleInfo
+from modcoord.supervisor.protocol.wire import (
     CALLBACK_RESPONSE,
     METHODS,
     REQUEST,

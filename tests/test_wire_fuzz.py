@@ -51,8 +51,8 @@ from hypothesis import strategies as st
 from wire_raw import HonestClients, RawConnection, frame
 
 from modcoord.actors.update import PRIORITIES
-from modcoord.supervisor import wire
-from modcoord.supervisor.config import MODES
+from modcoord.supervisor.daemon.config import MODES
+from modcoord.supervisor.protocol import wire
 
 SCALE = float(os.environ.get("MODCOORD_FUZZ_SCALE", "1"))
 FRAME_EXAMPLES = max(1, int(1000 * SCALE))
@@ -106,7 +106,7 @@ HARMLESS = ("status", "insights", "config", "metrics", "hello")  # valid, changi
 
 def _actor_table() -> dict[str, dict[str, tuple[str, ...]]]:
     """actor -> method -> parameter names, from the coordinator's table of actor calls."""
-    from modcoord.supervisor.coordinator import _actor_messages
+    from modcoord.supervisor.daemon.coordinator import _actor_messages
 
     return {actor: {name: tuple(inspect.signature(build).parameters)
                     for name, build in methods.items()}

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from modcoord.supervisor.config import MODES
+from modcoord.supervisor.daemon.config import MODES
 
 __all__ = ["Collector", "HonestClients", "RawConnection", "frame"]
 

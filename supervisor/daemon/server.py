@@ -2,7 +2,7 @@
 
 A :class:`Server` listens on a Unix socket (mode 0600) and runs one ``selectors`` loop over
 the listening socket and every non-blocking connection. It validates each inbound message
-(:mod:`modcoord.supervisor.wire`) before anything reaches the coordinator, and keeps the
+(:mod:`modcoord.supervisor.protocol.wire`) before anything reaches the coordinator, and keeps the
 I/O thread free of blocking work:
 
 - ``publish`` requests parsed from one read go to ``coordinator.publish_many`` in one call
@@ -76,7 +76,7 @@ Input limits (what a hostile or broken peer can make the server hold):
   and one log line per :data:`LIMIT_LOG_INTERVAL_S` gives the count. Existing connections
   are served throughout.
 
-Each :class:`Connection` is the :class:`~modcoord.supervisor.module.ModuleEndpoint` of the
+Each :class:`Connection` is the :class:`~modcoord.supervisor.protocol.module.ModuleEndpoint` of the
 modules registered on it. When it closes, its outstanding callbacks are answered with
 ``"connection closed"`` and its modules are unregistered.
 """
@@ -107,13 +107,13 @@ from loguru import logger
 
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.actors.update import PRIORITY_RANK, Batch
-from modcoord.supervisor.limits import (
+from modcoord.supervisor.protocol.limits import (
     DEFAULT_OUTPUT_BUDGET_BYTES,
     DEFAULT_OUTPUT_CONNECTION_BYTES,
     DEFAULT_OUTPUT_STALL_S,
 )
-from modcoord.supervisor.module import ModuleEndpoint, ModuleInfo, Reply
-from modcoord.supervisor.wire import (
+from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo, Reply
+from modcoord.supervisor.protocol.wire import (
     CALLBACK,
     CALLBACK_RESPONSE,
     CONTROL_METHODS,

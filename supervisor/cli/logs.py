@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from modcoord.supervisor.commands._common import runtime_dir
+from modcoord.supervisor.cli._common import runtime_dir
 
 HELP = "read and follow the structured log"
 
@@ -37,7 +37,7 @@ def log_dir_of(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modcoord.supervisor.logs import (
+    from modcoord.supervisor.daemon.logs import (
         follow_records,
         format_record,
         iter_records,

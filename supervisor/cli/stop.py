@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from modcoord.actors.errors import ConnectionLostError, NotRunningError
-from modcoord.supervisor.commands._common import client, runtime_dir
+from modcoord.supervisor.cli._common import client, runtime_dir
 
 HELP = "stop the daemon gracefully"
 
@@ -37,8 +37,8 @@ def _alive(pid: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modcoord.supervisor.daemon import is_locked, read_pid
-    from modcoord.supervisor.paths import pidfile_path
+    from modcoord.supervisor.daemon.process import is_locked, read_pid
+    from modcoord.supervisor.protocol.paths import pidfile_path
 
     pidfile = pidfile_path(runtime_dir(args))
     if not is_locked(pidfile):

@@ -40,7 +40,7 @@ from typing import Any
 
 from loguru import logger
 
-from modcoord.supervisor.paths import open_for_writing
+from modcoord.supervisor.protocol.paths import open_for_writing
 
 __all__ = [
     "DEFAULT_ACTOR",
@@ -136,7 +136,10 @@ def _make_formatter(context: Callable[[], dict[str, Any]] | None
 
 def _open_log_file(path: str, flags: int) -> int:
     """``opener`` of the file sink (also used when rotation reopens it): never through a
-    symlink, only a regular file (raises :class:`~modcoord.supervisor.paths.UnsafePathError`).
+    symlink, only a regular file.
+
+    Raises:
+        modcoord.supervisor.protocol.paths.UnsafePathError: a symlink or a non-regular file.
     """
     return open_for_writing(Path(path), flags, 0o666)  # the umask applies, as with open()
 

@@ -43,8 +43,8 @@ from watchdog.observers import Observer
 
 from modcoord.actors.clock import Clock, MonotonicClock, TimerHandle
 from modcoord.actors.errors import ConfigError
-from modcoord.supervisor.config import ConfigSet
-from modcoord.supervisor.systemd import reloading_state, sd_notify
+from modcoord.supervisor.daemon.config import ConfigSet
+from modcoord.supervisor.daemon.systemd import reloading_state, sd_notify
 
 __all__ = [
     "RELOAD_WAIT_S",

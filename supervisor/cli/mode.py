@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modcoord.supervisor.commands._common import client
+from modcoord.supervisor.cli._common import client
 
 HELP = "print or switch the system mode"
 

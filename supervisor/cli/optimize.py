@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from modcoord.supervisor.commands._common import client, print_json
+from modcoord.supervisor.cli._common import client, print_json
 
 HELP = "flush pending work, clear the cache, clean up memory"
 

@@ -79,10 +79,10 @@ from modcoord.actors.errors import (
     NotRunningError,
 )
 from modcoord.actors.update import Batch, Update
-from modcoord.supervisor.limits import MAX_NESTING_DEPTH
-from modcoord.supervisor.module import ModuleInfo
-from modcoord.supervisor.paths import resolve_runtime_dir, socket_path
-from modcoord.supervisor.wire import (
+from modcoord.supervisor.protocol.limits import MAX_NESTING_DEPTH
+from modcoord.supervisor.protocol.module import ModuleInfo
+from modcoord.supervisor.protocol.paths import resolve_runtime_dir, socket_path
+from modcoord.supervisor.protocol.wire import (
     ACTOR_NAMES,
     CALLBACK,
     CALLBACK_RESPONSE,
@@ -752,7 +752,7 @@ class Client:
         Never raises: failures come out of the future — ``ConnectionLostError`` when not
         connected, ``InvalidMessageError`` for params that cannot be serialized or exceed
         the daemon's frame size, any remote error as mapped by
-        :func:`~modcoord.supervisor.wire.error_from_wire`.
+        :func:`~modcoord.supervisor.protocol.wire.error_from_wire`.
         """
         future: Future[Any] = _new_future(Future)
         future._done = False

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from modcoord.actors.errors import ConfigError
 from modcoord.actors.settings import ModeSettings
-from modcoord.supervisor.limits import (
+from modcoord.supervisor.protocol.limits import (
     DEFAULT_OUTPUT_BUDGET_BYTES,
     DEFAULT_OUTPUT_CONNECTION_BYTES,
     DEFAULT_OUTPUT_STALL_S,
@@ -95,7 +95,7 @@ class SupervisionSettings(_Strict):
 
 class OutputSettings(_Strict):
     """``daemon.yaml`` ``output``: bounds on output queued for module connections (what
-    happens at each: :mod:`modcoord.supervisor.limits`)."""
+    happens at each: :mod:`modcoord.supervisor.protocol.limits`)."""
 
     max_connection_bytes: int = Field(DEFAULT_OUTPUT_CONNECTION_BYTES, ge=1 << 20)
     max_total_bytes: int = Field(DEFAULT_OUTPUT_BUDGET_BYTES, ge=1 << 20)
@@ -110,7 +110,7 @@ class DaemonSettings(_Strict):
     max_frame_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     callback_timeout_ms: float = Field(2000.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
-    # Input limits (see modcoord.supervisor.server): how long a frame may stay incomplete,
+    # Input limits (see modcoord.supervisor.daemon.server): how long a frame may stay incomplete,
     # and what the incomplete large frames of all connections may hold together.
     frame_timeout_s: float = Field(10.0, gt=0, le=3600)
     max_input_buffer_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024, le=1 << 40)

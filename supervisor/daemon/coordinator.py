@@ -46,9 +46,10 @@ from modcoord.actors.memory import ActivityTable, ForceCleanup, MemoryManagerAct
 from modcoord.actors.metrics import MetricsRegistry
 from modcoord.actors.monitor import Insights, MonitorActor
 from modcoord.actors.update import PRIORITY_RANK
-from modcoord.supervisor.client import CoordinationResult
-from modcoord.supervisor.config import MODES, ConfigSet, load_config_dir, normalize_mode
-from modcoord.supervisor.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
+from modcoord.supervisor.client.client import CoordinationResult
+from modcoord.supervisor.daemon.config import MODES, ConfigSet, load_config_dir, normalize_mode
+from modcoord.supervisor.protocol.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
+from modcoord.supervisor.protocol.wire import check_payload, payload_packer
 from modcoord.supervisor.supervisor import (
     ApplySettings,
     ChildSpec,
@@ -62,7 +63,6 @@ from modcoord.supervisor.supervisor import (
     SupervisorActor,
     UnregisterModule,
 )
-from modcoord.supervisor.wire import check_payload, payload_packer
 
 __all__ = ["ACTOR_NAMES", "CoordinationResult", "ModuleCoordinator", "default_child_specs"]
 
@@ -419,7 +419,7 @@ class ModuleCoordinator:
         are accepted, in order; the rest get :class:`QueueFullError` (and are counted).
         Only deliverable updates are accepted: a payload nested too deeply, that cannot be
         encoded, or whose update would not fit one delivery frame gets
-        :class:`InvalidMessageError` naming the limit (:func:`~modcoord.supervisor.wire.
+        :class:`InvalidMessageError` naming the limit (:func:`~modcoord.supervisor.protocol.wire.
         check_payload`).
         """
         now = self.clock.monotonic()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from modcoord.supervisor.commands._common import client
+from modcoord.supervisor.cli._common import client
 
 HELP = "fault injection (crash an actor)"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modcoord.supervisor.commands._common import client, print_json
+from modcoord.supervisor.cli._common import client, print_json
 
 HELP = "show the daemon's status (exit 3 when not running)"
 

@@ -69,9 +69,9 @@ from modcoord.actors.errors import (
     RemoteError,
 )
 from modcoord.actors.update import PRIORITIES, PRIORITY_RANK, Update
-from modcoord.supervisor.config import MODES
-from modcoord.supervisor.limits import MAX_NESTING_DEPTH
-from modcoord.supervisor.module import MAX_MODULE_ID_LENGTH, ModuleInfo
+from modcoord.supervisor.daemon.config import MODES
+from modcoord.supervisor.protocol.limits import MAX_NESTING_DEPTH
+from modcoord.supervisor.protocol.module import MAX_MODULE_ID_LENGTH, ModuleInfo
 
 __all__ = [
     "ACTOR_NAMES",

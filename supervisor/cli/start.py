@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from modcoord.supervisor.commands._common import runtime_dir
+from modcoord.supervisor.cli._common import runtime_dir
 
 HELP = "start the daemon"
 
@@ -25,9 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from modcoord.actors.errors import ConfigError
-    from modcoord.supervisor.config import normalize_mode
-    from modcoord.supervisor.daemon import DaemonOptions, spawn
-    from modcoord.supervisor.daemon import run as run_daemon
+    from modcoord.supervisor.daemon.config import normalize_mode
+    from modcoord.supervisor.daemon.process import DaemonOptions, spawn
+    from modcoord.supervisor.daemon.process import run as run_daemon
 
     if args.mode is not None:
         try:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from modcoord.actors.errors import ConfigError
-from modcoord.supervisor.commands._common import client, print_json
+from modcoord.supervisor.cli._common import client, print_json
 
 HELP = "validate or show configuration"
 
@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modcoord.supervisor.config import load_config_dir
+    from modcoord.supervisor.daemon.config import load_config_dir
 
     if args.action == "validate":
         try:

@@ -1,4 +1,4 @@
-"""The ``modcoord`` command line: one module per command in ``commands/``.
+"""The ``modcoord`` command line: one module per command in this package.
 
 Exit codes are a contract: 0 success, 1 failure, 2 usage, 3 not running, 78 invalid
 config at start.
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        module = importlib.import_module(f"modcoord.supervisor.commands.{name}")
+        module = importlib.import_module(f"modcoord.supervisor.cli.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
         p.add_argument("--runtime-dir", default=None, help=_RUNTIME_DIR_HELP)
         module.add_arguments(p)

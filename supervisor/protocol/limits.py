@@ -6,9 +6,9 @@ operator may tune (named beside it). What happens at each limit:
 - :data:`MAX_NESTING_DEPTH`: a published payload nested deeper is refused at ``publish``
   with ``InvalidMessageError`` (msgpack itself stops at 1024 levels, and a delivery frame
   wraps the payload in four more).
-- ``daemon.max_frame_bytes`` (:data:`~modcoord.supervisor.wire.DEFAULT_MAX_FRAME_BYTES`):
+- ``daemon.max_frame_bytes`` (:data:`~modcoord.supervisor.protocol.wire.DEFAULT_MAX_FRAME_BYTES`):
   no frame either way is larger. A payload whose update would not fit one delivery frame
-  (the frame limit minus :data:`~modcoord.supervisor.wire.DELIVERY_ENVELOPE_BYTES` and its
+  (the frame limit minus :data:`~modcoord.supervisor.protocol.wire.DELIVERY_ENVELOPE_BYTES` and its
   module id and key) is refused at ``publish``; a batch larger than a frame goes out as
   several consecutive frames with the same ``batch_id``; a callback result larger than a
   frame is answered by the module's client with an error instead.

@@ -12,14 +12,14 @@ __all__ = ["client", "print_json", "runtime_dir"]
 
 
 def runtime_dir(args: Namespace) -> Path:
-    from modcoord.supervisor.paths import resolve_runtime_dir
+    from modcoord.supervisor.protocol.paths import resolve_runtime_dir
 
     return Path(resolve_runtime_dir(args.runtime_dir))
 
 
 def client(args: Namespace, timeout: float = 10.0) -> Any:
     """Connect to the daemon of ``--runtime-dir`` (raises NotRunningError if none)."""
-    from modcoord.supervisor.client import connect
+    from modcoord.supervisor.client.client import connect
 
     return connect(runtime_dir=runtime_dir(args), timeout=timeout, reconnect=False)
 

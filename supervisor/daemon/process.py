@@ -15,7 +15,7 @@ contract (SPEC §5):
 - Files: the runtime and log directories must belong to the daemon's user and not be
   writable by group or others (checked before detaching); the pidfile and the log file
   are opened with ``O_NOFOLLOW`` and must be regular files; ``daemon.json`` is written to a
-  temporary file and renamed into place (see :mod:`modcoord.supervisor.paths`).
+  temporary file and renamed into place (see :mod:`modcoord.supervisor.protocol.paths`).
 - Whatever fails before the daemon is ready is reported at once through the readiness
   pipe: ``start`` prints it and exits with its code.
 """
@@ -41,7 +41,7 @@ from typing import Any
 from loguru import logger
 
 from modcoord.actors.errors import ConfigError, ModcoordError
-from modcoord.supervisor.paths import (
+from modcoord.supervisor.protocol.paths import (
     UnsafePathError,
     check_writable_dir,
     open_for_writing,
@@ -225,15 +225,15 @@ class _Daemon:
         self.stop_requested.set()
 
     def run(self, ready: Any) -> int:
-        from modcoord.supervisor import paths
-        from modcoord.supervisor.config import load_config_dir, normalize_mode
-        from modcoord.supervisor.controller import Controller
-        from modcoord.supervisor.coordinator import ModuleCoordinator
-        from modcoord.supervisor.exposition import MetricsHTTPServer, render_metrics
-        from modcoord.supervisor.logs import setup_logging, shutdown_logging
-        from modcoord.supervisor.reload import ConfigWatcher, Reloader
-        from modcoord.supervisor.server import Server, raise_nofile_limit
-        from modcoord.supervisor.systemd import sd_notify
+        from modcoord.supervisor.daemon.config import load_config_dir, normalize_mode
+        from modcoord.supervisor.daemon.controller import Controller
+        from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
+        from modcoord.supervisor.daemon.exposition import MetricsHTTPServer, render_metrics
+        from modcoord.supervisor.daemon.logs import setup_logging, shutdown_logging
+        from modcoord.supervisor.daemon.reload import ConfigWatcher, Reloader
+        from modcoord.supervisor.daemon.server import Server, raise_nofile_limit
+        from modcoord.supervisor.daemon.systemd import sd_notify
+        from modcoord.supervisor.protocol import paths
 
         opts = self.options
         # Timers must stay punctual while the I/O thread is busy: a thread woken by a

@@ -1,7 +1,7 @@
 """The controller: what the server calls for each request (circus's "controller").
 
 It forwards the data calls (register, publish, coordinate) straight to the
-:class:`~modcoord.supervisor.coordinator.ModuleCoordinator` and answers the control calls
+:class:`~modcoord.supervisor.daemon.coordinator.ModuleCoordinator` and answers the control calls
 (``status``, ``mode``, ``reload``, ``stop``, ...), adding what only the daemon knows: the
 reloader's last error, the metrics exposition, the request to stop.
 """
@@ -13,10 +13,10 @@ from dataclasses import asdict
 from typing import Any
 
 from modcoord.actors.errors import InvalidMessageError
-from modcoord.supervisor.coordinator import ModuleCoordinator
-from modcoord.supervisor.exposition import render_metrics
-from modcoord.supervisor.module import ModuleEndpoint, ModuleInfo
-from modcoord.supervisor.reload import Reloader
+from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
+from modcoord.supervisor.daemon.exposition import render_metrics
+from modcoord.supervisor.daemon.reload import Reloader
+from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 
 __all__ = ["Controller"]
 

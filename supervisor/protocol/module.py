@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.update import Batch
-from modcoord.supervisor.config import MODES
+from modcoord.supervisor.daemon.config import MODES
 
 __all__ = ["MAX_MODULE_ID_LENGTH", "LocalEndpoint", "ModeAwareModule", "ModuleEndpoint",
            "ModuleInfo", "Reply"]

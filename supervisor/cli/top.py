@@ -7,7 +7,7 @@ import argparse
 import time
 from typing import Any
 
-from modcoord.supervisor.commands._common import client
+from modcoord.supervisor.cli._common import client
 
 HELP = "live view of the metrics"
 

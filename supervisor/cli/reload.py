@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from modcoord.supervisor.commands._common import client
+from modcoord.supervisor.cli._common import client
 
 HELP = "re-read the configs now"
 
