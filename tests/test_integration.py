@@ -252,19 +252,19 @@ def client(hd: DaemonProcess) -> Iterator[Any]:
 def crashy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """Fault injection on, restart intensity high enough for ten crashes, and timings that
     keep updates pending long enough to crash an actor on them (a CLI run takes 0.2 s, more
-    on a loaded machine): in HYBRID they wait 1.5 s in the debouncer, in FULLY_AUTO 1.5 s
-    in the batcher."""
+    on a loaded machine, over a second under heavy load): in HYBRID they wait 3 s in the
+    debouncer, in FULLY_AUTO 3 s in the batcher."""
     d = DaemonProcess(tmp_path_factory.mktemp("crashy"), "--allow-fault-injection")
     _edit_yaml(d.config_dir / "daemon.yaml",
                lambda c: c["supervisor"].update(max_restarts=100, within_s=30))
 
     def hybrid(c: dict[str, Any]) -> None:
-        c["debounce"].update(delay_ms=1500, critical_delay_ms=50, max_wait_ms=3000)
+        c["debounce"].update(delay_ms=3000, critical_delay_ms=50, max_wait_ms=6000)
         c["batch"].update(window_ms=200)
 
     def fully_auto(c: dict[str, Any]) -> None:
         c["debounce"].update(delay_ms=20, critical_delay_ms=10, max_wait_ms=100)
-        c["batch"].update(window_ms=1500)
+        c["batch"].update(window_ms=3000)
 
     _edit_yaml(d.config_dir / "hybrid.yaml", hybrid)
     _edit_yaml(d.config_dir / "fully_auto.yaml", fully_auto)
@@ -846,7 +846,7 @@ def test_nothing_lost_across_mode_switch_and_optimize(
     sub = modules(crashy.runtime_dir, mod("keeper", subscribe=["source"]))
     start_all(sub)
     with crashy.connect(timeout=10) as c:
-        c.set_mode("HYBRID").get(10)  # updates wait 1.5 s in the debouncer
+        c.set_mode("HYBRID").get(10)  # updates wait 3 s in the debouncer
         c.register(type("Source", (), {
             "module_id": "source", "name": "source", "supported_modes": set(MODES),
             "subscribe": [], "on_mode_change": lambda self, m, s, x: "ok",
