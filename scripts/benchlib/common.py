@@ -87,6 +87,7 @@ class Plan:
     many_cached_n: int
     many_rounds: int
     extra_starts: int
+    startup_rounds: int
 
     @classmethod
     def of(cls, quick: bool) -> Plan:
@@ -94,11 +95,11 @@ class Plan:
             return cls(rounds=5, latency_rounds=10, coord_n=500, pipelined_n=15_000,
                        delivered_n=10_000, uncached_n=200, cached_n=1000, priority_n=30,
                        lateness_s=2.0, flush_n=5_000, many_cached_n=1500, many_rounds=2,
-                       extra_starts=0)
+                       extra_starts=0, startup_rounds=7)
         return cls(rounds=11, latency_rounds=40, coord_n=1000, pipelined_n=30_000,
                    delivered_n=30_000, uncached_n=500, cached_n=3000, priority_n=150,
                    lateness_s=8.0, flush_n=20_000, many_cached_n=5000, many_rounds=3,
-                   extra_starts=7)
+                   extra_starts=7, startup_rounds=21)
 
 
 def row(name: str, value: float, unit: str, target: str, baseline: float | None = None,

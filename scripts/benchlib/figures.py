@@ -51,13 +51,27 @@ What each figure measures (``N`` and round counts are smaller with ``--quick``):
 11. the resident memory of a freshly started, idle daemon (psutil).
 12. ``modcoord start`` (detached) to ready: the wall time of the command, median over
     every daemon this run starts.
+13. what ``from modcoord.supervisor import connect`` — all a module process needs — adds to
+    an interpreter's start: R rounds each run a bare ``python -c pass`` and ``python -c
+    "from modcoord.supervisor import connect"`` (same interpreter, environment and
+    working directory; the order rotates each round, after one warm-up run of each).
+    Value: median over the rounds of (import run − bare run), in ms; baseline: the median
+    bare run; ratio = value / baseline, i.e.
+    ``(t(import connect) − t(python -c pass)) / t(python -c pass) <= 1.5``.
+14. ``modcoord status --json`` against the running daemon of figures 1-11 (the console
+    script beside the interpreter, or ``python -m modcoord.supervisor`` without one),
+    wall time, median of the same R rounds as figure 13; baseline: the same median bare
+    run; ratio = ``t(modcoord status --json) / t(python -c pass) <= 4.0``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing as mp
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,8 +82,21 @@ from typing import Any
 
 from .agents import Agent
 from .baselines import echo_server_main, manager_server_main
-from .common import COORD_CONTEXT, MB, BenchError, Plan, Result, median, percentile, row, us
+from .common import (
+    CLI_TIMEOUT,
+    COORD_CONTEXT,
+    MB,
+    BenchError,
+    Plan,
+    Result,
+    median,
+    percentile,
+    row,
+    us,
+)
 from .daemons import Daemon, make_config_dir
+
+MIN_START_SAMPLES = 3  # figure 12 is a median of at least this many starts
 
 
 class Bench:
@@ -483,8 +510,10 @@ class Bench:
                     "fresh daemon, no client")]
 
     def fig_start(self, config_dir: Path) -> list[Result]:
-        """Figure 12: every start this run made, plus ``extra_starts`` more."""
-        for i in range(self.plan.extra_starts):
+        """Figure 12: every start this run made, plus ``extra_starts`` more (and at least
+        ``MIN_START_SAMPLES`` in all, when ``--only`` left few daemons to start)."""
+        extra = max(self.plan.extra_starts, MIN_START_SAMPLES - len(self.start_times))
+        for i in range(extra):
             d = self.daemon(f"start-{i}", config_dir)
             d.stop()
         value = median(self.start_times)
@@ -493,12 +522,82 @@ class Bench:
                     f"median of {len(self.start_times)}: "
                     f"{sorted(round(x, 3) for x in self.start_times)}")]
 
+    def _timed_run(self, label: str, cmd: list[str]) -> tuple[float, str]:
+        """Run ``cmd`` to completion in the bench directory; its wall time and stdout.
+
+        Raises:
+            BenchError: it exited non-zero or did not finish within ``CLI_TIMEOUT``.
+        """
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                                  cwd=self.root, env=os.environ.copy())
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{label} took over {CLI_TIMEOUT} s") from None
+        elapsed = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise BenchError(f"{label} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+        return elapsed, proc.stdout
+
+    def fig_startup(self, d: Daemon) -> list[Result]:
+        """Figures 13 and 14: the client import and ``status --json`` against a bare start."""
+        script = Path(sys.executable).parent / "modcoord"
+        if script.is_file() and os.access(script, os.X_OK):
+            status_cmd, how = [str(script)], "console script"
+        else:
+            status_cmd, how = [sys.executable, "-m", "modcoord.supervisor"], "python -m"
+        commands: dict[str, list[str]] = {
+            "bare": [sys.executable, "-c", "pass"],
+            "import": [sys.executable, "-c", "from modcoord.supervisor import connect"],
+            "status": [*status_cmd, "status", "--json", "--runtime-dir", d.runtime_str],
+        }
+        probe = ("import sys\nfrom modcoord.supervisor import connect\n"
+                 "print(','.join(sorted({m.split('.')[0] for m in sys.modules}"
+                 " & {'pykka', 'pydantic', 'loguru', 'yaml', 'msgspec', 'psutil'})))")
+        _, heavy = self._timed_run("import probe", [sys.executable, "-c", probe])
+        for name, cmd in commands.items():  # warm-up: byte-code caches, page cache
+            self._timed_run(name, cmd)
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        names = list(commands)
+        for r in range(self.plan.startup_rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                elapsed, out = self._timed_run(name, commands[name])
+                if name == "status" and json.loads(out).get("pid") != d.pid:
+                    raise BenchError(f"status --json did not describe daemon {d.pid}: "
+                                     f"{out[:200]}")
+                times[name].append(elapsed)
+        added = [i - b for i, b in zip(times["import"], times["bare"], strict=True)]
+        bare, status = median(times["bare"]), median(times["status"])
+
+        def ms(seconds: float) -> float:
+            return round(seconds * 1e3, 2)
+
+        def spread(name: str) -> str:
+            xs = times[name]
+            return f"{ms(median(xs))} ms ({ms(min(xs))}-{ms(max(xs))})"
+
+        rounds = (f"median (min-max) of {self.plan.startup_rounds} rounds: bare "
+                  f"{spread('bare')}")
+        return [
+            row("import of modcoord.supervisor.connect, added to a bare start",
+                ms(median(added)), "ms", "<= 1.5x", ms(bare),
+                f"{rounds}, import {spread('import')}; added = import - bare per round; "
+                f"heavy modules it imports: {heavy.strip() or 'none'}"),
+            row("modcoord status --json against a running daemon", ms(status), "ms",
+                "<= 4.0x", ms(bare), f"{rounds}, status {spread('status')} ({how})"),
+        ]
+
     # -- the run --
 
     def run(self) -> list[Result]:
         """Measure every figure; returns the rows in the order of the figure list above."""
         root = self.root
-        self.start_infrastructure(10)
+
+        def wanted(*figures: int) -> bool:
+            return not self.only or bool({str(f) for f in figures} & self.only)
+
+        if wanted(*range(1, 11)):  # figures 11-14 need no agents or baseline servers
+            self.start_infrastructure(10)
         default_cfg = make_config_dir(root, "default")
         fast_cfg = make_config_dir(root, "fast", {
             "debounce": {"delay_ms": 1.0, "critical_delay_ms": 1.0},
@@ -518,14 +617,53 @@ class Bench:
 
         def measure(key: str, label: str, fn: Callable[[], list[Result]],
                     placeholders: list[tuple[str, str, str]], *daemons: Daemon) -> None:
-            if self.only and not set(key.split("-")) & self.only:
+            if not wanted(*map(int, key.split("-"))):
                 return
             before = len(self.results)
             self.measure(label, fn, placeholders, daemons)
             rows[key] = self.results[before:]
 
-        self.progress("starting the daemon (packaged configs)")
-        main_d = self.daemon("main", default_cfg)
+        # A daemon is started only when a figure measured on it is wanted (``--only``).
+        if wanted(1, 2, 3, 5, 7, 9, 11, 13, 14):
+            self.progress("starting the daemon (packaged configs)")
+            self.figures_on_main(self.daemon("main", default_cfg), measure)
+        if wanted(4):
+            self.progress("starting the daemon (debounce delay 1 ms)")
+            fast_d = self.daemon("fast", fast_cfg)
+            measure("4", "updates delivered per second", lambda: self.fig_delivered(fast_d),
+                    [("updates delivered to a subscriber per second (HYBRID, distinct keys)",
+                      "updates/s", ">= 0.3x")], fast_d)
+            fast_d.stop()
+        if wanted(6, 10):
+            self.progress("starting the batched and unbatched daemons")
+            flush_d = self.daemon("flush", flush_cfg)
+            if wanted(6):
+                unbatched_d = self.daemon("unbatched", unbatched_cfg)
+                measure("6", "batched vs unbatched",
+                        lambda: self.fig_batching(flush_d, unbatched_d),
+                        [("batched vs unbatched delivery throughput (flush of pending "
+                          "updates)", "updates/s", ">= 10x")], flush_d, unbatched_d)
+                unbatched_d.stop()
+            measure("10", "1,000 modules + 100,000 pending keys",
+                    lambda: self.fig_many(flush_d),
+                    [("cached coordinate p99, 1,000 modules + 100,000 pending keys", "µs",
+                      "<= 2.0x")], flush_d)
+            flush_d.stop()
+        if wanted(8):
+            self.progress("starting the daemon (short inactivity)")
+            memory_d = self.daemon("memory", memory_cfg)
+            measure("8", "memory reclaimed by cleanup", lambda: self.fig_memory(memory_d),
+                    [("memory added by 500 modules + full cache, reclaimed by cleanup",
+                      "fraction", ">= 0.50")], memory_d)
+            memory_d.stop()
+
+        measure("12", "start to ready", lambda: self.fig_start(default_cfg),
+                [("start to ready (modcoord start, detached)", "s", "<= 0.5 s")])
+        order = ["1-2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13-14"]
+        return [r for key in order for r in rows.get(key, [])]
+
+    def figures_on_main(self, main_d: Daemon, measure: Callable[..., None]) -> None:
+        """The figures measured on the daemon with the packaged configs; stops it after."""
         measure("11", "idle memory", lambda: self.fig_idle_rss(main_d),
                 [("daemon resident memory when idle", "MB", "<= 50 MB")], main_d)
         measure("1-2", "coordinate round trips", lambda: self.fig_latency(main_d),
@@ -542,35 +680,10 @@ class Bench:
                   ">= 0.85")], main_d)
         measure("9", "debounce lateness", lambda: self.fig_lateness(main_d),
                 [("debounce timer lateness p99 at full publish load", "ms", "<= 2 ms")], main_d)
+        measure("13-14", "client import and status --json vs a bare start",
+                lambda: self.fig_startup(main_d),
+                [("import of modcoord.supervisor.connect, added to a bare start", "ms",
+                  "<= 1.5x"),
+                 ("modcoord status --json against a running daemon", "ms", "<= 4.0x")],
+                main_d)
         main_d.stop()
-
-        self.progress("starting the daemon (debounce delay 1 ms)")
-        fast_d = self.daemon("fast", fast_cfg)
-        measure("4", "updates delivered per second", lambda: self.fig_delivered(fast_d),
-                [("updates delivered to a subscriber per second (HYBRID, distinct keys)",
-                  "updates/s", ">= 0.3x")], fast_d)
-        fast_d.stop()
-
-        self.progress("starting the batched and unbatched daemons")
-        flush_d = self.daemon("flush", flush_cfg)
-        unbatched_d = self.daemon("unbatched", unbatched_cfg)
-        measure("6", "batched vs unbatched", lambda: self.fig_batching(flush_d, unbatched_d),
-                [("batched vs unbatched delivery throughput (flush of pending updates)",
-                  "updates/s", ">= 10x")], flush_d, unbatched_d)
-        unbatched_d.stop()
-        measure("10", "1,000 modules + 100,000 pending keys", lambda: self.fig_many(flush_d),
-                [("cached coordinate p99, 1,000 modules + 100,000 pending keys", "µs",
-                  "<= 2.0x")], flush_d)
-        flush_d.stop()
-
-        self.progress("starting the daemon (short inactivity)")
-        memory_d = self.daemon("memory", memory_cfg)
-        measure("8", "memory reclaimed by cleanup", lambda: self.fig_memory(memory_d),
-                [("memory added by 500 modules + full cache, reclaimed by cleanup",
-                  "fraction", ">= 0.50")], memory_d)
-        memory_d.stop()
-
-        measure("12", "start to ready", lambda: self.fig_start(default_cfg),
-                [("start to ready (modcoord start, detached)", "s", "<= 0.5 s")])
-        order = ["1-2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"]
-        return [r for key in order for r in rows.get(key, [])]
