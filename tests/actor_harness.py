@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pykka
 
@@ -32,6 +32,8 @@ from modcoord.actors import (
 __all__ = ["WAIT_S", "ActorRig", "Recorder", "Sync", "fake", "make_context"]
 
 WAIT_S = 5.0  # how long a test waits for an actor's answer
+
+C = TypeVar("C", bound=Clock)
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,9 @@ def make_context(clock: Clock, handles: Mapping[str, ActorHandle],
                         extras=extras)
 
 
-class ActorRig:
-    """One actor under test (started with :meth:`start`), its peers and its context.
+class ActorRig(Generic[C]):
+    """One actor under test (started with :meth:`start`), its peers and its context;
+    generic in the clock's type (``ActorRig[MockClock]``).
 
     Args:
         clock: the test's clock (a ``MockClock`` in unit tests).
@@ -95,10 +98,9 @@ class ActorRig:
         reports: every failure the actors reported, in order.
         received: what each fake peer received, by peer name (empty for any other name).
         peers: the fake peers' handles by name.
-        ref: the actor under test's current ref (None before :meth:`start`).
     """
 
-    def __init__(self, clock: Clock, name: str, actor: type[ManagedActor], settings: Any, *,
+    def __init__(self, clock: C, name: str, actor: type[ManagedActor], settings: Any, *,
                  peers: Iterable[str] = (), others: Iterable[str] = (),
                  replies: Mapping[str, Mapping[str, Any]] | None = None,
                  shared: Mapping[str, Any] | None = None) -> None:
@@ -114,9 +116,23 @@ class ActorRig:
         self.context = make_context(clock, self.handles, self.reports.append, shared)
         self.received: defaultdict[str, list[Any]] = defaultdict(list)
         self.peers: dict[str, ActorHandle] = {}
-        self.ref: pykka.ActorRef[Any] | None = None
+        self._ref: pykka.ActorRef[Any] | None = None
         for peer in peers:
             self.start_peer(peer, (replies or {}).get(peer, {}))
+
+    @property
+    def ref(self) -> pykka.ActorRef[Any]:
+        """The actor under test's current ref.
+
+        Raises:
+            AssertionError: it was not started yet.
+        """
+        assert self._ref is not None, "start() the actor under test first"
+        return self._ref
+
+    @ref.setter
+    def ref(self, ref: pykka.ActorRef[Any]) -> None:
+        self._ref = ref
 
     def start_peer(self, name: str, replies: Mapping[str, Any] | None = None) -> ActorHandle:
         """Start a fake peer ``name`` (recording into ``received[name]``) on its handle."""

@@ -86,7 +86,7 @@ def batch_settings(**kw: Any) -> BatchSettings:
     return BatchSettings(**kw)
 
 
-class Rig(ActorRig):
+class Rig(ActorRig[MockClock]):
     def __init__(self, clock: MockClock, settings: BatchSettings | None = None,
                  sink: Sink | None = None, gauge: QueueGauge | None = None,
                  metrics: MetricsRegistry | None = None, subscribe_all: bool = True) -> None:

@@ -393,7 +393,7 @@ def test_reconfigure_disabled_clears_and_in_flight_still_completes(clock: MockCl
 # -- the actor -----------------------------------------------------------------------------
 
 
-class Rig(ActorRig):
+class Rig(ActorRig[MockClock]):
     def __init__(self, clock: MockClock, store: CacheStore | None = None,
                  cache_settings: CacheSettings | None = None) -> None:
         extras: dict[str, Any] = {} if store is None else {"cache_store": store}

@@ -110,7 +110,7 @@ class LateClock(MockClock):
         return super().call_at(deadline + self.lag, callback)
 
 
-class Rig(ActorRig):
+class Rig(ActorRig[Any]):
     """A debouncer plus a fake batcher sharing one clock (a MockClock unless noted)."""
 
     def __init__(self, clock: MockClock | MonotonicClock, settings: Any = None,

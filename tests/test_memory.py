@@ -42,7 +42,7 @@ from actor_harness import ActorRig  # noqa: E402
 from actor_harness import Sync as _Sync  # noqa: E402
 
 
-class Harness(ActorRig):
+class Harness(ActorRig[MockClock]):
     level: list[int]
     activity: ActivityTable
 

@@ -80,7 +80,7 @@ def feed(metrics: MetricsRegistry, name: str, ms: float, n: int = 25) -> None:
         metrics.record(name, ms / 1000.0)
 
 
-class Harness(ActorRig):
+class Harness(ActorRig[MockClock]):
     metrics: MetricsRegistry
 
     def evaluate(self, snapshot: dict[str, Any]) -> dict[str, Any]:
