@@ -1,8 +1,14 @@
-"""Shared fixtures: a mock clock and an actor context for unit tests."""
+"""Shared fixtures: a mock clock for unit tests, real daemons for integration tests (see
+daemon_harness.py; actor unit tests build their actors with actor_harness.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
+from daemon_harness import DaemonFactory, DaemonProcess
 
 from modcoord.actors import MockClock
 
@@ -13,14 +19,14 @@ def clock() -> MockClock:
 
 
 @pytest.fixture
-def daemon_factory(tmp_path):  # type: ignore[no-untyped-def]
-    """Start real daemons (``factory(*start_args)``); all are stopped at teardown."""
-    from daemon_harness import DaemonProcess
-
+def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
+    """Start real daemons (``factory(*start_args, root=, env=, configs=, preexec_fn=,
+    start=True)``, see :class:`DaemonProcess`); all are stopped at teardown."""
     made: list[DaemonProcess] = []
 
-    def factory(*extra: str, root=None, env=None, start: bool = True):  # type: ignore[no-untyped-def]
-        d = DaemonProcess(root or tmp_path / f"d{len(made)}", *extra, env=env)
+    def factory(*extra: str, root: Path | None = None, start: bool = True,
+                **kwargs: Any) -> DaemonProcess:
+        d = DaemonProcess(root or tmp_path / f"d{len(made)}", *extra, **kwargs)
         made.append(d)
         return d.start() if start else d
 
@@ -30,6 +36,6 @@ def daemon_factory(tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def daemon(daemon_factory):  # type: ignore[no-untyped-def]
+def daemon(daemon_factory: DaemonFactory) -> DaemonProcess:
     """One real daemon, started with fault injection allowed."""
     return daemon_factory("--allow-fault-injection")

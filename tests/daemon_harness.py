@@ -1,24 +1,32 @@
-"""A real daemon process for integration tests, and the CLI run as a real process.
+"""The one daemon harness: a real daemon process for integration tests, the CLI run as a
+real process, config edits and the daemon's log records.
 
 ``DaemonProcess`` runs ``modcoord start --foreground`` in a fresh runtime directory with
-its own copy of the packaged configs, so tests can edit them. Every wait is bounded.
+its own copy of the packaged configs, edited per test (``configs=``, :meth:`edit_config`).
+The ``daemon`` and ``daemon_factory`` fixtures (conftest.py) make and stop them. Every wait
+is bounded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from modcoord.supervisor.daemon.config import default_config_dir
 
-__all__ = ["CliResult", "DaemonProcess", "run_cli", "wait_for"]
+__all__ = ["CLI", "CliResult", "DaemonFactory", "DaemonProcess", "edited_yaml", "file_records",
+           "records", "run_cli", "start_daemon", "startswith", "wait_for", "wait_record"]
 
 CLI = [sys.executable, "-m", "modcoord.supervisor"]
 
@@ -61,16 +69,38 @@ def run_cli(*args: str, runtime_dir: Path | None = None, timeout: float = 30.0,
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def edited_yaml(path: Path, changes: Mapping[str, Any]) -> str:
+    """The text of the YAML file ``path`` with ``changes`` merged in (section by section)."""
+    return yaml.safe_dump(_merge(yaml.safe_load(path.read_text()) or {}, changes),
+                          sort_keys=False)
+
+
 class DaemonProcess:
     """``modcoord start --foreground`` as a child process.
 
     Args:
         root: a temporary directory; ``root/run`` is the runtime dir, ``root/configs``
-            a copy of the packaged configs.
+            a copy of the packaged configs (kept if it exists already).
         extra: more ``start`` arguments (``--mode``, ``--allow-fault-injection``...).
+        env: variables added to the daemon's environment.
+        configs: changes merged into config files by stem, e.g.
+            ``{"hybrid": {"cache": {"ttl_ms": 10}}, "daemon": {"logs": {"max_bytes": 4096}}}``.
+        preexec_fn: run in the child before the daemon starts (e.g. to set an rlimit).
     """
 
-    def __init__(self, root: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, *extra: str, env: dict[str, str] | None = None,
+                 configs: Mapping[str, Mapping[str, Any]] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.root = root
         self.runtime_dir = root / "run"
         self.config_dir = root / "configs"
@@ -78,9 +108,18 @@ class DaemonProcess:
             self.config_dir.mkdir(parents=True)
             for f in default_config_dir().glob("*.yaml"):
                 shutil.copy(f, self.config_dir / f.name)
+        for stem, changes in (configs or {}).items():
+            self.edit_config(stem, changes)
         self.extra = extra
         self.env = env or {}
+        self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen[str] | None = None
+
+    def edit_config(self, stem: str, changes: Mapping[str, Any]) -> Path:
+        """Merge ``changes`` into ``configs/<stem>.yaml`` (section by section); its path."""
+        path = self.config_dir / f"{stem}.yaml"
+        path.write_text(edited_yaml(path, changes))
+        return path
 
     @property
     def socket(self) -> Path:
@@ -96,7 +135,7 @@ class DaemonProcess:
                "--config-dir", str(self.config_dir), *self.extra]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **self.env}, start_new_session=True,
+            env={**os.environ, **self.env}, start_new_session=True, preexec_fn=self.preexec_fn,
         )
         self.wait_ready(timeout)
         return self
@@ -153,3 +192,56 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
+
+
+DaemonFactory = Callable[..., DaemonProcess]  # the ``daemon_factory`` fixture (conftest.py)
+
+
+def start_daemon(factory: DaemonFactory, root: Path, *extra: str,
+                 **files: dict[str, Any]) -> DaemonProcess:
+    """Start a daemon on a copy of the packaged configs with ``files`` merged in, e.g.
+    ``hybrid={"cache": {"ttl_ms": 10}}`` or ``daemon={"logs": {"max_bytes": 4096}}``."""
+    return factory(*extra, root=root, configs=files)
+
+
+def file_records(log_dir: Path) -> list[dict[str, Any]]:
+    """Every complete record of the log files (current and rotated), read directly."""
+    out: list[dict[str, Any]] = []
+    paths = sorted(p for p in log_dir.glob("modcoord*.jsonl") if p.name != "modcoord.jsonl")
+    paths.append(log_dir / "modcoord.jsonl")
+    for path in paths:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            continue
+        for line in text.split("\n")[:-1]:  # the last piece may be a line being written
+            out.append(json.loads(line))
+    return out
+
+
+def _matches(rec: dict[str, Any], match: dict[str, Any]) -> bool:
+    for key, want in match.items():
+        value = rec.get(key)
+        if callable(want):
+            if not want(value):
+                return False
+        elif value != want:
+            return False
+    return True
+
+
+def records(daemon: DaemonProcess, **match: Any) -> list[dict[str, Any]]:
+    """The daemon's log records whose fields equal (or satisfy, for callables) ``match``."""
+    return [r for r in file_records(daemon.log_file.parent) if _matches(r, match)]
+
+
+def wait_record(daemon: DaemonProcess, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+    """The first log record matching ``match``, waiting for it up to ``timeout``."""
+    found: list[dict[str, Any]] = wait_for(lambda: records(daemon, **match), timeout,
+                                           message=f"a log record {match}")
+    return found[0]
+
+
+def startswith(prefix: str) -> Callable[[Any], bool]:
+    """A ``records`` matcher: the field is a string starting with ``prefix``."""
+    return lambda value: isinstance(value, str) and value.startswith(prefix)

@@ -10,15 +10,13 @@ from typing import Any
 import msgpack
 import pykka
 import pytest
+from actor_harness import ActorRig
 
 from modcoord.actors import (
-    ActorContext,
     ActorCrashedError,
-    ActorHandle,
     Batch,
     BatchSettings,
     Crash,
-    FailureReport,
     Handover,
     MockClock,
     Reconfigure,
@@ -88,37 +86,22 @@ def batch_settings(**kw: Any) -> BatchSettings:
     return BatchSettings(**kw)
 
 
-class Rig:
+class Rig(ActorRig[MockClock]):
     def __init__(self, clock: MockClock, settings: BatchSettings | None = None,
                  sink: Sink | None = None, gauge: QueueGauge | None = None,
                  metrics: MetricsRegistry | None = None, subscribe_all: bool = True) -> None:
-        self.clock = clock
         self.sink = sink or Sink()
-        self.handle = ActorHandle("batcher")
-        self.reports: list[FailureReport] = []
         extras: dict[str, Any] = {"deliver": self.sink}
         if gauge is not None:
             extras["queue_gauge"] = gauge
         if metrics is not None:
             extras["metrics"] = metrics
-        self.context = ActorContext(clock=clock, handles={"batcher": self.handle},
-                                    report_failure=self.reports.append, extras=extras)
-        self.settings = settings or batch_settings()
-        self.ref = self.start()
+        super().__init__(clock, "batcher", BatcherActor, settings or batch_settings(),
+                         shared=extras)
+        self.start()
         self.up = Seq(clock)
         if subscribe_all:
             self.tell(Subscribe("all", ("*",)))
-
-    def start(self, takeover: Any = None) -> pykka.ActorRef[Any]:
-        ref = BatcherActor.start(self.settings, self.context, takeover)
-        self.handle.install(ref)
-        return ref
-
-    def tell(self, message: Any) -> None:
-        self.handle.tell(message)
-
-    def ask(self, message: Any) -> Any:
-        return self.handle.ask(message, timeout=WAIT_S)
 
     def enqueue(self, *updates: Update) -> int:
         """Enqueue and wait until handled; return the queue depth then."""

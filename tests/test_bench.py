@@ -1,5 +1,6 @@
-"""``scripts/bench --quick --json``: it runs end to end against real daemons and module
-processes and prints every SPEC §10 figure in the documented JSON shape."""
+"""``scripts/bench``: the run end to end against real daemons and module processes prints
+every figure in the documented JSON shape; ``--only`` measures just the figures asked for;
+the row arithmetic of ``scripts/benchlib`` holds."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,7 @@ __all__: list[str] = []
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench"
 
-# One row per SPEC §10 figure, in the table's order: (name prefix, unit, target).
+# One row per figure, in the table's order: (name prefix, unit, target).
 EXPECTED = [
     ("cached coordinate round trip p50", "µs", "<= 1.0x"),
     ("cached coordinate round trip p99", "µs", "<= 4.0x"),
@@ -30,11 +32,14 @@ EXPECTED = [
     ("cached coordinate p99, 1,000 modules", "µs", "<= 2.0x"),
     ("daemon resident memory when idle", "MB", "<= 50 MB"),
     ("start to ready", "s", "<= 0.5 s"),
+    ("import of modcoord.supervisor.connect", "ms", "<= 1.5x"),
+    ("modcoord status --json", "ms", "<= 4.0x"),
 ]
+STARTUP = EXPECTED[-2:]
 
 
-def _run_bench(timeout: float) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.Popen([sys.executable, str(BENCH), "--quick", "--json"],
+def _run_bench(timeout: float, *extra: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen([sys.executable, str(BENCH), "--quick", "--json", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -58,19 +63,11 @@ def _met(row: dict[str, object]) -> bool:
     return compared <= bound if op == "<=" else compared >= bound
 
 
-@pytest.mark.slow
-@pytest.mark.integration
-@pytest.mark.timeout(240)
-def test_quick_json_has_every_figure() -> None:
-    result = _run_bench(timeout=200)
-
-    assert result.returncode == 0, f"bench failed:\n{result.stderr[-3000:]}"
-    assert "[bench" not in result.stderr  # no progress output with --json
-    data = json.loads(result.stdout)
-    assert list(data) == ["results"]
-    rows = data["results"]
-    assert len(rows) == len(EXPECTED)
-    for row, (prefix, unit, target) in zip(rows, EXPECTED, strict=True):
+def _check_rows(rows: list[dict[str, Any]], expected: list[tuple[str, str, str]]) -> None:
+    """Every row has the documented shape, its expected name, unit and target, a finite
+    value, and ``ratio`` and ``met`` consistent with it."""
+    assert len(rows) == len(expected), [r["name"] for r in rows]
+    for row, (prefix, unit, target) in zip(rows, expected, strict=True):
         assert list(row) == ["name", "value", "unit", "baseline", "ratio", "target", "met"]
         assert row["name"].startswith(prefix), row
         assert row["unit"] == unit
@@ -84,6 +81,23 @@ def test_quick_json_has_every_figure() -> None:
             assert row["ratio"] == pytest.approx(value / row["baseline"], rel=0.02, abs=1e-3)
         assert row["met"] is _met(row), row
 
+
+def _results(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    assert result.returncode == 0, f"bench failed:\n{result.stderr[-3000:]}"
+    assert "[bench" not in result.stderr  # no progress output with --json
+    data = json.loads(result.stdout)
+    assert list(data) == ["results"]
+    rows: list[dict[str, Any]] = data["results"]
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_quick_json_has_every_figure() -> None:
+    rows = _results(_run_bench(timeout=260))
+    _check_rows(rows, EXPECTED)
+
     by_unit = {prefix: row for row, (prefix, _, _) in zip(rows, EXPECTED, strict=True)}
     # Plausibility: measured quantities, not placeholders.
     assert by_unit["cached coordinate round trip p50"]["value"] <= (
@@ -94,3 +108,53 @@ def test_quick_json_has_every_figure() -> None:
     assert 0 < by_unit["start to ready"]["value"] < 30
     assert -1.0 <= by_unit["cached vs uncached coordination"]["value"] < 1.0
     assert -1.0 <= by_unit["critical vs normal"]["value"] < 1.0
+    # A module process and a CLI call are an interpreter start and more.
+    assert by_unit["modcoord status --json"]["value"] > by_unit["modcoord status --json"][
+        "baseline"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_only_measures_the_figures_asked_for() -> None:
+    """``--only 13,14``: the two start-up figures and nothing else (no agents, one daemon)."""
+    rows = _results(_run_bench(90, "--only", "13,14"))
+    _check_rows(rows, STARTUP)
+    imported, status = rows
+    assert imported["baseline"] == status["baseline"]  # one same-run bare start for both
+    assert 1 < imported["baseline"] < 5000  # ms: a real interpreter start
+    assert status["value"] > status["baseline"]
+
+
+def _benchlib() -> Any:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import benchlib.common
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    return benchlib.common
+
+
+@pytest.mark.parametrize(("value", "baseline", "target", "ratio", "met"), [
+    (30.0, 20.0, "<= 1.5x", 1.5, True),
+    (31.0, 20.0, "<= 1.5x", 1.55, False),
+    (90.0, 20.0, ">= 4.0x", 4.5, True),
+    (0.92, None, ">= 0.90", None, True),
+    (51.0, None, "<= 50 MB", None, False),
+])
+def test_row_compares_the_ratio_or_the_value_as_the_target_says(
+        value: float, baseline: float | None, target: str, ratio: float | None,
+        met: bool) -> None:
+    common = _benchlib()
+    result = common.row("figure", value, "ms", target, baseline)
+    assert (result.ratio, result.met) == (ratio, met)
+    assert list(result.as_json()) == ["name", "value", "unit", "baseline", "ratio", "target",
+                                      "met"]
+
+
+@pytest.mark.parametrize("target", ["<= 1.5x", "about 2"])
+def test_row_refuses_a_ratio_target_without_baseline_or_a_malformed_target(
+        target: str) -> None:
+    common = _benchlib()
+    with pytest.raises(common.BenchError):
+        common.row("figure", 1.0, "ms", target, None)

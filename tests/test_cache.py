@@ -9,15 +9,13 @@ from typing import Any
 
 import pykka
 import pytest
+from actor_harness import ActorRig
 
 from modcoord.actors import (
-    ActorContext,
     ActorCrashedError,
-    ActorHandle,
     CacheSettings,
     CallTimeoutError,
     Crash,
-    FailureReport,
     InvalidMessageError,
     MockClock,
     Reconfigure,
@@ -395,27 +393,13 @@ def test_reconfigure_disabled_clears_and_in_flight_still_completes(clock: MockCl
 # -- the actor -----------------------------------------------------------------------------
 
 
-class Rig:
+class Rig(ActorRig[MockClock]):
     def __init__(self, clock: MockClock, store: CacheStore | None = None,
                  cache_settings: CacheSettings | None = None) -> None:
-        self.clock = clock
-        self.handle = ActorHandle("cache")
-        self.reports: list[FailureReport] = []
         extras: dict[str, Any] = {} if store is None else {"cache_store": store}
-        self.context = ActorContext(
-            clock=clock, handles={"cache": self.handle},
-            report_failure=self.reports.append, extras=extras,
-        )
-        self.settings = cache_settings or settings()
-        self.ref = self.start()
-
-    def start(self) -> pykka.ActorRef[Any]:
-        ref = CacheActor.start(self.settings, self.context)
-        self.handle.install(ref)
-        return ref
-
-    def ask(self, message: Any) -> Any:
-        return self.handle.ask(message, timeout=WAIT_S)
+        super().__init__(clock, "cache", CacheActor, cache_settings or settings(),
+                         shared=extras)
+        self.start()
 
 
 def test_actor_messages(clock: MockClock) -> None:

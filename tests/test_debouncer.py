@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import pykka
 import pytest
+from actor_harness import ActorRig
 
 from modcoord.actors import (
     ActorContext,
@@ -26,7 +27,6 @@ from modcoord.actors import (
     BatchSettings,
     Crash,
     DebounceSettings,
-    FailureReport,
     Handover,
     InvalidMessageError,
     ManagedActor,
@@ -110,25 +110,18 @@ class LateClock(MockClock):
         return super().call_at(deadline + self.lag, callback)
 
 
-class Rig:
+class Rig(ActorRig[Any]):
     """A debouncer plus a fake batcher sharing one clock (a MockClock unless noted)."""
 
     def __init__(self, clock: MockClock | MonotonicClock, settings: Any = None,
                  extras: dict[str, Any] | None = None) -> None:
+        super().__init__(clock, "debouncer", DebouncerActor,
+                         settings if settings is not None else DebounceSettings(),
+                         others=("batcher",), shared=extras if extras is not None else {})
         self.clock: Any = clock  # MockClock-only helpers assert it where they need it
-        self.reports: list[FailureReport] = []
-        self.deb = ActorHandle("debouncer")
-        self.bat = ActorHandle("batcher")
-        self.context = ActorContext(
-            clock=clock,
-            handles={"debouncer": self.deb, "batcher": self.bat},
-            report_failure=self.reports.append,
-            extras=extras if extras is not None else {},
-        )
+        self.deb, self.bat = self.handle, self.handles["batcher"]
         self.bat.install(FakeBatcher.start(BatchSettings(), self.context))
-        self.settings = settings if settings is not None else DebounceSettings()
-        self.ref = DebouncerActor.start(self.settings, self.context)
-        self.deb.install(self.ref)
+        self.start()
         self.t0 = clock.monotonic()
 
     def publish(self, *updates: Update) -> None:

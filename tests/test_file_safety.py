@@ -157,8 +157,9 @@ def test_an_unsafe_runtime_or_log_directory_is_refused(
         perms, expect = 0o700, f"owner uid {_other_uid()}"
         os.chown(unsafe, _other_uid(), -1)
     unsafe.chmod(perms)
+    extra: tuple[str, ...] = ()
     if role == "runtime":
-        runtime, extra = unsafe, ()
+        runtime = unsafe
         runtime_dirs.append(unsafe)
     else:
         extra = ("--log-dir", str(unsafe))

@@ -15,7 +15,6 @@ import errno
 import resource
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,9 +23,8 @@ from typing import Any
 
 import psutil
 import pytest
-from daemon_harness import CLI, DaemonProcess, wait_for
+from daemon_harness import DaemonProcess, records, startswith, wait_for
 from test_client_server import WAIT, FakeCoordinator, RawClient
-from test_operations import edited_yaml, records, startswith
 
 from modcoord.actors.clock import MockClock
 from modcoord.supervisor.daemon.server import (
@@ -276,24 +274,16 @@ class LimitedDaemon(DaemonProcess):
 
     def __init__(self, root: Path, nofile: tuple[int, int] | None = None,
                  daemon_yaml: dict[str, Any] | None = None) -> None:
-        super().__init__(root)
-        self.nofile = nofile
-        if daemon_yaml:
-            path = self.config_dir / "daemon.yaml"
-            path.write_text(edited_yaml(path, daemon_yaml))
-
-    def start(self, timeout: float = 15.0) -> LimitedDaemon:
-        cmd = [*CLI, "start", "--foreground", "--runtime-dir", str(self.runtime_dir),
-               "--config-dir", str(self.config_dir)]
-        nofile = self.nofile
-
         def limit() -> None:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, start_new_session=True, preexec_fn=limit)
-        self.wait_ready(timeout)
+        super().__init__(root, configs={"daemon": daemon_yaml} if daemon_yaml else None,
+                         preexec_fn=limit)
+        self.nofile = nofile
+
+    def start(self, timeout: float = 15.0) -> LimitedDaemon:
+        super().start(timeout)
         return self
 
 

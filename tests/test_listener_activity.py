@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import DaemonProcess, wait_for
+from daemon_harness import DaemonProcess, records, start_daemon, startswith, wait_for
 from test_client_server import WAIT, Editor, FakeCoordinator, RawClient
-from test_operations import records, start_daemon, startswith
 
 from modcoord.actors.clock import MockClock
 from modcoord.supervisor.client.client import Client, connect

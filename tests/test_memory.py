@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -16,7 +15,6 @@ from modcoord.actors._base import (
     ActorContext,
     ActorHandle,
     Crash,
-    FailureReport,
     Handover,
     Reconfigure,
     Statistics,
@@ -40,34 +38,19 @@ from modcoord.actors.settings import MemorySettings
 MB = 1024 * 1024
 
 
-from fakes import Sync as _Sync  # noqa: E402
-from fakes import fake as _fake  # noqa: E402
+from actor_harness import ActorRig  # noqa: E402
+from actor_harness import Sync as _Sync  # noqa: E402
 
 
-@dataclass
-class Harness:
-    clock: MockClock
-    context: ActorContext
-    handle: ActorHandle
-    received: dict[str, list[Any]]
-    reports: list[FailureReport]
+class Harness(ActorRig[MockClock]):
     level: list[int]
     activity: ActivityTable
-    ref: Any = None
-    peers: dict[str, ActorHandle] = field(default_factory=dict)
 
     def sync(self) -> MemoryStatistics:
         """Wait until memory and then every fake peer handled what was sent so far."""
-        stats: MemoryStatistics = self.handle.ask(Statistics(), timeout=5)
-        for handle in self.peers.values():
-            handle.ask(_Sync(), timeout=5)
+        stats: MemoryStatistics = self.ask(Statistics())
+        self.sync_peers()
         return stats
-
-    def names(self, peer: str) -> list[str]:
-        return [type(m).__name__ for m in self.received[peer]]
-
-    def sent(self, peer: str, type_name: str) -> list[Any]:
-        return [m for m in self.received[peer] if type(m).__name__ == type_name]
 
     def advance(self, seconds: float) -> MemoryStatistics:
         self.clock.advance(seconds)
@@ -98,23 +81,15 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
                install_peers: tuple[str, ...] = ("cache", "batcher", "monitor"),
                extras: dict[str, Any] | None = None) -> Harness:
         level = [20 * MB]
-        handles = {n: ActorHandle(n) for n in ("memory", "cache", "batcher", "monitor")}
-        reports: list[FailureReport] = []
         activity = ActivityTable(clock)
-        context = ActorContext(
-            clock=clock, handles=handles, report_failure=reports.append,
-            extras={"activity": activity,
-                    "rss_reader": rss_reader if rss_reader is not None else lambda: level[0],
-                    **(extras or {})},
-        )
-        received: dict[str, list[Any]] = {n: [] for n in ("cache", "batcher", "monitor")}
-        h = Harness(clock, context, handles["memory"], received, reports, level, activity)
-        for name in install_peers:
-            ref = _fake(name).start(None, context, received[name], (replies or {}).get(name, {}))
-            handles[name].install(ref)
-            h.peers[name] = handles[name]
-        h.ref = MemoryManagerActor.start(settings or _settings(), context)
-        h.handle.install(h.ref)
+        h = Harness(clock, "memory", MemoryManagerActor, settings or _settings(),
+                    peers=install_peers, others=("cache", "batcher", "monitor"),
+                    replies=replies, shared={
+                        "activity": activity,
+                        "rss_reader": rss_reader if rss_reader is not None else lambda: level[0],
+                        **(extras or {})})
+        h.level, h.activity = level, activity
+        h.start()
         return h
 
     yield _start

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -14,7 +14,6 @@ from modcoord.actors._base import (
     ActorContext,
     ActorHandle,
     Crash,
-    FailureReport,
     Handover,
     Reconfigure,
     Statistics,
@@ -47,7 +46,7 @@ COORDINATION_MESSAGE = (
 CACHE_MESSAGE = "Low cache hit rate - consider adjusting cache TTL or strategy"
 
 
-from fakes import fake as _fake  # noqa: E402
+from actor_harness import ActorRig  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -81,16 +80,8 @@ def feed(metrics: MetricsRegistry, name: str, ms: float, n: int = 25) -> None:
         metrics.record(name, ms / 1000.0)
 
 
-@dataclass
-class Harness:
-    clock: MockClock
-    context: ActorContext
-    handle: ActorHandle
+class Harness(ActorRig[MockClock]):
     metrics: MetricsRegistry
-    received: dict[str, list[Any]]
-    reports: list[FailureReport]
-    ref: Any = None
-    peers: dict[str, ActorHandle] = field(default_factory=dict)
 
     def evaluate(self, snapshot: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.handle.ask(Evaluate(snapshot))
@@ -116,20 +107,11 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
     def _start(settings: MonitorSettings | None = None,
                replies: dict[str, dict[str, Any]] | None = None,
                peers: tuple[str, ...] = ()) -> Harness:
-        names = ("monitor", "cache", "batcher", "memory", "debouncer")
-        handles = {n: ActorHandle(n) for n in ("monitor", *peers)}
-        reports: list[FailureReport] = []
         metrics = MetricsRegistry(clock, 60.0)
-        context = ActorContext(clock=clock, handles=handles, report_failure=reports.append,
-                               extras={"metrics": metrics})
-        received: dict[str, list[Any]] = {n: [] for n in names}
-        h = Harness(clock, context, handles["monitor"], metrics, received, reports)
-        for name in peers:
-            ref = _fake(name).start(None, context, received[name], (replies or {}).get(name, {}))
-            handles[name].install(ref)
-            h.peers[name] = handles[name]
-        h.ref = MonitorActor.start(settings or _settings(), context)
-        h.handle.install(h.ref)
+        h = Harness(clock, "monitor", MonitorActor, settings or _settings(), peers=peers,
+                    replies=replies, shared={"metrics": metrics})
+        h.metrics = metrics
+        h.start()
         return h
 
     yield _start

@@ -24,8 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from daemon_harness import CLI, DaemonProcess, run_cli, wait_for
+from daemon_harness import (
+    CLI,
+    DaemonFactory,
+    DaemonProcess,
+    edited_yaml,
+    file_records,
+    records,
+    run_cli,
+    start_daemon,
+    startswith,
+    wait_for,
+    wait_record,
+)
 from test_exposition import Family, check_conventions, check_histogram, parse_exposition
 
 from modcoord.supervisor.daemon.config import default_config_dir
@@ -37,26 +48,8 @@ LOW_HIT_RATE = "Low cache hit rate - consider adjusting cache TTL or strategy"
 HIGH_LATENCY = "High coordination latency detected - consider optimizing module communication"
 SERVICE_FILE = Path(__file__).resolve().parent.parent / "scripts" / "modcoord.service"
 
-DaemonFactory = Callable[..., DaemonProcess]
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def edited_yaml(path: Path, changes: dict[str, Any]) -> str:
-    """The text of the YAML file ``path`` with ``changes`` merged in (section by section)."""
-    return yaml.safe_dump(_merge(yaml.safe_load(path.read_text()) or {}, changes),
-                          sort_keys=False)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -72,61 +65,6 @@ def write_in_place(path: Path, text: str) -> None:
         fh.seek(0)
         fh.truncate()
         fh.write(text)
-
-
-def start_daemon(factory: DaemonFactory, root: Path, *extra: str,
-                 **files: dict[str, Any]) -> DaemonProcess:
-    """Start a daemon on a copy of the packaged configs with ``files`` merged in, e.g.
-    ``hybrid={"cache": {"ttl_ms": 10}}`` or ``daemon={"logs": {"max_bytes": 4096}}``."""
-    configs = root / "configs"
-    configs.mkdir(parents=True)
-    for f in default_config_dir().glob("*.yaml"):
-        shutil.copy(f, configs / f.name)
-    for stem, changes in files.items():
-        path = configs / f"{stem}.yaml"
-        path.write_text(edited_yaml(path, changes))
-    return factory(*extra, root=root)
-
-
-def file_records(log_dir: Path) -> list[dict[str, Any]]:
-    """Every complete record of the log files (current and rotated), read directly."""
-    out: list[dict[str, Any]] = []
-    paths = sorted(p for p in log_dir.glob("modcoord*.jsonl") if p.name != "modcoord.jsonl")
-    paths.append(log_dir / "modcoord.jsonl")
-    for path in paths:
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            continue
-        for line in text.split("\n")[:-1]:  # the last piece may be a line being written
-            out.append(json.loads(line))
-    return out
-
-
-def _matches(rec: dict[str, Any], match: dict[str, Any]) -> bool:
-    for key, want in match.items():
-        value = rec.get(key)
-        if callable(want):
-            if not want(value):
-                return False
-        elif value != want:
-            return False
-    return True
-
-
-def records(daemon: DaemonProcess, **match: Any) -> list[dict[str, Any]]:
-    """The daemon's log records whose fields equal (or satisfy, for callables) ``match``."""
-    return [r for r in file_records(daemon.log_file.parent) if _matches(r, match)]
-
-
-def wait_record(daemon: DaemonProcess, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
-    """The first log record matching ``match``, waiting for it up to ``timeout``."""
-    found = wait_for(lambda: records(daemon, **match), timeout, message=f"a log record {match}")
-    return found[0]  # type: ignore[no-any-return]
-
-
-def startswith(prefix: str) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, str) and value.startswith(prefix)
 
 
 def status(daemon: DaemonProcess) -> dict[str, Any]:

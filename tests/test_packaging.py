@@ -1,13 +1,112 @@
-"""modcoord installs under one parent package, so PyPI's ``supervisor`` (supervisord) and
-``actors`` can live in the same environment without shadowing ours."""
+"""Packaging: the built wheel holds every package of the source tree (installed in a fresh
+venv, each one imports from there — an editable install would hide a sub-package missing
+from setup.cfg), and modcoord installs under one parent package, so PyPI's ``supervisor``
+(supervisord) and ``actors`` can live in the same environment without shadowing ours."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# What the build reads: setup.cfg maps modcoord.<name> to these top-level folders.
+SOURCE_DIRS = ("actors", "supervisor", "configs")
+SOURCE_FILES = ("setup.cfg", "pyproject.toml", "README.md")
+
+
+def source_modules() -> list[str]:
+    """Every module of the source tree as installed (``modcoord.supervisor.cli.status``...),
+    packages included; ``__main__`` modules are left out (importing them runs them)."""
+    names: list[str] = []
+    for top in SOURCE_DIRS:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            if "__pycache__" in parts or parts[-1] == "__main__":
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            names.append(".".join(("modcoord", *parts)))
+    return names
+
+
+IMPORT_ALL = """
+import importlib, json, sys
+out = {}
+for name in json.loads(sys.argv[1]):
+    try:
+        out[name] = importlib.import_module(name).__file__
+    except Exception as exc:
+        out[name] = f"ERROR {type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_wheel_in_a_fresh_venv_imports_every_module_of_the_source_tree(
+        tmp_path: Path) -> None:
+    # Build from a copy, as from a fresh clone: no build/ or egg-info in the worktree.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in SOURCE_FILES:
+        shutil.copy(ROOT / name, src / name)
+    for name in SOURCE_DIRS:
+        shutil.copytree(ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                            str(src), "-w", str(wheels)],
+                           capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    if build.returncode != 0 and "Could not find a version" in build.stderr:
+        pytest.skip(f"build requirements unavailable: {build.stderr[-300:]}")
+    assert build.returncode == 0, build.stderr[-3000:]
+    [wheel] = wheels.glob("modcoord-*.whl")
+
+    # A fresh venv without pip: the wheel goes in with this pip, without its dependencies;
+    # those are found in this environment's site-packages through a .pth file (paths only:
+    # the .pth files there, such as the editable install's finder, are not run).
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=60)
+    python = venv / "bin" / "python"
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                              "--no-deps", "--no-index", "--quiet", str(wheel)],
+                             capture_output=True, text=True, timeout=120)
+    assert install.returncode == 0, install.stderr[-3000:]
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
+                              "print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    Path(purelib, "deps-from-test-env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+
+    modules = source_modules()
+    assert {"modcoord.actors", "modcoord.supervisor.protocol", "modcoord.supervisor.client",
+            "modcoord.supervisor.daemon", "modcoord.supervisor.cli",
+            "modcoord.configs"} <= set(modules)
+    result = subprocess.run([str(python), "-c", IMPORT_ALL, json.dumps(modules)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    found: dict[str, str] = json.loads(result.stdout)
+    failed = {name: where for name, where in found.items()
+              if not where.startswith(purelib + "/modcoord/")}
+    assert not failed, f"not importable from the installed wheel: {failed}"
+
+    # The package data and the console script come with it.
+    installed = Path(purelib, "modcoord")
+    assert {p.name for p in (installed / "configs").glob("*.yaml")} == {
+        p.name for p in (ROOT / "configs").glob("*.yaml")}
+    assert (installed / "supervisor" / "py.typed").exists()
+    assert (installed / "actors" / "py.typed").exists()
+    cli = subprocess.run([str(venv / "bin" / "modcoord"), "--help"], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "status" in cli.stdout
 
 CHECK = """
 import importlib.util

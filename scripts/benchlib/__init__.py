@@ -1,0 +1,1 @@
+"""The modules of ``scripts/bench`` (its docstring describes the command and the layout)."""
