@@ -1,4 +1,4 @@
-"""Config files: SPEC §4 defaults, and errors that name the file, the key and the problem."""
+"""Config files: the per-mode defaults, and errors that name the file, the key and the problem."""
 
 from __future__ import annotations
 

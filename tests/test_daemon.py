@@ -1,4 +1,4 @@
-"""The daemon process's lifecycle (SPEC §5, §7, §9): start/stop, signals, pidfile,
+"""The daemon process's lifecycle: start/stop, signals, pidfile,
 permissions, invalid config, readiness notification, surviving a SIGKILL.
 
 Every daemon here is a real process (``tests/daemon_harness.py``); clients are real

@@ -1,4 +1,4 @@
-"""Integration: the real daemon, real module processes, real CLI processes (SPEC §5–§7, §9).
+"""Integration: the real daemon, real module processes, real CLI processes.
 
 Modules live in spawned processes (:class:`ModuleProcess`): each connects with
 ``modcoord.supervisor.connect``, registers its modules, reports every ``on_batch`` and

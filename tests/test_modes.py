@@ -1,4 +1,4 @@
-"""Each mode behaves as SPEC §4's table says, through the real actors (MockClock)."""
+"""Each mode behaves as the mode table (docs/REFERENCE.md) says, through the real actors (MockClock)."""
 
 from __future__ import annotations
 
