@@ -1,4 +1,4 @@
-"""Each mode behaves as the mode table (docs/REFERENCE.md) says, through the real actors (MockClock)."""
+"""Each mode behaves as the mode table in docs/REFERENCE.md says (real actors, MockClock)."""
 
 from __future__ import annotations
 
