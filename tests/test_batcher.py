@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from collections.abc import Iterator
@@ -32,13 +33,14 @@ from modcoord.actors.batcher import (
     Enqueue,
     FlushBatches,
     QueueDepth,
-    QueueGauge,
     Subscribe,
     Unsubscribe,
     order_updates,
 )
 from modcoord.actors.message import from_wire
-from modcoord.actors.metrics import MetricsRegistry
+from modcoord.actors.shared import Shared
+from modcoord.actors.shared.admission import QueueGauge
+from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import PRIORITIES
 
 WAIT_S = 5.0
@@ -96,13 +98,13 @@ class Rig:
         self.sink = sink or Sink()
         self.handle = ActorHandle("batcher")
         self.reports: list[FailureReport] = []
-        extras: dict[str, Any] = {"deliver": self.sink}
+        shared = Shared.create(clock, deliver=self.sink)
         if gauge is not None:
-            extras["queue_gauge"] = gauge
+            shared = dataclasses.replace(shared, queue_gauge=gauge)
         if metrics is not None:
-            extras["metrics"] = metrics
+            shared = dataclasses.replace(shared, metrics=metrics)
         self.context = ActorContext(clock=clock, handles={"batcher": self.handle},
-                                    report_failure=self.reports.append, extras=extras)
+                                    report_failure=self.reports.append, shared=shared)
         self.settings = settings or batch_settings()
         self.ref = self.start()
         self.up = Seq(clock)

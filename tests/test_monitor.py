@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,6 @@ from modcoord.actors._base import (
 )
 from modcoord.actors.clock import MockClock
 from modcoord.actors.errors import ActorCrashedError, InvalidMessageError
-from modcoord.actors.metrics import MetricsRegistry
 from modcoord.actors.monitor import (
     Evaluate,
     ForgetModule,
@@ -36,7 +36,9 @@ from modcoord.actors.monitor import (
     Trim,
     build_snapshot,
 )
-from modcoord.actors.settings import MonitorSettings
+from modcoord.actors.settings import ModeSettings, MonitorSettings
+from modcoord.actors.shared import Shared
+from modcoord.actors.shared.metrics import MetricsRegistry
 
 MB = 1024 * 1024
 INSIGHT_KEYS = {"id", "severity", "observed", "threshold", "window_s", "message",
@@ -120,8 +122,9 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
         handles = {n: ActorHandle(n) for n in ("monitor", *peers)}
         reports: list[FailureReport] = []
         metrics = MetricsRegistry(clock, 60.0)
+        shared = dataclasses.replace(Shared.create(clock), metrics=metrics)
         context = ActorContext(clock=clock, handles=handles, report_failure=reports.append,
-                               extras={"metrics": metrics})
+                               shared=shared)
         received: dict[str, list[Any]] = {n: [] for n in names}
         h = Harness(clock, context, handles["monitor"], metrics, received, reports)
         for name in peers:
@@ -599,14 +602,16 @@ def test_module_metrics_must_be_a_mapping(start: Callable[..., Harness]) -> None
     assert h.handle.ask(ModuleReport()) == {}
 
 
-def test_creates_a_metrics_registry_if_absent(clock: MockClock) -> None:
+def test_a_default_context_sizes_its_registry_by_the_monitor_window(clock: MockClock) -> None:
     handles = {"monitor": ActorHandle("monitor")}
-    context = ActorContext(clock=clock, handles=handles)
-    ref = MonitorActor.start(_settings(window_s=30.0), context)
+    settings = ModeSettings(monitor=_settings(window_s=30.0))
+    context = ActorContext(clock=clock, handles=handles,
+                           shared=Shared.create(clock, settings))
+    ref = MonitorActor.start(settings.monitor, context)
     handles["monitor"].install(ref)
     try:
-        assert isinstance(context.extras["metrics"], MetricsRegistry)
-        assert context.extras["metrics"].window_s == 30.0
+        assert isinstance(context.shared.metrics, MetricsRegistry)
+        assert context.shared.metrics.window_s == 30.0
         assert handles["monitor"].ask(Insights())["status"] == "not_enough_data"
     finally:
         ref.stop()

@@ -24,30 +24,38 @@ from typing import Any
 import psutil
 from loguru import logger
 
-from modcoord.actors import (
-    ActorHandle,
-    Batch,
-    Clock,
-    MonotonicClock,
-    Statistics,
-    TimerHandle,
-    Update,
-)
-from modcoord.actors.batcher import BatcherActor, FlushBatches, QueueGauge
-from modcoord.actors.cache import CacheActor, CacheStore, Clear, cache_key
-from modcoord.actors.debouncer import Backlog, DebouncerActor, Flush, PublishMany
+from modcoord.actors._base import ActorHandle, Statistics
+from modcoord.actors.batcher import BatcherActor, FlushBatches
+from modcoord.actors.cache import CacheActor, Clear
+from modcoord.actors.clock import Clock, MonotonicClock, TimerHandle
+from modcoord.actors.debouncer import DebouncerActor, Flush, PublishMany
 from modcoord.actors.errors import (
     CallTimeoutError,
     InvalidMessageError,
     ModcoordError,
     QueueFullError,
 )
-from modcoord.actors.memory import ActivityTable, ForceCleanup, MemoryManagerActor, Reactivate
-from modcoord.actors.metrics import MetricsRegistry
+from modcoord.actors.memory import ForceCleanup, MemoryManagerActor, Reactivate
 from modcoord.actors.monitor import Insights, MonitorActor
-from modcoord.actors.update import PRIORITY_RANK
+from modcoord.actors.reply import Reply, ReplyBox
+from modcoord.actors.shared import Shared
+from modcoord.actors.shared.activity import ActivityTable
+from modcoord.actors.shared.admission import Backlog, QueueGauge
+from modcoord.actors.shared.cache_store import CacheStore, cache_key
+from modcoord.actors.shared.metrics import MetricsRegistry
+from modcoord.actors.update import PRIORITY_RANK, Batch, Update
+
+# The blocking coordinate's result type is the client's (it belongs in the protocol
+# package: one definition of each call's result).
 from modcoord.supervisor.client.client import CoordinationResult
 from modcoord.supervisor.daemon.config import MODES, ConfigSet, load_config_dir, normalize_mode
+from modcoord.supervisor.daemon.engine import (
+    ModeSwitch,
+    OptimizeReport,
+    PublishItem,
+    Registration,
+    StatusBrief,
+)
 from modcoord.supervisor.protocol.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.protocol.wire import check_payload, payload_packer
 from modcoord.supervisor.supervisor import (
@@ -64,11 +72,15 @@ from modcoord.supervisor.supervisor import (
     UnregisterModule,
 )
 
-__all__ = ["ACTOR_NAMES", "CoordinationResult", "ModuleCoordinator", "default_child_specs"]
+__all__ = [
+    "ACTOR_NAMES",
+    "CoordinationResult",
+    "LocalEngine",
+    "ModuleCoordinator",
+    "default_child_specs",
+]
 
 ACTOR_NAMES: tuple[str, ...] = ("debouncer", "cache", "batcher", "memory", "monitor")
-
-ReplyFn = Callable[[Any, "BaseException | None"], None]
 
 _MODE_LOOKUP = {m: m for m in MODES} | {m.lower(): m for m in MODES}
 
@@ -246,11 +258,16 @@ class ModuleCoordinator:
         self.escalated: str | None = None
         self.specs = list(specs or default_child_specs())
         settings = self.config.mode(self.mode)
-        self.metrics = MetricsRegistry(self.clock, window_s=settings.monitor.window_s)
-        self.cache_store = CacheStore(self.clock, settings.cache)
-        self.queue_gauge = QueueGauge(settings.batch.max_queue)
-        self.activity = ActivityTable(self.clock)
-        self.backlog = Backlog()
+        self.shared = Shared.create(
+            self.clock, settings, deliver=self._deliver, rss_reader=self._rss_reader,
+            connection_states=self._connection_states, notify_swept=self._notify_swept,
+        )
+        # The hot path's objects, read in the caller's thread (no actor hop).
+        self.metrics: MetricsRegistry = self.shared.metrics
+        self.cache_store: CacheStore = self.shared.cache_store
+        self.queue_gauge: QueueGauge = self.shared.queue_gauge
+        self.activity: ActivityTable = self.shared.activity
+        self.backlog: Backlog = self.shared.backlog
         self.handles: dict[str, ActorHandle] = {s.name: ActorHandle(s.name) for s in self.specs}
         self._endpoints: dict[str, ModuleEndpoint] = {}
         self._infos: dict[str, ModuleInfo] = {}
@@ -273,20 +290,9 @@ class ModuleCoordinator:
         Raises:
             CallTimeoutError: the children did not start within 10 s.
         """
-        extras = {
-            "metrics": self.metrics,
-            "cache_store": self.cache_store,
-            "queue_gauge": self.queue_gauge,
-            "activity": self.activity,
-            "deliver": self._deliver,
-            "rss_reader": self._rss_reader,
-            "publish_backlog": self.backlog,
-            "connection_states": self._connection_states,
-            "notify_swept": self._notify_swept,
-        }
         self._supervisor = SupervisorActor.start(
             self.specs, self.handles, self.config.modes, self.mode, self.clock,
-            policy=self.policy, extras=extras, fault_injection=self.fault_injection,
+            policy=self.policy, shared=self.shared, fault_injection=self.fault_injection,
             on_escalate=self._escalated,
         )
         self._supervisor.ask(StartChildren(), timeout=10.0)
@@ -344,7 +350,7 @@ class ModuleCoordinator:
 
     # -- modules --
 
-    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> dict[str, Any]:
+    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> Registration:
         """Register a module reached through ``endpoint``.
 
         Raises:
@@ -364,9 +370,9 @@ class ModuleCoordinator:
             "module registered: {name}", name=info.name
         )
         strategy = self._strategy(self.mode)
-        return {"module_id": info.module_id, "mode": reply["mode"], "strategy": strategy}
+        return Registration(module_id=info.module_id, mode=reply["mode"], strategy=strategy)
 
-    def register_module(self, module: Any) -> dict[str, Any]:
+    def register_module(self, module: Any) -> Registration:
         """Register an in-process module object (callbacks run in the caller's threads)."""
         return self.register(ModuleInfo.of(module), LocalEndpoint(module))
 
@@ -412,7 +418,7 @@ class ModuleCoordinator:
             raise result
         return int(result)
 
-    def publish_many(self, items: Iterable[tuple[str, str, Any, str]]) -> list[int | ModcoordError]:
+    def publish_many(self, items: Iterable[PublishItem]) -> list[int | ModcoordError]:
         """Publish several updates in one hop; per item, its seq or the error refusing it.
 
         Admission is decided once for the whole call: as many as fit in the batch queue
@@ -516,7 +522,7 @@ class ModuleCoordinator:
         return str(self.config.mode(mode).memory.strategy)
 
     def coordinate(self, mode: str, context: dict[str, Any] | None = None,
-                   reply: ReplyFn | None = None, caller: Sequence[str] = (),
+                   reply: Reply | None = None, caller: Sequence[str] = (),
                    timeout: float = 5.0) -> CoordinationResult | None:
         """Coordinate the modules for ``mode`` and ``context``.
 
@@ -529,20 +535,9 @@ class ModuleCoordinator:
             CallTimeoutError: (blocking form) no result within ``timeout``.
         """
         if reply is None:
-            box: list[Any] = []
-            event = threading.Event()
-
-            def done(result: Any, error: BaseException | None) -> None:
-                box.append((result, error))
-                event.set()
-
-            self.coordinate(mode, context, done, caller)
-            if not event.wait(timeout):
-                raise CallTimeoutError(f"coordinate: no result within {timeout} s")
-            result, error = box[0]
-            if error is not None:
-                raise error
-            return CoordinationResult(**result)
+            box = ReplyBox()
+            self.coordinate(mode, context, box, caller)
+            return CoordinationResult(**box.wait(timeout, "coordinate"))
         started = time.perf_counter()
         canonical = _MODE_LOOKUP.get(mode) if isinstance(mode, str) else None
         if canonical is None:
@@ -574,12 +569,12 @@ class ModuleCoordinator:
             self._compute(canonical, context, key, reply, started)
         return None
 
-    def _answer(self, reply: ReplyFn, value: dict[str, Any], cached: bool, started: float) -> None:
+    def _answer(self, reply: Reply, value: dict[str, Any], cached: bool, started: float) -> None:
         elapsed = time.perf_counter() - started
         self.metrics.record("coordination", elapsed)
         reply({**value, "cached": cached, "latency_ms": elapsed * 1000.0}, None)
 
-    def _compute(self, mode: str, context: dict[str, Any], key: str, reply: ReplyFn,
+    def _compute(self, mode: str, context: dict[str, Any], key: str, reply: Reply,
                  started: float) -> None:
         strategy = self._strategy(mode)
         with self._modules_lock:
@@ -625,7 +620,7 @@ class ModuleCoordinator:
 
     # -- control --
 
-    def set_mode(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
+    def set_mode(self, mode: str, timeout: float | None = None) -> ModeSwitch:
         """Switch mode: reconfigure every actor live, then call every module's
         ``on_mode_change``. Pending work is kept.
 
@@ -651,8 +646,8 @@ class ModuleCoordinator:
 
         self._fan_out(targets, canonical, strategy, {"previous_mode": previous}, done)
         event.wait(timeout if timeout is not None else self.callback_timeout_s + 1.0)
-        return {"mode": canonical, "previous": previous, "strategy": strategy,
-                "results": box.get("results", {}), "errors": box.get("errors", {})}
+        return ModeSwitch(mode=canonical, previous=previous, strategy=strategy,
+                          results=box.get("results", {}), errors=box.get("errors", {}))
 
     def apply_config(self, config: ConfigSet) -> None:
         """Swap in a new validated config (a reload); actors reconfigured live."""
@@ -760,7 +755,7 @@ class ModuleCoordinator:
         result: dict[str, Any] = self.handles["monitor"].ask(Insights(), timeout=5.0)
         return result
 
-    def optimize(self) -> dict[str, Any]:
+    def optimize(self) -> OptimizeReport:
         """Flush pending debounces and batches (never drop), clear the cache, clean memory."""
         flushed = self.handles["debouncer"].ask(Flush(), timeout=5.0)
         delivered = self.handles["batcher"].ask(FlushBatches(), timeout=5.0)
@@ -768,6 +763,15 @@ class ModuleCoordinator:
         report = self.handles["memory"].ask(ForceCleanup(), timeout=10.0)
         self._log.info("optimize: flushed {f}, delivered {d}, cache cleared {c}",
                        f=flushed, d=delivered, c=cleared)
-        return {"debounces_flushed": flushed, "updates_delivered": delivered,
-                "cache_cleared": cleared, "memory": _plain(report)}
+        return OptimizeReport(debounces_flushed=flushed, updates_delivered=delivered,
+                              cache_cleared=cleared, memory=_plain(report))
+
+    def status_brief(self) -> StatusBrief:
+        """Pid and mode, without blocking (for ``hello``)."""
+        return StatusBrief(pid=os.getpid(), mode=self.mode)
+
+
+LocalEngine = ModuleCoordinator
+"""The in-process engine (:class:`~modcoord.supervisor.daemon.engine.Engine`): the default,
+and today the only one."""
 
