@@ -1,6 +1,6 @@
 """The batcher: turns debounced updates into few, ordered deliveries to subscribers.
 
-Semantics (SPEC §3, Batcher):
+Semantics:
 
 - ``critical`` updates go out at once, in a batch of their own (reason ``critical``; the
   criticals of one :class:`Enqueue` travel together).

@@ -36,6 +36,12 @@ from modcoord.actors.monitor import (
     Trim,
     build_snapshot,
 )
+from modcoord.actors.rules import (
+    CacheHitRateRule,
+    CoordinationLatencyRule,
+    LatencyWindow,
+    rule_snapshot,
+)
 from modcoord.actors.settings import ModeSettings, MonitorSettings
 from modcoord.actors.shared import Shared
 from modcoord.actors.shared.metrics import MetricsRegistry
@@ -680,3 +686,44 @@ def test_stop_cancels_the_timer(start: Callable[..., Harness], clock: MockClock)
     assert clock.pending_timers() == 1
     h.ref.stop()
     assert clock.pending_timers() == 0
+
+
+# -- the rules, as pure functions ------------------------------------------------------------
+
+
+def test_cache_rule_judges_the_typed_view_alone() -> None:
+    settings = _settings(min_samples=10, cache_hit_rate_min=0.5)
+    rule = CacheHitRateRule()
+    low = rule.read(rule_snapshot({"cache": {"enabled": True}}, {}, 60.0, (2, 18)), settings)
+    assert low is not None and low.breached and low.observed == 0.1 and low.samples == 20
+    high = rule.read(rule_snapshot({"cache": {}}, {}, 60.0, (18, 2)), settings)
+    assert high is not None and not high.breached and high.recovered
+    off = rule_snapshot({"cache": {"enabled": False}}, {}, 60.0, (0, 50))
+    assert rule.read(off, settings) is None  # a disabled cache is not judged
+    missing = rule.read(rule_snapshot({}, {}, 60.0), settings)
+    assert missing is not None and missing.lacking == "cache statistics unavailable"
+
+
+def test_latency_rule_reads_only_the_latency_windows(clock: MockClock) -> None:
+    metrics = MetricsRegistry(clock, 60.0)
+    metrics.record_many("coordination", [0.3] * 25)  # 300 ms, p95 well above 100 ms
+    window = LatencyWindow(metrics.histogram("coordination").recent(), 60.0)
+    settings = _settings(min_samples=20, coordination_latency_ms=100.0)
+    reading = CoordinationLatencyRule().read(
+        rule_snapshot({}, {"coordination": window}, 60.0), settings)
+    assert reading is not None and reading.breached and reading.samples == 25
+    assert reading.observed is not None and reading.observed > 100.0
+    few = CoordinationLatencyRule().read(rule_snapshot({}, {}, 42.0), settings)
+    assert few is not None and few.lacking == "coordination latency (0 of 20 samples)"
+    assert few.window_s == 42.0
+
+
+def test_rule_snapshot_drops_odd_values() -> None:
+    snap = rule_snapshot({"batcher": {"queue_depth": True, "max_queue": 10},
+                          "memory": "nonsense",
+                          "restarts": {"cache": 2, "batcher": "x", "memory": False}},
+                         {}, 60.0, new_rejections=3)
+    assert snap.queue is not None and snap.queue.depth is None
+    assert snap.queue.max_queue == 10.0 and snap.queue.new_rejections == 3
+    assert snap.memory is None and snap.cache is None
+    assert snap.restarts == {"cache": 2}

@@ -1,13 +1,15 @@
-"""The ModuleCoordinator: the façade the daemon serves, usable in-process too.
+"""The ModuleCoordinator: the in-process engine the daemon serves, usable in-process too.
 
-It owns the actor system — the supervisor, the five children and the shared objects they
-maintain — and offers the operations of SPEC §6: register modules, publish, coordinate,
-switch modes, status, insights, optimize, per-actor calls.
+It implements :class:`~modcoord.supervisor.daemon.engine.Engine` (alias ``LocalEngine``):
+it owns the actor system — the supervisor, the five children and the
+:class:`~modcoord.actors.shared.Shared` objects they maintain — and offers register,
+publish, coordinate, mode switches, status, insights, optimize and per-actor calls.
 
 Hot paths avoid actor hops (see docs/ARCHITECTURE.md, rule 9): ``publish_many`` hands one
 message per call to the debouncer; ``coordinate`` answers cache hits from the
-:class:`~modcoord.actors.cache.CacheStore` in the caller's thread and computes misses
-once per key (single flight) by calling every module's ``on_mode_change``.
+:class:`~modcoord.actors.shared.cache_store.CacheStore` in the caller's thread and
+computes misses once per key (single flight) by calling every module's
+``on_mode_change`` (:mod:`~modcoord.supervisor.daemon.fanout`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from loguru import logger
 from modcoord.actors._base import ActorHandle, Statistics
 from modcoord.actors.batcher import BatcherActor, FlushBatches
 from modcoord.actors.cache import CacheActor, Clear
-from modcoord.actors.clock import Clock, MonotonicClock, TimerHandle
+from modcoord.actors.clock import Clock, MonotonicClock
 from modcoord.actors.debouncer import DebouncerActor, Flush, PublishMany
 from modcoord.actors.errors import (
     CallTimeoutError,
@@ -56,6 +58,7 @@ from modcoord.supervisor.daemon.engine import (
     Registration,
     StatusBrief,
 )
+from modcoord.supervisor.daemon.fanout import fan_out
 from modcoord.supervisor.protocol.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.protocol.wire import check_payload, payload_packer
 from modcoord.supervisor.supervisor import (
@@ -165,54 +168,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-class _Flight:
-    """Gathers ``on_mode_change`` replies for one coordination or mode switch."""
-
-    def __init__(self, expected: Sequence[str], done: Callable[[dict[str, Any], dict[str, str]],
-                 None]) -> None:
-        self.results: dict[str, Any] = {}
-        self.errors: dict[str, str] = {}
-        self._waiting = set(expected)
-        self._done = done
-        self._lock = threading.Lock()
-        self._finished = False
-        if not self._waiting:
-            self._finish()
-
-    def reply(self, module_id: str, result: Any, error: str | None) -> None:
-        with self._lock:
-            if self._finished or module_id not in self._waiting:
-                return
-            self._waiting.discard(module_id)
-            if error is None:
-                self.results[module_id] = result
-            else:
-                self.errors[module_id] = error
-            last = not self._waiting
-        if last:
-            self._finish()
-
-    def expire(self) -> None:
-        with self._lock:
-            if self._finished:
-                return
-            for module_id in self._waiting:
-                self.errors[module_id] = "timeout: no answer from module"
-            self._waiting.clear()
-        self._finish()
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def _finish(self) -> None:
-        with self._lock:
-            if self._finished:
-                return
-            self._finished = True
-        self._done(self.results, self.errors)
 
 
 class ModuleCoordinator:
@@ -589,34 +544,7 @@ class ModuleCoordinator:
                 self.cache_store.complete(key, value)
             self._answer(reply, value, False, started)
 
-        self._fan_out(targets, mode, strategy, context, done)
-
-    def _fan_out(self, targets: list[tuple[str, ModuleEndpoint]], mode: str, strategy: str,
-                 context: dict[str, Any],
-                 done: Callable[[dict[str, Any], dict[str, str]], None]) -> None:
-        if not targets:
-            _Flight([], done)
-            return
-        timer: list[TimerHandle] = []
-
-        def finished(results: dict[str, Any], errors: dict[str, str]) -> None:
-            if timer:
-                timer[0].cancel()  # frees the flight (and what it holds) now, not at expiry
-            done(results, errors)
-
-        flight = _Flight([m for m, _ in targets], finished)
-        timer.append(self.clock.call_at(self.clock.monotonic() + self.callback_timeout_s,
-                                        flight.expire))
-        if flight.finished:
-            timer[0].cancel()
-        for module_id, endpoint in targets:
-            def answer(result: Any, error: str | None, module_id: str = module_id) -> None:
-                flight.reply(module_id, result, error)
-
-            try:
-                endpoint.mode_change(module_id, mode, strategy, context, answer)
-            except Exception as exc:
-                flight.reply(module_id, None, f"{type(exc).__name__}: {exc}")
+        fan_out(self.clock, self.callback_timeout_s, targets, mode, strategy, context, done)
 
     # -- control --
 
@@ -644,7 +572,8 @@ class ModuleCoordinator:
             box.update(results=results, errors=errors)
             event.set()
 
-        self._fan_out(targets, canonical, strategy, {"previous_mode": previous}, done)
+        fan_out(self.clock, self.callback_timeout_s, targets, canonical, strategy,
+                {"previous_mode": previous}, done)
         event.wait(timeout if timeout is not None else self.callback_timeout_s + 1.0)
         return ModeSwitch(mode=canonical, previous=previous, strategy=strategy,
                           results=box.get("results", {}), errors=box.get("errors", {}))
@@ -705,7 +634,7 @@ class ModuleCoordinator:
         return out
 
     def status(self) -> dict[str, Any]:
-        """The SPEC §5 status fields (the same dict ``status --json`` prints)."""
+        """The status document: the dict ``status --json`` prints (fields: docs/REFERENCE.md)."""
         stats = self._gather_statistics()
         children = self._ask_supervisor(ChildStatus())
         histogram = self.metrics.histogram("coordination")
