@@ -100,12 +100,12 @@ class LoopActor(pykka.ThreadingActor):
         # reported to the supervisor (``verify`` checks that ``_actor_loop`` calls it).
         self.run_loop()
 
-    def receive(self, message: Any) -> Any:
-        """pykka's handling of one message: a stop request stops the actor, anything
-        else reaches ``on_receive``; exceptions propagate to :meth:`run_loop`."""
-        # PRIVATE pykka API (pykka>=4.1,<5): ``Actor._handle_receive(message)``. If it is
-        # renamed, every message fails with AttributeError (a crash) — caught by verify.
-        return self._handle_receive(message)
+    # PRIVATE pykka API (pykka>=4.1,<5): ``Actor._handle_receive(message)``, pykka's
+    # handling of one message (a stop request stops the actor, proxy calls run, anything
+    # else reaches ``on_receive``; exceptions propagate to :meth:`run_loop`). Bound here
+    # as ``receive`` without a wrapper frame: it runs for every message. If it is renamed,
+    # importing this module fails at once with an AttributeError naming it.
+    receive = pykka.ThreadingActor._handle_receive
 
     def run_loop(self) -> None:
         """The message loop: take envelopes from ``self.actor_inbox`` until stopped."""

@@ -260,6 +260,10 @@ class _HistogramRule(InsightRule):
     histogram: ClassVar[str]
     label: ClassVar[str]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.histograms = (cls.histogram,)
+
     def threshold_ms(self, settings: MonitorSettings) -> float:
         raise NotImplementedError
 
@@ -292,7 +296,6 @@ class CoordinationLatencyRule(_HistogramRule):
         "on_mode_change is slow"
     )
     histogram = "coordination"
-    histograms = ("coordination",)
     label = "coordination latency"
 
     def threshold_ms(self, settings: MonitorSettings) -> float:
@@ -313,7 +316,6 @@ class DebounceLatenessRule(_HistogramRule):
         "or reduce the publish rate; CPU-bound work on the host delays every timer"
     )
     histogram = "debounce_lateness"
-    histograms = ("debounce_lateness",)
     label = "debounce timer lateness"
 
     def threshold_ms(self, settings: MonitorSettings) -> float:
