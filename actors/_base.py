@@ -17,24 +17,26 @@ Design rules (followed by every actor in this package):
 - Every actor reads time from ``context.clock``, answers :class:`Statistics` with an
   immutable snapshot, applies :class:`Reconfigure` live keeping pending work, and
   flushes (never drops) its pending work when stopped.
+- Objects shared with the façade (metrics, cache store, gauges, activity) come from
+  ``context.shared`` (:class:`~modcoord.actors.shared.Shared`), typed; peers from
+  ``context.handles``. pykka's private parts are reached only in
+  :mod:`modcoord.actors._pykka`.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import pykka
 from loguru import logger
 from pydantic import BaseModel
-from pykka import messages as pykka_messages
-from pykka._envelope import Envelope  # pykka's inbox item; stable across 4.x
 
+from modcoord.actors._pykka import Envelope, LoopActor, UrgentInbox, envelope, is_stop_request
 from modcoord.actors.clock import Clock
 from modcoord.actors.errors import (
     ActorCrashedError,
@@ -45,6 +47,7 @@ from modcoord.actors.errors import (
 )
 from modcoord.actors.histogram import LatencyHistogram
 from modcoord.actors.message import Message
+from modcoord.actors.shared import Shared
 
 __all__ = [
     "DEFAULT_ASK_TIMEOUT",
@@ -56,6 +59,7 @@ __all__ = [
     "InjectedFault",
     "ManagedActor",
     "Reconfigure",
+    "Shared",
     "Statistics",
     "handles",
 ]
@@ -146,15 +150,15 @@ class ActorHandle:
         """Messages held while the actor restarts."""
         return len(self._buffer)
 
-    def _put(self, envelope: Envelope[Any]) -> None:
+    def _put(self, item: Envelope[Any]) -> None:
         with self._lock:
             if self._state == "running":
                 assert self._ref is not None
-                self._ref.actor_inbox.put(envelope)
+                self._ref.actor_inbox.put(item)
             elif self._state == "closed":
                 raise ActorStoppedError(self.name, "actor is stopped")
             else:
-                self._buffer.append(envelope)
+                self._buffer.append(item)
 
     def tell(self, message: Any) -> None:
         """Send without waiting.
@@ -162,7 +166,7 @@ class ActorHandle:
         Raises:
             ActorStoppedError: the actor was stopped and will not be restarted.
         """
-        self._put(Envelope(message))
+        self._put(envelope(message))
 
     def ask_future(self, message: Any) -> pykka.Future[Any]:
         """Send and return a pykka future for the reply.
@@ -171,7 +175,7 @@ class ActorHandle:
             ActorStoppedError: the actor was stopped and will not be restarted.
         """
         future: pykka.Future[Any] = pykka.ThreadingFuture()
-        self._put(Envelope(message, reply_to=future))
+        self._put(envelope(message, reply_to=future))
         return future
 
     def ask(self, message: Any, timeout: float = DEFAULT_ASK_TIMEOUT) -> Any:
@@ -215,7 +219,7 @@ class ActorHandle:
             drained: list[Envelope[Any]] = []
             while not inbox.empty():
                 env = inbox.get()
-                if isinstance(env.message, pykka_messages._ActorStop):
+                if is_stop_request(env.message):
                     if env.reply_to is not None:
                         env.reply_to.set(None)
                     continue
@@ -242,43 +246,54 @@ class ActorHandle:
 # -- the actor base ----------------------------------------------------------------------
 
 
-class _Inbox(queue.Queue):  # type: ignore[type-arg]
-    """An actor inbox where a timer's wake-up can jump the queue (:meth:`put_urgent`).
+def _ignore_failure(report: FailureReport) -> None:
+    """The failure sink of a context without a supervisor: the crash is logged already."""
 
-    A debounce deadline must not wait behind thousands of queued publishes: that is the
-    difference between a timer that fires on time under load and one that fires late.
+
+class ActorContext:
+    """What the supervisor gives each actor: time, peers, shared objects, where to report
+    failure.
+
+    Args:
+        clock: where the actor reads time and arms timers.
+        handles: the peers' handles by actor name.
+        report_failure: called (in the crashing actor's thread) with a crash's report.
+        generation: which start of the actor this is (0 first, +1 per restart).
+        fault_injection: whether ``Crash`` messages are honoured.
+        shared: the shared hot-path objects and hooks; by default a fresh
+            :meth:`Shared.create` for ``clock`` (give every actor the same one).
     """
 
-    def put_urgent(self, item: Any) -> None:
-        with self.not_empty:
-            self.queue.appendleft(item)
-            self.unfinished_tasks += 1
-            self.not_empty.notify()
+    __slots__ = ("clock", "fault_injection", "generation", "handles", "report_failure",
+                 "shared")
 
-
-@dataclass
-class ActorContext:
-    """What the supervisor gives each actor: time, peers, and where to report failure."""
-
-    clock: Clock
-    handles: Mapping[str, ActorHandle]
-    report_failure: Callable[[FailureReport], None] = lambda report: None
-    generation: int = 0
-    fault_injection: bool = True
-    extras: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, clock: Clock, handles: Mapping[str, ActorHandle],
+                 report_failure: Callable[[FailureReport], None] = _ignore_failure,
+                 generation: int = 0, fault_injection: bool = True,
+                 shared: Shared | None = None) -> None:
+        self.clock = clock
+        self.handles = handles
+        self.report_failure = report_failure
+        self.generation = generation
+        self.fault_injection = fault_injection
+        self.shared: Shared = shared if shared is not None else Shared.create(clock)
 
 
 def handles(message_type: type[Message]) -> Callable[[F], F]:
     """Mark a method as the handler for ``message_type``."""
 
     def mark(fn: F) -> F:
-        fn._modcoord_handles = message_type  # type: ignore[attr-defined]
+        setattr(fn, _HANDLES, message_type)
         return fn
 
     return mark
 
 
-class ManagedActor(pykka.ThreadingActor):
+_HANDLES = "__modcoord_handles__"
+"""The attribute :func:`handles` marks a handler with (read by ``ManagedActor``)."""
+
+
+class ManagedActor(LoopActor):
     """Base class of the five subsystem actors (see the module docstring for the rules).
 
     Subclasses set :attr:`actor_name` and :attr:`settings_type`, decorate handlers with
@@ -295,7 +310,7 @@ class ManagedActor(pykka.ThreadingActor):
         table: dict[type, Callable[..., Any]] = {}
         for klass in reversed(cls.__mro__):
             for attr in vars(klass).values():
-                target = getattr(attr, "_modcoord_handles", None)
+                target = getattr(attr, _HANDLES, None)
                 if target is not None:
                     table[target] = attr
         cls._dispatch = table
@@ -306,13 +321,10 @@ class ManagedActor(pykka.ThreadingActor):
         self.clock = context.clock
         self.settings = self._coerce(settings)
         self.handled = 0
-        metrics = context.extras.get("metrics")
-        # Message handling time: in the shared registry when there is one, so it outlives
-        # restarts and reaches the monitor and the metrics exposition.
-        self.handling: LatencyHistogram = (
-            metrics.histogram(f"actor_{self.actor_name}") if metrics is not None
-            else LatencyHistogram(context.clock)
-        )
+        # Message handling time: in the shared registry, so it outlives restarts and
+        # reaches the monitor and the metrics exposition.
+        self.handling: LatencyHistogram = context.shared.metrics.histogram(
+            f"actor_{self.actor_name}")
         self._takeover = takeover
 
     # -- hooks for subclasses --
@@ -342,10 +354,6 @@ class ManagedActor(pykka.ThreadingActor):
     def peer(self, name: str) -> ActorHandle:
         return self.context.handles[name]
 
-    @staticmethod
-    def _create_actor_inbox() -> Any:
-        return _Inbox()
-
     def tell_urgent(self, message: Any) -> bool:
         """Put ``message`` at the FRONT of this actor's inbox (timer wake-ups only).
 
@@ -355,8 +363,8 @@ class ManagedActor(pykka.ThreadingActor):
         if self.actor_stopped.is_set():
             return False
         inbox = self.actor_inbox
-        assert isinstance(inbox, _Inbox)
-        inbox.put_urgent(Envelope(message))
+        assert isinstance(inbox, UrgentInbox)
+        inbox.put_urgent(envelope(message))
         return True
 
     def _coerce(self, settings: Any) -> Any:
@@ -411,33 +419,35 @@ class ManagedActor(pykka.ThreadingActor):
             )
         return handler(self, message)
 
-    def _actor_loop_running(self) -> None:  # overrides pykka's loop: see module docstring
+    def run_loop(self) -> None:
+        """The message loop (replaces pykka's: see the module docstring)."""
         perf = time.perf_counter
+        receive = self.receive
         while not self.actor_stopped.is_set():
-            envelope = self.actor_inbox.get()
+            item = self.actor_inbox.get()
             started = perf()
             try:
-                response = self._handle_receive(envelope.message)
+                response = receive(item.message)
             except ModcoordError:
-                if envelope.reply_to is not None:
-                    envelope.reply_to.set_exception()
+                if item.reply_to is not None:
+                    item.reply_to.set_exception()
                 else:
                     logger.bind(actor=self.actor_name).opt(exception=True).warning(
                         "message refused"
                     )
             except BaseException as exc:
-                self._crash(exc, envelope)
+                self._crash(exc, item)
             else:
-                if envelope.reply_to is not None:
-                    envelope.reply_to.set(response)
+                if item.reply_to is not None:
+                    item.reply_to.set(response)
             finally:
                 self.handled += 1
                 self.handling.record(perf() - started)
 
-    def _crash(self, exc: BaseException, envelope: Envelope[Any]) -> None:
+    def _crash(self, exc: BaseException, item: Envelope[Any]) -> None:
         log = logger.bind(actor=self.actor_name)
         log.opt(exception=exc).error(
-            "actor crashed handling {msg}: {exc!r}", msg=type(envelope.message).__name__, exc=exc
+            "actor crashed handling {msg}: {exc!r}", msg=type(item.message).__name__, exc=exc
         )
         handle = self.context.handles.get(self.actor_name)
         if handle is not None and handle.ref is self.actor_ref:
@@ -450,8 +460,8 @@ class ManagedActor(pykka.ThreadingActor):
             log.opt(exception=True).error("could not export pending work after crash")
             pending = None
         error = ActorCrashedError(self.actor_name, f"{type(exc).__name__}: {exc}")
-        if envelope.reply_to is not None:
-            envelope.reply_to.set_exception((type(error), error, None))
+        if item.reply_to is not None:
+            item.reply_to.set_exception((type(error), error, None))
         self.context.report_failure(
             FailureReport(
                 name=self.actor_name,

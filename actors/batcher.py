@@ -1,6 +1,6 @@
 """The batcher: turns debounced updates into few, ordered deliveries to subscribers.
 
-Semantics (SPEC §3, Batcher):
+Semantics:
 
 - ``critical`` updates go out at once, in a batch of their own (reason ``critical``; the
   criticals of one :class:`Enqueue` travel together).
@@ -16,19 +16,18 @@ Semantics (SPEC §3, Batcher):
 - ``batch.enabled: false`` delivers each update on its own (reason ``unbatched``).
 - :class:`Enqueue` is never refused nor trimmed, even above ``batch.max_queue``: its
   updates were already accepted. Admission happens before, at the façade, through the
-  shared :class:`QueueGauge`; stopping flushes the queue (reason ``flush``); a crash hands
-  it to the successor (:class:`BatcherHandover`).
+  shared :class:`~modcoord.actors.shared.admission.QueueGauge`; stopping flushes the
+  queue (reason ``flush``); a crash hands it to the successor (:class:`BatcherHandover`).
 
-Deliveries go to ``context.extras["deliver"](subscriber_id, batch)`` in the actor's
+Deliveries go to ``context.shared.deliver(subscriber_id, batch)`` in the actor's
 thread. A sink that raises is logged and counted; the other subscribers still get theirs.
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -40,6 +39,9 @@ from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.message import Message
 from modcoord.actors.settings import BatchSettings
+from modcoord.actors.shared import Deliver, no_sink
+from modcoord.actors.shared.admission import QueueGauge
+from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import PRIORITY_RANK, Batch, Update
 
 __all__ = [
@@ -50,8 +52,6 @@ __all__ = [
     "Enqueue",
     "FlushBatches",
     "QueueDepth",
-    "QueueGauge",
-    "QueueGaugeStatistics",
     "Subscribe",
     "Unsubscribe",
     "order_updates",
@@ -60,133 +60,8 @@ __all__ = [
 ALL_SOURCES = "*"
 """A subscription source meaning every module."""
 
-Deliver = Callable[[str, Batch], None]
-
 _UNKNOWN_RANK = len(PRIORITY_RANK)  # an unknown priority sorts after ``low``
 _timer_tokens = itertools.count(1)  # process-wide, so a successor never reuses a token
-
-
-# -- admission -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QueueGaugeStatistics:
-    """A snapshot of a :class:`QueueGauge`.
-
-    Attributes:
-        max_queue: ``batch.max_queue``.
-        depth: updates queued in the batcher now.
-        in_transit: updates sent towards the batcher and not yet received by it.
-        admitted / rejected: updates :meth:`QueueGauge.admit` accepted / refused.
-    """
-
-    max_queue: int
-    depth: int
-    in_transit: int
-    admitted: int
-    rejected: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class QueueGauge:
-    """Thread-safe admission control for the batch queue, shared by façade and batcher.
-
-    The batcher keeps :attr:`depth` (its queue length) current. Whoever sends the batcher
-    an :class:`Enqueue` may also call :meth:`sent` (the batcher calls :meth:`received`
-    when it takes it), so updates still in the batcher's inbox count against the limit
-    too; without :meth:`sent`, ``in_transit`` simply stays 0. The gauge is advisory: it
-    reserves nothing, so concurrent admissions may overshoot ``max_queue`` by what is in
-    flight — the batcher accepts those anyway (nothing accepted is dropped).
-
-    Args:
-        max_queue: ``batch.max_queue``.
-    """
-
-    def __init__(self, max_queue: int = 10_000) -> None:
-        self._lock = threading.Lock()
-        self._max_queue = max_queue
-        self._depth = 0
-        self._in_transit = 0
-        self._admitted = 0
-        self._rejected = 0
-
-    @property
-    def max_queue(self) -> int:
-        """``batch.max_queue``; assigning it is the same as :meth:`set_max_queue`."""
-        return self._max_queue
-
-    @max_queue.setter
-    def max_queue(self, value: int) -> None:
-        self.set_max_queue(value)
-
-    @property
-    def depth(self) -> int:
-        """Updates queued in the batcher now."""
-        return self._depth
-
-    @property
-    def rejected(self) -> int:
-        """Updates refused by :meth:`admit` so far."""
-        return self._rejected
-
-    def admit(self, n: int = 1) -> bool:
-        """Decide whether ``n`` more updates may be accepted.
-
-        Refused (and counted in :attr:`rejected`) when ``depth + in_transit + n`` would
-        exceed ``max_queue`` — for one update: when the queue is already full. The caller
-        then tells the publisher (``QueueFullError``); nothing is dropped silently.
-        """
-        with self._lock:
-            if self._depth + self._in_transit + n > self._max_queue:
-                self._rejected += n
-                return False
-            self._admitted += n
-            return True
-
-    def admit_up_to(self, n: int) -> int:
-        """Admit as many of ``n`` updates as fit (all, or up to the limit); return how many.
-
-        The refused rest is counted in :attr:`rejected`. One lock for a whole read's worth
-        of publishes.
-        """
-        with self._lock:
-            room = self._max_queue - self._depth - self._in_transit
-            take = n if room >= n else max(0, room)
-            self._admitted += take
-            self._rejected += n - take
-            return take
-
-    def set_depth(self, depth: int) -> None:
-        """Batcher only: record the queue length now."""
-        self._depth = depth
-
-    def set_max_queue(self, max_queue: int) -> None:
-        """Apply a new ``batch.max_queue``."""
-        with self._lock:
-            self._max_queue = max_queue
-
-    def sent(self, n: int) -> None:
-        """``n`` updates were sent towards the batcher (an :class:`Enqueue` told)."""
-        with self._lock:
-            self._in_transit += n
-
-    def received(self, n: int) -> None:
-        """Batcher only: ``n`` updates arrived (never goes below zero)."""
-        with self._lock:
-            self._in_transit = max(0, self._in_transit - n)
-
-    def statistics(self) -> QueueGaugeStatistics:
-        """Return an immutable snapshot."""
-        with self._lock:
-            return QueueGaugeStatistics(
-                max_queue=self._max_queue,
-                depth=self._depth,
-                in_transit=self._in_transit,
-                admitted=self._admitted,
-                rejected=self._rejected,
-            )
 
 
 # -- ordering ------------------------------------------------------------------------------
@@ -293,7 +168,7 @@ class BatcherStatistics:
             and delivering batches (CPU work measured with ``perf_counter``, not clock
             time); 0.0 before the first batch.
         queue_depth: updates queued now.
-        rejected: updates the :class:`QueueGauge` refused (0 without a gauge).
+        rejected: updates the shared ``QueueGauge`` refused.
         deliveries: calls to the delivery sink (one per subscriber per batch).
         delivery_errors: of those, how many raised.
         subscribers: subscriptions held.
@@ -333,19 +208,11 @@ class BatcherHandover:
 # -- the actor -----------------------------------------------------------------------------
 
 
-def _no_sink(subscriber_id: str, batch: Batch) -> None:
-    logger.bind(actor="batcher").warning(
-        "no delivery sink: batch {id} for {sub} not delivered", id=batch.batch_id,
-        sub=subscriber_id,
-    )
-
-
 class BatcherActor(ManagedActor):
     """Batches debounced updates and delivers them to subscribers (see the module doc).
 
-    Extras read from ``context.extras``: ``deliver`` (the sink, required in practice),
-    ``queue_gauge`` (a :class:`QueueGauge`, kept current), ``metrics`` (a
-    ``MetricsRegistry``; ``publish_to_delivery`` is recorded once per update sent out).
+    Reads ``context.shared``: ``deliver`` (the sink), ``queue_gauge`` (kept current) and
+    ``metrics`` (``publish_to_delivery`` is recorded once per update sent out).
     """
 
     actor_name = "batcher"
@@ -353,13 +220,12 @@ class BatcherActor(ManagedActor):
 
     def __init__(self, settings: Any, context: ActorContext, takeover: Any = None) -> None:
         super().__init__(settings, context, takeover)
-        extras = context.extras
-        deliver = extras.get("deliver")
-        if deliver is None:
+        shared = context.shared
+        if shared.deliver is no_sink:
             logger.bind(actor=self.actor_name).warning("started without a delivery sink")
-        self._deliver: Deliver = deliver if deliver is not None else _no_sink
-        self._metrics: Any = extras.get("metrics")
-        self._gauge: QueueGauge | None = extras.get("queue_gauge")
+        self._deliver: Deliver = shared.deliver
+        self._metrics: MetricsRegistry = shared.metrics
+        self._gauge: QueueGauge = shared.queue_gauge
         self._queue: list[Update] = []
         # subscriber id -> (sources as given, frozenset of sources or None for all)
         self._subs: dict[str, tuple[tuple[str, ...], frozenset[str] | None]] = {}
@@ -374,9 +240,8 @@ class BatcherActor(ManagedActor):
         self._delivery_errors = 0
         self._busy_s = 0.0
         self._log = logger.bind(actor=self.actor_name)
-        if self._gauge is not None:
-            self._gauge.set_max_queue(self.settings.max_queue)
-            self._gauge.set_depth(0)
+        self._gauge.set_max_queue(self.settings.max_queue)
+        self._gauge.set_depth(0)
 
     # -- hooks --
 
@@ -387,7 +252,7 @@ class BatcherActor(ManagedActor):
             mean_size=self._updates / self._batches if self._batches else 0.0,
             efficiency=self._updates / (self._busy_s * 1000.0) if self._busy_s > 0 else 0.0,
             queue_depth=len(self._queue),
-            rejected=self._gauge.rejected if self._gauge is not None else 0,
+            rejected=self._gauge.rejected,
             deliveries=self._deliveries,
             delivery_errors=self._delivery_errors,
             subscribers=sum(1 for sources, _ in self._subs.values() if sources),
@@ -395,8 +260,7 @@ class BatcherActor(ManagedActor):
         )
 
     def apply_settings(self, old: Any, new: Any) -> None:
-        if self._gauge is not None:
-            self._gauge.set_max_queue(new.max_queue)
+        self._gauge.set_max_queue(new.max_queue)
         if not new.enabled:
             self._flush_all("flush")
         elif len(self._queue) >= new.max_size:
@@ -437,8 +301,7 @@ class BatcherActor(ManagedActor):
     @handles(Enqueue)
     def _on_enqueue(self, message: Enqueue) -> None:
         updates = message.updates
-        if self._gauge is not None:
-            self._gauge.received(len(updates))
+        self._gauge.received(len(updates))
         self._accept(updates)
 
     @handles(Subscribe)
@@ -546,8 +409,7 @@ class BatcherActor(ManagedActor):
         self.tell_urgent(_WindowDue(token))
 
     def _sync_gauge(self) -> None:
-        if self._gauge is not None:
-            self._gauge.set_depth(len(self._queue))
+        self._gauge.set_depth(len(self._queue))
 
     def _send(self, ordered: Sequence[Update], reason: str) -> None:
         """Deliver one batch (already in batch order) to every interested subscriber."""
@@ -589,8 +451,6 @@ class BatcherActor(ManagedActor):
                 )
         self._batches += 1
         self._updates += len(updates)
-        metrics = self._metrics
-        if metrics is not None:
-            now = self.clock.monotonic()
-            metrics.record_many("publish_to_delivery", [now - u.published_at for u in updates])
+        now = self.clock.monotonic()
+        self._metrics.record_many("publish_to_delivery", [now - u.published_at for u in updates])
         self._busy_s += time.perf_counter() - started

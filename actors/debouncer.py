@@ -25,22 +25,22 @@ import dataclasses
 import heapq
 import itertools
 import math
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
 from modcoord.actors._base import ActorContext, ManagedActor, handles
+from modcoord.actors.batcher import Enqueue
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.actors.histogram import LatencyHistogram
 from modcoord.actors.message import Message
 from modcoord.actors.settings import DebounceSettings
+from modcoord.actors.shared.admission import Backlog
 from modcoord.actors.update import PRIORITIES, PRIORITY_RANK, Update
 
 __all__ = [
-    "Backlog",
     "Cancel",
     "DebouncerActor",
     "DebouncerHandover",
@@ -60,33 +60,6 @@ Key = tuple[str, str]
 
 # -- messages ------------------------------------------------------------------------------
 
-
-class Backlog:
-    """Updates told to the debouncer that it has not taken in yet (thread-safe).
-
-    The façade adds what it sends; the debouncer subtracts what it absorbs. The server reads
-    :attr:`value` to slow publishers down (it stops reading their sockets) while the
-    debouncer is behind, so its inbox stays bounded without refusing anything.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._value = 0
-        self.next_deadline: float | None = None
-        """The debouncer's armed timer (clock time), or None: lets the server tell that a
-        deadline has passed without being served, and hold publishers back meanwhile."""
-
-    @property
-    def value(self) -> int:
-        return self._value
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self._value += n
-
-    def sub(self, n: int) -> None:
-        with self._lock:
-            self._value = max(0, self._value - n)
 
 
 @dataclass(frozen=True)
@@ -225,8 +198,9 @@ class DebouncerActor(ManagedActor):
 
     Args:
         settings: a :class:`DebounceSettings` (or its dict).
-        context: clock, peer handles (``batcher`` is required), failure reporting,
-            ``extras["metrics"]`` (optional: lateness is recorded there too).
+        context: clock, peer handles (``batcher`` is required), failure reporting, and
+            ``shared`` (``backlog`` is kept current, lateness goes to ``metrics`` too,
+            updates sent to the batcher count in ``queue_gauge``).
         takeover: a predecessor's :class:`DebouncerHandover`, restored before any message.
     """
 
@@ -237,7 +211,7 @@ class DebouncerActor(ManagedActor):
         super().__init__(settings, context, takeover)
         self._entries: dict[Key, _Entry] = {}
         self._collected_inline = 0
-        self._backlog: Backlog | None = context.extras.get("publish_backlog")
+        self._backlog: Backlog = context.shared.backlog
         self._heap: list[tuple[float, int, Key]] = []
         self._counter = itertools.count()
         self._timer: TimerHandle | None = None
@@ -265,9 +239,7 @@ class DebouncerActor(ManagedActor):
 
     @handles(PublishMany)
     def _on_publish_many(self, message: PublishMany) -> None:
-        backlog = self.context.extras.get("publish_backlog")
-        if backlog is not None:
-            backlog.sub(len(message.updates))
+        self._backlog.sub(len(message.updates))
         self._accept(message.updates)
 
     @handles(Publish)
@@ -458,9 +430,7 @@ class DebouncerActor(ManagedActor):
     @_armed_at.setter
     def _armed_at(self, deadline: float | None) -> None:
         self._armed_deadline = deadline
-        backlog = getattr(self, "_backlog", None)
-        if backlog is not None:
-            backlog.next_deadline = deadline
+        self._backlog.next_deadline = deadline  # the server reads it (timers_overdue)
 
     def _arm(self, deadline: float) -> None:
         """Replace the armed timer with one at ``deadline`` that tells us ``_Wake``."""
@@ -492,12 +462,9 @@ class DebouncerActor(ManagedActor):
         Raises:
             ModcoordError: the batcher's handle refused it (stopped for good).
         """
-        from modcoord.actors.batcher import Enqueue  # lazy: keeps the modules independent
-
         self.peer("batcher").tell(Enqueue(updates=updates))
-        gauge = self.context.extras.get("queue_gauge")
-        if gauge is not None:
-            gauge.sent(len(updates))  # in transit to the batcher: counts for admission
+        # In transit to the batcher: counts for admission.
+        self.context.shared.queue_gauge.sent(len(updates))
 
     def _deliver(self, updates: list[Update], reraise: bool = False) -> bool:
         """Emit ``updates`` and count them; return whether the batcher took them.
@@ -528,9 +495,7 @@ class DebouncerActor(ManagedActor):
         """
         seconds = max(late)
         self._lateness.record(seconds)
-        metrics = self.context.extras.get("metrics")
-        if metrics is not None:
-            metrics.record("debounce_lateness", seconds)
+        self.context.shared.metrics.record("debounce_lateness", seconds)
 
     def _flush(self, module_id: str | None, key: str | None, reraise: bool = False) -> int:
         """Deliver the matching pending updates now (deadline, then arrival order).

@@ -2,9 +2,10 @@
 
 Two pieces:
 
-- :class:`ActivityTable` is a thread-safe record of when each module was last active. The
-  façade touches it on every publish, coordinate or call, in the I/O thread, without a
-  message hop; the common path is one dict write and one set membership test.
+- :class:`~modcoord.actors.shared.activity.ActivityTable` (shared, in ``context.shared``)
+  is a thread-safe record of when each module was last active. The façade touches it on
+  every publish, coordinate or call, in the I/O thread, without a message hop; the common
+  path is one dict write and one set membership test.
 - :class:`MemoryManagerActor` (``memory``) owns the table's maintenance. Every
   ``memory.cleanup_interval_ms`` it tells the cache to purge expired entries and *sweeps*
   the modules inactive longer than ``memory.inactive_after_ms``: the batcher is told to
@@ -14,7 +15,7 @@ Two pieces:
   subscribes the module again with its remembered sources.
 
   A live connection is activity: a module that only listens is active while connected.
-  Before each sweep the actor asks ``extras["connection_states"](stall_s)`` (the
+  Before each sweep the actor asks ``shared.connection_states(stall_s)`` (the
   coordinator's: module id → whether its connection is open and takes its output, with
   ``stall_s = inactive_after_ms``) and touches every module whose connection is live
   (re-activating it if it was swept). So only modules whose connection is gone or
@@ -22,7 +23,7 @@ Two pieces:
   modules that make no calls, are swept. The daemon counts this rather than a client
   heartbeat because a heartbeat proves only that a client can write, while a stalled
   reader is exactly what must be caught; and it needs no cooperation from old clients.
-  A swept module is told: ``extras["notify_swept"](module_id, notice)`` sends a ``swept``
+  A swept module is told: ``shared.notify_swept(module_id, notice)`` sends a ``swept``
   event on its connection (queued behind what it has not read yet) and the sweep is
   logged with its reason; the client then registers the module again (which
   re-subscribes it, see :class:`Track`).
@@ -49,8 +50,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,17 +58,20 @@ import pykka
 from loguru import logger
 
 from modcoord.actors._base import ActorContext, ManagedActor, handles
-from modcoord.actors.clock import Clock, TimerHandle
+from modcoord.actors.batcher import Subscribe, Unsubscribe
+from modcoord.actors.cache import Clear, Purge, Shrink
+from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.actors.message import Message
+from modcoord.actors.monitor import Trim
 from modcoord.actors.settings import MemorySettings
+from modcoord.actors.shared import RssReader
+from modcoord.actors.shared.activity import ActivityTable
 
 __all__ = [
     "CLEANUP_REASONS",
     "FORCED_REPLY_TIMEOUT_S",
     "REARM_FRACTION",
-    "ActivityStatistics",
-    "ActivityTable",
     "CleanupReport",
     "ForceCleanup",
     "Forget",
@@ -88,147 +91,6 @@ FORCED_REPLY_TIMEOUT_S = 0.5
 CLEANUP_REASONS: tuple[str, ...] = ("interval", "pressure", "forced")
 
 _log = logger.bind(actor="memory")
-
-
-# -- activity table ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActivityStatistics:
-    """Snapshot of an :class:`ActivityTable`.
-
-    Attributes:
-        modules: modules with a recorded activity.
-        swept: modules currently marked swept.
-        sweeps: times a module was marked swept, since creation.
-        reactivations: times :meth:`ActivityTable.touch` reported a swept module.
-    """
-
-    modules: int
-    swept: int
-    sweeps: int
-    reactivations: int
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "modules": self.modules, "swept": self.swept, "sweeps": self.sweeps,
-            "reactivations": self.reactivations,
-        }
-
-
-class ActivityTable:
-    """When each module was last active, and which modules have been swept.
-
-    Thread-safe. :meth:`touch` is the hot path (any thread); the memory actor does the
-    rest. Marking swept and touching are ordered so that a module touched while it is
-    being swept is either not swept, or reported by that touch as needing reactivation:
-    it never stays swept while active.
-
-    Args:
-        clock: where activity times are read.
-    """
-
-    def __init__(self, clock: Clock) -> None:
-        self._now = clock.monotonic
-        self._last: dict[str, float] = {}
-        self._swept: set[str] = set()
-        self._lock = threading.Lock()
-        self._sweeps = 0
-        self._reactivations = 0
-
-    def touch(self, module_id: str) -> bool:
-        """Record activity of ``module_id`` now.
-
-        Returns:
-            ``True`` if the module had been swept (it is unmarked now, and only this call
-            returns ``True`` for that sweep): the caller should tell the memory actor
-            ``Reactivate(module_id)``. ``False`` otherwise (the common case).
-        """
-        self._last[module_id] = self._now()
-        if module_id not in self._swept:
-            return False
-        with self._lock:
-            if module_id in self._swept:
-                self._swept.discard(module_id)
-                self._reactivations += 1
-                return True
-        return False
-
-    def last_seen(self, module_id: str) -> float | None:
-        """Return the clock time of the module's last activity, or ``None`` if unknown."""
-        return self._last.get(module_id)
-
-    def inactive_since(self, cutoff: float, include_swept: bool = False) -> list[str]:
-        """Return the modules last active before ``cutoff``, sorted.
-
-        Args:
-            cutoff: a clock time.
-            include_swept: also list modules already marked swept.
-        """
-        last = self._last.copy()
-        with self._lock:
-            swept = set(self._swept)
-        return sorted(
-            m for m, t in last.items() if t < cutoff and (include_swept or m not in swept)
-        )
-
-    def mark_swept(self, module_id: str, cutoff: float | None = None) -> bool:
-        """Mark ``module_id`` swept.
-
-        Args:
-            module_id: the module.
-            cutoff: if given, mark only if the module is known and was last active before
-                ``cutoff`` (checked again after marking, against a concurrent touch).
-                ``None`` marks unconditionally (used when restoring a handover).
-
-        Returns:
-            ``True`` if the module is newly marked; ``False`` if it was already swept,
-            is unknown or has been active since ``cutoff``.
-        """
-        with self._lock:
-            if module_id in self._swept:
-                return False
-            if cutoff is not None:
-                last = self._last.get(module_id)
-                if last is None or last >= cutoff:
-                    return False
-            self._swept.add(module_id)
-            if cutoff is not None and self._last.get(module_id, cutoff) >= cutoff:
-                self._swept.discard(module_id)  # a touch raced us: it is active
-                return False
-            self._sweeps += 1
-            return True
-
-    def unmark_swept(self, module_id: str) -> bool:
-        """Clear the swept mark. Returns ``True`` if the module was marked."""
-        with self._lock:
-            if module_id in self._swept:
-                self._swept.discard(module_id)
-                return True
-            return False
-
-    def is_swept(self, module_id: str) -> bool:
-        """Return whether the module is currently marked swept."""
-        return module_id in self._swept
-
-    def swept(self) -> frozenset[str]:
-        """Return the modules currently marked swept."""
-        with self._lock:
-            return frozenset(self._swept)
-
-    def forget(self, module_id: str) -> None:
-        """Drop everything known about ``module_id`` (it unregistered). Idempotent."""
-        with self._lock:
-            self._last.pop(module_id, None)
-            self._swept.discard(module_id)
-
-    def statistics(self) -> ActivityStatistics:
-        """Return an immutable snapshot of the table's counts."""
-        with self._lock:
-            return ActivityStatistics(
-                modules=len(self._last), swept=len(self._swept), sweeps=self._sweeps,
-                reactivations=self._reactivations,
-            )
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -416,13 +278,6 @@ class MemoryHandover:
 # -- the actor -----------------------------------------------------------------------------
 
 
-@functools.cache
-def _process() -> Any:
-    import psutil
-
-    return psutil.Process()
-
-
 _LIBC: Any = None
 
 
@@ -447,11 +302,6 @@ def _release_to_os() -> bool:
     return True
 
 
-def _psutil_rss() -> int:
-    """The daemon's resident memory in bytes (psutil)."""
-    return int(_process().memory_info().rss)
-
-
 def _check_module_id(module_id: Any) -> str:
     if not isinstance(module_id, str) or not module_id:
         raise InvalidMessageError(f"memory: module_id must be a non-empty string, "
@@ -459,28 +309,12 @@ def _check_module_id(module_id: Any) -> str:
     return module_id
 
 
-def _peer_message(module: str, name: str, *args: Any) -> Message | None:
-    """Build a peer actor's message, imported lazily (the peer module is optional here).
-
-    Returns ``None`` (and logs) if the peer module or message does not exist.
-    """
-    try:
-        mod = __import__(f"modcoord.actors.{module}", fromlist=[name])
-        cls = getattr(mod, name)
-    except (ImportError, AttributeError):
-        _log.error("cannot send {}.{}: not available", module, name)
-        return None
-    message: Message = cls(*args)
-    return message
-
-
 class MemoryManagerActor(ManagedActor):
     """The ``memory`` actor. See the module docstring for what it does.
 
-    Uses ``context.extras["activity"]`` (an :class:`ActivityTable`; one is created and put
-    there if absent) and ``context.extras["rss_reader"]`` (a callable returning resident
-    bytes; psutil by default). A failing ``rss_reader`` is logged once and the check
-    skipped; it never crashes the actor.
+    Uses ``context.shared``: ``activity`` (the :class:`ActivityTable`), ``rss_reader``
+    (resident bytes; psutil by default), ``connection_states`` and ``notify_swept``. A
+    failing ``rss_reader`` is logged once and the check skipped; it never crashes the actor.
 
     Peers: ``cache`` (``Purge``, ``Shrink``, ``Clear``), ``batcher`` (``Subscribe``,
     ``Unsubscribe``), ``monitor`` (``Trim``). A missing or stopped peer is skipped.
@@ -492,13 +326,8 @@ class MemoryManagerActor(ManagedActor):
 
     def __init__(self, settings: Any, context: ActorContext, takeover: Any = None) -> None:
         super().__init__(settings, context, takeover)
-        activity = context.extras.get("activity")
-        if activity is None:
-            activity = ActivityTable(context.clock)
-            context.extras["activity"] = activity
-        self.activity: ActivityTable = activity
-        reader = context.extras.get("rss_reader")
-        self._read_rss: Callable[[], int] = reader if reader is not None else _psutil_rss
+        self.activity: ActivityTable = context.shared.activity
+        self._read_rss: RssReader = context.shared.rss_reader
         self._sources: dict[str, tuple[str, ...]] = {}
         self._unsubscribed: set[str] = set()
         self._armed = True
@@ -632,7 +461,7 @@ class MemoryManagerActor(ManagedActor):
         sources = self._sources.get(module_id)
         if sources is None:
             return
-        self._tell("batcher", _peer_message("batcher", "Subscribe", module_id, sources))
+        self._tell("batcher", Subscribe(module_id, sources))
         self._reactivations_total += 1
         _log.bind(module=module_id).info(
             "module {} active again{}: subscriptions restored", module_id, why
@@ -640,19 +469,19 @@ class MemoryManagerActor(ManagedActor):
 
     # -- cleanup --
 
-    def _tell(self, peer: str, message: Message | None) -> None:
+    def _tell(self, peer: str, message: Message) -> None:
         handle = self.context.handles.get(peer)
-        if handle is None or message is None:
+        if handle is None:
             return
         try:
             handle.tell(message)
         except ModcoordError as exc:
             _log.debug("could not tell {}: {}", peer, exc)
 
-    def _ask_count(self, peer: str, message: Message | None) -> int:
+    def _ask_count(self, peer: str, message: Message) -> int:
         """Ask a peer for a count, waiting at most FORCED_REPLY_TIMEOUT_S; 0 on failure."""
         handle = self.context.handles.get(peer)
-        if handle is None or message is None:
+        if handle is None:
             return 0
         try:
             result = handle.ask(message, timeout=FORCED_REPLY_TIMEOUT_S)
@@ -661,7 +490,7 @@ class MemoryManagerActor(ManagedActor):
             return 0
         return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
-    def _cache_op(self, message: Message | None, wait: bool) -> int:
+    def _cache_op(self, message: Message, wait: bool) -> int:
         if wait:
             return self._ask_count("cache", message)
         self._tell("cache", message)
@@ -669,11 +498,8 @@ class MemoryManagerActor(ManagedActor):
 
     def _connection_states(self, stall_s: float) -> dict[str, bool]:
         """Module id → whether its connection is live (empty if nobody can tell)."""
-        states = self.context.extras.get("connection_states")
-        if states is None:
-            return {}
         try:
-            return dict(states(stall_s))
+            return dict(self.context.shared.connection_states(stall_s))
         except Exception as exc:  # sweep as if no connection could tell
             _log.warning("connection states unavailable: {!r}", exc)
             return {}
@@ -697,7 +523,7 @@ class MemoryManagerActor(ManagedActor):
             if not self.activity.mark_swept(module_id, cutoff):
                 continue
             self._unsubscribed.add(module_id)
-            self._tell("batcher", _peer_message("batcher", "Unsubscribe", module_id))
+            self._tell("batcher", Unsubscribe(module_id))
             swept.append(module_id)
             last = self.activity.last_seen(module_id)
             idle = now - last if last is not None else inactive_s
@@ -715,11 +541,8 @@ class MemoryManagerActor(ManagedActor):
         return swept
 
     def _notify(self, module_id: str, notice: dict[str, Any]) -> None:
-        notify = self.context.extras.get("notify_swept")
-        if notify is None:
-            return
         try:
-            notify(module_id, notice)
+            self.context.shared.notify_swept(module_id, notice)
         except Exception as exc:  # the sweep stands; the module learns at its next call
             _log.bind(module=module_id).warning("could not tell {} it was swept: {!r}",
                                                 module_id, exc)
@@ -732,19 +555,17 @@ class MemoryManagerActor(ManagedActor):
         if rss_before is None:
             rss_before = self._rss()
         actions = ["purge", "sweep"]
-        purged = self._cache_op(_peer_message("cache", "Purge"), wait)
+        purged = self._cache_op(Purge(), wait)
         swept = self._sweep()
         shrunk = 0
         gc_collected: int | None = None
         if full and strategy in ("balanced", "aggressive"):
             if strategy == "balanced":
-                shrunk = self._cache_op(_peer_message("cache", "Shrink", 0.5), wait)
+                shrunk = self._cache_op(Shrink(0.5), wait)
                 actions.append("shrink")
             else:
-                shrunk = self._cache_op(_peer_message("cache", "Clear"), wait)
+                shrunk = self._cache_op(Clear(), wait)
                 actions.append("clear")
-            from modcoord.actors.monitor import Trim
-
             self._tell("monitor", Trim())
             actions.append("trim")
             gc_collected = gc.collect()

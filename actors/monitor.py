@@ -1,7 +1,7 @@
 """The monitor: latency percentiles, module metrics, and plain-language insights.
 
-The monitor (``monitor``) reads the shared :class:`~modcoord.actors.metrics.MetricsRegistry`
-(``context.extras["metrics"]``) that every part of the daemon records latencies into, keeps
+The monitor (``monitor``) reads the shared :class:`~modcoord.actors.shared.metrics.MetricsRegistry`
+(``context.shared.metrics``) that every part of the daemon records latencies into, keeps
 each module's own ``get_performance_metrics()``, and evaluates *insight rules* against a
 snapshot of the other actors' statistics.
 
@@ -18,15 +18,17 @@ Every ``monitor.evaluate_interval_ms`` the monitor gathers ``Statistics()`` from
 block on others, and nothing asks the monitor from an actor thread), builds the snapshot and
 evaluates it.
 
-Rules (:data:`RULES`) each give an id, a severity, the observed value, the threshold, the
-window, a message and a recommendation naming the config key to change. A rule that needs
+The rules (:data:`~modcoord.actors.rules.RULES`, pure functions of a typed snapshot in
+:mod:`modcoord.actors.rules`) each give an id, a severity, the observed value, the
+threshold, the window, a message and a recommendation naming the config key to change;
+this actor keeps their state. A rule that needs
 samples and has fewer than ``monitor.min_samples`` does not judge; it says so. Rules do not
 flap: a fired rule stays active until its observed value recovers past the threshold by
-:data:`HYSTERESIS` (10%), and it is logged at most once per ``monitor.quiet_period_s``
-(when it fires, and as a reminder once a quiet period has passed while it stays active)
-unless it has worsened by :data:`WORSENING` (25%) since it was last logged. A rule that
-cannot judge (too few samples, a section missing) keeps its state: a transient gap
-neither clears nor re-fires it.
+``HYSTERESIS`` (10%), and it is logged at most once per ``monitor.quiet_period_s`` (when
+it fires, and as a reminder once a quiet period has passed while it stays active) unless it
+has worsened by ``WORSENING`` (25%) since it was last logged. A rule that cannot judge
+(too few samples, a section missing) keeps its state: a transient gap neither clears nor
+re-fires it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import pykka
 from loguru import logger
@@ -47,49 +49,40 @@ from modcoord.actors._base import ActorContext, ManagedActor, Statistics, handle
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.actors.message import Message
-from modcoord.actors.metrics import MetricsRegistry
+from modcoord.actors.rules import (
+    RULES,
+    SEVERITIES,
+    InsightRule,
+    LatencyWindow,
+    Reading,
+    insight,
+    number,
+    rule_snapshot,
+)
 from modcoord.actors.settings import MonitorSettings
+from modcoord.actors.shared.metrics import MetricsRegistry
 
 __all__ = [
     "GATHER_TIMEOUT_S",
-    "HYSTERESIS",
     "PEERS",
-    "RULES",
-    "SEVERITIES",
-    "WORSENING",
-    "CacheHitRateRule",
-    "CoordinationLatencyRule",
-    "DebounceLatenessRule",
     "Evaluate",
     "ForgetModule",
-    "InsightRule",
     "Insights",
     "Latencies",
-    "MemoryNearLimitRule",
     "ModuleMetrics",
     "ModuleReport",
     "MonitorActor",
     "MonitorHandover",
     "MonitorStatistics",
-    "QueueNearFullRule",
-    "Reading",
-    "RestartChurnRule",
     "Restarted",
-    "RuleInput",
     "Trim",
     "build_snapshot",
 ]
 
-HYSTERESIS = 0.10
-"""A fired rule clears only once its value is this fraction past the threshold."""
-WORSENING = 0.25
-"""An active rule is logged again within the quiet period if it worsened this much."""
 GATHER_TIMEOUT_S = 1.0
 """How long the periodic evaluation waits for the peers' statistics."""
 PEERS: tuple[str, ...] = ("cache", "batcher", "memory", "debouncer")
 """Actors whose statistics a periodic evaluation gathers."""
-SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
-"""Severities, most severe first."""
 
 _LOG_LEVEL = {"info": "INFO", "warning": "WARNING", "critical": "ERROR"}
 _log = logger.bind(actor="monitor")
@@ -198,308 +191,6 @@ def build_snapshot(stats_by_actor: Mapping[str, Any], restarts: Mapping[str, int
     return snapshot
 
 
-def _number(section: Any, *keys: str) -> float | None:
-    """The first of ``keys`` in ``section`` holding a real number, else ``None``."""
-    if not isinstance(section, Mapping):
-        return None
-    for key in keys:
-        value = section.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-# -- rules ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RuleInput:
-    """What a rule reads.
-
-    Attributes:
-        snapshot: the sections (see :func:`build_snapshot`).
-        metrics: the shared registry (latency histograms).
-        settings: the monitor's settings (thresholds).
-        cache_lookups: ``(hits, misses)`` within the window, or ``None`` if unknown.
-        new_rejections: batch rejections since the previous evaluation.
-    """
-
-    snapshot: Mapping[str, Any]
-    metrics: MetricsRegistry
-    settings: MonitorSettings
-    cache_lookups: tuple[int, int] | None = None
-    new_rejections: int = 0
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One rule's verdict on one snapshot.
-
-    Attributes:
-        observed: the value compared, or ``None`` when the rule could not judge.
-        threshold: the value it is compared against.
-        breached: the rule would fire now.
-        recovered: an active rule clears now (past the threshold by the margin).
-        window_s: the window the value covers.
-        lacking: why the rule could not judge (``"coordination latency (3 of 20
-            samples)"``), when ``observed`` is ``None``.
-        samples: samples available, for rules that need them.
-        severity: overrides the rule's default severity.
-        recommendation: overrides the rule's default recommendation.
-    """
-
-    observed: float | None
-    threshold: float
-    breached: bool = False
-    recovered: bool = True
-    window_s: float = 0.0
-    lacking: str | None = None
-    samples: int | None = None
-    severity: str | None = None
-    recommendation: str | None = None
-
-
-class InsightRule:
-    """Base of an insight rule: constants, and the threshold comparison with hysteresis.
-
-    Subclasses set the class attributes and implement :meth:`read`, which returns ``None``
-    when the rule does not apply at all (for example the cache is disabled).
-    """
-
-    id: ClassVar[str]
-    severity: ClassVar[str] = "warning"
-    message: ClassVar[str]
-    recommendation: ClassVar[str]
-    higher_is_worse: ClassVar[bool] = True
-    inclusive: ClassVar[bool] = False
-    """Whether a value equal to the threshold breaches it."""
-
-    def read(self, data: RuleInput) -> Reading | None:
-        """Judge ``data``. Raises nothing for missing or odd data: it reports ``lacking``."""
-        raise NotImplementedError
-
-    def compare(self, observed: float, threshold: float, window_s: float,
-                samples: int | None = None, **extra: Any) -> Reading:
-        """Return the reading of ``observed`` against ``threshold`` (with the margin)."""
-        if self.higher_is_worse:
-            breached = observed >= threshold if self.inclusive else observed > threshold
-            recovered = observed < threshold * (1.0 - HYSTERESIS)
-        else:
-            breached = observed <= threshold if self.inclusive else observed < threshold
-            recovered = observed > threshold * (1.0 + HYSTERESIS)
-        return Reading(observed=observed, threshold=threshold, breached=breached,
-                       recovered=recovered, window_s=window_s, samples=samples, **extra)
-
-    def worsened(self, observed: float, last: float) -> bool:
-        """Whether ``observed`` is at least :data:`WORSENING` worse than ``last``."""
-        if self.higher_is_worse:
-            return observed >= last * (1.0 + WORSENING) if last > 0 else observed > 0
-        return last > 0 and observed <= last * (1.0 - WORSENING)
-
-    @staticmethod
-    def lacking(threshold: float, what: str, window_s: float = 0.0,
-                samples: int | None = None) -> Reading:
-        return Reading(observed=None, threshold=threshold, window_s=window_s,
-                       lacking=what, samples=samples)
-
-
-class _HistogramRule(InsightRule):
-    """A percentile of a recent histogram window above a threshold (needs samples)."""
-
-    histogram: ClassVar[str]
-    percentile: ClassVar[str]
-    label: ClassVar[str]
-
-    def threshold_ms(self, settings: MonitorSettings) -> float:
-        raise NotImplementedError
-
-    def read(self, data: RuleInput) -> Reading | None:
-        threshold = self.threshold_ms(data.settings)
-        hist = data.metrics.histograms().get(self.histogram)
-        window = hist.window_s if hist is not None else data.metrics.window_s
-        summary = hist.recent() if hist is not None else None
-        samples = summary.count if summary is not None else 0
-        needed = data.settings.min_samples
-        if summary is None or samples < needed:
-            return self.lacking(threshold, f"{self.label} ({samples} of {needed} samples)",
-                                window, samples)
-        observed = float(getattr(summary, self.percentile))
-        return self.compare(round(observed, 3), threshold, window, samples)
-
-
-class CoordinationLatencyRule(_HistogramRule):
-    """p95 coordination latency over the recent window above ``coordination_latency_ms``."""
-
-    id = "high_coordination_latency"
-    severity = "warning"
-    message = "High coordination latency detected - consider optimizing module communication"
-    recommendation = (
-        "Raise cache.ttl_ms so more coordinations are answered from the cache, or raise "
-        "debounce.delay_ms so modules are asked less often; check for modules whose "
-        "on_mode_change is slow"
-    )
-    histogram = "coordination"
-    percentile = "p95"
-    label = "coordination latency"
-
-    def threshold_ms(self, settings: MonitorSettings) -> float:
-        return settings.coordination_latency_ms
-
-
-class DebounceLatenessRule(_HistogramRule):
-    """p99 debounce timer lateness over the recent window above ``debounce_lateness_ms``."""
-
-    id = "late_debounce_timers"
-    severity = "warning"
-    message = "Debounce timers are firing late - the daemon is overloaded or starved of CPU"
-    recommendation = (
-        "Raise debounce.delay_ms (fewer timers fire) or batch.window_ms (fewer deliveries), "
-        "or reduce the publish rate; CPU-bound work on the host delays every timer"
-    )
-    histogram = "debounce_lateness"
-    percentile = "p99"
-    label = "debounce timer lateness"
-
-    def threshold_ms(self, settings: MonitorSettings) -> float:
-        return settings.debounce_lateness_ms
-
-
-class CacheHitRateRule(InsightRule):
-    """Cache hit rate over the window below ``cache_hit_rate_min`` (needs lookups)."""
-
-    id = "low_cache_hit_rate"
-    severity = "warning"
-    message = "Low cache hit rate - consider adjusting cache TTL or strategy"
-    recommendation = (
-        "Raise cache.ttl_ms so results live until they are reused, or cache.max_entries "
-        "so they are not evicted first"
-    )
-    higher_is_worse = False
-
-    def read(self, data: RuleInput) -> Reading | None:
-        threshold = data.settings.cache_hit_rate_min
-        window = data.settings.window_s
-        cache = data.snapshot.get("cache")
-        if not isinstance(cache, Mapping):
-            return self.lacking(threshold, "cache statistics unavailable", window)
-        if cache.get("enabled") is False:
-            return None  # cache.enabled: false — nothing to judge
-        if data.cache_lookups is None:
-            return self.lacking(threshold, "cache hit and miss counts unavailable", window)
-        hits, misses = data.cache_lookups
-        lookups = hits + misses
-        needed = data.settings.min_samples
-        if lookups < needed:
-            return self.lacking(threshold, f"cache lookups ({lookups} of {needed} samples)",
-                                window, lookups)
-        return self.compare(round(hits / lookups, 4), threshold, window, lookups)
-
-
-class QueueNearFullRule(InsightRule):
-    """Batch queue depth at ``queue_near_full_fraction`` of ``max_queue``, or rejections."""
-
-    id = "queue_near_full"
-    severity = "warning"
-    message = "Batch queue near full - publishers are being slowed or rejected"
-    recommendation = (
-        "Raise batch.max_queue, or lower batch.window_ms so queued updates go out sooner"
-    )
-    inclusive = True
-
-    def read(self, data: RuleInput) -> Reading | None:
-        fraction = data.settings.queue_near_full_fraction
-        window = data.settings.evaluate_interval_ms / 1000.0
-        batcher = data.snapshot.get("batcher")
-        if not isinstance(batcher, Mapping):
-            return self.lacking(fraction, "batcher statistics unavailable", window)
-        depth = _number(batcher, "queue_depth", "pending")
-        max_queue = _number(batcher, "max_queue")
-        rejected = data.new_rejections
-        if depth is None or not max_queue:
-            if rejected > 0:
-                return Reading(observed=1.0, threshold=fraction, breached=True,
-                               recovered=False, window_s=window, severity="critical")
-            return self.lacking(fraction, "batch queue depth or limit unavailable", window)
-        reading = self.compare(round(depth / max_queue, 4), fraction, window)
-        if rejected > 0:
-            return dataclasses.replace(reading, breached=True, recovered=False,
-                                       severity="critical")
-        return reading
-
-
-class RestartChurnRule(InsightRule):
-    """Some actor restarted ``restart_churn_max`` times or more within the window."""
-
-    id = "restart_churn"
-    severity = "critical"
-    message = "Actor restart churn detected - an actor keeps failing and restarting"
-    recommendation = (
-        "Find the failing actor's errors with `modcoord logs --level ERROR`; if the "
-        "restarts are expected, raise monitor.restart_churn_max"
-    )
-    inclusive = True
-
-    def read(self, data: RuleInput) -> Reading | None:
-        threshold = float(data.settings.restart_churn_max)
-        window = data.settings.window_s
-        restarts = data.snapshot.get("restarts")
-        if not isinstance(restarts, Mapping):
-            return self.lacking(threshold, "restart counts unavailable", window)
-        counts = {str(k): int(v) for k, v in restarts.items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        worst = max(counts.values(), default=0)
-        reading = self.compare(float(worst), threshold, window)
-        if reading.breached:
-            churning = ", ".join(f"{a} ({n})" for a, n in sorted(counts.items())
-                                 if n >= threshold)
-            reading = dataclasses.replace(
-                reading, recommendation=f"Restarting: {churning}. {self.recommendation}"
-            )
-        return reading
-
-
-class MemoryNearLimitRule(InsightRule):
-    """Resident memory at ``memory_near_limit_fraction`` of ``memory.max_rss_mb`` (MB)."""
-
-    id = "memory_near_limit"
-    severity = "warning"
-    message = "Memory usage near its limit - cleanup may not be keeping up"
-    recommendation = (
-        "Raise memory.max_rss_mb, or set memory.strategy to balanced or aggressive so "
-        "pressure cleanups reclaim more"
-    )
-    inclusive = True
-
-    def read(self, data: RuleInput) -> Reading | None:
-        fraction = data.settings.memory_near_limit_fraction
-        memory = data.snapshot.get("memory")
-        rss = _number(memory, "rss_bytes")
-        limit = _number(memory, "max_rss_bytes")
-        if rss is None or not limit:
-            return self.lacking(fraction, "memory statistics unavailable")
-        mb = 1024.0 * 1024.0
-        reading = self.compare(round(rss / mb, 2), round(fraction * limit / mb, 2), 0.0)
-        if rss >= limit:
-            reading = dataclasses.replace(reading, severity="critical")
-        if isinstance(memory, Mapping) and memory.get("strategy") == "aggressive":
-            reading = dataclasses.replace(
-                reading, recommendation="Raise memory.max_rss_mb (memory.strategy is already "
-                "aggressive), or reduce cache.max_entries"
-            )
-        return reading
-
-
-RULES: tuple[InsightRule, ...] = (
-    CoordinationLatencyRule(),
-    CacheHitRateRule(),
-    QueueNearFullRule(),
-    RestartChurnRule(),
-    MemoryNearLimitRule(),
-    DebounceLatenessRule(),
-)
-"""The rules every evaluation runs, in this order."""
-
-
 # -- state and snapshots -------------------------------------------------------------------
 
 
@@ -565,10 +256,10 @@ class MonitorHandover:
 class MonitorActor(ManagedActor):
     """The ``monitor`` actor. See the module docstring.
 
-    Uses ``context.extras["metrics"]`` (a :class:`MetricsRegistry`; one is created with
-    ``monitor.window_s`` and put there if absent). ``context.extras["queue_gauge"]``, if it
-    has an integer ``max_queue``, supplies the batch queue limit when the batcher's
-    statistics do not carry it.
+    Uses ``context.shared.metrics`` (the latency histograms) and
+    ``context.shared.queue_gauge`` (its ``max_queue`` supplies the batch queue limit when
+    the batcher's statistics do not carry it). The rules are
+    :data:`~modcoord.actors.rules.RULES`.
     """
 
     actor_name = "monitor"
@@ -578,11 +269,8 @@ class MonitorActor(ManagedActor):
 
     def __init__(self, settings: Any, context: ActorContext, takeover: Any = None) -> None:
         super().__init__(settings, context, takeover)
-        metrics = context.extras.get("metrics")
-        if metrics is None:
-            metrics = MetricsRegistry(context.clock, self.settings.window_s)
-            context.extras["metrics"] = metrics
-        self.metrics: MetricsRegistry = metrics
+        self.metrics: MetricsRegistry = context.shared.metrics
+        self._histograms = tuple(sorted({h for r in self.rules for h in r.histograms}))
         self._state: dict[str, _RuleState] = {r.id: _RuleState() for r in self.rules}
         self._fired: dict[str, int] = {}
         self._evaluations = 0
@@ -676,10 +364,7 @@ class MonitorActor(ManagedActor):
                 stats[name] = future.get(timeout=max(0.0, deadline - time.monotonic()))
             except Exception as exc:  # a missing section is reported
                 _log.debug("no statistics from {}: {!r}", name, exc)
-        gauge = self.context.extras.get("queue_gauge")
-        max_queue = getattr(gauge, "max_queue", None)
-        if not isinstance(max_queue, int) or isinstance(max_queue, bool):
-            max_queue = None
+        max_queue = self.context.shared.queue_gauge.max_queue
         return build_snapshot(stats, self.restart_counts(), max_queue)
 
     # -- evaluation --
@@ -692,7 +377,7 @@ class MonitorActor(ManagedActor):
         because the cache restarted), the counters since start are used.
         """
         cache = snapshot.get("cache")
-        hits, misses = _number(cache, "hits"), _number(cache, "misses")
+        hits, misses = number(cache, "hits"), number(cache, "misses")
         if hits is None or misses is None:
             return None
         now = self.clock.monotonic()
@@ -709,8 +394,18 @@ class MonitorActor(ManagedActor):
             return h, m
         return h - h0, m - m0
 
+    def _latencies(self) -> dict[str, LatencyWindow]:
+        """The recent windows of the histograms the rules read (absent: not recorded)."""
+        histograms = self.metrics.histograms()
+        out: dict[str, LatencyWindow] = {}
+        for name in self._histograms:
+            hist = histograms.get(name)
+            if hist is not None:
+                out[name] = LatencyWindow(hist.recent(), hist.window_s)
+        return out
+
     def _rejections(self, snapshot: Mapping[str, Any]) -> int:
-        rejected = _number(snapshot.get("batcher"), "rejected")
+        rejected = number(snapshot.get("batcher"), "rejected")
         if rejected is None:
             return 0
         current = int(rejected)
@@ -732,16 +427,17 @@ class MonitorActor(ManagedActor):
         if not isinstance(snapshot, Mapping):
             raise InvalidMessageError("monitor: the snapshot must be a mapping of sections")
         now = self.clock.monotonic()
-        data = RuleInput(
-            snapshot=snapshot, metrics=self.metrics, settings=self.settings,
+        data = rule_snapshot(
+            snapshot, self._latencies(), self.metrics.window_s,
             cache_lookups=self._cache_window(snapshot),
             new_rejections=self._rejections(snapshot),
         )
+        settings = self.settings
         insights: list[dict[str, Any]] = []
         lacking: list[Reading] = []
         for rule in self.rules:
             try:
-                reading = rule.read(data)
+                reading = rule.read(data, settings)
             except Exception:  # one broken rule must not hide the others
                 _log.opt(exception=True).error("insight rule {} failed", rule.id)
                 reading = rule.lacking(0.0, f"{rule.id} could not be evaluated")
@@ -764,9 +460,9 @@ class MonitorActor(ManagedActor):
                 state.active = True
                 self._fired[rule.id] = self._fired.get(rule.id, 0) + 1
             if state.active:
-                insight = self._insight(rule, reading)
-                insights.append(insight)
-                self._maybe_log(rule, reading, insight, state, now)
+                found = insight(rule, reading)
+                insights.append(found)
+                self._maybe_log(rule, reading, found, state, now)
         self._evaluations += 1
         order = {s: i for i, s in enumerate(SEVERITIES)}
         insights.sort(key=lambda i: order.get(i["severity"], len(order)))
@@ -784,23 +480,11 @@ class MonitorActor(ManagedActor):
             }]
         recommendations: list[str] = []
         if status == "issues":
-            for insight in insights:
-                if insight["recommendation"] not in recommendations:
-                    recommendations.append(insight["recommendation"])
+            for item in insights:
+                if item["recommendation"] not in recommendations:
+                    recommendations.append(item["recommendation"])
         self._last_status = status
         return {"insights": insights, "recommendations": recommendations, "status": status}
-
-    @staticmethod
-    def _insight(rule: InsightRule, reading: Reading) -> dict[str, Any]:
-        return {
-            "id": rule.id,
-            "severity": reading.severity or rule.severity,
-            "observed": reading.observed,
-            "threshold": reading.threshold,
-            "window_s": reading.window_s,
-            "message": rule.message,
-            "recommendation": reading.recommendation or rule.recommendation,
-        }
 
     def _not_enough_data(self, lacking: list[Reading]) -> dict[str, Any]:
         counted = [r.samples for r in lacking if r.samples is not None]

@@ -32,19 +32,23 @@ from typing import Any, Literal
 import pykka
 from loguru import logger
 
-from modcoord.actors import (
+from modcoord.actors._base import (
     ActorContext,
     ActorHandle,
-    Clock,
     Crash,
     FailureReport,
     Handover,
     ManagedActor,
-    Message,
-    ModeSettings,
     Reconfigure,
 )
+from modcoord.actors.batcher import Subscribe, Unsubscribe
+from modcoord.actors.clock import Clock
 from modcoord.actors.errors import ActorStoppedError, InvalidMessageError, ModcoordError
+from modcoord.actors.memory import Forget, Track
+from modcoord.actors.message import Message
+from modcoord.actors.monitor import ForgetModule, Restarted
+from modcoord.actors.settings import ModeSettings
+from modcoord.actors.shared import Shared
 from modcoord.supervisor.protocol.module import ModuleInfo
 
 __all__ = [
@@ -206,7 +210,8 @@ class SupervisorActor(pykka.ThreadingActor):
         mode: the initial mode.
         clock: time and timers (backoff).
         policy: strategy, intensity and backoff.
-        extras: shared objects given to every child's context.
+        shared: the shared objects given to every child's context (default: a fresh
+            :meth:`Shared.create` for ``clock`` and the initial mode's settings).
         fault_injection: whether ``Crash`` messages are honoured.
         on_escalate: called with the reason when the intensity limit is passed.
     """
@@ -219,7 +224,7 @@ class SupervisorActor(pykka.ThreadingActor):
         mode: str,
         clock: Clock,
         policy: SupervisionPolicy | None = None,
-        extras: dict[str, Any] | None = None,
+        shared: Shared | None = None,
         fault_injection: bool = False,
         on_escalate: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
@@ -231,7 +236,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.mode = mode
         self.clock = clock
         self.policy = policy or SupervisionPolicy()
-        self.extras = extras if extras is not None else {}
+        self.shared = shared if shared is not None else Shared.create(
+            clock, self.modes.get(mode))
         self.fault_injection = fault_injection
         self.on_escalate = on_escalate
         self.rng = rng or random.Random()
@@ -275,7 +281,7 @@ class SupervisorActor(pykka.ThreadingActor):
             report_failure=report,
             generation=child.generation,
             fault_injection=self.fault_injection,
-            extras=self.extras,
+            shared=self.shared,
         )
 
     def _start_child(self, child: _Child, takeover: Any = None) -> None:
@@ -424,8 +430,6 @@ class SupervisorActor(pykka.ThreadingActor):
                 name=name, n=child.restarts,
             )
             if "monitor" in self.handles:
-                from modcoord.actors.monitor import Restarted
-
                 self._tell("monitor", Restarted(name))
 
     def _escalate(self, reason: str) -> None:
@@ -499,9 +503,6 @@ class SupervisorActor(pykka.ThreadingActor):
                 child.handle.tell(Reconfigure(self._settings_for(name)))
 
     def _on_RegisterModule(self, message: RegisterModule) -> dict[str, Any]:
-        from modcoord.actors.batcher import Subscribe
-        from modcoord.actors.memory import Track
-
         info = message.info
         self.modules[info.module_id] = info
         self._tell("batcher", Subscribe(info.module_id, info.subscribe))
@@ -509,10 +510,6 @@ class SupervisorActor(pykka.ThreadingActor):
         return {"module_id": info.module_id, "mode": self.mode}
 
     def _on_UnregisterModule(self, message: UnregisterModule) -> bool:
-        from modcoord.actors.batcher import Unsubscribe
-        from modcoord.actors.memory import Forget
-        from modcoord.actors.monitor import ForgetModule
-
         known = self.modules.pop(message.module_id, None) is not None
         if known:
             self._tell("batcher", Unsubscribe(message.module_id))

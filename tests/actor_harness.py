@@ -27,6 +27,7 @@ from modcoord.actors import (
     FailureReport,
     ManagedActor,
     Message,
+    Shared,
 )
 
 __all__ = ["WAIT_S", "ActorRig", "Recorder", "Sync", "fake", "make_context"]
@@ -69,14 +70,12 @@ def fake(name: str) -> type[Recorder]:
 
 def make_context(clock: Clock, handles: Mapping[str, ActorHandle],
                  report_failure: Callable[[FailureReport], None] | None = None,
-                 shared: Mapping[str, Any] | None = None) -> ActorContext:
-    """The context the supervisor would give an actor: ``shared`` names the shared
-    hot-path objects (``metrics``, ``activity``, ``cache_store``, ``deliver``...); a dict
-    is used as it is, so what the test adds to it later the actors see."""
-    extras = shared if isinstance(shared, dict) else dict(shared or {})
+                 shared: Shared | None = None) -> ActorContext:
+    """The context the supervisor would give an actor: ``shared`` holds the shared
+    hot-path objects (a fresh :meth:`Shared.create` when ``None``)."""
     return ActorContext(clock=clock, handles=handles,
                         report_failure=report_failure or (lambda report: None),
-                        extras=extras)
+                        shared=shared if shared is not None else Shared.create(clock))
 
 
 class ActorRig(Generic[C]):
@@ -103,7 +102,7 @@ class ActorRig(Generic[C]):
     def __init__(self, clock: C, name: str, actor: type[ManagedActor], settings: Any, *,
                  peers: Iterable[str] = (), others: Iterable[str] = (),
                  replies: Mapping[str, Mapping[str, Any]] | None = None,
-                 shared: Mapping[str, Any] | None = None) -> None:
+                 shared: Shared | None = None) -> None:
         peers = tuple(peers)
         self.clock = clock
         self.name = name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from collections.abc import Iterator
@@ -10,13 +11,15 @@ from typing import Any
 import msgpack
 import pykka
 import pytest
-from actor_harness import ActorRig
 
 from modcoord.actors import (
+    ActorContext,
     ActorCrashedError,
+    ActorHandle,
     Batch,
     BatchSettings,
     Crash,
+    FailureReport,
     Handover,
     MockClock,
     Reconfigure,
@@ -30,13 +33,14 @@ from modcoord.actors.batcher import (
     Enqueue,
     FlushBatches,
     QueueDepth,
-    QueueGauge,
     Subscribe,
     Unsubscribe,
     order_updates,
 )
 from modcoord.actors.message import from_wire
-from modcoord.actors.metrics import MetricsRegistry
+from modcoord.actors.shared import Shared
+from modcoord.actors.shared.admission import QueueGauge
+from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import PRIORITIES
 
 WAIT_S = 5.0
@@ -86,22 +90,37 @@ def batch_settings(**kw: Any) -> BatchSettings:
     return BatchSettings(**kw)
 
 
-class Rig(ActorRig[MockClock]):
+class Rig:
     def __init__(self, clock: MockClock, settings: BatchSettings | None = None,
                  sink: Sink | None = None, gauge: QueueGauge | None = None,
                  metrics: MetricsRegistry | None = None, subscribe_all: bool = True) -> None:
+        self.clock = clock
         self.sink = sink or Sink()
-        extras: dict[str, Any] = {"deliver": self.sink}
+        self.handle = ActorHandle("batcher")
+        self.reports: list[FailureReport] = []
+        shared = Shared.create(clock, deliver=self.sink)
         if gauge is not None:
-            extras["queue_gauge"] = gauge
+            shared = dataclasses.replace(shared, queue_gauge=gauge)
         if metrics is not None:
-            extras["metrics"] = metrics
-        super().__init__(clock, "batcher", BatcherActor, settings or batch_settings(),
-                         shared=extras)
-        self.start()
+            shared = dataclasses.replace(shared, metrics=metrics)
+        self.context = ActorContext(clock=clock, handles={"batcher": self.handle},
+                                    report_failure=self.reports.append, shared=shared)
+        self.settings = settings or batch_settings()
+        self.ref = self.start()
         self.up = Seq(clock)
         if subscribe_all:
             self.tell(Subscribe("all", ("*",)))
+
+    def start(self, takeover: Any = None) -> pykka.ActorRef[Any]:
+        ref = BatcherActor.start(self.settings, self.context, takeover)
+        self.handle.install(ref)
+        return ref
+
+    def tell(self, message: Any) -> None:
+        self.handle.tell(message)
+
+    def ask(self, message: Any) -> Any:
+        return self.handle.ask(message, timeout=WAIT_S)
 
     def enqueue(self, *updates: Update) -> int:
         """Enqueue and wait until handled; return the queue depth then."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -9,32 +10,29 @@ from typing import Any
 
 import pykka
 import pytest
-from actor_harness import ActorRig
 
 from modcoord.actors import (
+    ActorContext,
     ActorCrashedError,
+    ActorHandle,
     CacheSettings,
     CallTimeoutError,
     Crash,
+    FailureReport,
     InvalidMessageError,
     MockClock,
     Reconfigure,
     Statistics,
 )
-from modcoord.actors.cache import (
-    CacheActor,
+from modcoord.actors.cache import CacheActor, Clear, Get, Invalidate, Purge, Put, Shrink
+from modcoord.actors.message import from_wire
+from modcoord.actors.shared import Shared
+from modcoord.actors.shared.cache_store import (
     CacheStatistics,
     CacheStore,
-    Clear,
-    Get,
-    Invalidate,
     LookupKind,
-    Purge,
-    Put,
-    Shrink,
     cache_key,
 )
-from modcoord.actors.message import from_wire
 
 WAIT_S = 5.0
 
@@ -393,13 +391,29 @@ def test_reconfigure_disabled_clears_and_in_flight_still_completes(clock: MockCl
 # -- the actor -----------------------------------------------------------------------------
 
 
-class Rig(ActorRig[MockClock]):
+class Rig:
     def __init__(self, clock: MockClock, store: CacheStore | None = None,
                  cache_settings: CacheSettings | None = None) -> None:
-        extras: dict[str, Any] = {} if store is None else {"cache_store": store}
-        super().__init__(clock, "cache", CacheActor, cache_settings or settings(),
-                         shared=extras)
-        self.start()
+        self.clock = clock
+        self.handle = ActorHandle("cache")
+        self.reports: list[FailureReport] = []
+        shared = Shared.create(clock)
+        if store is not None:
+            shared = dataclasses.replace(shared, cache_store=store)
+        self.context = ActorContext(
+            clock=clock, handles={"cache": self.handle},
+            report_failure=self.reports.append, shared=shared,
+        )
+        self.settings = cache_settings or settings()
+        self.ref = self.start()
+
+    def start(self) -> pykka.ActorRef[Any]:
+        ref = CacheActor.start(self.settings, self.context)
+        self.handle.install(ref)
+        return ref
+
+    def ask(self, message: Any) -> Any:
+        return self.handle.ask(message, timeout=WAIT_S)
 
 
 def test_actor_messages(clock: MockClock) -> None:
@@ -447,9 +461,10 @@ def test_actor_reconfigure_reaches_the_store(clock: MockClock) -> None:
     assert len(store) == 0 and store.lookup("k5").lead
 
 
-def test_actor_without_store_creates_and_registers_one(clock: MockClock) -> None:
+def test_actor_uses_the_shared_store_of_a_default_context(clock: MockClock) -> None:
     rig = Rig(clock, cache_settings=settings(max_entries=7))
-    store = rig.context.extras["cache_store"]
+    store = rig.context.shared.cache_store
+    assert rig.ask(Statistics()) == store.statistics()  # the actor's store is the shared one
     assert isinstance(store, CacheStore)
     assert store.statistics().max_size == 7
     rig.ask(Put("k", "v"))

@@ -245,8 +245,8 @@ def test_set_mode_reconfigures_and_notifies(make: Any, clock: MockClock) -> None
     viewer = Module("viewer", ["*"])
     coord.register_module(viewer)
     result = coord.set_mode("MANUAL")
-    assert result["previous"] == "HYBRID" and result["mode"] == "MANUAL"
-    assert result["results"] == {"viewer": "ok"}
+    assert result.previous == "HYBRID" and result.mode == "MANUAL"
+    assert result.results == {"viewer": "ok"}
     assert viewer.mode_changes[-1][:2] == ("MANUAL", "conservative")
     assert coord.status()["mode"] == "MANUAL"
     # MANUAL: no batching: two keys arrive as two deliveries.
@@ -277,7 +277,7 @@ def test_optimize_flushes_everything_and_clears_cache(make: Any) -> None:
     for i in range(10):
         coord.publish("viewer", f"k{i}", i)
     report = coord.optimize()
-    assert report["debounces_flushed"] == 10 and report["cache_cleared"] == 1
+    assert report.debounces_flushed == 10 and report.cache_cleared == 1
     assert sorted(u.key for u in viewer.updates()) == sorted(f"k{i}" for i in range(10))
     assert coord.cache_store.statistics().size == 0
 

@@ -8,6 +8,7 @@ debouncer (its inbox is FIFO, so the wake was handled first), then asks the fake
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -18,7 +19,6 @@ from typing import Any
 import msgpack
 import pykka
 import pytest
-from actor_harness import ActorRig
 
 from modcoord.actors import (
     ActorContext,
@@ -27,6 +27,7 @@ from modcoord.actors import (
     BatchSettings,
     Crash,
     DebounceSettings,
+    FailureReport,
     Handover,
     InvalidMessageError,
     ManagedActor,
@@ -51,7 +52,8 @@ from modcoord.actors.debouncer import (
     _Wake,
 )
 from modcoord.actors.message import from_wire
-from modcoord.actors.metrics import MetricsRegistry
+from modcoord.actors.shared import Shared
+from modcoord.actors.shared.metrics import MetricsRegistry
 
 try:  # the real message, once actors/batcher.py exists and imports cleanly
     from modcoord.actors.batcher import Enqueue
@@ -81,18 +83,19 @@ class FakeBatcher(ManagedActor):
     actor_name = "batcher"
     settings_type = BatchSettings
 
-    def __init__(self, settings: Any, context: ActorContext, takeover: Any = None) -> None:
+    def __init__(self, settings: Any, context: ActorContext, takeover: Any = None,
+                 enqueued_event: threading.Event | None = None) -> None:
         super().__init__(settings, context, takeover)
         self.enqueued: list[Any] = []
+        self.enqueued_event = enqueued_event
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Recorded):
             return list(self.enqueued)
         if type(message).__name__ == "Enqueue":
             self.enqueued.append(message)
-            event = self.context.extras.get("enqueued_event")
-            if event is not None:
-                event.set()
+            if self.enqueued_event is not None:
+                self.enqueued_event.set()
         return None
 
     def statistics(self) -> Any:
@@ -110,18 +113,27 @@ class LateClock(MockClock):
         return super().call_at(deadline + self.lag, callback)
 
 
-class Rig(ActorRig[Any]):
+class Rig:
     """A debouncer plus a fake batcher sharing one clock (a MockClock unless noted)."""
 
     def __init__(self, clock: MockClock | MonotonicClock, settings: Any = None,
-                 extras: dict[str, Any] | None = None) -> None:
-        super().__init__(clock, "debouncer", DebouncerActor,
-                         settings if settings is not None else DebounceSettings(),
-                         others=("batcher",), shared=extras if extras is not None else {})
+                 metrics: MetricsRegistry | None = None,
+                 enqueued_event: threading.Event | None = None) -> None:
         self.clock: Any = clock  # MockClock-only helpers assert it where they need it
-        self.deb, self.bat = self.handle, self.handles["batcher"]
-        self.bat.install(FakeBatcher.start(BatchSettings(), self.context))
-        self.start()
+        self.reports: list[FailureReport] = []
+        self.deb = ActorHandle("debouncer")
+        self.bat = ActorHandle("batcher")
+        self.context = ActorContext(
+            clock=clock,
+            handles={"debouncer": self.deb, "batcher": self.bat},
+            report_failure=self.reports.append,
+            shared=Shared.create(clock) if metrics is None else dataclasses.replace(
+                Shared.create(clock), metrics=metrics),
+        )
+        self.bat.install(FakeBatcher.start(BatchSettings(), self.context, None, enqueued_event))
+        self.settings = settings if settings is not None else DebounceSettings()
+        self.ref = DebouncerActor.start(self.settings, self.context)
+        self.deb.install(self.ref)
         self.t0 = clock.monotonic()
 
     def publish(self, *updates: Update) -> None:
@@ -173,9 +185,8 @@ def _stop_actors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def make_rig(clock: MockClock) -> Callable[..., Rig]:
-    def make(settings: Any = None, extras: dict[str, Any] | None = None,
-             clock_: MockClock | None = None) -> Rig:
-        return Rig(clock_ if clock_ is not None else clock, settings, extras)
+    def make(settings: Any = None, clock_: MockClock | None = None) -> Rig:
+        return Rig(clock_ if clock_ is not None else clock, settings)
 
     return make
 
@@ -422,7 +433,7 @@ def test_reconfigure_to_disabled_flushes_pending(make_rig: Callable[..., Rig]) -
 def test_lateness_statistics_reflect_a_late_wake() -> None:
     clock = LateClock(lag=0.5)  # the timer for t0 + 0.05 fires at t0 + 0.55
     metrics = MetricsRegistry(clock)
-    rig = Rig(clock, extras={"metrics": metrics})
+    rig = Rig(clock, metrics=metrics)
     rig.publish(upd("n1", 1), upd("c", 2, priority="critical"), upd("n2", 3))
     rig.advance_to(rig.t0 + CRITICAL + 0.5)  # one jump past every deadline
     enqueues = rig.sync()
@@ -549,7 +560,7 @@ def test_real_clock_fires_the_single_timer() -> None:
     enqueued = threading.Event()
     try:
         rig = Rig(clock, DebounceSettings(delay_ms=20.0, critical_delay_ms=5.0),
-                  extras={"enqueued_event": enqueued})
+                  enqueued_event=enqueued)
         rig.publish(upd("c", 1, priority="critical"), upd("n", 2))
         assert enqueued.wait(timeout=5.0)
         deadline = time.monotonic() + 5.0

@@ -14,7 +14,7 @@ import pytest
 
 from modcoord.actors.clock import MockClock
 from modcoord.actors.histogram import PROMETHEUS_BUCKETS_S
-from modcoord.actors.metrics import MetricsRegistry
+from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.supervisor.daemon.exposition import CONTENT_TYPE, MetricsHTTPServer, render_metrics
 
 # --------------------------------------------------------------------------- strict parser

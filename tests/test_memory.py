@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -15,6 +16,7 @@ from modcoord.actors._base import (
     ActorContext,
     ActorHandle,
     Crash,
+    FailureReport,
     Handover,
     Reconfigure,
     Statistics,
@@ -22,7 +24,6 @@ from modcoord.actors._base import (
 from modcoord.actors.clock import MockClock
 from modcoord.actors.errors import ActorCrashedError, InvalidMessageError
 from modcoord.actors.memory import (
-    ActivityTable,
     CleanupReport,
     ForceCleanup,
     Forget,
@@ -34,23 +35,46 @@ from modcoord.actors.memory import (
     Track,
 )
 from modcoord.actors.settings import MemorySettings
+from modcoord.actors.shared import (
+    ConnectionStates,
+    NotifySwept,
+    Shared,
+    no_connection_states,
+    no_swept_notice,
+)
+from modcoord.actors.shared.activity import ActivityTable
 
 MB = 1024 * 1024
 
 
-from actor_harness import ActorRig  # noqa: E402
 from actor_harness import Sync as _Sync  # noqa: E402
+from actor_harness import fake as _fake  # noqa: E402
 
 
-class Harness(ActorRig[MockClock]):
+@dataclass
+class Harness:
+    clock: MockClock
+    context: ActorContext
+    handle: ActorHandle
+    received: dict[str, list[Any]]
+    reports: list[FailureReport]
     level: list[int]
     activity: ActivityTable
+    ref: Any = None
+    peers: dict[str, ActorHandle] = field(default_factory=dict)
 
     def sync(self) -> MemoryStatistics:
         """Wait until memory and then every fake peer handled what was sent so far."""
-        stats: MemoryStatistics = self.ask(Statistics())
-        self.sync_peers()
+        stats: MemoryStatistics = self.handle.ask(Statistics(), timeout=5)
+        for handle in self.peers.values():
+            handle.ask(_Sync(), timeout=5)
         return stats
+
+    def names(self, peer: str) -> list[str]:
+        return [type(m).__name__ for m in self.received[peer]]
+
+    def sent(self, peer: str, type_name: str) -> list[Any]:
+        return [m for m in self.received[peer] if type(m).__name__ == type_name]
 
     def advance(self, seconds: float) -> MemoryStatistics:
         self.clock.advance(seconds)
@@ -79,17 +103,26 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
                replies: dict[str, dict[str, Any]] | None = None,
                rss_reader: Callable[[], int] | None = None,
                install_peers: tuple[str, ...] = ("cache", "batcher", "monitor"),
-               extras: dict[str, Any] | None = None) -> Harness:
+               connection_states: ConnectionStates = no_connection_states,
+               notify_swept: NotifySwept = no_swept_notice) -> Harness:
         level = [20 * MB]
-        activity = ActivityTable(clock)
-        h = Harness(clock, "memory", MemoryManagerActor, settings or _settings(),
-                    peers=install_peers, others=("cache", "batcher", "monitor"),
-                    replies=replies, shared={
-                        "activity": activity,
-                        "rss_reader": rss_reader if rss_reader is not None else lambda: level[0],
-                        **(extras or {})})
-        h.level, h.activity = level, activity
-        h.start()
+        handles = {n: ActorHandle(n) for n in ("memory", "cache", "batcher", "monitor")}
+        reports: list[FailureReport] = []
+        shared = Shared.create(
+            clock, rss_reader=rss_reader if rss_reader is not None else lambda: level[0],
+            connection_states=connection_states, notify_swept=notify_swept)
+        activity = shared.activity
+        context = ActorContext(
+            clock=clock, handles=handles, report_failure=reports.append, shared=shared,
+        )
+        received: dict[str, list[Any]] = {n: [] for n in ("cache", "batcher", "monitor")}
+        h = Harness(clock, context, handles["memory"], received, reports, level, activity)
+        for name in install_peers:
+            ref = _fake(name).start(None, context, received[name], (replies or {}).get(name, {}))
+            handles[name].install(ref)
+            h.peers[name] = handles[name]
+        h.ref = MemoryManagerActor.start(settings or _settings(), context)
+        h.handle.install(h.ref)
         return h
 
     yield _start
@@ -263,14 +296,15 @@ class Connections:
     def notify(self, module_id: str, notice: dict[str, Any]) -> None:
         self.told.append((module_id, notice))
 
-    def extras(self) -> dict[str, Any]:
+    def hooks(self) -> dict[str, Any]:
+        """The keyword arguments that make a harness ask and tell this fake."""
         return {"connection_states": self.states, "notify_swept": self.notify}
 
 
 def test_a_module_whose_connection_is_live_is_never_swept(
         start: Callable[..., Harness]) -> None:
     conns = Connections(listener=True)
-    h = start(extras=conns.extras())
+    h = start(**conns.hooks())
     h.handle.ask(Track("listener", ("src",)))
     h.handle.ask(Track("idle", ("src",)))  # in-process: no connection state
     stats = h.run(20)  # four times inactive_after_ms (5 s)
@@ -285,7 +319,7 @@ def test_a_module_whose_connection_is_live_is_never_swept(
 def test_a_stalled_connection_is_swept_told_and_reactivated_when_it_reads_again(
         start: Callable[..., Harness], memory_logs: list[Any]) -> None:
     conns = Connections(listener=True)
-    h = start(extras=conns.extras())
+    h = start(**conns.hooks())
     h.handle.ask(Track("listener", ("src",)))
     h.run(10)
     assert h.sent("batcher", "Unsubscribe") == []
@@ -314,7 +348,7 @@ def test_a_stalled_connection_is_swept_told_and_reactivated_when_it_reads_again(
 def test_registering_a_swept_module_again_restores_and_counts_it(
         start: Callable[..., Harness], memory_logs: list[Any]) -> None:
     conns = Connections(listener=False)
-    h = start(extras=conns.extras())
+    h = start(**conns.hooks())
     h.handle.ask(Track("listener", ("src",)))
     assert h.run(6).modules_swept == 1
     h.handle.ask(Track("listener", ("src",)))  # what the told client does
@@ -329,7 +363,7 @@ def test_failing_connection_states_sweep_as_before(start: Callable[..., Harness]
     def broken(stall_s: float) -> dict[str, bool]:
         raise RuntimeError("coordinator gone")
 
-    h = start(extras={"connection_states": broken})
+    h = start(connection_states=broken)
     h.handle.ask(Track("a", ("*",)))
     assert h.run(6).modules_swept == 1
     assert any("connection states unavailable" in r["message"] for r in memory_logs)
@@ -486,7 +520,7 @@ def test_default_rss_reader_uses_psutil(clock: MockClock) -> None:
     try:
         stats = handles["memory"].ask(Statistics())
         assert stats.rss_bytes > 1 * MB
-        assert isinstance(context.extras["activity"], ActivityTable)  # created
+        assert isinstance(context.shared.activity, ActivityTable)  # a default context's
     finally:
         ref.stop()
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -14,13 +15,13 @@ from modcoord.actors._base import (
     ActorContext,
     ActorHandle,
     Crash,
+    FailureReport,
     Handover,
     Reconfigure,
     Statistics,
 )
 from modcoord.actors.clock import MockClock
 from modcoord.actors.errors import ActorCrashedError, InvalidMessageError
-from modcoord.actors.metrics import MetricsRegistry
 from modcoord.actors.monitor import (
     Evaluate,
     ForgetModule,
@@ -35,7 +36,15 @@ from modcoord.actors.monitor import (
     Trim,
     build_snapshot,
 )
-from modcoord.actors.settings import MonitorSettings
+from modcoord.actors.rules import (
+    CacheHitRateRule,
+    CoordinationLatencyRule,
+    LatencyWindow,
+    rule_snapshot,
+)
+from modcoord.actors.settings import ModeSettings, MonitorSettings
+from modcoord.actors.shared import Shared
+from modcoord.actors.shared.metrics import MetricsRegistry
 
 MB = 1024 * 1024
 INSIGHT_KEYS = {"id", "severity", "observed", "threshold", "window_s", "message",
@@ -46,7 +55,7 @@ COORDINATION_MESSAGE = (
 CACHE_MESSAGE = "Low cache hit rate - consider adjusting cache TTL or strategy"
 
 
-from actor_harness import ActorRig  # noqa: E402
+from actor_harness import fake as _fake  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -80,8 +89,16 @@ def feed(metrics: MetricsRegistry, name: str, ms: float, n: int = 25) -> None:
         metrics.record(name, ms / 1000.0)
 
 
-class Harness(ActorRig[MockClock]):
+@dataclass
+class Harness:
+    clock: MockClock
+    context: ActorContext
+    handle: ActorHandle
     metrics: MetricsRegistry
+    received: dict[str, list[Any]]
+    reports: list[FailureReport]
+    ref: Any = None
+    peers: dict[str, ActorHandle] = field(default_factory=dict)
 
     def evaluate(self, snapshot: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.handle.ask(Evaluate(snapshot))
@@ -107,11 +124,21 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
     def _start(settings: MonitorSettings | None = None,
                replies: dict[str, dict[str, Any]] | None = None,
                peers: tuple[str, ...] = ()) -> Harness:
+        names = ("monitor", "cache", "batcher", "memory", "debouncer")
+        handles = {n: ActorHandle(n) for n in ("monitor", *peers)}
+        reports: list[FailureReport] = []
         metrics = MetricsRegistry(clock, 60.0)
-        h = Harness(clock, "monitor", MonitorActor, settings or _settings(), peers=peers,
-                    replies=replies, shared={"metrics": metrics})
-        h.metrics = metrics
-        h.start()
+        shared = dataclasses.replace(Shared.create(clock), metrics=metrics)
+        context = ActorContext(clock=clock, handles=handles, report_failure=reports.append,
+                               shared=shared)
+        received: dict[str, list[Any]] = {n: [] for n in names}
+        h = Harness(clock, context, handles["monitor"], metrics, received, reports)
+        for name in peers:
+            ref = _fake(name).start(None, context, received[name], (replies or {}).get(name, {}))
+            handles[name].install(ref)
+            h.peers[name] = handles[name]
+        h.ref = MonitorActor.start(settings or _settings(), context)
+        h.handle.install(h.ref)
         return h
 
     yield _start
@@ -581,14 +608,16 @@ def test_module_metrics_must_be_a_mapping(start: Callable[..., Harness]) -> None
     assert h.handle.ask(ModuleReport()) == {}
 
 
-def test_creates_a_metrics_registry_if_absent(clock: MockClock) -> None:
+def test_a_default_context_sizes_its_registry_by_the_monitor_window(clock: MockClock) -> None:
     handles = {"monitor": ActorHandle("monitor")}
-    context = ActorContext(clock=clock, handles=handles)
-    ref = MonitorActor.start(_settings(window_s=30.0), context)
+    settings = ModeSettings(monitor=_settings(window_s=30.0))
+    context = ActorContext(clock=clock, handles=handles,
+                           shared=Shared.create(clock, settings))
+    ref = MonitorActor.start(settings.monitor, context)
     handles["monitor"].install(ref)
     try:
-        assert isinstance(context.extras["metrics"], MetricsRegistry)
-        assert context.extras["metrics"].window_s == 30.0
+        assert isinstance(context.shared.metrics, MetricsRegistry)
+        assert context.shared.metrics.window_s == 30.0
         assert handles["monitor"].ask(Insights())["status"] == "not_enough_data"
     finally:
         ref.stop()
@@ -657,3 +686,44 @@ def test_stop_cancels_the_timer(start: Callable[..., Harness], clock: MockClock)
     assert clock.pending_timers() == 1
     h.ref.stop()
     assert clock.pending_timers() == 0
+
+
+# -- the rules, as pure functions ------------------------------------------------------------
+
+
+def test_cache_rule_judges_the_typed_view_alone() -> None:
+    settings = _settings(min_samples=10, cache_hit_rate_min=0.5)
+    rule = CacheHitRateRule()
+    low = rule.read(rule_snapshot({"cache": {"enabled": True}}, {}, 60.0, (2, 18)), settings)
+    assert low is not None and low.breached and low.observed == 0.1 and low.samples == 20
+    high = rule.read(rule_snapshot({"cache": {}}, {}, 60.0, (18, 2)), settings)
+    assert high is not None and not high.breached and high.recovered
+    off = rule_snapshot({"cache": {"enabled": False}}, {}, 60.0, (0, 50))
+    assert rule.read(off, settings) is None  # a disabled cache is not judged
+    missing = rule.read(rule_snapshot({}, {}, 60.0), settings)
+    assert missing is not None and missing.lacking == "cache statistics unavailable"
+
+
+def test_latency_rule_reads_only_the_latency_windows(clock: MockClock) -> None:
+    metrics = MetricsRegistry(clock, 60.0)
+    metrics.record_many("coordination", [0.3] * 25)  # 300 ms, p95 well above 100 ms
+    window = LatencyWindow(metrics.histogram("coordination").recent(), 60.0)
+    settings = _settings(min_samples=20, coordination_latency_ms=100.0)
+    reading = CoordinationLatencyRule().read(
+        rule_snapshot({}, {"coordination": window}, 60.0), settings)
+    assert reading is not None and reading.breached and reading.samples == 25
+    assert reading.observed is not None and reading.observed > 100.0
+    few = CoordinationLatencyRule().read(rule_snapshot({}, {}, 42.0), settings)
+    assert few is not None and few.lacking == "coordination latency (0 of 20 samples)"
+    assert few.window_s == 42.0
+
+
+def test_rule_snapshot_drops_odd_values() -> None:
+    snap = rule_snapshot({"batcher": {"queue_depth": True, "max_queue": 10},
+                          "memory": "nonsense",
+                          "restarts": {"cache": 2, "batcher": "x", "memory": False}},
+                         {}, 60.0, new_rejections=3)
+    assert snap.queue is not None and snap.queue.depth is None
+    assert snap.queue.max_queue == 10.0 and snap.queue.new_rejections == 3
+    assert snap.memory is None and snap.cache is None
+    assert snap.restarts == {"cache": 2}

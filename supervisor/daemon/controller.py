@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from modcoord.actors.errors import InvalidMessageError
-from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
+from modcoord.supervisor.daemon.engine import Engine
 from modcoord.supervisor.daemon.exposition import render_metrics
 from modcoord.supervisor.daemon.reload import Reloader
 from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
@@ -31,7 +31,7 @@ class Controller:
         daemon_info: static facts for ``status`` (runtime dir, socket, log dir, config dir).
     """
 
-    def __init__(self, coordinator: ModuleCoordinator, *, reloader: Reloader | None = None,
+    def __init__(self, coordinator: Engine, *, reloader: Reloader | None = None,
                  request_stop: Callable[[], None] | None = None,
                  daemon_info: dict[str, Any] | None = None) -> None:
         self.coordinator = coordinator
@@ -44,8 +44,8 @@ class Controller:
         self._calls: dict[str, Callable[[dict[str, Any]], Any]] = {
             "status": lambda p: self.status(),
             "insights": lambda p: self.coordinator.insights(),
-            "optimize": lambda p: self.coordinator.optimize(),
-            "set_mode": lambda p: self.coordinator.set_mode(p["mode"]),
+            "optimize": lambda p: self.coordinator.optimize().as_dict(),
+            "set_mode": lambda p: self.coordinator.set_mode(p["mode"]).as_dict(),
             "actor": lambda p: self.coordinator.actor_call(
                 p["actor"], p["method"], p.get("args") or {}, posargs=p.get("posargs") or ()),
             "reload": lambda p: self.reload(),
@@ -58,7 +58,7 @@ class Controller:
     # -- data calls (hot path) --
 
     def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> dict[str, Any]:
-        return self.coordinator.register(info, endpoint)
+        return self.coordinator.register(info, endpoint).as_dict()
 
     def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> bool:
         return self.coordinator.unregister(module_id, endpoint)
@@ -95,9 +95,7 @@ class Controller:
             raise InvalidMessageError(f"{method}: missing parameter {exc}") from None
 
     def status_brief(self) -> dict[str, Any]:
-        import os
-
-        return {"pid": os.getpid(), "mode": self.coordinator.mode}
+        return self.coordinator.status_brief().as_dict()
 
     def status(self) -> dict[str, Any]:
         out = self.coordinator.status()

@@ -1,13 +1,15 @@
-"""The ModuleCoordinator: the façade the daemon serves, usable in-process too.
+"""The ModuleCoordinator: the in-process engine the daemon serves, usable in-process too.
 
-It owns the actor system — the supervisor, the five children and the shared objects they
-maintain — and offers the operations of SPEC §6: register modules, publish, coordinate,
-switch modes, status, insights, optimize, per-actor calls.
+It implements :class:`~modcoord.supervisor.daemon.engine.Engine` (alias ``LocalEngine``):
+it owns the actor system — the supervisor, the five children and the
+:class:`~modcoord.actors.shared.Shared` objects they maintain — and offers register,
+publish, coordinate, mode switches, status, insights, optimize and per-actor calls.
 
 Hot paths avoid actor hops (see docs/ARCHITECTURE.md, rule 9): ``publish_many`` hands one
 message per call to the debouncer; ``coordinate`` answers cache hits from the
-:class:`~modcoord.actors.cache.CacheStore` in the caller's thread and computes misses
-once per key (single flight) by calling every module's ``on_mode_change``.
+:class:`~modcoord.actors.shared.cache_store.CacheStore` in the caller's thread and
+computes misses once per key (single flight) by calling every module's
+``on_mode_change`` (:mod:`~modcoord.supervisor.daemon.fanout`).
 """
 
 from __future__ import annotations
@@ -24,30 +26,39 @@ from typing import Any
 import psutil
 from loguru import logger
 
-from modcoord.actors import (
-    ActorHandle,
-    Batch,
-    Clock,
-    MonotonicClock,
-    Statistics,
-    TimerHandle,
-    Update,
-)
-from modcoord.actors.batcher import BatcherActor, FlushBatches, QueueGauge
-from modcoord.actors.cache import CacheActor, CacheStore, Clear, cache_key
-from modcoord.actors.debouncer import Backlog, DebouncerActor, Flush, PublishMany
+from modcoord.actors._base import ActorHandle, Statistics
+from modcoord.actors.batcher import BatcherActor, FlushBatches
+from modcoord.actors.cache import CacheActor, Clear
+from modcoord.actors.clock import Clock, MonotonicClock
+from modcoord.actors.debouncer import DebouncerActor, Flush, PublishMany
 from modcoord.actors.errors import (
     CallTimeoutError,
     InvalidMessageError,
     ModcoordError,
     QueueFullError,
 )
-from modcoord.actors.memory import ActivityTable, ForceCleanup, MemoryManagerActor, Reactivate
-from modcoord.actors.metrics import MetricsRegistry
+from modcoord.actors.memory import ForceCleanup, MemoryManagerActor, Reactivate
 from modcoord.actors.monitor import Insights, MonitorActor
-from modcoord.actors.update import PRIORITY_RANK
+from modcoord.actors.reply import Reply, ReplyBox
+from modcoord.actors.shared import Shared
+from modcoord.actors.shared.activity import ActivityTable
+from modcoord.actors.shared.admission import Backlog, QueueGauge
+from modcoord.actors.shared.cache_store import CacheStore, cache_key
+from modcoord.actors.shared.metrics import MetricsRegistry
+from modcoord.actors.update import PRIORITY_RANK, Batch, Update
+
+# The blocking coordinate's result type is the client's (it belongs in the protocol
+# package: one definition of each call's result).
 from modcoord.supervisor.client.client import CoordinationResult
 from modcoord.supervisor.daemon.config import MODES, ConfigSet, load_config_dir, normalize_mode
+from modcoord.supervisor.daemon.engine import (
+    ModeSwitch,
+    OptimizeReport,
+    PublishItem,
+    Registration,
+    StatusBrief,
+)
+from modcoord.supervisor.daemon.fanout import fan_out
 from modcoord.supervisor.protocol.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.protocol.wire import check_payload, payload_packer
 from modcoord.supervisor.supervisor import (
@@ -64,11 +75,15 @@ from modcoord.supervisor.supervisor import (
     UnregisterModule,
 )
 
-__all__ = ["ACTOR_NAMES", "CoordinationResult", "ModuleCoordinator", "default_child_specs"]
+__all__ = [
+    "ACTOR_NAMES",
+    "CoordinationResult",
+    "LocalEngine",
+    "ModuleCoordinator",
+    "default_child_specs",
+]
 
 ACTOR_NAMES: tuple[str, ...] = ("debouncer", "cache", "batcher", "memory", "monitor")
-
-ReplyFn = Callable[[Any, "BaseException | None"], None]
 
 _MODE_LOOKUP = {m: m for m in MODES} | {m.lower(): m for m in MODES}
 
@@ -155,54 +170,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _Flight:
-    """Gathers ``on_mode_change`` replies for one coordination or mode switch."""
-
-    def __init__(self, expected: Sequence[str], done: Callable[[dict[str, Any], dict[str, str]],
-                 None]) -> None:
-        self.results: dict[str, Any] = {}
-        self.errors: dict[str, str] = {}
-        self._waiting = set(expected)
-        self._done = done
-        self._lock = threading.Lock()
-        self._finished = False
-        if not self._waiting:
-            self._finish()
-
-    def reply(self, module_id: str, result: Any, error: str | None) -> None:
-        with self._lock:
-            if self._finished or module_id not in self._waiting:
-                return
-            self._waiting.discard(module_id)
-            if error is None:
-                self.results[module_id] = result
-            else:
-                self.errors[module_id] = error
-            last = not self._waiting
-        if last:
-            self._finish()
-
-    def expire(self) -> None:
-        with self._lock:
-            if self._finished:
-                return
-            for module_id in self._waiting:
-                self.errors[module_id] = "timeout: no answer from module"
-            self._waiting.clear()
-        self._finish()
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def _finish(self) -> None:
-        with self._lock:
-            if self._finished:
-                return
-            self._finished = True
-        self._done(self.results, self.errors)
-
-
 class ModuleCoordinator:
     """The actor system behind one daemon (or one in-process instance).
 
@@ -246,11 +213,16 @@ class ModuleCoordinator:
         self.escalated: str | None = None
         self.specs = list(specs or default_child_specs())
         settings = self.config.mode(self.mode)
-        self.metrics = MetricsRegistry(self.clock, window_s=settings.monitor.window_s)
-        self.cache_store = CacheStore(self.clock, settings.cache)
-        self.queue_gauge = QueueGauge(settings.batch.max_queue)
-        self.activity = ActivityTable(self.clock)
-        self.backlog = Backlog()
+        self.shared = Shared.create(
+            self.clock, settings, deliver=self._deliver, rss_reader=self._rss_reader,
+            connection_states=self._connection_states, notify_swept=self._notify_swept,
+        )
+        # The hot path's objects, read in the caller's thread (no actor hop).
+        self.metrics: MetricsRegistry = self.shared.metrics
+        self.cache_store: CacheStore = self.shared.cache_store
+        self.queue_gauge: QueueGauge = self.shared.queue_gauge
+        self.activity: ActivityTable = self.shared.activity
+        self.backlog: Backlog = self.shared.backlog
         self.handles: dict[str, ActorHandle] = {s.name: ActorHandle(s.name) for s in self.specs}
         self._endpoints: dict[str, ModuleEndpoint] = {}
         self._infos: dict[str, ModuleInfo] = {}
@@ -273,20 +245,9 @@ class ModuleCoordinator:
         Raises:
             CallTimeoutError: the children did not start within 10 s.
         """
-        extras = {
-            "metrics": self.metrics,
-            "cache_store": self.cache_store,
-            "queue_gauge": self.queue_gauge,
-            "activity": self.activity,
-            "deliver": self._deliver,
-            "rss_reader": self._rss_reader,
-            "publish_backlog": self.backlog,
-            "connection_states": self._connection_states,
-            "notify_swept": self._notify_swept,
-        }
         self._supervisor = SupervisorActor.start(
             self.specs, self.handles, self.config.modes, self.mode, self.clock,
-            policy=self.policy, extras=extras, fault_injection=self.fault_injection,
+            policy=self.policy, shared=self.shared, fault_injection=self.fault_injection,
             on_escalate=self._escalated,
         )
         self._supervisor.ask(StartChildren(), timeout=10.0)
@@ -344,7 +305,7 @@ class ModuleCoordinator:
 
     # -- modules --
 
-    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> dict[str, Any]:
+    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> Registration:
         """Register a module reached through ``endpoint``.
 
         Raises:
@@ -364,9 +325,9 @@ class ModuleCoordinator:
             "module registered: {name}", name=info.name
         )
         strategy = self._strategy(self.mode)
-        return {"module_id": info.module_id, "mode": reply["mode"], "strategy": strategy}
+        return Registration(module_id=info.module_id, mode=reply["mode"], strategy=strategy)
 
-    def register_module(self, module: Any) -> dict[str, Any]:
+    def register_module(self, module: Any) -> Registration:
         """Register an in-process module object (callbacks run in the caller's threads)."""
         return self.register(ModuleInfo.of(module), LocalEndpoint(module))
 
@@ -412,7 +373,7 @@ class ModuleCoordinator:
             raise result
         return int(result)
 
-    def publish_many(self, items: Iterable[tuple[str, str, Any, str]]) -> list[int | ModcoordError]:
+    def publish_many(self, items: Iterable[PublishItem]) -> list[int | ModcoordError]:
         """Publish several updates in one hop; per item, its seq or the error refusing it.
 
         Admission is decided once for the whole call: as many as fit in the batch queue
@@ -516,7 +477,7 @@ class ModuleCoordinator:
         return str(self.config.mode(mode).memory.strategy)
 
     def coordinate(self, mode: str, context: dict[str, Any] | None = None,
-                   reply: ReplyFn | None = None, caller: Sequence[str] = (),
+                   reply: Reply | None = None, caller: Sequence[str] = (),
                    timeout: float = 5.0) -> CoordinationResult | None:
         """Coordinate the modules for ``mode`` and ``context``.
 
@@ -529,20 +490,9 @@ class ModuleCoordinator:
             CallTimeoutError: (blocking form) no result within ``timeout``.
         """
         if reply is None:
-            box: list[Any] = []
-            event = threading.Event()
-
-            def done(result: Any, error: BaseException | None) -> None:
-                box.append((result, error))
-                event.set()
-
-            self.coordinate(mode, context, done, caller)
-            if not event.wait(timeout):
-                raise CallTimeoutError(f"coordinate: no result within {timeout} s")
-            result, error = box[0]
-            if error is not None:
-                raise error
-            return CoordinationResult(**result)
+            box = ReplyBox()
+            self.coordinate(mode, context, box, caller)
+            return CoordinationResult(**box.wait(timeout, "coordinate"))
         started = time.perf_counter()
         canonical = _MODE_LOOKUP.get(mode) if isinstance(mode, str) else None
         if canonical is None:
@@ -574,12 +524,12 @@ class ModuleCoordinator:
             self._compute(canonical, context, key, reply, started)
         return None
 
-    def _answer(self, reply: ReplyFn, value: dict[str, Any], cached: bool, started: float) -> None:
+    def _answer(self, reply: Reply, value: dict[str, Any], cached: bool, started: float) -> None:
         elapsed = time.perf_counter() - started
         self.metrics.record("coordination", elapsed)
         reply({**value, "cached": cached, "latency_ms": elapsed * 1000.0}, None)
 
-    def _compute(self, mode: str, context: dict[str, Any], key: str, reply: ReplyFn,
+    def _compute(self, mode: str, context: dict[str, Any], key: str, reply: Reply,
                  started: float) -> None:
         strategy = self._strategy(mode)
         with self._modules_lock:
@@ -594,38 +544,11 @@ class ModuleCoordinator:
                 self.cache_store.complete(key, value)
             self._answer(reply, value, False, started)
 
-        self._fan_out(targets, mode, strategy, context, done)
-
-    def _fan_out(self, targets: list[tuple[str, ModuleEndpoint]], mode: str, strategy: str,
-                 context: dict[str, Any],
-                 done: Callable[[dict[str, Any], dict[str, str]], None]) -> None:
-        if not targets:
-            _Flight([], done)
-            return
-        timer: list[TimerHandle] = []
-
-        def finished(results: dict[str, Any], errors: dict[str, str]) -> None:
-            if timer:
-                timer[0].cancel()  # frees the flight (and what it holds) now, not at expiry
-            done(results, errors)
-
-        flight = _Flight([m for m, _ in targets], finished)
-        timer.append(self.clock.call_at(self.clock.monotonic() + self.callback_timeout_s,
-                                        flight.expire))
-        if flight.finished:
-            timer[0].cancel()
-        for module_id, endpoint in targets:
-            def answer(result: Any, error: str | None, module_id: str = module_id) -> None:
-                flight.reply(module_id, result, error)
-
-            try:
-                endpoint.mode_change(module_id, mode, strategy, context, answer)
-            except Exception as exc:
-                flight.reply(module_id, None, f"{type(exc).__name__}: {exc}")
+        fan_out(self.clock, self.callback_timeout_s, targets, mode, strategy, context, done)
 
     # -- control --
 
-    def set_mode(self, mode: str, timeout: float | None = None) -> dict[str, Any]:
+    def set_mode(self, mode: str, timeout: float | None = None) -> ModeSwitch:
         """Switch mode: reconfigure every actor live, then call every module's
         ``on_mode_change``. Pending work is kept.
 
@@ -649,10 +572,11 @@ class ModuleCoordinator:
             box.update(results=results, errors=errors)
             event.set()
 
-        self._fan_out(targets, canonical, strategy, {"previous_mode": previous}, done)
+        fan_out(self.clock, self.callback_timeout_s, targets, canonical, strategy,
+                {"previous_mode": previous}, done)
         event.wait(timeout if timeout is not None else self.callback_timeout_s + 1.0)
-        return {"mode": canonical, "previous": previous, "strategy": strategy,
-                "results": box.get("results", {}), "errors": box.get("errors", {})}
+        return ModeSwitch(mode=canonical, previous=previous, strategy=strategy,
+                          results=box.get("results", {}), errors=box.get("errors", {}))
 
     def apply_config(self, config: ConfigSet) -> None:
         """Swap in a new validated config (a reload); actors reconfigured live."""
@@ -710,7 +634,7 @@ class ModuleCoordinator:
         return out
 
     def status(self) -> dict[str, Any]:
-        """The SPEC §5 status fields (the same dict ``status --json`` prints)."""
+        """The status document: the dict ``status --json`` prints (fields: docs/REFERENCE.md)."""
         stats = self._gather_statistics()
         children = self._ask_supervisor(ChildStatus())
         histogram = self.metrics.histogram("coordination")
@@ -760,7 +684,7 @@ class ModuleCoordinator:
         result: dict[str, Any] = self.handles["monitor"].ask(Insights(), timeout=5.0)
         return result
 
-    def optimize(self) -> dict[str, Any]:
+    def optimize(self) -> OptimizeReport:
         """Flush pending debounces and batches (never drop), clear the cache, clean memory."""
         flushed = self.handles["debouncer"].ask(Flush(), timeout=5.0)
         delivered = self.handles["batcher"].ask(FlushBatches(), timeout=5.0)
@@ -768,6 +692,15 @@ class ModuleCoordinator:
         report = self.handles["memory"].ask(ForceCleanup(), timeout=10.0)
         self._log.info("optimize: flushed {f}, delivered {d}, cache cleared {c}",
                        f=flushed, d=delivered, c=cleared)
-        return {"debounces_flushed": flushed, "updates_delivered": delivered,
-                "cache_cleared": cleared, "memory": _plain(report)}
+        return OptimizeReport(debounces_flushed=flushed, updates_delivered=delivered,
+                              cache_cleared=cleared, memory=_plain(report))
+
+    def status_brief(self) -> StatusBrief:
+        """Pid and mode, without blocking (for ``hello``)."""
+        return StatusBrief(pid=os.getpid(), mode=self.mode)
+
+
+LocalEngine = ModuleCoordinator
+"""The in-process engine (:class:`~modcoord.supervisor.daemon.engine.Engine`): the default,
+and today the only one."""
 

@@ -1,7 +1,7 @@
 """Prometheus text exposition (format 0.0.4) of the daemon's status and latency histograms.
 
 :func:`render_metrics` turns the dict that ``modcoord status --json`` prints, plus the shared
-:class:`~modcoord.actors.metrics.MetricsRegistry`, into the text format. Every name starts
+:class:`~modcoord.actors.shared.metrics.MetricsRegistry`, into the text format. Every name starts
 with ``modcoord_`` and carries its unit (``_seconds``, ``_bytes``, ``_ratio``; counters end
 in ``_total``); labels are bounded (actor name, mode, eviction cause, cleanup reason,
 quantile, reload result, histogram bucket). Missing status keys leave their metrics out.
@@ -23,7 +23,7 @@ from typing import Any
 
 from loguru import logger
 
-from modcoord.actors.metrics import MetricsRegistry
+from modcoord.actors.shared.metrics import MetricsRegistry
 
 __all__ = [
     "CONTENT_TYPE",

@@ -227,7 +227,7 @@ class _Daemon:
     def run(self, ready: Any) -> int:
         from modcoord.supervisor.daemon.config import load_config_dir, normalize_mode
         from modcoord.supervisor.daemon.controller import Controller
-        from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
+        from modcoord.supervisor.daemon.engine import Engine, create_engine
         from modcoord.supervisor.daemon.exposition import MetricsHTTPServer, render_metrics
         from modcoord.supervisor.daemon.logs import setup_logging, shutdown_logging
         from modcoord.supervisor.daemon.reload import ConfigWatcher, Reloader
@@ -264,7 +264,7 @@ class _Daemon:
         except UnsafePathError as exc:
             ready.fail(EXIT_CONFIG, str(exc))
             return EXIT_CONFIG
-        coordinator: ModuleCoordinator | None = None
+        coordinator: Engine | None = None
         server: Server | None = None
         watcher: ConfigWatcher | None = None
         http: MetricsHTTPServer | None = None
@@ -278,7 +278,7 @@ class _Daemon:
                 context=lambda: {"mode": holder["c"].mode if "c" in holder else mode},
             )
             log = logger.bind(actor="daemon")
-            coordinator = ModuleCoordinator(
+            coordinator = create_engine(
                 config, mode=mode, fault_injection=opts.allow_fault_injection,
                 on_escalate=lambda reason: self.request_stop(EXIT_FAILURE),
             )

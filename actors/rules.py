@@ -1,0 +1,471 @@
+"""Insight rules: pure functions of a typed statistics snapshot and the monitor's settings.
+
+Each rule (:data:`RULES`) gives an id, a severity, a message and a recommendation naming the
+config key to change, and judges a :class:`RuleSnapshot` — typed views of the cache,
+batch queue, memory, restarts and latency windows — against :class:`MonitorSettings`,
+returning a :class:`Reading`: the observed value, the threshold, whether it is breached
+or has recovered past the threshold by :data:`HYSTERESIS`, or why it could not judge
+(``lacking``). A rule reads nothing else and changes nothing: the monitor actor
+(:mod:`modcoord.actors.monitor`) gathers the statistics, builds the snapshot
+(:func:`rule_snapshot`), keeps each rule's state (active, last logged) and turns readings
+into insights (:func:`insight`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from modcoord.actors.histogram import HistogramSnapshot
+from modcoord.actors.settings import MonitorSettings
+
+__all__ = [
+    "HYSTERESIS",
+    "RULES",
+    "SEVERITIES",
+    "WORSENING",
+    "CacheHitRateRule",
+    "CacheView",
+    "CoordinationLatencyRule",
+    "DebounceLatenessRule",
+    "InsightRule",
+    "LatencyWindow",
+    "MemoryNearLimitRule",
+    "MemoryView",
+    "QueueNearFullRule",
+    "QueueView",
+    "Reading",
+    "RestartChurnRule",
+    "RuleSnapshot",
+    "insight",
+    "number",
+    "rule_snapshot",
+]
+
+HYSTERESIS = 0.10
+"""A fired rule clears only once its value is this fraction past the threshold."""
+WORSENING = 0.25
+"""An active rule is logged again within the quiet period if it worsened this much."""
+SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
+"""Severities, most severe first."""
+_MB = 1024.0 * 1024.0
+
+
+# -- the typed snapshot --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyWindow:
+    """A histogram's recent window: its summary and the window's length (seconds)."""
+
+    summary: HistogramSnapshot
+    window_s: float
+
+
+@dataclass(frozen=True)
+class CacheView:
+    """The cache as the rules see it.
+
+    Attributes:
+        enabled: ``cache.enabled``.
+        lookups: ``(hits, misses)`` within the monitor's window, or ``None`` if unknown.
+    """
+
+    enabled: bool
+    lookups: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """The batch queue as the rules see it.
+
+    Attributes:
+        depth: updates queued (``None`` if unknown).
+        max_queue: ``batch.max_queue`` (``None`` or 0 if unknown).
+        new_rejections: publishes refused since the previous evaluation.
+    """
+
+    depth: float | None
+    max_queue: float | None
+    new_rejections: int = 0
+
+
+@dataclass(frozen=True)
+class MemoryView:
+    """Resident memory as the rules see it (bytes; ``None`` if unknown)."""
+
+    rss_bytes: float | None
+    max_rss_bytes: float | None
+    strategy: str | None = None
+
+
+@dataclass(frozen=True)
+class RuleSnapshot:
+    """Everything a rule may read. A section is ``None`` when its statistics are missing.
+
+    Attributes:
+        latencies: recent windows of the histograms the rules need, by name (a histogram
+            not recorded yet is absent).
+        latency_window_s: the window length to report for an absent histogram.
+        cache: see :class:`CacheView`.
+        queue: see :class:`QueueView`.
+        memory: see :class:`MemoryView`.
+        restarts: restarts per actor within the window.
+    """
+
+    latencies: Mapping[str, LatencyWindow]
+    latency_window_s: float
+    cache: CacheView | None = None
+    queue: QueueView | None = None
+    memory: MemoryView | None = None
+    restarts: Mapping[str, int] | None = None
+
+
+def number(section: Any, *keys: str) -> float | None:
+    """The first of ``keys`` in ``section`` holding a real number, else ``None``."""
+    if not isinstance(section, Mapping):
+        return None
+    for key in keys:
+        value = section.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+
+def rule_snapshot(sections: Mapping[str, Any], latencies: Mapping[str, LatencyWindow],
+                  latency_window_s: float, cache_lookups: tuple[int, int] | None = None,
+                  new_rejections: int = 0) -> RuleSnapshot:
+    """Build the typed snapshot from the monitor's plain sections.
+
+    Args:
+        sections: ``{"cache": {...}, "batcher": {...}, "memory": {...}, "restarts":
+            {...}}`` (see :func:`modcoord.actors.monitor.build_snapshot`); a section that
+            is missing or not a mapping becomes ``None``; odd values become ``None``.
+        latencies: see :attr:`RuleSnapshot.latencies`.
+        latency_window_s: see :attr:`RuleSnapshot.latency_window_s`.
+        cache_lookups: ``(hits, misses)`` within the window (the monitor keeps the
+            history), or ``None``.
+        new_rejections: batch rejections since the previous evaluation.
+    """
+    cache = sections.get("cache")
+    batcher = sections.get("batcher")
+    memory = sections.get("memory")
+    restarts = sections.get("restarts")
+    strategy = memory.get("strategy") if isinstance(memory, Mapping) else None
+    return RuleSnapshot(
+        latencies=latencies,
+        latency_window_s=latency_window_s,
+        cache=CacheView(enabled=cache.get("enabled") is not False, lookups=cache_lookups)
+        if isinstance(cache, Mapping) else None,
+        queue=QueueView(depth=number(batcher, "queue_depth", "pending"),
+                        max_queue=number(batcher, "max_queue"),
+                        new_rejections=new_rejections)
+        if isinstance(batcher, Mapping) else None,
+        memory=MemoryView(rss_bytes=number(memory, "rss_bytes"),
+                          max_rss_bytes=number(memory, "max_rss_bytes"),
+                          strategy=strategy if isinstance(strategy, str) else None)
+        if isinstance(memory, Mapping) else None,
+        restarts={str(k): int(v) for k, v in restarts.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if isinstance(restarts, Mapping) else None,
+    )
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One rule's verdict on one snapshot.
+
+    Attributes:
+        observed: the value compared, or ``None`` when the rule could not judge.
+        threshold: the value it is compared against.
+        breached: the rule would fire now.
+        recovered: an active rule clears now (past the threshold by the margin).
+        window_s: the window the value covers.
+        lacking: why the rule could not judge (``"coordination latency (3 of 20
+            samples)"``), when ``observed`` is ``None``.
+        samples: samples available, for rules that need them.
+        severity: overrides the rule's default severity.
+        recommendation: overrides the rule's default recommendation.
+    """
+
+    observed: float | None
+    threshold: float
+    breached: bool = False
+    recovered: bool = True
+    window_s: float = 0.0
+    lacking: str | None = None
+    samples: int | None = None
+    severity: str | None = None
+    recommendation: str | None = None
+
+
+class InsightRule:
+    """Base of an insight rule: constants, and the threshold comparison with hysteresis.
+
+    Subclasses set the class attributes and implement :meth:`read`, a pure function of
+    the snapshot and the settings, which returns ``None`` when the rule does not apply at
+    all (for example the cache is disabled).
+    """
+
+    id: ClassVar[str]
+    severity: ClassVar[str] = "warning"
+    message: ClassVar[str]
+    recommendation: ClassVar[str]
+    higher_is_worse: ClassVar[bool] = True
+    inclusive: ClassVar[bool] = False
+    """Whether a value equal to the threshold breaches it."""
+
+    histograms: ClassVar[tuple[str, ...]] = ()
+    """The latency histograms the rule reads (the monitor snapshots only those)."""
+
+    def read(self, snapshot: RuleSnapshot, settings: MonitorSettings) -> Reading | None:
+        """Judge ``snapshot``. Raises nothing for missing or odd data: it reports
+        ``lacking``."""
+        raise NotImplementedError
+
+    def compare(self, observed: float, threshold: float, window_s: float,
+                samples: int | None = None, **extra: Any) -> Reading:
+        """Return the reading of ``observed`` against ``threshold`` (with the margin)."""
+        if self.higher_is_worse:
+            breached = observed >= threshold if self.inclusive else observed > threshold
+            recovered = observed < threshold * (1.0 - HYSTERESIS)
+        else:
+            breached = observed <= threshold if self.inclusive else observed < threshold
+            recovered = observed > threshold * (1.0 + HYSTERESIS)
+        return Reading(observed=observed, threshold=threshold, breached=breached,
+                       recovered=recovered, window_s=window_s, samples=samples, **extra)
+
+    def worsened(self, observed: float, last: float) -> bool:
+        """Whether ``observed`` is at least :data:`WORSENING` worse than ``last``."""
+        if self.higher_is_worse:
+            return observed >= last * (1.0 + WORSENING) if last > 0 else observed > 0
+        return last > 0 and observed <= last * (1.0 - WORSENING)
+
+    @staticmethod
+    def lacking(threshold: float, what: str, window_s: float = 0.0,
+                samples: int | None = None) -> Reading:
+        return Reading(observed=None, threshold=threshold, window_s=window_s,
+                       lacking=what, samples=samples)
+
+
+class _HistogramRule(InsightRule):
+    """A percentile of a recent histogram window above a threshold (needs samples)."""
+
+    histogram: ClassVar[str]
+    label: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.histograms = (cls.histogram,)
+
+    def threshold_ms(self, settings: MonitorSettings) -> float:
+        raise NotImplementedError
+
+    def percentile(self, summary: HistogramSnapshot) -> float:
+        """The percentile compared (milliseconds)."""
+        raise NotImplementedError
+
+    def read(self, snapshot: RuleSnapshot, settings: MonitorSettings) -> Reading | None:
+        threshold = self.threshold_ms(settings)
+        latency = snapshot.latencies.get(self.histogram)
+        window = latency.window_s if latency is not None else snapshot.latency_window_s
+        samples = latency.summary.count if latency is not None else 0
+        needed = settings.min_samples
+        if latency is None or samples < needed:
+            return self.lacking(threshold, f"{self.label} ({samples} of {needed} samples)",
+                                window, samples)
+        observed = float(self.percentile(latency.summary))
+        return self.compare(round(observed, 3), threshold, window, samples)
+
+
+class CoordinationLatencyRule(_HistogramRule):
+    """p95 coordination latency over the recent window above ``coordination_latency_ms``."""
+
+    id = "high_coordination_latency"
+    severity = "warning"
+    message = "High coordination latency detected - consider optimizing module communication"
+    recommendation = (
+        "Raise cache.ttl_ms so more coordinations are answered from the cache, or raise "
+        "debounce.delay_ms so modules are asked less often; check for modules whose "
+        "on_mode_change is slow"
+    )
+    histogram = "coordination"
+    label = "coordination latency"
+
+    def threshold_ms(self, settings: MonitorSettings) -> float:
+        return settings.coordination_latency_ms
+
+    def percentile(self, summary: HistogramSnapshot) -> float:
+        return summary.p95
+
+
+class DebounceLatenessRule(_HistogramRule):
+    """p99 debounce timer lateness over the recent window above ``debounce_lateness_ms``."""
+
+    id = "late_debounce_timers"
+    severity = "warning"
+    message = "Debounce timers are firing late - the daemon is overloaded or starved of CPU"
+    recommendation = (
+        "Raise debounce.delay_ms (fewer timers fire) or batch.window_ms (fewer deliveries), "
+        "or reduce the publish rate; CPU-bound work on the host delays every timer"
+    )
+    histogram = "debounce_lateness"
+    label = "debounce timer lateness"
+
+    def threshold_ms(self, settings: MonitorSettings) -> float:
+        return settings.debounce_lateness_ms
+
+    def percentile(self, summary: HistogramSnapshot) -> float:
+        return summary.p99
+
+
+class CacheHitRateRule(InsightRule):
+    """Cache hit rate over the window below ``cache_hit_rate_min`` (needs lookups)."""
+
+    id = "low_cache_hit_rate"
+    severity = "warning"
+    message = "Low cache hit rate - consider adjusting cache TTL or strategy"
+    recommendation = (
+        "Raise cache.ttl_ms so results live until they are reused, or cache.max_entries "
+        "so they are not evicted first"
+    )
+    higher_is_worse = False
+
+    def read(self, snapshot: RuleSnapshot, settings: MonitorSettings) -> Reading | None:
+        threshold = settings.cache_hit_rate_min
+        window = settings.window_s
+        cache = snapshot.cache
+        if cache is None:
+            return self.lacking(threshold, "cache statistics unavailable", window)
+        if not cache.enabled:
+            return None  # cache.enabled: false — nothing to judge
+        if cache.lookups is None:
+            return self.lacking(threshold, "cache hit and miss counts unavailable", window)
+        hits, misses = cache.lookups
+        lookups = hits + misses
+        needed = settings.min_samples
+        if lookups < needed:
+            return self.lacking(threshold, f"cache lookups ({lookups} of {needed} samples)",
+                                window, lookups)
+        return self.compare(round(hits / lookups, 4), threshold, window, lookups)
+
+
+class QueueNearFullRule(InsightRule):
+    """Batch queue depth at ``queue_near_full_fraction`` of ``max_queue``, or rejections."""
+
+    id = "queue_near_full"
+    severity = "warning"
+    message = "Batch queue near full - publishers are being slowed or rejected"
+    recommendation = (
+        "Raise batch.max_queue, or lower batch.window_ms so queued updates go out sooner"
+    )
+    inclusive = True
+
+    def read(self, snapshot: RuleSnapshot, settings: MonitorSettings) -> Reading | None:
+        fraction = settings.queue_near_full_fraction
+        window = settings.evaluate_interval_ms / 1000.0
+        queue = snapshot.queue
+        if queue is None:
+            return self.lacking(fraction, "batcher statistics unavailable", window)
+        depth = queue.depth
+        max_queue = queue.max_queue
+        rejected = queue.new_rejections
+        if depth is None or not max_queue:
+            if rejected > 0:
+                return Reading(observed=1.0, threshold=fraction, breached=True,
+                               recovered=False, window_s=window, severity="critical")
+            return self.lacking(fraction, "batch queue depth or limit unavailable", window)
+        reading = self.compare(round(depth / max_queue, 4), fraction, window)
+        if rejected > 0:
+            return dataclasses.replace(reading, breached=True, recovered=False,
+                                       severity="critical")
+        return reading
+
+
+class RestartChurnRule(InsightRule):
+    """Some actor restarted ``restart_churn_max`` times or more within the window."""
+
+    id = "restart_churn"
+    severity = "critical"
+    message = "Actor restart churn detected - an actor keeps failing and restarting"
+    recommendation = (
+        "Find the failing actor's errors with `modcoord logs --level ERROR`; if the "
+        "restarts are expected, raise monitor.restart_churn_max"
+    )
+    inclusive = True
+
+    def read(self, snapshot: RuleSnapshot, settings: MonitorSettings) -> Reading | None:
+        threshold = float(settings.restart_churn_max)
+        window = settings.window_s
+        counts = snapshot.restarts
+        if counts is None:
+            return self.lacking(threshold, "restart counts unavailable", window)
+        worst = max(counts.values(), default=0)
+        reading = self.compare(float(worst), threshold, window)
+        if reading.breached:
+            churning = ", ".join(f"{a} ({n})" for a, n in sorted(counts.items())
+                                 if n >= threshold)
+            reading = dataclasses.replace(
+                reading, recommendation=f"Restarting: {churning}. {self.recommendation}"
+            )
+        return reading
+
+
+class MemoryNearLimitRule(InsightRule):
+    """Resident memory at ``memory_near_limit_fraction`` of ``memory.max_rss_mb`` (MB)."""
+
+    id = "memory_near_limit"
+    severity = "warning"
+    message = "Memory usage near its limit - cleanup may not be keeping up"
+    recommendation = (
+        "Raise memory.max_rss_mb, or set memory.strategy to balanced or aggressive so "
+        "pressure cleanups reclaim more"
+    )
+    inclusive = True
+
+    def read(self, snapshot: RuleSnapshot, settings: MonitorSettings) -> Reading | None:
+        fraction = settings.memory_near_limit_fraction
+        memory = snapshot.memory
+        rss = memory.rss_bytes if memory is not None else None
+        limit = memory.max_rss_bytes if memory is not None else None
+        if memory is None or rss is None or not limit:
+            return self.lacking(fraction, "memory statistics unavailable")
+        reading = self.compare(round(rss / _MB, 2), round(fraction * limit / _MB, 2), 0.0)
+        if rss >= limit:
+            reading = dataclasses.replace(reading, severity="critical")
+        if memory.strategy == "aggressive":
+            reading = dataclasses.replace(
+                reading, recommendation="Raise memory.max_rss_mb (memory.strategy is already "
+                "aggressive), or reduce cache.max_entries"
+            )
+        return reading
+
+
+RULES: tuple[InsightRule, ...] = (
+    CoordinationLatencyRule(),
+    CacheHitRateRule(),
+    QueueNearFullRule(),
+    RestartChurnRule(),
+    MemoryNearLimitRule(),
+    DebounceLatenessRule(),
+)
+"""The rules every evaluation runs, in this order."""
+
+
+def insight(rule: InsightRule, reading: Reading) -> dict[str, Any]:
+    """The insight an active rule reports for ``reading`` (the ``insights`` reply's items)."""
+    return {
+        "id": rule.id,
+        "severity": reading.severity or rule.severity,
+        "observed": reading.observed,
+        "threshold": reading.threshold,
+        "window_s": reading.window_s,
+        "message": rule.message,
+        "recommendation": reading.recommendation or rule.recommendation,
+    }

@@ -1,0 +1,140 @@
+"""The thread-safe hot-path objects the actors share with the façade, and :class:`Shared`.
+
+The request path reads and writes these objects in its own thread, without a message hop;
+the actors maintain them. They belong to the supervisor's side, not to any one actor, so
+an actor's restart loses none of them.
+
+=================  ================================================================
+``metrics``        :class:`~.metrics.MetricsRegistry` — latency histograms, counters
+``cache_store``    :class:`~.cache_store.CacheStore` — coordination results
+``queue_gauge``    :class:`~.admission.QueueGauge` — batch queue admission
+``backlog``        :class:`~.admission.Backlog` — updates not yet taken in by the debouncer
+``activity``       :class:`~.activity.ActivityTable` — module activity and sweeps
+=================  ================================================================
+
+:class:`Shared` bundles them, with the daemon's hooks (where batches are delivered, how
+resident memory is read, which connections are live, how a swept module is told), into
+the one typed, frozen object every actor's context carries.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from modcoord.actors.clock import Clock
+from modcoord.actors.settings import ModeSettings
+from modcoord.actors.shared.activity import ActivityTable
+from modcoord.actors.shared.admission import Backlog, QueueGauge
+from modcoord.actors.shared.cache_store import CacheStore
+from modcoord.actors.shared.metrics import MetricsRegistry
+from modcoord.actors.update import Batch
+
+__all__ = [
+    "ConnectionStates",
+    "Deliver",
+    "NotifySwept",
+    "RssReader",
+    "Shared",
+    "no_connection_states",
+    "no_sink",
+    "no_swept_notice",
+    "psutil_rss",
+]
+
+Deliver = Callable[[str, Batch], None]
+"""Hands a batch to a subscriber: ``deliver(subscriber_id, batch)``, in the batcher's thread.
+A sink that raises is logged and counted by the batcher."""
+RssReader = Callable[[], int]
+"""Returns the daemon's resident memory in bytes; may raise (the check is skipped)."""
+ConnectionStates = Callable[[float], Mapping[str, bool]]
+"""``states(stall_s)``: module id → whether its connection is live (open, and taking its
+output within ``stall_s``). Modules it cannot judge are left out. May raise."""
+NotifySwept = Callable[[str, dict[str, Any]], None]
+"""``notify(module_id, notice)``: tell a swept module (a ``swept`` event). May raise."""
+
+
+def no_sink(subscriber_id: str, batch: Batch) -> None:
+    """The delivery sink of a context built without one: logs each batch it cannot deliver
+    (a warning naming the batch and the subscriber)."""
+    logger.bind(actor="batcher").warning(
+        "no delivery sink: batch {id} for {sub} not delivered", id=batch.batch_id,
+        sub=subscriber_id,
+    )
+
+
+def no_connection_states(stall_s: float) -> Mapping[str, bool]:
+    """No connection can tell: only calls count as activity."""
+    return {}
+
+
+def no_swept_notice(module_id: str, notice: dict[str, Any]) -> None:
+    """Nobody to tell: the module learns it was swept at its next call."""
+
+
+@functools.cache
+def _process() -> Any:
+    import psutil
+
+    return psutil.Process()
+
+
+def psutil_rss() -> int:
+    """The process's resident memory in bytes (psutil)."""
+    return int(_process().memory_info().rss)
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """Everything the actors share, typed: the hot-path objects and the daemon's hooks.
+
+    Build one with :meth:`create` (every object made for a clock) and give the same
+    instance to every actor's context: successors then take over the objects as they are.
+
+    Attributes:
+        metrics: latency histograms and counters (the monitor reads them).
+        cache_store: the coordination result store (the cache actor maintains it).
+        queue_gauge: batch queue admission (the batcher keeps it current).
+        backlog: publishes told to the debouncer and not yet taken in.
+        activity: module activity (the memory actor sweeps it).
+        deliver: where the batcher hands each subscriber's batch.
+        rss_reader: how the memory actor reads resident memory.
+        connection_states: which module connections are live (the memory actor asks
+            before each sweep).
+        notify_swept: how a swept module is told.
+    """
+
+    metrics: MetricsRegistry
+    cache_store: CacheStore
+    queue_gauge: QueueGauge
+    backlog: Backlog
+    activity: ActivityTable
+    deliver: Deliver = no_sink
+    rss_reader: RssReader = psutil_rss
+    connection_states: ConnectionStates = no_connection_states
+    notify_swept: NotifySwept = no_swept_notice
+
+    @classmethod
+    def create(cls, clock: Clock, settings: ModeSettings | None = None, *,
+               deliver: Deliver = no_sink, rss_reader: RssReader = psutil_rss,
+               connection_states: ConnectionStates = no_connection_states,
+               notify_swept: NotifySwept = no_swept_notice) -> Shared:
+        """Make every shared object for ``clock``, sized by ``settings`` (a mode's
+        settings; defaults when ``None``): the metrics window is ``monitor.window_s``,
+        the store follows ``cache``, the gauge's limit is ``batch.max_queue``."""
+        s = settings if settings is not None else ModeSettings()
+        return cls(
+            metrics=MetricsRegistry(clock, window_s=s.monitor.window_s),
+            cache_store=CacheStore(clock, s.cache),
+            queue_gauge=QueueGauge(s.batch.max_queue),
+            backlog=Backlog(),
+            activity=ActivityTable(clock),
+            deliver=deliver,
+            rss_reader=rss_reader,
+            connection_states=connection_states,
+            notify_swept=notify_swept,
+        )

@@ -1,0 +1,556 @@
+"""The coordination result store: canonical keys, and a thread-safe LRU with a TTL and
+single flight.
+
+The hot path does not hop through an actor: the façade's I/O thread calls
+:meth:`CacheStore.lookup` directly and, on a miss, leads the computation and calls
+:meth:`CacheStore.complete` (or :meth:`CacheStore.fail`). The cache actor
+(:mod:`modcoord.actors.cache`) owns the store's maintenance. The store belongs to the
+shared context (:class:`~modcoord.actors.shared.Shared`) and outlives the actor, so a
+restart loses nothing.
+
+Counting rules (see :class:`CacheStatistics`):
+
+- a fresh entry answers the lookup: a **hit**;
+- a lookup that joins a computation already in flight for its key (single flight): also a
+  **hit** — it is answered without redoing the work — and counted again in ``joined``;
+- anything else (absent, expired, or the cache disabled): a **miss**, and the caller leads.
+
+Evictions are counted by cause: ``expired`` (TTL passed, found on lookup, on insertion
+into a full cache, or by :meth:`CacheStore.purge_expired`), ``size`` (the cache was full,
+or ``max_entries`` shrank) and ``explicit`` (:meth:`~CacheStore.invalidate`,
+:meth:`~CacheStore.clear`, :meth:`~CacheStore.shrink`, or disabling the cache).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from loguru import logger
+
+from modcoord.actors.clock import Clock
+from modcoord.actors.errors import CallTimeoutError, InvalidMessageError
+from modcoord.actors.reply import Reply
+from modcoord.actors.settings import CacheSettings
+
+__all__ = [
+    "CacheStatistics",
+    "CacheStore",
+    "Flight",
+    "Lookup",
+    "LookupKind",
+    "Waiter",
+    "cache_key",
+]
+
+Waiter = Reply
+"""A single-flight waiter: called once with ``(value, None)`` or ``(None, error)``."""
+
+
+# -- canonical keys ------------------------------------------------------------------------
+
+_dumps = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+    check_circular=True,
+).encode
+
+
+def cache_key(mode: str, context: Mapping[str, Any]) -> str:
+    """Return the canonical cache key of a coordination request.
+
+    The key is ``mode`` and ``":"``, then the context as compact JSON with sorted keys, at
+    every depth. Equal mappings give equal keys whatever their key order; tuples and lists
+    are the same. Values are compared as JSON sees them: ``1`` and ``1.0`` or ``True`` and
+    ``1`` give different keys.
+
+    Args:
+        mode: the system mode (``MANUAL``, ``HYBRID``, ``FULLY_AUTO``).
+        context: the request context (any mapping at the top, dicts inside): string
+            keys; values ``None``, bool, int, finite float, str, lists/tuples and dicts.
+
+    Raises:
+        InvalidMessageError: if ``mode`` is not a string, ``context`` is not a mapping, or
+            the context holds a non-string key, a non-finite float or a value JSON cannot
+            carry; the message names the offending path (``context.a.b[2]``).
+    """
+    if type(mode) is not str:
+        raise InvalidMessageError(f"mode must be a string, not {type(mode).__name__}")
+    if type(context) is not dict:
+        if not isinstance(context, Mapping):
+            raise InvalidMessageError(
+                f"context must be a mapping, not {type(context).__name__}"
+            )
+        context = dict(context)
+    try:
+        bad_key = _has_bad_key(context)
+        if not bad_key:
+            return mode + ":" + _dumps(context)
+    except RecursionError as exc:
+        raise InvalidMessageError("context: circular or too deeply nested") from exc
+    except (TypeError, ValueError) as exc:
+        raise InvalidMessageError(_find_problem(context, "context") or f"context: {exc}") from exc
+    raise InvalidMessageError(_find_problem(context, "context") or "context: non-string key")
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _has_bad_key(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
+    """Return whether any dict inside ``value`` has a non-string key.
+
+    JSON silently turns ``1`` into ``"1"``, which would make ``{1: x}`` and ``{"1": x}``
+    share a key; this walk forbids that. Scalars cost one ``type()`` check each.
+    """
+    scalars = _SCALARS
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if type(k) is not str:
+                return True
+            if type(v) not in scalars and isinstance(v, dict | list | tuple) and _has_bad_key(v):
+                return True
+    else:
+        for v in value:
+            if type(v) not in scalars and isinstance(v, dict | list | tuple) and _has_bad_key(v):
+                return True
+    return False
+
+
+def _find_problem(value: Any, path: str) -> str | None:
+    """Describe the first item under ``value`` that cannot be in a key, or return None.
+
+    Containers are ``dict`` (string keys), ``list`` and ``tuple``, as for :mod:`json`.
+    """
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path}: {value!r} is not a finite number"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if type(k) is not str:
+                return f"{path}: key {k!r} is a {type(k).__name__}, not a string"
+            found = _find_problem(v, f"{path}.{k}")
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = _find_problem(v, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return f"{path}: a {type(value).__name__} cannot be part of a cache key"
+
+
+# -- single flight -------------------------------------------------------------------------
+
+
+class Flight:
+    """One computation in flight for a key; the callers that joined it wait on it.
+
+    A flight is resolved exactly once, by :meth:`CacheStore.complete` or
+    :meth:`CacheStore.fail`. Waiter callbacks run in the resolving thread, outside every
+    lock; one that raises is logged and the others still run.
+    """
+
+    __slots__ = ("_done", "_error", "_event", "_lock", "_value", "_waiters", "key", "storable")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.storable = True  # cleared by invalidate()/clear() while in flight
+        self._lock = threading.Lock()
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._waiters: list[Waiter] = []
+        self._event: threading.Event | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the flight has been resolved."""
+        return self._done
+
+    def add_waiter(self, callback: Waiter) -> None:
+        """Call ``callback(value, None)`` or ``callback(None, error)`` on completion.
+
+        If the flight is already resolved, the callback runs now, in this thread. An
+        exception raised by the callback is logged, never propagated.
+        """
+        with self._lock:
+            if not self._done:
+                self._waiters.append(callback)
+                return
+            value, error = self._value, self._error
+        _call_waiter(callback, value, error)
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the flight is resolved and return its value.
+
+        Raises:
+            CallTimeoutError: not resolved within ``timeout`` seconds.
+            BaseException: the error the leader passed to :meth:`CacheStore.fail`, if any
+                (with no error, ``fail``'s value is returned).
+        """
+        with self._lock:
+            if not self._done:
+                if self._event is None:
+                    self._event = threading.Event()
+                event: threading.Event | None = self._event
+            else:
+                event = None
+        if event is not None and not event.wait(timeout):
+            raise CallTimeoutError(f"cache: no result for {self.key!r:.80} within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def settle(self, value: Any, error: BaseException | None) -> bool:
+        """Resolve the flight (the store's :meth:`CacheStore.complete` and
+        :meth:`CacheStore.fail` only); returns False if it was already resolved."""
+        with self._lock:
+            if self._done:
+                return False
+            self._value, self._error, self._done = value, error, True
+            waiters, self._waiters = self._waiters, []
+            event = self._event
+        if event is not None:
+            event.set()
+        for callback in waiters:
+            _call_waiter(callback, value, error)
+        return True
+
+
+def _call_waiter(callback: Waiter, value: Any, error: BaseException | None) -> None:
+    try:
+        callback(value, error)
+    except Exception:
+        logger.bind(actor="cache").opt(exception=True).error("single-flight waiter failed")
+
+
+class LookupKind(str, enum.Enum):
+    """What a :meth:`CacheStore.lookup` tells its caller to do.
+
+    A ``str`` enum: ``LookupKind.HIT == "hit"``, so callers may compare with plain strings.
+    """
+
+    HIT = "hit"
+    """The value is in :attr:`Lookup.value`."""
+    LEAD = "lead"
+    """Compute, then call ``complete(key, value)`` or ``fail(key, error)``."""
+    WAIT = "wait"
+    """Someone else computes: wait on :attr:`Lookup.flight`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The answer of :meth:`CacheStore.lookup`.
+
+    Attributes:
+        kind: HIT, LEAD or WAIT.
+        value: the cached value (HIT only).
+        flight: the computation in flight (WAIT; and LEAD when the cache is enabled, so
+            the leader can see who joined); ``None`` otherwise.
+    """
+
+    kind: LookupKind
+    value: Any = None
+    flight: Flight | None = None
+
+    @property
+    def hit(self) -> bool:
+        return self.kind is LookupKind.HIT
+
+    @property
+    def lead(self) -> bool:
+        return self.kind is LookupKind.LEAD
+
+    @property
+    def wait(self) -> bool:
+        return self.kind is LookupKind.WAIT
+
+
+_LEAD_UNCACHED = Lookup(LookupKind.LEAD)
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheStatistics:
+    """A snapshot of the cache.
+
+    Attributes:
+        hits: lookups answered without computing (fresh entries, plus joined flights).
+        misses: lookups whose caller had to compute (absent, expired, or cache disabled).
+        hit_rate: ``hits / (hits + misses)``, 0.0 before any lookup.
+        evictions_expired / evictions_size / evictions_explicit: entries removed, by cause.
+        size: entries held now; max_size: ``cache.max_entries``.
+        inflight: computations in flight now.
+        joined: of the hits, lookups that joined a flight instead of finding an entry.
+        enabled: ``cache.enabled``.
+    """
+
+    hits: int
+    misses: int
+    hit_rate: float
+    evictions_expired: int
+    evictions_size: int
+    evictions_explicit: int
+    size: int
+    max_size: int
+    inflight: int
+    joined: int = 0
+    enabled: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the fields as a dict, plus ``evictions`` by cause as a nested dict."""
+        out = asdict(self)
+        out["evictions"] = {
+            "expired": self.evictions_expired,
+            "size": self.evictions_size,
+            "explicit": self.evictions_explicit,
+        }
+        return out
+
+
+class CacheStore:
+    """A thread-safe LRU cache with a TTL and single flight, guarded by one lock.
+
+    Args:
+        clock: where expiry reads time.
+        settings: ``cache:`` settings (enabled, ttl_ms, max_entries, evict_fraction).
+
+    Entries are kept in an ``OrderedDict`` ``key -> (value, expires_at)``, least recently
+    used first; a hit moves its entry to the end. An entry is expired once
+    ``clock.monotonic() >= expires_at``. Changing ``ttl_ms`` affects entries stored after
+    the change. If a leader never calls :meth:`complete` or :meth:`fail`, its waiters are
+    never woken: waiters should bound their waits (``Flight.wait(timeout)``).
+    """
+
+    def __init__(self, clock: Clock, settings: CacheSettings | None = None) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[Any, float]] = OrderedDict()
+        self._flights: dict[str, Flight] = {}
+        self._hits = 0
+        self._misses = 0
+        self._joined = 0
+        self._ev_expired = 0
+        self._ev_size = 0
+        self._ev_explicit = 0
+        self._apply(settings if settings is not None else CacheSettings())
+
+    def _apply(self, settings: CacheSettings) -> None:
+        self._settings = settings
+        self._enabled = settings.enabled
+        self._ttl_s = settings.ttl_ms / 1000.0
+        self._max = settings.max_entries
+        self._evict_n = max(1, math.ceil(settings.evict_fraction * settings.max_entries))
+
+    @property
+    def settings(self) -> CacheSettings:
+        """The settings in force."""
+        return self._settings
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- hot path --
+
+    def lookup(self, key: str) -> Lookup:
+        """Look ``key`` up; see :class:`LookupKind` for what the caller must do.
+
+        A LEAD caller must end the flight with :meth:`complete` or :meth:`fail` — in a
+        ``try``/``except`` — or its waiters wait until their own timeout.
+        """
+        now = self._clock.monotonic()
+        with self._lock:
+            if not self._enabled:
+                self._misses += 1
+                return _LEAD_UNCACHED
+            entry = self._entries.get(key)
+            if entry is not None:
+                if now < entry[1]:
+                    self._entries.move_to_end(key)
+                    self._hits += 1
+                    return Lookup(LookupKind.HIT, entry[0])
+                del self._entries[key]
+                self._ev_expired += 1
+            flight = self._flights.get(key)
+            if flight is not None:
+                self._hits += 1
+                self._joined += 1
+                return Lookup(LookupKind.WAIT, None, flight)
+            flight = self._flights[key] = Flight(key)
+            self._misses += 1
+            return Lookup(LookupKind.LEAD, None, flight)
+
+    def complete(self, key: str, value: Any) -> None:
+        """End the flight for ``key`` with ``value``: store it and wake the waiters.
+
+        Nothing is stored when the cache is disabled, or when the key was invalidated or
+        the cache cleared while the value was being computed (the waiters still get it).
+        """
+        now = self._clock.monotonic()
+        with self._lock:
+            flight = self._flights.pop(key, None)
+            if self._enabled and (flight is None or flight.storable):
+                self._store(key, value, now)
+        if flight is not None:
+            flight.settle(value, None)
+
+    def fail(self, key: str, error: BaseException | None, value: Any = None) -> None:
+        """End the flight for ``key`` without storing anything, and wake the waiters.
+
+        The waiters get ``(value, error)``: ``Flight.wait`` raises ``error`` if there is
+        one. With ``error=None`` the waiters get ``value`` as a result that must not be
+        cached (for example one holding per-module errors); the next lookup leads again.
+        """
+        with self._lock:
+            flight = self._flights.pop(key, None)
+        if flight is not None:
+            flight.settle(value, error)
+
+    def get(self, key: str) -> Any:
+        """Return the fresh value for ``key``, or ``None`` (counted as hit or miss).
+
+        Unlike :meth:`lookup` this never starts or joins a flight.
+        """
+        now = self._clock.monotonic()
+        with self._lock:
+            if not self._enabled:
+                self._misses += 1
+                return None
+            entry = self._entries.get(key)
+            if entry is not None:
+                if now < entry[1]:
+                    self._entries.move_to_end(key)
+                    self._hits += 1
+                    return entry[0]
+                del self._entries[key]
+                self._ev_expired += 1
+            self._misses += 1
+            return None
+
+    def put(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key`` (not when disabled); flights are not touched."""
+        now = self._clock.monotonic()
+        with self._lock:
+            if self._enabled:
+                self._store(key, value, now)
+
+    def _store(self, key: str, value: Any, now: float) -> None:
+        entries = self._entries
+        if key in entries:
+            entries.move_to_end(key)
+        elif len(entries) >= self._max:
+            self._purge_locked(now)
+            if len(entries) >= self._max:
+                n = min(self._evict_n, len(entries))
+                for _ in range(n):
+                    entries.popitem(last=False)
+                self._ev_size += n
+        entries[key] = (value, now + self._ttl_s)
+
+    def _purge_locked(self, now: float) -> int:
+        expired = [k for k, (_, expires_at) in self._entries.items() if expires_at <= now]
+        for k in expired:
+            del self._entries[k]
+        self._ev_expired += len(expired)
+        return len(expired)
+
+    # -- maintenance (the actor's) --
+
+    def purge_expired(self) -> int:
+        """Remove every expired entry; return how many (counted as ``expired``)."""
+        now = self._clock.monotonic()
+        with self._lock:
+            return self._purge_locked(now)
+
+    def shrink(self, fraction: float) -> int:
+        """Evict ``ceil(fraction * size)`` entries, least recently used first.
+
+        Counted as ``explicit``. Returns how many were evicted.
+
+        Raises:
+            InvalidMessageError: if ``fraction`` is not a number in ``[0, 1]``.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not (
+            0.0 <= fraction <= 1.0
+        ):
+            raise InvalidMessageError(f"shrink fraction must be in [0, 1], not {fraction!r}")
+        with self._lock:
+            n = min(len(self._entries), math.ceil(fraction * len(self._entries)))
+            for _ in range(n):
+                self._entries.popitem(last=False)
+            self._ev_explicit += n
+            return n
+
+    def clear(self) -> int:
+        """Remove every entry (counted as ``explicit``); return how many.
+
+        Values being computed now will not be stored (their waiters still get them).
+        """
+        with self._lock:
+            n = len(self._entries)
+            self._entries.clear()
+            self._ev_explicit += n
+            for flight in self._flights.values():
+                flight.storable = False
+            return n
+
+    def invalidate(self, key: str) -> bool:
+        """Remove ``key`` (counted as ``explicit``); return whether it was present.
+
+        A value being computed for ``key`` now will not be stored.
+        """
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                flight.storable = False
+            if self._entries.pop(key, None) is None:
+                return False
+            self._ev_explicit += 1
+            return True
+
+    def reconfigure(self, settings: CacheSettings) -> None:
+        """Apply new settings live.
+
+        Disabling clears the cache (``explicit``); a smaller ``max_entries`` evicts the
+        least recently used entries down to it (``size``). Flights in progress still
+        complete and wake their waiters.
+        """
+        with self._lock:
+            self._apply(settings)
+            if not settings.enabled:
+                n = len(self._entries)
+                self._entries.clear()
+                self._ev_explicit += n
+            elif len(self._entries) > self._max:
+                n = len(self._entries) - self._max
+                for _ in range(n):
+                    self._entries.popitem(last=False)
+                self._ev_size += n
+
+    def statistics(self) -> CacheStatistics:
+        """Return an immutable snapshot (see :class:`CacheStatistics`)."""
+        with self._lock:
+            total = self._hits + self._misses
+            return CacheStatistics(
+                hits=self._hits,
+                misses=self._misses,
+                hit_rate=self._hits / total if total else 0.0,
+                evictions_expired=self._ev_expired,
+                evictions_size=self._ev_size,
+                evictions_explicit=self._ev_explicit,
+                size=len(self._entries),
+                max_size=self._max,
+                inflight=len(self._flights),
+                joined=self._joined,
+                enabled=self._enabled,
+            )

@@ -1,0 +1,282 @@
+"""The engine seam: the one typed interface between the daemon and the coordination core.
+
+The daemon's server and controller reach the core — module registry, publish path,
+coordination, modes, actors — only through :class:`Engine`. Today there is one
+implementation, the in-process actor system
+(:class:`~modcoord.supervisor.daemon.coordinator.ModuleCoordinator`, alias
+``LocalEngine``), built by :func:`create_engine`, which the daemon process calls.
+A second engine (for example one spread over several hosts through NATS) is an added
+module implementing this protocol and a branch in :func:`create_engine`; the server, the
+protocol and the client do not change.
+
+Threads: the data calls (``publish_many``, ``publish_backlog``, ``timers_overdue``,
+``coordinate``, ``status_brief``) run on the server's I/O thread and must not block;
+``register``/``unregister`` run on the registration thread; the control calls may block
+(they run on control threads). Every method documents what it raises; a refusal is a
+:class:`~modcoord.actors.errors.ModcoordError` whose type name reaches the client.
+
+Results shared with the server are typed (frozen dataclasses with ``as_dict()`` giving
+the wire form); ``status`` and ``insights`` return their documents (every ``status``
+field is listed in docs/REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from modcoord.actors.errors import ModcoordError
+from modcoord.actors.reply import Reply
+
+if TYPE_CHECKING:
+    from modcoord.actors.shared.metrics import MetricsRegistry
+    from modcoord.supervisor.client.client import CoordinationResult
+    from modcoord.supervisor.daemon.config import ConfigSet
+    from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
+
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "ModeSwitch",
+    "OptimizeReport",
+    "PublishItem",
+    "Registration",
+    "StatusBrief",
+    "create_engine",
+]
+
+PublishItem = tuple[str, str, Any, str]
+"""One publish: ``(module_id, key, payload, priority)``."""
+
+
+# -- typed results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """The answer to ``register``: the id registered, the current mode and its strategy."""
+
+    module_id: str
+    mode: str
+    strategy: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"module_id": self.module_id, "mode": self.mode, "strategy": self.strategy}
+
+
+@dataclass(frozen=True, slots=True)
+class ModeSwitch:
+    """The answer to ``set_mode``.
+
+    Attributes:
+        mode: the canonical mode now in force.
+        previous: the mode before.
+        strategy: the new mode's memory strategy.
+        results: module id → what its ``on_mode_change`` returned.
+        errors: module id → error text (failed, or no answer in time).
+    """
+
+    mode: str
+    previous: str
+    strategy: str
+    results: Mapping[str, Any] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "previous": self.previous, "strategy": self.strategy,
+                "results": dict(self.results), "errors": dict(self.errors)}
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizeReport:
+    """The answer to ``optimize``.
+
+    Attributes:
+        debounces_flushed: pending debounced updates handed on now.
+        updates_delivered: queued updates delivered now.
+        cache_cleared: cache entries removed.
+        memory: the forced cleanup's report (its ``as_dict()`` form).
+    """
+
+    debounces_flushed: int
+    updates_delivered: int
+    cache_cleared: int
+    memory: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"debounces_flushed": self.debounces_flushed,
+                "updates_delivered": self.updates_delivered,
+                "cache_cleared": self.cache_cleared, "memory": dict(self.memory)}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusBrief:
+    """What ``hello`` reports without blocking: the daemon's pid and the current mode."""
+
+    pid: int
+    mode: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "mode": self.mode}
+
+
+# -- the interface -------------------------------------------------------------------------
+
+
+class Engine(Protocol):
+    """The coordination core, as the daemon sees it (see the module docstring)."""
+
+    @property
+    def mode(self) -> str:
+        """The current canonical mode."""
+        ...
+
+    @property
+    def config(self) -> ConfigSet:
+        """The validated config in force."""
+        ...
+
+    @property
+    def metrics(self) -> MetricsRegistry:
+        """Latency histograms and counters (for the metrics exposition)."""
+        ...
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`start` ran and :meth:`stop` did not."""
+        ...
+
+    # -- lifecycle --
+
+    def start(self) -> Engine:
+        """Start the core. Raises CallTimeoutError if it does not come up in time."""
+        ...
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop, delivering pending work first (never raises)."""
+        ...
+
+    # -- data calls --
+
+    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> Registration:
+        """Register a module reached through ``endpoint``.
+
+        Raises:
+            InvalidMessageError: another live endpoint already uses this id.
+        """
+        ...
+
+    def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> bool:
+        """Unregister ``module_id`` if registered (through ``endpoint``, when given);
+        returns whether it was."""
+        ...
+
+    def publish_many(self, items: Sequence[PublishItem]) -> list[int | ModcoordError]:
+        """Publish the items in order; per item its sequence number or the error refusing
+        it (InvalidMessageError, QueueFullError). Never raises for one bad item."""
+        ...
+
+    def publish_backlog(self) -> int:
+        """Updates accepted but not yet taken in (the server's flow control reads it)."""
+        ...
+
+    def timers_overdue(self) -> bool:
+        """Whether a debounce deadline has passed unserved (publishers wait meanwhile)."""
+        ...
+
+    def coordinate(self, mode: str, context: dict[str, Any] | None = None,
+                   reply: Reply | None = None, caller: Sequence[str] = (),
+                   timeout: float = 5.0) -> CoordinationResult | None:
+        """Coordinate the modules for ``mode`` and ``context``.
+
+        With ``reply`` (the server's form): returns None at once and calls
+        ``reply(result_map, None)`` or ``reply(None, error)`` exactly once, from any
+        thread; an unknown mode or a context that is not plain data is an
+        InvalidMessageError given to ``reply``. Without it: blocks up to ``timeout`` and
+        returns the result (raising the error, or CallTimeoutError).
+        """
+        ...
+
+    def status_brief(self) -> StatusBrief:
+        """Pid and mode, without blocking."""
+        ...
+
+    # -- control calls --
+
+    def set_mode(self, mode: str, timeout: float | None = None) -> ModeSwitch:
+        """Switch mode live (pending work kept) and tell every module.
+
+        Raises:
+            InvalidMessageError: unknown mode.
+        """
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """The status document (every field in docs/REFERENCE.md)."""
+        ...
+
+    def insights(self) -> dict[str, Any]:
+        """``{"insights": [...], "recommendations": [...], "status": ...}``."""
+        ...
+
+    def optimize(self) -> OptimizeReport:
+        """Flush pending work (never drop), clear the cache, force a memory cleanup."""
+        ...
+
+    def actor_call(self, actor: str, method: str, args: dict[str, Any] | None = None,
+                   timeout: float = 5.0, posargs: Sequence[Any] = ()) -> Any:
+        """Call an actor's method by name; the reply in its wire form.
+
+        Raises:
+            InvalidMessageError: unknown actor, method or arguments.
+        """
+        ...
+
+    def crash(self, actor: str, kind: str = "exception") -> None:
+        """Fault injection: make ``actor`` fail.
+
+        Raises:
+            InvalidMessageError: fault injection is disabled, or unknown actor or kind.
+        """
+        ...
+
+    def apply_config(self, config: ConfigSet) -> None:
+        """Swap in a new validated config (a reload), live."""
+        ...
+
+
+# -- the implementations -------------------------------------------------------------------
+
+
+def _local(config: ConfigSet, *, mode: str, fault_injection: bool,
+           on_escalate: Callable[[str], None]) -> Engine:
+    from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
+
+    return ModuleCoordinator(config, mode=mode, fault_injection=fault_injection,
+                             on_escalate=on_escalate)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"local": _local}
+"""Engine factories by name; ``local`` (the in-process actor system) is the default."""
+
+
+def create_engine(config: ConfigSet, *, mode: str, fault_injection: bool = False,
+                  on_escalate: Callable[[str], None], kind: str = "local") -> Engine:
+    """Build (not start) the engine the daemon serves.
+
+    Args:
+        config: the validated config directory.
+        mode: the initial canonical mode.
+        fault_injection: honour ``crash`` requests.
+        on_escalate: called with the reason when the core gives up (the daemon exits).
+        kind: which implementation (:data:`ENGINES`).
+
+    Raises:
+        ValueError: unknown ``kind`` (names the known ones).
+    """
+    factory = ENGINES.get(kind)
+    if factory is None:
+        raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")
+    return factory(config, mode=mode, fault_injection=fault_injection,
+                   on_escalate=on_escalate)
