@@ -16,7 +16,7 @@ from modcoord.actors.errors import (
     QueueFullError,
     RemoteError,
 )
-from modcoord.supervisor.client.client import Client, CoordinationResult, Future, connect
+from modcoord.supervisor.client import Client, CoordinationResult, Future, connect
 
 __all__ = [
     "ActorCrashedError",

@@ -38,7 +38,7 @@ from modcoord.actors.errors import (
     RemoteError,
 )
 from modcoord.actors.update import Batch, Update
-from modcoord.supervisor.client.client import Client, CoordinationResult, Future, connect
+from modcoord.supervisor.client import Client, CoordinationResult, Future, connect
 from modcoord.supervisor.daemon.server import Server
 from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.protocol.paths import (
@@ -862,7 +862,7 @@ def test_server_statistics_count_traffic(server: Server, client: Client) -> None
 
 MODULE_SCRIPT = """
 import json, sys
-from modcoord.supervisor.client.client import connect
+from modcoord.supervisor.client import connect
 
 class Sensor:
     module_id = "sensor"

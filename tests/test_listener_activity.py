@@ -27,7 +27,7 @@ from test_client_server import WAIT, Editor, FakeCoordinator, RawClient
 from test_operations import records, start_daemon, startswith
 
 from modcoord.actors.clock import MockClock
-from modcoord.supervisor.client.client import Client, connect
+from modcoord.supervisor.client import Client, connect
 from modcoord.supervisor.daemon.server import Connection, Server
 from modcoord.supervisor.protocol.paths import socket_path
 

@@ -46,7 +46,7 @@ from modcoord.actors.memory import ActivityTable, ForceCleanup, MemoryManagerAct
 from modcoord.actors.metrics import MetricsRegistry
 from modcoord.actors.monitor import Insights, MonitorActor
 from modcoord.actors.update import PRIORITY_RANK
-from modcoord.supervisor.client.client import CoordinationResult
+from modcoord.supervisor.client.results import CoordinationResult
 from modcoord.supervisor.daemon.config import MODES, ConfigSet, load_config_dir, normalize_mode
 from modcoord.supervisor.protocol.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.protocol.wire import check_payload, payload_packer
