@@ -133,11 +133,11 @@ class Empty(Params):
 
 class HelloParams(Params):
     """``hello``: who the client is. ``protocol`` is the client's :data:`PROTOCOL_VERSION`
-    (omitted by clients that predate versioning: then not checked)."""
+    (0, or left out, by clients that predate versioning: then not checked)."""
 
     client: str = ""
     pid: int = 0
-    protocol: int | None = None
+    protocol: int = 0
 
 
 class HelloResult(msgspec.Struct):
@@ -213,6 +213,10 @@ class PublishParams(Params):
             raise ValueError(
                 f"'priority' must be one of {', '.join(PRIORITIES)}, got {self.priority!r}")
 
+    def item(self) -> tuple[str, str, Any, str]:
+        """``(module_id, key, payload, priority)``, as the engine's ``publish_many`` takes."""
+        return self.module_id, self.key, self.payload, self.priority
+
 
 class CoordinateParams(Params):
     """``coordinate``: a coordination round in ``mode`` (any case, ``-`` or ``_``; made
@@ -283,11 +287,11 @@ class CrashParams(Params):
                              f"got {self.kind!r}")
 
 
-class ActorParams(Params):
+class ActorParams(Params, dict=True):
     """``actor``: call ``method`` of actor ``actor``. ``args`` is a list of positional
     arguments (a map is taken as keyword arguments), ``kwargs`` a map of keyword
-    arguments. After :func:`decode_params` the arguments are bound and validated against
-    the method's declaration (:data:`ACTOR_CALLS`): ``bound`` holds them."""
+    arguments. Decoding binds and validates them against the method's declaration
+    (:data:`ACTOR_CALLS`, :func:`bind_actor_args`): :attr:`arguments` holds the result."""
 
     actor: str
     method: str
@@ -298,19 +302,20 @@ class ActorParams(Params):
         _actor_field(self.actor)
         if not self.method.isidentifier() or self.method.startswith("_"):
             raise ValueError(f"'method' must be a public method name, got {self.method!r}")
-
-    def bind(self) -> Params:
-        """The method's validated arguments (see :func:`bind_actor_args`).
-
-        Raises:
-            InvalidMessageError: an unknown method, or arguments that do not fit it.
-        """
         args = self.args
         kwargs = dict(self.kwargs or {})
         if isinstance(args, dict):
             kwargs = {**args, **kwargs}
             args = None
-        return bind_actor_args(self.actor, self.method, args or [], kwargs)
+        try:
+            self.arguments: Params = bind_actor_args(self.actor, self.method, args or [],
+                                                     kwargs)
+        except InvalidMessageError as exc:
+            raise ValueError(str(exc)) from None
+
+    def keywords(self) -> dict[str, Any]:
+        """The bound arguments as keyword arguments of the actor method."""
+        return self.arguments.to_wire()
 
 
 # -- actor methods -------------------------------------------------------------------------
