@@ -1,7 +1,10 @@
 """modcoord's supervisor, daemon and client side.
 
 Modules use :func:`connect`; everything modcoord raises derives from
-:class:`ModcoordError`.
+:class:`ModcoordError`. Importing this package loads the client and the errors only
+(neither the daemon nor the supervisor actor, nor pykka, pydantic, loguru or PyYAML):
+the daemon is :mod:`modcoord.supervisor.daemon`, the supervisor actor
+:mod:`modcoord.supervisor.supervisor`.
 """
 
 from modcoord.actors.errors import (
@@ -17,6 +20,7 @@ from modcoord.actors.errors import (
     RemoteError,
 )
 from modcoord.supervisor.client import Client, CoordinationResult, Future, connect
+from modcoord.supervisor.protocol.errors import ProtocolVersionError
 
 __all__ = [
     "ActorCrashedError",
@@ -30,6 +34,7 @@ __all__ = [
     "InvalidMessageError",
     "ModcoordError",
     "NotRunningError",
+    "ProtocolVersionError",
     "QueueFullError",
     "RemoteError",
     "connect",

@@ -55,9 +55,8 @@ def _in_thread(target: Any, *args: Any) -> tuple[threading.Thread, list[BaseExce
 def test_a_waiting_caller_reads_its_own_answer(client: Client) -> None:
     before = client.statistics().caller_reads
     for i in range(20):
-        answer = client.cache.lookup(i, tag="x").get()
-        assert answer == {"actor": "cache", "method": "lookup", "args": {"tag": "x"},
-                          "posargs": [i]}
+        answer = client.cache.shrink(i / 20).get()
+        assert answer == {"actor": "cache", "method": "shrink", "args": {"fraction": i / 20}}
     # No other thread waits here: a blocking call is read by the caller itself (unless
     # the reader thread got the answer before the caller waited: rare, under load).
     assert client.statistics().caller_reads >= before + 10
@@ -73,12 +72,14 @@ def test_concurrent_callers_from_several_threads_get_their_own_answers(
         start.wait(WAIT)
         for i in range(calls_n):
             if i % 2:
-                answers[t].append(client.memory.touch(t, i).get()["posargs"])
+                answer = client.debouncer.cancel(f"m{t}", f"k{i}").get()["args"]
+                answers[t].append([int(answer["module_id"][1:]), int(answer["key"][1:])])
             else:  # pipelined pairs too: the second may already be answered by then
-                first = client.monitor.peek(t, i)
-                second = client.batcher.peek(t, -i)
-                answers[t].append(first.get()["posargs"])
-                assert second.get()["posargs"] == [t, -i]
+                first = client.debouncer.flush(f"m{t}", key=f"k{i}")
+                second = client.debouncer.cancel(f"m{t}", f"k{-i}")
+                answer = first.get()["args"]
+                answers[t].append([int(answer["module_id"][1:]), int(answer["key"][1:])])
+                assert second.get()["args"] == {"module_id": f"m{t}", "key": f"k{-i}"}
     workers = [_in_thread(caller, t) for t in range(threads_n)]
     for thread, errors in workers:
         thread.join(WAIT * 2)
@@ -310,7 +311,7 @@ def test_awaiting_writes_and_reads(client: Client) -> None:
     import asyncio
 
     async def main() -> list[Any]:
-        futures = [client.cache.ping(i) for i in range(10)]
-        return [(await f)["posargs"] for f in futures]
+        futures = [client.cache.shrink(i / 10) for i in range(10)]
+        return [(await f)["args"]["fraction"] for f in futures]
 
-    assert asyncio.run(main()) == [[i] for i in range(10)]
+    assert asyncio.run(main()) == [i / 10 for i in range(10)]

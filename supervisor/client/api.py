@@ -26,9 +26,9 @@ from modcoord.supervisor.client.connection import Connection
 from modcoord.supervisor.client.future import Future, failed_future
 from modcoord.supervisor.client.registry import ModuleRegistry
 from modcoord.supervisor.client.results import ClientStatistics, CoordinationResult
+from modcoord.supervisor.protocol.calls import ACTOR_NAMES
 from modcoord.supervisor.protocol.module import ModuleInfo
 from modcoord.supervisor.protocol.paths import resolve_runtime_dir, socket_path
-from modcoord.supervisor.protocol.wire import ACTOR_NAMES
 
 __all__ = ["ActorProxy", "Client", "connect"]
 
@@ -104,7 +104,8 @@ class Client:
             NotRunningError: no daemon listens on :attr:`path`.
             ConnectionLostError: the daemon closed the connection (e.g. refused this user).
             CallTimeoutError: no answer to hello within :attr:`timeout`.
-            ModcoordError: the daemon speaks another protocol version (both are named).
+            ProtocolVersionError: the daemon speaks another protocol version (a
+                ``ModcoordError`` naming both).
         """
         self._callbacks.start(self._connection)
         try:
@@ -284,7 +285,8 @@ def connect(runtime_dir: str | os.PathLike[str] | None = None, timeout: float = 
         NotRunningError: no daemon listens there (start one with ``modcoord start``).
         ConnectionLostError: the daemon closed the connection (e.g. refused this user).
         CallTimeoutError: the daemon did not answer hello within ``timeout``.
-        ModcoordError: the daemon speaks another protocol version (both are named).
+        ProtocolVersionError: the daemon speaks another protocol version (a
+            ``ModcoordError`` naming both).
     """
     path = socket_path(resolve_runtime_dir(runtime_dir))
     return Client(path, timeout, name=name, reconnect=reconnect).start()

@@ -20,20 +20,19 @@ request's error goes back to the daemon as the answer's error text.
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, Protocol
 
 from modcoord.actors.update import Batch, Update
+from modcoord.supervisor.client._log import log
 from modcoord.supervisor.client.future import Future
 from modcoord.supervisor.client.registry import ModuleRegistry, log_reregistration
 from modcoord.supervisor.protocol.module import ModuleInfo
 
 __all__ = ["CallbackRunner", "Sender"]
 
-_log = logging.getLogger("modcoord.client")
 
 _Item = tuple[Callable[..., None], tuple[Any, ...]]
 
@@ -93,7 +92,7 @@ class CallbackRunner:
         elif name == "swept" and isinstance(params, dict):
             self._queue.put((self._on_swept, (params,)))
         else:
-            _log.warning("ignoring unknown event from the daemon: %.80r",
+            log.warning("ignoring unknown event from the daemon: %.80r",
                          [2, name, params])
 
     def on_callback(self, generation: int, cid: Any, method: Any, params: Any) -> None:
@@ -113,13 +112,13 @@ class CallbackRunner:
                 fn(*args)
             except Exception:
                 self._callback_errors += 1
-                _log.exception("module callback failed")
+                log.exception("module callback failed")
 
     def _deliver_batch(self, params: dict[str, Any]) -> None:
         module_id = params.get("module_id")
         module = self._registry.hosted(module_id)
         if module is None:
-            _log.warning("batch for %s, which this client has not registered", module_id,
+            log.warning("batch for %s, which this client has not registered", module_id,
                          extra={"module_id": module_id})
             return
         updates = tuple(Update(u[0], u[1], u[2], u[3], u[4]) for u in params["updates"])
@@ -138,10 +137,10 @@ class CallbackRunner:
         self._sweeps_notified += 1
         module = self._registry.registered_object(module_id)
         if module is None:
-            _log.warning("the daemon swept %s, which this client has not registered",
+            log.warning("the daemon swept %s, which this client has not registered",
                          module_id, extra={"module_id": module_id})
             return
-        _log.warning("the daemon removed the subscriptions of %s (%s); registering it again",
+        log.warning("the daemon removed the subscriptions of %s (%s); registering it again",
                      module_id, params.get("reason", "inactive"), extra={"module_id": module_id})
         assert self._sender is not None  # started before any connection exists
         future = self._sender.request("register", ModuleInfo.of(module).to_params())

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import math
 import os
 import select
@@ -51,28 +50,26 @@ import msgpack
 from modcoord.actors.errors import (
     ConnectionLostError,
     InvalidMessageError,
-    ModcoordError,
     NotRunningError,
 )
+from modcoord.supervisor.client._log import log
 from modcoord.supervisor.client.future import Future
 from modcoord.supervisor.client.registry import log_reregistration
-from modcoord.supervisor.protocol.limits import MAX_NESTING_DEPTH
-from modcoord.supervisor.protocol.wire import (
+from modcoord.supervisor.protocol.calls import PROTOCOL_VERSION
+from modcoord.supervisor.protocol.errors import ProtocolVersionError, error_from_wire
+from modcoord.supervisor.protocol.framing import (
     CALLBACK,
     CALLBACK_RESPONSE,
-    DEFAULT_MAX_FRAME_BYTES,
     EVENT,
     HEADER,
-    PROTOCOL_VERSION,
     REQUEST,
     RESPONSE,
-    error_from_wire,
     new_packer,
 )
+from modcoord.supervisor.protocol.limits import DEFAULT_MAX_FRAME_BYTES, MAX_NESTING_DEPTH
 
-__all__ = ["Connection", "Inbound", "version_mismatch"]
+__all__ = ["Connection", "Inbound", "Rejoin", "version_mismatch"]
 
-_log = logging.getLogger("modcoord.client")
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack
 _HEADER_SIZE = HEADER.size
@@ -109,12 +106,12 @@ Rejoin = Callable[[], list[tuple[str, dict[str, Any]]]]
 """Returns ``(module_id, register params)`` of every module to re-register on connecting."""
 
 
-def version_mismatch(daemon_version: Any, path: Path) -> ModcoordError:
-    """The error for a daemon whose hello names another protocol version than ours."""
-    return ModcoordError(
-        f"protocol version mismatch: this client speaks modcoord protocol version "
-        f"{PROTOCOL_VERSION}, the daemon at {path} speaks version {daemon_version!r}; "
-        "install the same modcoord version for the daemon and its modules")
+def version_mismatch(daemon_version: Any, path: Path) -> ProtocolVersionError:
+    """The error for a daemon whose hello answer names another protocol version."""
+    return ProtocolVersionError(
+        f"hello: this client speaks protocol version {PROTOCOL_VERSION} but the daemon at "
+        f"{path} speaks version {daemon_version!r}; use the same modcoord version for the "
+        "modules and the daemon (restart the daemon after an upgrade)")
 
 
 class _Stream:
@@ -249,7 +246,8 @@ class Connection:
             NotRunningError: no daemon listens on :attr:`path`.
             ConnectionLostError: the daemon closed the connection (e.g. refused this user).
             CallTimeoutError: no answer to hello within :attr:`timeout`.
-            ModcoordError: the daemon speaks another protocol version (both are named).
+            ProtocolVersionError: the daemon speaks another protocol version (a
+                ``ModcoordError`` naming both).
         """
         sock = self._open_socket()
         self._writer.start()
@@ -447,7 +445,7 @@ class Connection:
                 try:
                     self.flush()
                 except Exception:
-                    _log.exception("client writer failed")
+                    log.exception("client writer failed")
             if closed.is_set():
                 return
 
@@ -478,7 +476,7 @@ class Connection:
                 fits = False
                 text = (f"result too large ({len(body)} bytes > limit {self._max_frame} "
                         "bytes, the daemon's max_frame_bytes); return a smaller result")
-                _log.error("callback %s: %s", cid, text)
+                log.error("callback %s: %s", cid, text)
                 body = self._packer.pack([CALLBACK_RESPONSE, cid, text, None])
             self._out.append(_pack_header(len(body)))
             self._out.append(body)
@@ -626,7 +624,7 @@ class Connection:
             try:
                 self._serve(current)
             except Exception as exc:  # a bug: do not leave the connection unread
-                _log.exception("client reader failed")
+                log.exception("client reader failed")
                 self._stream_lost(current, f"client reader failed: {exc}")
             self._reader_ticking = False  # requests wake the writer thread again
             self._close_socket(current, _PARK_MAX)
@@ -758,7 +756,7 @@ class Connection:
                 else:
                     self._dispatch_other(stream, msg)
         except Exception as exc:
-            _log.exception("client reader failed")
+            log.exception("client reader failed")
             self._stream_lost(stream, f"client reader failed: {exc}")
             return False
         finally:
@@ -770,11 +768,11 @@ class Connection:
             err = msg[2]
             self._server_error = (": ".join(map(str, err)) if isinstance(err, list)
                                   else str(err))
-            _log.warning("daemon says: %s", self._server_error)
+            log.warning("daemon says: %s", self._server_error)
 
     def _dispatch_other(self, stream: _Stream, msg: Any) -> None:
         if type(msg) is not list or not msg:
-            _log.warning("ignoring malformed message from the daemon: %.80r", msg)
+            log.warning("ignoring malformed message from the daemon: %.80r", msg)
             return
         kind = msg[0]
         if kind == EVENT and len(msg) == 3:
@@ -782,7 +780,7 @@ class Connection:
         elif kind == CALLBACK and len(msg) == 4:
             self._inbound.on_callback(stream.generation, msg[1], msg[2], msg[3])
         else:
-            _log.warning("ignoring unexpected message from the daemon: %.80r", msg)
+            log.warning("ignoring unexpected message from the daemon: %.80r", msg)
 
     # -- losing and regaining the connection -------------------------------------------------
 
@@ -815,7 +813,7 @@ class Connection:
         if current:
             self._connection_losses += 1
             if not self._closed.is_set():
-                _log.warning("connection to the daemon lost: %s", reason)
+                log.warning("connection to the daemon lost: %s", reason)
             _fail(pending, reason)
 
     def _fail_all(self, reason: str) -> None:
@@ -839,8 +837,9 @@ class Connection:
             self._server_error = None
             self._out = []
             self._out_size = 0
-            hello = self._enqueue_locked("hello", {"client": self.name, "pid": os.getpid()},
-                                         self._on_hello)
+            hello = self._enqueue_locked(
+                "hello", {"client": self.name, "pid": os.getpid(), "protocol": PROTOCOL_VERSION},
+                self._on_hello)
             futures.append(hello)
             for module_id, params in self._rejoin():
                 future = self._enqueue_locked("register", params, None)
@@ -867,7 +866,8 @@ class Connection:
         """Learn the daemon's limits from its hello answer.
 
         Raises:
-            ModcoordError: the daemon speaks another protocol version (fails the hello).
+            ProtocolVersionError: the daemon speaks another protocol version (fails the
+                hello).
         """
         if isinstance(result, dict):
             version = result.get("version")
@@ -880,10 +880,12 @@ class Connection:
         return result
 
     def _check_hello(self, stream: _Stream, hello: Future[Any]) -> None:
-        """A daemon speaking another protocol version cannot be talked to: drop the
-        connection, naming both versions (pending calls fail with that reason)."""
+        """A daemon speaking another protocol version (it refused our hello, or it names
+        another version in its answer) cannot be talked to: drop the connection, naming
+        both versions (pending calls fail with that reason; the reader reconnects, since
+        the daemon may be restarted with the right version)."""
         error = hello.exception(0)
-        if error is not None and str(error).startswith("protocol version mismatch"):
+        if isinstance(error, ProtocolVersionError):
             self._stream_lost(stream, str(error))
 
     def _reconnect_loop(self) -> _Stream | None:
@@ -897,7 +899,7 @@ class Connection:
             if self._install(sock) is None:
                 return None
             self._reconnects += 1
-            _log.info("reconnected to the daemon at %s", self.path)
+            log.info("reconnected to the daemon at %s", self.path)
             return self._stream
         return None
 

@@ -11,13 +11,13 @@ standalone one parks on a lock.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from modcoord.actors.errors import CallTimeoutError, InvalidMessageError, ModcoordError
+from modcoord.supervisor.client._log import log
 
 if TYPE_CHECKING:  # asyncio costs ~20 ms to import: only awaiting a future needs it
     import asyncio
@@ -26,7 +26,6 @@ __all__ = ["Future", "FutureOwner", "failed_future"]
 
 T = TypeVar("T")
 
-_log = logging.getLogger("modcoord.client")
 _allocate_lock = threading.Lock
 _LockType = type(threading.Lock())
 # Serialises *registering* waiters and done-callbacks (so that the list is created once);
@@ -290,7 +289,7 @@ def _run_done_callback(fn: Callable[[Any], None], future: Future[Any]) -> None:
     try:
         fn(future)
     except Exception:
-        _log.exception("future done-callback raised")
+        log.exception("future done-callback raised")
 
 
 def failed_future(exc: BaseException, timeout: float = 5.0) -> Future[Any]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
+from modcoord.supervisor.client._log import log
 from modcoord.supervisor.protocol.module import ModuleInfo
 
 if TYPE_CHECKING:
@@ -12,7 +12,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ModuleRegistry", "log_reregistration"]
 
-_log = logging.getLogger("modcoord.client")
 
 
 class ModuleRegistry:
@@ -79,5 +78,5 @@ def log_reregistration(module_id: str, future: Future[Any]) -> None:
     failure as a warning naming the module (nothing else can be done about it here)."""
     error = future.exception(0)
     if error is not None:
-        _log.warning("re-registering %s failed: %s", module_id, error,
+        log.warning("re-registering %s failed: %s", module_id, error,
                      extra={"module_id": module_id})
