@@ -18,7 +18,9 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.supervisor.client.callbacks import CallbackRunner
@@ -26,11 +28,11 @@ from modcoord.supervisor.client.connection import Connection
 from modcoord.supervisor.client.future import Future, failed_future
 from modcoord.supervisor.client.registry import ModuleRegistry
 from modcoord.supervisor.client.results import ClientStatistics, CoordinationResult
-from modcoord.supervisor.protocol.calls import ACTOR_NAMES
+from modcoord.supervisor.protocol.calls import ACTOR_CALLS, ACTOR_NAMES, CALLS, Call
 from modcoord.supervisor.protocol.module import ModuleInfo
 from modcoord.supervisor.protocol.paths import resolve_runtime_dir, socket_path
 
-__all__ = ["ActorProxy", "Client", "connect"]
+__all__ = ["CUSTOM_CALLS", "GENERATED_CALLS", "SESSION_CALLS", "ActorProxy", "Client", "connect"]
 
 
 class ActorProxy:
@@ -49,6 +51,10 @@ class ActorProxy:
 
     def __repr__(self) -> str:
         return f"<ActorProxy {self._actor}>"
+
+    def __dir__(self) -> list[str]:
+        """The actor's methods declared in the call table (for completion)."""
+        return sorted(ACTOR_CALLS.get(self._actor, {}))
 
     def __getattr__(self, method: str) -> Callable[..., Future[Any]]:
         if method.startswith("_"):
@@ -205,68 +211,104 @@ class Client:
             future.add_done_callback(forget_if_refused)
         return future
 
-    def unregister(self, module_id: str) -> Future[Any]:
+    def unregister(self, module_id: str) -> Future[dict[str, Any]]:
         """Unregister a module (it is not re-registered after a reconnection)."""
         self._modules.forget(module_id)
         return self._request("unregister", {"module_id": module_id})
 
-    def publish(self, module_id: str, key: str, payload: Any,
-                priority: str = "medium") -> Future[int]:
-        """Publish an update; resolves to its sequence number in the daemon.
+    if TYPE_CHECKING:
+        # The typed signatures of the calls generated from the call table below (for
+        # IDEs and mypy; a test checks they match the table's parameters and defaults).
 
-        Fails with ``QueueFullError`` (backpressure) or ``InvalidMessageError`` (e.g. a
-        module not registered through this client, a bad priority).
-        """
-        return self._request("publish", {"module_id": module_id, "key": key,
-                                        "payload": payload, "priority": priority})
+        def publish(self, module_id: str, key: str, payload: Any,
+                    priority: str = "medium") -> Future[int]: ...
 
-    def coordinate(self, mode: str, context: dict[str, Any] | None = None,
-                   ) -> Future[CoordinationResult]:
-        """Coordinate the modules for ``mode``; resolves to a :class:`CoordinationResult`."""
-        return self._request("coordinate", {"mode": mode, "context": context or {}},
-                            CoordinationResult.from_wire)
+        def coordinate(self, mode: str, context: dict[str, Any] | None = None,
+                       ) -> Future[CoordinationResult]: ...
 
-    def set_mode(self, mode: str) -> Future[Any]:
-        """Switch the system mode (every module's ``on_mode_change`` is called)."""
-        return self._request("set_mode", {"mode": mode})
+        def set_mode(self, mode: str) -> Future[dict[str, Any]]: ...
 
-    def status(self) -> Future[dict[str, Any]]:
-        """The same dict ``modcoord status --json`` prints."""
-        return self._request("status")
+        def status(self) -> Future[dict[str, Any]]: ...
 
-    def insights(self) -> Future[dict[str, Any]]:
-        """``{"insights": [...], "recommendations": [...]}``."""
-        return self._request("insights")
+        def insights(self) -> Future[dict[str, Any]]: ...
 
-    def optimize(self) -> Future[Any]:
-        """Flush pending debounces and batches, clear the cache, run memory cleanup."""
-        return self._request("optimize")
+        def optimize(self) -> Future[dict[str, Any]]: ...
 
-    def reload(self) -> Future[Any]:
-        """Re-read the config directory now."""
-        return self._request("reload")
+        def reload(self) -> Future[dict[str, Any]]: ...
 
-    def config(self) -> Future[Any]:
-        """The effective configuration."""
-        return self._request("config")
+        def config(self) -> Future[dict[str, Any]]: ...
 
-    def metrics(self) -> Future[Any]:
-        """The Prometheus text exposition."""
-        return self._request("metrics")
+        def metrics(self) -> Future[str]: ...
 
-    def crash(self, actor: str, kind: str = "exception") -> Future[Any]:
-        """Fault injection: make ``actor`` fail (only if the daemon allows it)."""
-        return self._request("crash", {"actor": actor, "kind": kind})
+        def crash(self, actor: str, kind: str = "exception") -> Future[None]: ...
 
-    def stop(self) -> Future[Any]:
-        """Ask the daemon to stop gracefully. The connection then closes (and this client
-        tries to reconnect until closed); if it closes before the answer arrives the
-        future fails with ``ConnectionLostError``."""
-        return self._request("stop")
+        def stop(self) -> Future[dict[str, Any]]: ...
 
     def actor(self, name: str) -> ActorProxy:
-        """The proxy of actor ``name`` (same as the attribute)."""
+        """The proxy of actor ``name`` (same as the attribute); its methods send the
+        ``actor`` call."""
         return ActorProxy(self, name)
+
+
+# -- the calls, from the call table ---------------------------------------------------------
+
+SESSION_CALLS: frozenset[str] = frozenset({"hello"})
+"""Calls the connection itself sends (``hello``, on every connection): no client method."""
+
+CUSTOM_CALLS: frozenset[str] = frozenset({"register", "unregister", "actor"})
+"""Calls whose client method is written out above: ``register`` takes a module object and
+``unregister`` forgets it (both keep the client's module registry), ``actor`` is sent by
+the :class:`ActorProxy` objects (``client.cache.statistics()``, ``client.actor(name)``)."""
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {"coordinate": CoordinationResult.from_wire}
+"""Calls whose result the client converts (call name → converter)."""
+
+
+def _call_method(call: Call) -> Callable[..., Future[Any]]:
+    """A client method for ``call``: its parameters are the params struct's fields, in
+    order, with the table's defaults; it sends every field and returns the future.
+
+    Raises:
+        TypeError: a field whose default is a factory (a client method cannot offer it).
+    """
+    signature: list[str] = ["self"]
+    items: list[str] = []
+    namespace: dict[str, Any] = {"_convert": _CONVERTERS.get(call.name)}
+    for n, f in enumerate(msgspec.structs.fields(call.params)):
+        if f.default_factory is not msgspec.NODEFAULT:
+            raise TypeError(f"{call.name}.{f.name}: a default factory cannot be a "
+                            "client method's default; give the field a plain default")
+        if f.required:
+            signature.append(f.name)
+        else:
+            namespace[f"_default{n}"] = f.default
+            signature.append(f"{f.name}=_default{n}")
+        items.append(f"{f.name!r}: {f.name}")
+    source = (f"def {call.name}({', '.join(signature)}):\n"
+              f"    return self._request({call.name!r}, {{{', '.join(items)}}}, _convert)\n")
+    exec(source, namespace)
+    method: Callable[..., Future[Any]] = namespace[call.name]
+    method.__qualname__ = f"Client.{call.name}"
+    method.__module__ = __name__
+    errors = ", ".join((*call.errors, "ConnectionLostError"))
+    method.__doc__ = (f"{call.doc}\n\nResolves to {call.result_doc}. Fails with {errors}.")
+    return method
+
+
+def _add_call_methods() -> tuple[str, ...]:
+    """Give :class:`Client` one method per call of the table (but the session and custom
+    calls); returns their names."""
+    added = []
+    for name, call in CALLS.items():
+        if name in SESSION_CALLS or name in CUSTOM_CALLS:
+            continue
+        setattr(Client, name, _call_method(call))
+        added.append(name)
+    return tuple(added)
+
+
+GENERATED_CALLS: tuple[str, ...] = _add_call_methods()
+"""The client methods made from the call table."""
 
 
 def connect(runtime_dir: str | os.PathLike[str] | None = None, timeout: float = 5.0, *,
