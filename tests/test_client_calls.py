@@ -190,8 +190,9 @@ def test_a_client_of_another_protocol_version_is_refused_naming_both(daemon: Any
 class _OldDaemon:
     """A fake daemon that answers hello with ``version`` (and does not check the client's)."""
 
-    def __init__(self, path: Path, version: int) -> None:
+    def __init__(self, path: Path, version: int, *, strict: bool = False) -> None:
         self.version = version
+        self.strict = strict  # refuses unknown hello fields, as daemons before versioning
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(path))
         self.listener.listen()
@@ -207,9 +208,13 @@ class _OldDaemon:
             unpacker.feed(data[HEADER.size:])
             msg = unpacker.unpack()
             self.hellos.append(msg)
-            body = msgpack.packb([1, msg[1], None, {"pid": os.getpid(), "mode": "HYBRID",
-                                                    "max_frame_bytes": 1 << 20,
-                                                    "version": self.version}])
+            if self.strict:
+                body = msgpack.packb([1, msg[1], ["InvalidMessageError",
+                                                  "hello: unknown field(s) 'protocol'"], None])
+            else:
+                body = msgpack.packb([1, msg[1], None, {
+                    "pid": os.getpid(), "mode": "HYBRID", "max_frame_bytes": 1 << 20,
+                    "version": self.version}])
             conn.sendall(HEADER.pack(len(body)) + body)
             conn.recv(1 << 16)  # until the client hangs up
 
@@ -233,3 +238,17 @@ def test_a_daemon_naming_another_version_fails_connect_naming_both(tmp_path: Pat
     assert f"version {PROTOCOL_VERSION + 1}" in message
     (hello,) = daemon.hellos
     assert hello[2] == "hello" and hello[3]["protocol"] == PROTOCOL_VERSION
+
+
+def test_a_daemon_predating_versioning_fails_connect_with_a_version_error(
+        tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    daemon = _OldDaemon(socket_path(run), PROTOCOL_VERSION, strict=True)
+    try:
+        with pytest.raises(ProtocolVersionError, match="predates protocol versioning") as info:
+            connect(run, timeout=5, reconnect=False)
+    finally:
+        daemon.close()
+    assert f"protocol version {PROTOCOL_VERSION}" in str(info.value)
+    assert "restart the daemon" in str(info.value)

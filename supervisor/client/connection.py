@@ -114,6 +114,20 @@ def version_mismatch(daemon_version: Any, path: Path) -> ProtocolVersionError:
         "modules and the daemon (restart the daemon after an upgrade)")
 
 
+def _refused_hello(error: BaseException | None, path: Path) -> ProtocolVersionError | None:
+    """The version error a failed hello amounts to, if any: a daemon of another version
+    refuses it (ProtocolVersionError), and one that predates protocol versioning refuses
+    the hello's ``protocol`` field as unknown."""
+    if isinstance(error, ProtocolVersionError):
+        return error
+    if isinstance(error, InvalidMessageError) and "'protocol'" in str(error):
+        return ProtocolVersionError(
+            f"hello: the daemon at {path} predates protocol versioning (it refused this "
+            f"client's protocol version {PROTOCOL_VERSION}: {error}); use the same modcoord "
+            "version for the modules and the daemon (restart the daemon after an upgrade)")
+    return None
+
+
 class _Stream:
     """One socket to the daemon and its inbound decoding state.
 
@@ -260,6 +274,11 @@ class Connection:
         self._reader.start()
         try:
             hello.get(self.timeout)
+        except InvalidMessageError as exc:
+            refused = _refused_hello(exc, self.path)
+            if refused is not None:
+                raise refused from None
+            raise
         except ConnectionLostError:
             # Say why, if the daemon told us (e.g. it refused this user).
             self._lost_event.wait(self.timeout)
@@ -884,9 +903,9 @@ class Connection:
         another version in its answer) cannot be talked to: drop the connection, naming
         both versions (pending calls fail with that reason; the reader reconnects, since
         the daemon may be restarted with the right version)."""
-        error = hello.exception(0)
-        if isinstance(error, ProtocolVersionError):
-            self._stream_lost(stream, str(error))
+        refused = _refused_hello(hello.exception(0), self.path)
+        if refused is not None:
+            self._stream_lost(stream, str(refused))
 
     def _reconnect_loop(self) -> _Stream | None:
         delay = _BACKOFF_FIRST
