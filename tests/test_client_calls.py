@@ -252,3 +252,32 @@ def test_a_daemon_predating_versioning_fails_connect_with_a_version_error(
         daemon.close()
     assert f"protocol version {PROTOCOL_VERSION}" in str(info.value)
     assert "restart the daemon" in str(info.value)
+
+
+# -- the CLI imports what a command needs ----------------------------------------------------
+
+_CLI_PROBE = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from modcoord.supervisor.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["status", "--json", "--runtime-dir", sys.argv[1]])
+    print(json.dumps({"code": code, "status": json.loads(out.getvalue()),
+                      "modules": sorted(sys.modules)}))
+""")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_status_json_imports_one_command_and_nothing_heavy(daemon: Any) -> None:
+    proc = subprocess.run([sys.executable, "-c", _CLI_PROBE, str(daemon.runtime_dir)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["code"] == 0 and report["status"]["pid"] > 0
+    modules = report["modules"]
+    commands = [m for m in modules if m.startswith("modcoord.supervisor.cli.")
+                and not m.endswith("._common")]
+    assert commands == ["modcoord.supervisor.cli.status"]
+    assert not {m.split(".")[0] for m in modules} & {*HEAVY, "rich", "psutil", "watchdog"}
+    assert not [m for m in modules if m.startswith("modcoord.supervisor.daemon")]
