@@ -104,15 +104,10 @@ class Client:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> Client:
-        """Connect and say hello; returns once the daemon answered.
-
-        Raises:
-            NotRunningError: no daemon listens on :attr:`path`.
-            ConnectionLostError: the daemon closed the connection (e.g. refused this user).
-            CallTimeoutError: no answer to hello within :attr:`timeout`.
-            ProtocolVersionError: the daemon speaks another protocol version (a
-                ``ModcoordError`` naming both).
-        """
+        """Start the callback thread, connect and say hello; returns once the daemon
+        answered. On failure the client is closed and the error is
+        :meth:`.connection.Connection.start`'s (``NotRunningError``,
+        ``ConnectionLostError``, ``CallTimeoutError``, ``ProtocolVersionError``)."""
         self._callbacks.start(self._connection)
         try:
             self._connection.start()
