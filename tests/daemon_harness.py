@@ -141,7 +141,7 @@ class DaemonProcess:
         return self
 
     def wait_ready(self, timeout: float = 15.0) -> None:
-        from modcoord.supervisor.client.client import connect
+        from modcoord.supervisor.client import connect
 
         def ready() -> bool:
             assert self.proc is not None
@@ -177,7 +177,7 @@ class DaemonProcess:
         return run_cli(*args, runtime_dir=self.runtime_dir, timeout=timeout)
 
     def connect(self, **kwargs: Any) -> Any:
-        from modcoord.supervisor.client.client import connect
+        from modcoord.supervisor.client import connect
 
         kwargs.setdefault("timeout", 5.0)
         return connect(runtime_dir=self.runtime_dir, **kwargs)

@@ -26,7 +26,7 @@ from test_client_server import (  # noqa: F401 - fixtures
 
 from modcoord.actors.errors import CallTimeoutError, ConnectionLostError
 from modcoord.actors.update import Batch, Update
-from modcoord.supervisor.client.client import Client, connect
+from modcoord.supervisor.client import Client, connect
 from modcoord.supervisor.daemon.server import Server
 from modcoord.supervisor.protocol.paths import socket_path
 
@@ -55,9 +55,8 @@ def _in_thread(target: Any, *args: Any) -> tuple[threading.Thread, list[BaseExce
 def test_a_waiting_caller_reads_its_own_answer(client: Client) -> None:
     before = client.statistics().caller_reads
     for i in range(20):
-        answer = client.cache.lookup(i, tag="x").get()
-        assert answer == {"actor": "cache", "method": "lookup", "args": {"tag": "x"},
-                          "posargs": [i]}
+        answer = client.cache.shrink(i / 20).get()
+        assert answer == {"actor": "cache", "method": "shrink", "args": {"fraction": i / 20}}
     # No other thread waits here: a blocking call is read by the caller itself (unless
     # the reader thread got the answer before the caller waited: rare, under load).
     assert client.statistics().caller_reads >= before + 10
@@ -73,12 +72,14 @@ def test_concurrent_callers_from_several_threads_get_their_own_answers(
         start.wait(WAIT)
         for i in range(calls_n):
             if i % 2:
-                answers[t].append(client.memory.touch(t, i).get()["posargs"])
+                answer = client.debouncer.cancel(f"m{t}", f"k{i}").get()["args"]
+                answers[t].append([int(answer["module_id"][1:]), int(answer["key"][1:])])
             else:  # pipelined pairs too: the second may already be answered by then
-                first = client.monitor.peek(t, i)
-                second = client.batcher.peek(t, -i)
-                answers[t].append(first.get()["posargs"])
-                assert second.get()["posargs"] == [t, -i]
+                first = client.debouncer.flush(f"m{t}", key=f"k{i}")
+                second = client.debouncer.cancel(f"m{t}", f"k{-i}")
+                answer = first.get()["args"]
+                answers[t].append([int(answer["module_id"][1:]), int(answer["key"][1:])])
+                assert second.get()["args"] == {"module_id": f"m{t}", "key": f"k{-i}"}
     workers = [_in_thread(caller, t) for t in range(threads_n)]
     for thread, errors in workers:
         thread.join(WAIT * 2)
@@ -129,13 +130,13 @@ def test_events_keep_flowing_while_a_caller_reads(client: Client,
             dispatchers.append(threading.current_thread().name)
             self.queue.put(item)
 
-    client._callback_queue = cast(Any, SpyQueue(client._callback_queue))
+    client._callbacks._queue = cast(Any, SpyQueue(client._callbacks._queue))
     held = client.coordinate("MANUAL", {"hold": True})
     delivered = threading.Event()
 
     def deliver_then_release() -> None:
         assert fake.wait_for(lambda: len(fake.held) == 1)
-        wait_for(lambda: client._caller_reading, WAIT, message="the caller reads")
+        wait_for(lambda: client._connection._caller_reading, WAIT, message="the caller reads")
         endpoint = fake.endpoints["editor"]
         for n in range(1, 6):
             endpoint.deliver("editor", Batch(n, (Update("src", f"k{n}", n),)))
@@ -181,7 +182,7 @@ def test_connection_loss_during_a_caller_read_fails_the_future_promptly(
 
         def stop_when_held() -> None:
             assert fake.wait_for(lambda: len(fake.held) == 1)
-            wait_for(lambda: c._caller_reading, WAIT, message="the caller reads")
+            wait_for(lambda: c._connection._caller_reading, WAIT, message="the caller reads")
             stopped_at.append(time.monotonic())
             srv.stop()
 
@@ -217,7 +218,7 @@ def test_caller_reads_after_a_reconnection(runtime_dir: Path) -> None:
 
         def release_when_read() -> None:
             assert second.wait_for(lambda: len(second.held) == 1)
-            wait_for(lambda: c._caller_reading, WAIT, message="the caller reads")
+            wait_for(lambda: c._connection._caller_reading, WAIT, message="the caller reads")
             second.held[0](_CACHED, None)
 
         thread, errors = _in_thread(release_when_read)
@@ -251,7 +252,7 @@ def test_requests_buffered_during_a_write_go_out_together(client: Client,
     client.register(Editor()).get()
     writes_before = client.statistics().writes
     # Hold the writing side (as a slow write would): requests accumulate meanwhile.
-    with client._write_lock:
+    with client._connection._write_lock:
         futures = [client.publish("editor", f"k{i}", i) for i in range(200)]
         assert not any(f.done() for f in futures)
         assert fake.published == []
@@ -297,7 +298,7 @@ def test_close_writes_what_is_buffered(server: Server, runtime_dir: Path,
     # The server holds a connection's messages back until it has finished a registration
     # (and drops what it held if the connection closes meanwhile): one round trip more.
     assert c.status().get()["modules"] == 1
-    with c._write_lock:  # nothing leaves before close
+    with c._connection._write_lock:  # nothing leaves before close
         futures = [c.publish("editor", f"last{i}", i) for i in range(3)]
     c.close()
     assert fake.wait_for(lambda: len(fake.published) == 3)
@@ -310,7 +311,7 @@ def test_awaiting_writes_and_reads(client: Client) -> None:
     import asyncio
 
     async def main() -> list[Any]:
-        futures = [client.cache.ping(i) for i in range(10)]
-        return [(await f)["posargs"] for f in futures]
+        futures = [client.cache.shrink(i / 10) for i in range(10)]
+        return [(await f)["args"]["fraction"] for f in futures]
 
-    assert asyncio.run(main()) == [[i] for i in range(10)]
+    assert asyncio.run(main()) == [i / 10 for i in range(10)]

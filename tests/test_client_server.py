@@ -38,15 +38,16 @@ from modcoord.actors.errors import (
     RemoteError,
 )
 from modcoord.actors.update import Batch, Update
-from modcoord.supervisor.client.client import Client, CoordinationResult, Future, connect
+from modcoord.supervisor.client import Client, CoordinationResult, Future, connect
 from modcoord.supervisor.daemon.server import Server
+from modcoord.supervisor.protocol.calls import ActorParams, Params
+from modcoord.supervisor.protocol.framing import FrameDecoder, encode_frame
 from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.protocol.paths import (
     pidfile_path,
     resolve_runtime_dir,
     socket_path,
 )
-from modcoord.supervisor.protocol.wire import FrameDecoder, encode_frame
 
 WAIT = 5.0
 
@@ -138,22 +139,23 @@ class FakeCoordinator:
         else:
             threading.Thread(target=reply, args=(result, None)).start()
 
-    def call(self, method: str, params: dict[str, Any]) -> Any:
+    def call(self, method: str, params: Params) -> Any:
+        wire = params.to_wire()
         with self.cond:
-            self.calls.append((method, params))
+            self.calls.append((method, wire))
             self.cond.notify_all()
         if method == "status":
             return {"pid": os.getpid(), "mode": "HYBRID", "modules": len(self.endpoints)}
         if method == "insights":
             return {"insights": [], "recommendations": []}
-        if method == "actor":
-            if params["method"] == "explode":
+        if isinstance(params, ActorParams):
+            if params.method == "trim":
                 raise ZeroDivisionError("division by zero")
-            return {"actor": params["actor"], "method": params["method"],
-                    "args": params["args"], "posargs": params["posargs"]}
+            return {"actor": params.actor, "method": params.method,
+                    "args": params.keywords()}
         if method == "crash":
             raise InvalidMessageError("fault injection is disabled")
-        return {"method": method, "params": params}
+        return {"method": method, "params": wire}
 
     def status_brief(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "mode": "HYBRID"}
@@ -445,16 +447,24 @@ def test_control_calls_and_actor_proxies(client: Client, fake: FakeCoordinator) 
     for name in ("optimize", "reload", "config", "metrics", "stop"):
         assert getattr(client, name)().get() == {"method": name, "params": {}}
     assert client.cache.statistics().get() == {
-        "actor": "cache", "method": "statistics", "args": {}, "posargs": []}
+        "actor": "cache", "method": "statistics", "args": {}}
+    # Positional and keyword arguments are bound to the method's declared params.
     assert client.debouncer.flush("editor", key="doc-1").get() == {
-        "actor": "debouncer", "method": "flush", "args": {"key": "doc-1"},
-        "posargs": ["editor"]}
+        "actor": "debouncer", "method": "flush", "args": {"module_id": "editor",
+                                                          "key": "doc-1"}}
     with pytest.raises(InvalidMessageError, match="fault injection is disabled"):
         client.crash("cache").get()
     with pytest.raises(InvalidMessageError, match="'actor'"):
         client.actor("supervisor").statistics().get()
-    with pytest.raises(RemoteError, match="ZeroDivisionError"):
+    # A method the table does not declare never reaches the engine.
+    n_calls = len(fake.calls)
+    with pytest.raises(InvalidMessageError, match="monitor has no method 'explode'"):
         client.monitor.explode().get()
+    with pytest.raises(InvalidMessageError, match="fraction"):
+        client.cache.shrink(7).get()
+    assert len(fake.calls) == n_calls
+    with pytest.raises(RemoteError, match="ZeroDivisionError"):
+        client.monitor.trim().get()
     names = [m for m, _ in fake.calls]
     assert names[:3] == ["status", "insights", "set_mode"]
     assert ("crash", {"actor": "cache", "kind": "exception"}) in fake.calls
@@ -604,10 +614,10 @@ def test_wrong_types_and_unknown_methods_keep_the_connection(server: Server, cli
              [0, 7, "status", {}])
     errors = {rid: msg[2] for rid, msg in raw.recv_responses(list(range(1, 8))).items()}
     assert errors[1][0] == "InvalidMessageError" and "unknown method 'explode'" in errors[1][1]
-    assert "'key'" in errors[2][1]
+    assert "Expected `str`, got `int` - at `$.key`" in errors[2][1]
     assert "params must be a map" in errors[3][1]
     assert "method must be a string" in errors[4][1]
-    assert "'context'" in errors[5][1]
+    assert "at `$.context`" in errors[5][1]
     assert "kind must be" in errors[6][1]
     assert errors[7] is None  # the valid one after them is served
     assert client.status().get()["mode"] == "HYBRID"
@@ -862,7 +872,7 @@ def test_server_statistics_count_traffic(server: Server, client: Client) -> None
 
 MODULE_SCRIPT = """
 import json, sys
-from modcoord.supervisor.client.client import connect
+from modcoord.supervisor.client import connect
 
 class Sensor:
     module_id = "sensor"
@@ -962,11 +972,11 @@ def test_publish_fast_path_keeps_exact_errors(server: Server, fake: FakeCoordina
              [0, -5, "publish", good])  # a negative id: acknowledged all the same
     answers = raw.recv_responses([*cases, -5])
     errors = {rid: answers[rid][2] for rid in cases}
-    assert "unknown field(s) 'extra'" in errors[10][1]
-    assert "missing field 'payload'" in errors[11][1]
-    assert "'module_id' must be a non-empty string" in errors[12][1]
-    assert "'key'" in errors[13][1]
-    assert "'priority'" in errors[14][1]
+    assert "unknown field `extra`" in errors[10][1]
+    assert "missing required field `payload`" in errors[11][1]
+    assert "Expected `str`, got `array` - at `$.module_id`" in errors[12][1]
+    assert "length <= 1024 - at `$.key`" in errors[13][1]
+    assert "at `$.priority`" in errors[14][1]
     assert "not registered on this connection" in errors[15][1]
     assert errors[16] is None and errors[17] is None and answers[-5][2] is None
     assert [answers[rid][3] for rid in (16, 17, -5)] == [1, 2, 3]

@@ -17,6 +17,7 @@ coordinator). Every wait is bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -37,7 +38,7 @@ from daemon_harness import DaemonProcess, wait_for
 
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.update import Batch, Update
-from modcoord.supervisor.client.client import connect
+from modcoord.supervisor.client import connect
 from modcoord.supervisor.daemon.server import Server
 from modcoord.supervisor.protocol.paths import socket_path
 from modcoord.supervisor.protocol.wire import DEFAULT_MAX_FRAME_BYTES
@@ -123,7 +124,7 @@ def _sink_main(runtime_dir: str, specs: list[tuple[str, list[str], int]], conn: 
             with sink.lock:
                 reports.append({"updates": list(sink.updates), "batches": list(sink.batches),
                                 "mode_changes": sink.mode_changes,
-                                "stats": dict(client._stats)})
+                                "stats": dataclasses.asdict(client.statistics())})
         conn.send(("ok", reports))
 
 

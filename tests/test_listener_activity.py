@@ -26,7 +26,7 @@ from daemon_harness import DaemonProcess, records, start_daemon, startswith, wai
 from test_client_server import WAIT, Editor, FakeCoordinator, RawClient
 
 from modcoord.actors.clock import MockClock
-from modcoord.supervisor.client.client import Client, connect
+from modcoord.supervisor.client import Client, connect
 from modcoord.supervisor.daemon.server import Connection, Server
 from modcoord.supervisor.protocol.paths import socket_path
 

@@ -17,23 +17,31 @@ from modcoord.actors.errors import (
     RemoteError,
 )
 from modcoord.supervisor.protocol.module import ModuleInfo
-from modcoord.supervisor.protocol.wire import (
-    CALLBACK_RESPONSE,
+from modcoord.actors.modes import MODES
+from modcoord.supervisor.protocol.calls import (
+    ACTOR_CALLS,
+    ACTOR_NAMES,
+    CALLS,
     METHODS,
+    PROTOCOL_VERSION,
+    ActorParams,
+    CoordinateParams,
+    PublishParams,
+    RegisterParams,
+    decode_params,
+    publish_item,
+)
+from modcoord.supervisor.protocol.errors import FramingError, error_from_wire, error_to_wire
+from modcoord.supervisor.protocol.framing import (
+    CALLBACK_RESPONSE,
     REQUEST,
     BadFrame,
     FrameDecoder,
-    FramingError,
-    check_coordinate,
-    check_publish,
     encode_acks,
     encode_frame,
     encode_frames,
-    error_from_wire,
-    error_to_wire,
     request_id_of,
     split_inbound,
-    validate_request,
 )
 
 # -- framing ---------------------------------------------------------------------------------
@@ -280,15 +288,27 @@ def test_split_inbound_rejects_malformed_envelopes(msg: Any, fragment: str,
     assert request_id_of(msg) == rid
 
 
-# -- params ----------------------------------------------------------------------------------
+# -- params (the call table) ----------------------------------------------------------------
 
 
-def test_check_publish_good_and_default_priority() -> None:
-    assert check_publish({"module_id": "m", "key": "k", "payload": None}) == (
-        "m", "k", None, "medium")
-    assert check_publish({"module_id": "m", "key": "k", "payload": [1], "priority": "critical"}
-                         ) == ("m", "k", [1], "critical")
-    assert check_publish({"module_id": "m", "key": "k" * 1024, "payload": 1})[1] == "k" * 1024
+def _names(text: str, field: str) -> bool:
+    """Whether an error message names ``field`` (quoted 'so', or as msgspec's `$.path`)."""
+    bare = field.strip("'")
+    return (field in text or f"`$.{bare}`" in text or f"`{bare}`" in text
+            or f"'{bare}'" in text)
+
+
+def test_publish_good_and_default_priority() -> None:
+    def item(params: dict[str, Any]) -> tuple[str, str, Any, str]:
+        decoded = decode_params("publish", params)
+        assert isinstance(decoded, PublishParams)
+        assert publish_item(params) == decoded.item()  # the fast path agrees
+        return decoded.item()
+
+    assert item({"module_id": "m", "key": "k", "payload": None}) == ("m", "k", None, "medium")
+    assert item({"module_id": "m", "key": "k", "payload": [1], "priority": "critical"}
+                ) == ("m", "k", [1], "critical")
+    assert item({"module_id": "m", "key": "k" * 1024, "payload": 1})[1] == "k" * 1024
 
 
 @pytest.mark.parametrize(
@@ -308,18 +328,23 @@ def test_check_publish_good_and_default_priority() -> None:
         ({"module_id": "m", "key": "k", "payload": 1, "priority": "low", "x": 0}, "'x'"),
     ],
 )
-def test_check_publish_names_the_bad_field(params: dict[str, Any], field: str) -> None:
+def test_publish_names_the_bad_field(params: dict[str, Any], field: str) -> None:
+    assert publish_item(params) is None  # the fast path refuses what the struct refuses
     with pytest.raises(InvalidMessageError) as info:
-        check_publish(params)
-    assert field in str(info.value)
+        decode_params("publish", params)
+    assert _names(str(info.value), field), str(info.value)
     assert str(info.value).startswith("publish:")
 
 
-def test_check_coordinate_normalizes_mode_and_context() -> None:
-    assert check_coordinate({"mode": "hybrid"}) == ("HYBRID", {})
-    assert check_coordinate({"mode": "Fully-Auto", "context": {"u": 7}}) == (
-        "FULLY_AUTO", {"u": 7})
-    assert check_coordinate({"mode": "MANUAL", "context": None}) == ("MANUAL", {})
+def test_coordinate_normalizes_mode_and_context() -> None:
+    def pair(params: dict[str, Any]) -> tuple[str, Any]:
+        decoded = decode_params("coordinate", params)
+        assert isinstance(decoded, CoordinateParams)
+        return decoded.mode, decoded.context
+
+    assert pair({"mode": "hybrid"}) == ("HYBRID", {})
+    assert pair({"mode": "Fully-Auto", "context": {"u": 7}}) == ("FULLY_AUTO", {"u": 7})
+    assert pair({"mode": "MANUAL", "context": None}) == ("MANUAL", {})
 
 
 @pytest.mark.parametrize(
@@ -333,18 +358,22 @@ def test_check_coordinate_normalizes_mode_and_context() -> None:
         ({"mode": "HYBRID", "context": {}, "ctx": {}}, "'ctx'"),
     ],
 )
-def test_check_coordinate_names_the_bad_field(params: dict[str, Any], field: str) -> None:
+def test_coordinate_names_the_bad_field(params: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidMessageError) as info:
-        check_coordinate(params)
-    assert field in str(info.value)
+        decode_params("coordinate", params)
+    assert _names(str(info.value), field), str(info.value)
 
 
 GOOD: list[tuple[str, dict[str, Any], Any]] = [
-    ("hello", {}, {"client": "", "pid": 0}),
-    ("hello", {"client": "editor", "pid": 42}, {"client": "editor", "pid": 42}),
-    ("unregister", {"module_id": "m"}, "m"),
-    ("publish", {"module_id": "m", "key": "k", "payload": 1}, ("m", "k", 1, "medium")),
-    ("coordinate", {"mode": "manual"}, ("MANUAL", {})),
+    ("hello", {}, {"client": "", "pid": 0, "protocol": 0}),
+    ("hello", {"client": "editor", "pid": 42},
+     {"client": "editor", "pid": 42, "protocol": 0}),
+    ("hello", {"client": "editor", "protocol": PROTOCOL_VERSION},
+     {"client": "editor", "pid": 0, "protocol": PROTOCOL_VERSION}),
+    ("unregister", {"module_id": "m"}, {"module_id": "m"}),
+    ("publish", {"module_id": "m", "key": "k", "payload": 1},
+     {"module_id": "m", "key": "k", "payload": 1, "priority": "medium"}),
+    ("coordinate", {"mode": "manual"}, {"mode": "MANUAL", "context": {}}),
     ("set_mode", {"mode": "fully_auto"}, {"mode": "FULLY_AUTO"}),
     ("status", {}, {}),
     ("insights", {}, {}),
@@ -356,34 +385,46 @@ GOOD: list[tuple[str, dict[str, Any], Any]] = [
     ("crash", {"actor": "cache"}, {"actor": "cache", "kind": "exception"}),
     ("crash", {"actor": "batcher", "kind": "base_exception"},
      {"actor": "batcher", "kind": "base_exception"}),
-    ("actor", {"actor": "cache", "method": "statistics"},
-     {"actor": "cache", "method": "statistics", "args": {}, "posargs": []}),
-    ("actor", {"actor": "debouncer", "method": "flush", "args": ["m", "k"],
-               "kwargs": {"key": "k"}},
-     {"actor": "debouncer", "method": "flush", "args": {"key": "k"}, "posargs": ["m", "k"]}),
+    ("actor", {"actor": "cache", "method": "statistics"}, {}),
+    ("actor", {"actor": "debouncer", "method": "flush", "args": ["m"],
+               "kwargs": {"key": "k"}}, {"module_id": "m", "key": "k"}),
+    ("actor", {"actor": "debouncer", "method": "flush"}, {"module_id": None, "key": None}),
     ("actor", {"actor": "cache", "method": "shrink", "args": {"fraction": 0.5}},
-     {"actor": "cache", "method": "shrink", "args": {"fraction": 0.5}, "posargs": []}),
+     {"fraction": 0.5}),
+    ("actor", {"actor": "cache", "method": "shrink", "args": [1]}, {"fraction": 1.0}),
 ]
 
 
 @pytest.mark.parametrize(("method", "params", "expected"), GOOD)
-def test_validate_request_good(method: str, params: dict[str, Any], expected: Any) -> None:
-    assert validate_request(method, params) == expected
+def test_decode_params_good(method: str, params: dict[str, Any], expected: Any) -> None:
+    decoded = decode_params(method, params)
+    assert isinstance(decoded, CALLS[method].params)
+    if isinstance(decoded, ActorParams):  # the bound arguments of the actor method
+        assert decoded.keywords() == expected
+    else:
+        assert decoded.to_wire() == expected
 
 
-def test_validate_request_register_builds_module_info() -> None:
-    info = validate_request("register", {
+def test_decode_params_register_builds_module_info() -> None:
+    decoded = decode_params("register", {
         "module_id": "editor", "name": "Editor", "supported_modes": ["MANUAL", "HYBRID"],
         "subscribe": ["*"], "has_metrics": True})
-    assert info == ModuleInfo("editor", "Editor", frozenset({"MANUAL", "HYBRID"}), ("*",), True)
+    assert isinstance(decoded, RegisterParams)
+    assert decoded.info() == ModuleInfo("editor", "Editor", frozenset({"MANUAL", "HYBRID"}),
+                                        ("*",), True)
+    defaults = decode_params("register", {"module_id": "m", "subscribe": "src"})
+    assert isinstance(defaults, RegisterParams)
+    assert defaults.info() == ModuleInfo("m", "m", frozenset(MODES), ("src",), False)
 
 
 BAD: list[tuple[str, dict[str, Any], str]] = [
     ("hello", {"client": 5}, "'client'"),
     ("hello", {"pid": "1"}, "'pid'"),
     ("hello", {"version": 1}, "'version'"),
+    ("hello", {"protocol": "1"}, "'protocol'"),
     ("register", {}, "'module_id'"),
     ("register", {"module_id": 7}, "module_id"),
+    ("register", {"module_id": "m" * 201}, "module_id"),
     ("register", {"module_id": "m", "supported_modes": ["TURBO"]}, "supported_modes"),
     ("register", {"module_id": "m", "supported_modes": "MANUAL"}, "supported_modes"),
     ("register", {"module_id": "m", "subscribe": [1]}, "subscribe"),
@@ -412,21 +453,28 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("actor", {"actor": "nope", "method": "statistics"}, "'actor'"),
     ("actor", {"actor": "cache", "method": "_private"}, "'method'"),
     ("actor", {"actor": "cache", "method": 5}, "'method'"),
+    ("actor", {"actor": "cache", "method": "nope"}, "no method 'nope'"),
     ("actor", {"actor": "cache", "method": "shrink", "args": "0.5"}, "'args'"),
     ("actor", {"actor": "cache", "method": "shrink", "kwargs": [1]}, "'kwargs'"),
     ("actor", {"actor": "cache", "method": "shrink", "kwargs": {"not an id": 1}},
-     "keyword argument"),
+     "'not an id'"),
+    ("actor", {"actor": "cache", "method": "shrink", "args": [2]}, "'fraction'"),
+    ("actor", {"actor": "cache", "method": "shrink", "args": [True]}, "'fraction'"),
+    ("actor", {"actor": "cache", "method": "shrink", "args": [0.1, 0.2]}, "positional"),
+    ("actor", {"actor": "cache", "method": "shrink", "args": [0.1],
+               "kwargs": {"fraction": 0.2}}, "given twice"),
+    ("actor", {"actor": "debouncer", "method": "cancel", "args": [{}, "k"]}, "'module_id'"),
     ("actor", {"actor": "cache", "method": "statistics", "extra": 1}, "'extra'"),
 ]
 
 
 @pytest.mark.parametrize(("method", "params", "field"), BAD)
-def test_validate_request_bad_names_the_field(method: str, params: dict[str, Any],
-                                              field: str) -> None:
+def test_decode_params_bad_names_the_field(method: str, params: dict[str, Any],
+                                           field: str) -> None:
     with pytest.raises(InvalidMessageError) as info:
-        validate_request(method, params)
+        decode_params(method, params)
     text = str(info.value)
-    assert field in text
+    assert _names(text, field), text
     assert text.startswith(f"{method}:")
 
 
@@ -437,11 +485,19 @@ def test_every_method_has_good_and_bad_cases() -> None:
     assert bad == set(METHODS)
 
 
-def test_validate_request_unknown_method_and_non_map_params() -> None:
+def test_decode_params_unknown_method_and_non_map_params() -> None:
     with pytest.raises(InvalidMessageError, match="unknown method 'explode'"):
-        validate_request("explode", {})
+        decode_params("explode", {})
     with pytest.raises(InvalidMessageError, match="params must be a map"):
-        validate_request("status", [])  # type: ignore[arg-type]
+        decode_params("status", [])
+
+
+def test_every_actor_method_is_declared_once_and_statistics_everywhere() -> None:
+    assert ACTOR_NAMES == ("debouncer", "cache", "batcher", "memory", "monitor")
+    for actor, methods in ACTOR_CALLS.items():
+        assert "statistics" in methods
+        for name, decl in methods.items():
+            assert (decl.actor, decl.name) == (actor, name)
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ class AgentState:
         """The agent's connection to the daemon of ``runtime`` (made on first use)."""
         client = self.clients.get(runtime)
         if client is None:
-            from modcoord.supervisor.client.client import connect
+            from modcoord.supervisor.client import connect
 
             client = connect(runtime_dir=runtime, timeout=30.0,
                              name=f"bench-agent-{self.index}", reconnect=False)

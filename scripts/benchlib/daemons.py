@@ -92,7 +92,7 @@ class Daemon:
     def client(self) -> Any:
         """The bench's own (control) connection to this daemon."""
         if self._client is None:
-            from modcoord.supervisor.client.client import connect
+            from modcoord.supervisor.client import connect
 
             self._client = connect(runtime_dir=self.runtime, timeout=30.0, name="bench",
                                    reconnect=False)

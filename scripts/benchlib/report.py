@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated figure numbers to measure (default: all)")
     args = parser.parse_args(argv)
     try:
-        import modcoord.supervisor.client.client  # noqa: F401
+        import modcoord.supervisor.client  # noqa: F401
     except ImportError as exc:
         print(f"bench: cannot import modcoord ({exc}); run with the Python that has it "
               "installed (pip install -e .)", file=sys.stderr)

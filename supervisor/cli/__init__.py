@@ -2,6 +2,12 @@
 
 Exit codes are a contract: 0 success, 1 failure, 2 usage, 3 not running, 78 invalid
 config at start.
+
+Each command module defines ``HELP``, ``add_arguments(parser)`` and ``run(args)``, and
+imports at its top only what building its parser needs; what running it needs (the
+client, the daemon, rich...) it imports inside ``run``. A command line naming a command
+builds that command's parser alone (``modcoord status --json`` imports one command
+module); anything else (``modcoord``, ``--help``, a typo) builds the full parser.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: every command's, or only command ``only``'s."""
     parser = argparse.ArgumentParser(
         prog="modcoord",
         description="The ModuleCoordinator daemon: debounce, cache, batch and monitor the "
@@ -29,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         module = importlib.import_module(f"modcoord.supervisor.cli.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
         p.add_argument("--runtime-dir", default=None, help=_RUNTIME_DIR_HELP)
@@ -56,8 +63,9 @@ def _runtime_dir_on_actions(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
+    args = parser.parse_args(words)
     try:
         code: int = args.run(args)
         return code

@@ -19,7 +19,7 @@ def runtime_dir(args: Namespace) -> Path:
 
 def client(args: Namespace, timeout: float = 10.0) -> Any:
     """Connect to the daemon of ``--runtime-dir`` (raises NotRunningError if none)."""
-    from modcoord.supervisor.client.client import connect
+    from modcoord.supervisor.client import connect
 
     return connect(runtime_dir=runtime_dir(args), timeout=timeout, reconnect=False)
 

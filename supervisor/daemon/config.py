@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from modcoord.actors.errors import ConfigError
+from modcoord.actors.modes import MODES, mode_or_none
 from modcoord.actors.settings import ModeSettings
 from modcoord.supervisor.protocol.limits import (
     DEFAULT_OUTPUT_BUDGET_BYTES,
@@ -43,7 +44,6 @@ __all__ = [
     "short_repr",
 ]
 
-MODES: tuple[str, ...] = ("MANUAL", "HYBRID", "FULLY_AUTO")
 MODE_FILES: dict[str, str] = {m: f"{m.lower()}.yaml" for m in MODES}
 DAEMON_FILE = "daemon.yaml"
 
@@ -64,8 +64,8 @@ def normalize_mode(mode: str) -> str:
     Raises:
         ConfigError: if ``mode`` is not one of MANUAL, HYBRID, FULLY_AUTO.
     """
-    canonical = str(mode).strip().upper().replace("-", "_")
-    if canonical not in MODES:
+    canonical = mode_or_none(str(mode))
+    if canonical is None:
         raise ConfigError("mode", "", f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     return canonical
 

@@ -16,6 +16,13 @@ from modcoord.actors.errors import InvalidMessageError
 from modcoord.supervisor.daemon.engine import Engine
 from modcoord.supervisor.daemon.exposition import render_metrics
 from modcoord.supervisor.daemon.reload import Reloader
+from modcoord.supervisor.protocol.calls import (
+    CONTROL_METHODS,
+    ActorParams,
+    CrashParams,
+    Params,
+    SetModeParams,
+)
 from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 
 __all__ = ["Controller"]
@@ -41,19 +48,9 @@ class Controller:
         self.daemon_info = daemon_info if daemon_info is not None else {}
         # The socket server, once the daemon started it: its counters go into ``status``.
         self.server: Any = None
-        self._calls: dict[str, Callable[[dict[str, Any]], Any]] = {
-            "status": lambda p: self.status(),
-            "insights": lambda p: self.coordinator.insights(),
-            "optimize": lambda p: self.coordinator.optimize().as_dict(),
-            "set_mode": lambda p: self.coordinator.set_mode(p["mode"]).as_dict(),
-            "actor": lambda p: self.coordinator.actor_call(
-                p["actor"], p["method"], p.get("args") or {}, posargs=p.get("posargs") or ()),
-            "reload": lambda p: self.reload(),
-            "config": lambda p: self.coordinator.config.as_dict(),
-            "metrics": lambda p: render_metrics(self.status(), self.coordinator.metrics),
-            "crash": lambda p: self.coordinator.crash(p["actor"], p.get("kind", "exception")),
-            "stop": lambda p: self.stop(),
-        }
+        # Every control call of the table, answered by its ``on_<name>`` method.
+        self._calls: dict[str, Callable[[Any], Any]] = {
+            name: getattr(self, f"on_{name}") for name in CONTROL_METHODS}
 
     # -- data calls (hot path) --
 
@@ -79,20 +76,51 @@ class Controller:
 
     # -- control calls --
 
-    def call(self, method: str, params: dict[str, Any]) -> Any:
-        """Answer a control call.
+    def call(self, method: str, params: Params) -> Any:
+        """Answer a control call, its params decoded by the call table.
 
         Raises:
-            InvalidMessageError: unknown method or missing parameter.
+            InvalidMessageError: not a control call of the table.
             ModcoordError: whatever the coordinator raises for the call.
         """
         handler = self._calls.get(method)
         if handler is None:
-            raise InvalidMessageError(f"unknown method {method!r}")
-        try:
-            return handler(params)
-        except KeyError as exc:
-            raise InvalidMessageError(f"{method}: missing parameter {exc}") from None
+            raise InvalidMessageError(
+                f"unknown control call {method!r}; expected one of "
+                f"{', '.join(sorted(self._calls))}")
+        return handler(params)
+
+    # One method per control call (``on_<name>``), named after the table.
+
+    def on_status(self, params: Params) -> dict[str, Any]:
+        return self.status()
+
+    def on_insights(self, params: Params) -> dict[str, Any]:
+        return self.coordinator.insights()
+
+    def on_optimize(self, params: Params) -> dict[str, Any]:
+        return self.coordinator.optimize().as_dict()
+
+    def on_set_mode(self, params: SetModeParams) -> dict[str, Any]:
+        return self.coordinator.set_mode(params.mode).as_dict()
+
+    def on_actor(self, params: ActorParams) -> Any:
+        return self.coordinator.actor_call(params.actor, params.method, params.keywords())
+
+    def on_reload(self, params: Params) -> dict[str, Any]:
+        return self.reload()
+
+    def on_config(self, params: Params) -> dict[str, Any]:
+        return self.coordinator.config.as_dict()
+
+    def on_metrics(self, params: Params) -> str:
+        return render_metrics(self.status(), self.coordinator.metrics)
+
+    def on_crash(self, params: CrashParams) -> None:
+        self.coordinator.crash(params.actor, params.kind)
+
+    def on_stop(self, params: Params) -> dict[str, Any]:
+        return self.stop()
 
     def status_brief(self) -> dict[str, Any]:
         return self.coordinator.status_brief().as_dict()

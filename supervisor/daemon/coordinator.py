@@ -46,10 +46,7 @@ from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.shared.cache_store import CacheStore, cache_key
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import PRIORITY_RANK, Batch, Update
-
-# The blocking coordinate's result type is the client's (it belongs in the protocol
-# package: one definition of each call's result).
-from modcoord.supervisor.client.client import CoordinationResult
+from modcoord.supervisor.client.results import CoordinationResult
 from modcoord.supervisor.daemon.config import MODES, ConfigSet, load_config_dir, normalize_mode
 from modcoord.supervisor.daemon.engine import (
     ModeSwitch,

@@ -31,7 +31,7 @@ from modcoord.actors.reply import Reply
 
 if TYPE_CHECKING:
     from modcoord.actors.shared.metrics import MetricsRegistry
-    from modcoord.supervisor.client.client import CoordinationResult
+    from modcoord.supervisor.client.results import CoordinationResult
     from modcoord.supervisor.daemon.config import ConfigSet
     from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 

@@ -24,6 +24,7 @@ from typing import Any
 from loguru import logger
 
 from modcoord.actors.shared.metrics import MetricsRegistry
+from modcoord.actors.modes import MODES
 
 __all__ = [
     "CONTENT_TYPE",
@@ -34,7 +35,7 @@ __all__ = [
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "modcoord_"
-_MODES = ("MANUAL", "HYBRID", "FULLY_AUTO")
+_MODES = MODES
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
 
 Labels = tuple[tuple[str, str], ...]

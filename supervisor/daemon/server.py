@@ -101,40 +101,47 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from loguru import logger
 
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
-from modcoord.actors.update import PRIORITY_RANK, Batch
+from modcoord.actors.update import Batch
+from modcoord.supervisor.protocol.calls import (
+    CALLS,
+    CONTROL,
+    PROTOCOL_VERSION,
+    CoordinateParams,
+    HelloParams,
+    ModuleIdParams,
+    Params,
+    PublishParams,
+    RegisterParams,
+    decode_params,
+    publish_item,
+)
+from modcoord.supervisor.protocol.delivery import encode_batch
+from modcoord.supervisor.protocol.errors import FramingError, ProtocolVersionError, error_to_wire
+from modcoord.supervisor.protocol.framing import (
+    CALLBACK,
+    CALLBACK_RESPONSE,
+    EVENT,
+    REQUEST,
+    RESPONSE,
+    FrameDecoder,
+    encode_acks,
+    encode_frame,
+    encode_frames,
+    request_id_of,
+    split_inbound,
+)
 from modcoord.supervisor.protocol.limits import (
+    DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_OUTPUT_BUDGET_BYTES,
     DEFAULT_OUTPUT_CONNECTION_BYTES,
     DEFAULT_OUTPUT_STALL_S,
 )
 from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo, Reply
-from modcoord.supervisor.protocol.wire import (
-    CALLBACK,
-    CALLBACK_RESPONSE,
-    CONTROL_METHODS,
-    DEFAULT_MAX_FRAME_BYTES,
-    EVENT,
-    MAX_KEY_LENGTH,
-    PROTOCOL_VERSION,
-    REQUEST,
-    RESPONSE,
-    FrameDecoder,
-    FramingError,
-    check_publish,
-    encode_acks,
-    encode_batch,
-    encode_frame,
-    encode_frames,
-    error_to_wire,
-    request_id_of,
-    split_inbound,
-    validate_request,
-)
 
 __all__ = [
     "ACCEPT_PAUSE_S",
@@ -218,8 +225,9 @@ class CoordinatorLike(Protocol):
         """Coordinate; ``reply(result_dict, None)`` or ``reply(None, exc)`` exactly once."""
         ...
 
-    def call(self, method: str, params: dict[str, Any]) -> Any:
-        """A control call (blocking; runs on a control thread).
+    def call(self, method: str, params: Params) -> Any:
+        """A control call (blocking; runs on a control thread) with its decoded params
+        (the struct its :data:`~modcoord.supervisor.protocol.calls.CALLS` entry declares).
 
         Raises:
             ModcoordError: the call failed (its type name goes to the client).
@@ -845,15 +853,12 @@ class Server:
              "backpressure_pauses", "backpressure_throttled", "backpressure_stalls",
              "frame_timeouts", "input_waits", "refused_at_limit", "accept_errors",
              "accept_pauses"), 0)
+        # One handler per call of the table: a data call by its own ``_on_<name>``, a
+        # control call by the controller (``coordinator.call``) on a control thread.
         self._handlers: dict[str, Callable[[Connection, int, Any], None]] = {
-            "hello": self._on_hello,
-            "register": self._on_register,
-            "unregister": self._on_unregister,
-            "publish": self._on_publish_one,
-            "coordinate": self._on_coordinate,
-        }
-        for method in CONTROL_METHODS:
-            self._handlers[method] = functools.partial(self._on_control, method)
+            name: (functools.partial(self._on_control, name) if call.kind == CONTROL
+                   else getattr(self, f"_on_{name}"))
+            for name, call in CALLS.items()}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -1717,7 +1722,6 @@ class Server:
         pub_items: list[tuple[str, str, Any, str]] = []
         requests = 0
         module_ids = conn.module_ids
-        ranks = PRIORITY_RANK
         try:
             for msg in messages:
                 if conn.paused:
@@ -1737,25 +1741,15 @@ class Server:
                     rid = msg[1]
                     params = msg[3]
                     if type(rid) is int and type(params) is dict:
-                        # The fast path: the checks of check_publish, inline.
-                        n = len(params)
-                        try:
-                            module_id = params["module_id"]
-                            key = params["key"]
-                            payload = params["payload"]
-                            priority = params["priority"] if n == 4 else "medium"
-                        except KeyError:
-                            n = 0
-                        if ((n == 3 or n == 4) and type(key) is str
-                                and 0 < len(key) <= MAX_KEY_LENGTH and type(priority) is str
-                                and priority in ranks and type(module_id) is str
-                                and module_id in module_ids):
+                        # The fast path: PublishParams's checks as plain type tests.
+                        item = publish_item(params)
+                        if item is not None and item[0] in module_ids:
                             pub_ids.append(rid)
-                            pub_items.append((module_id, key, payload, priority))
+                            pub_items.append(item)
                             continue
                         # Something is wrong with it: say exactly what.
                         try:
-                            item = check_publish(params)
+                            item = cast(PublishParams, decode_params("publish", params)).item()
                         except InvalidMessageError as exc:
                             self._respond_error(conn, rid, exc)
                             continue
@@ -1832,27 +1826,36 @@ class Server:
         if kind == CALLBACK_RESPONSE:
             self._on_callback_response(conn, rid, method, params)
             return
-        handler = self._handlers.get(method)
         try:
-            value = validate_request(method, params)
+            value = decode_params(method, params)
         except InvalidMessageError as exc:
             self._respond_error(conn, rid, exc)
             return
-        assert handler is not None
         try:
-            handler(conn, rid, value)
+            self._handlers[method](conn, rid, value)
         except Exception as exc:
             self._respond_error(conn, rid, exc)
 
     # -- handlers ----------------------------------------------------------------------------
 
-    def _on_hello(self, conn: Connection, rid: int, params: dict[str, Any]) -> None:
-        conn.client_name = params["client"]
+    def _on_hello(self, conn: Connection, rid: int, params: HelloParams) -> None:
+        conn.client_name = params.client
+        if params.protocol and params.protocol != PROTOCOL_VERSION:
+            _log.warning("connection {id} ({client}, pid {pid}) speaks protocol version "
+                         "{theirs}; refused (this daemon speaks {ours})", id=conn.conn_id,
+                         client=params.client or "unnamed client", pid=params.pid,
+                         theirs=params.protocol, ours=PROTOCOL_VERSION)
+            raise ProtocolVersionError(
+                f"hello: the client speaks protocol version {params.protocol} but this "
+                f"daemon speaks version {PROTOCOL_VERSION}; use the same modcoord version "
+                "for the modules and the daemon (restart the daemon after an upgrade)")
         brief = dict(self.coordinator.status_brief())
-        brief.update(max_frame_bytes=self.max_frame_bytes, version=PROTOCOL_VERSION)
+        brief.update(max_frame_bytes=self.max_frame_bytes, version=PROTOCOL_VERSION,
+                     protocol=PROTOCOL_VERSION)
         self._respond(conn, rid, brief)
 
-    def _on_register(self, conn: Connection, rid: int, info: ModuleInfo) -> None:
+    def _on_register(self, conn: Connection, rid: int, params: RegisterParams) -> None:
+        info = params.info()
         conn.paused = True
         assert self._registrations is not None
 
@@ -1878,7 +1881,8 @@ class Server:
 
         self._registrations.submit(job)
 
-    def _on_unregister(self, conn: Connection, rid: int, module_id: str) -> None:
+    def _on_unregister(self, conn: Connection, rid: int, params: ModuleIdParams) -> None:
+        module_id = params.module_id
         if module_id not in conn.module_ids:
             raise InvalidMessageError(
                 f"unregister: module_id {module_id!r} is not registered on this connection")
@@ -1899,16 +1903,15 @@ class Server:
 
         self._registrations.submit(job)
 
-    def _on_publish_one(self, conn: Connection, rid: int,
-                        item: tuple[str, str, Any, str]) -> None:
+    def _on_publish(self, conn: Connection, rid: int, params: PublishParams) -> None:
+        item = params.item()
         if item[0] not in conn.module_ids:
             raise InvalidMessageError(
                 f"publish: module_id {item[0]!r} is not registered on this connection")
         self._publish(conn, [rid], [item])
 
-    def _on_coordinate(self, conn: Connection, rid: int,
-                       value: tuple[str, dict[str, Any]]) -> None:
-        mode, context = value
+    def _on_coordinate(self, conn: Connection, rid: int, params: CoordinateParams) -> None:
+        mode, context = params.mode, params.context or {}
         answered = [False]
 
         def reply(result: Any, exc: BaseException | None = None) -> None:
@@ -1925,8 +1928,7 @@ class Server:
         except Exception as exc:
             reply(None, exc)
 
-    def _on_control(self, method: str, conn: Connection, rid: int,
-                    params: dict[str, Any]) -> None:
+    def _on_control(self, method: str, conn: Connection, rid: int, params: Params) -> None:
         assert self._control is not None
 
         def job() -> None:

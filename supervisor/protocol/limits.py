@@ -6,7 +6,7 @@ operator may tune (named beside it). What happens at each limit:
 - :data:`MAX_NESTING_DEPTH`: a published payload nested deeper is refused at ``publish``
   with ``InvalidMessageError`` (msgpack itself stops at 1024 levels, and a delivery frame
   wraps the payload in four more).
-- ``daemon.max_frame_bytes`` (:data:`~modcoord.supervisor.protocol.wire.DEFAULT_MAX_FRAME_BYTES`):
+- ``daemon.max_frame_bytes`` (:data:`DEFAULT_MAX_FRAME_BYTES`):
   no frame either way is larger. A payload whose update would not fit one delivery frame
   (the frame limit minus :data:`~modcoord.supervisor.protocol.wire.DELIVERY_ENVELOPE_BYTES` and its
   module id and key) is refused at ``publish``; a batch larger than a frame goes out as
@@ -28,11 +28,23 @@ operator may tune (named beside it). What happens at each limit:
 from __future__ import annotations
 
 __all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_OUTPUT_BUDGET_BYTES",
     "DEFAULT_OUTPUT_CONNECTION_BYTES",
     "DEFAULT_OUTPUT_STALL_S",
+    "MAX_KEY_LENGTH",
+    "MAX_MODULE_ID_LENGTH",
     "MAX_NESTING_DEPTH",
 ]
+
+DEFAULT_MAX_FRAME_BYTES = 1 << 20
+"""Default ``daemon.max_frame_bytes``: the largest frame body, either way."""
+
+MAX_KEY_LENGTH = 1024
+"""Longest update key, in characters (a longer one is refused at ``publish``)."""
+
+MAX_MODULE_ID_LENGTH = 200
+"""Longest module id, in characters (a longer one is refused at ``register``)."""
 
 MAX_NESTING_DEPTH = 100
 """Deepest nesting of lists and maps in a published payload (the payload itself is 1)."""

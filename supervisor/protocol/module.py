@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from modcoord.actors.errors import InvalidMessageError
+from modcoord.actors.modes import MODES
 from modcoord.actors.update import Batch
-from modcoord.supervisor.daemon.config import MODES
+from modcoord.supervisor.protocol.limits import MAX_MODULE_ID_LENGTH
 
 __all__ = ["MAX_MODULE_ID_LENGTH", "LocalEndpoint", "ModeAwareModule", "ModuleEndpoint",
            "ModuleInfo", "Reply"]
-
-MAX_MODULE_ID_LENGTH = 200
-"""Longest module id, in characters."""
 
 Reply = Callable[[Any, "str | None"], None]
 """``reply(result, error_text)``: called exactly once; ``error_text`` is None on success."""
