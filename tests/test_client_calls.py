@@ -100,7 +100,7 @@ class _Recorder:
 def test_a_generated_method_sends_every_field_positionally_or_by_name(tmp_path: Path) -> None:
     client = Client(tmp_path / "none.sock")
     recorder = _Recorder()
-    client._request = recorder  # type: ignore[method-assign]
+    client._request = recorder
     client.publish("m", "k", {"x": 1})
     client.publish("m", "k", 2, priority="high")
     client.coordinate("HYBRID")

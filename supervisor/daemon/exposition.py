@@ -23,8 +23,8 @@ from typing import Any
 
 from loguru import logger
 
-from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.modes import MODES
+from modcoord.actors.shared.metrics import MetricsRegistry
 
 __all__ = [
     "CONTENT_TYPE",
