@@ -40,14 +40,14 @@ from modcoord.actors.errors import (
 from modcoord.actors.update import Batch, Update
 from modcoord.supervisor.client.client import Client, CoordinationResult, Future, connect
 from modcoord.supervisor.daemon.server import Server
+from modcoord.supervisor.protocol.calls import ActorParams, Params
+from modcoord.supervisor.protocol.framing import FrameDecoder, encode_frame
 from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.protocol.paths import (
     pidfile_path,
     resolve_runtime_dir,
     socket_path,
 )
-from modcoord.supervisor.protocol.calls import ActorParams, Params
-from modcoord.supervisor.protocol.framing import FrameDecoder, encode_frame
 
 WAIT = 5.0
 

@@ -16,7 +16,6 @@ from modcoord.actors.errors import (
     QueueFullError,
     RemoteError,
 )
-from modcoord.supervisor.protocol.module import ModuleInfo
 from modcoord.actors.modes import MODES
 from modcoord.supervisor.protocol.calls import (
     ACTOR_CALLS,
@@ -43,6 +42,7 @@ from modcoord.supervisor.protocol.framing import (
     request_id_of,
     split_inbound,
 )
+from modcoord.supervisor.protocol.module import ModuleInfo
 
 # -- framing ---------------------------------------------------------------------------------
 
