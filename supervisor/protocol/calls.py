@@ -132,8 +132,8 @@ class Empty(Params):
 
 
 class HelloParams(Params):
-    """``hello``: who the client is. ``protocol`` is the client's :data:`PROTOCOL_VERSION`
-    (0, or left out, by clients that predate versioning: then not checked)."""
+    """``hello``: who the client is. ``protocol`` is the client's protocol version
+    (``PROTOCOL_VERSION``; 0, or left out, by clients that predate versioning: then not checked)."""
 
     client: str = ""
     pid: int = 0
