@@ -55,12 +55,17 @@ def _in_thread(target: Any, *args: Any) -> tuple[threading.Thread, list[BaseExce
 def test_a_waiting_caller_reads_its_own_answer(client: Client) -> None:
     before = client.statistics().caller_reads
     for i in range(20):
-        answer = client.cache.lookup(i, tag="x").get()
-        assert answer == {"actor": "cache", "method": "lookup", "args": {"tag": "x"},
-                          "posargs": [i]}
+        answer = client.debouncer.flush(f"m{i}", key="x").get()
+        assert answer == {"actor": "debouncer", "method": "flush",
+                          "args": {"module_id": f"m{i}", "key": "x"}}
     # No other thread waits here: a blocking call is read by the caller itself (unless
     # the reader thread got the answer before the caller waited: rare, under load).
     assert client.statistics().caller_reads >= before + 10
+
+
+def _pair(answer: dict[str, Any]) -> list[str]:
+    """The (module_id, key) arguments the fake engine got for a debouncer call."""
+    return [answer["args"]["module_id"], answer["args"]["key"]]
 
 
 def test_concurrent_callers_from_several_threads_get_their_own_answers(
@@ -73,19 +78,19 @@ def test_concurrent_callers_from_several_threads_get_their_own_answers(
         start.wait(WAIT)
         for i in range(calls_n):
             if i % 2:
-                answers[t].append(client.memory.touch(t, i).get()["posargs"])
+                answers[t].append(_pair(client.debouncer.cancel(f"{t}", f"{i}").get()))
             else:  # pipelined pairs too: the second may already be answered by then
-                first = client.monitor.peek(t, i)
-                second = client.batcher.peek(t, -i)
-                answers[t].append(first.get()["posargs"])
-                assert second.get()["posargs"] == [t, -i]
+                first = client.debouncer.cancel(f"{t}", f"{i}")
+                second = client.debouncer.flush(f"{t}", f"{-i}")
+                answers[t].append(_pair(first.get()))
+                assert _pair(second.get()) == [f"{t}", f"{-i}"]
     workers = [_in_thread(caller, t) for t in range(threads_n)]
     for thread, errors in workers:
         thread.join(WAIT * 2)
         assert not thread.is_alive()
         assert not errors, errors
     for t in range(threads_n):
-        assert answers[t] == [[t, i] for i in range(calls_n)]
+        assert answers[t] == [[f"{t}", f"{i}"] for i in range(calls_n)]
     stats = client.statistics()
     assert stats.pending == 0 and stats.caller_reads > 0
 
@@ -310,7 +315,7 @@ def test_awaiting_writes_and_reads(client: Client) -> None:
     import asyncio
 
     async def main() -> list[Any]:
-        futures = [client.cache.ping(i) for i in range(10)]
-        return [(await f)["posargs"] for f in futures]
+        futures = [client.cache.shrink(i / 10) for i in range(10)]
+        return [(await f)["args"]["fraction"] for f in futures]
 
-    assert asyncio.run(main()) == [[i] for i in range(10)]
+    assert asyncio.run(main()) == [i / 10 for i in range(10)]
