@@ -24,7 +24,8 @@ END = "<!-- calls:end -->"
 def _type_name(t: Any) -> str:
     text = t.__name__ if isinstance(t, type) else str(t)
     text = text.replace("typing.", "").replace("modcoord.supervisor.protocol.calls.", "")
-    return text.replace(" | ", " or ").replace("NoneType", "null").replace("None", "null")
+    return text.replace(" | ", " or ").replace("NoneType", "null").replace("None", "null").replace(
+        " or msgspec.UnsetType", "")
 
 
 def _plain(doc: str | None) -> str:
@@ -51,6 +52,9 @@ def _fields(struct: type[msgspec.Struct]) -> list[str]:
     for f in info.fields:
         if f.required:
             default = "required"
+        elif f.default in (msgspec.UNSET, msgspec.NODEFAULT) and \
+                f.default_factory is msgspec.NODEFAULT:
+            default = "see above"
         elif f.default_factory is not msgspec.NODEFAULT:
             default = f"`{msgspec.json.encode(f.default_factory()).decode()}`"
         else:
