@@ -55,11 +55,17 @@ def _in_thread(target: Any, *args: Any) -> tuple[threading.Thread, list[BaseExce
 def test_a_waiting_caller_reads_its_own_answer(client: Client) -> None:
     before = client.statistics().caller_reads
     for i in range(20):
-        answer = client.cache.shrink(i / 20).get()
-        assert answer == {"actor": "cache", "method": "shrink", "args": {"fraction": i / 20}}
+        answer = client.debouncer.flush(f"m{i}", key="x").get()
+        assert answer == {"actor": "debouncer", "method": "flush",
+                          "args": {"module_id": f"m{i}", "key": "x"}}
     # No other thread waits here: a blocking call is read by the caller itself (unless
     # the reader thread got the answer before the caller waited: rare, under load).
     assert client.statistics().caller_reads >= before + 10
+
+
+def _pair(answer: dict[str, Any]) -> list[str]:
+    """The (module_id, key) arguments the fake engine got for a debouncer call."""
+    return [answer["args"]["module_id"], answer["args"]["key"]]
 
 
 def test_concurrent_callers_from_several_threads_get_their_own_answers(
@@ -72,21 +78,19 @@ def test_concurrent_callers_from_several_threads_get_their_own_answers(
         start.wait(WAIT)
         for i in range(calls_n):
             if i % 2:
-                answer = client.debouncer.cancel(f"m{t}", f"k{i}").get()["args"]
-                answers[t].append([int(answer["module_id"][1:]), int(answer["key"][1:])])
+                answers[t].append(_pair(client.debouncer.cancel(f"{t}", f"{i}").get()))
             else:  # pipelined pairs too: the second may already be answered by then
-                first = client.debouncer.flush(f"m{t}", key=f"k{i}")
-                second = client.debouncer.cancel(f"m{t}", f"k{-i}")
-                answer = first.get()["args"]
-                answers[t].append([int(answer["module_id"][1:]), int(answer["key"][1:])])
-                assert second.get()["args"] == {"module_id": f"m{t}", "key": f"k{-i}"}
+                first = client.debouncer.cancel(f"{t}", f"{i}")
+                second = client.debouncer.flush(f"{t}", f"{-i}")
+                answers[t].append(_pair(first.get()))
+                assert _pair(second.get()) == [f"{t}", f"{-i}"]
     workers = [_in_thread(caller, t) for t in range(threads_n)]
     for thread, errors in workers:
         thread.join(WAIT * 2)
         assert not thread.is_alive()
         assert not errors, errors
     for t in range(threads_n):
-        assert answers[t] == [[t, i] for i in range(calls_n)]
+        assert answers[t] == [[f"{t}", f"{i}"] for i in range(calls_n)]
     stats = client.statistics()
     assert stats.pending == 0 and stats.caller_reads > 0
 

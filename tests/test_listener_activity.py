@@ -72,7 +72,7 @@ def test_a_connection_is_live_while_it_takes_its_output(
     # The peer stops reading: output piles up in the server.
     data = b"\x00\x00\x00\x01\xc0" * 20_000  # frames holding msgpack nil
     sent = 0
-    while conn._buffered() == 0:
+    while conn.buffered() == 0:
         assert conn.send(data)
         sent += len(data)
     wait_for(lambda: conn.events & selectors.EVENT_WRITE, WAIT, message="write interest")
@@ -84,7 +84,7 @@ def test_a_connection_is_live_while_it_takes_its_output(
     got = 0
     while got < sent:
         got += len(raw.sock.recv(1 << 20))
-    wait_for(lambda: conn._buffered() == 0, WAIT, message="drained")
+    wait_for(lambda: conn.buffered() == 0, WAIT, message="drained")
     assert conn.live(5.0)
     raw.close()
     wait_for(lambda: conn.closed, WAIT, message="closed")
@@ -95,16 +95,16 @@ def test_partial_progress_keeps_a_connection_live(
         server: Server, runtime_dir: Path, clock: MockClock) -> None:
     raw = RawClient(socket_path(runtime_dir))
     conn = _only_connection(server)
-    while conn._buffered() < 8 << 20:
+    while conn.buffered() < 8 << 20:
         assert conn.send(b"\x00\x00\x00\x01\xc0" * 100_000)
     for _ in range(5):  # a slow reader: output never drains, but some is always taken
         clock.advance(3.0)
-        before = conn._buffered()
+        before = conn.buffered()
         got = 0
         while got < 1 << 20:
             got += len(raw.sock.recv(1 << 20))
-        wait_for(lambda b=before: conn._buffered() < b, WAIT, message="progress")
-        assert conn._buffered() > 0 and conn.live(5.0)
+        wait_for(lambda b=before: conn.buffered() < b, WAIT, message="progress")
+        assert conn.buffered() > 0 and conn.live(5.0)
     raw.close()
 
 

@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from modcoord.actors.errors import ModcoordError
 from modcoord.actors.reply import Reply
+from modcoord.supervisor.protocol.calls import Params
+from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 
 if TYPE_CHECKING:
     from modcoord.actors.shared.metrics import MetricsRegistry
     from modcoord.supervisor.client.results import CoordinationResult
     from modcoord.supervisor.daemon.config import ConfigSet
-    from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 
 __all__ = [
     "ENGINES",
@@ -42,6 +43,7 @@ __all__ = [
     "OptimizeReport",
     "PublishItem",
     "Registration",
+    "ServerBackend",
     "StatusBrief",
     "create_engine",
 ]
@@ -280,3 +282,50 @@ def create_engine(config: ConfigSet, *, mode: str, fault_injection: bool = False
         raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")
     return factory(config, mode=mode, fault_injection=fault_injection,
                    on_escalate=on_escalate)
+
+
+class ServerBackend(Protocol):
+    """What the socket server needs behind it: the data calls of an :class:`Engine` plus
+    ``call`` for the control calls (the daemon's ``Controller`` provides it, over whichever
+    :class:`Engine` the daemon built; the server depends on nothing else).
+
+    Every method may be called from the I/O thread except ``call`` (control threads) and
+    ``register``/``unregister`` (the registration thread); those on the I/O thread must
+    not block. ``publish_backlog() -> int`` (updates accepted but not yet taken in by the
+    debouncer) is optional: without it there is no flow control.
+    """
+
+    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> Any:
+        """Register a module reachable through ``endpoint``; returns a wire-friendly value.
+
+        Raises:
+            ModcoordError: refused (e.g. the id is taken by another connection).
+        """
+        ...
+
+    def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> Any:
+        """Unregister ``module_id`` if it is still registered through ``endpoint``."""
+        ...
+
+    def publish_many(self, items: Sequence[tuple[str, str, Any, str]]) -> Sequence[Any]:
+        """Publish ``(module_id, key, payload, priority)`` items; per item a seq or an error."""
+        ...
+
+    def coordinate(self, mode: str, context: dict[str, Any],
+                   reply: Callable[[Any, BaseException | None], None],
+                   caller: Sequence[str] = ()) -> Any:
+        """Coordinate; ``reply(result_dict, None)`` or ``reply(None, exc)`` exactly once."""
+        ...
+
+    def call(self, method: str, params: Params) -> Any:
+        """A control call (blocking; runs on a control thread) with its decoded params
+        (the struct its :data:`~modcoord.supervisor.protocol.calls.CALLS` entry declares).
+
+        Raises:
+            ModcoordError: the call failed (its type name goes to the client).
+        """
+        ...
+
+    def status_brief(self) -> dict[str, Any]:
+        """``{"pid", "mode"}`` for ``hello`` (non-blocking)."""
+        ...

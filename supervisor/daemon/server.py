@@ -101,12 +101,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from loguru import logger
 
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
-from modcoord.actors.update import Batch
+from modcoord.supervisor.daemon.connection import (
+    Connection,
+    PeerCredentials,
+    peer_credentials,
+    safe_reply,
+)
+from modcoord.supervisor.daemon.engine import ServerBackend
 from modcoord.supervisor.protocol.calls import (
     CALLS,
     CONTROL,
@@ -120,15 +126,11 @@ from modcoord.supervisor.protocol.calls import (
     decode_params,
     publish_item,
 )
-from modcoord.supervisor.protocol.delivery import encode_batch
 from modcoord.supervisor.protocol.errors import FramingError, ProtocolVersionError, error_to_wire
 from modcoord.supervisor.protocol.framing import (
-    CALLBACK,
     CALLBACK_RESPONSE,
-    EVENT,
     REQUEST,
     RESPONSE,
-    FrameDecoder,
     encode_acks,
     encode_frame,
     encode_frames,
@@ -141,7 +143,6 @@ from modcoord.supervisor.protocol.limits import (
     DEFAULT_OUTPUT_CONNECTION_BYTES,
     DEFAULT_OUTPUT_STALL_S,
 )
-from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo, Reply
 
 __all__ = [
     "ACCEPT_PAUSE_S",
@@ -160,6 +161,7 @@ __all__ = [
     "CoordinatorLike",
     "PeerCredentials",
     "Server",
+    "ServerBackend",
     "ServerStatistics",
     "peer_credentials",
     "raise_nofile_limit",
@@ -194,68 +196,8 @@ _PEERCRED = struct.Struct("3i")
 _log = logger.bind(actor="server")
 
 
-class CoordinatorLike(Protocol):
-    """What the server needs from the coordinator (``ModuleCoordinator`` provides it).
-
-    Every method may be called from the I/O thread except ``call`` (control threads) and
-    ``register``/``unregister`` (the registration thread); those on the I/O thread must
-    not block. ``publish_backlog() -> int`` (updates accepted but not yet taken in by the
-    debouncer) is optional: without it there is no flow control.
-    """
-
-    def register(self, info: ModuleInfo, endpoint: ModuleEndpoint) -> Any:
-        """Register a module reachable through ``endpoint``; returns a wire-friendly value.
-
-        Raises:
-            ModcoordError: refused (e.g. the id is taken by another connection).
-        """
-        ...
-
-    def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> Any:
-        """Unregister ``module_id`` if it is still registered through ``endpoint``."""
-        ...
-
-    def publish_many(self, items: Sequence[tuple[str, str, Any, str]]) -> Sequence[Any]:
-        """Publish ``(module_id, key, payload, priority)`` items; per item a seq or an error."""
-        ...
-
-    def coordinate(self, mode: str, context: dict[str, Any],
-                   reply: Callable[[Any, BaseException | None], None],
-                   caller: Sequence[str] = ()) -> Any:
-        """Coordinate; ``reply(result_dict, None)`` or ``reply(None, exc)`` exactly once."""
-        ...
-
-    def call(self, method: str, params: Params) -> Any:
-        """A control call (blocking; runs on a control thread) with its decoded params
-        (the struct its :data:`~modcoord.supervisor.protocol.calls.CALLS` entry declares).
-
-        Raises:
-            ModcoordError: the call failed (its type name goes to the client).
-        """
-        ...
-
-    def status_brief(self) -> dict[str, Any]:
-        """``{"pid", "mode"}`` for ``hello`` (non-blocking)."""
-        ...
-
-
-@dataclass(frozen=True)
-class PeerCredentials:
-    """The credentials of a connected peer (``SO_PEERCRED``)."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_credentials(sock: socket.socket) -> PeerCredentials | None:
-    """Return the peer's pid/uid/gid, or None if the platform cannot tell."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    except (OSError, AttributeError):
-        return None
-    pid, uid, gid = _PEERCRED.unpack(raw)
-    return PeerCredentials(pid, uid, gid)
+CoordinatorLike = ServerBackend
+"""The former name of :class:`~modcoord.supervisor.daemon.engine.ServerBackend`."""
 
 
 @dataclass(frozen=True)
@@ -356,322 +298,6 @@ class ServerStatistics:
     output_budget_bytes: int
 
 
-class Connection:
-    """One client connection, and the endpoint of the modules registered on it.
-
-    :meth:`send` and the endpoint methods may be called from any thread; everything else
-    belongs to the server's I/O thread.
-
-    Attributes:
-        conn_id: a number unique within the server.
-        peer: the peer's credentials.
-        module_ids: the modules registered on this connection.
-        closed: whether the connection is closed.
-    """
-
-    def __init__(self, server: Server, sock: socket.socket, peer: PeerCredentials,
-                 conn_id: int) -> None:
-        self.conn_id = conn_id
-        self.peer = peer
-        self.sock = sock
-        self.module_ids: set[str] = set()
-        self.closed = False
-        self.client_name = ""
-        self._server = server
-        self._lock = threading.Lock()
-        self._out = bytearray()
-        self._out_base = 0  # bytes sent out of ``_out`` so far (a position in the stream)
-        # (stream position where it ends, updates in it) of each delivery frame in _out.
-        self._out_frames: deque[tuple[int, int]] = deque()
-        self._progress_at = 0.0  # server clock: output last taken (or started queuing)
-        self.full = False  # above max_buffer_bytes or holding, until down to half of it
-        self._held: deque[tuple[str, Batch]] = deque()  # deliveries not encoded yet
-        self._held_updates = 0
-        self._lost_in_encoding = 0
-        self._want_write = False
-        self._callbacks: dict[int, Reply] = {}
-        self._callback_ids = itertools.count(1)
-        # I/O-thread state.
-        self.decoder = FrameDecoder(server.max_frame_bytes)
-        self.coalesce: list[bytes] | None = None
-        self.paused = False
-        self.backlog: deque[Any] = deque()
-        self.close_when_flushed = False
-        self.reading = True
-        self.throttled = False  # not read from: backpressure
-        self.events = _READ  # the selector interest registered now (0: unregistered)
-        self.last_publish = float("-inf")  # time.monotonic() of its last publishing read
-        # Input limits (I/O thread): the incomplete frame, if any.
-        self.partial_since: float | None = None  # when it began (server clock)
-        self.partial_frames = 0  # decoder.frames when it began: a change means a new frame
-        self.reserved = 0  # input budget reserved for it
-        self.input_waiting = False  # not read: its frame waits for the input budget
-        # When output last drained or was taken (server clock): see live().
-        self.out_progress_at = server._now()
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.conn_id} pid={self.peer.pid} modules={sorted(self.module_ids)}>"
-
-    # -- writing ---------------------------------------------------------------------------
-
-    def send(self, data: bytes, updates: int = 0) -> bool:
-        """Queue ``data`` (whole frames) for sending; never blocks, never cuts.
-
-        Args:
-            data: whole frames.
-            updates: how many updates ``data`` delivers (one delivery frame), so that they
-                are counted if the connection closes before taking them.
-
-        Returns:
-            False if the connection is closed (the data is dropped; its updates are
-            counted as undelivered and logged), else True. Output queuing above the
-            server's marks turns output pressure on (see the module doc).
-        """
-        with self._lock:
-            lost, pressure, wake = self._queue_locked(data, updates)
-        return self._after_queue(lost, pressure, wake, updates, len(data))
-
-    def _queue_locked(self, data: bytes, updates: int) -> tuple[str, bool, bool]:
-        """Send or buffer ``data`` (lock held). Returns ``(why it was lost or "",
-        output pressure to turn on, the loop to wake)``."""
-        server = self._server
-        if self.closed:
-            return f"connection {self.conn_id} is closed", False, False
-        out = self._out
-        before = len(out)
-        if not out:
-            try:
-                sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                server._post_close(self, f"send failed: {exc}")
-                return f"send failed: {exc}", False, False
-            if sent == len(data):
-                return "", False, False
-            self._progress_at = server._now()  # the stall clock starts
-            out += memoryview(data)[sent:]
-        else:
-            out += data
-        if updates:
-            self._out_frames.append((self._out_base + len(out), updates))
-        pressure = server._output_added(self, len(out) - before, len(out))
-        wake = not self._want_write
-        self._want_write = True
-        return "", pressure, wake
-
-    def _after_queue(self, lost: str, pressure: bool, wake: bool, updates: int,
-                     size: int) -> bool:
-        server = self._server
-        if lost:
-            if updates:
-                server._count_undelivered(self, updates, size, lost)
-            return False
-        if pressure:
-            server._post("pressure", self, "")
-        if wake:
-            server._post_write(self)
-        return True
-
-    def _flush_out(self) -> bool | None:
-        """Send buffered output (I/O thread). True: drained; False: more; None: failed.
-
-        Once the buffer is down to half the per-connection mark, held deliveries are
-        encoded into it (see :meth:`deliver`)."""
-        failed: list[tuple[str, int, list[tuple[Any, str]], int]] = []
-        pressure = False
-        try:
-            with self._lock:
-                out = self._out
-                if out:
-                    try:
-                        sent = self.sock.send(out)
-                    except (BlockingIOError, InterruptedError):
-                        return False
-                    except OSError:
-                        return None
-                    if sent:
-                        del out[:sent]
-                        base = self._out_base = self._out_base + sent
-                        frames = self._out_frames
-                        while frames and frames[0][0] <= base:
-                            frames.popleft()
-                        self._progress_at = self._server._now()
-                        self._server._output_taken(self, sent, len(out))
-                half = self._server.max_buffer_bytes // 2
-                while self._held and len(out) <= half and not self.closed:
-                    if out and self._server._over_budget():
-                        break
-                    module_id, batch = self._held.popleft()
-                    self._held_updates -= len(batch.updates)
-                    lost, p, _ = self._encode_locked(module_id, batch, failed)
-                    pressure |= p
-                    if lost:
-                        break
-                if not self._held:
-                    self._server._output_taken(self, 0, len(out))  # may leave the full set
-                if out:
-                    return False
-                self._want_write = False
-                return True
-        finally:
-            for module_id, batch_id, bad, sent_n in failed:
-                self._server._count_undeliverable(module_id, batch_id, bad, sent_n)
-            if pressure:
-                self._server._post("pressure", self, "")
-
-    def _encode_locked(self, module_id: str, batch: Batch,
-                       failed: list[tuple[str, int, list[tuple[Any, str]], int]]
-                       ) -> tuple[str, bool, bool]:
-        """Encode ``batch`` (lock held) and queue its frames while this connection is
-        under its mark and the budget allows (one frame at least); hold the rest, in
-        front of anything held. Returns what :meth:`_queue_locked` does."""
-        server = self._server
-        allowance = max(1, min(server.max_buffer_bytes - len(self._out),
-                               server.output_budget_bytes - server._out_total))
-        encoded = encode_batch(module_id, batch.batch_id, batch.reason, batch.updates,
-                               server.max_frame_bytes, max_bytes=allowance,
-                               whole=batch.batch_id != server._oversized_batch)
-        if encoded.oversized:
-            server._oversized_batch = batch.batch_id
-            server._count("split_batches")
-        if encoded.failed:
-            failed.append((module_id, batch.batch_id, encoded.failed,
-                           sum(n for _, n in encoded.frames)))
-        lost, pressure, wake = "", False, False
-        frames = encoded.frames
-        for i, (frame, n) in enumerate(frames):
-            lost, p, w = self._queue_locked(frame, n)
-            if lost:
-                self._lost_in_encoding = sum(k for _, k in frames[i:])
-                return lost, False, False
-            pressure |= p
-            wake |= w
-        if encoded.rest < len(batch.updates):
-            rest = Batch(batch.batch_id, batch.updates[encoded.rest:], batch.reason)
-            self._held.appendleft((module_id, rest))
-            self._held_updates += len(rest.updates)
-            pressure |= server._output_held(self)
-        return "", pressure, wake
-
-    def _buffered(self) -> int:
-        return len(self._out)
-
-    def live(self, stall_s: float) -> bool:
-        """Whether the connection is open and takes what it is sent (any thread).
-
-        A live connection is activity (the memory manager does not sweep its modules): it
-        is live unless it is closed or closing, or output has been waiting for
-        ``stall_s`` seconds or more without the peer taking any of it.
-        """
-        if self.closed or self.close_when_flushed:
-            return False
-        now = self._server._now()
-        if not self._out:
-            self.out_progress_at = now
-            return True
-        return now - self.out_progress_at < stall_s
-
-    def swept(self, module_id: str, notice: dict[str, Any]) -> None:
-        """Tell ``module_id``'s process its subscriptions were removed: a ``swept`` event
-        (``notice`` is its params; any thread, non-blocking; dropped if closed)."""
-        try:
-            frame = encode_frame([EVENT, "swept", {**notice, "module_id": module_id}])
-        except Exception as exc:
-            _log.bind(module=module_id).error("swept notice for {m} cannot be encoded: {e}",
-                                              m=module_id, e=exc)
-            return
-        self.send(frame)
-
-    # -- ModuleEndpoint ----------------------------------------------------------------------
-
-    def deliver(self, module_id: str, batch: Batch) -> None:
-        """Send a ``batch`` event to ``module_id``'s process (any thread, non-blocking).
-
-        The batch goes in frames of at most ``max_frame_bytes`` (several, with the same
-        ``batch_id``, if it is larger). An update that cannot be encoded, or alone does
-        not fit a frame, is left out, counted (``undeliverable_updates``) and logged;
-        the rest is delivered. To a closed connection nothing goes: counted and logged.
-
-        Encoded output per connection stops at ``max_buffer_bytes`` (plus one frame), and
-        while the output budget is spent at one frame for a connection with output
-        queued: what is beyond is *held* unencoded (its updates are shared with every
-        other subscriber's copy, so a subscriber that lags costs references, not another
-        encoded copy), in order, and encoded as the output drains to half the mark.
-        Holding turns output pressure on.
-        """
-        server = self._server
-        failed: list[tuple[str, int, list[tuple[Any, str]], int]] = []
-        lost, pressure, wake = "", False, False
-        lost_n = len(batch.updates)
-        with self._lock:
-            out = self._out
-            if self.closed:
-                lost = f"connection {self.conn_id} is closed"
-            elif self._held or (out and (len(out) > server.max_buffer_bytes
-                                         or server._over_budget())):
-                self._held.append((module_id, batch))
-                self._held_updates += len(batch.updates)
-                pressure = server._output_held(self)
-            else:
-                lost, pressure, wake = self._encode_locked(module_id, batch, failed)
-                if lost:
-                    lost_n = self._lost_in_encoding
-        for mid, batch_id, bad, sent_n in failed:
-            server._count_undeliverable(mid, batch_id, bad, sent_n)
-        if lost:
-            server._count_undelivered(self, lost_n, 0, lost, module_id)
-            return
-        if pressure:
-            server._post("pressure", self, "")
-        if wake:
-            server._post_write(self)
-
-    def mode_change(self, module_id: str, mode: str, strategy: str,
-                    context: dict[str, Any], reply: Reply) -> None:
-        """Ask the module's process to run ``on_mode_change``; ``reply`` gets the answer."""
-        self._callback(module_id, "on_mode_change",
-                       {"module_id": module_id, "mode": mode, "strategy": strategy,
-                        "context": context}, reply)
-
-    def performance_metrics(self, module_id: str, reply: Reply) -> None:
-        """Ask the module's process for ``get_performance_metrics()``."""
-        self._callback(module_id, "get_performance_metrics", {"module_id": module_id}, reply)
-
-    def _callback(self, module_id: str, method: str, params: dict[str, Any],
-                  reply: Reply) -> None:
-        with self._lock:
-            closed = self.closed
-            if not closed:
-                cid = next(self._callback_ids)
-                self._callbacks[cid] = reply
-        if closed:
-            self._server._count("callbacks_failed")
-            _safe_reply(reply, None, "connection closed")
-            return
-        try:
-            frame = encode_frame([CALLBACK, cid, method, params])
-        except Exception as exc:
-            with self._lock:
-                pending = self._callbacks.pop(cid, None)
-            if pending is not None:
-                _safe_reply(pending, None, f"cannot encode {method} request: {exc}")
-            return
-        self._server._count("callbacks_sent")
-        self.send(frame)
-
-    def _take_callback(self, cid: int) -> Reply | None:
-        with self._lock:
-            return self._callbacks.pop(cid, None)
-
-
-def _safe_reply(reply: Callable[..., Any], *args: Any) -> None:
-    try:
-        reply(*args)
-    except Exception:
-        _log.opt(exception=True).error("reply callback raised")
-
-
 _LISTENER = object()
 _WAKER = object()
 
@@ -744,7 +370,7 @@ class Server:
             ``max_buffer_bytes``, ``output_budget_bytes`` or ``output_stall_s``.
     """
 
-    def __init__(self, coordinator: CoordinatorLike, socket_path: str | os.PathLike[str],
+    def __init__(self, coordinator: ServerBackend, socket_path: str | os.PathLike[str],
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, control_workers: int = 2,
                  *, allowed_uid: int | None = None,
                  max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
@@ -782,9 +408,9 @@ class Server:
         self.output_stall_s = output_stall_s
         # Output accounting (any thread, under _out_lock; a connection's lock first).
         self._out_lock = threading.Lock()
-        self._out_total = 0
+        self.out_total = 0
         self._out_full: set[Connection] = set()
-        self._oversized_batch = 0  # the id of the last batch found not to fit one frame
+        self.oversized_batch = 0  # the id of the last batch found not to fit one frame
         # Output pressure state (I/O thread).
         self._out_pressure = False
         self._out_stall_check = float("-inf")
@@ -798,7 +424,7 @@ class Server:
         self.frame_timeout_s = frame_timeout_s
         self.max_input_bytes = max_input_bytes
         self.max_connections = max_connections or 0  # 0 until start() derives it
-        self._now: Callable[[], float] = clock or time.monotonic
+        self.now: Callable[[], float] = clock or time.monotonic
         # Input limits (I/O thread).
         self._partials: dict[int, Connection] = {}  # connections with an incomplete frame
         self._input_reserved = 0
@@ -934,7 +560,7 @@ class Server:
 
     def stop_accepting(self) -> None:
         """Close the listening socket (existing connections carry on). Idempotent."""
-        self._post("stop_accepting", None, "")
+        self.post("stop_accepting", None, "")
 
     def pause_reading(self) -> None:
         """Take no new work, for a graceful stop: close the listening socket and answer
@@ -942,7 +568,7 @@ class Server:
         (deliveries, replies to requests already accepted) still flows and callback
         responses are still taken. Idempotent; :meth:`stop` follows."""
         self._refusing = True
-        self._post("stop_accepting", None, "")
+        self.post("stop_accepting", None, "")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop: stop accepting, flush queued output (up to ``drain_timeout``), close every
@@ -985,13 +611,13 @@ class Server:
             if active:
                 paused_s += time.monotonic() - self._throttle_since
         with self._out_lock:
-            buffered = self._out_total
+            buffered = self.out_total
         return ServerStatistics(
             socket_path=str(self.socket_path),
             listening=self.listening,
             connections=len(conns),
             buffered_out=buffered,
-            held_updates=sum(conn._held_updates for conn in conns),
+            held_updates=sum(conn.held_updates for conn in conns),
             buffered_in=sum(conn.decoder.buffered for conn in conns),
             input_reserved=self._input_reserved,
             input_waiting=sum(1 for conn in conns if conn.input_waiting),
@@ -1011,7 +637,7 @@ class Server:
 
     # -- cross-thread plumbing ---------------------------------------------------------------
 
-    def _count(self, name: str, n: int = 1) -> None:
+    def count(self, name: str, n: int = 1) -> None:
         with self._counters_lock:
             self._counters[name] += n
 
@@ -1026,34 +652,34 @@ class Server:
         except OSError:
             pass  # shutting down
 
-    def _post(self, kind: str, conn: Connection | None, reason: str) -> None:
+    def post(self, kind: str, conn: Connection | None, reason: str) -> None:
         self._posts.append((kind, conn, reason))
         if threading.get_ident() != self._io_ident:
             self._wake()
 
-    def _post_write(self, conn: Connection) -> None:
-        self._post("write", conn, "")
+    def post_write(self, conn: Connection) -> None:
+        self.post("write", conn, "")
 
-    def _post_close(self, conn: Connection, reason: str) -> None:
-        self._post("close", conn, reason)
+    def post_close(self, conn: Connection, reason: str) -> None:
+        self.post("close", conn, reason)
 
     # -- output accounting (any thread) -----------------------------------------------------
 
-    def _output_added(self, conn: Connection, added: int, buffered: int) -> bool:
+    def output_added(self, conn: Connection, added: int, buffered: int) -> bool:
         """``added`` bytes were queued on ``conn`` (its lock held), which has ``buffered``
         now. Returns whether output pressure should be turned on."""
         with self._out_lock:
-            self._out_total = total = self._out_total + added
+            self.out_total = total = self.out_total + added
             newly_full = not conn.full and buffered > self.max_buffer_bytes
             if newly_full:
                 conn.full = True
                 self._out_full.add(conn)
         return newly_full or (total > self.output_budget_bytes and not self._out_pressure)
 
-    def _over_budget(self) -> bool:
-        return self._out_total > self.output_budget_bytes
+    def over_budget(self) -> bool:
+        return self.out_total > self.output_budget_bytes
 
-    def _output_held(self, conn: Connection) -> bool:
+    def output_held(self, conn: Connection) -> bool:
         """``conn`` holds a delivery (its lock held). Returns whether output pressure
         should be turned on."""
         with self._out_lock:
@@ -1063,15 +689,15 @@ class Server:
             self._out_full.add(conn)
             return True
 
-    def _output_taken(self, conn: Connection, taken: int, buffered: int) -> None:
+    def output_taken(self, conn: Connection, taken: int, buffered: int) -> None:
         """``taken`` bytes of ``conn``'s output went (sent or discarded; its lock held)."""
         with self._out_lock:
-            self._out_total -= taken
-            if conn.full and buffered <= self.max_buffer_bytes // 2 and not conn._held:
+            self.out_total -= taken
+            if conn.full and buffered <= self.max_buffer_bytes // 2 and not conn.held:
                 conn.full = False
                 self._out_full.discard(conn)
 
-    def _count_undelivered(self, conn: Connection, updates: int, size: int, reason: str,
+    def count_undelivered(self, conn: Connection, updates: int, size: int, reason: str,
                            module_id: str | None = None) -> None:
         """Count and log deliveries discarded (``reason``: why)."""
         with self._counters_lock:
@@ -1082,10 +708,10 @@ class Server:
             "{n} update(s) to {modules} not delivered ({size} bytes): {reason}",
             n=updates, modules=modules, size=size, reason=reason)
 
-    def _count_undeliverable(self, module_id: str, batch_id: int,
+    def count_undeliverable(self, module_id: str, batch_id: int,
                              failed: Sequence[tuple[Any, str]], sent: int) -> None:
         """Count and log updates left out of a delivery (they cannot be encoded)."""
-        self._count("undeliverable_updates", len(failed))
+        self.count("undeliverable_updates", len(failed))
         first, why = failed[0]
         _log.bind(module=module_id).error(
             "batch {id} for {module}: {n} update(s) cannot be delivered and were left out "
@@ -1104,7 +730,7 @@ class Server:
         try:
             frame = encode_frame([RESPONSE, rid, None, result])
         except Exception as exc:
-            self._count("internal_errors")
+            self.count("internal_errors")
             _log.error("response to request {rid} cannot be encoded: {exc}", rid=rid, exc=exc)
             frame = encode_frame([RESPONSE, rid,
                                   ["InternalError", f"result cannot be encoded: {exc}"], None])
@@ -1112,9 +738,9 @@ class Server:
 
     def _respond_error(self, conn: Connection, rid: int | None, exc: BaseException) -> None:
         if isinstance(exc, InvalidMessageError):
-            self._count("invalid_messages")
+            self.count("invalid_messages")
         elif not isinstance(exc, ModcoordError):
-            self._count("internal_errors")
+            self.count("internal_errors")
             _log.opt(exception=exc).error("internal error answering request {rid}", rid=rid)
         self._emit(conn, encode_frame([RESPONSE, rid, error_to_wire(exc), None]))
 
@@ -1177,7 +803,7 @@ class Server:
                         and not conn.input_waiting):
                     self._on_readable(conn)
         except Exception:
-            self._count("internal_errors")
+            self.count("internal_errors")
             _log.opt(exception=True).error("unexpected error in the I/O loop")
             if isinstance(data, Connection):
                 self._close(data, "internal error")
@@ -1197,7 +823,7 @@ class Server:
             try:
                 if kind == "write":
                     if conn is not None and not conn.closed:
-                        conn.out_progress_at = self._now()  # output starts waiting
+                        conn.out_progress_at = self.now()  # output starts waiting
                         self._update_interest(conn)
                 elif kind == "close":
                     if conn is not None:
@@ -1210,7 +836,7 @@ class Server:
                 elif kind == "stop_accepting":
                     self._close_listener()
             except Exception:
-                self._count("internal_errors")
+                self.count("internal_errors")
                 _log.opt(exception=True).error("error handling {kind}", kind=kind)
                 if conn is not None:
                     self._close(conn, "internal error")
@@ -1221,7 +847,7 @@ class Server:
         selector = self._selector
         assert selector is not None
         events = (_READ if conn.reading and not conn.throttled and not conn.input_waiting
-                  else 0) | (_WRITE if conn._want_write else 0)
+                  else 0) | (_WRITE if conn.want_write else 0)
         if events == conn.events:
             return
         if events == 0:
@@ -1260,11 +886,11 @@ class Server:
             self._conns[conn.conn_id] = conn
             assert self._selector is not None
             self._selector.register(sock, selectors.EVENT_READ, conn)
-            self._count("accepted")
+            self.count("accepted")
             _log.debug("connection {id} from pid {pid}", id=conn.conn_id, pid=peer.pid)
 
     def _refuse(self, sock: socket.socket, peer: PeerCredentials | None) -> None:
-        self._count("refused")
+        self.count("refused")
         if peer is None:
             reason = "peer credentials unavailable"
         else:
@@ -1303,7 +929,7 @@ class Server:
         """``accept`` failed: out of descriptors (``EMFILE``/``ENFILE``) or worse. Give up
         the reserve descriptor to accept and refuse the pending peer (so it is told, not
         left waiting), take it back, and rest instead of retrying at once."""
-        self._count("accept_errors")
+        self.count("accept_errors")
         self._limit_unlogged += 1
         if exc.errno in (errno.EMFILE, errno.ENFILE) and self._reserve_fd is not None:
             os.close(self._reserve_fd)
@@ -1318,7 +944,7 @@ class Server:
         self._pause_accepting(f"accept failed: {exc}")
 
     def _refuse_at_limit(self, sock: socket.socket) -> None:
-        self._count("refused_at_limit")
+        self.count("refused_at_limit")
         self._limit_unlogged += 1
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         text = (f"refused: the daemon is at its connection limit ({len(self._conns)} "
@@ -1336,13 +962,13 @@ class Server:
     def _pause_accepting(self, reason: str) -> None:
         """Take the listener out of the selector for ``ACCEPT_PAUSE_S`` (no busy loop at a
         limit); log at most once per ``LIMIT_LOG_INTERVAL_S``, with the count since."""
-        now = self._now()
+        now = self.now()
         listener = self._listener
         if self._accept_resume_at is None and listener is not None and self._selector:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(listener)
         self._accept_resume_at = now + ACCEPT_PAUSE_S
-        self._count("accept_pauses")
+        self.count("accept_pauses")
         if now - self._limit_logged_at >= LIMIT_LOG_INTERVAL_S:
             _log.warning(
                 "{reason}: accepting rests {p:g} s at a time; {n} connection attempt(s) "
@@ -1368,11 +994,11 @@ class Server:
         due = self._frame_check_at if self._partials else float("inf")
         if self._accept_resume_at is not None:
             due = min(due, self._accept_resume_at)
-        wait = max(0.0, due - self._now())
+        wait = max(0.0, due - self.now())
         return wait if timeout is None else min(timeout, wait)
 
     def _run_timers(self) -> None:
-        now = self._now()
+        now = self.now()
         if self._accept_resume_at is not None and now >= self._accept_resume_at:
             self._resume_accepting()
         if self._partials and now >= self._frame_check_at:
@@ -1390,7 +1016,7 @@ class Server:
             self._end_partial(conn)
             return
         if conn.partial_since is None or decoder.frames != conn.partial_frames:
-            now = self._now()
+            now = self.now()
             conn.partial_since = now
             conn.partial_frames = decoder.frames
             if not self._partials:
@@ -1420,10 +1046,10 @@ class Server:
         conn.input_waiting = True
         self._input_waiters.append(conn)
         self._input_tight = True
-        self._count("input_waits")
+        self.count("input_waits")
         self._update_interest(conn)
         self._waits_unlogged += 1
-        now = self._now()
+        now = self.now()
         if now - self._waits_logged_at >= LIMIT_LOG_INTERVAL_S:
             _log.warning(
                 "input budget full: incomplete frames reserve {r} of {m} bytes; {n} "
@@ -1453,7 +1079,7 @@ class Server:
                 break
             waiters.popleft()
             conn.input_waiting = False
-            conn.partial_since = self._now()  # its time runs again from now
+            conn.partial_since = self.now()  # its time runs again from now
             self._update_interest(conn)
         self._input_tight = bool(waiters)
 
@@ -1489,7 +1115,7 @@ class Server:
         reason = (f"a frame stayed incomplete for {elapsed:.1f} s ({decoder.buffered}"
                   f"{announced} bytes received), longer than frame_timeout_s "
                   f"({self.frame_timeout_s:g} s)")
-        self._count("frame_timeouts")
+        self.count("frame_timeouts")
         _log.warning("closing connection {id} (pid {pid}): {reason}", id=conn.conn_id,
                      pid=conn.peer.pid, reason=reason)
         with contextlib.suppress(Exception):
@@ -1499,9 +1125,9 @@ class Server:
         self._close(conn, reason)
 
     def _on_writable(self, conn: Connection) -> None:
-        drained = conn._flush_out()
+        drained = conn.flush_out()
         if drained is not None:
-            conn.out_progress_at = self._now()  # the peer took some: it reads
+            conn.out_progress_at = self.now()  # the peer took some: it reads
         if drained is None:
             self._close(conn, "send failed")
         elif drained:
@@ -1541,7 +1167,7 @@ class Server:
         try:
             self._process(conn, messages)
         except FramingError as exc:
-            self._count("framing_errors")
+            self.count("framing_errors")
             _log.warning("broken framing on connection {id}: {exc}", id=conn.conn_id, exc=exc)
             out.append(encode_frame([RESPONSE, None, error_to_wire(exc), None]))
             conn.close_when_flushed = True
@@ -1576,7 +1202,7 @@ class Server:
         try:
             value = backlog()
         except Exception:
-            self._count("internal_errors")
+            self.count("internal_errors")
             _log.opt(exception=True).error("publish_backlog() failed: no flow control")
             self._backlog = None
             return
@@ -1602,7 +1228,7 @@ class Server:
             return
         conn.throttled = True
         self._throttled.append(conn)
-        self._count("backpressure_throttled")
+        self.count("backpressure_throttled")
         self._update_interest(conn)
 
     def _check_backlog(self) -> None:
@@ -1613,7 +1239,7 @@ class Server:
             try:
                 value = backlog()
             except Exception:
-                self._count("internal_errors")
+                self.count("internal_errors")
                 _log.opt(exception=True).error("publish_backlog() failed: no flow control")
                 self._backlog = None
                 value = 0
@@ -1625,7 +1251,7 @@ class Server:
             self._throttle_low = value
             self._throttle_progress_at = now
         elif now - self._throttle_progress_at >= self.backlog_stall_s:
-            self._count("backpressure_stalls")
+            self.count("backpressure_stalls")
             _log.warning(
                 "publish backlog stuck at {n} updates for {s:g} s: resuming publishers "
                 "anyway (is the debouncer running?)", n=value, s=self.backlog_stall_s)
@@ -1654,13 +1280,13 @@ class Server:
         if self._out_pressure:
             return
         with self._out_lock:
-            total = self._out_total
+            total = self.out_total
             full = len(self._out_full)
         if not full and total <= self.output_budget_bytes:
             return  # drained meanwhile
         self._out_pressure = True
-        self._out_stall_check = self._now()
-        self._count("output_pauses")
+        self._out_stall_check = self.now()
+        self.count("output_pauses")
         _log.info("output pressure: {total} bytes queued ({full} connection(s) above "
                   "{cap} bytes; budget {budget}): pausing publishers", total=total, full=full,
                   cap=self.max_buffer_bytes, budget=self.output_budget_bytes)
@@ -1674,7 +1300,7 @@ class Server:
         connections that are not reading (queued output, none taken for
         ``output_stall_s``)."""
         with self._out_lock:
-            total = self._out_total
+            total = self.out_total
             full = bool(self._out_full)
         if not full and total <= self.output_budget_bytes // 2:
             self._out_pressure = False
@@ -1683,17 +1309,17 @@ class Server:
             if not self._throttling:
                 self._release_publishers()
             return
-        now = self._now()
+        now = self.now()
         if now - self._out_stall_check < _STALL_CHECK_S:
             return
         self._out_stall_check = now
         for conn in list(self._conns.values()):
-            if conn.closed or not conn._want_write:
+            if conn.closed or not conn.want_write:
                 continue
-            idle = now - conn._progress_at
+            idle = now - conn.progress_at
             if idle >= self.output_stall_s:
-                self._count("stalled_disconnects")
-                reason = (f"not reading: {conn._buffered()} bytes of output queued and none "
+                self.count("stalled_disconnects")
+                reason = (f"not reading: {conn.buffered()} bytes of output queued and none "
                           f"taken for {idle:.1f} s under output pressure (limit "
                           f"daemon.output.stall_timeout_s = {self.output_stall_s:g} s)")
                 _log.warning("disconnecting {conn}: {reason}", conn=conn, reason=reason)
@@ -1703,7 +1329,7 @@ class Server:
         conn.reading = False
         conn.paused = True
         conn.backlog.clear()
-        if not conn._want_write:
+        if not conn.want_write:
             self._close(conn, "closed after error")
         else:
             self._update_interest(conn)
@@ -1769,7 +1395,7 @@ class Server:
             if pub_items:
                 self._publish(conn, pub_ids, pub_items)
             if requests:
-                self._count("requests", requests)
+                self.count("requests", requests)
 
     def _publish(self, conn: Connection, ids: list[int],
                  items: list[tuple[str, str, Any, str]]) -> None:
@@ -1778,7 +1404,7 @@ class Server:
         except Exception as exc:
             results = [exc] * len(items)
         self._after_publishing(conn)
-        self._count("publishes", len(items))
+        self.count("publishes", len(items))
         try:
             data = encode_acks(ids, results)  # all accepted: one struct call each
         except (struct.error, TypeError, ValueError):
@@ -1795,10 +1421,10 @@ class Server:
         for rid, result in zip(ids, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, ModcoordError):
-                    self._count("internal_errors")
+                    self.count("internal_errors")
                     _log.opt(exception=result).error("publish_many failed")
                 elif isinstance(result, InvalidMessageError):
-                    self._count("invalid_messages")
+                    self.count("invalid_messages")
                 frames.append([RESPONSE, rid, error_to_wire(result), None])
             else:
                 frames.append([RESPONSE, rid, None, result])
@@ -1806,7 +1432,7 @@ class Server:
         try:
             data = encode_frames(frames)
         except Exception as exc:  # a coordinator returning something odd
-            self._count("internal_errors")
+            self.count("internal_errors")
             data = encode_frames([RESPONSE, rid, ["InternalError", str(exc)], None]
                                  for rid in ids)
         return data
@@ -1818,7 +1444,7 @@ class Server:
             rid_or_none = request_id_of(msg)
             self._respond_error(conn, rid_or_none, exc)
             if rid_or_none is None:
-                self._count("framing_errors")
+                self.count("framing_errors")
                 _log.warning("closing connection {id}: {exc}", id=conn.conn_id, exc=exc)
                 conn.close_when_flushed = True
                 conn.paused = True
@@ -1865,7 +1491,7 @@ class Server:
             except Exception as exc:
                 self._respond_error(conn, rid, exc)
             else:
-                with conn._lock:
+                with conn.lock:
                     closed = conn.closed
                     if not closed:
                         conn.module_ids.add(info.module_id)
@@ -1877,7 +1503,7 @@ class Server:
                         id=conn.conn_id)
                     self._respond(conn, rid, result)
             finally:
-                self._post("resume", conn, "")
+                self.post("resume", conn, "")
 
         self._registrations.submit(job)
 
@@ -1891,7 +1517,7 @@ class Server:
 
         def job() -> None:
             try:
-                with conn._lock:
+                with conn.lock:
                     conn.module_ids.discard(module_id)
                 self.coordinator.unregister(module_id, conn)
             except Exception as exc:
@@ -1899,7 +1525,7 @@ class Server:
             else:
                 self._respond(conn, rid, {"module_id": module_id})
             finally:
-                self._post("resume", conn, "")
+                self.post("resume", conn, "")
 
         self._registrations.submit(job)
 
@@ -1946,34 +1572,34 @@ class Server:
 
     def _on_callback_response(self, conn: Connection, cid: int, error: Any,
                               result: Any) -> None:
-        reply = conn._take_callback(cid)
+        reply = conn.take_callback(cid)
         if reply is None:
             _log.debug("late or unknown callback response {cid} on connection {id}",
                        cid=cid, id=conn.conn_id)
             return
         if error is None:
-            _safe_reply(reply, result, None)
+            safe_reply(reply, result, None)
         else:
             text = ": ".join(str(e) for e in error) if isinstance(error, list) else str(error)
-            _safe_reply(reply, None, text)
+            safe_reply(reply, None, text)
 
     # -- closing -----------------------------------------------------------------------------
 
     def _close(self, conn: Connection, reason: str) -> None:
-        with conn._lock:
+        with conn.lock:
             if conn.closed:
                 return
             conn.closed = True
-            callbacks = conn._callbacks
-            conn._callbacks = {}
+            callbacks = conn.callbacks
+            conn.callbacks = {}
             modules = list(conn.module_ids)
-            lost_bytes = len(conn._out)
-            lost_updates = sum(n for _, n in conn._out_frames) + conn._held_updates
-            conn._out_frames.clear()
-            conn._out.clear()
-            conn._held.clear()
-            conn._held_updates = 0
-            self._output_taken(conn, lost_bytes, 0)
+            lost_bytes = len(conn.out)
+            lost_updates = sum(n for _, n in conn.out_frames) + conn.held_updates
+            conn.out_frames.clear()
+            conn.out.clear()
+            conn.held.clear()
+            conn.held_updates = 0
+            self.output_taken(conn, lost_bytes, 0)
         self._conns.pop(conn.conn_id, None)
         if conn.partial_since is not None or conn.reserved or conn.input_waiting:
             self._end_partial(conn)
@@ -1984,16 +1610,16 @@ class Server:
             conn.sock.shutdown(socket.SHUT_RDWR)
         conn.sock.close()
         conn.backlog.clear()
-        self._count("closed")
+        self.count("closed")
         _log.debug("connection {id} closed: {reason}", id=conn.conn_id, reason=reason)
         if lost_updates:
-            self._count_undelivered(conn, lost_updates, lost_bytes,
+            self.count_undelivered(conn, lost_updates, lost_bytes,
                                     f"connection {conn.conn_id} closed ({reason}) before "
                                     "taking them")
         if callbacks:
-            self._count("callbacks_failed", len(callbacks))
+            self.count("callbacks_failed", len(callbacks))
             for reply in callbacks.values():
-                _safe_reply(reply, None, "connection closed")
+                safe_reply(reply, None, "connection closed")
         if modules and self._registrations is not None:
             for module_id in modules:
                 self._registrations.submit(
@@ -2050,12 +1676,12 @@ class Server:
         assert self._selector is not None
         deadline = time.monotonic() + self.drain_timeout
         while True:
-            pending = [c for c in self._conns.values() if c._want_write and not c.closed]
+            pending = [c for c in self._conns.values() if c.want_write and not c.closed]
             if not pending:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                lost = sum(c._buffered() for c in pending)
+                lost = sum(c.buffered() for c in pending)
                 self.undelivered_bytes_at_stop = lost
                 _log.warning(
                     "drain timeout ({t:g} s): {n} bytes of output to {c} slow client(s) not "

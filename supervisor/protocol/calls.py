@@ -117,8 +117,10 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
     """Base of every parameter struct: unknown fields are refused."""
 
     def to_wire(self) -> dict[str, Any]:
-        """The params as the map that goes on the wire (every field, defaults included)."""
-        return {f: getattr(self, f) for f in self.__struct_fields__}
+        """The params as the map that goes on the wire (every field set, defaults
+        included; a field left unset is left out)."""
+        return {f: v for f in self.__struct_fields__
+                if (v := getattr(self, f)) is not msgspec.UNSET}
 
 
 P = TypeVar("P", bound=Params)
@@ -132,8 +134,8 @@ class Empty(Params):
 
 
 class HelloParams(Params):
-    """``hello``: who the client is. ``protocol`` is the client's :data:`PROTOCOL_VERSION`
-    (0, or left out, by clients that predate versioning: then not checked)."""
+    """``hello``: who the client is. ``protocol`` is the client's protocol version
+    (``PROTOCOL_VERSION``; 0, or left out, by clients that predate versioning: then not checked)."""
 
     client: str = ""
     pid: int = 0
@@ -163,13 +165,13 @@ class RegisterParams(Params):
     (``"*"``: all), a single string is taken as a one-element list."""
 
     module_id: ModuleId
-    name: str | None = None
-    supported_modes: list[str] | None = None
+    name: str | msgspec.UnsetType = msgspec.UNSET
+    supported_modes: list[str] | msgspec.UnsetType = msgspec.UNSET
     subscribe: list[str] | str = msgspec.field(default_factory=list)
     has_metrics: bool = False
 
     def __post_init__(self) -> None:
-        if self.supported_modes is not None:
+        if self.supported_modes is not msgspec.UNSET:
             _modes_ok("supported_modes", self.supported_modes)
 
     def info(self) -> ModuleInfo:
@@ -177,8 +179,8 @@ class RegisterParams(Params):
         subscribe = self.subscribe
         return ModuleInfo(
             module_id=self.module_id,
-            name=self.module_id if self.name is None else self.name,
-            supported_modes=frozenset(MODES if self.supported_modes is None
+            name=self.module_id if self.name is msgspec.UNSET else self.name,
+            supported_modes=frozenset(MODES if self.supported_modes is msgspec.UNSET
                                       else self.supported_modes),
             subscribe=(subscribe,) if isinstance(subscribe, str) else tuple(subscribe),
             has_metrics=self.has_metrics)
@@ -295,15 +297,28 @@ class ActorParams(Params, dict=True):
 
     actor: str
     method: str
-    args: list[Any] | dict[str, Any] | None = None
-    kwargs: dict[str, Any] | None = None
+    # Typed ``Any`` and checked below by exact type: msgspec would take any sequence (an
+    # ``ExtType``, a named tuple) as a list.
+    args: Any = None
+    """A list of positional arguments, a map of keyword arguments, or null."""
+    kwargs: Any = None
+    """A map of keyword arguments, or null."""
 
     def __post_init__(self) -> None:
         _actor_field(self.actor)
         if not self.method.isidentifier() or self.method.startswith("_"):
             raise ValueError(f"'method' must be a public method name, got {self.method!r}")
         args = self.args
+        if args is not None and type(args) is not list and type(args) is not dict:
+            raise ValueError("'args' must be a list (or a map of keyword arguments), "
+                             f"got {type(args).__name__}")
+        if self.kwargs is not None and type(self.kwargs) is not dict:
+            raise ValueError(f"'kwargs' must be a map, got {type(self.kwargs).__name__}")
         kwargs = dict(self.kwargs or {})
+        for name in (*kwargs, *(args if isinstance(args, dict) else ())):
+            if type(name) is not str or not name.isidentifier():
+                raise ValueError(
+                    f"keyword argument names must be identifiers, got {name!r}")
         if isinstance(args, dict):
             kwargs = {**args, **kwargs}
             args = None
@@ -598,11 +613,15 @@ def _convert(where: str, params: Any, struct: type[P]) -> P:
     try:
         return msgspec.convert(params, struct, strict=True)
     except msgspec.ValidationError as exc:
-        raise InvalidMessageError(f"{where}: {_wording(exc)}") from None
+        raise InvalidMessageError(f"{where}: {_wording(exc, params)}") from None
 
 
-def _wording(exc: msgspec.ValidationError) -> str:
+def _wording(exc: msgspec.ValidationError, params: Any) -> str:
     text = str(exc)
+    if text == "Expected `str` - at `key` in `$`" and type(params) is dict:
+        # A field name that is not a string: no field of any call has one.
+        odd = ", ".join(repr(k) for k in params if type(k) is not str)
+        return f"Object contains unknown field(s) {odd} (field names are strings)"
     if text.startswith("Expected `object`"):  # the params themselves are not a map
         return "params must be a map" + text[len("Expected `object`"):].split(" - at")[0]
     return text
