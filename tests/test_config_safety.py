@@ -248,10 +248,15 @@ def test_a_fifo_created_while_running_never_blocks_status_or_stop(
     reloads = [subprocess.Popen([*CLI, "reload", "--runtime-dir", str(d.runtime_dir)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
+    named = 0
     for proc in reloads:
         _, err = proc.communicate(timeout=20)
         assert proc.returncode == 1, err
-        assert "hybrid.yaml" in err and "FIFO" in err, err
+        # Only one reload request waits at a time (so the control threads stay free); a
+        # concurrent second one may be answered at once as still running.
+        assert ("hybrid.yaml" in err and "FIFO" in err) or "still running" in err, err
+        named += "FIFO" in err
+    assert named >= 1
 
     began = time.monotonic()
     status = d.cli("status", "--json", timeout=20)

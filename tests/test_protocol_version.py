@@ -84,7 +84,7 @@ def test_error_from_wire_rebuilds_the_version_error() -> None:
 @pytest.mark.parametrize("version", [PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 99])
 def test_hello_with_another_version_is_refused_naming_both(tmp_path: Path,
                                                            version: int) -> None:
-    with Server(_Engine(), socket_path(tmp_path)) as server:  # type: ignore[arg-type]
+    with Server(_Engine(), socket_path(tmp_path)) as server:
         answers = _run_client(server.socket_path, version)
         assert answers["1"]["error"] == "ProtocolVersionError"
         message = answers["1"]["message"]
@@ -98,7 +98,7 @@ def test_hello_with_another_version_is_refused_naming_both(tmp_path: Path,
 @pytest.mark.parametrize("version", [PROTOCOL_VERSION, 0])
 def test_hello_with_this_or_no_version_is_answered_with_the_daemons(tmp_path: Path,
                                                                     version: int) -> None:
-    with Server(_Engine(), socket_path(tmp_path)) as server:  # type: ignore[arg-type]
+    with Server(_Engine(), socket_path(tmp_path)) as server:
         answers = _run_client(server.socket_path, version)
         hello = answers["1"]["ok"]
         assert hello["protocol"] == PROTOCOL_VERSION == hello["version"]
