@@ -13,6 +13,7 @@ is made here rather than in every test file. Tests stop every actor at teardown
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from modcoord.actors import (
     Shared,
 )
 
-__all__ = ["WAIT_S", "ActorRig", "Recorder", "Sync", "fake", "make_context"]
+__all__ = ["WAIT_S", "ActorRig", "Recorder", "Sync", "fake", "make_context", "make_shared"]
 
 WAIT_S = 5.0  # how long a test waits for an actor's answer
 
@@ -68,14 +69,25 @@ def fake(name: str) -> type[Recorder]:
     return type(f"Fake_{name}", (Recorder,), {"actor_name": name})
 
 
+def make_shared(clock: Clock, shared: Shared | None = None, **fields: Any) -> Shared:
+    """``shared`` (a fresh :meth:`Shared.create` for ``clock`` when ``None``) with ``fields``
+    swapped in (``metrics=``, ``deliver=``...: :class:`Shared`'s field names).
+
+    Raises:
+        TypeError: a name in ``fields`` is not a field of :class:`Shared`.
+    """
+    base = shared if shared is not None else Shared.create(clock)
+    return dataclasses.replace(base, **fields) if fields else base
+
+
 def make_context(clock: Clock, handles: Mapping[str, ActorHandle],
                  report_failure: Callable[[FailureReport], None] | None = None,
-                 shared: Shared | None = None) -> ActorContext:
-    """The context the supervisor would give an actor: ``shared`` holds the shared
-    hot-path objects (a fresh :meth:`Shared.create` when ``None``)."""
+                 shared: Shared | None = None, **fields: Any) -> ActorContext:
+    """The context the supervisor would give an actor: its shared hot-path objects are
+    :func:`make_shared` of ``shared`` and ``fields``."""
     return ActorContext(clock=clock, handles=handles,
                         report_failure=report_failure or (lambda report: None),
-                        shared=shared if shared is not None else Shared.create(clock))
+                        shared=make_shared(clock, shared, **fields))
 
 
 class ActorRig(Generic[C]):
@@ -91,6 +103,8 @@ class ActorRig(Generic[C]):
         others: names that get a handle but no actor (messages to them are buffered).
         replies: per peer, the fake's answers by message type name.
         shared: the shared objects of the context (see :func:`make_context`).
+        fields: fields of ``shared`` to swap (``metrics=``, ``deliver=``...; see
+            :func:`make_shared`).
 
     Attributes:
         handles: every handle by name (the context's ``handles``: the same dict).
@@ -102,7 +116,7 @@ class ActorRig(Generic[C]):
     def __init__(self, clock: C, name: str, actor: type[ManagedActor], settings: Any, *,
                  peers: Iterable[str] = (), others: Iterable[str] = (),
                  replies: Mapping[str, Mapping[str, Any]] | None = None,
-                 shared: Shared | None = None) -> None:
+                 shared: Shared | None = None, **fields: Any) -> None:
         peers = tuple(peers)
         self.clock = clock
         self.name = name
@@ -112,7 +126,8 @@ class ActorRig(Generic[C]):
             n: ActorHandle(n) for n in dict.fromkeys((name, *peers, *others))}
         self.handle = self.handles[name]
         self.reports: list[FailureReport] = []
-        self.context = make_context(clock, self.handles, self.reports.append, shared)
+        self.context = make_context(clock, self.handles, self.reports.append, shared,
+                                    **fields)
         self.received: defaultdict[str, list[Any]] = defaultdict(list)
         self.peers: dict[str, ActorHandle] = {}
         self._ref: pykka.ActorRef[Any] | None = None

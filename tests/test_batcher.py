@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import threading
 from collections.abc import Iterator
@@ -11,15 +10,13 @@ from typing import Any
 import msgpack
 import pykka
 import pytest
+from actor_harness import WAIT_S, ActorRig
 
 from modcoord.actors import (
-    ActorContext,
     ActorCrashedError,
-    ActorHandle,
     Batch,
     BatchSettings,
     Crash,
-    FailureReport,
     Handover,
     MockClock,
     Reconfigure,
@@ -38,12 +35,10 @@ from modcoord.actors.batcher import (
     order_updates,
 )
 from modcoord.actors.message import from_wire
-from modcoord.actors.shared import Shared
 from modcoord.actors.shared.admission import QueueGauge
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import PRIORITIES
 
-WAIT_S = 5.0
 WINDOW_MS = 125.0  # 0.125 s is exact in binary, so deadlines compare exactly
 TINY = 2.0**-20
 
@@ -90,37 +85,21 @@ def batch_settings(**kw: Any) -> BatchSettings:
     return BatchSettings(**kw)
 
 
-class Rig:
+class Rig(ActorRig[MockClock]):
+    """The batcher on the test's clock, delivering to :attr:`sink`; subscribes ``all`` to
+    everything unless told not to."""
+
     def __init__(self, clock: MockClock, settings: BatchSettings | None = None,
                  sink: Sink | None = None, gauge: QueueGauge | None = None,
                  metrics: MetricsRegistry | None = None, subscribe_all: bool = True) -> None:
-        self.clock = clock
         self.sink = sink or Sink()
-        self.handle = ActorHandle("batcher")
-        self.reports: list[FailureReport] = []
-        shared = Shared.create(clock, deliver=self.sink)
-        if gauge is not None:
-            shared = dataclasses.replace(shared, queue_gauge=gauge)
-        if metrics is not None:
-            shared = dataclasses.replace(shared, metrics=metrics)
-        self.context = ActorContext(clock=clock, handles={"batcher": self.handle},
-                                    report_failure=self.reports.append, shared=shared)
-        self.settings = settings or batch_settings()
-        self.ref = self.start()
+        swap: dict[str, Any] = {"queue_gauge": gauge, "metrics": metrics}
+        super().__init__(clock, "batcher", BatcherActor, settings or batch_settings(),
+                         deliver=self.sink, **{k: v for k, v in swap.items() if v is not None})
+        self.start()
         self.up = Seq(clock)
         if subscribe_all:
             self.tell(Subscribe("all", ("*",)))
-
-    def start(self, takeover: Any = None) -> pykka.ActorRef[Any]:
-        ref = BatcherActor.start(self.settings, self.context, takeover)
-        self.handle.install(ref)
-        return ref
-
-    def tell(self, message: Any) -> None:
-        self.handle.tell(message)
-
-    def ask(self, message: Any) -> Any:
-        return self.handle.ask(message, timeout=WAIT_S)
 
     def enqueue(self, *updates: Update) -> int:
         """Enqueue and wait until handled; return the queue depth then."""

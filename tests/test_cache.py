@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -10,15 +9,13 @@ from typing import Any
 
 import pykka
 import pytest
+from actor_harness import WAIT_S, ActorRig
 
 from modcoord.actors import (
-    ActorContext,
     ActorCrashedError,
-    ActorHandle,
     CacheSettings,
     CallTimeoutError,
     Crash,
-    FailureReport,
     InvalidMessageError,
     MockClock,
     Reconfigure,
@@ -26,15 +23,12 @@ from modcoord.actors import (
 )
 from modcoord.actors.cache import CacheActor, Clear, Get, Invalidate, Purge, Put, Shrink
 from modcoord.actors.message import from_wire
-from modcoord.actors.shared import Shared
 from modcoord.actors.shared.cache_store import (
     CacheStatistics,
     CacheStore,
     LookupKind,
     cache_key,
 )
-
-WAIT_S = 5.0
 
 
 @pytest.fixture(autouse=True)
@@ -391,29 +385,14 @@ def test_reconfigure_disabled_clears_and_in_flight_still_completes(clock: MockCl
 # -- the actor -----------------------------------------------------------------------------
 
 
-class Rig:
+class Rig(ActorRig[MockClock]):
+    """The cache actor, started, on ``store`` (the context's own store when ``None``)."""
+
     def __init__(self, clock: MockClock, store: CacheStore | None = None,
                  cache_settings: CacheSettings | None = None) -> None:
-        self.clock = clock
-        self.handle = ActorHandle("cache")
-        self.reports: list[FailureReport] = []
-        shared = Shared.create(clock)
-        if store is not None:
-            shared = dataclasses.replace(shared, cache_store=store)
-        self.context = ActorContext(
-            clock=clock, handles={"cache": self.handle},
-            report_failure=self.reports.append, shared=shared,
-        )
-        self.settings = cache_settings or settings()
-        self.ref = self.start()
-
-    def start(self) -> pykka.ActorRef[Any]:
-        ref = CacheActor.start(self.settings, self.context)
-        self.handle.install(ref)
-        return ref
-
-    def ask(self, message: Any) -> Any:
-        return self.handle.ask(message, timeout=WAIT_S)
+        swap: dict[str, Any] = {} if store is None else {"cache_store": store}
+        super().__init__(clock, "cache", CacheActor, cache_settings or settings(), **swap)
+        self.start()
 
 
 def test_actor_messages(clock: MockClock) -> None:

@@ -1,36 +1,30 @@
 """Tests of the debouncer actor (SPEC §3 Debouncer), on a MockClock: nothing sleeps.
 
-The debouncer talks to a fake batcher (actor name ``batcher``) that records every
-``Enqueue`` it receives. Synchronisation: after ``clock.advance`` the test asks the
-debouncer (its inbox is FIFO, so the wake was handled first), then asks the fake batcher
-(whatever the debouncer told it arrived before that ask).
+The debouncer talks to a fake batcher (actor name ``batcher``, actor_harness.py's
+recorder) whose ``Enqueue`` messages the tests read. Synchronisation: after
+``clock.advance`` the test asks the debouncer (its inbox is FIFO, so the wake was handled
+first), then asks the fake batcher (whatever the debouncer told it arrived before that ask).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import pykka
 import pytest
+from actor_harness import ActorRig
 
 from modcoord.actors import (
-    ActorContext,
     ActorCrashedError,
-    ActorHandle,
-    BatchSettings,
     Crash,
     DebounceSettings,
-    FailureReport,
     Handover,
     InvalidMessageError,
-    ManagedActor,
     Message,
     MockClock,
     MonotonicClock,
@@ -52,54 +46,11 @@ from modcoord.actors.debouncer import (
     _Wake,
 )
 from modcoord.actors.message import from_wire
-from modcoord.actors.shared import Shared
 from modcoord.actors.shared.metrics import MetricsRegistry
-
-try:  # the real message, once actors/batcher.py exists and imports cleanly
-    from modcoord.actors.batcher import Enqueue
-
-    HAVE_BATCHER = True
-except Exception:  # absent, or mid-edit by its author: use a stand-in
-    HAVE_BATCHER = False
-
-    @dataclass(frozen=True)
-    class Enqueue(Message):  # type: ignore[no-redef]
-        updates: tuple[Update, ...]
-
 
 DELAY = 300 / 1000.0  # the same float the actor computes from delay_ms
 CRITICAL = 50 / 1000.0
 MAX_WAIT = 1000 / 1000.0
-
-
-@dataclass(frozen=True)
-class Recorded(Message):
-    """Ask the fake batcher for the Enqueue messages it received, in order."""
-
-
-class FakeBatcher(ManagedActor):
-    """Stands in for the batcher: records every message whose type is named Enqueue."""
-
-    actor_name = "batcher"
-    settings_type = BatchSettings
-
-    def __init__(self, settings: Any, context: ActorContext, takeover: Any = None,
-                 enqueued_event: threading.Event | None = None) -> None:
-        super().__init__(settings, context, takeover)
-        self.enqueued: list[Any] = []
-        self.enqueued_event = enqueued_event
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Recorded):
-            return list(self.enqueued)
-        if type(message).__name__ == "Enqueue":
-            self.enqueued.append(message)
-            if self.enqueued_event is not None:
-                self.enqueued_event.set()
-        return None
-
-    def statistics(self) -> Any:
-        return len(self.enqueued)
 
 
 class LateClock(MockClock):
@@ -113,37 +64,37 @@ class LateClock(MockClock):
         return super().call_at(deadline + self.lag, callback)
 
 
-class Rig:
-    """A debouncer plus a fake batcher sharing one clock (a MockClock unless noted)."""
+class Rig(ActorRig[Any]):
+    """A debouncer plus a fake batcher (recording what it is told) sharing one clock (a
+    MockClock unless noted); ``enqueued_event`` is set at each Enqueue the fake receives."""
 
     def __init__(self, clock: MockClock | MonotonicClock, settings: Any = None,
                  metrics: MetricsRegistry | None = None,
                  enqueued_event: threading.Event | None = None) -> None:
-        self.clock: Any = clock  # MockClock-only helpers assert it where they need it
-        self.reports: list[FailureReport] = []
-        self.deb = ActorHandle("debouncer")
-        self.bat = ActorHandle("batcher")
-        self.context = ActorContext(
-            clock=clock,
-            handles={"debouncer": self.deb, "batcher": self.bat},
-            report_failure=self.reports.append,
-            shared=Shared.create(clock) if metrics is None else dataclasses.replace(
-                Shared.create(clock), metrics=metrics),
-        )
-        self.bat.install(FakeBatcher.start(BatchSettings(), self.context, None, enqueued_event))
-        self.settings = settings if settings is not None else DebounceSettings()
-        self.ref = DebouncerActor.start(self.settings, self.context)
-        self.deb.install(self.ref)
+        swap: dict[str, Any] = {} if metrics is None else {"metrics": metrics}
+        replies = {} if enqueued_event is None else {
+            "batcher": {"Enqueue": lambda message: enqueued_event.set()}}
+        super().__init__(clock, "debouncer", DebouncerActor,
+                         settings if settings is not None else DebounceSettings(),
+                         peers=("batcher",), replies=replies, **swap)
+        self.deb = self.handle
+        self.bat = self.peers["batcher"]
+        self.start()
         self.t0 = clock.monotonic()
 
     def publish(self, *updates: Update) -> None:
         """Publish and wait until handled, so the actor reads the clock before it moves."""
         self.deb.ask(PublishMany(tuple(updates)))
 
+    def enqueues(self) -> list[Any]:
+        """The Enqueue messages the fake batcher received so far, in order."""
+        self.sync_peers()
+        return self.sent("batcher", "Enqueue")
+
     def sync(self) -> list[Any]:
         """Wait until both actors handled everything sent so far; return the Enqueues."""
         self.deb.ask(Pending())
-        return self.bat.ask(Recorded())  # type: ignore[no-any-return]
+        return self.enqueues()
 
     def delivered(self) -> list[Update]:
         return [u for enq in self.sync() for u in enq.updates]
@@ -173,12 +124,7 @@ def upd(key: str, payload: Any, priority: str = "medium", module: str = "m",
 
 
 @pytest.fixture(autouse=True)
-def _stop_actors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    if not HAVE_BATCHER:
-        def emit(self: DebouncerActor, updates: tuple[Update, ...]) -> None:
-            self.peer("batcher").tell(Enqueue(updates=updates))
-
-        monkeypatch.setattr(DebouncerActor, "_emit", emit)
+def _stop_actors() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all()
 
@@ -485,7 +431,7 @@ def test_stop_flushes_pending_updates(make_rig: Callable[..., Rig]) -> None:
     rig.publish(upd("a", 1), upd("b", 2, priority="high"))
     rig.sync()
     rig.ref.stop()
-    enqueues = rig.bat.ask(Recorded())
+    enqueues = rig.enqueues()
     assert [u.key for u in enqueues[0].updates] == ["a", "b"]
     assert rig.clock.pending_timers() == 0
 
@@ -501,7 +447,7 @@ def test_export_and_restore_keep_pending_work(make_rig: Callable[..., Rig]) -> N
         ("c", "crit-2", "critical"), ("n", "normal", "medium")]
     assert handover.entries[0].first_at == rig.t0
     assert rig.clock.pending_timers() == 0  # the old actor's timer is gone
-    assert rig.bat.ask(Recorded()) == []  # handed over, not flushed
+    assert rig.enqueues() == []  # handed over, not flushed
 
     successor = DebouncerActor.start(rig.settings, rig.context, takeover=handover)
     rig.deb.install(successor)
@@ -535,24 +481,23 @@ def test_crash_reports_a_handover_with_the_pending_entries(
             for e in report.handover.entries] == [("m", "a", 1), ("other", "b", 2)]
     assert all(e.deadline == rig.t0 + DELAY for e in report.handover.entries)
     assert rig.clock.pending_timers() == 0
-    assert rig.bat.ask(Recorded()) == []  # a crash hands over; it does not deliver
+    assert rig.enqueues() == []  # a crash hands over; it does not deliver
 
 
 def test_restore_of_a_past_deadline_emits_at_once_and_counts_lateness(
         clock: MockClock) -> None:
-    handles = {"debouncer": ActorHandle("debouncer"), "batcher": ActorHandle("batcher")}
-    context = ActorContext(clock=clock, handles=handles)
-    handles["batcher"].install(FakeBatcher.start(BatchSettings(), context))
+    rig = ActorRig(clock, "debouncer", DebouncerActor, DebounceSettings(), peers=("batcher",))
     now = clock.monotonic()
     handover = DebouncerHandover(entries=(
         PendingEntry(upd("late", 1), first_at=now - 1.0, deadline=now - 0.2),
     ))
-    handles["debouncer"].install(DebouncerActor.start(DebounceSettings(), context, handover))
-    assert handles["debouncer"].ask(Pending()) == 1  # restored (and the timer armed)
+    rig.start(handover)
+    assert rig.ask(Pending()) == 1  # restored (and the timer armed)
     clock.advance(0)
-    assert handles["debouncer"].ask(Pending()) == 0
-    assert [u.key for e in handles["batcher"].ask(Recorded()) for u in e.updates] == ["late"]
-    assert handles["debouncer"].ask(Statistics()).lateness_max_ms == pytest.approx(200.0)
+    assert rig.ask(Pending()) == 0
+    rig.sync_peers()
+    assert [u.key for e in rig.sent("batcher", "Enqueue") for u in e.updates] == ["late"]
+    assert rig.ask(Statistics()).lateness_max_ms == pytest.approx(200.0)
 
 
 def test_real_clock_fires_the_single_timer() -> None:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
 import pytest
+from actor_harness import ActorRig, Sync
 from loguru import logger
 
 from modcoord.actors import memory as memory_mod
 from modcoord.actors._base import (
-    ActorContext,
-    ActorHandle,
     Crash,
-    FailureReport,
     Handover,
     Reconfigure,
     Statistics,
@@ -38,7 +35,6 @@ from modcoord.actors.settings import MemorySettings
 from modcoord.actors.shared import (
     ConnectionStates,
     NotifySwept,
-    Shared,
     no_connection_states,
     no_swept_notice,
 )
@@ -47,34 +43,29 @@ from modcoord.actors.shared.activity import ActivityTable
 MB = 1024 * 1024
 
 
-from actor_harness import Sync as _Sync  # noqa: E402
-from actor_harness import fake as _fake  # noqa: E402
+class Harness(ActorRig[MockClock]):
+    """The memory manager, started, beside fake ``cache``, ``batcher`` and ``monitor`` peers
+    (those in ``install_peers``; the others get a handle that only buffers). Unless
+    ``rss_reader`` is given, resident memory reads ``level[0]`` bytes."""
 
-
-@dataclass
-class Harness:
-    clock: MockClock
-    context: ActorContext
-    handle: ActorHandle
-    received: dict[str, list[Any]]
-    reports: list[FailureReport]
-    level: list[int]
-    activity: ActivityTable
-    ref: Any = None
-    peers: dict[str, ActorHandle] = field(default_factory=dict)
+    def __init__(self, clock: MockClock, settings: MemorySettings,
+                 replies: dict[str, dict[str, Any]] | None,
+                 rss_reader: Callable[[], int] | None, install_peers: tuple[str, ...],
+                 connection_states: ConnectionStates, notify_swept: NotifySwept) -> None:
+        self.level = [20 * MB]
+        super().__init__(
+            clock, "memory", MemoryManagerActor, settings, peers=install_peers,
+            others=("cache", "batcher", "monitor"), replies=replies,
+            rss_reader=rss_reader if rss_reader is not None else lambda: self.level[0],
+            connection_states=connection_states, notify_swept=notify_swept)
+        self.activity: ActivityTable = self.context.shared.activity
+        self.start()
 
     def sync(self) -> MemoryStatistics:
         """Wait until memory and then every fake peer handled what was sent so far."""
-        stats: MemoryStatistics = self.handle.ask(Statistics(), timeout=5)
-        for handle in self.peers.values():
-            handle.ask(_Sync(), timeout=5)
+        stats: MemoryStatistics = self.ask(Statistics())
+        self.sync_peers()
         return stats
-
-    def names(self, peer: str) -> list[str]:
-        return [type(m).__name__ for m in self.received[peer]]
-
-    def sent(self, peer: str, type_name: str) -> list[Any]:
-        return [m for m in self.received[peer] if type(m).__name__ == type_name]
 
     def advance(self, seconds: float) -> MemoryStatistics:
         self.clock.advance(seconds)
@@ -105,25 +96,8 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
                install_peers: tuple[str, ...] = ("cache", "batcher", "monitor"),
                connection_states: ConnectionStates = no_connection_states,
                notify_swept: NotifySwept = no_swept_notice) -> Harness:
-        level = [20 * MB]
-        handles = {n: ActorHandle(n) for n in ("memory", "cache", "batcher", "monitor")}
-        reports: list[FailureReport] = []
-        shared = Shared.create(
-            clock, rss_reader=rss_reader if rss_reader is not None else lambda: level[0],
-            connection_states=connection_states, notify_swept=notify_swept)
-        activity = shared.activity
-        context = ActorContext(
-            clock=clock, handles=handles, report_failure=reports.append, shared=shared,
-        )
-        received: dict[str, list[Any]] = {n: [] for n in ("cache", "batcher", "monitor")}
-        h = Harness(clock, context, handles["memory"], received, reports, level, activity)
-        for name in install_peers:
-            ref = _fake(name).start(None, context, received[name], (replies or {}).get(name, {}))
-            handles[name].install(ref)
-            h.peers[name] = handles[name]
-        h.ref = MemoryManagerActor.start(settings or _settings(), context)
-        h.handle.install(h.ref)
-        return h
+        return Harness(clock, settings or _settings(), replies, rss_reader, install_peers,
+                       connection_states, notify_swept)
 
     yield _start
     pykka.ActorRegistry.stop_all()
@@ -513,14 +487,12 @@ def test_failing_rss_reader_skips_the_check(start: Callable[..., Harness],
 
 
 def test_default_rss_reader_uses_psutil(clock: MockClock) -> None:
-    handles = {"memory": ActorHandle("memory")}
-    context = ActorContext(clock=clock, handles=handles)
-    ref = MemoryManagerActor.start(_settings(), context)
-    handles["memory"].install(ref)
+    rig = ActorRig(clock, "memory", MemoryManagerActor, _settings())
+    ref = rig.start()
     try:
-        stats = handles["memory"].ask(Statistics())
+        stats = rig.ask(Statistics())
         assert stats.rss_bytes > 1 * MB
-        assert isinstance(context.shared.activity, ActivityTable)  # a default context's
+        assert isinstance(rig.context.shared.activity, ActivityTable)  # a default context's
     finally:
         ref.stop()
 
@@ -621,7 +593,7 @@ def test_crash_is_reported_with_handover(start: Callable[..., Harness], kind: st
     assert h.peers["batcher"].is_alive()  # the others carry on
     # A timer firing after the crash is harmless.
     h.clock.advance(2)
-    assert h.peers["cache"].ask(_Sync()) is None
+    assert h.peers["cache"].ask(Sync()) is None
 
 
 def test_stop_cancels_timers(start: Callable[..., Harness], clock: MockClock) -> None:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
 import pytest
+from actor_harness import ActorRig
 from loguru import logger
 
 from modcoord.actors._base import (
-    ActorContext,
     ActorHandle,
     Crash,
-    FailureReport,
     Handover,
     Reconfigure,
     Statistics,
@@ -55,8 +53,6 @@ COORDINATION_MESSAGE = (
 CACHE_MESSAGE = "Low cache hit rate - consider adjusting cache TTL or strategy"
 
 
-from actor_harness import fake as _fake  # noqa: E402
-
 
 @dataclass(frozen=True)
 class FakeBatcherStats:
@@ -89,16 +85,16 @@ def feed(metrics: MetricsRegistry, name: str, ms: float, n: int = 25) -> None:
         metrics.record(name, ms / 1000.0)
 
 
-@dataclass
-class Harness:
-    clock: MockClock
-    context: ActorContext
-    handle: ActorHandle
-    metrics: MetricsRegistry
-    received: dict[str, list[Any]]
-    reports: list[FailureReport]
-    ref: Any = None
-    peers: dict[str, ActorHandle] = field(default_factory=dict)
+class Harness(ActorRig[MockClock]):
+    """The monitor, started, on its own :attr:`metrics` (a 60 s window), beside the fake
+    ``peers`` (no other actor has a handle)."""
+
+    def __init__(self, clock: MockClock, settings: MonitorSettings,
+                 replies: dict[str, dict[str, Any]] | None, peers: tuple[str, ...]) -> None:
+        self.metrics = MetricsRegistry(clock, 60.0)
+        super().__init__(clock, "monitor", MonitorActor, settings, peers=peers,
+                         replies=replies, metrics=self.metrics)
+        self.start()
 
     def evaluate(self, snapshot: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.handle.ask(Evaluate(snapshot))
@@ -124,22 +120,7 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
     def _start(settings: MonitorSettings | None = None,
                replies: dict[str, dict[str, Any]] | None = None,
                peers: tuple[str, ...] = ()) -> Harness:
-        names = ("monitor", "cache", "batcher", "memory", "debouncer")
-        handles = {n: ActorHandle(n) for n in ("monitor", *peers)}
-        reports: list[FailureReport] = []
-        metrics = MetricsRegistry(clock, 60.0)
-        shared = dataclasses.replace(Shared.create(clock), metrics=metrics)
-        context = ActorContext(clock=clock, handles=handles, report_failure=reports.append,
-                               shared=shared)
-        received: dict[str, list[Any]] = {n: [] for n in names}
-        h = Harness(clock, context, handles["monitor"], metrics, received, reports)
-        for name in peers:
-            ref = _fake(name).start(None, context, received[name], (replies or {}).get(name, {}))
-            handles[name].install(ref)
-            h.peers[name] = handles[name]
-        h.ref = MonitorActor.start(settings or _settings(), context)
-        h.handle.install(h.ref)
-        return h
+        return Harness(clock, settings or _settings(), replies, peers)
 
     yield _start
     pykka.ActorRegistry.stop_all()
@@ -609,16 +590,14 @@ def test_module_metrics_must_be_a_mapping(start: Callable[..., Harness]) -> None
 
 
 def test_a_default_context_sizes_its_registry_by_the_monitor_window(clock: MockClock) -> None:
-    handles = {"monitor": ActorHandle("monitor")}
     settings = ModeSettings(monitor=_settings(window_s=30.0))
-    context = ActorContext(clock=clock, handles=handles,
-                           shared=Shared.create(clock, settings))
-    ref = MonitorActor.start(settings.monitor, context)
-    handles["monitor"].install(ref)
+    rig = ActorRig(clock, "monitor", MonitorActor, settings.monitor,
+                   shared=Shared.create(clock, settings))
+    ref = rig.start()
     try:
-        assert isinstance(context.shared.metrics, MetricsRegistry)
-        assert context.shared.metrics.window_s == 30.0
-        assert handles["monitor"].ask(Insights())["status"] == "not_enough_data"
+        assert isinstance(rig.context.shared.metrics, MetricsRegistry)
+        assert rig.context.shared.metrics.window_s == 30.0
+        assert rig.ask(Insights())["status"] == "not_enough_data"
     finally:
         ref.stop()
 
