@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import pykka
+from loguru import logger
 
 from modcoord.actors import (
     ActorContext,
@@ -31,7 +32,8 @@ from modcoord.actors import (
     Shared,
 )
 
-__all__ = ["WAIT_S", "ActorRig", "Recorder", "Sync", "fake", "make_context", "make_shared"]
+__all__ = ["WAIT_S", "ActorRig", "Recorder", "Sync", "actor_logs", "fake", "make_context",
+           "make_shared"]
 
 WAIT_S = 5.0  # how long a test waits for an actor's answer
 
@@ -67,6 +69,18 @@ class Recorder(ManagedActor):
 def fake(name: str) -> type[Recorder]:
     """A :class:`Recorder` class whose ``actor_name`` is ``name``."""
     return type(f"Fake_{name}", (Recorder,), {"actor_name": name})
+
+
+def actor_logs(actor: str) -> Iterator[list[Any]]:
+    """Collect the loguru records (DEBUG and up) bound to ``actor`` (``extra["actor"]``)
+    while suspended; for a fixture: ``yield from actor_logs("memory")``."""
+    records: list[Any] = []
+    sink = logger.add(lambda m: records.append(m.record), level="DEBUG",
+                      filter=lambda r: r["extra"].get("actor") == actor)
+    try:
+        yield records
+    finally:
+        logger.remove(sink)
 
 
 def make_shared(clock: Clock, shared: Shared | None = None, **fields: Any) -> Shared:

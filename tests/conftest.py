@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import DaemonFactory, DaemonProcess
+from daemon_harness import DaemonFactory, DaemonProcess, copy_configs
 
 from modcoord.actors import MockClock
 
@@ -16,6 +16,12 @@ from modcoord.actors import MockClock
 @pytest.fixture
 def clock() -> MockClock:
     return MockClock()
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """A copy of the packaged config files, for a test to edit."""
+    return copy_configs(tmp_path / "configs")
 
 
 @pytest.fixture

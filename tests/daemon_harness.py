@@ -25,8 +25,9 @@ import yaml
 
 from modcoord.supervisor.daemon.config import default_config_dir
 
-__all__ = ["CLI", "CliResult", "DaemonFactory", "DaemonProcess", "edited_yaml", "file_records",
-           "records", "run_cli", "start_daemon", "startswith", "wait_for", "wait_record"]
+__all__ = ["CLI", "CliResult", "DaemonFactory", "DaemonProcess", "copy_configs", "edited_yaml",
+           "file_records", "gone", "records", "run_cli", "start_daemon", "startswith",
+           "wait_for", "wait_record"]
 
 CLI = [sys.executable, "-m", "modcoord.supervisor"]
 
@@ -85,6 +86,27 @@ def edited_yaml(path: Path, changes: Mapping[str, Any]) -> str:
                           sort_keys=False)
 
 
+def copy_configs(target: Path) -> Path:
+    """Copy the packaged config files into ``target`` (made if missing); ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for f in default_config_dir().glob("*.yaml"):
+        shutil.copy(f, target / f.name)
+    return target
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for its parent to reap it counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
 class DaemonProcess:
     """``modcoord start --foreground`` as a child process.
 
@@ -105,9 +127,7 @@ class DaemonProcess:
         self.runtime_dir = root / "run"
         self.config_dir = root / "configs"
         if not self.config_dir.exists():
-            self.config_dir.mkdir(parents=True)
-            for f in default_config_dir().glob("*.yaml"):
-                shutil.copy(f, self.config_dir / f.name)
+            copy_configs(self.config_dir)
         for stem, changes in (configs or {}).items():
             self.edit_config(stem, changes)
         self.extra = extra

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import pytest
 from daemon_harness import wait_for
-from test_client_server import (  # noqa: F401 - fixtures
+from server_harness import (  # noqa: F401 - fixtures
     WAIT,
     Editor,
     FakeCoordinator,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from modcoord.supervisor.daemon.config import (
     load_mode_file,
     normalize_mode,
 )
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "configs"
-    target.mkdir()
-    for f in default_config_dir().glob("*.yaml"):
-        shutil.copy(f, target / f.name)
-    return target
 
 
 def test_packaged_defaults_match_the_mode_table() -> None:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -51,15 +50,6 @@ g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
 debounce:
   delay_ms: [*g,*g,*g,*g,*g,*g,*g,*g,*g]
 """
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "configs"
-    target.mkdir()
-    for path in default_config_dir().glob("*.yaml"):
-        shutil.copy(path, target / path.name)
-    return target
 
 
 def _timed_cli(*args: str, timeout: float = 60.0) -> tuple[subprocess.CompletedProcess[str],

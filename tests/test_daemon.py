@@ -7,7 +7,6 @@ Every daemon here is a real process (``tests/daemon_harness.py``); clients are r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -23,8 +22,7 @@ from typing import Any
 
 import msgpack
 import pytest
-import yaml
-from daemon_harness import DaemonProcess, run_cli, wait_for
+from daemon_harness import DaemonProcess, gone, records, run_cli, wait_for
 
 from modcoord.actors.errors import ConnectionLostError
 from modcoord.supervisor.daemon.config import MODES
@@ -32,41 +30,9 @@ from modcoord.supervisor.daemon.config import MODES
 pytestmark = pytest.mark.integration
 
 
-def _edit_yaml(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
-    data = yaml.safe_load(path.read_text())
-    edit(data)
-    path.write_text(yaml.safe_dump(data))
-
-
 def _slow_debounce(d: DaemonProcess, delay_ms: int = 20000) -> None:
     """Make HYBRID updates stay pending (in the debouncer) for ``delay_ms``."""
-    _edit_yaml(d.config_dir / "hybrid.yaml",
-               lambda c: c["debounce"].update(delay_ms=delay_ms, max_wait_ms=delay_ms))
-
-
-def _gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie waiting for init to reap it counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return True
-    return fields[0] in ("Z", "X")
-
-
-def _log_records(d: DaemonProcess) -> list[dict[str, Any]]:
-    try:
-        lines = d.log_file.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in lines:
-        with contextlib.suppress(ValueError):  # a line being written
-            out.append(json.loads(line))
-    return out
+    d.edit_config("hybrid", {"debounce": {"delay_ms": delay_ms, "max_wait_ms": delay_ms}})
 
 
 class Module:
@@ -110,7 +76,7 @@ def detached(tmp_path: Path) -> Iterator[DaemonProcess]:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return
-    if not _gone(pid):
+    if not gone(pid):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -123,7 +89,7 @@ def test_start_detaches_and_stop_stops(detached: DaemonProcess) -> None:
     assert match, started.out
     pid, sock = int(match.group(1)), Path(match.group(2))
     assert sock == d.socket and sock.exists()
-    assert not _gone(pid)
+    assert not gone(pid)
     assert (d.runtime_dir / "modcoord.pid").read_text().strip() == str(pid)
 
     status = d.cli("status", "--json")
@@ -132,7 +98,7 @@ def test_start_detaches_and_stop_stops(detached: DaemonProcess) -> None:
 
     stopped = d.cli("stop", "--timeout", "20")
     assert stopped.code == 0, stopped.err
-    assert _gone(pid)
+    assert gone(pid)
     assert not sock.exists()
     after = d.cli("status")
     assert after.code == 3
@@ -146,7 +112,7 @@ def test_start_detaches_and_stop_stops(detached: DaemonProcess) -> None:
 def test_sigkill_fails_pending_futures_and_the_client_comes_back(
         daemon_factory: Callable[..., DaemonProcess]) -> None:
     d = daemon_factory(start=False)
-    _edit_yaml(d.config_dir / "daemon.yaml", lambda c: c.update(callback_timeout_ms=30000))
+    d.edit_config("daemon", {"callback_timeout_ms": 30000})
     d.start()
     module = Module("survivor")
     client = d.connect(timeout=10)
@@ -216,7 +182,7 @@ def test_sigterm_flushes_pending_updates_then_exits_0(
     with sub.lock:
         assert sub.latest == {f"doc-{k}": {"rev": 160 + k} for k in range(40)}
         assert sub.deliveries == 40
-    messages = [r["message"] for r in _log_records(d)]
+    messages = [r["message"] for r in records(d)]
     assert any(m.startswith("daemon stopped") for m in messages)
 
 
@@ -265,7 +231,7 @@ def test_second_sigterm_forces_exit(daemon_factory: Callable[..., DaemonProcess]
             assert client.debouncer.pending().get(10) == 200
 
             d.signal(signal.SIGTERM)
-            wait_for(lambda: any(r["message"] == "daemon stopping" for r in _log_records(d)),
+            wait_for(lambda: any(r["message"] == "daemon stopping" for r in records(d)),
                      10, message="the graceful stop to begin")
             d.signal(signal.SIGTERM)
             code = d.wait_exit(10)
@@ -274,7 +240,7 @@ def test_second_sigterm_forces_exit(daemon_factory: Callable[..., DaemonProcess]
     assert code == 1
     assert d.proc is not None and d.proc.stderr is not None
     assert "second signal" in d.proc.stderr.read()
-    assert not any(r["message"].startswith("daemon stopped") for r in _log_records(d))
+    assert not any(r["message"].startswith("daemon stopped") for r in records(d))
 
 
 # -- one daemon per runtime directory, permissions -------------------------------------------
@@ -318,7 +284,7 @@ def test_runtime_dir_is_0700_and_socket_0600(
 def test_invalid_config_at_start_exits_78(
         foreground: bool, daemon_factory: Callable[..., DaemonProcess]) -> None:
     d = daemon_factory(start=False)
-    _edit_yaml(d.config_dir / "hybrid.yaml", lambda c: c["cache"].update(ttl_ms="soon"))
+    d.edit_config("hybrid", {"cache": {"ttl_ms": "soon"}})
     extra = ["--foreground"] if foreground else []
     result = run_cli("start", *extra, "--config-dir", str(d.config_dir),
                      runtime_dir=d.runtime_dir, timeout=20)
@@ -326,8 +292,7 @@ def test_invalid_config_at_start_exits_78(
     assert "hybrid.yaml" in result.err and "ttl_ms" in result.err, result.err
     assert d.cli("status").code == 3
 
-    _edit_yaml(d.config_dir / "hybrid.yaml", lambda c: c["cache"].update(
-        ttl_ms=5000, bogus_key=1))
+    d.edit_config("hybrid", {"cache": {"ttl_ms": 5000, "bogus_key": 1}})
     result = run_cli("start", *extra, "--config-dir", str(d.config_dir),
                      runtime_dir=d.runtime_dir, timeout=20)
     assert result.code == 78, result
@@ -353,7 +318,7 @@ def test_sighup_reloads_the_config(daemon_factory: Callable[..., DaemonProcess])
     original = hybrid.read_text()
 
     def sighup_records() -> list[dict[str, Any]]:
-        return [r for r in _log_records(d) if r.get("reason") == "SIGHUP"]
+        return [r for r in records(d) if r.get("reason") == "SIGHUP"]
 
     with d.connect() as c:
         # Nothing changed: SIGHUP still runs a reload, which finds the config unchanged.
@@ -362,20 +327,20 @@ def test_sighup_reloads_the_config(daemon_factory: Callable[..., DaemonProcess])
         assert first[0]["message"] == "config unchanged"
 
         # A new value: applied (by SIGHUP, or by the file watcher if it got there first).
-        _edit_yaml(hybrid, lambda cfg: cfg["cache"].update(ttl_ms=7000))
+        d.edit_config("hybrid", {"cache": {"ttl_ms": 7000}})
         d.signal(signal.SIGHUP)
         wait_for(lambda: c.config().get(10)["modes"]["HYBRID"]["cache"]["ttl_ms"] == 7000, 10,
                  message="the new ttl applied")
         wait_for(lambda: len(sighup_records()) >= 2, 10, message="a second SIGHUP reload")
 
         # An invalid file: rejected, kept as last_reload_error, the running config stays.
-        _edit_yaml(hybrid, lambda cfg: cfg["debounce"].update(delay_ms="soon"))
+        d.edit_config("hybrid", {"debounce": {"delay_ms": "soon"}})
         d.signal(signal.SIGHUP)
         error = wait_for(lambda: c.status().get(10)["last_reload_error"], 10,
                          message="last_reload_error")
         assert "hybrid.yaml" in error and "delay_ms" in error
         assert c.config().get(10)["modes"]["HYBRID"]["cache"]["ttl_ms"] == 7000
-        assert any(r["message"] == "config reload rejected" for r in _log_records(d))
+        assert any(r["message"] == "config reload rejected" for r in records(d))
 
         hybrid.write_text(original)
         d.signal(signal.SIGHUP)
@@ -415,8 +380,8 @@ def test_foreground_sends_ready_to_notify_socket(
 def test_restart_intensity_exceeded_flushes_and_exits_1(
         daemon_factory: Callable[..., DaemonProcess]) -> None:
     d = daemon_factory("--allow-fault-injection", start=False)
-    _edit_yaml(d.config_dir / "daemon.yaml", lambda c: c["supervisor"].update(
-        max_restarts=2, within_s=60, backoff_initial_ms=1, backoff_max_ms=5))
+    d.edit_config("daemon", {"supervisor": {"max_restarts": 2, "within_s": 60,
+                                            "backoff_initial_ms": 1, "backoff_max_ms": 5}})
     _slow_debounce(d)
     d.start()
     sub = Module("sub", subscribe=["pub"])
@@ -433,6 +398,6 @@ def test_restart_intensity_exceeded_flushes_and_exits_1(
         assert d.wait_exit(15) == 1
         wait_for(lambda: len(sub.latest) == 30, 5, message="pending updates flushed")
     assert sub.latest == {f"k{i}": i for i in range(30)}
-    records = _log_records(d)
-    assert any("intensity" in r["message"] for r in records), [r["message"] for r in records]
-    assert any(r["message"] == "daemon stopped (exit 1)" for r in records)
+    logged = records(d)
+    assert any("intensity" in r["message"] for r in logged), [r["message"] for r in logged]
+    assert any(r["message"] == "daemon stopped (exit 1)" for r in logged)

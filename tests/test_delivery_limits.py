@@ -18,7 +18,6 @@ coordinator). Every wait is bounded.
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import signal
@@ -33,8 +32,7 @@ from typing import Any
 import msgpack
 import psutil
 import pytest
-import yaml
-from daemon_harness import DaemonProcess, wait_for
+from daemon_harness import DaemonProcess, records, wait_for
 
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.update import Batch, Update
@@ -198,28 +196,6 @@ class Publisher:
         pass
 
 
-def edit_daemon_yaml(d: DaemonProcess, **sections: Any) -> None:
-    path = d.config_dir / "daemon.yaml"
-    data = yaml.safe_load(path.read_text())
-    for key, value in sections.items():
-        if isinstance(value, dict):
-            data.setdefault(key, {}).update(value)
-        else:
-            data[key] = value
-    path.write_text(yaml.safe_dump(data))
-
-
-def log_records(d: DaemonProcess) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted(d.runtime_dir.glob("modcoord*.jsonl*")):
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
-
-
 # -- unit: the wire helpers ------------------------------------------------------------------
 
 
@@ -355,7 +331,7 @@ def test_a_subscriber_that_reads_slowly_is_paced_not_cut(tmp_path: Path) -> None
     """Output pressure pauses the publishers; a reader that keeps reading, though it
     takes longer in all than the stall timeout, gets everything (held deliveries
     included), in order, and is never disconnected."""
-    from test_client_server import RawClient
+    from server_harness import RawClient
 
     run = tmp_path / "run"
     run.mkdir(mode=0o700)
@@ -512,8 +488,8 @@ def test_stalled_subscribers_are_cut_counted_and_memory_stays_bounded(
     timeout with a logged reason, what it missed is counted, the daemon's RSS stays far
     below 8 × the data published, and the one subscriber that reads gets everything."""
     d = daemon_factory(start=False)
-    edit_daemon_yaml(d, output={"max_connection_bytes": 4 * MiB, "max_total_bytes": 16 * MiB,
-                                "stall_timeout_s": 1.0})
+    d.edit_config("daemon", {"output": {"max_connection_bytes": 4 * MiB,
+                                        "max_total_bytes": 16 * MiB, "stall_timeout_s": 1.0}})
     d.start()
     stalled = sinks(d.runtime_dir, *[(f"stalled{i}", ["pub"], 0) for i in range(8)]).wait_ready()
     reader = sinks(d.runtime_dir, ("reader", ["pub"], 0)).wait_ready()
@@ -547,11 +523,11 @@ def test_stalled_subscribers_are_cut_counted_and_memory_stays_bounded(
     report = reader.report()[0]
     assert sorted(u[2] for u in report["updates"]) == sorted(seqs)
     assert report["stats"]["connection_losses"] == 0
-    records = log_records(d)
-    cut = [r for r in records if "not reading" in r.get("message", "")
+    logged = records(d)
+    cut = [r for r in logged if "not reading" in r.get("message", "")
            and r.get("level") == "WARNING" and "disconnecting" in r["message"]]
     assert len(cut) == 8
-    assert any("not delivered" in r.get("message", "") for r in records)
+    assert any("not delivered" in r.get("message", "") for r in logged)
     # 8 stalled copies of 60 MiB would be 480 MiB; the output budget keeps it near 16 MiB
     # of encoded output plus the accepted payloads themselves (shared by every subscriber).
     grown = (peak[0] - base_rss) / MiB

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_harness import CliResult, run_cli, wait_for
+from daemon_harness import CliResult, gone, run_cli, wait_for
 
 from modcoord.supervisor.daemon.config import default_config_dir
 
@@ -32,18 +32,6 @@ PROMPT_S = 10.0
 VICTIM_TEXT = "precious contents\n"
 
 MODES = ["foreground", "detached"]
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")
 
 
 @pytest.fixture
@@ -58,11 +46,11 @@ def runtime_dirs() -> Iterator[list[Path]]:
             continue
         with contextlib.suppress(ValueError, OSError):
             pid = int(pidfile.read_text().strip())
-            if not _gone(pid):
+            if not gone(pid):
                 os.kill(pid, signal.SIGTERM)
                 with contextlib.suppress(AssertionError):
-                    wait_for(lambda p=pid: _gone(p), 20, message="daemon exit")
-                if not _gone(pid):
+                    wait_for(lambda p=pid: gone(p), 20, message="daemon exit")
+                if not gone(pid):
                     os.kill(pid, signal.SIGKILL)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 from daemon_harness import DaemonProcess, records, startswith, wait_for
-from test_client_server import WAIT, FakeCoordinator, RawClient
+from server_harness import WAIT, FakeCoordinator, RawClient, runtime_dir  # noqa: F401
 
 from modcoord.actors.clock import MockClock
 from modcoord.supervisor.daemon.server import (
@@ -59,13 +59,6 @@ def _response_ids(raw: RawClient, count: int) -> list[Any]:
 
 
 # -- unit: the server with a mock clock ---------------------------------------------------------
-
-
-@pytest.fixture
-def runtime_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "run"
-    d.mkdir(mode=0o700)
-    return d
 
 
 @pytest.fixture

@@ -23,7 +23,14 @@ from typing import Any
 
 import pytest
 from daemon_harness import DaemonProcess, records, start_daemon, startswith, wait_for
-from test_client_server import WAIT, Editor, FakeCoordinator, RawClient
+from server_harness import (  # noqa: F401 - fixtures
+    WAIT,
+    Editor,
+    FakeCoordinator,
+    RawClient,
+    fake,
+    runtime_dir,
+)
 
 from modcoord.actors.clock import MockClock
 from modcoord.supervisor.client import Client, connect
@@ -35,18 +42,6 @@ FAST_SWEEPS = {"memory": {"inactive_after_ms": 1000, "cleanup_interval_ms": 200}
 
 
 # -- unit: Connection.live ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def runtime_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "run"
-    d.mkdir(mode=0o700)
-    return d
-
-
-@pytest.fixture
-def fake() -> FakeCoordinator:
-    return FakeCoordinator()
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ from typing import Any
 
 import pykka
 import pytest
-from actor_harness import ActorRig, Sync
-from loguru import logger
+from actor_harness import ActorRig, Sync, actor_logs
 
 from modcoord.actors import memory as memory_mod
 from modcoord.actors._base import (
@@ -105,11 +104,7 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
 
 @pytest.fixture
 def memory_logs() -> Iterator[list[Any]]:
-    records: list[Any] = []
-    sink = logger.add(lambda m: records.append(m.record), level="DEBUG",
-                      filter=lambda r: r["extra"].get("actor") == "memory")
-    yield records
-    logger.remove(sink)
+    yield from actor_logs("memory")
 
 
 # -- ActivityTable -------------------------------------------------------------------------

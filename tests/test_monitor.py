@@ -8,8 +8,7 @@ from typing import Any
 
 import pykka
 import pytest
-from actor_harness import ActorRig
-from loguru import logger
+from actor_harness import ActorRig, actor_logs
 
 from modcoord.actors._base import (
     ActorHandle,
@@ -128,11 +127,7 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
 
 @pytest.fixture
 def records() -> Iterator[list[Any]]:
-    out: list[Any] = []
-    sink = logger.add(lambda m: out.append(m.record), level="DEBUG",
-                      filter=lambda r: r["extra"].get("actor") == "monitor")
-    yield out
-    logger.remove(sink)
+    yield from actor_logs("monitor")
 
 
 def fired_logs(records: list[Any], insight: str) -> list[Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
@@ -17,20 +16,11 @@ from loguru import logger
 
 from modcoord.actors.clock import MockClock
 from modcoord.actors.errors import ConfigError
-from modcoord.supervisor.daemon.config import ConfigSet, default_config_dir, load_config_dir
+from modcoord.supervisor.daemon.config import ConfigSet, load_config_dir
 from modcoord.supervisor.daemon.reload import ConfigWatcher, Reloader, is_config_file
 from modcoord.supervisor.daemon.systemd import sd_notify
 
 WAIT = 5.0
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "configs"
-    target.mkdir()
-    for path in default_config_dir().glob("*.yaml"):
-        shutil.copy(path, target / path.name)
-    return target
 
 
 @pytest.fixture

@@ -35,8 +35,7 @@ from typing import Any
 import psutil
 import pytest
 from daemon_harness import DaemonProcess, wait_for
-
-from modcoord.supervisor.daemon.config import MODES
+from wire_raw import Publisher
 
 SOAK_S = float(os.environ.get("MODCOORD_SOAK_S", "150"))
 RATE = float(os.environ.get("MODCOORD_SOAK_RATE", "250"))
@@ -53,23 +52,9 @@ _SPAWN = multiprocessing.get_context("spawn")
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-class _Publisher:
-    def __init__(self, module_id: str) -> None:
-        self.module_id = module_id
-        self.name = f"soak {module_id}"
-        self.supported_modes = set(MODES)
-        self.subscribe: list[str] = []
-
-    def on_mode_change(self, mode: str, strategy: str, context: dict[str, Any]) -> Any:
-        return "ok"
-
-    def on_batch(self, batch: Any) -> None:
-        pass
-
-
-class _Subscriber(_Publisher):
+class _Subscriber(Publisher):
     def __init__(self, module_id: str, sources: list[str]) -> None:
-        super().__init__(module_id)
+        super().__init__(module_id, f"soak {module_id}")
         self.subscribe = sources
         self.lock = threading.Lock()
         self.seqs = array.array("q")
@@ -98,7 +83,7 @@ def _publisher_main(runtime_dir: str, module_id: str, rate: float, conn: Any) ->
 
     try:
         coord = connect(runtime_dir=runtime_dir, timeout=30, name=f"soak-{module_id}")
-        coord.register(_Publisher(module_id)).get(30)
+        coord.register(Publisher(module_id, f"soak {module_id}")).get(30)
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return

@@ -24,7 +24,7 @@ import msgpack
 
 from modcoord.supervisor.daemon.config import MODES
 
-__all__ = ["Collector", "HonestClients", "RawConnection", "frame"]
+__all__ = ["Collector", "HonestClients", "Publisher", "RawConnection", "frame"]
 
 _HEADER = struct.Struct(">I")
 
@@ -157,10 +157,12 @@ class Collector:
             return {u.key: u for u in self.updates if u.module_id == module_id}
 
 
-class _Publisher:
-    def __init__(self, module_id: str) -> None:
+class Publisher:
+    """A module that only publishes: subscribes to nothing, takes every mode."""
+
+    def __init__(self, module_id: str, name: str | None = None) -> None:
         self.module_id = module_id
-        self.name = f"publisher {module_id}"
+        self.name = name if name is not None else f"publisher {module_id}"
         self.supported_modes = set(MODES)
         self.subscribe: list[str] = []
 
@@ -189,7 +191,7 @@ class HonestClients:
         self.sub_client = connect(runtime_dir=runtime_dir, timeout=10, name="honest-sub")
         self.pub_client = connect(runtime_dir=runtime_dir, timeout=10, name="honest-pub")
         self.sub_client.register(self.sub).get(10)
-        self.pub_client.register(_Publisher("honest-pub")).get(10)
+        self.pub_client.register(Publisher("honest-pub")).get(10)
         self._n = itertools.count()
         self.checks = 0
 
