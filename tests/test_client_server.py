@@ -319,9 +319,12 @@ def test_outstanding_callbacks_fail_when_connection_closes(server: Server,
     assert raw.recv_response(1)[2] is None
     answers: list[tuple[Any, str | None]] = []
     done = threading.Event()
-    fake.endpoints["mute"].mode_change(
-        "mute", "MANUAL", "conservative", {},
-        lambda r, e: (answers.append((r, e)), done.set()))
+
+    def answer(r: Any, e: str | None) -> None:
+        answers.append((r, e))
+        done.set()
+
+    fake.endpoints["mute"].mode_change("mute", "MANUAL", "conservative", {}, answer)
     request = raw.recv()
     assert request[0] == 3 and request[2] == "on_mode_change"
     assert request[3] == {"module_id": "mute", "mode": "MANUAL", "strategy": "conservative",
@@ -345,7 +348,12 @@ def test_raw_callback_response_with_error_list(server: Server, fake: FakeCoordin
     raw.recv_response(1)
     got: list[Any] = []
     done = threading.Event()
-    fake.endpoints["m"].performance_metrics("m", lambda r, e: (got.append((r, e)), done.set()))
+
+    def answer(r: Any, e: str | None) -> None:
+        got.append((r, e))
+        done.set()
+
+    fake.endpoints["m"].performance_metrics("m", answer)
     cb = raw.recv()
     raw.send([4, cb[1] + 1000, None, "unknown id: ignored"],
              [4, cb[1], ["KeyError", "nope"], None])
@@ -508,8 +516,12 @@ def test_pause_reading_refuses_new_work_but_output_still_flows(
     assert editor.got_batch.wait(WAIT)
     answers: list[Any] = []
     done = threading.Event()
-    endpoint.mode_change("editor", "MANUAL", "conservative", {},
-                         lambda r, e: (answers.append((r, e)), done.set()))
+
+    def answer(r: Any, e: str | None) -> None:
+        answers.append((r, e))
+        done.set()
+
+    endpoint.mode_change("editor", "MANUAL", "conservative", {}, answer)
     assert done.wait(WAIT)
     assert answers == [("editor in MANUAL/conservative", None)]
     assert not server.listening

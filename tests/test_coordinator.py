@@ -347,7 +347,7 @@ def test_unregister_removes_subscription(make: Any, clock: MockClock) -> None:
     advance(coord, clock, 0.5)
     assert viewer.updates() == []
     with pytest.raises(InvalidMessageError, match="already registered"):
-        coord.register(ModuleInfo.of(editor), object())  # type: ignore[arg-type]
+        coord.register(ModuleInfo.of(editor), object())
 
 
 def test_actor_calls_by_name(make: Any) -> None:

@@ -154,6 +154,7 @@ class SinkProcess:
 
     def stop(self) -> None:
         if self.proc.is_alive():
+            assert self.proc.pid is not None
             try:
                 os.kill(self.proc.pid, signal.SIGCONT)
                 self.conn.send("exit")
@@ -494,6 +495,7 @@ def test_stalled_subscribers_are_cut_counted_and_memory_stays_bounded(
     stalled = sinks(d.runtime_dir, *[(f"stalled{i}", ["pub"], 0) for i in range(8)]).wait_ready()
     reader = sinks(d.runtime_dir, ("reader", ["pub"], 0)).wait_ready()
     base_rss = psutil.Process(d.pid).memory_info().rss
+    assert stalled.proc.pid is not None
     os.kill(stalled.proc.pid, signal.SIGSTOP)
     peak = [base_rss]
     stop = threading.Event()

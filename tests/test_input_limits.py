@@ -49,7 +49,7 @@ def _padded_request(rid: int, total: int) -> bytes:
 
 
 def _response_ids(raw: RawClient, count: int) -> list[Any]:
-    out = []
+    out: list[Any] = []
     while len(out) < count:
         msg = raw.recv()
         assert msg is not None, f"EOF after responses {out}"

@@ -27,6 +27,7 @@ from modcoord.supervisor.supervisor import (
     ChildSpec,
     ChildStatus,
     CrashChild,
+    RestartPolicy,
     SetMode,
     StartChildren,
     StopChildren,
@@ -106,7 +107,7 @@ def _cleanup() -> Any:
 
 
 def start(clock: MockClock, policy: SupervisionPolicy | None = None,
-          restart: dict[str, str] | None = None, escalations: list[str] | None = None,
+          restart: dict[str, RestartPolicy] | None = None, escalations: list[str] | None = None,
           ) -> tuple[pykka.ActorRef[Any], dict[str, ActorHandle]]:
     specs = [ChildSpec(n, TOYS[n], (restart or {}).get(n, "permanent")) for n in NAMES]
     hs = {n: ActorHandle(n) for n in NAMES}
@@ -120,12 +121,13 @@ def start(clock: MockClock, policy: SupervisionPolicy | None = None,
     return sup, hs
 
 
-def wait_restarts(sup: pykka.ActorRef[Any], name: str, n: int, timeout: float = 5.0) -> dict:
+def wait_restarts(sup: pykka.ActorRef[Any], name: str, n: int,
+                  timeout: float = 5.0) -> dict[str, Any]:
     """Wait until ``name`` has restarted ``n`` times and is running (bounded)."""
     done = threading.Event()
     status: dict[str, Any] = {}
     for _ in range(int(timeout / 0.01)):
-        status = sup.ask(ChildStatus(), timeout=2)
+        status = sup.ask(ChildStatus(), block=True, timeout=2)
         if status[name]["restarts"] >= n and status[name]["state"] == "running":
             done.set()
             break
@@ -195,7 +197,7 @@ def test_strategies_restart_the_right_children_keeping_work(
         hs[n].ask(Hold(i))
     sup.ask(CrashChild(crashed), timeout=5)
     wait_restarts(sup, crashed, 1)
-    status = sup.ask(ChildStatus(), timeout=5)
+    status = sup.ask(ChildStatus(), block=True, timeout=5)
     restarted = {n for n in NAMES if status[n]["restarts"] == 1}
     assert restarted == expected
     for i, n in enumerate(NAMES):
@@ -211,14 +213,14 @@ def test_backoff_first_at_once_then_waits_on_the_clock(clock: MockClock) -> None
     wait_restarts(sup, "memory", 1)
     sup.ask(CrashChild("memory"), timeout=5)
     hs["memory"].ask_future(Statistics())  # forces the crash to be processed first
-    status = sup.ask(ChildStatus(), timeout=5)
+    status = sup.ask(ChildStatus(), block=True, timeout=5)
     for _ in range(200):
-        status = sup.ask(ChildStatus(), timeout=5)
+        status = sup.ask(ChildStatus(), block=True, timeout=5)
         if status["memory"]["state"] == "restarting":
             break
     assert status["memory"]["state"] == "restarting"
     clock.advance(0.49)
-    assert sup.ask(ChildStatus(), timeout=5)["memory"]["restarts"] == 1
+    assert sup.ask(ChildStatus(), block=True, timeout=5)["memory"]["restarts"] == 1
     clock.advance(0.02)
     wait_restarts(sup, "memory", 2)
 
@@ -259,9 +261,9 @@ def test_temporary_child_is_not_restarted(clock: MockClock) -> None:
     with pytest.raises(ActorCrashedError):
         hs["monitor"].ask(Crash())
     for _ in range(500):
-        if sup.ask(ChildStatus(), timeout=5)["monitor"]["state"] == "stopped":
+        if sup.ask(ChildStatus(), block=True, timeout=5)["monitor"]["state"] == "stopped":
             break
-    assert sup.ask(ChildStatus(), timeout=5)["monitor"]["state"] == "stopped"
+    assert sup.ask(ChildStatus(), block=True, timeout=5)["monitor"]["state"] == "stopped"
     with pytest.raises(ActorStoppedError):
         hs["monitor"].ask(Statistics())
 
@@ -271,7 +273,7 @@ def test_set_mode_reconfigures_every_child(clock: MockClock) -> None:
     assert sup.ask(SetMode("MANUAL"), timeout=5) == "HYBRID"
     for n in NAMES:
         assert hs[n].ask(Reconfigurations()) == 1, n
-    status = sup.ask(ChildStatus(), timeout=5)
+    status = sup.ask(ChildStatus(), block=True, timeout=5)
     assert all(s["alive"] for s in status.values())
 
 
