@@ -10,7 +10,7 @@ touches a pykka name starting with ``_``.
 
 All of them were checked against pykka ``>=4.1,<5`` (:data:`PYKKA_RANGE`, the range
 ``setup.cfg`` allows; last read in 4.5.0). :func:`verify` checks they are still there;
-``tests/test_actors_package.py`` runs it, so an upgrade that removes one fails loudly in
+``tests/unit/test_actors_package.py`` runs it, so an upgrade that removes one fails loudly in
 the test suite, not at run time in a daemon.
 """
 

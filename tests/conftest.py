@@ -1,5 +1,12 @@
 """Shared fixtures: a mock clock for unit tests, real daemons for integration tests (see
-daemon_harness.py; actor unit tests build their actors with actor_harness.py)."""
+daemon_harness.py; actor unit tests build their actors with actor_harness.py, tests of the
+server in-process use server_harness.py).
+
+The tree is checked at collection (:func:`pytest_collection_modifyitems`): every test in
+``integration/`` is marked ``integration``, and no test in ``unit/`` is, nor asks for a
+real daemon (the ``daemon`` or ``daemon_factory`` fixture). A test in the wrong place stops
+the run with a list of what to move or mark.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,52 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 from daemon_harness import DaemonFactory, DaemonProcess, copy_configs
 
 from modcoord.actors import MockClock
+
+TESTS_DIR = Path(__file__).resolve().parent
+UNIT_DIR = TESTS_DIR / "unit"
+INTEGRATION_DIR = TESTS_DIR / "integration"
+DAEMON_FIXTURES = frozenset({"daemon", "daemon_factory"})
+
+
+def misplaced(item: pytest.Item) -> str | None:
+    """Why ``item`` does not belong in its directory, or ``None`` when it does."""
+    path = Path(str(item.path)).resolve()
+    marked = item.get_closest_marker("integration") is not None
+    if path.is_relative_to(INTEGRATION_DIR) and not marked:
+        return "in integration/ but not marked integration"
+    if path.is_relative_to(UNIT_DIR):
+        if marked:
+            return "in unit/ but marked integration (move it to integration/)"
+        daemons = DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if daemons:
+            return f"in unit/ but starts a daemon ({', '.join(sorted(daemons))})"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse the run when a collected test sits in the wrong directory (see the module
+    docstring).
+
+    Raises:
+        pytest.UsageError: naming each misplaced test and why.
+    """
+    wrong = [f"{item.nodeid}: {why}" for item in items if (why := misplaced(item))]
+    if wrong:
+        raise pytest.UsageError("tests in the wrong directory (unit/: fakes and the test's "
+                                "clock; integration/: real daemons and processes, marked "
+                                "integration):\n  " + "\n  ".join(wrong))
+
+
+@pytest.fixture(autouse=True)
+def _stop_actors() -> Iterator[None]:
+    """Stop every actor the test started, at its teardown."""
+    yield
+    pykka.ActorRegistry.stop_all()
 
 
 @pytest.fixture

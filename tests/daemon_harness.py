@@ -25,11 +25,25 @@ import yaml
 
 from modcoord.supervisor.daemon.config import default_config_dir
 
-__all__ = ["CLI", "CliResult", "DaemonFactory", "DaemonProcess", "copy_configs", "edited_yaml",
-           "file_records", "gone", "records", "run_cli", "start_daemon", "startswith",
-           "wait_for", "wait_record"]
+__all__ = ["ALIAS_BOMB", "CLI", "CliResult", "DaemonFactory", "DaemonProcess", "copy_configs",
+           "edited_yaml", "file_records", "gone", "records", "run_cli", "start_daemon",
+           "startswith", "wait_for", "wait_record"]
 
 CLI = [sys.executable, "-m", "modcoord.supervisor"]
+
+#: A poisoned config file: 8 levels of 9 YAML aliases, 9**8 (43 million) strings once
+#: expanded (~1 GiB as a repr).
+ALIAS_BOMB = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+debounce:
+  delay_ms: [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+"""
 
 
 def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.02,

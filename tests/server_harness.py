@@ -13,7 +13,7 @@ import itertools
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ from modcoord.supervisor.protocol.framing import FrameDecoder, encode_frame
 from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.protocol.paths import socket_path
 
-__all__ = ["WAIT", "Editor", "FakeCoordinator", "RawClient", "client", "fake", "registered",
-           "runtime_dir", "server"]
+__all__ = ["WAIT", "Editor", "FakeCoordinator", "Publisher", "RawClient", "client", "fake",
+           "nested", "registered", "runtime_dir", "server"]
 
 WAIT = 5.0
 
@@ -169,6 +169,33 @@ class Editor:
 
     def get_performance_metrics(self) -> dict[str, Any]:
         return {"coordination_latency": 50}
+
+
+class Publisher:
+    """A module that only publishes: subscribes to nothing; takes part in the ``modes`` given
+    (none by default), answering a mode change with ``"ok"``; named ``name`` (its id by
+    default)."""
+
+    def __init__(self, module_id: str, name: str | None = None,
+                 modes: Iterable[str] = ()) -> None:
+        self.module_id = module_id
+        self.name = name if name is not None else module_id
+        self.supported_modes: set[str] = set(modes)
+        self.subscribe: list[str] = []
+
+    def on_mode_change(self, mode: str, strategy: str, context: dict[str, Any]) -> Any:
+        return "ok"
+
+    def on_batch(self, batch: Any) -> None:
+        pass
+
+
+def nested(depth: int) -> Any:
+    """A payload ``depth`` lists deep."""
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 class RawClient:

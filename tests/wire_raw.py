@@ -5,15 +5,20 @@ frames or not) and reads the daemon's frames back, every read bounded by a deadl
 ``HonestClients`` are two ordinary clients of the client library in the test process, each
 on its own connection: a publisher and a subscriber module; :meth:`HonestClients.check`
 proves the daemon still serves them (``status`` answers with the daemon's pid and a fresh
-publish reaches the subscriber).
+publish reaches the subscriber). :func:`run_hello_client` runs a client process that
+announces a given protocol version in ``hello``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -21,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from server_harness import Publisher
 
 from modcoord.supervisor.daemon.config import MODES
 
-__all__ = ["Collector", "HonestClients", "Publisher", "RawConnection", "frame"]
+__all__ = ["HELLO_CLIENT", "Collector", "HonestClients", "RawConnection", "frame",
+           "run_hello_client"]
 
 _HEADER = struct.Struct(">I")
 
@@ -157,22 +164,6 @@ class Collector:
             return {u.key: u for u in self.updates if u.module_id == module_id}
 
 
-class Publisher:
-    """A module that only publishes: subscribes to nothing, takes every mode."""
-
-    def __init__(self, module_id: str, name: str | None = None) -> None:
-        self.module_id = module_id
-        self.name = name if name is not None else f"publisher {module_id}"
-        self.supported_modes = set(MODES)
-        self.subscribe: list[str] = []
-
-    def on_mode_change(self, mode: str, strategy: str, context: dict[str, Any]) -> Any:
-        return "ok"
-
-    def on_batch(self, batch: Any) -> None:
-        pass
-
-
 class HonestClients:
     """An honest publisher and subscriber, each a client-library connection of its own.
 
@@ -191,7 +182,7 @@ class HonestClients:
         self.sub_client = connect(runtime_dir=runtime_dir, timeout=10, name="honest-sub")
         self.pub_client = connect(runtime_dir=runtime_dir, timeout=10, name="honest-pub")
         self.sub_client.register(self.sub).get(10)
-        self.pub_client.register(Publisher("honest-pub")).get(10)
+        self.pub_client.register(Publisher("honest-pub", "publisher honest-pub", MODES)).get(10)
         self._n = itertools.count()
         self.checks = 0
 
@@ -214,3 +205,44 @@ class HonestClients:
         for c in (self.pub_client, self.sub_client):
             c.close()
 
+
+# A client process: it says hello with the protocol version given, then asks for the
+# status; it prints what came back as JSON (the errors rebuilt as a client does).
+HELLO_CLIENT = textwrap.dedent("""
+    import json, socket, sys
+    from modcoord.supervisor.protocol.errors import error_from_wire
+    from modcoord.supervisor.protocol.framing import FrameDecoder, encode_frame
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(sys.argv[1])
+    sock.sendall(encode_frame([0, 1, "hello", {"client": "old", "protocol": int(sys.argv[2])}])
+                 + encode_frame([0, 2, "status", {}]))
+    decoder, got = FrameDecoder(1 << 30), {}
+    while len(got) < 2:
+        data = sock.recv(1 << 16)
+        if not data:
+            break
+        for msg in decoder.feed(data):
+            if msg[0] == 1:
+                got[msg[1]] = msg
+    out = {}
+    for rid, (_, _, error, result) in got.items():
+        if error is None:
+            out[rid] = {"ok": result if rid == 1 else sorted(result)[:3]}
+        else:
+            exc = error_from_wire(error)
+            out[rid] = {"error": type(exc).__name__, "message": str(exc)}
+    print(json.dumps(out))
+""")
+
+
+def run_hello_client(path: Path, version: int) -> dict[str, Any]:
+    """Run a client process that says ``hello`` announcing protocol ``version`` to the socket
+    ``path``, then asks for the status; what came back by request id (``{"ok": result}``, or
+    ``{"error": type name, "message": text}``, the errors rebuilt as a client does)."""
+    proc = subprocess.run([sys.executable, "-c", HELLO_CLIENT, str(path), str(version)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    answers: dict[str, Any] = json.loads(proc.stdout)
+    return answers

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pykka
 import pytest
 from actor_harness import ActorRig, actor_logs
 
@@ -115,14 +114,13 @@ def _settings(**over: Any) -> MonitorSettings:
 
 
 @pytest.fixture
-def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
+def start(clock: MockClock) -> Callable[..., Harness]:
     def _start(settings: MonitorSettings | None = None,
                replies: dict[str, dict[str, Any]] | None = None,
                peers: tuple[str, ...] = ()) -> Harness:
         return Harness(clock, settings or _settings(), replies, peers)
 
-    yield _start
-    pykka.ActorRegistry.stop_all()
+    return _start
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # What the build reads: setup.cfg maps modcoord.<name> to these top-level folders.
 SOURCE_DIRS = ("actors", "supervisor", "configs")
 SOURCE_FILES = ("setup.cfg", "pyproject.toml", "README.md")
@@ -47,6 +47,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_wheel_in_a_fresh_venv_imports_every_module_of_the_source_tree(
@@ -121,6 +122,7 @@ print('ok', supervisor.__file__, modcoord.supervisor.__file__)
 """
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_pypi_supervisor_and_actors_do_not_shadow_ours(tmp_path: Path) -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
-import pykka
 import pytest
 from actor_harness import WAIT_S, ActorRig
 
@@ -29,12 +27,6 @@ from modcoord.actors.shared.cache_store import (
     LookupKind,
     cache_key,
 )
-
-
-@pytest.fixture(autouse=True)
-def _stop_actors() -> Iterator[None]:
-    yield
-    pykka.ActorRegistry.stop_all()
 
 
 def settings(**kw: Any) -> CacheSettings:

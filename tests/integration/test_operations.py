@@ -37,7 +37,7 @@ from daemon_harness import (
     wait_for,
     wait_record,
 )
-from test_exposition import Family, check_conventions, check_histogram, parse_exposition
+from exposition_parser import Family, check_conventions, check_histogram, parse_exposition
 
 from modcoord.supervisor.daemon.config import default_config_dir
 from modcoord.supervisor.protocol.module import ModuleInfo
@@ -46,7 +46,6 @@ from modcoord.supervisor.protocol.wire import encode_frame
 MODES = {"MANUAL", "HYBRID", "FULLY_AUTO"}
 LOW_HIT_RATE = "Low cache hit rate - consider adjusting cache TTL or strategy"
 HIGH_LATENCY = "High coordination latency detected - consider optimizing module communication"
-SERVICE_FILE = Path(__file__).resolve().parent.parent / "scripts" / "modcoord.service"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -781,37 +780,3 @@ def test_top_renders_without_a_terminal(daemon: DaemonProcess) -> None:
     assert re.search(r"modules / subscriptions\s+\S\s+1 / 1", out), out
     assert "/s)" in out  # the second refresh shows rates
     assert "Traceback" not in result.err
-
-
-# --------------------------------------------------------------------------- systemd unit
-
-
-def _unit(text: str) -> dict[str, dict[str, list[str]]]:
-    sections: dict[str, dict[str, list[str]]] = {}
-    current: dict[str, list[str]] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        assert current is not None and "=" in line, f"bad unit line {raw!r}"
-        key, value = line.split("=", 1)
-        current.setdefault(key.strip(), []).append(value.strip())
-    return sections
-
-
-def test_systemd_unit_example() -> None:
-    unit = _unit(SERVICE_FILE.read_text())
-    service = unit["Service"]
-    assert service["Type"] == ["notify"]
-    assert service["ExecStart"][0].split()[-2:] == ["start", "--foreground"]
-    assert service["ExecStart"][0].split()[0].endswith("modcoord")
-    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
-    assert service["KillSignal"] == ["SIGTERM"]
-    assert service["Restart"] == ["on-failure"]
-    assert service["RuntimeDirectory"] == ["modcoord"]
-    assert "MODCOORD_RUNTIME_DIR=%t/modcoord" in " ".join(service["Environment"])
-    assert "78" in service.get("RestartPreventExitStatus", [""])[0]
-    assert "Unit" in unit and "Install" in unit

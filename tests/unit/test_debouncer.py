@@ -11,11 +11,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
-import pykka
 import pytest
 from actor_harness import ActorRig
 
@@ -121,12 +120,6 @@ class Rig(ActorRig[Any]):
 def upd(key: str, payload: Any, priority: str = "medium", module: str = "m",
         seq: int = 0) -> Update:
     return Update(module_id=module, key=key, payload=payload, priority=priority, seq=seq)
-
-
-@pytest.fixture(autouse=True)
-def _stop_actors() -> Iterator[None]:
-    yield
-    pykka.ActorRegistry.stop_all()
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
-import pykka
 import pytest
 from actor_harness import WAIT_S, ActorRig
 
@@ -41,12 +39,6 @@ from modcoord.actors.update import PRIORITIES
 
 WINDOW_MS = 125.0  # 0.125 s is exact in binary, so deadlines compare exactly
 TINY = 2.0**-20
-
-
-@pytest.fixture(autouse=True)
-def _stop_actors() -> Iterator[None]:
-    yield
-    pykka.ActorRegistry.stop_all()
 
 
 class Sink:

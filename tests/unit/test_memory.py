@@ -6,7 +6,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pykka
 import pytest
 from actor_harness import ActorRig, Sync, actor_logs
 
@@ -88,7 +87,7 @@ def _settings(**over: Any) -> MemorySettings:
 
 
 @pytest.fixture
-def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
+def start(clock: MockClock) -> Callable[..., Harness]:
     def _start(settings: MemorySettings | None = None,
                replies: dict[str, dict[str, Any]] | None = None,
                rss_reader: Callable[[], int] | None = None,
@@ -98,8 +97,7 @@ def start(clock: MockClock) -> Iterator[Callable[..., Harness]]:
         return Harness(clock, settings or _settings(), replies, rss_reader, install_peers,
                        connection_states, notify_swept)
 
-    yield _start
-    pykka.ActorRegistry.stop_all()
+    return _start
 
 
 @pytest.fixture

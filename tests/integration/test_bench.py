@@ -1,6 +1,6 @@
 """``scripts/bench``: the run end to end against real daemons and module processes prints
-every figure in the documented JSON shape; ``--only`` measures just the figures asked for;
-the row arithmetic of ``scripts/benchlib`` holds."""
+every figure in the documented JSON shape; ``--only`` measures just the figures asked for
+(the row arithmetic of ``scripts/benchlib``: ``unit/test_bench_rows.py``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 __all__: list[str] = []
 
-BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 
 # One row per figure, in the table's order: (name prefix, unit, target).
 EXPECTED = [
@@ -124,37 +124,3 @@ def test_only_measures_the_figures_asked_for() -> None:
     assert imported["baseline"] == status["baseline"]  # one same-run bare start for both
     assert 1 < imported["baseline"] < 5000  # ms: a real interpreter start
     assert status["value"] > status["baseline"]
-
-
-def _benchlib() -> Any:
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        import benchlib.common
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    return benchlib.common
-
-
-@pytest.mark.parametrize(("value", "baseline", "target", "ratio", "met"), [
-    (30.0, 20.0, "<= 1.5x", 1.5, True),
-    (31.0, 20.0, "<= 1.5x", 1.55, False),
-    (90.0, 20.0, ">= 4.0x", 4.5, True),
-    (0.92, None, ">= 0.90", None, True),
-    (51.0, None, "<= 50 MB", None, False),
-])
-def test_row_compares_the_ratio_or_the_value_as_the_target_says(
-        value: float, baseline: float | None, target: str, ratio: float | None,
-        met: bool) -> None:
-    common = _benchlib()
-    result = common.row("figure", value, "ms", target, baseline)
-    assert (result.ratio, result.met) == (ratio, met)
-    assert list(result.as_json()) == ["name", "value", "unit", "baseline", "ratio", "target",
-                                      "met"]
-
-
-@pytest.mark.parametrize("target", ["<= 1.5x", "about 2"])
-def test_row_refuses_a_ratio_target_without_baseline_or_a_malformed_target(
-        target: str) -> None:
-    common = _benchlib()
-    with pytest.raises(common.BenchError):
-        common.row("figure", 1.0, "ms", target, None)

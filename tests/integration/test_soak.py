@@ -35,7 +35,9 @@ from typing import Any
 import psutil
 import pytest
 from daemon_harness import DaemonProcess, wait_for
-from wire_raw import Publisher
+from server_harness import Publisher
+
+from modcoord.supervisor.daemon.config import MODES
 
 SOAK_S = float(os.environ.get("MODCOORD_SOAK_S", "150"))
 RATE = float(os.environ.get("MODCOORD_SOAK_RATE", "250"))
@@ -54,7 +56,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 class _Subscriber(Publisher):
     def __init__(self, module_id: str, sources: list[str]) -> None:
-        super().__init__(module_id, f"soak {module_id}")
+        super().__init__(module_id, f"soak {module_id}", MODES)
         self.subscribe = sources
         self.lock = threading.Lock()
         self.seqs = array.array("q")
@@ -83,7 +85,7 @@ def _publisher_main(runtime_dir: str, module_id: str, rate: float, conn: Any) ->
 
     try:
         coord = connect(runtime_dir=runtime_dir, timeout=30, name=f"soak-{module_id}")
-        coord.register(Publisher(module_id, f"soak {module_id}")).get(30)
+        coord.register(Publisher(module_id, f"soak {module_id}", MODES)).get(30)
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return

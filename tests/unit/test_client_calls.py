@@ -1,9 +1,8 @@
 """The client's methods derive from the protocol's call table, and the client is light.
 
-Unit tests (no daemon) check the table ↔ client correspondence and the typed signatures;
-the import tests run a fresh interpreter; the protocol-version tests run a real client
-process against a real daemon, and a client against a fake daemon that names another
-version.
+No daemon: the table ↔ client correspondence and the typed signatures; the import tests run
+a fresh interpreter; a client against a fake daemon that names another protocol version (the
+real daemon: ``integration/test_client_calls_daemon.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -155,37 +153,6 @@ def test_the_package_does_not_import_the_daemon_or_the_supervisor_actor() -> Non
 
 # -- the protocol version in hello --------------------------------------------------------
 
-_OTHER_VERSION_CLIENT = textwrap.dedent("""
-    import json, sys
-    from modcoord.supervisor import ModcoordError, connect
-    from modcoord.supervisor.client import connection
-    connection.PROTOCOL_VERSION = int(sys.argv[2])  # a client of another release
-    try:
-        connect(runtime_dir=sys.argv[1], timeout=10, reconnect=False)
-    except ModcoordError as exc:
-        print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
-    else:
-        print(json.dumps({"connected": True}))
-""")
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(60)
-def test_a_client_of_another_protocol_version_is_refused_naming_both(daemon: Any) -> None:
-    other = PROTOCOL_VERSION + 1
-    proc = subprocess.run(
-        [sys.executable, "-c", _OTHER_VERSION_CLIENT, str(daemon.runtime_dir), str(other)],
-        capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    answer = json.loads(proc.stdout)
-    assert answer["error"] == "ProtocolVersionError", answer
-    assert f"version {other}" in answer["message"]
-    assert f"version {PROTOCOL_VERSION}" in answer["message"]
-    # The daemon goes on serving clients of its own version.
-    with connect(runtime_dir=daemon.runtime_dir, timeout=10, reconnect=False) as client:
-        assert client.status().get(10)["pid"] > 0
-        assert client.daemon_info["protocol"] == PROTOCOL_VERSION
-
 
 class _OldDaemon:
     """A fake daemon that answers hello with ``version`` (and does not check the client's)."""
@@ -252,32 +219,3 @@ def test_a_daemon_predating_versioning_fails_connect_with_a_version_error(
         daemon.close()
     assert f"protocol version {PROTOCOL_VERSION}" in str(info.value)
     assert "restart the daemon" in str(info.value)
-
-
-# -- the CLI imports what a command needs ----------------------------------------------------
-
-_CLI_PROBE = textwrap.dedent("""
-    import contextlib, io, json, sys
-    from modcoord.supervisor.cli import main
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["status", "--json", "--runtime-dir", sys.argv[1]])
-    print(json.dumps({"code": code, "status": json.loads(out.getvalue()),
-                      "modules": sorted(sys.modules)}))
-""")
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(60)
-def test_status_json_imports_one_command_and_nothing_heavy(daemon: Any) -> None:
-    proc = subprocess.run([sys.executable, "-c", _CLI_PROBE, str(daemon.runtime_dir)],
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["code"] == 0 and report["status"]["pid"] > 0
-    modules = report["modules"]
-    commands = [m for m in modules if m.startswith("modcoord.supervisor.cli.")
-                and not m.endswith("._common")]
-    assert commands == ["modcoord.supervisor.cli.status"]
-    assert not {m.split(".")[0] for m in modules} & {*HEAVY, "rich", "psutil", "watchdog"}
-    assert not [m for m in modules if m.startswith("modcoord.supervisor.daemon")]

@@ -654,6 +654,7 @@ class Watch:
 # -- the tests -----------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # quick, but it checks the fuzzer's schema: it lives beside it
 def test_schema_covers_the_wire_call_table() -> None:
     """The fuzzer's table is the wire's: every method, and templates that are valid."""
     assert set(SCHEMA) == set(wire.METHODS)

@@ -2,7 +2,8 @@
 
 The section between the ``calls:begin`` and ``calls:end`` markers is generated from
 :mod:`modcoord.supervisor.protocol.calls`; this test fails when it is out of date.
-Regenerate it with ``MODCOORD_UPDATE_DOCS=1 python -m pytest tests/test_protocol_doc.py``.
+Regenerate it with
+``MODCOORD_UPDATE_DOCS=1 python -m pytest tests/unit/test_protocol_doc.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import msgspec
 
 from modcoord.supervisor.protocol.calls import ACTOR_CALLS, CALLBACKS, CALLS, EVENTS
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
-BEGIN = "<!-- calls:begin (generated from protocol/calls.py; see tests/test_protocol_doc.py) -->"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
+BEGIN = ("<!-- calls:begin (generated from protocol/calls.py; "
+         "see tests/unit/test_protocol_doc.py) -->")
 END = "<!-- calls:end -->"
 
 
@@ -103,7 +105,7 @@ def test_protocol_doc_lists_every_call_from_the_table() -> None:
         section = "\n" + fresh
     assert section.strip() == fresh.strip(), (
         "docs/PROTOCOL.md is out of date with protocol/calls.py; regenerate it with "
-        "MODCOORD_UPDATE_DOCS=1 python -m pytest tests/test_protocol_doc.py")
+        "MODCOORD_UPDATE_DOCS=1 python -m pytest tests/unit/test_protocol_doc.py")
     for name in CALLS:
         assert f"#### `{name}`" in section
     for methods in ACTOR_CALLS.values():

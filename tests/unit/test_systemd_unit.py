@@ -1,0 +1,39 @@
+"""The example systemd unit, ``scripts/modcoord.service``: a notify service that starts the
+daemon in the foreground, reloads by SIGHUP and does not restart on a config error (78)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SERVICE_FILE = Path(__file__).resolve().parents[2] / "scripts" / "modcoord.service"
+
+
+def _unit(text: str) -> dict[str, dict[str, list[str]]]:
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None and "=" in line, f"bad unit line {raw!r}"
+        key, value = line.split("=", 1)
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def test_systemd_unit_example() -> None:
+    unit = _unit(SERVICE_FILE.read_text())
+    service = unit["Service"]
+    assert service["Type"] == ["notify"]
+    assert service["ExecStart"][0].split()[-2:] == ["start", "--foreground"]
+    assert service["ExecStart"][0].split()[0].endswith("modcoord")
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert service["KillSignal"] == ["SIGTERM"]
+    assert service["Restart"] == ["on-failure"]
+    assert service["RuntimeDirectory"] == ["modcoord"]
+    assert "MODCOORD_RUNTIME_DIR=%t/modcoord" in " ".join(service["Environment"])
+    assert "78" in service.get("RestartPreventExitStatus", [""])[0]
+    assert "Unit" in unit and "Install" in unit
