@@ -30,14 +30,8 @@ from modcoord.supervisor.client.future import Future, failed_future
 from modcoord.supervisor.client.registry import ModuleRegistry
 from modcoord.supervisor.protocol.describe import register_params
 from modcoord.supervisor.protocol.paths import resolve_runtime_dir, socket_path
-from modcoord.supervisor.protocol.signatures import (
-    ACTOR_METHODS,
-    CALLS,
-    FACTORY,
-    REQUIRED,
-    UNSET,
-    CallSignature,
-)
+from modcoord.supervisor.protocol.signature import FACTORY, REQUIRED, UNSET, CallSignature
+from modcoord.supervisor.protocol.signatures import ACTOR_METHODS, CALLS
 
 __all__ = ["CUSTOM_CALLS", "GENERATED_CALLS", "SESSION_CALLS", "ActorProxy", "Client", "connect"]
 

@@ -31,45 +31,21 @@ _HEADER = '''"""The call table's client view, without msgspec: GENERATED, do not
 
 Written from :mod:`modcoord.supervisor.protocol.calls` by
 ``python -m modcoord.supervisor.protocol.gen_signatures`` (see there why it exists); a test
-fails when it differs from what the table gives.
-
-- :data:`PROTOCOL_VERSION`: as :data:`.calls.PROTOCOL_VERSION`.
-- :data:`CALLS`: method name -> :class:`CallSignature`, in table order; ``params`` holds
-  ``(field, how, default)`` per field in declaration order, ``how`` being
-  :data:`REQUIRED`, :data:`DEFAULT` (``default`` is the value), :data:`FACTORY` (a
-  default factory) or :data:`UNSET` (left out of the params unless given); ``default`` is
-  ``None`` but for :data:`DEFAULT`.
-- :data:`ACTOR_METHODS`: actor name -> its method names (:data:`.calls.ACTOR_CALLS`).
+fails when it differs from what the table gives. What the entries mean:
+:mod:`modcoord.supervisor.protocol.signature`.
 """
 
 # ruff: noqa: E501
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple
-
-REQUIRED: Final = "required"
-DEFAULT: Final = "default"
-FACTORY: Final = "factory"
-UNSET: Final = "unset"
-
-
-class CallSignature(NamedTuple):
-    """One call as a client sees it (see :class:`.calls.Call`)."""
-
-    name: str
-    params: tuple[tuple[str, str, Any], ...]
-    kind: str
-    errors: tuple[str, ...]
-    result_doc: str
-    doc: str
-
+from typing import Final
 
 '''
 
 
 def _literal(value: Any) -> str:
-    """``repr(value)``, checked to read back as the same value.
+    """``repr(value)`` of a plain literal (None, str, int, float, bool).
 
     Raises:
         ValueError: a default that is not a plain literal (give the field one).
@@ -86,19 +62,22 @@ def render() -> str:
     Raises:
         ValueError: a field default that is not a plain literal.
     """
-    out = [_HEADER, f"PROTOCOL_VERSION: Final = {PROTOCOL_VERSION!r}\n\n",
+    out = [f"PROTOCOL_VERSION: Final = {PROTOCOL_VERSION!r}\n\n",
            "CALLS: Final[dict[str, CallSignature]] = {\n"]
+    used = {"CallSignature"}  # what the text names of .signature, to import just that
     for name, call in CALLS.items():
         params = []
         for f in msgspec.structs.fields(call.params):
             if f.required:
-                params.append(f"({f.name!r}, REQUIRED, None)")
+                how, default = "REQUIRED", "None"
             elif f.default_factory is not msgspec.NODEFAULT:
-                params.append(f"({f.name!r}, FACTORY, None)")
+                how, default = "FACTORY", "None"
             elif f.default is msgspec.UNSET:
-                params.append(f"({f.name!r}, UNSET, None)")
+                how, default = "UNSET", "None"
             else:
-                params.append(f"({f.name!r}, DEFAULT, {_literal(f.default)})")
+                how, default = "DEFAULT", _literal(f.default)
+            used.add(how)
+            params.append(f"({f.name!r}, {how}, {default})")
         joined = ", ".join(params) + ("," if len(params) == 1 else "")
         out.append(f"    {name!r}: CallSignature(\n"
                    f"        {name!r},\n"
@@ -112,7 +91,9 @@ def render() -> str:
     for actor, methods in ACTOR_CALLS.items():
         out.append(f"    {actor!r}: {tuple(methods)!r},\n")
     out.append("}\n")
-    return "".join(out)
+    names = "".join(f"    {n},\n" for n in sorted(used, key=lambda n: (not n.isupper(), n)))
+    imports = f"from modcoord.supervisor.protocol.signature import (\n{names})\n\n"
+    return "".join([_HEADER, imports, *out])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,39 +2,23 @@
 
 Written from :mod:`modcoord.supervisor.protocol.calls` by
 ``python -m modcoord.supervisor.protocol.gen_signatures`` (see there why it exists); a test
-fails when it differs from what the table gives.
-
-- :data:`PROTOCOL_VERSION`: as :data:`.calls.PROTOCOL_VERSION`.
-- :data:`CALLS`: method name -> :class:`CallSignature`, in table order; ``params`` holds
-  ``(field, how, default)`` per field in declaration order, ``how`` being
-  :data:`REQUIRED`, :data:`DEFAULT` (``default`` is the value), :data:`FACTORY` (a
-  default factory) or :data:`UNSET` (left out of the params unless given); ``default`` is
-  ``None`` but for :data:`DEFAULT`.
-- :data:`ACTOR_METHODS`: actor name -> its method names (:data:`.calls.ACTOR_CALLS`).
+fails when it differs from what the table gives. What the entries mean:
+:mod:`modcoord.supervisor.protocol.signature`.
 """
 
 # ruff: noqa: E501
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple
+from typing import Final
 
-REQUIRED: Final = "required"
-DEFAULT: Final = "default"
-FACTORY: Final = "factory"
-UNSET: Final = "unset"
-
-
-class CallSignature(NamedTuple):
-    """One call as a client sees it (see :class:`.calls.Call`)."""
-
-    name: str
-    params: tuple[tuple[str, str, Any], ...]
-    kind: str
-    errors: tuple[str, ...]
-    result_doc: str
-    doc: str
-
+from modcoord.supervisor.protocol.signature import (
+    DEFAULT,
+    FACTORY,
+    REQUIRED,
+    UNSET,
+    CallSignature,
+)
 
 PROTOCOL_VERSION: Final = 1
 
