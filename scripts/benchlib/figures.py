@@ -567,7 +567,8 @@ class Bench:
         }
         probe = ("import sys\nfrom modcoord.supervisor import connect\n"
                  "print(','.join(sorted({m.split('.')[0] for m in sys.modules}"
-                 " & {'pykka', 'pydantic', 'loguru', 'yaml', 'msgspec', 'psutil'})))")
+                 " & {'pykka', 'pydantic', 'loguru', 'yaml', 'msgspec', 'psutil', 'asyncio',"
+                 " 'dataclasses', 'logging'})))")
         _, heavy = self._timed_run("import probe", [sys.executable, "-c", probe])
         for name, cmd in commands.items():  # warm-up: writes the .pyc files, page cache
             self._timed_run(name, cmd)
