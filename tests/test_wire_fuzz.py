@@ -112,6 +112,7 @@ def _actor_table() -> dict[str, dict[str, tuple[str, ...]]]:
 
     table: dict[str, dict[str, tuple[str, ...]]] = {}
     for (actor, method), message in _ACTOR_MESSAGES.items():
+        assert dataclasses.is_dataclass(message), message
         table.setdefault(actor, {})[method] = tuple(f.name for f in dataclasses.fields(message))
     return table
 

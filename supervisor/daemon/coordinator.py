@@ -116,7 +116,8 @@ def _checked(messages: dict[tuple[str, str], type[Message]]
             f"only in ACTOR_CALLS {sorted(set(declared) - set(messages))}, only in the "
             f"coordinator {sorted(set(messages) - set(declared))}")
     for where, message in messages.items():
-        fields = tuple(f.name for f in dataclasses.fields(message))
+        fields = (tuple(f.name for f in dataclasses.fields(message))
+                  if dataclasses.is_dataclass(message) else None)
         params = declared[where].params.__struct_fields__
         if fields != params:
             raise RuntimeError(f"{'.'.join(where)}: message {message.__name__} takes "
