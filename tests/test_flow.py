@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from modcoord.supervisor.daemon.connection import Connection
-from modcoord.supervisor.daemon.flow import PublisherFlow
+from modcoord.supervisor.daemon.flow import FlowHooks, PublisherFlow
 
 
 class _Conn:
@@ -39,9 +39,10 @@ def test_publishers_pause_above_high_water_and_resume_only_when_no_reason_holds(
     def count(name: str, n: int) -> None:
         counts[name] = counts.get(name, 0) + n
 
+    hooks = FlowHooks(update_interest=interest.append, close=lambda conn, reason: None,
+                      count=count, now=lambda: 0.0)
     flow = PublisherFlow(
-        conns=lambda: [publisher, other], update_interest=interest.append,
-        close=lambda conn, reason: None, count=count, now=lambda: 0.0,
+        hooks, conns=lambda: [publisher, other],
         backlog=lambda: backlog[0], overdue=lambda: False, high_water=100, low_water=10,
         stall_s=60.0, max_buffer_bytes=1000, output_budget_bytes=10_000,
         output_stall_s=60.0)

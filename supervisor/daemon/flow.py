@@ -58,6 +58,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
@@ -81,6 +82,7 @@ __all__ = [
     "THROTTLE_POLL_S",
     "AcceptGate",
     "BackpressureState",
+    "FlowHooks",
     "InputBudget",
     "PublisherFlow",
     "connection_cap",
@@ -114,9 +116,24 @@ PUBLISHER_WINDOW_S = 1.0
 
 _log = logger.bind(actor="server")
 
-Count = Callable[[str, int], None]
-ConnAction = Callable[[Connection], None]
-CloseConn = Callable[[Connection, str], None]
+
+
+@dataclass(frozen=True)
+class FlowHooks:
+    """What flow control may do to the server (I/O thread).
+
+    Attributes:
+        update_interest: re-register a connection's selector interest (after
+            ``conn.throttled`` or ``conn.input_waiting`` changed).
+        close: close a connection with a reason.
+        count: add to a ``ServerStatistics`` counter.
+        now: the server's clock (timeouts and log intervals are measured with it).
+    """
+
+    update_interest: Callable[[Connection], None]
+    close: Callable[[Connection, str], None]
+    count: Callable[[str, int], None]
+    now: Callable[[], float]
 
 
 class BackpressureState:
@@ -141,12 +158,8 @@ class PublisherFlow:
     module doc for the rules).
 
     Args:
+        hooks: what it may do to the server.
         conns: the open connections now.
-        update_interest: re-register a connection's selector interest (after
-            ``conn.throttled`` changed).
-        close: close a connection with a reason.
-        count: add to a server counter.
-        now: the server's clock (the output stall timeout is measured with it).
         backlog: the engine's ``publish_backlog`` (``None``: no backlog flow control).
         overdue: the engine's ``timers_overdue`` (pause while a debounce timer is late).
         high_water, low_water, stall_s: the backlog marks and the stall limit.
@@ -154,17 +167,13 @@ class PublisherFlow:
             not-reading limit.
     """
 
-    def __init__(self, *, conns: Callable[[], Iterable[Connection]],
-                 update_interest: ConnAction, close: CloseConn, count: Count,
-                 now: Callable[[], float], backlog: Callable[[], int] | None,
+    def __init__(self, hooks: FlowHooks, *, conns: Callable[[], Iterable[Connection]],
+                 backlog: Callable[[], int] | None,
                  overdue: Callable[[], bool], high_water: int | None, low_water: int,
                  stall_s: float, max_buffer_bytes: int, output_budget_bytes: int,
                  output_stall_s: float) -> None:
         self._conns = conns
-        self._update_interest = update_interest
-        self._close = close
-        self._count = count
-        self._now = now
+        self._hooks = hooks
         self._backlog = backlog
         self._overdue = overdue
         self.high_water = high_water
@@ -271,22 +280,30 @@ class PublisherFlow:
         if self._throttling or self._out_pressure:
             self._throttle(conn)
             return
-        backlog = self._backlog
-        if backlog is None:
+        if self._backlog is None:
             return
         high = self.high_water
         assert high is not None
         if now < self._rest_until:
             return
+        value = self._read_backlog()
+        if value is not None and (value > high or self._overdue()):
+            self._start_throttling(now, value)
+
+    def _read_backlog(self) -> int | None:
+        """The engine's publish backlog, or ``None`` without backlog flow control. If
+        reading it fails, backlog flow control is switched off (counted in
+        ``internal_errors`` and logged) and ``None`` returned."""
+        backlog = self._backlog
+        if backlog is None:
+            return None
         try:
-            value = backlog()
+            return backlog()
         except Exception:
-            self._count("internal_errors", 1)
+            self._hooks.count("internal_errors", 1)
             _log.opt(exception=True).error("publish_backlog() failed: no flow control")
             self._backlog = None
-            return
-        if value > high or self._overdue():
-            self._start_throttling(now, value)
+            return None
 
     def _start_throttling(self, now: float, value: int) -> None:
         with self._state_lock:
@@ -310,22 +327,13 @@ class PublisherFlow:
             return
         conn.throttled = True
         self._throttled.append(conn)
-        self._count("backpressure_throttled", 1)
-        self._update_interest(conn)
+        self._hooks.count("backpressure_throttled", 1)
+        self._hooks.update_interest(conn)
 
     def check_backlog(self) -> None:
         """While paused (each round of the loop): resume below the low-water mark, or when
         the backlog is stuck."""
-        backlog = self._backlog
-        value = 0
-        if backlog is not None:
-            try:
-                value = backlog()
-            except Exception:
-                self._count("internal_errors", 1)
-                _log.opt(exception=True).error("publish_backlog() failed: no flow control")
-                self._backlog = None
-                value = 0
+        value = self._read_backlog() or 0
         now = time.monotonic()
         if value <= self.low_water and not self._overdue():
             self._stop_throttling(now)
@@ -334,7 +342,7 @@ class PublisherFlow:
             self._low = value
             self._progress_at = now
         elif now - self._progress_at >= self.stall_s:
-            self._count("backpressure_stalls", 1)
+            self._hooks.count("backpressure_stalls", 1)
             _log.warning(
                 "publish backlog stuck at {n} updates for {s:g} s: resuming publishers "
                 "anyway (is the debouncer running?)", n=value, s=self.stall_s)
@@ -354,7 +362,7 @@ class PublisherFlow:
         for conn in throttled:
             conn.throttled = False
             if not conn.closed:
-                self._update_interest(conn)
+                self._hooks.update_interest(conn)
 
     # -- output pressure (I/O thread) ---------------------------------------------------------
 
@@ -368,8 +376,8 @@ class PublisherFlow:
         if not full and total <= self.output_budget_bytes:
             return  # drained meanwhile
         self._out_pressure = True
-        self._out_stall_check = self._now()
-        self._count("output_pauses", 1)
+        self._out_stall_check = self._hooks.now()
+        self._hooks.count("output_pauses", 1)
         _log.info("output pressure: {total} bytes queued ({full} connection(s) above "
                   "{cap} bytes; budget {budget}): pausing publishers", total=total, full=full,
                   cap=self.max_buffer_bytes, budget=self.output_budget_bytes)
@@ -389,7 +397,7 @@ class PublisherFlow:
             if not self._throttling:
                 self._release_publishers()
             return
-        now = self._now()
+        now = self._hooks.now()
         if now - self._out_stall_check < STALL_CHECK_S:
             return
         self._out_stall_check = now
@@ -398,12 +406,12 @@ class PublisherFlow:
                 continue
             idle = now - conn.progress_at
             if idle >= self.output_stall_s:
-                self._count("stalled_disconnects", 1)
+                self._hooks.count("stalled_disconnects", 1)
                 reason = (f"not reading: {conn.buffered()} bytes of output queued and none "
                           f"taken for {idle:.1f} s under output pressure (limit "
                           f"daemon.output.stall_timeout_s = {self.output_stall_s:g} s)")
                 _log.warning("disconnecting {conn}: {reason}", conn=conn, reason=reason)
-                self._close(conn, reason)
+                self._hooks.close(conn, reason)
 
 
 class InputBudget:
@@ -411,18 +419,14 @@ class InputBudget:
     module doc for the rules).
 
     Args:
-        update_interest, close, count, now: as for :class:`PublisherFlow`.
+        hooks: what it may do to the server.
         frame_timeout_s: how long a frame may stay incomplete while read.
         max_input_bytes: what incomplete large frames may reserve together.
     """
 
-    def __init__(self, *, update_interest: ConnAction, close: CloseConn, count: Count,
-                 now: Callable[[], float], frame_timeout_s: float,
+    def __init__(self, hooks: FlowHooks, *, frame_timeout_s: float,
                  max_input_bytes: int) -> None:
-        self._update_interest = update_interest
-        self._close = close
-        self._count = count
-        self._now = now
+        self._hooks = hooks
         self.frame_timeout_s = frame_timeout_s
         self.max_input_bytes = max_input_bytes
         self._partials: dict[int, Connection] = {}  # connections with an incomplete frame
@@ -465,7 +469,7 @@ class InputBudget:
             self.end(conn)
             return
         if conn.partial_since is None or decoder.frames != conn.partial_frames:
-            now = self._now()
+            now = self._hooks.now()
             conn.partial_since = now
             conn.partial_frames = decoder.frames
             if not self._partials:
@@ -508,10 +512,10 @@ class InputBudget:
         conn.input_waiting = True
         self._waiters.append(conn)
         self._tight = True
-        self._count("input_waits", 1)
-        self._update_interest(conn)
+        self._hooks.count("input_waits", 1)
+        self._hooks.update_interest(conn)
         self._waits_unlogged += 1
-        now = self._now()
+        now = self._hooks.now()
         if now - self._waits_logged_at >= LIMIT_LOG_INTERVAL_S:
             _log.warning(
                 "input budget full: incomplete frames reserve {r} of {m} bytes; {n} "
@@ -540,8 +544,8 @@ class InputBudget:
                 break
             waiters.popleft()
             conn.input_waiting = False
-            conn.partial_since = self._now()  # its time runs again from now
-            self._update_interest(conn)
+            conn.partial_since = self._hooks.now()  # its time runs again from now
+            self._hooks.update_interest(conn)
         self._tight = bool(waiters)
 
     def _check_timeouts(self, now: float) -> None:
@@ -564,35 +568,34 @@ class InputBudget:
         reason = (f"a frame stayed incomplete for {elapsed:.1f} s ({decoder.buffered}"
                   f"{announced} bytes received), longer than frame_timeout_s "
                   f"({self.frame_timeout_s:g} s)")
-        self._count("frame_timeouts", 1)
+        self._hooks.count("frame_timeouts", 1)
         _log.warning("closing connection {id} (pid {pid}): {reason}", id=conn.conn_id,
                      pid=conn.peer.pid, reason=reason)
         with contextlib.suppress(Exception):
             conn.send(encode_frame([RESPONSE, None, ["FramingError", (
                 f"{reason}; send each frame whole (frame_timeout_s in daemon.yaml sets the "
                 "limit)")], None]))
-        self._close(conn, reason)
+        self._hooks.close(conn, reason)
 
 
 class AcceptGate:
     """The connection cap and the descriptor limit (see the module doc for the rules).
 
     Args:
+        hooks: what it may do to the server (``count`` and ``now``).
         connections: how many connections are open now.
         listen, unlisten: put the listener back in the selector, take it out.
-        count, now: as for :class:`PublisherFlow`.
         max_connections: the cap (``0``: derive it from ``RLIMIT_NOFILE`` in
             :meth:`open`).
     """
 
-    def __init__(self, *, connections: Callable[[], int], listen: Callable[[], None],
-                 unlisten: Callable[[], None], count: Count, now: Callable[[], float],
+    def __init__(self, hooks: FlowHooks, *, connections: Callable[[], int],
+                 listen: Callable[[], None], unlisten: Callable[[], None],
                  max_connections: int = 0) -> None:
         self._connections = connections
         self._listen = listen
         self._unlisten = unlisten
-        self._count = count
-        self._now = now
+        self._hooks = hooks
         self.max_connections = max_connections
         self._reserve_fd: int | None = None
         self._resume_at: float | None = None  # accepting rests until then
@@ -655,7 +658,7 @@ class AcceptGate:
         """``accept`` failed: out of descriptors (``EMFILE``/``ENFILE``) or worse. Give up
         the reserve descriptor to accept and refuse the pending peer (so it is told, not
         left waiting), take it back, and rest instead of retrying at once."""
-        self._count("accept_errors", 1)
+        self._hooks.count("accept_errors", 1)
         self._unlogged += 1
         if exc.errno in (errno.EMFILE, errno.ENFILE) and self._reserve_fd is not None:
             os.close(self._reserve_fd)
@@ -670,7 +673,7 @@ class AcceptGate:
         self._pause(f"accept failed: {exc}")
 
     def _refuse(self, sock: socket.socket) -> None:
-        self._count("refused_at_limit", 1)
+        self._hooks.count("refused_at_limit", 1)
         self._unlogged += 1
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         text = (f"refused: the daemon is at its connection limit ({self._connections()} "
@@ -688,11 +691,11 @@ class AcceptGate:
     def _pause(self, reason: str) -> None:
         """Take the listener out of the selector for ``ACCEPT_PAUSE_S`` (no busy loop at a
         limit); log at most once per ``LIMIT_LOG_INTERVAL_S``, with the count since."""
-        now = self._now()
+        now = self._hooks.now()
         if self._resume_at is None:
             self._unlisten()
         self._resume_at = now + ACCEPT_PAUSE_S
-        self._count("accept_pauses", 1)
+        self._hooks.count("accept_pauses", 1)
         if now - self._logged_at >= LIMIT_LOG_INTERVAL_S:
             _log.warning(
                 "{reason}: accepting rests {p:g} s at a time; {n} connection attempt(s) "

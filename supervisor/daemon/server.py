@@ -79,6 +79,7 @@ from modcoord.supervisor.daemon.flow import (
     LIMIT_LOG_INTERVAL_S,
     SMALL_FRAME_BYTES,
     AcceptGate,
+    FlowHooks,
     InputBudget,
     PublisherFlow,
     raise_nofile_limit,
@@ -369,9 +370,10 @@ class Server:
         backlog_fn = getattr(coordinator, "publish_backlog", None)
         # Flow control (daemon/flow.py): the rules and their state; they act on the
         # connections only through these callbacks.
+        hooks = FlowHooks(update_interest=self._update_interest, close=self._close,
+                          count=self.count, now=self.now)
         self._flow = PublisherFlow(
-            conns=self._conns.values, update_interest=self._update_interest,
-            close=self._close, count=self.count, now=self.now,
+            hooks, conns=self._conns.values,
             backlog=(backlog_fn if backlog_high_water is not None and callable(backlog_fn)
                      else None),
             overdue=(overdue_fn if backlog_high_water is not None and callable(overdue_fn)
@@ -379,12 +381,11 @@ class Server:
             high_water=backlog_high_water, low_water=backlog_low_water,
             stall_s=backlog_stall_s, max_buffer_bytes=max_buffer_bytes,
             output_budget_bytes=output_budget_bytes, output_stall_s=output_stall_s)
-        self._input = InputBudget(
-            update_interest=self._update_interest, close=self._close, count=self.count,
-            now=self.now, frame_timeout_s=frame_timeout_s, max_input_bytes=max_input_bytes)
+        self._input = InputBudget(hooks, frame_timeout_s=frame_timeout_s,
+                                  max_input_bytes=max_input_bytes)
         self._accepting = AcceptGate(
-            connections=self.connections, listen=self._listen, unlisten=self._unlisten,
-            count=self.count, now=self.now, max_connections=max_connections or 0)
+            hooks, connections=self.connections, listen=self._listen,
+            unlisten=self._unlisten, max_connections=max_connections or 0)
         # What a Connection calls (ConnectionHost), bound straight to the flow's methods.
         self.output_added = self._flow.output_added
         self.output_held = self._flow.output_held
