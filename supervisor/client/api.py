@@ -20,17 +20,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
+if TYPE_CHECKING:
+    from modcoord.supervisor.client.results import ClientStatistics, CoordinationResult
 
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.supervisor.client.callbacks import CallbackRunner
 from modcoord.supervisor.client.connection import Connection
 from modcoord.supervisor.client.future import Future, failed_future
 from modcoord.supervisor.client.registry import ModuleRegistry
-from modcoord.supervisor.client.results import ClientStatistics, CoordinationResult
-from modcoord.supervisor.protocol.calls import ACTOR_CALLS, ACTOR_NAMES, CALLS, Call
-from modcoord.supervisor.protocol.module import ModuleInfo
+from modcoord.supervisor.protocol.describe import register_params
 from modcoord.supervisor.protocol.paths import resolve_runtime_dir, socket_path
+from modcoord.supervisor.protocol.signature import FACTORY, REQUIRED, UNSET, CallSignature
+from modcoord.supervisor.protocol.signatures import ACTOR_METHODS, CALLS
 
 __all__ = ["CUSTOM_CALLS", "GENERATED_CALLS", "SESSION_CALLS", "ActorProxy", "Client", "connect"]
 
@@ -54,7 +55,7 @@ class ActorProxy:
 
     def __dir__(self) -> list[str]:
         """The actor's methods declared in the call table (for completion)."""
-        return sorted(ACTOR_CALLS.get(self._actor, {}))
+        return sorted(ACTOR_METHODS.get(self._actor, ()))
 
     def __getattr__(self, method: str) -> Callable[..., Future[Any]]:
         if method.startswith("_"):
@@ -98,7 +99,7 @@ class Client:
                                       inbound=self._callbacks,
                                       rejoin=self._modules.registrations)
         self._request = self._connection.request
-        for actor in ACTOR_NAMES:
+        for actor in ACTOR_METHODS:
             setattr(self, actor, ActorProxy(self, actor))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -156,6 +157,8 @@ class Client:
 
     def statistics(self) -> ClientStatistics:
         """A snapshot of this client's counters."""
+        from modcoord.supervisor.client.results import ClientStatistics
+
         return ClientStatistics(**self._connection.counters(), **self._callbacks.counters(),
                                 modules=len(self._modules))
 
@@ -185,11 +188,11 @@ class Client:
         real daemon); fails with ``InvalidMessageError`` for a malformed module.
         """
         try:
-            info = ModuleInfo.of(module)
+            params = register_params(module)
         except InvalidMessageError as exc:
             return failed_future(exc, self.timeout)
 
-        module_id = info.module_id
+        module_id: str = params["module_id"]
         modules = self._modules
 
         def registered(result: Any) -> Any:
@@ -201,7 +204,7 @@ class Client:
                 modules.refused(module_id, module)
 
         first = modules.host(module_id, module)
-        future = self._request("register", info.to_params(), registered)
+        future = self._request("register", params, registered)
         if first:
             future.add_done_callback(forget_if_refused)
         return future
@@ -255,30 +258,50 @@ CUSTOM_CALLS: frozenset[str] = frozenset({"register", "unregister", "actor"})
 ``unregister`` forgets it (both keep the client's module registry), ``actor`` is sent by
 the :class:`ActorProxy` objects (``client.cache.statistics()``, ``client.actor(name)``)."""
 
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {"coordinate": CoordinationResult.from_wire}
+def _coordination_result(data: Any) -> CoordinationResult:
+    """``coordinate``'s converter: :meth:`.results.CoordinationResult.from_wire`, its module
+    imported on the first use (it needs :mod:`dataclasses`, and with it :mod:`inspect`:
+    some 20 ms that a client which never coordinates does not pay at import).
+
+    Raises:
+        InvalidMessageError: a malformed result (see ``from_wire``).
+    """
+    global _from_wire
+    if _from_wire is None:
+        from modcoord.supervisor.client.results import CoordinationResult
+
+        _from_wire = CoordinationResult.from_wire
+    return _from_wire(data)
+
+
+_from_wire: Callable[[Any], CoordinationResult] | None = None
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {"coordinate": _coordination_result}
 """Calls whose result the client converts (call name → converter)."""
 
 
-def _call_method(call: Call) -> Callable[..., Future[Any]]:
+def _call_method(call: CallSignature) -> Callable[..., Future[Any]]:
     """A client method for ``call``: its parameters are the params struct's fields, in
     order, with the table's defaults; it sends every field and returns the future.
 
     Raises:
-        TypeError: a field whose default is a factory (a client method cannot offer it).
+        TypeError: a field whose default is a factory or unset (a client method cannot
+            offer it).
     """
     signature: list[str] = ["self"]
     items: list[str] = []
     namespace: dict[str, Any] = {"_convert": _CONVERTERS.get(call.name)}
-    for n, f in enumerate(msgspec.structs.fields(call.params)):
-        if f.default_factory is not msgspec.NODEFAULT:
-            raise TypeError(f"{call.name}.{f.name}: a default factory cannot be a "
-                            "client method's default; give the field a plain default")
-        if f.required:
-            signature.append(f.name)
+    for n, (name, how, default) in enumerate(call.params):
+        if how in (FACTORY, UNSET):
+            raise TypeError(f"{call.name}.{name}: a default factory or an unset default "
+                            "cannot be a client method's default; give the field a plain "
+                            "default")
+        if how == REQUIRED:
+            signature.append(name)
         else:
-            namespace[f"_default{n}"] = f.default
-            signature.append(f"{f.name}=_default{n}")
-        items.append(f"{f.name!r}: {f.name}")
+            namespace[f"_default{n}"] = default
+            signature.append(f"{name}=_default{n}")
+        items.append(f"{name!r}: {name}")
     source = (f"def {call.name}({', '.join(signature)}):\n"
               f"    return self._request({call.name!r}, {{{', '.join(items)}}}, _convert)\n")
     exec(source, namespace)

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, Protocol
 
-from modcoord.actors.update import Batch, Update
 from modcoord.supervisor.client._log import log
 from modcoord.supervisor.client.future import Future
 from modcoord.supervisor.client.registry import ModuleRegistry, log_reregistration
-from modcoord.supervisor.protocol.module import ModuleInfo
+from modcoord.supervisor.protocol.describe import register_params
 
 __all__ = ["CallbackRunner", "Sender"]
 
@@ -121,6 +120,10 @@ class CallbackRunner:
             log.warning("batch for %s, which this client has not registered", module_id,
                          extra={"module_id": module_id})
             return
+        # Imported on the first batch: modcoord.actors.update needs dataclasses and with it
+        # inspect (~20 ms), which a client that receives no batches never pays for.
+        from modcoord.actors.update import Batch, Update
+
         updates = tuple(Update(u[0], u[1], u[2], u[3], u[4]) for u in params["updates"])
         batch = Batch(params["batch_id"], updates, params.get("reason", "window"))
         self._batches_received += 1
@@ -143,7 +146,7 @@ class CallbackRunner:
         log.warning("the daemon removed the subscriptions of %s (%s); registering it again",
                      module_id, params.get("reason", "inactive"), extra={"module_id": module_id})
         assert self._sender is not None  # started before any connection exists
-        future = self._sender.request("register", ModuleInfo.of(module).to_params())
+        future = self._sender.request("register", register_params(module))
         future.add_done_callback(functools.partial(log_reregistration, module_id))
         hook = getattr(module, "on_swept", None)
         if callable(hook):

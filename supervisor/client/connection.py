@@ -55,7 +55,6 @@ from modcoord.actors.errors import (
 from modcoord.supervisor.client._log import log
 from modcoord.supervisor.client.future import Future
 from modcoord.supervisor.client.registry import log_reregistration
-from modcoord.supervisor.protocol.calls import PROTOCOL_VERSION
 from modcoord.supervisor.protocol.errors import ProtocolVersionError, error_from_wire
 from modcoord.supervisor.protocol.framing import (
     CALLBACK,
@@ -67,6 +66,7 @@ from modcoord.supervisor.protocol.framing import (
     new_packer,
 )
 from modcoord.supervisor.protocol.limits import DEFAULT_MAX_FRAME_BYTES, MAX_NESTING_DEPTH
+from modcoord.supervisor.protocol.signatures import PROTOCOL_VERSION
 
 __all__ = ["Connection", "Inbound", "Rejoin", "version_mismatch"]
 

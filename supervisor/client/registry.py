@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from modcoord.supervisor.client._log import log
-from modcoord.supervisor.protocol.module import ModuleInfo
+from modcoord.supervisor.protocol.describe import register_params
 
 if TYPE_CHECKING:
     from modcoord.supervisor.client.future import Future
@@ -69,7 +69,7 @@ class ModuleRegistry:
         Raises:
             InvalidMessageError: a module object no longer describes a valid module.
         """
-        return [(module_id, ModuleInfo.of(module).to_params())
+        return [(module_id, register_params(module))
                 for module_id, module in list(self._registered.items())]
 
 

@@ -1,66 +1,14 @@
-"""What client calls resolve to beyond plain data: :class:`CoordinationResult`, and the
-client's own counters, :class:`ClientStatistics`."""
+"""What client calls resolve to beyond plain data: :class:`CoordinationResult` (declared
+once, in :mod:`modcoord.supervisor.protocol.calls`, and re-exported here), and the client's
+own counters, :class:`ClientStatistics`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from modcoord.actors.errors import InvalidMessageError
+from modcoord.supervisor.protocol.calls import CoordinationResult
 
 __all__ = ["ClientStatistics", "CoordinationResult"]
-
-_object_new = object.__new__
-
-
-@dataclass(frozen=True)
-class CoordinationResult:
-    """The answer of ``coordinate``.
-
-    Attributes:
-        mode: the canonical mode coordinated.
-        strategy: the mode's memory strategy.
-        results: module id → what its ``on_mode_change`` returned.
-        errors: module id → error text (modules that failed or timed out).
-        cached: whether it came from the daemon's cache.
-        latency_ms: the daemon's time to answer.
-    """
-
-    mode: str
-    strategy: str
-    results: dict[str, Any]
-    errors: dict[str, str]
-    cached: bool
-    latency_ms: float
-
-    @classmethod
-    def from_wire(cls, data: Any) -> CoordinationResult:
-        """Build from the daemon's result map.
-
-        Raises:
-            InvalidMessageError: the map lacks ``mode`` or has fields of the wrong type.
-        """
-        if type(data) is not dict or type(data.get("mode")) is not str:
-            raise InvalidMessageError(f"coordinate: malformed result {data!r:.120}")
-        results = data.get("results") or {}
-        errors = data.get("errors") or {}
-        if type(results) is not dict or type(errors) is not dict:
-            raise InvalidMessageError("coordinate: results and errors must be maps")
-        if errors:
-            errors = {str(k): str(v) for k, v in errors.items()}
-        strategy = data.get("strategy", "")
-        # Every cached coordinate builds one: fill the fields directly, without the frozen
-        # dataclass's per-field object.__setattr__ (half the cost).
-        result = _object_new(cls)
-        result.__dict__.update(
-            mode=data["mode"],
-            strategy=strategy if type(strategy) is str else str(strategy),
-            results=results,
-            errors=errors,
-            cached=bool(data.get("cached", False)),
-            latency_ms=float(data.get("latency_ms", 0.0)),
-        )
-        return result
 
 
 @dataclass(frozen=True)

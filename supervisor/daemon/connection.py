@@ -48,8 +48,12 @@ class ConnectionHost(Protocol):
     max_frame_bytes: int
     max_buffer_bytes: int
     output_budget_bytes: int
-    out_total: int
     oversized_batch: int
+
+    @property
+    def out_total(self) -> int:
+        """Unsent output across connections now."""
+        ...
 
     def now(self) -> float:
         """The server's clock."""

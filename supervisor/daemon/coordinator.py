@@ -15,7 +15,7 @@ computes misses once per key (single flight) by calling every module's
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import itertools
 import os
 import threading
@@ -27,10 +27,10 @@ import psutil
 from loguru import logger
 
 from modcoord.actors._base import ActorHandle, Statistics
-from modcoord.actors.batcher import BatcherActor, FlushBatches
-from modcoord.actors.cache import CacheActor, Clear
+from modcoord.actors.batcher import BatcherActor, FlushBatches, QueueDepth
+from modcoord.actors.cache import CacheActor, Clear, Purge, Shrink
 from modcoord.actors.clock import Clock, MonotonicClock
-from modcoord.actors.debouncer import DebouncerActor, Flush, PublishMany
+from modcoord.actors.debouncer import Cancel, DebouncerActor, Flush, Pending, PublishMany
 from modcoord.actors.errors import (
     CallTimeoutError,
     InvalidMessageError,
@@ -38,7 +38,9 @@ from modcoord.actors.errors import (
     QueueFullError,
 )
 from modcoord.actors.memory import ForceCleanup, MemoryManagerActor, Reactivate
-from modcoord.actors.monitor import Insights, MonitorActor
+from modcoord.actors.message import Message
+from modcoord.actors.modes import mode_or_none
+from modcoord.actors.monitor import Insights, Latencies, MonitorActor, Trim
 from modcoord.actors.reply import Reply, ReplyBox
 from modcoord.actors.shared import Shared
 from modcoord.actors.shared.activity import ActivityTable
@@ -46,8 +48,7 @@ from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.shared.cache_store import CacheStore, cache_key
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import PRIORITY_RANK, Batch, Update
-from modcoord.supervisor.client.results import CoordinationResult
-from modcoord.supervisor.daemon.config import MODES, ConfigSet, load_config_dir, normalize_mode
+from modcoord.supervisor.daemon.config import ConfigSet, load_config_dir, normalize_mode
 from modcoord.supervisor.daemon.engine import (
     ModeSwitch,
     OptimizeReport,
@@ -56,6 +57,12 @@ from modcoord.supervisor.daemon.engine import (
     StatusBrief,
 )
 from modcoord.supervisor.daemon.fanout import fan_out
+from modcoord.supervisor.protocol.calls import (
+    ACTOR_CALLS,
+    ACTOR_NAMES,
+    CoordinationResult,
+    bind_actor_args,
+)
 from modcoord.supervisor.protocol.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.protocol.wire import check_payload, payload_packer
 from modcoord.supervisor.supervisor import (
@@ -80,10 +87,6 @@ __all__ = [
     "default_child_specs",
 ]
 
-ACTOR_NAMES: tuple[str, ...] = ("debouncer", "cache", "batcher", "memory", "monitor")
-
-_MODE_LOOKUP = {m: m for m in MODES} | {m.lower(): m for m in MODES}
-
 
 def default_child_specs() -> list[ChildSpec]:
     """The children in start order: monitor first, debouncer last (stopped first)."""
@@ -96,65 +99,67 @@ def default_child_specs() -> list[ChildSpec]:
     ]
 
 
-def _text(name: str, value: Any, optional: bool = False) -> Any:
-    """``value`` if it is a string (or ``None`` when ``optional``).
+def _checked(messages: dict[tuple[str, str], type[Message]]
+             ) -> dict[tuple[str, str], type[Message]]:
+    """``messages`` if it covers exactly the protocol's actor methods, each message's
+    fields being exactly the method's params (checked at import).
 
     Raises:
-        InvalidMessageError: anything else, naming the argument.
+        RuntimeError: the two tables disagree (a method added on one side only, or a
+            parameter renamed), naming the difference.
     """
-    if isinstance(value, str) or (optional and value is None):
-        return value
-    wanted = "a string or null" if optional else "a string"
-    raise InvalidMessageError(f"argument {name!r} must be {wanted}, got "
-                              f"{type(value).__name__}")
+    declared = {(actor, name): decl for actor, methods in ACTOR_CALLS.items()
+                for name, decl in methods.items()}
+    if set(messages) != set(declared):
+        raise RuntimeError(
+            "the coordinator's actor messages and the protocol's ACTOR_CALLS disagree: "
+            f"only in ACTOR_CALLS {sorted(set(declared) - set(messages))}, only in the "
+            f"coordinator {sorted(set(messages) - set(declared))}")
+    for where, message in messages.items():
+        fields = (tuple(f.name for f in dataclasses.fields(message))
+                  if dataclasses.is_dataclass(message) else None)
+        params = declared[where].params.__struct_fields__
+        if fields != params:
+            raise RuntimeError(f"{'.'.join(where)}: message {message.__name__} takes "
+                               f"{fields}, ACTOR_CALLS declares {params}")
+    return messages
 
 
-def _fraction(name: str, value: Any) -> float:
-    """``value`` as a float in ``[0, 1]``.
+# The message each actor method of the protocol's table sends, built from the method's
+# bound and validated params (the protocol validates, this only maps).
+_ACTOR_MESSAGES: dict[tuple[str, str], type[Message]] = _checked({
+    ("debouncer", "statistics"): Statistics,
+    ("debouncer", "flush"): Flush,
+    ("debouncer", "cancel"): Cancel,
+    ("debouncer", "pending"): Pending,
+    ("cache", "statistics"): Statistics,
+    ("cache", "clear"): Clear,
+    ("cache", "purge"): Purge,
+    ("cache", "shrink"): Shrink,
+    ("batcher", "statistics"): Statistics,
+    ("batcher", "flush"): FlushBatches,
+    ("batcher", "queue_depth"): QueueDepth,
+    ("memory", "statistics"): Statistics,
+    ("memory", "force_cleanup"): ForceCleanup,
+    ("monitor", "statistics"): Statistics,
+    ("monitor", "latencies"): Latencies,
+    ("monitor", "trim"): Trim,
+})
+
+
+def _wire_mode(mode: Any) -> str:
+    """``mode`` made canonical (:func:`modcoord.actors.modes.mode_or_none`).
 
     Raises:
-        InvalidMessageError: not a number, or out of range, naming the argument.
+        InvalidMessageError: it names no mode (the message lists the modes).
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidMessageError(f"argument {name!r} must be a number in [0, 1], got "
-                                  f"{type(value).__name__}")
-    if not 0 <= value <= 1:
-        raise InvalidMessageError(f"argument {name!r} must be in [0, 1], got {value!r}")
-    return float(value)
-
-
-# Actor methods callable by name (client proxies: ``coord.cache.statistics()``). Built once.
-@functools.cache
-def _actor_messages() -> dict[str, dict[str, Callable[..., Any]]]:
-    """Each actor's callable methods: name → a builder of the message, which checks the
-    arguments' types (wire data is untrusted: a wrong type must be refused here with an
-    :class:`InvalidMessageError`, never reach an actor and crash it)."""
-    from modcoord.actors import batcher, cache, debouncer, memory, monitor
-
-    stats = {"statistics": lambda: Statistics()}
-    return {
-        "debouncer": stats | {
-            "flush": lambda module_id=None, key=None: debouncer.Flush(
-                _text("module_id", module_id, True), _text("key", key, True)),
-            "cancel": lambda module_id, key: debouncer.Cancel(
-                _text("module_id", module_id), _text("key", key)),
-            "pending": lambda: debouncer.Pending(),
-        },
-        "cache": stats | {
-            "clear": lambda: cache.Clear(),
-            "purge": lambda: cache.Purge(),
-            "shrink": lambda fraction: cache.Shrink(_fraction("fraction", fraction)),
-        },
-        "batcher": stats | {
-            "flush": lambda: batcher.FlushBatches(),
-            "queue_depth": lambda: batcher.QueueDepth(),
-        },
-        "memory": stats | {"force_cleanup": lambda: memory.ForceCleanup()},
-        "monitor": stats | {
-            "latencies": lambda: monitor.Latencies(),
-            "trim": lambda: monitor.Trim(),
-        },
-    }
+    canonical = mode_or_none(mode)
+    if canonical is None:
+        try:
+            return normalize_mode(mode)  # a mode spelled by a non-string, or raises
+        except ModcoordError as exc:
+            raise InvalidMessageError(str(exc)) from None
+    return canonical
 
 
 def _plain(value: Any) -> Any:
@@ -491,13 +496,11 @@ class ModuleCoordinator:
             self.coordinate(mode, context, box, caller)
             return CoordinationResult(**box.wait(timeout, "coordinate"))
         started = time.perf_counter()
-        canonical = _MODE_LOOKUP.get(mode) if isinstance(mode, str) else None
-        if canonical is None:
-            try:
-                canonical = normalize_mode(mode)
-            except ModcoordError as exc:
-                reply(None, InvalidMessageError(str(exc)))
-                return None
+        try:
+            canonical = _wire_mode(mode)
+        except InvalidMessageError as exc:
+            reply(None, exc)
+            return None
         if context is None:
             context = {}
         for module_id in caller:
@@ -552,10 +555,7 @@ class ModuleCoordinator:
         Raises:
             InvalidMessageError: unknown mode.
         """
-        try:
-            canonical = normalize_mode(mode)
-        except ModcoordError as exc:
-            raise InvalidMessageError(str(exc)) from None
+        canonical = _wire_mode(mode)
         previous = self._ask_supervisor(SetMode(canonical))
         self.mode = canonical
         self.queue_gauge.max_queue = self.config.mode(canonical).batch.max_queue
@@ -596,20 +596,13 @@ class ModuleCoordinator:
         """Call an actor's method by name (``cache``, ``statistics``).
 
         Raises:
-            InvalidMessageError: unknown actor, method or arguments.
+            InvalidMessageError: unknown actor or method (naming the valid ones), or
+                arguments that do not fit the method's declaration in
+                :data:`~modcoord.supervisor.protocol.calls.ACTOR_CALLS` (naming the
+                argument).
         """
-        table = _actor_messages()
-        if actor not in table:
-            raise InvalidMessageError(
-                f"unknown actor {actor!r}; choose one of {', '.join(ACTOR_NAMES)}")
-        build = table[actor].get(method)
-        if build is None:
-            raise InvalidMessageError(
-                f"{actor} has no method {method!r}; choose one of {', '.join(table[actor])}")
-        try:
-            message = build(*posargs, **(args or {}))
-        except TypeError as exc:
-            raise InvalidMessageError(f"{actor}.{method}: {exc}") from None
+        params = bind_actor_args(actor, method, posargs, args or {})
+        message = _ACTOR_MESSAGES[actor, method](**params.to_wire())
         return _plain(self.handles[actor].ask(message, timeout=timeout))
 
     def statistics(self, actor: str, timeout: float = 5.0) -> Any:

@@ -28,12 +28,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from modcoord.actors.errors import ModcoordError
 from modcoord.actors.reply import Reply
-from modcoord.supervisor.protocol.calls import Params
+from modcoord.supervisor.protocol.calls import CoordinationResult, Params
 from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 
 if TYPE_CHECKING:
     from modcoord.actors.shared.metrics import MetricsRegistry
-    from modcoord.supervisor.client.results import CoordinationResult
     from modcoord.supervisor.daemon.config import ConfigSet
 
 __all__ = [

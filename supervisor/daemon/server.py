@@ -21,60 +21,16 @@ blocks the sender. A batch event never exceeds ``max_frame_bytes``: a larger bat
 as several frames with the same ``batch_id``, and an update that cannot be encoded is left
 out (counted in ``undeliverable_updates`` and logged) while the rest of its batch goes.
 
-Output, "slow but reading" versus "not reading" (the rule):
-
-- *Output pressure* is on while some connection's unsent output is above
-  ``max_buffer_bytes`` (until it is down to half of that), or all connections' together
-  are above ``output_budget_bytes`` (until down to half). Under output pressure the server
-  stops reading from publishing connections (those that published in the last second, and
-  any that publishes meanwhile), exactly as for the publish backlog below: publishers are
-  slowed by their socket buffers, nothing is refused or dropped. Deliveries of updates
-  already accepted still queue (the marks are high-water marks, not caps), so a subscriber
-  that keeps reading, however slowly, is never cut: it sets the publishers' pace.
-- A connection is *not reading* when, under output pressure, it has output queued and has
-  taken none of it for ``output_stall_s`` (measured from the last send that made progress,
-  or from when its output started queuing). It is disconnected with a logged reason and
-  counted (``stalled_disconnects``); once it is gone the pressure it caused lifts. A
-  connection without queued output is never judged, so an idle subscriber is safe.
-- Whatever is discarded — the deliveries still queued for a connection when it closes,
-  for any reason, and deliveries to a connection already closed — is counted
-  (``undelivered_updates``, ``undelivered_bytes``) and logged with the modules concerned.
-
-Flow control (SPEC §3, "publishers are slowed"): when, right after the publishes of a read
-went to the coordinator, its ``publish_backlog()`` (updates accepted but not yet taken in
-by the debouncer) exceeds ``backlog_high_water``, the server stops reading from every
-connection that published in the last second (what they sent before is still handled);
-while paused it re-checks about every millisecond, and resumes once the backlog is down
-to ``backlog_low_water``. The paused publishers' socket buffers fill and their ``sendall``
-blocks: they are slowed, nothing is refused or dropped. Connections that only make
-control calls, and output to every connection, carry on. If the backlog makes no
-progress for ``backlog_stall_s`` (a stuck consumer), reading resumes anyway, with a
-warning, and flow control rests for as long again: publishers are never held
-indefinitely (the bounded queues then refuse with explicit errors).
-
-Input limits (what a hostile or broken peer can make the server hold):
-
-- An incomplete frame must be completed within ``frame_timeout_s`` (10 s; ``daemon.yaml``
-  ``frame_timeout_s``) of its first byte, counted while the server reads the connection;
-  otherwise the connection gets a ``FramingError`` frame naming the limit and is closed
-  (logged, counted in ``frame_timeouts``).
-- The incomplete frames of all connections together may reserve at most
-  ``max_input_bytes`` (32 MiB; ``daemon.yaml`` ``max_input_buffer_bytes``). A frame reserves
-  the size its prefix announces once that exceeds :data:`SMALL_FRAME_BYTES` (smaller frames
-  are never held back, so ordinary requests always flow). A connection whose large frame
-  does not fit waits, unread, until reservations are released (frames completed, timed
-  out, connections closed), in arrival order; one frame is always admitted when nothing
-  is reserved, so every frame that fits the frame limit gets through eventually. While
-  connections wait, connections without a reservation are read in small chunks. Waiting
-  is counted (``input_waits``) and logged at most once per :data:`LIMIT_LOG_INTERVAL_S`.
-- Connections are capped below the descriptor limit (``RLIMIT_NOFILE``), keeping
-  :data:`FD_RESERVE` descriptors for the daemon's own work (status, logs, config reads).
-  At the cap, a new connection gets a polite ``ConnectionRefused`` error frame and is
-  closed; if ``accept`` itself fails (``EMFILE``: descriptors used elsewhere), a reserve
-  descriptor is given up to accept and refuse the pending peer. Either way accepting
-  then rests for :data:`ACCEPT_PAUSE_S` (the listener leaves the selector: no busy loop),
-  and one log line per :data:`LIMIT_LOG_INTERVAL_S` gives the count. Existing connections
-  are served throughout.
+Flow control — when the server stops reading from publishers (the publish backlog above
+its high-water mark, output pressure), disconnects connections that are not reading,
+bounds what incomplete frames may hold (``frame_timeout_s``, ``max_input_bytes``) and
+caps connections below the descriptor limit — is :mod:`modcoord.supervisor.daemon.flow`,
+whose docstring states the rules; the server calls it at fixed points (after each
+publishing read, on each read, in each round of the loop, on accept) and it acts on
+connections only through the callbacks the server hands it. Whatever is discarded (the
+deliveries still queued for a connection when it closes, for any reason, and deliveries to
+a connection already closed) is counted (``undelivered_updates``, ``undelivered_bytes``)
+and logged with the modules concerned.
 
 Each :class:`Connection` is the :class:`~modcoord.supervisor.protocol.module.ModuleEndpoint` of the
 modules registered on it. When it closes, its outstanding callbacks are answered with
@@ -88,7 +44,6 @@ import errno
 import functools
 import itertools
 import os
-import resource
 import selectors
 import socket
 import stat
@@ -113,6 +68,22 @@ from modcoord.supervisor.daemon.connection import (
     safe_reply,
 )
 from modcoord.supervisor.daemon.engine import ServerBackend
+from modcoord.supervisor.daemon.flow import (
+    ACCEPT_PAUSE_S,
+    DEFAULT_BACKLOG_HIGH_WATER,
+    DEFAULT_BACKLOG_LOW_WATER,
+    DEFAULT_BACKLOG_STALL_S,
+    DEFAULT_FRAME_TIMEOUT_S,
+    DEFAULT_MAX_INPUT_BYTES,
+    FD_RESERVE,
+    LIMIT_LOG_INTERVAL_S,
+    SMALL_FRAME_BYTES,
+    AcceptGate,
+    FlowHooks,
+    InputBudget,
+    PublisherFlow,
+    raise_nofile_limit,
+)
 from modcoord.supervisor.protocol.calls import (
     CALLS,
     CONTROL,
@@ -168,36 +139,19 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BUFFER_BYTES = DEFAULT_OUTPUT_CONNECTION_BYTES
-DEFAULT_BACKLOG_HIGH_WATER = 20_000
-DEFAULT_BACKLOG_LOW_WATER = 5_000
-DEFAULT_BACKLOG_STALL_S = 2.0
-DEFAULT_FRAME_TIMEOUT_S = 10.0
-"""An incomplete frame must be completed this long after its first byte (while read)."""
-DEFAULT_MAX_INPUT_BYTES = 32 << 20
-"""What the incomplete large frames of all connections may reserve together."""
-SMALL_FRAME_BYTES = 16 * 1024
-"""Frames up to this size (prefix included) never wait for the input budget; it is also
-the read size for unreserved connections while others wait."""
-FD_RESERVE = 32
-"""Descriptors kept free of connections, for the daemon's own work."""
-ACCEPT_PAUSE_S = 0.25
-"""How long accepting rests at the connection or descriptor limit."""
-LIMIT_LOG_INTERVAL_S = 5.0
-"""At most one log line per this interval for each limit (with the count since)."""
 _RECV_SIZE = 256 * 1024
-_THROTTLE_POLL_S = 0.001  # how often a paused server re-checks the backlog
-_OUTPUT_POLL_S = 0.01  # how often, under output pressure, it re-checks the output
-_STALL_CHECK_S = 0.05  # how often, under output pressure, it looks for stalled readers
 _SPIN_S = 0.0002  # adaptive polling after activity (see Server._run)
-_PUBLISHER_WINDOW_S = 1.0  # a connection that published this recently is a publisher
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
-_PEERCRED = struct.Struct("3i")
 _log = logger.bind(actor="server")
 
 
 CoordinatorLike = ServerBackend
 """The former name of :class:`~modcoord.supervisor.daemon.engine.ServerBackend`."""
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -401,58 +355,42 @@ class Server:
             raise ValueError("max_buffer_bytes, output_budget_bytes and output_stall_s must "
                              "be positive")
         self.coordinator = coordinator
+        self._conns: dict[int, Connection] = {}
         self.socket_path = Path(socket_path)
         self.max_frame_bytes = max_frame_bytes
         self.max_buffer_bytes = max_buffer_bytes
         self.output_budget_bytes = output_budget_bytes
-        self.output_stall_s = output_stall_s
-        # Output accounting (any thread, under _out_lock; a connection's lock first).
-        self._out_lock = threading.Lock()
-        self.out_total = 0
-        self._out_full: set[Connection] = set()
         self.oversized_batch = 0  # the id of the last batch found not to fit one frame
-        # Output pressure state (I/O thread).
-        self._out_pressure = False
-        self._out_stall_check = float("-inf")
         self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
         self.drain_timeout = drain_timeout
         self.undelivered_bytes_at_stop = 0
         self._control_workers = max(1, control_workers)
-        self.backlog_high_water = backlog_high_water
-        self.backlog_low_water = backlog_low_water
-        self.backlog_stall_s = backlog_stall_s
-        self.frame_timeout_s = frame_timeout_s
-        self.max_input_bytes = max_input_bytes
-        self.max_connections = max_connections or 0  # 0 until start() derives it
         self.now: Callable[[], float] = clock or time.monotonic
-        # Input limits (I/O thread).
-        self._partials: dict[int, Connection] = {}  # connections with an incomplete frame
-        self._input_reserved = 0
-        self._input_waiters: deque[Connection] = deque()
-        self._input_tight = False  # waiters exist: read unreserved connections in small chunks
-        self._frame_check_at = 0.0
-        self._waits_logged_at = float("-inf")
-        self._waits_unlogged = 0
-        # The connection and descriptor limits (I/O thread).
-        self._reserve_fd: int | None = None
-        self._accept_resume_at: float | None = None  # accepting rests until then
-        self._limit_logged_at = float("-inf")
-        self._limit_unlogged = 0
         overdue_fn = getattr(coordinator, "timers_overdue", None)
-        self._overdue: Callable[[], bool] = (
-            overdue_fn if backlog_high_water is not None and callable(overdue_fn)
-            else lambda: False)
         backlog_fn = getattr(coordinator, "publish_backlog", None)
-        self._backlog: Callable[[], int] | None = (
-            backlog_fn if backlog_high_water is not None and callable(backlog_fn) else None)
-        # Flow control state (I/O thread).
-        self._throttling = False
-        self._throttled: list[Connection] = []
-        self._throttle_since = 0.0
-        self._throttle_low = 0  # the lowest backlog seen in this pause
-        self._throttle_progress_at = 0.0  # when it last fell
-        self._flow_rest_until = float("-inf")  # after a stall: no pausing before this
-        self._paused_total_s = 0.0
+        # Flow control (daemon/flow.py): the rules and their state; they act on the
+        # connections only through these callbacks.
+        hooks = FlowHooks(update_interest=self._update_interest, close=self._close,
+                          count=self.count, now=self.now)
+        self._flow = PublisherFlow(
+            hooks, conns=self._conns.values,
+            backlog=(backlog_fn if backlog_high_water is not None and callable(backlog_fn)
+                     else None),
+            overdue=(overdue_fn if backlog_high_water is not None and callable(overdue_fn)
+                     else _never),
+            high_water=backlog_high_water, low_water=backlog_low_water,
+            stall_s=backlog_stall_s, max_buffer_bytes=max_buffer_bytes,
+            output_budget_bytes=output_budget_bytes, output_stall_s=output_stall_s)
+        self._input = InputBudget(hooks, frame_timeout_s=frame_timeout_s,
+                                  max_input_bytes=max_input_bytes)
+        self._accepting = AcceptGate(
+            hooks, connections=self.connections, listen=self._listen,
+            unlisten=self._unlisten, max_connections=max_connections or 0)
+        # What a Connection calls (ConnectionHost), bound straight to the flow's methods.
+        self.output_added = self._flow.output_added
+        self.output_held = self._flow.output_held
+        self.output_taken = self._flow.output_taken
+        self.over_budget = self._flow.over_budget
         self._rbuf = bytearray(_RECV_SIZE)
         self._rview = memoryview(self._rbuf)
         self._selector: selectors.BaseSelector | None = None
@@ -463,7 +401,6 @@ class Server:
         self._thread: threading.Thread | None = None
         self._io_ident: int | None = None
         self._posts: deque[tuple[str, Connection | None, str]] = deque()
-        self._conns: dict[int, Connection] = {}
         self._conn_ids = itertools.count(1)
         self._control: ThreadPoolExecutor | None = None
         self._registrations: _Serial | None = None
@@ -476,7 +413,7 @@ class Server:
              "framing_errors", "stalled_disconnects", "undelivered_updates",
              "undelivered_bytes", "undeliverable_updates", "split_batches", "output_pauses",
              "internal_errors", "callbacks_sent", "callbacks_failed", "bytes_in", "reads",
-             "backpressure_pauses", "backpressure_throttled", "backpressure_stalls",
+             "backpressure_throttled", "backpressure_stalls",
              "frame_timeouts", "input_waits", "refused_at_limit", "accept_errors",
              "accept_pauses"), 0)
         # One handler per call of the table: a data call by its own ``_on_<name>``, a
@@ -515,9 +452,7 @@ class Server:
             raise
         self._listener = listener
         self._listener_ino = os.stat(path).st_ino
-        if not self.max_connections:
-            self.max_connections = _connection_cap()
-        self._reserve_fd = _open_reserve()
+        self._accepting.open()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -598,6 +533,16 @@ class Server:
         return len(self._conns)
 
     @property
+    def max_connections(self) -> int:
+        """The connection cap (``0`` until :meth:`start` derives it)."""
+        return self._accepting.max_connections
+
+    @property
+    def out_total(self) -> int:
+        """Unsent output across connections now (any thread)."""
+        return self._flow.out_total
+
+    @property
     def listening(self) -> bool:
         return self._listener is not None
 
@@ -606,12 +551,8 @@ class Server:
         conns = list(self._conns.values())
         with self._counters_lock:
             c = dict(self._counters)
-            paused_s = self._paused_total_s
-            active = self._throttling
-            if active:
-                paused_s += time.monotonic() - self._throttle_since
-        with self._out_lock:
-            buffered = self.out_total
+        backpressure = self._flow.backpressure()
+        buffered = self._flow.out_total
         return ServerStatistics(
             socket_path=str(self.socket_path),
             listening=self.listening,
@@ -619,12 +560,13 @@ class Server:
             buffered_out=buffered,
             held_updates=sum(conn.held_updates for conn in conns),
             buffered_in=sum(conn.decoder.buffered for conn in conns),
-            input_reserved=self._input_reserved,
+            input_reserved=self._input.reserved,
             input_waiting=sum(1 for conn in conns if conn.input_waiting),
             max_connections=self.max_connections,
-            backpressure_paused_s=paused_s,
-            backpressure_active=active,
-            output_pressure=self._out_pressure,
+            backpressure_pauses=backpressure.pauses,
+            backpressure_paused_s=backpressure.paused_s,
+            backpressure_active=backpressure.active,
+            output_pressure=self._flow.output_pressure,
             output_budget_bytes=self.output_budget_bytes,
             **c,
         )
@@ -663,39 +605,6 @@ class Server:
     def post_close(self, conn: Connection, reason: str) -> None:
         self.post("close", conn, reason)
 
-    # -- output accounting (any thread) -----------------------------------------------------
-
-    def output_added(self, conn: Connection, added: int, buffered: int) -> bool:
-        """``added`` bytes were queued on ``conn`` (its lock held), which has ``buffered``
-        now. Returns whether output pressure should be turned on."""
-        with self._out_lock:
-            self.out_total = total = self.out_total + added
-            newly_full = not conn.full and buffered > self.max_buffer_bytes
-            if newly_full:
-                conn.full = True
-                self._out_full.add(conn)
-        return newly_full or (total > self.output_budget_bytes and not self._out_pressure)
-
-    def over_budget(self) -> bool:
-        return self.out_total > self.output_budget_bytes
-
-    def output_held(self, conn: Connection) -> bool:
-        """``conn`` holds a delivery (its lock held). Returns whether output pressure
-        should be turned on."""
-        with self._out_lock:
-            if conn.full:
-                return not self._out_pressure
-            conn.full = True
-            self._out_full.add(conn)
-            return True
-
-    def output_taken(self, conn: Connection, taken: int, buffered: int) -> None:
-        """``taken`` bytes of ``conn``'s output went (sent or discarded; its lock held)."""
-        with self._out_lock:
-            self.out_total -= taken
-            if conn.full and buffered <= self.max_buffer_bytes // 2 and not conn.held:
-                conn.full = False
-                self._out_full.discard(conn)
 
     def count_undelivered(self, conn: Connection, updates: int, size: int, reason: str,
                            module_id: str | None = None) -> None:
@@ -752,11 +661,12 @@ class Server:
         assert selector is not None
         busy = False
         perf = time.perf_counter
+        flow, inputs, accepting = self._flow, self._input, self._accepting
         try:
             while not self._stopping:
                 try:
                     events: list[tuple[selectors.SelectorKey, int]] = []
-                    if busy and not self._throttling:
+                    if busy and not flow.throttling:
                         # Adaptive polling: right after activity, poll for a moment
                         # before blocking. A request-reply client sends its next request
                         # within tens of µs; blocking would let this CPU idle, and waking
@@ -765,9 +675,8 @@ class Server:
                         while not events and perf() < until:
                             events = selector.select(0)
                     if not events:
-                        timeout = (_THROTTLE_POLL_S if self._throttling
-                                   else _OUTPUT_POLL_S if self._out_pressure else None)
-                        if self._partials or self._accept_resume_at is not None:
+                        timeout = flow.poll_timeout()
+                        if inputs.due() is not None or accepting.due() is not None:
                             timeout = self._timer_timeout(timeout)
                         events = selector.select(timeout)
                     busy = bool(events)
@@ -776,12 +685,12 @@ class Server:
                 for key, mask in events:
                     self._on_event(key.data, mask)
                 self._run_posts()
-                if self._throttling:
-                    self._check_backlog()
-                if self._partials or self._accept_resume_at is not None:
+                if flow.throttling:
+                    flow.check_backlog()
+                if inputs.due() is not None or accepting.due() is not None:
                     self._run_timers()
-                if self._out_pressure:
-                    self._check_output()
+                if flow.output_pressure:
+                    flow.check_output()
             self._shutdown()
         except BaseException:
             _log.opt(exception=True).critical("server I/O loop failed")
@@ -832,7 +741,7 @@ class Server:
                     if conn is not None and not conn.closed:
                         self._resume(conn)
                 elif kind == "pressure":
-                    self._start_output_pressure()
+                    self._flow.start_output_pressure()
                 elif kind == "stop_accepting":
                     self._close_listener()
             except Exception:
@@ -867,15 +776,15 @@ class Server:
         if listener is None:
             return
         for _ in range(64):
-            if len(self._conns) >= self.max_connections:
-                self._shed(listener)
+            if self._accepting.at_cap():
+                self._accepting.shed(listener)
                 return
             try:
                 sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._accept_failed(listener, exc)
+                self._accepting.accept_failed(listener, exc)
                 return
             peer = peer_credentials(sock)
             if peer is None or peer.uid != self.allowed_uid:
@@ -905,224 +814,34 @@ class Server:
         finally:
             sock.close()
 
-    # -- the connection and descriptor limits (I/O thread) ------------------------------------
 
-    def _shed(self, listener: socket.socket) -> None:
-        """At the connection cap: refuse the pending peers politely, then rest (if there
-        were any: with none pending the listener is not readable, nothing spins)."""
-        refused = 0
-        for _ in range(64):
-            try:
-                sock, _addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self._accept_failed(listener, exc)
-                return
-            self._refuse_at_limit(sock)
-            refused += 1
-        if refused:
-            self._pause_accepting(f"at the connection limit ({len(self._conns)} of "
-                                  f"{self.max_connections} connections)")
-
-    def _accept_failed(self, listener: socket.socket, exc: OSError) -> None:
-        """``accept`` failed: out of descriptors (``EMFILE``/``ENFILE``) or worse. Give up
-        the reserve descriptor to accept and refuse the pending peer (so it is told, not
-        left waiting), take it back, and rest instead of retrying at once."""
-        self.count("accept_errors")
-        self._limit_unlogged += 1
-        if exc.errno in (errno.EMFILE, errno.ENFILE) and self._reserve_fd is not None:
-            os.close(self._reserve_fd)
-            self._reserve_fd = None
-            try:
-                sock, _addr = listener.accept()
-            except OSError:
-                pass
-            else:
-                self._refuse_at_limit(sock)
-            self._reserve_fd = _open_reserve()
-        self._pause_accepting(f"accept failed: {exc}")
-
-    def _refuse_at_limit(self, sock: socket.socket) -> None:
-        self.count("refused_at_limit")
-        self._limit_unlogged += 1
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        text = (f"refused: the daemon is at its connection limit ({len(self._conns)} "
-                f"connections, {self.max_connections} allowed by RLIMIT_NOFILE {soft}); "
-                "close idle clients, or raise the daemon's open-files limit "
-                "(LimitNOFILE= in its systemd unit, ulimit -n)")
-        try:
-            sock.setblocking(False)
-            sock.send(encode_frame([RESPONSE, None, ["ConnectionRefused", text], None]))
-        except OSError:
-            pass
-        finally:
-            sock.close()
-
-    def _pause_accepting(self, reason: str) -> None:
-        """Take the listener out of the selector for ``ACCEPT_PAUSE_S`` (no busy loop at a
-        limit); log at most once per ``LIMIT_LOG_INTERVAL_S``, with the count since."""
-        now = self.now()
-        listener = self._listener
-        if self._accept_resume_at is None and listener is not None and self._selector:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(listener)
-        self._accept_resume_at = now + ACCEPT_PAUSE_S
-        self.count("accept_pauses")
-        if now - self._limit_logged_at >= LIMIT_LOG_INTERVAL_S:
-            _log.warning(
-                "{reason}: accepting rests {p:g} s at a time; {n} connection attempt(s) "
-                "refused or failed since the last report, existing connections are "
-                "served; close idle clients or raise the open-files limit (LimitNOFILE=, "
-                "ulimit -n)", reason=reason, p=ACCEPT_PAUSE_S, n=self._limit_unlogged)
-            self._limit_logged_at = now
-            self._limit_unlogged = 0
-
-    def _resume_accepting(self) -> None:
-        self._accept_resume_at = None
-        if self._reserve_fd is None:
-            self._reserve_fd = _open_reserve()
-        listener = self._listener
-        if listener is not None and self._selector is not None:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
-
-    # -- input limits (I/O thread) -------------------------------------------------------------
+    # -- the input and accept timers (I/O thread; the rules: daemon/flow.py) ---------------
 
     def _timer_timeout(self, timeout: float | None) -> float:
         """The select timeout that wakes the loop for the next input or accept timer."""
-        due = self._frame_check_at if self._partials else float("inf")
-        if self._accept_resume_at is not None:
-            due = min(due, self._accept_resume_at)
+        due = min(d for d in (self._input.due(), self._accepting.due(), float("inf"))
+                  if d is not None)
         wait = max(0.0, due - self.now())
         return wait if timeout is None else min(timeout, wait)
 
     def _run_timers(self) -> None:
         now = self.now()
-        if self._accept_resume_at is not None and now >= self._accept_resume_at:
-            self._resume_accepting()
-        if self._partials and now >= self._frame_check_at:
-            self._frame_check_at = now + self._frame_check_interval()
-            self._check_frame_timeouts(now)
+        self._accepting.run(now)
+        self._input.run(now)
 
-    def _frame_check_interval(self) -> float:
-        return min(1.0, self.frame_timeout_s / 4)
+    def _listen(self) -> None:
+        """Put the listener (back) in the selector: accepting resumes."""
+        listener = self._listener
+        if listener is not None and self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
 
-    def _track_partial(self, conn: Connection) -> None:
-        """After a read: note when ``conn``'s incomplete frame began, reserve the input
-        budget for a large one, or hold the connection back when it does not fit."""
-        decoder = conn.decoder
-        if not decoder.buffered:
-            self._end_partial(conn)
-            return
-        if conn.partial_since is None or decoder.frames != conn.partial_frames:
-            now = self.now()
-            conn.partial_since = now
-            conn.partial_frames = decoder.frames
-            if not self._partials:
-                self._frame_check_at = now + self._frame_check_interval()
-            self._partials[conn.conn_id] = conn
-        size = decoder.pending_size
-        want = size if size > SMALL_FRAME_BYTES else 0
-        if want <= conn.reserved:
-            if want < conn.reserved:
-                self._release_input(conn, conn.reserved - want)
-            return
-        if not self._reserve_input(conn, want):
-            self._wait_for_input(conn)
-
-    def _reserve_input(self, conn: Connection, want: int) -> bool:
-        """Reserve ``want`` bytes for ``conn``'s frame if they fit (always when nothing
-        else is reserved, so that one frame can always make progress)."""
-        delta = want - conn.reserved
-        others = self._input_reserved - conn.reserved
-        if others and self._input_reserved + delta > self.max_input_bytes:
-            return False
-        conn.reserved = want
-        self._input_reserved += delta
-        return True
-
-    def _wait_for_input(self, conn: Connection) -> None:
-        conn.input_waiting = True
-        self._input_waiters.append(conn)
-        self._input_tight = True
-        self.count("input_waits")
-        self._update_interest(conn)
-        self._waits_unlogged += 1
-        now = self.now()
-        if now - self._waits_logged_at >= LIMIT_LOG_INTERVAL_S:
-            _log.warning(
-                "input budget full: incomplete frames reserve {r} of {m} bytes; {n} "
-                "connection(s) held back (not read) since the last report until frames "
-                "complete; raise max_input_buffer_bytes in daemon.yaml if this is normal "
-                "load", r=self._input_reserved, m=self.max_input_bytes,
-                n=self._waits_unlogged)
-            self._waits_logged_at = now
-            self._waits_unlogged = 0
-
-    def _release_input(self, conn: Connection, amount: int) -> None:
-        conn.reserved -= amount
-        self._input_reserved -= amount
-        if self._input_waiters:
-            self._admit_waiters()
-
-    def _admit_waiters(self) -> None:
-        """Read again, in arrival order, the held-back connections whose frame now fits."""
-        waiters = self._input_waiters
-        while waiters:
-            conn = waiters[0]
-            if conn.closed or not conn.input_waiting:
-                waiters.popleft()
-                continue
-            size = conn.decoder.pending_size
-            if not self._reserve_input(conn, size if size > SMALL_FRAME_BYTES else 0):
-                break
-            waiters.popleft()
-            conn.input_waiting = False
-            conn.partial_since = self.now()  # its time runs again from now
-            self._update_interest(conn)
-        self._input_tight = bool(waiters)
-
-    def _end_partial(self, conn: Connection) -> None:
-        """``conn`` holds no incomplete frame (any more): release what it reserved."""
-        conn.partial_since = None
-        self._partials.pop(conn.conn_id, None)
-        if conn.input_waiting:
-            conn.input_waiting = False
-            with contextlib.suppress(ValueError):
-                self._input_waiters.remove(conn)
-            self._input_tight = bool(self._input_waiters)
-        if conn.reserved:
-            self._release_input(conn, conn.reserved)
-
-    def _check_frame_timeouts(self, now: float) -> None:
-        limit = self.frame_timeout_s
-        for conn in list(self._partials.values()):
-            if conn.closed:
-                self._partials.pop(conn.conn_id, None)
-                continue
-            if conn.input_waiting or conn.throttled or not conn.reading:
-                conn.partial_since = now  # not read now: its time starts when it is again
-                continue
-            since = conn.partial_since
-            if since is not None and now - since >= limit:
-                self._frame_timed_out(conn, now - since)
-
-    def _frame_timed_out(self, conn: Connection, elapsed: float) -> None:
-        decoder = conn.decoder
-        size = decoder.pending_size
-        announced = f" of {size}" if size > decoder.buffered else ""
-        reason = (f"a frame stayed incomplete for {elapsed:.1f} s ({decoder.buffered}"
-                  f"{announced} bytes received), longer than frame_timeout_s "
-                  f"({self.frame_timeout_s:g} s)")
-        self.count("frame_timeouts")
-        _log.warning("closing connection {id} (pid {pid}): {reason}", id=conn.conn_id,
-                     pid=conn.peer.pid, reason=reason)
-        with contextlib.suppress(Exception):
-            conn.send(encode_frame([RESPONSE, None, ["FramingError", (
-                f"{reason}; send each frame whole (frame_timeout_s in daemon.yaml sets the "
-                "limit)")], None]))
-        self._close(conn, reason)
+    def _unlisten(self) -> None:
+        """Take the listener out of the selector: accepting rests."""
+        listener = self._listener
+        if listener is not None and self._selector:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(listener)
 
     def _on_writable(self, conn: Connection) -> None:
         drained = conn.flush_out()
@@ -1139,7 +858,7 @@ class Server:
     def _on_readable(self, conn: Connection) -> None:
         # While connections wait for the input budget, one without a reservation is read
         # in small chunks: whatever large frame it may start, it holds little of it.
-        size = SMALL_FRAME_BYTES if self._input_tight and not conn.reserved else _RECV_SIZE
+        size = SMALL_FRAME_BYTES if self._input.tight and not conn.reserved else _RECV_SIZE
         try:
             n = conn.sock.recv_into(self._rbuf, size)
         except (BlockingIOError, InterruptedError):
@@ -1158,7 +877,7 @@ class Server:
         decoder = conn.decoder
         messages = decoder.feed(self._rview[:n])
         if conn.partial_since is not None or decoder.buffered:
-            self._track_partial(conn)
+            self._input.track(conn)
         self._with_coalescing(conn, messages)
 
     def _with_coalescing(self, conn: Connection, messages: Iterable[Any]) -> None:
@@ -1178,152 +897,7 @@ class Server:
         if conn.close_when_flushed and not conn.closed:
             self._close_after_flush(conn)
 
-    # -- flow control (I/O thread) -------------------------------------------------------------
 
-    def _after_publishing(self, conn: Connection) -> None:
-        """Right after handing publishes to the coordinator (before anything releases the
-        GIL, so the debouncer cannot have taken them in yet): pause publishers if the
-        backlog is above the high-water mark. ``conn`` stops being read after the messages
-        already received."""
-        if conn.closed:
-            return
-        now = time.monotonic()
-        conn.last_publish = now
-        if self._throttling or self._out_pressure:
-            self._throttle(conn)
-            return
-        backlog = self._backlog
-        if backlog is None:
-            return
-        high = self.backlog_high_water
-        assert high is not None
-        if now < self._flow_rest_until:
-            return
-        try:
-            value = backlog()
-        except Exception:
-            self.count("internal_errors")
-            _log.opt(exception=True).error("publish_backlog() failed: no flow control")
-            self._backlog = None
-            return
-        if value > high or self._overdue():
-            self._start_throttling(now, value)
-
-    def _start_throttling(self, now: float, value: int) -> None:
-        with self._counters_lock:
-            self._throttling = True
-            self._throttle_since = now
-            self._counters["backpressure_pauses"] += 1
-        self._throttle_low = value
-        self._throttle_progress_at = now
-        _log.debug("publish backlog {n} above {high}: pausing publishers", n=value,
-                   high=self.backlog_high_water)
-        recent = now - _PUBLISHER_WINDOW_S
-        for conn in list(self._conns.values()):
-            if conn.last_publish >= recent and not conn.closed:
-                self._throttle(conn)
-
-    def _throttle(self, conn: Connection) -> None:
-        if conn.throttled:
-            return
-        conn.throttled = True
-        self._throttled.append(conn)
-        self.count("backpressure_throttled")
-        self._update_interest(conn)
-
-    def _check_backlog(self) -> None:
-        """While paused: resume below the low-water mark, or when the backlog is stuck."""
-        backlog = self._backlog
-        value = 0
-        if backlog is not None:
-            try:
-                value = backlog()
-            except Exception:
-                self.count("internal_errors")
-                _log.opt(exception=True).error("publish_backlog() failed: no flow control")
-                self._backlog = None
-                value = 0
-        now = time.monotonic()
-        if value <= self.backlog_low_water and not self._overdue():
-            self._stop_throttling(now)
-            return
-        if value < self._throttle_low:
-            self._throttle_low = value
-            self._throttle_progress_at = now
-        elif now - self._throttle_progress_at >= self.backlog_stall_s:
-            self.count("backpressure_stalls")
-            _log.warning(
-                "publish backlog stuck at {n} updates for {s:g} s: resuming publishers "
-                "anyway (is the debouncer running?)", n=value, s=self.backlog_stall_s)
-            self._flow_rest_until = now + self.backlog_stall_s
-            self._stop_throttling(now)
-
-    def _stop_throttling(self, now: float) -> None:
-        with self._counters_lock:
-            self._throttling = False
-            self._paused_total_s += now - self._throttle_since
-        if not self._out_pressure:
-            self._release_publishers()
-
-    def _release_publishers(self) -> None:
-        """Read from the paused publishers again (neither reason to pause holds)."""
-        throttled, self._throttled = self._throttled, []
-        for conn in throttled:
-            conn.throttled = False
-            if not conn.closed:
-                self._update_interest(conn)
-
-    # -- output pressure (I/O thread) ---------------------------------------------------------
-
-    def _start_output_pressure(self) -> None:
-        """Output is above a mark: pause the publishers (see the module doc)."""
-        if self._out_pressure:
-            return
-        with self._out_lock:
-            total = self.out_total
-            full = len(self._out_full)
-        if not full and total <= self.output_budget_bytes:
-            return  # drained meanwhile
-        self._out_pressure = True
-        self._out_stall_check = self.now()
-        self.count("output_pauses")
-        _log.info("output pressure: {total} bytes queued ({full} connection(s) above "
-                  "{cap} bytes; budget {budget}): pausing publishers", total=total, full=full,
-                  cap=self.max_buffer_bytes, budget=self.output_budget_bytes)
-        recent = time.monotonic() - _PUBLISHER_WINDOW_S
-        for conn in list(self._conns.values()):
-            if conn.last_publish >= recent and not conn.closed:
-                self._throttle(conn)
-
-    def _check_output(self) -> None:
-        """Under output pressure: resume once below the low marks; disconnect the
-        connections that are not reading (queued output, none taken for
-        ``output_stall_s``)."""
-        with self._out_lock:
-            total = self.out_total
-            full = bool(self._out_full)
-        if not full and total <= self.output_budget_bytes // 2:
-            self._out_pressure = False
-            _log.info("output pressure over ({total} bytes queued): resuming publishers",
-                      total=total)
-            if not self._throttling:
-                self._release_publishers()
-            return
-        now = self.now()
-        if now - self._out_stall_check < _STALL_CHECK_S:
-            return
-        self._out_stall_check = now
-        for conn in list(self._conns.values()):
-            if conn.closed or not conn.want_write:
-                continue
-            idle = now - conn.progress_at
-            if idle >= self.output_stall_s:
-                self.count("stalled_disconnects")
-                reason = (f"not reading: {conn.buffered()} bytes of output queued and none "
-                          f"taken for {idle:.1f} s under output pressure (limit "
-                          f"daemon.output.stall_timeout_s = {self.output_stall_s:g} s)")
-                _log.warning("disconnecting {conn}: {reason}", conn=conn, reason=reason)
-                self._close(conn, reason)
 
     def _close_after_flush(self, conn: Connection) -> None:
         conn.reading = False
@@ -1403,7 +977,7 @@ class Server:
             results: Sequence[Any] = self.coordinator.publish_many(items)
         except Exception as exc:
             results = [exc] * len(items)
-        self._after_publishing(conn)
+        self._flow.after_publishing(conn)
         self.count("publishes", len(items))
         try:
             data = encode_acks(ids, results)  # all accepted: one struct call each
@@ -1602,7 +1176,7 @@ class Server:
             self.output_taken(conn, lost_bytes, 0)
         self._conns.pop(conn.conn_id, None)
         if conn.partial_since is not None or conn.reserved or conn.input_waiting:
-            self._end_partial(conn)
+            self._input.end(conn)
         if self._selector is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(conn.sock)
@@ -1637,7 +1211,7 @@ class Server:
         if listener is None:
             return
         self._listener = None
-        self._accept_resume_at = None
+        self._accepting.stop()
         if self._selector is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(listener)
@@ -1662,9 +1236,7 @@ class Server:
             self._registrations.close(timeout=5.0)
         if self._selector is not None:
             self._selector.close()
-        if self._reserve_fd is not None:
-            os.close(self._reserve_fd)
-            self._reserve_fd = None
+        self._accepting.close()
         for s in (self._wake_r, self._wake_w):
             if s is not None:
                 s.close()
@@ -1698,56 +1270,3 @@ class Server:
                 elif data is _WAKER:
                     self._drain_waker()
             self._run_posts()
-
-
-# -- descriptors -----------------------------------------------------------------------------
-
-
-def _open_reserve() -> int | None:
-    """A spare descriptor to give up when ``accept`` fails for want of one (None: none)."""
-    try:
-        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-
-
-def _open_fds() -> int:
-    """Descriptors open in this process now (an estimate of 64 where /proc is missing)."""
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return 64
-
-
-def _connection_cap() -> int:
-    """Connections the descriptor limit allows beside what is open and ``FD_RESERVE``."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 30
-    return max(1, soft - _open_fds() - FD_RESERVE)
-
-
-def raise_nofile_limit() -> tuple[int, int]:
-    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (a daemon serving many clients
-    needs descriptors; the soft default, often 1024, is for interactive shells).
-
-    An infinite hard limit means the kernel's ``fs.nr_open``. Never raises: if the limit
-    cannot be changed it stays as it is.
-
-    Returns:
-        ``(before, after)``: the soft limit before and after.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if hard == resource.RLIM_INFINITY:
-        try:
-            target = int(Path("/proc/sys/fs/nr_open").read_text())
-        except (OSError, ValueError):
-            target = 1 << 20
-    if soft != resource.RLIM_INFINITY and soft >= target:
-        return soft, soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        return soft, soft
-    return soft, target

@@ -41,6 +41,9 @@ Public API:
   structs (:class:`BatchEvent`, :class:`SweptEvent`, :data:`EVENTS`) and the callback
   structs (:class:`OnModeChangeParams`, :class:`GetPerformanceMetricsParams`,
   :data:`CALLBACKS`) — what the daemon sends a client.
+- :class:`CoordinationResult` — the answer to ``coordinate``: the one type the daemon's
+  engine returns and a client's ``coordinate`` resolves to (``from_wire`` builds it from
+  the result map).
 
 This module imports msgspec and :mod:`modcoord.actors.errors`, :mod:`modcoord.actors.modes`
 and :mod:`modcoord.actors.update` only: never pykka, pydantic, loguru or the daemon.
@@ -78,7 +81,7 @@ __all__ = [
     "BatchEvent",
     "Call",
     "CoordinateParams",
-    "CoordinateResult",
+    "CoordinationResult",
     "CrashParams",
     "Empty",
     "GetPerformanceMetricsParams",
@@ -233,10 +236,19 @@ class CoordinateParams(Params):
             self.context = {}
 
 
-class CoordinateResult(msgspec.Struct):
-    """The answer to ``coordinate``: each module's ``on_mode_change`` result (by module
-    id), the errors (module id → message), whether it came from the cache, and the
-    latency."""
+@dataclass(frozen=True)
+class CoordinationResult:
+    """The answer to ``coordinate`` (what the daemon's in-process engine returns and a
+    client's ``coordinate`` resolves to).
+
+    Attributes:
+        mode: the canonical mode coordinated.
+        strategy: the mode's memory strategy.
+        results: module id → what its ``on_mode_change`` returned.
+        errors: module id → error text (modules that failed or timed out).
+        cached: whether it came from the daemon's cache.
+        latency_ms: the daemon's time to answer.
+    """
 
     mode: str
     strategy: str
@@ -244,6 +256,38 @@ class CoordinateResult(msgspec.Struct):
     errors: dict[str, str]
     cached: bool
     latency_ms: float
+
+    @classmethod
+    def from_wire(cls, data: Any) -> CoordinationResult:
+        """Build from the daemon's result map.
+
+        Raises:
+            InvalidMessageError: the map lacks ``mode`` or has fields of the wrong type.
+        """
+        if type(data) is not dict or type(data.get("mode")) is not str:
+            raise InvalidMessageError(f"coordinate: malformed result {data!r:.120}")
+        results = data.get("results") or {}
+        errors = data.get("errors") or {}
+        if type(results) is not dict or type(errors) is not dict:
+            raise InvalidMessageError("coordinate: results and errors must be maps")
+        if errors:
+            errors = {str(k): str(v) for k, v in errors.items()}
+        strategy = data.get("strategy", "")
+        # Every cached coordinate builds one: fill the fields directly, without the frozen
+        # dataclass's per-field object.__setattr__ (half the cost).
+        result = _object_new(cls)
+        result.__dict__.update(
+            mode=data["mode"],
+            strategy=strategy if type(strategy) is str else str(strategy),
+            results=results,
+            errors=errors,
+            cached=bool(data.get("cached", False)),
+            latency_ms=float(data.get("latency_ms", 0.0)),
+        )
+        return result
+
+
+_object_new = object.__new__
 
 
 # -- control calls -------------------------------------------------------------------------
@@ -568,7 +612,7 @@ CALLS: Mapping[str, Call] = _calls(
          ("InvalidMessageError", "QueueFullError", "ActorStoppedError"),
          "Publish one update of a module registered on this connection; it is debounced, "
          "cached and batched to the subscribers."),
-    Call("coordinate", CoordinateParams, CoordinateResult,
+    Call("coordinate", CoordinateParams, CoordinationResult,
          "{mode, strategy, results, errors, cached, latency_ms}", DATA,
          ("InvalidMessageError", "ActorStoppedError", "CallTimeoutError"),
          "Run a coordination round: every module supporting the mode gets on_mode_change; "

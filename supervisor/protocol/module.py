@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from modcoord.actors.errors import InvalidMessageError
-from modcoord.actors.modes import MODES
 from modcoord.actors.update import Batch
+from modcoord.supervisor.protocol.describe import module_fields, object_params, wire_params
 from modcoord.supervisor.protocol.limits import MAX_MODULE_ID_LENGTH
 
 __all__ = ["MAX_MODULE_ID_LENGTH", "LocalEndpoint", "ModeAwareModule", "ModuleEndpoint",
@@ -60,63 +59,23 @@ class ModuleInfo:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ModuleInfo:
-        """Build from wire params, validating every field.
+        """Build from wire params, validating every field (:func:`.describe.module_fields`).
 
         Raises:
             InvalidMessageError: naming the field that is wrong.
         """
-        module_id = params.get("module_id")
-        if (not isinstance(module_id, str) or not module_id
-                or len(module_id) > MAX_MODULE_ID_LENGTH):
-            raise InvalidMessageError(
-                f"module_id must be a non-empty string (≤ {MAX_MODULE_ID_LENGTH} chars)")
-        name = params.get("name", module_id)
-        if not isinstance(name, str):
-            raise InvalidMessageError("name must be a string")
-        modes = params.get("supported_modes", list(MODES))
-        if not isinstance(modes, (list, tuple, set, frozenset)) or not all(
-            isinstance(m, str) for m in modes
-        ):
-            raise InvalidMessageError("supported_modes must be a list of mode names")
-        unknown = [m for m in modes if m not in MODES]
-        if unknown:
-            raise InvalidMessageError(f"supported_modes: unknown mode(s) {unknown}")
-        subscribe = params.get("subscribe", [])
-        if isinstance(subscribe, str):
-            subscribe = [subscribe]
-        if not isinstance(subscribe, (list, tuple, set, frozenset)) or not all(
-            isinstance(s, str) for s in subscribe
-        ):
-            raise InvalidMessageError("subscribe must be a list of module ids")
-        return cls(
-            module_id=module_id,
-            name=name,
-            supported_modes=frozenset(modes),
-            subscribe=tuple(subscribe),
-            has_metrics=bool(params.get("has_metrics", False)),
-        )
+        module_id, name, modes, subscribe, has_metrics = module_fields(params)
+        return cls(module_id=module_id, name=name, supported_modes=modes,
+                   subscribe=subscribe, has_metrics=has_metrics)
 
     @classmethod
     def of(cls, module: Any) -> ModuleInfo:
         """Describe a module object (validating it like wire params)."""
-        return cls.from_params(
-            {
-                "module_id": getattr(module, "module_id", None),
-                "name": getattr(module, "name", getattr(module, "module_id", "")),
-                "supported_modes": list(getattr(module, "supported_modes", MODES)),
-                "subscribe": list(getattr(module, "subscribe", [])),
-                "has_metrics": callable(getattr(module, "get_performance_metrics", None)),
-            }
-        )
+        return cls.from_params(object_params(module))
 
     def to_params(self) -> dict[str, Any]:
-        return {
-            "module_id": self.module_id,
-            "name": self.name,
-            "supported_modes": sorted(self.supported_modes),
-            "subscribe": list(self.subscribe),
-            "has_metrics": self.has_metrics,
-        }
+        return wire_params(self.module_id, self.name, self.supported_modes, self.subscribe,
+                           self.has_metrics)
 
 
 class ModuleEndpoint(Protocol):

@@ -34,7 +34,7 @@ counts fit about 60 s on a loaded 2-core machine; ``MODCOORD_FUZZ_SCALE`` scales
 from __future__ import annotations
 
 import collections
-import inspect
+import dataclasses
 import itertools
 import os
 import time
@@ -106,12 +106,15 @@ HARMLESS = ("status", "insights", "config", "metrics", "hello")  # valid, changi
 
 
 def _actor_table() -> dict[str, dict[str, tuple[str, ...]]]:
-    """actor -> method -> parameter names, from the coordinator's table of actor calls."""
-    from modcoord.supervisor.daemon.coordinator import _actor_messages
+    """actor -> method -> parameter names, from the messages the coordinator sends for the
+    actor calls (checked at its import against the protocol's ``ACTOR_CALLS``)."""
+    from modcoord.supervisor.daemon.coordinator import _ACTOR_MESSAGES
 
-    return {actor: {name: tuple(inspect.signature(build).parameters)
-                    for name, build in methods.items()}
-            for actor, methods in _actor_messages().items()}
+    table: dict[str, dict[str, tuple[str, ...]]] = {}
+    for (actor, method), message in _ACTOR_MESSAGES.items():
+        assert dataclasses.is_dataclass(message), message
+        table.setdefault(actor, {})[method] = tuple(f.name for f in dataclasses.fields(message))
+    return table
 
 
 ACTOR_TABLE = _actor_table()

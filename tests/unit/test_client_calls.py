@@ -22,7 +22,12 @@ import msgpack
 import msgspec
 import pytest
 
-from modcoord.supervisor import ModcoordError, ProtocolVersionError, connect
+from modcoord.supervisor import (
+    CoordinationResult,
+    ModcoordError,
+    ProtocolVersionError,
+    connect,
+)
 from modcoord.supervisor.client import api
 from modcoord.supervisor.client.api import (
     CUSTOM_CALLS,
@@ -109,7 +114,10 @@ def test_a_generated_method_sends_every_field_positionally_or_by_name(tmp_path: 
     assert recorder.sent[1][1]["priority"] == "high"
     method, params, convert = recorder.sent[2]
     assert (method, params) == ("coordinate", {"mode": "HYBRID", "context": None})
-    assert convert is not None and convert.__name__ == "from_wire"
+    assert convert is not None
+    converted = convert({"mode": "HYBRID", "strategy": "balanced", "results": {"m": 1},
+                         "errors": {}, "cached": True, "latency_ms": 0.5})
+    assert converted == CoordinationResult("HYBRID", "balanced", {"m": 1}, {}, True, 0.5)
     assert recorder.sent[3][:2] == ("crash", {"actor": "cache", "kind": "exception"})
     assert recorder.sent[4][:2] == ("status", {})
     with pytest.raises(TypeError):

@@ -440,3 +440,30 @@ def test_timers_overdue_tells_when_a_deadline_passed_unserved(make: Any,
     assert coord.timers_overdue() is True
     advance(coord, clock, 0.5)  # the debouncer fires and disarms
     assert coord.timers_overdue() is False
+
+
+def test_actor_messages_agree_with_the_protocol_table() -> None:
+    """The coordinator's message for each actor method comes from the protocol's table
+    by name; a method on one side only, or a renamed parameter, fails at import."""
+    from modcoord.actors.cache import Purge, Shrink
+    from modcoord.supervisor.daemon.coordinator import _ACTOR_MESSAGES, _checked
+    from modcoord.supervisor.protocol.calls import ACTOR_CALLS
+
+    assert set(_ACTOR_MESSAGES) == {(a, m) for a, ms in ACTOR_CALLS.items() for m in ms}
+    missing = {k: v for k, v in _ACTOR_MESSAGES.items() if k != ("cache", "purge")}
+    with pytest.raises(RuntimeError, match=r"only in ACTOR_CALLS \[\('cache', 'purge'\)\]"):
+        _checked(missing)
+    with pytest.raises(RuntimeError, match=r"cache\.shrink: message Purge takes"):
+        _checked({**_ACTOR_MESSAGES, ("cache", "shrink"): Purge})
+    assert _checked({**_ACTOR_MESSAGES, ("cache", "shrink"): Shrink}) is not None
+
+
+def test_actor_calls_check_argument_types(make: Any) -> None:
+    """In-process actor calls are validated by the protocol's declaration, naming the
+    argument, before any message reaches an actor."""
+    coord = make()
+    with pytest.raises(InvalidMessageError, match="fraction"):
+        coord.actor_call("cache", "shrink", {"fraction": "half"})
+    with pytest.raises(InvalidMessageError, match="module_id"):
+        coord.actor_call("debouncer", "cancel", {"module_id": {}, "key": "k"})
+    assert coord.actor_call("cache", "shrink", posargs=[0.5]) == 0

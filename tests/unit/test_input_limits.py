@@ -180,7 +180,7 @@ class _FailingListener:
 def test_emfile_refuses_through_the_reserve_and_rests_instead_of_spinning(
         make_server: Callable[..., Server], runtime_dir: Path, clock: MockClock) -> None:
     server = make_server()
-    assert server._reserve_fd is not None
+    assert server._accepting.has_reserve
     probe = _raw(runtime_dir)
     probe.send_bytes(_padded_request(1, 10))
     assert _response_ids(probe, 1) == [1]
@@ -193,7 +193,7 @@ def test_emfile_refuses_through_the_reserve_and_rests_instead_of_spinning(
     wait_for(lambda: server.statistics().accept_pauses == 1, WAIT, message="a rest")
     stats = server.statistics()
     assert (stats.accept_errors, stats.refused_at_limit) == (1, 1)
-    assert server._reserve_fd is not None  # taken back
+    assert server._accepting.has_reserve  # taken back
     # Resting: a new peer waits in the backlog while the loop goes round and round.
     waiting = _raw(runtime_dir)
     for rid in range(2, 12):
