@@ -283,7 +283,7 @@ def render_metrics(status: Mapping[str, Any] | None, registry: MetricsRegistry |
     """Return the Prometheus text exposition (0.0.4) of ``status`` and ``registry``.
 
     Args:
-        status: the dict of ``modcoord status --json`` (SPEC §5); missing or malformed
+        status: the dict of ``modcoord status --json``; missing or malformed
             keys leave their metrics out, never fail.
         registry: the shared metrics registry; its histograms become ``histogram``
             families ``modcoord_<name>_seconds`` (sub-millisecond buckets, ``+Inf`` equal

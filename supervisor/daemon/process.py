@@ -1,7 +1,7 @@
 """The daemon process: lifecycle, pidfile lock, signals, readiness.
 
 ``modcoord start`` runs :func:`run` in the foreground or :func:`spawn` to detach. The
-contract (SPEC §5):
+contract (docs/REFERENCE.md, "Commands"):
 
 - One daemon per runtime directory, enforced by an exclusive ``flock`` on
   ``modcoord.pid``. The kernel drops the lock when the process dies, so a stale pidfile

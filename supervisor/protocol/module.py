@@ -2,7 +2,7 @@
 
 A module is any object with ``module_id``, ``name``, ``supported_modes``, ``subscribe``,
 ``on_mode_change(mode, strategy, context)``, ``on_batch(batch)`` and optionally
-``get_performance_metrics()`` (the SPEC's ``ModeAwareModule``). The coordinator keeps a
+``get_performance_metrics()`` (a ``ModeAwareModule``). The coordinator keeps a
 :class:`ModuleInfo` (plain data) and a :class:`ModuleEndpoint` for each: a
 :class:`LocalEndpoint` calls an in-process object, the server's endpoint sends frames to the
 module's process.

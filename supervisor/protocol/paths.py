@@ -1,4 +1,4 @@
-"""Where the daemon lives: the runtime directory and the files in it (SPEC §5).
+"""Where the daemon lives: the runtime directory and the files in it.
 
 The runtime directory is, in order: an explicit argument (``--runtime-dir``),
 ``$MODCOORD_RUNTIME_DIR``, ``$XDG_RUNTIME_DIR/modcoord``, else ``/tmp/modcoord-$UID``.

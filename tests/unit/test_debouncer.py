@@ -1,4 +1,4 @@
-"""Tests of the debouncer actor (SPEC §3 Debouncer), on a MockClock: nothing sleeps.
+"""Tests of the debouncer actor, on a MockClock: nothing sleeps.
 
 The debouncer talks to a fake batcher (actor name ``batcher``, actor_harness.py's
 recorder) whose ``Enqueue`` messages the tests read. Synchronisation: after
