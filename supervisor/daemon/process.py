@@ -18,6 +18,9 @@ contract (docs/REFERENCE.md, "Commands"):
   temporary file and renamed into place (see :mod:`modcoord.supervisor.protocol.paths`).
 - Whatever fails before the daemon is ready is reported at once through the readiness
   pipe: ``start`` prints it and exits with its code.
+- A detached daemon keeps none of its caller's file descriptors: stdin, stdout and stderr
+  are ``/dev/null`` and everything else inherited is closed (:func:`detach_descriptors`),
+  so ``out=$(modcoord start 4>&1)`` returns as soon as ``start`` does.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "DaemonOptions",
+    "detach_descriptors",
     "PidLock",
     "preflight",
     "prepare_runtime_dir",
@@ -411,6 +415,41 @@ def run(options: DaemonOptions, ready_fd: int | None = None) -> int:
         return EXIT_FAILURE
 
 
+def detach_descriptors(keep: tuple[int, ...] = ()) -> None:
+    """Let go of every file descriptor inherited from the caller: stdin, stdout and stderr
+    go to ``/dev/null`` and every other descriptor is closed except those in ``keep`` (the
+    readiness pipe). A caller that reads one of its descriptors to EOF (``out=$(modcoord
+    start 4>&1)``, a CI runner, an ssh wrapper) then gets it as soon as ``start`` returns,
+    not when the daemon stops.
+
+    Run in the detached child before the daemon opens anything of its own.
+
+    Raises:
+        OSError: ``/dev/null`` cannot be opened or duplicated (the child then exits 1 and
+            ``start`` reports that the daemon exited before it was ready).
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    kept = sorted({0, 1, 2, *keep})
+    low = 0
+    for fd in kept:  # close the gaps between the kept descriptors (devnull's included)
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, max(low, _max_fd()))
+
+
+def _max_fd() -> int:
+    """One above the highest descriptor number this process may hold (the hard limit
+    too: a descriptor opened before the soft limit was lowered stays open)."""
+    import resource
+
+    limits = [int(v) for v in resource.getrlimit(resource.RLIMIT_NOFILE)
+              if v != resource.RLIM_INFINITY and v > 0]
+    return max([*limits, int(os.sysconf("SC_OPEN_MAX")), 3])
+
+
 def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
     """Start a detached daemon (double fork, new session) and wait until it is ready.
 
@@ -440,9 +479,7 @@ def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
+        detach_descriptors(keep=(w,))
         os.chdir("/")
         code = EXIT_FAILURE
         try:
