@@ -1,15 +1,21 @@
 """Packaging: the built wheel holds every package of the source tree (installed in a fresh
 venv, each one imports from there — an editable install would hide a sub-package missing
 from setup.cfg), and modcoord installs under one parent package, so PyPI's ``supervisor``
-(supervisord) and ``actors`` can live in the same environment without shadowing ours."""
+(supervisord) and ``actors`` can live in the same environment without shadowing ours.
+The wheel's metadata: pytest and its plugins only behind the ``test``/``dev`` extras, the
+MIT LICENSE in its dist-info, the systemd unit in the package data, the Python classifiers."""
 
 from __future__ import annotations
 
+import email.parser
 import json
+import re
 import shutil
 import site
 import subprocess
 import sys
+import zipfile
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -17,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # What the build reads: setup.cfg maps modcoord.<name> to these top-level folders.
 SOURCE_DIRS = ("actors", "supervisor", "configs")
-SOURCE_FILES = ("setup.cfg", "pyproject.toml", "README.md")
+SOURCE_FILES = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE")
 
 
 def source_modules() -> list[str]:
@@ -47,12 +53,12 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.integration
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_the_wheel_in_a_fresh_venv_imports_every_module_of_the_source_tree(
-        tmp_path: Path) -> None:
-    # Build from a copy, as from a fresh clone: no build/ or egg-info in the worktree.
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from a copy of the source tree, as from a fresh clone (no build/ or
+    egg-info of the worktree); symlinks in the tree are copied as the files they point to.
+    Skips when the build requirements cannot be installed."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     src = tmp_path / "src"
     src.mkdir()
     for name in SOURCE_FILES:
@@ -67,8 +73,68 @@ def test_the_wheel_in_a_fresh_venv_imports_every_module_of_the_source_tree(
     if build.returncode != 0 and "Could not find a version" in build.stderr:
         pytest.skip(f"build requirements unavailable: {build.stderr[-300:]}")
     assert build.returncode == 0, build.stderr[-3000:]
-    [wheel] = wheels.glob("modcoord-*.whl")
+    [built] = wheels.glob("modcoord-*.whl")
+    return built
 
+
+def _name(requirement: str) -> str:
+    """The distribution name of a ``Requires-Dist`` value, lower-cased."""
+    return re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0].lower()
+
+
+def _metadata(wheel: Path) -> tuple[Message, list[str]]:
+    """The wheel's parsed ``*.dist-info/METADATA`` and the names of its files."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        [meta] = [n for n in names if n.endswith(".dist-info/METADATA")]
+        return email.parser.Parser().parsestr(zf.read(meta).decode()), names
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_wheel_metadata_license_test_extras_unit_and_classifiers(wheel: Path) -> None:
+    meta, names = _metadata(wheel)
+    # pytest and its plugins are test dependencies: every Requires-Dist naming one is
+    # conditional on an extra ("test" and "dev"), none is installed with modcoord.
+    requires = meta.get_all("Requires-Dist") or []
+    test_only = ("pytest", "pytest-timeout", "hypothesis")
+    for req in requires:
+        if _name(req) in test_only:
+            assert re.search(r"extra\s*==", req), f"runtime dependency: {req!r}"
+    for extra in ("test", "dev"):
+        assert extra in (meta.get_all("Provides-Extra") or [])
+        wanted = {_name(r) for r in requires if re.search(rf"extra\s*==\s*.{extra}.", r)}
+        assert set(test_only) <= wanted, (extra, requires)
+
+    # The license: declared, named as a License-File and shipped in the dist-info.
+    assert meta["License"] == "MIT"
+    assert "License :: OSI Approved :: MIT License" in (meta.get_all("Classifier") or [])
+    assert "LICENSE" in (meta.get_all("License-File") or [])
+    [dist_info] = {n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info")}
+    licenses = [n for n in names if n.startswith(dist_info + "/") and n.endswith("LICENSE")]
+    assert licenses, f"no LICENSE in {dist_info}: {names}"
+    with zipfile.ZipFile(wheel) as zf:
+        assert zf.read(licenses[0]) == (ROOT / "LICENSE").read_bytes()
+        # The systemd unit, as the file itself (the tree holds it as a symlink).
+        unit = "modcoord/supervisor/daemon/data/modcoord.service"
+        assert unit in names
+        assert zf.read(unit) == (ROOT / "scripts" / "modcoord.service").read_bytes()
+
+    # Python versions: every one from python_requires up to the one running the tests.
+    classifiers = set(meta.get_all("Classifier") or [])
+    assert "Programming Language :: Python :: 3 :: Only" in classifiers
+    assert meta["Requires-Python"] == ">=3.10"
+    covered = {f"Programming Language :: Python :: 3.{minor}"
+               for minor in range(10, sys.version_info.minor + 1)}
+    assert covered <= classifiers, covered - classifiers
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_wheel_in_a_fresh_venv_imports_every_module_of_the_source_tree(
+        wheel: Path, tmp_path: Path) -> None:
     # A fresh venv without pip: the wheel goes in with this pip, without its dependencies;
     # those are found in this environment's site-packages through a .pth file (paths only:
     # the .pth files there, such as the editable install's finder, are not run).
@@ -104,6 +170,7 @@ def test_the_wheel_in_a_fresh_venv_imports_every_module_of_the_source_tree(
         p.name for p in (ROOT / "configs").glob("*.yaml")}
     assert (installed / "supervisor" / "py.typed").exists()
     assert (installed / "actors" / "py.typed").exists()
+    assert (installed / "supervisor" / "daemon" / "data" / "modcoord.service").is_file()
     cli = subprocess.run([str(venv / "bin" / "modcoord"), "--help"], capture_output=True,
                          text=True, timeout=60, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
     assert cli.returncode == 0, cli.stderr[-3000:]

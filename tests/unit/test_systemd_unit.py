@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SERVICE_FILE = Path(__file__).resolve().parents[2] / "scripts" / "modcoord.service"
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE_FILE = ROOT / "scripts" / "modcoord.service"
+PACKAGED = ROOT / "supervisor" / "daemon" / "data" / "modcoord.service"
 
 
 def _unit(text: str) -> dict[str, dict[str, list[str]]]:
@@ -37,3 +39,9 @@ def test_systemd_unit_example() -> None:
     assert "MODCOORD_RUNTIME_DIR=%t/modcoord" in " ".join(service["Environment"])
     assert "78" in service.get("RestartPreventExitStatus", [""])[0]
     assert "Unit" in unit and "Install" in unit
+
+
+def test_the_packaged_unit_is_the_scripts_unit() -> None:
+    # One copy: the package data entry is a symlink to scripts/modcoord.service.
+    assert PACKAGED.is_symlink()
+    assert PACKAGED.resolve() == SERVICE_FILE.resolve()
