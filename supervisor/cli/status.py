@@ -8,7 +8,6 @@ With ``--json`` the answer is one JSON object on stdout either way: the daemon's
 from __future__ import annotations
 
 import argparse
-
 from typing import Any
 
 from modcoord.actors.errors import NotRunningError
