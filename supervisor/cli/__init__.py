@@ -8,6 +8,12 @@ imports at its top only what building its parser needs; what running it needs (t
 client, the daemon, rich...) it imports inside ``run``. A command line naming a command
 builds that command's parser alone (``modcoord status --json`` imports one command
 module); anything else (``modcoord``, ``--help``, a typo) builds the full parser.
+
+Global options go before the command too: ``modcoord --runtime-dir D status`` is
+``modcoord status --runtime-dir D`` (given in both places, the later one wins), and
+``modcoord --json status`` is ``modcoord status --json`` for a command that takes
+``--json`` (for any other command it is a usage error, exit 2). ``modcoord --version``
+prints ``modcoord <version>`` and exits 0.
 """
 
 from __future__ import annotations
@@ -34,6 +40,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="The ModuleCoordinator daemon: debounce, cache, batch and monitor the "
                     "updates of an application's modules.",
     )
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print modcoord's version and exit")
+    parser.add_argument("--runtime-dir", dest="global_runtime_dir", default=None,
+                        metavar="RUNTIME_DIR", help=_RUNTIME_DIR_HELP)
+    parser.add_argument("--json", dest="global_json", action="store_true",
+                        help="print JSON (for a command that takes --json)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS if only is None else (only,):
@@ -44,6 +56,61 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _runtime_dir_on_actions(p)
         p.set_defaults(run=module.run)
     return parser
+
+
+#: The global options that take a value (skipped when finding the command's name).
+_GLOBAL_WITH_VALUE: frozenset[str] = frozenset({"--runtime-dir"})
+
+
+class _Version(argparse.Action):
+    """``--version``: print ``modcoord <version>`` and exit 0. The version is looked up
+    only when the option is given (``importlib.metadata`` is not light)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from modcoord.supervisor.version import version
+
+        print(f"{parser.prog} {version()}")
+        parser.exit(0)
+
+
+def command_name(words: list[str]) -> str | None:
+    """The command that ``words`` name, past any global options, or ``None`` (no command,
+    or an unknown word first: then the full parser reports it)."""
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in _GLOBAL_WITH_VALUE:
+            skip = True
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def _apply_globals(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fold the global options given before the command into the command's own: one given
+    after the command wins. ``--json`` before a command without ``--json`` is a usage
+    error (exits 2)."""
+    given_dir = args.__dict__.pop("global_runtime_dir", None)
+    if getattr(args, "runtime_dir", None) is None and given_dir is not None:
+        args.runtime_dir = given_dir
+    if args.__dict__.pop("global_json", False):
+        if not hasattr(args, "json"):
+            parser.error(f"--json is not accepted by '{args.command}' (the commands that "
+                         f"take it: {', '.join(json_commands())})")
+        args.json = True
+
+
+def json_commands() -> tuple[str, ...]:
+    """The commands that take ``--json`` (builds every command's parser)."""
+    out = []
+    for name in COMMANDS:
+        p = argparse.ArgumentParser()
+        importlib.import_module(f"modcoord.supervisor.cli.{name}").add_arguments(p)
+        if any("--json" in a.option_strings for a in p._actions):
+            out.append(name)
+    return tuple(out)
 
 
 _RUNTIME_DIR_HELP = ("runtime directory (default: $MODCOORD_RUNTIME_DIR, "
@@ -64,8 +131,9 @@ def _runtime_dir_on_actions(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code."""
     words = sys.argv[1:] if argv is None else argv
-    parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
+    parser = build_parser(command_name(words))
     args = parser.parse_args(words)
+    _apply_globals(parser, args)
     try:
         code: int = args.run(args)
         return code

@@ -1,10 +1,17 @@
-"""Show whether the daemon runs (exit 0) or not (exit 3), with its state."""
+"""Show whether the daemon runs (exit 0) or not (exit 3), with its state.
+
+With ``--json`` the answer is one JSON object on stdout either way: the daemon's status
+(``"running": true``) or, when no daemon answers, ``{"running": false, "runtime_dir",
+"socket", "reason"}`` with exit 3 (the reason is also the one line on stderr).
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from modcoord.supervisor.cli._common import client, print_json
+from modcoord.actors.errors import NotRunningError
+from modcoord.supervisor.cli._common import client, print_json, runtime_dir
 
 HELP = "show the daemon's status (exit 3 when not running)"
 
@@ -13,9 +20,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def not_running(args: argparse.Namespace, exc: NotRunningError) -> dict[str, Any]:
+    """The ``status --json`` object when no daemon answers on the runtime directory."""
+    from modcoord.supervisor.protocol.paths import socket_path
+
+    where = runtime_dir(args)
+    return {"running": False, "runtime_dir": str(where), "socket": str(socket_path(where)),
+            "reason": str(exc)}
+
+
 def run(args: argparse.Namespace) -> int:
-    with client(args) as c:
-        status = c.status().get(timeout=10)
+    try:
+        with client(args) as c:
+            status = c.status().get(timeout=10)
+    except NotRunningError as exc:
+        if not args.json:
+            raise
+        print_json(not_running(args, exc))
+        raise
     if args.json:
         print_json(status)
         return 0

@@ -127,6 +127,7 @@ class Controller:
 
     def status(self) -> dict[str, Any]:
         out = self.coordinator.status()
+        out["running"] = True  # what `status --json` says when no daemon answers: false
         out["last_reload_error"] = None
         if self.reloader is not None:
             reloads = self.reloader.statistics()
