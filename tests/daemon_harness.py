@@ -26,8 +26,8 @@ import yaml
 from modcoord.supervisor.daemon.config import default_config_dir
 
 __all__ = ["ALIAS_BOMB", "CLI", "CliResult", "DaemonFactory", "DaemonProcess", "copy_configs",
-           "edited_yaml", "file_records", "gone", "records", "run_cli", "start_daemon",
-           "startswith", "wait_for", "wait_record"]
+           "edited_yaml", "file_records", "gone", "receive_answer", "records", "run_cli",
+           "start_daemon", "startswith", "wait_for", "wait_record"]
 
 CLI = [sys.executable, "-m", "modcoord.supervisor"]
 
@@ -64,6 +64,20 @@ def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.02,
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         pause.wait(interval)
+
+
+def receive_answer(conn: Any, what: str, timeout: float) -> Any:
+    """The next ``(kind, value)`` answer a child process sends on its pipe ``conn``.
+
+    Raises AssertionError naming ``what`` when nothing comes within ``timeout`` seconds or
+    the child answers ``("error", message)``.
+    """
+    if not conn.poll(timeout):
+        raise AssertionError(f"{what}: no answer in {timeout} s")
+    kind, value = conn.recv()
+    if kind == "error":
+        raise AssertionError(f"{what} failed: {value}")
+    return value
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 import pytest
-from daemon_harness import DaemonProcess, records, wait_for
+from daemon_harness import DaemonProcess, receive_answer, records, wait_for
 from server_harness import Publisher, nested
 
 from modcoord.actors.errors import InvalidMessageError
@@ -120,12 +120,7 @@ class SinkProcess:
         self.proc.start()
 
     def _recv(self, timeout: float) -> Any:
-        if not self.conn.poll(timeout):
-            raise AssertionError(f"sink process {self.proc.pid}: no answer in {timeout} s")
-        kind, value = self.conn.recv()
-        if kind == "error":
-            raise AssertionError(f"sink process failed: {value}")
-        return value
+        return receive_answer(self.conn, f"sink process {self.proc.pid}", timeout)
 
     def wait_ready(self, timeout: float = 60.0) -> SinkProcess:
         self._recv(timeout)

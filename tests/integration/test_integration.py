@@ -28,7 +28,7 @@ from typing import Any
 import msgpack
 import pytest
 import yaml
-from daemon_harness import DaemonProcess, wait_for
+from daemon_harness import DaemonProcess, receive_answer, wait_for
 
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.supervisor.daemon.config import MODES
@@ -118,12 +118,7 @@ class ModuleProcess:
         return self
 
     def _recv(self, timeout: float) -> Any:
-        if not self.conn.poll(timeout):
-            raise AssertionError(f"module process {self.proc.pid}: no answer in {timeout} s")
-        kind, value = self.conn.recv()
-        if kind == "error":
-            raise AssertionError(f"module process failed: {value}")
-        return value
+        return receive_answer(self.conn, f"module process {self.proc.pid}", timeout)
 
     def wait_ready(self, timeout: float = 30.0) -> ModuleProcess:
         self.pid = self._recv(timeout)
