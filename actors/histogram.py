@@ -232,7 +232,8 @@ class LatencyHistogram:
             count, total = self._total.count, self._total.sum
         out: list[tuple[float, int]] = []
         seen = 0
-        for le, n in zip(PROMETHEUS_BUCKETS_S, le_counts):
+        # le_counts has one slot more (above every bound: +Inf only), left out here.
+        for le, n in zip(PROMETHEUS_BUCKETS_S, le_counts, strict=False):
             seen += n
             out.append((le, seen))
         return out, count, total

@@ -48,7 +48,7 @@ def parse_text(text: str) -> dict[str, Metric]:
 
 def parse_openmetrics(text: str) -> dict[str, Metric]:
     """Families of the OpenMetrics format, by name (raises unless it ends ``# EOF``)."""
-    return {f.name: f for f in openmetrics_families(text)}
+    return {f.name: f for f in openmetrics_families(text)}  # type: ignore[no-untyped-call]
 
 
 def spec_for(family: Metric, openmetrics: bool) -> str:

@@ -337,7 +337,7 @@ def _registry_families(fam: _Families, registry: MetricsRegistry) -> None:
         name = "modcoord_coordination_recent_seconds"
         summary = fam.get(name)
         recent, total = coordination.recent(), coordination.total()
-        for q, ms in zip(_SUMMARY_QUANTILES, (recent.p50, recent.p95, recent.p99)):
+        for q, ms in zip(_SUMMARY_QUANTILES, (recent.p50, recent.p95, recent.p99), strict=True):
             summary.add_sample(name, {"quantile": repr(q)},
                                ms / 1000.0 if recent.count else math.nan)
         summary.add_sample(name + "_count", {}, float(total.count))
@@ -393,7 +393,8 @@ class Exposition:
 
     def openmetrics(self) -> str:
         """The OpenMetrics text format, ending ``# EOF``."""
-        return generate_openmetrics(self.registry).decode("utf-8")
+        body: bytes = generate_openmetrics(self.registry)  # type: ignore[no-untyped-call]
+        return body.decode("utf-8")
 
     def encode(self, accept: str) -> tuple[bytes, str]:
         """``(body, content type)`` for a scraper's ``Accept`` header: OpenMetrics when

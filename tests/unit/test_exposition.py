@@ -21,7 +21,6 @@ from metrics_check import (
 )
 
 from modcoord.actors.clock import MockClock
-from modcoord.actors.histogram import PROMETHEUS_BUCKETS_S
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.supervisor.daemon.exposition import (
     CONTENT_TYPE,
