@@ -173,6 +173,7 @@ class BatcherStatistics:
         delivery_errors: of those, how many raised.
         subscribers: subscriptions held.
         max_queue: ``batch.max_queue``.
+        busy_s: the processing time behind ``efficiency``, in seconds.
     """
 
     batches: int
@@ -185,6 +186,7 @@ class BatcherStatistics:
     delivery_errors: int
     subscribers: int
     max_queue: int = 0
+    busy_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -257,6 +259,7 @@ class BatcherActor(ManagedActor):
             delivery_errors=self._delivery_errors,
             subscribers=sum(1 for sources, _ in self._subs.values() if sources),
             max_queue=self.settings.max_queue,
+            busy_s=self._busy_s,
         )
 
     def apply_settings(self, old: Any, new: Any) -> None:

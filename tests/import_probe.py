@@ -15,7 +15,7 @@ __all__ = ["NOT_IMPORTED", "added_by", "loaded_by"]
 NOT_IMPORTED = frozenset({
     "pykka", "pydantic", "loguru", "yaml",
     "asyncio", "logging", "msgspec", "typing_extensions", "uuid", "platform", "decimal",
-    "dataclasses", "inspect",
+    "dataclasses", "inspect", "prometheus_client",
 })
 
 _LOADED = "import sys\nprint(repr(sorted({m.split('.')[0] for m in sys.modules})))\n"

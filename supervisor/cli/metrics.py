@@ -1,4 +1,5 @@
-"""Print the daemon's metrics in the Prometheus text exposition format."""
+"""Print the daemon's metrics in the Prometheus text format (what `promtool check metrics`
+accepts; the daemon renders them with prometheus_client, the CLI only prints them)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 from modcoord.supervisor.cli._common import client
 
-HELP = "Prometheus text exposition"
+HELP = "the metrics in the Prometheus text format"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

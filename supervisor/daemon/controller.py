@@ -14,7 +14,7 @@ from typing import Any
 
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.supervisor.daemon.engine import Engine
-from modcoord.supervisor.daemon.exposition import render_metrics
+from modcoord.supervisor.daemon.exposition import Exposition
 from modcoord.supervisor.daemon.reload import Reloader
 from modcoord.supervisor.protocol.calls import (
     CONTROL_METHODS,
@@ -48,6 +48,8 @@ class Controller:
         self.daemon_info = daemon_info if daemon_info is not None else {}
         # The socket server, once the daemon started it: its counters go into ``status``.
         self.server: Any = None
+        # The metrics (``metrics`` call and the HTTP endpoint): status and histograms.
+        self.exposition = Exposition(self.status, coordinator.metrics)
         # Every control call of the table, answered by its ``on_<name>`` method.
         self._calls: dict[str, Callable[[Any], Any]] = {
             name: getattr(self, f"on_{name}") for name in CONTROL_METHODS}
@@ -114,7 +116,7 @@ class Controller:
         return self.coordinator.config.as_dict()
 
     def on_metrics(self, params: Params) -> str:
-        return render_metrics(self.status(), self.coordinator.metrics)
+        return self.exposition.text()
 
     def on_crash(self, params: CrashParams) -> None:
         self.coordinator.crash(params.actor, params.kind)

@@ -1,51 +1,193 @@
-"""Prometheus text exposition (format 0.0.4) of the daemon's status and latency histograms.
+"""The daemon's Prometheus metrics, on ``prometheus_client``.
 
-:func:`render_metrics` turns the dict that ``modcoord status --json`` prints, plus the shared
-:class:`~modcoord.actors.shared.metrics.MetricsRegistry`, into the text format. Every name starts
-with ``modcoord_`` and carries its unit (``_seconds``, ``_bytes``, ``_ratio``; counters end
-in ``_total``); labels are bounded (actor name, mode, eviction cause, cleanup reason,
-quantile, reload result, histogram bucket). Missing status keys leave their metrics out.
+:class:`Exposition` holds a private ``CollectorRegistry`` with two collectors: a
+:class:`StatusCollector` that turns the status document (the dict ``modcoord status --json``
+prints) and the shared :class:`~modcoord.actors.shared.metrics.MetricsRegistry`'s histograms
+into metric families, and ``prometheus_client``'s ``ProcessCollector`` (the standard
+``process_*`` metrics). :data:`METRICS` is the one table of every ``modcoord_*`` family
+(name, type, unit, labels, help): docs/REFERENCE.md lists the same table and a test keeps
+them equal.
 
-:class:`MetricsHTTPServer` optionally serves the same text at ``GET /metrics`` on the
-loopback interface for a scraper.
+Conventions: base units (``_seconds``, ``_bytes``, ``_ratio``), counters end in ``_total``,
+actors, modes, causes and reasons are labels; histograms carry exact ``le`` buckets
+(:data:`~modcoord.actors.histogram.PROMETHEUS_BUCKETS_S`). Missing or malformed status keys
+leave their samples out, never fail.
+
+:class:`MetricsHTTPServer` serves ``GET /metrics`` on a loopback address, in the text
+format or, when the scraper's ``Accept`` asks for it, in OpenMetrics (ending ``# EOF``).
+Only the daemon imports this module: the client library never loads ``prometheus_client``.
 """
 
 from __future__ import annotations
 
 import math
-import re
+import platform
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
 from loguru import logger
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.openmetrics.exposition import (
+    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector
 
+from modcoord.actors.histogram import LatencyHistogram
 from modcoord.actors.modes import MODES
 from modcoord.actors.shared.metrics import MetricsRegistry
+from modcoord.supervisor.protocol.calls import PROTOCOL_VERSION
+from modcoord.supervisor.version import VERSION
 
 __all__ = [
     "CONTENT_TYPE",
+    "METRICS",
+    "OPENMETRICS_CONTENT_TYPE",
+    "Exposition",
+    "MetricSpec",
     "MetricsHTTPServer",
     "MetricsServerStatistics",
-    "render_metrics",
+    "StatusCollector",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-PREFIX = "modcoord_"
-_MODES = MODES
-_NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
+"""The text format's content type (what ``metrics`` and a plain scrape get)."""
 
-Labels = tuple[tuple[str, str], ...]
+Kind = Literal["gauge", "counter", "histogram", "summary", "info"]
 
 
-# --------------------------------------------------------------------------- rendering
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported family: ``name`` as it appears in the text format (counters with
+    ``_total``, the info metric with ``_info``), its type, unit (``""`` for plain counts
+    and 0/1 flags) and label names."""
+
+    name: str
+    kind: Kind
+    unit: str
+    labels: tuple[str, ...]
+    help: str
+
+
+_TABLE: tuple[MetricSpec, ...] = (
+    MetricSpec("modcoord_build_info", "info", "", ("version", "protocol_version", "python"),
+               "The daemon's version, wire protocol version and Python version (value 1)."),
+    MetricSpec("modcoord_uptime_seconds", "gauge", "seconds", (),
+               "Seconds since the daemon started."),
+    MetricSpec("modcoord_mode", "gauge", "", ("mode",),
+               "The current system mode (1 for the current one, 0 for the others)."),
+    MetricSpec("modcoord_coordinating", "gauge", "", (),
+               "1 while the daemon accepts and coordinates work (0 while stopping)."),
+    MetricSpec("modcoord_modules", "gauge", "", (), "Registered modules."),
+    MetricSpec("modcoord_config_last_reload_ok", "gauge", "", (),
+               "1 if the last config reload was applied or unchanged, 0 if it was rejected."),
+    MetricSpec("modcoord_config_reloads_total", "counter", "", ("result",),
+               "Config reloads by result (ok: applied, rejected, skipped: unchanged)."),
+    MetricSpec("modcoord_actor_up", "gauge", "", ("actor",),
+               "1 if the actor is alive, else 0."),
+    MetricSpec("modcoord_actor_restarts_total", "counter", "", ("actor",),
+               "Restarts of the actor by the supervisor."),
+    MetricSpec("modcoord_actor_message_handling_seconds", "histogram", "seconds", ("actor",),
+               "Time the actor spent handling each message."),
+    MetricSpec("modcoord_coordination_seconds", "histogram", "seconds", (),
+               "Coordinate request to result, in the daemon."),
+    MetricSpec("modcoord_coordination_recent_seconds", "summary", "seconds", (),
+               "Coordination latency quantiles over the recent window (monitor.window_s; "
+               "NaN when it is empty); _count and _sum since start."),
+    MetricSpec("modcoord_publish_to_delivery_seconds", "histogram", "seconds", (),
+               "Publish accepted to batch handed to the subscriber's connection."),
+    MetricSpec("modcoord_debounce_lateness_seconds", "histogram", "seconds", (),
+               "How late debounce timers fired after their deadline."),
+    MetricSpec("modcoord_memory_usage_bytes", "gauge", "bytes", (),
+               "Resident memory of the daemon, as the memory manager reads it."),
+    MetricSpec("modcoord_memory_limit_bytes", "gauge", "bytes", (),
+               "Resident memory above which the memory manager cleans up (memory.max_rss_mb)."),
+    MetricSpec("modcoord_memory_modules_swept", "gauge", "", (),
+               "Registered modules whose subscriptions are removed for inactivity."),
+    MetricSpec("modcoord_memory_cleanups_total", "counter", "", ("reason",),
+               "Memory cleanups run, by reason (interval, pressure, forced)."),
+    MetricSpec("modcoord_active_subscriptions", "gauge", "", (),
+               "Active module subscriptions."),
+    MetricSpec("modcoord_cache_hit_ratio", "gauge", "ratio", (),
+               "Share of coordinate requests answered from the cache (0..1)."),
+    MetricSpec("modcoord_cache_entries", "gauge", "", (), "Entries in the coordination cache."),
+    MetricSpec("modcoord_cache_max_entries", "gauge", "", (),
+               "Capacity of the coordination cache."),
+    MetricSpec("modcoord_cache_inflight", "gauge", "", (), "Coordinations being computed now."),
+    MetricSpec("modcoord_cache_hits_total", "counter", "", (), "Coordination cache hits."),
+    MetricSpec("modcoord_cache_misses_total", "counter", "", (), "Coordination cache misses."),
+    MetricSpec("modcoord_cache_evictions_total", "counter", "", ("cause",),
+               "Entries removed from the coordination cache, by cause."),
+    MetricSpec("modcoord_batch_queue_pending", "gauge", "", (),
+               "Updates waiting in the batch queue."),
+    MetricSpec("modcoord_batch_queue_capacity", "gauge", "", (),
+               "Capacity of the batch queue (batch.max_queue)."),
+    MetricSpec("modcoord_batch_queue_rejected_total", "counter", "", (),
+               "Publishes refused because the batch queue was full."),
+    MetricSpec("modcoord_batch_size_mean", "gauge", "", (),
+               "Mean updates per batch sent out since start."),
+    MetricSpec("modcoord_batcher_busy_seconds_total", "counter", "seconds", (),
+               "CPU time the batcher spent ordering and delivering batches; "
+               "rate(modcoord_batcher_updates_total) / rate(this) is updates per second "
+               "of batching work."),
+    MetricSpec("modcoord_batcher_batches_total", "counter", "", (), "Batches sent out."),
+    MetricSpec("modcoord_batcher_updates_total", "counter", "", (),
+               "Updates sent out in batches."),
+    MetricSpec("modcoord_batcher_deliveries_total", "counter", "", (),
+               "Batches handed to subscribers (one per subscriber per batch)."),
+    MetricSpec("modcoord_batcher_delivery_errors_total", "counter", "", (),
+               "Deliveries to subscribers that failed."),
+    MetricSpec("modcoord_undeliverable_updates_total", "counter", "", (),
+               "Updates that could not be delivered to a subscriber."),
+    MetricSpec("modcoord_debouncer_pending", "gauge", "", (),
+               "Keys with an update pending in the debouncer."),
+    MetricSpec("modcoord_debouncer_received_total", "counter", "", (),
+               "Updates received by the debouncer."),
+    MetricSpec("modcoord_debouncer_emitted_total", "counter", "", (),
+               "Updates the debouncer handed to the batcher."),
+    MetricSpec("modcoord_debouncer_collapsed_total", "counter", "", (),
+               "Updates replaced by a later publish for the same key."),
+    MetricSpec("modcoord_debouncer_cancelled_total", "counter", "", (),
+               "Pending updates dropped by an explicit cancel."),
+    MetricSpec("modcoord_debouncer_undelivered_total", "counter", "", (),
+               "Updates the debouncer could not hand to the batcher."),
+    MetricSpec("modcoord_latency_seconds", "histogram", "seconds", ("histogram",),
+               "Any other histogram of the metrics registry, by its name."),
+    MetricSpec("modcoord_events_total", "counter", "", ("event",),
+               "Counters of the metrics registry, by name."),
+)
+
+METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _TABLE}
+"""Every ``modcoord_*`` family the daemon exports, by name (docs/REFERENCE.md: Metrics)."""
+
+# Registry histograms with a family of their own; ``actor_<name>`` ones go to
+# ``modcoord_actor_message_handling_seconds{actor}``, any other to ``modcoord_latency_seconds``.
+_HISTOGRAM_FAMILIES = {
+    "coordination": "modcoord_coordination_seconds",
+    "publish_to_delivery": "modcoord_publish_to_delivery_seconds",
+    "debounce_lateness": "modcoord_debounce_lateness_seconds",
+}
+_ACTOR_HISTOGRAM_PREFIX = "actor_"
+_SUMMARY_QUANTILES = (0.5, 0.95, 0.99)
+
+
+# --------------------------------------------------------------------------- the collector
 
 
 def _number(value: Any) -> float | None:
-    """Return a sample value, or None when ``value`` is not a number (bools count 0/1)."""
+    """A sample value, or None when ``value`` is not a number (bools count 0/1)."""
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, (int, float)):
@@ -53,250 +195,212 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _metric_name(raw: str) -> str:
-    name = _NAME_RE.sub("_", raw.strip()).strip("_").lower()
-    if not name or name[0].isdigit():
-        name = "x_" + name
-    return name
-
-
-class _Families:
-    """Accumulates metric families in order; a family is written once with its HELP/TYPE."""
-
-    def __init__(self) -> None:
-        self._order: list[str] = []
-        self._meta: dict[str, tuple[str, str]] = {}
-        self._samples: dict[str, list[tuple[str, Labels, float]]] = {}
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._meta
-
-    def add(self, name: str, kind: str, help_text: str, value: Any,
-            labels: Labels = (), suffix: str = "") -> None:
-        """Add one sample of family ``name``; non-numeric values are left out."""
-        number = _number(value)
-        if number is None:
-            return
-        if name not in self._meta:
-            self._order.append(name)
-            self._meta[name] = (kind, help_text)
-            self._samples[name] = []
-        self._samples[name].append((suffix, labels, number))
-
-    def render(self) -> str:
-        out: list[str] = []
-        for name in self._order:
-            kind, help_text = self._meta[name]
-            out.append(f"# HELP {name} {_escape_help(help_text)}")
-            out.append(f"# TYPE {name} {kind}")
-            for suffix, labels, value in self._samples[name]:
-                label_text = ""
-                if labels:
-                    label_text = "{" + ",".join(
-                        f'{k}="{_escape_label(v)}"' for k, v in labels) + "}"
-                out.append(f"{name}{suffix}{label_text} {_format_value(value)}")
-        return "\n".join(out) + "\n" if out else ""
-
-
 def _section(status: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = status.get(key)
     return value if isinstance(value, Mapping) else {}
 
 
-def _count(value: Any) -> Any:
-    if isinstance(value, (list, tuple, set, dict)):
-        return len(value)
-    return value
+def _family(name: str) -> Metric:
+    spec = METRICS[name]
+    labels = list(spec.labels)
+    if spec.kind == "gauge":
+        return GaugeMetricFamily(name, spec.help, labels=labels, unit=spec.unit)
+    if spec.kind == "counter":
+        return CounterMetricFamily(name, spec.help, labels=labels, unit=spec.unit)
+    if spec.kind == "histogram":
+        return HistogramMetricFamily(name, spec.help, labels=labels, unit=spec.unit)
+    if spec.kind == "info":
+        return InfoMetricFamily(name[:-len("_info")], spec.help, labels=labels)
+    return Metric(name, spec.help, "summary", spec.unit)
 
 
-def _render_status(fam: _Families, status: Mapping[str, Any]) -> None:
-    fam.add(PREFIX + "uptime_seconds", "gauge", "Seconds since the daemon started.",
-            status.get("uptime_s"))
+class _Families:
+    """Collects samples by family name; only families with samples are yielded."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, Metric] = {}
+
+    def get(self, name: str) -> Metric:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = _family(name)
+        return family
+
+    def add(self, name: str, value: Any, *label_values: str) -> None:
+        """Add one gauge or counter sample; a non-numeric ``value`` is left out."""
+        number = _number(value)
+        if number is None:
+            return
+        family = self.get(name)
+        assert isinstance(family, (GaugeMetricFamily, CounterMetricFamily))
+        family.add_metric(list(label_values), number)
+
+    def __iter__(self) -> Iterator[Metric]:
+        return (f for f in self._families.values() if f.samples)
+
+
+def _status_families(fam: _Families, status: Mapping[str, Any]) -> None:
+    fam.add("modcoord_uptime_seconds", status.get("uptime_s"))
     mode = status.get("mode")
     if isinstance(mode, str) and mode:
-        modes = _MODES if mode in _MODES else (*_MODES, mode)
-        for m in modes:
-            fam.add(PREFIX + "mode", "gauge",
-                    "The current system mode (1 for the current one, 0 for the others).",
-                    m == mode, (("mode", m),))
-    fam.add(PREFIX + "coordinating", "gauge",
-            "1 while the daemon accepts and coordinates work (0 while stopping).",
-            status.get("is_coordinating"))
-    fam.add(PREFIX + "modules", "gauge", "Registered modules.", _count(status.get("modules")))
+        for m in MODES if mode in MODES else (*MODES, mode):
+            fam.add("modcoord_mode", m == mode, m)
+    fam.add("modcoord_coordinating", status.get("is_coordinating"))
+    modules = status.get("modules")
+    fam.add("modcoord_modules", len(modules) if isinstance(modules, (list, dict)) else modules)
     if "last_reload_error" in status:
-        fam.add(PREFIX + "config_last_reload_ok", "gauge",
-                "1 if the last config reload was applied or unchanged, 0 if it was rejected.",
-                status.get("last_reload_error") is None)
+        fam.add("modcoord_config_last_reload_ok", status.get("last_reload_error") is None)
+    reloads = _section(status, "reloads")
+    for result in ("ok", "rejected", "skipped"):
+        fam.add("modcoord_config_reloads_total", reloads.get(result), result)
 
     actors = _section(status, "actors")
     for name in sorted(actors):
         info = actors[name]
         if isinstance(info, Mapping):
-            fam.add(PREFIX + "actor_up", "gauge", "1 if the actor is alive, else 0.",
-                    info.get("alive"), (("actor", str(name)),))
-    for name in sorted(actors):
-        info = actors[name]
-        if isinstance(info, Mapping):
-            fam.add(PREFIX + "actor_restarts_total", "counter",
-                    "Restarts of the actor by the supervisor.", info.get("restarts"),
-                    (("actor", str(name)),))
+            fam.add("modcoord_actor_up", info.get("alive"), str(name))
+            fam.add("modcoord_actor_restarts_total", info.get("restarts"), str(name))
 
     perf = _section(status, "performance_metrics")
-    latency = perf.get("coordination_latency_ms")
-    if isinstance(latency, Mapping):
-        for q, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
-            ms = _number(latency.get(key))
-            fam.add(PREFIX + "coordination_latency_recent_seconds", "gauge",
-                    "Coordination latency percentiles over the monitor's recent window.",
-                    None if ms is None else ms / 1000.0, (("quantile", q),))
-    fam.add(PREFIX + "memory_usage_bytes", "gauge", "Resident memory of the daemon.",
-            perf.get("memory_usage_bytes"))
-    fam.add(PREFIX + "active_subscriptions", "gauge", "Active module subscriptions.",
-            perf.get("active_subscriptions"))
-    fam.add(PREFIX + "cache_hit_ratio", "gauge",
-            "Share of coordinate requests answered from the cache (0..1).",
-            perf.get("cache_hit_rate"))
-    fam.add(PREFIX + "batch_efficiency", "gauge",
-            "Batch efficiency as status reports it (updates sent per millisecond of batching "
-            "work).", perf.get("batch_efficiency"))
+    fam.add("modcoord_memory_usage_bytes", perf.get("memory_usage_bytes"))
+    fam.add("modcoord_active_subscriptions", perf.get("active_subscriptions"))
+    fam.add("modcoord_cache_hit_ratio", perf.get("cache_hit_rate"))
 
     cache = _section(status, "cache_stats")
-    fam.add(PREFIX + "cache_entries", "gauge", "Entries in the coordination cache.",
-            cache.get("size"))
-    fam.add(PREFIX + "cache_max_entries", "gauge", "Capacity of the coordination cache.",
-            cache.get("max_size"))
-    fam.add(PREFIX + "cache_hits_total", "counter", "Coordination cache hits.",
-            cache.get("hits"))
-    fam.add(PREFIX + "cache_misses_total", "counter", "Coordination cache misses.",
-            cache.get("misses"))
-    fam.add(PREFIX + "cache_inflight", "gauge", "Coordinations being computed now.",
-            cache.get("inflight"))
-    evict = PREFIX + "cache_evictions_total"
-    help_evict = "Entries removed from the coordination cache, by cause."
+    fam.add("modcoord_cache_entries", cache.get("size"))
+    fam.add("modcoord_cache_max_entries", cache.get("max_size"))
+    fam.add("modcoord_cache_inflight", cache.get("inflight"))
+    fam.add("modcoord_cache_hits_total", cache.get("hits"))
+    fam.add("modcoord_cache_misses_total", cache.get("misses"))
     evictions = cache.get("evictions")
     if isinstance(evictions, Mapping):  # {"cause": n}
         for cause in sorted(evictions):
-            fam.add(evict, "counter", help_evict, evictions[cause], (("cause", str(cause)),))
-    else:  # flat counters: evictions_<cause> (expired, size, explicit), or one total
-        for key in sorted(k for k in cache if k.startswith("evictions_")):
-            fam.add(evict, "counter", help_evict, cache[key],
-                    (("cause", key[len("evictions_"):]),))
-        if evict not in fam:
-            fam.add(evict, "counter", help_evict, evictions, (("cause", "size"),))
+            fam.add("modcoord_cache_evictions_total", evictions[cause], str(cause))
+    else:  # flat counters evictions_<cause>, or one total (counted as size evictions)
+        flat = sorted(k for k in cache if k.startswith("evictions_"))
+        for key in flat:
+            fam.add("modcoord_cache_evictions_total", cache[key], key[len("evictions_"):])
+        if not flat:
+            fam.add("modcoord_cache_evictions_total", evictions, "size")
 
     queue = _section(status, "batch_queue")
-    fam.add(PREFIX + "batch_queue_pending", "gauge", "Updates waiting in the batch queue.",
-            queue.get("pending"))
-    capacity = queue.get("max_queue", queue.get("capacity"))
-    fam.add(PREFIX + "batch_queue_capacity", "gauge", "Capacity of the batch queue.", capacity)
-    fam.add(PREFIX + "batch_queue_rejected_total", "counter",
-            "Publishes refused because the batch queue was full.", queue.get("rejected"))
-
-    debouncer = _section(status, "debouncer")
-    for key, help_text in (
-        ("received", "Updates received by the debouncer."),
-        ("emitted", "Updates the debouncer handed to the batcher."),
-        ("collapsed", "Updates replaced by a later publish for the same key."),
-        ("cancelled", "Pending updates dropped by an explicit cancel."),
-        ("undelivered", "Updates the debouncer could not hand to the batcher."),
-    ):
-        fam.add(f"{PREFIX}debouncer_{key}_total", "counter", help_text, debouncer.get(key))
-    fam.add(PREFIX + "debouncer_pending", "gauge", "Keys with an update pending in the debouncer.",
-            debouncer.get("pending"))
+    fam.add("modcoord_batch_queue_pending", queue.get("pending"))
+    fam.add("modcoord_batch_queue_capacity", queue.get("max_queue", queue.get("capacity")))
+    fam.add("modcoord_batch_queue_rejected_total", queue.get("rejected"))
 
     batcher = _section(status, "batcher")
-    for key, help_text in (
-        ("batches", "Batches sent out."),
-        ("updates", "Updates sent out in batches."),
-        ("deliveries", "Batches handed to subscribers (one per subscriber per batch)."),
-        ("delivery_errors", "Deliveries to subscribers that failed."),
-    ):
-        fam.add(f"{PREFIX}batcher_{key}_total", "counter", help_text, batcher.get(key))
-    fam.add(PREFIX + "undeliverable_updates_total", "counter",
-            "Updates that could not be delivered to a subscriber.", status.get("undeliverable"))
+    fam.add("modcoord_batch_size_mean", batcher.get("mean_size"))
+    fam.add("modcoord_batcher_busy_seconds_total", batcher.get("busy_s"))
+    for key in ("batches", "updates", "deliveries", "delivery_errors"):
+        fam.add(f"modcoord_batcher_{key}_total", batcher.get(key))
+    fam.add("modcoord_undeliverable_updates_total", status.get("undeliverable"))
+
+    debouncer = _section(status, "debouncer")
+    fam.add("modcoord_debouncer_pending", debouncer.get("pending"))
+    for key in ("received", "emitted", "collapsed", "cancelled", "undelivered"):
+        fam.add(f"modcoord_debouncer_{key}_total", debouncer.get(key))
 
     memory = _section(status, "memory")
-    fam.add(PREFIX + "memory_limit_bytes", "gauge",
-            "Resident memory above which the memory manager cleans up (memory.max_rss_mb).",
-            memory.get("max_rss_bytes"))
-    fam.add(PREFIX + "memory_modules_swept", "gauge",
-            "Registered modules whose subscriptions are removed for inactivity.",
-            memory.get("modules_swept"))
+    fam.add("modcoord_memory_limit_bytes", memory.get("max_rss_bytes"))
+    fam.add("modcoord_memory_modules_swept", memory.get("modules_swept"))
     cleanups = memory.get("cleanups")
     pairs: list[tuple[Any, Any]] = []
     if isinstance(cleanups, Mapping):
         pairs = sorted(cleanups.items())
     elif isinstance(cleanups, (list, tuple)):
-        pairs = [tuple(p) for p in cleanups if isinstance(p, (list, tuple)) and len(p) == 2]
+        pairs = [(p[0], p[1]) for p in cleanups if isinstance(p, (list, tuple)) and len(p) == 2]
     for reason, n in pairs:
-        fam.add(PREFIX + "memory_cleanups_total", "counter",
-                "Memory cleanups run, by reason (interval, pressure, forced).", n,
-                (("reason", str(reason)),))
-
-    reloads = _section(status, "reloads")
-    for result in ("ok", "rejected", "skipped"):
-        fam.add(PREFIX + "config_reloads_total", "counter",
-                "Config reloads by result (applied, rejected, unchanged).",
-                reloads.get(result), (("result", result),))
+        fam.add("modcoord_memory_cleanups_total", n, str(reason))
 
 
-def _render_registry(fam: _Families, registry: MetricsRegistry) -> None:
+def _add_histogram(fam: _Families, name: str, hist: LatencyHistogram,
+                   *label_values: str) -> None:
+    cumulative, count, total = hist.cumulative_buckets()
+    buckets = [(repr(le), n) for le, n in cumulative] + [("+Inf", count)]
+    family = fam.get(name)
+    assert isinstance(family, HistogramMetricFamily)
+    family.add_metric(list(label_values), buckets, total)
+
+
+def _registry_families(fam: _Families, registry: MetricsRegistry) -> None:
+    histograms = registry.histograms()
+    for raw, hist in sorted(histograms.items()):
+        if raw in _HISTOGRAM_FAMILIES:
+            _add_histogram(fam, _HISTOGRAM_FAMILIES[raw], hist)
+        elif raw.startswith(_ACTOR_HISTOGRAM_PREFIX):
+            _add_histogram(fam, "modcoord_actor_message_handling_seconds", hist,
+                           raw[len(_ACTOR_HISTOGRAM_PREFIX):])
+        else:
+            _add_histogram(fam, "modcoord_latency_seconds", hist, raw)
+    coordination = histograms.get("coordination")
+    if coordination is not None:
+        name = "modcoord_coordination_recent_seconds"
+        summary = fam.get(name)
+        recent, total = coordination.recent(), coordination.total()
+        for q, ms in zip(_SUMMARY_QUANTILES, (recent.p50, recent.p95, recent.p99), strict=True):
+            summary.add_sample(name, {"quantile": repr(q)},
+                               ms / 1000.0 if recent.count else math.nan)
+        summary.add_sample(name + "_count", {}, float(total.count))
+        summary.add_sample(name + "_sum", {}, total.mean * total.count / 1000.0)
     for raw, value in sorted(registry.counters().items()):
-        base = _metric_name(raw)
-        name = PREFIX + (base if base.endswith("_total") else base + "_total")
-        if name in fam:
-            continue  # already exported from the status
-        fam.add(name, "counter", f"Counter {raw!r} of the metrics registry.", value)
-    for raw, hist in sorted(registry.histograms().items()):
-        name = PREFIX + _metric_name(raw) + "_seconds"
-        if name in fam:
-            continue
-        buckets, count, total = hist.cumulative_buckets()
-        help_text = f"Latency of {raw.replace('_', ' ')}, in seconds."
-        for le, cumulative in buckets:
-            fam.add(name, "histogram", help_text, cumulative, (("le", repr(float(le))),),
-                    "_bucket")
-        fam.add(name, "histogram", help_text, count, (("le", "+Inf"),), "_bucket")
-        fam.add(name, "histogram", help_text, total, (), "_sum")
-        fam.add(name, "histogram", help_text, count, (), "_count")
+        fam.add("modcoord_events_total", value, raw)
 
 
-def render_metrics(status: Mapping[str, Any] | None, registry: MetricsRegistry | None) -> str:
-    """Return the Prometheus text exposition (0.0.4) of ``status`` and ``registry``.
+class StatusCollector(Collector):
+    """A ``prometheus_client`` collector over the status document and the histograms.
 
     Args:
-        status: the dict of ``modcoord status --json``; missing or malformed
-            keys leave their metrics out, never fail.
-        registry: the shared metrics registry; its histograms become ``histogram``
-            families ``modcoord_<name>_seconds`` (sub-millisecond buckets, ``+Inf`` equal
-            to ``_count``) and its counters ``modcoord_<name>_total``.
-
-    Returns:
-        The exposition text, ending with a newline (empty if there is nothing to show).
+        status: returns the status document; called once per collection. If it raises,
+            the collection fails with that error (the HTTP endpoint answers 500 and logs).
+        registry: the shared metrics registry (its histograms and counters), or None.
     """
-    fam = _Families()
-    _render_status(fam, status or {})
-    if registry is not None:
-        _render_registry(fam, registry)
-    return fam.render()
+
+    def __init__(self, status: Callable[[], Mapping[str, Any]],
+                 registry: MetricsRegistry | None) -> None:
+        self._status = status
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        fam = _Families()
+        info = fam.get("modcoord_build_info")
+        assert isinstance(info, InfoMetricFamily)
+        info.add_metric([], {"version": VERSION, "protocol_version": str(PROTOCOL_VERSION),
+                             "python": platform.python_version()})
+        _status_families(fam, self._status() or {})
+        if self._registry is not None:
+            _registry_families(fam, self._registry)
+        yield from fam
+
+
+class Exposition:
+    """The daemon's metrics: the status collector and the ``process_*`` metrics in a
+    registry of their own (never ``prometheus_client``'s global one).
+
+    Args:
+        status: see :class:`StatusCollector`.
+        registry: see :class:`StatusCollector`.
+    """
+
+    def __init__(self, status: Callable[[], Mapping[str, Any]],
+                 registry: MetricsRegistry | None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatusCollector(status, registry))
+        ProcessCollector(registry=self.registry)
+
+    def text(self) -> str:
+        """The Prometheus text format (0.0.4). Raises what the status callable raises."""
+        return generate_latest(self.registry).decode("utf-8")
+
+    def openmetrics(self) -> str:
+        """The OpenMetrics text format, ending ``# EOF``."""
+        body: bytes = generate_openmetrics(self.registry)  # type: ignore[no-untyped-call]
+        return body.decode("utf-8")
+
+    def encode(self, accept: str) -> tuple[bytes, str]:
+        """``(body, content type)`` for a scraper's ``Accept`` header: OpenMetrics when
+        it asks for ``application/openmetrics-text``, else the text format."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
 
 # --------------------------------------------------------------------------- HTTP endpoint
@@ -313,19 +417,20 @@ class MetricsServerStatistics:
 
 
 class MetricsHTTPServer:
-    """Serves ``GET /metrics`` (the text from ``render()``) from a daemon thread.
+    """Serves ``GET /metrics`` from a daemon thread, negotiating the format.
 
     Args:
-        host: the address to bind: a loopback address (``127.0.0.1``, ``localhost``, ``::1``).
+        host: the address to bind: a loopback address (``127.0.0.1``, ``localhost``, ``::1``;
+            ``metrics.host`` is validated to these).
         port: the port; 0 picks a free one (see :meth:`start`'s result).
-        render: produces the exposition text; called once per scrape, in a request thread.
-            If it raises, the scrape gets a 500 and the error is logged.
+        exposition: what to serve; rendered once per scrape, in a request thread. If it
+            raises, the scrape gets a 500 and the error is logged and counted.
     """
 
-    def __init__(self, host: str, port: int, render: Callable[[], str]) -> None:
+    def __init__(self, host: str, port: int, exposition: Exposition) -> None:
         self.host = host
         self.port = port
-        self._render = render
+        self._exposition = exposition
         self._lock = threading.Lock()
         self._scrapes = 0
         self._errors = 0
@@ -353,7 +458,8 @@ class MetricsHTTPServer:
                     self._send(404, b"not found; try /metrics\n", "text/plain; charset=utf-8")
                     return
                 try:
-                    body = owner._render().encode("utf-8")
+                    body, content_type = owner._exposition.encode(
+                        self.headers.get("Accept", ""))
                 except Exception as exc:
                     owner._count("errors")
                     logger.bind(actor="daemon").opt(exception=exc).error(
@@ -361,7 +467,7 @@ class MetricsHTTPServer:
                     self._send(500, b"metrics rendering failed\n", "text/plain; charset=utf-8")
                     return
                 owner._count("scrapes")
-                self._send(200, body, CONTENT_TYPE)
+                self._send(200, body, content_type)
 
             def _send(self, code: int, body: bytes, content_type: str) -> None:
                 self.send_response(code)
@@ -418,4 +524,3 @@ class MetricsHTTPServer:
                 scrapes=self._scrapes, errors=self._errors, not_found=self._not_found,
                 port=self.port if self._server is not None else None,
             )
-

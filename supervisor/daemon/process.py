@@ -232,7 +232,7 @@ class _Daemon:
         from modcoord.supervisor.daemon.config import load_config_dir, normalize_mode
         from modcoord.supervisor.daemon.controller import Controller
         from modcoord.supervisor.daemon.engine import Engine, create_engine
-        from modcoord.supervisor.daemon.exposition import MetricsHTTPServer, render_metrics
+        from modcoord.supervisor.daemon.exposition import MetricsHTTPServer
         from modcoord.supervisor.daemon.logs import setup_logging, shutdown_logging
         from modcoord.supervisor.daemon.reload import ConfigWatcher, Reloader
         from modcoord.supervisor.daemon.server import Server, raise_nofile_limit
@@ -321,11 +321,8 @@ class _Daemon:
             watcher = ConfigWatcher(Path(config_dir), on_change)
             watcher.start()
             if config.daemon.metrics.enabled:
-                http = MetricsHTTPServer(
-                    config.daemon.metrics.host, config.daemon.metrics.port,
-                    lambda: render_metrics(controller.status(), coordinator.metrics)
-                    if coordinator is not None else "",
-                )
+                http = MetricsHTTPServer(config.daemon.metrics.host, config.daemon.metrics.port,
+                                         controller.exposition)
                 info["metrics_port"] = str(http.start())
             write_file_atomic(state_file, json.dumps({"pid": os.getpid(), **info}).encode())
             signal.signal(signal.SIGTERM, self._on_term)

@@ -9,6 +9,7 @@ Every wait is bounded (``wait_for``, ``Popen.wait(timeout)``, ``Queue.get(timeou
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import re
@@ -37,7 +38,14 @@ from daemon_harness import (
     wait_for,
     wait_record,
 )
-from exposition_parser import Family, check_conventions, check_histogram, parse_exposition
+from metrics_check import (
+    check_conventions,
+    check_histogram,
+    parse_openmetrics,
+    parse_text,
+    promtool_check,
+    value_of,
+)
 
 from modcoord.supervisor.daemon.config import default_config_dir
 from modcoord.supervisor.protocol.module import ModuleInfo
@@ -627,8 +635,12 @@ def _coordinate_some(c: Any, distinct: int, repeats: int) -> None:
         assert c.coordinate("HYBRID", {"ctx": 0}).get(timeout=5).cached is True
 
 
-def _family_names(families: dict[str, Family]) -> set[str]:
-    return set(families)
+def _scrape(port: int, accept: str | None = None) -> tuple[str, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                     headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.status == 200
+        return resp.headers["Content-Type"], resp.read().decode()
 
 
 @pytest.mark.integration
@@ -645,40 +657,96 @@ def test_metrics_exposition_cli_and_http(daemon_factory: DaemonFactory,
 
         result = d.cli("metrics")
         assert result.code == 0, result.err
-        families = parse_exposition(result.out)
+        families = parse_text(result.out)
         check_conventions(families)
-        assert all(name.startswith("modcoord_") for name in families)
-        assert families["modcoord_modules"].samples[0][2] == 1
-        assert families["modcoord_cache_hits_total"].samples[0][2] == hits >= 20
+        assert all(name.startswith(("modcoord_", "process_")) for name in families)
+        assert value_of(families, "modcoord_modules") == 1
+        assert value_of(families, "modcoord_cache_hits") == hits >= 20
         assert families["modcoord_mode"].type == "gauge"
-        assert ("modcoord_mode", {"mode": "HYBRID"}, 1.0) in families["modcoord_mode"].samples
-        reloads = {labels["result"]: v
-                   for _, labels, v in families["modcoord_config_reloads_total"].samples}
+        assert value_of(families, "modcoord_mode", mode="HYBRID") == 1
+        reloads = {s.labels["result"]: s.value
+                   for s in families["modcoord_config_reloads"].samples
+                   if s.name.endswith("_total")}
         assert reloads == {"ok": 0, "rejected": 0, "skipped": 1}
-        assert families["modcoord_config_last_reload_ok"].samples[0][2] == 1
+        assert value_of(families, "modcoord_config_last_reload_ok") == 1
+        assert value_of(families, "process_resident_memory_bytes") > 1 << 20
+        build = families["modcoord_build_info"].samples[0].labels
+        assert set(build) == {"version", "protocol_version", "python"}
+        # Actors are a label of one family, not part of metric names.
+        handling, _ = check_histogram(families["modcoord_actor_message_handling_seconds"])
+        assert {dict(k)["actor"] for k in handling} == {
+            "debouncer", "cache", "batcher", "memory", "monitor"}
+        assert not [n for n in families if n.startswith("modcoord_actor_debouncer")]
+        assert "modcoord_batch_efficiency" not in families
 
         coordination = families["modcoord_coordination_seconds"]
         assert coordination.type == "histogram"
-        buckets, total_s, count = check_histogram(coordination)
+        buckets, count = check_histogram(coordination)
         assert count >= 25
-        sub_ms = [(le, n) for le, n in buckets if le < 0.001]
+        sub_ms = [(le, n) for le, n in buckets[()] if le < 0.001]
         assert len(sub_ms) >= 3, "sub-millisecond resolution"
         assert sub_ms[-1][1] > 0, "cache hits are answered in under a millisecond"
-        assert 0 < total_s < count * 1.0
 
         state = json.loads((d.runtime_dir / "daemon.json").read_text())
         port = int(state["metrics_port"])
         assert port > 0
         assert c.status().get(timeout=5)["daemon"]["metrics_port"] == str(port)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            assert resp.status == 200
-            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-            body = resp.read().decode()
-        scraped = parse_exposition(body)
+        content_type, body = _scrape(port)
+        assert content_type.startswith("text/plain; version=0.0.4")
+        scraped = parse_text(body)
         check_conventions(scraped)
-        assert _family_names(scraped) == _family_names(families)
-        assert check_histogram(scraped["modcoord_coordination_seconds"])[2] >= count
-        assert scraped["modcoord_cache_hits_total"].samples[0][2] == hits
+        assert set(scraped) == set(families)
+        assert check_histogram(scraped["modcoord_coordination_seconds"])[1] >= count
+        assert value_of(scraped, "modcoord_cache_hits") == hits
+
+        content_type, body = _scrape(port, "application/openmetrics-text; version=1.0.0")
+        assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+        assert body.endswith("# EOF\n")
+        om = parse_openmetrics(body)
+        check_conventions(om, openmetrics=True)
+        assert om["modcoord_build"].type == "info"
+        assert om["modcoord_coordination_seconds"].unit == "seconds"
+
+
+@pytest.mark.integration
+def test_metrics_pass_promtool_check(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    d = start_daemon(daemon_factory, tmp_path / "d",
+                     daemon={"metrics": {"enabled": True, "port": 0}})
+    with d.connect() as c:
+        c.register(Module("metered", subscribe=("*",))).get(timeout=5)
+        _coordinate_some(c, distinct=3, repeats=5)
+        result = d.cli("metrics")
+        assert result.code == 0, result.err
+        checked = promtool_check(result.out)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert (checked.stdout + checked.stderr).strip() == ""
+        port = int(c.status().get(timeout=5)["daemon"]["metrics_port"])
+        checked = promtool_check(_scrape(port)[1])
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.integration
+def test_exported_buckets_agree_with_the_status_percentiles(daemon: DaemonProcess) -> None:
+    """The daemon's coordination histogram: the exported exact buckets bracket the
+    percentiles ``status`` reports (within their 1%), and ``_count`` is every request."""
+    with daemon.connect() as c:
+        before = c.status().get(timeout=5)["performance_metrics"][
+            "coordination_latency_ms"]["count"]
+        _coordinate_some(c, distinct=40, repeats=160)
+        status = c.status().get(timeout=5)
+        families = parse_text(daemon.cli("metrics").out)
+    latency = status["performance_metrics"]["coordination_latency_ms"]
+    buckets, count = check_histogram(families["modcoord_coordination_seconds"])
+    assert count == latency["count"] >= before + 200
+    series = buckets[()]
+    for q in ("p50", "p95", "p99"):
+        quantile_s = latency[q] / 1000.0
+        rank = math.ceil({"p50": 0.5, "p95": 0.95, "p99": 0.99}[q] * count)
+        for le, n in series:
+            if le >= quantile_s * 1.01:
+                assert n >= rank, f"{q}={quantile_s}s but only {n} <= {le}s (rank {rank})"
+            if le < quantile_s * 0.99:
+                assert n < rank, f"{q}={quantile_s}s but {n} <= {le}s (rank {rank})"
 
 
 # --------------------------------------------------------------------------- insights

@@ -1,19 +1,36 @@
-"""Tests of the Prometheus exposition: a strict parser of format 0.0.4 checks the output."""
+"""Tests of the metrics exposition, read back with prometheus_client's parsers (text and
+OpenMetrics) and, where installed, ``promtool check metrics``."""
 
 from __future__ import annotations
 
 import math
+import platform
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
-from exposition_parser import check_conventions, check_histogram, parse_exposition, value_of
+from metrics_check import (
+    check_conventions,
+    check_histogram,
+    parse_openmetrics,
+    parse_text,
+    promtool_check,
+    value_of,
+)
 
 from modcoord.actors.clock import MockClock
-from modcoord.actors.histogram import PROMETHEUS_BUCKETS_S
 from modcoord.actors.shared.metrics import MetricsRegistry
-from modcoord.supervisor.daemon.exposition import CONTENT_TYPE, MetricsHTTPServer, render_metrics
+from modcoord.supervisor.daemon.exposition import (
+    CONTENT_TYPE,
+    METRICS,
+    OPENMETRICS_CONTENT_TYPE,
+    Exposition,
+    MetricsHTTPServer,
+)
+from modcoord.supervisor.protocol.calls import PROTOCOL_VERSION
+from modcoord.supervisor.version import VERSION
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -41,11 +58,12 @@ def full_status() -> dict[str, Any]:
         "last_reload_error": "hybrid.yaml: cache.ttl_ms: bad",
         "debouncer": {"received": 100, "emitted": 60, "collapsed": 40, "pending": 3},
         "batcher": {"batches": 12, "updates": 60, "deliveries": 20, "delivery_errors": 1,
-                    "mean_size": 5.0},
+                    "mean_size": 5.0, "busy_s": 0.25},
         "memory": {"rss_bytes": 52_428_800, "max_rss_bytes": 104_857_600,
                    "cleanups": [["interval", 9], ["pressure", 1], ["forced", 0]],
                    "strategy": "balanced"},
         "undeliverable": 2,
+        "reloads": {"ok": 2, "rejected": 1, "skipped": 4},
     }
 
 
@@ -55,17 +73,22 @@ def registry() -> MetricsRegistry:
     for seconds in (0.00004, 0.00009, 0.0003, 0.002, 0.002, 0.07, 3.0, 60.0):
         reg.record("coordination", seconds)
     reg.record("publish_to_delivery", 0.12)
+    reg.record("actor_debouncer", 0.0002)
+    reg.record("actor_cache", 0.003)
     reg.increment("publish_rejected", 3)
-    reg.increment("odd name-2")
     return reg
+
+
+def render(status: Any, registry: MetricsRegistry | None, openmetrics: bool = False) -> str:
+    exposition = Exposition(lambda: status, registry)
+    return exposition.openmetrics() if openmetrics else exposition.text()
 
 
 # --------------------------------------------------------------------------- tests
 
-def test_full_status_is_strictly_valid_and_carries_the_values(registry: MetricsRegistry
-                                                              ) -> None:
-    text = render_metrics(full_status(), registry)
-    fams = parse_exposition(text)
+def test_full_status_parses_and_carries_the_values(registry: MetricsRegistry) -> None:
+    text = render(full_status(), registry)
+    fams = parse_text(text)
     check_conventions(fams)
 
     assert value_of(fams, "modcoord_uptime_seconds") == 12.5
@@ -74,50 +97,67 @@ def test_full_status_is_strictly_valid_and_carries_the_values(registry: MetricsR
     assert value_of(fams, "modcoord_coordinating") == 1
     assert value_of(fams, "modcoord_modules") == 3
     assert value_of(fams, "modcoord_config_last_reload_ok") == 0
+    assert value_of(fams, "modcoord_config_reloads", result="rejected") == 1
     assert value_of(fams, "modcoord_actor_up", actor="memory") == 0
     assert value_of(fams, "modcoord_actor_up", actor="cache") == 1
-    assert value_of(fams, "modcoord_actor_restarts_total", actor="batcher") == 2
-    assert fams["modcoord_actor_restarts_total"].type == "counter"
-    quant = "modcoord_coordination_latency_recent_seconds"
-    assert value_of(fams, quant, quantile="0.5") == pytest.approx(0.00025)
-    assert value_of(fams, quant, quantile="0.99") == pytest.approx(0.0125)
+    assert value_of(fams, "modcoord_actor_restarts", actor="batcher") == 2
+    assert fams["modcoord_actor_restarts"].type == "counter"
     assert value_of(fams, "modcoord_memory_usage_bytes") == 52_428_800
     assert value_of(fams, "modcoord_active_subscriptions") == 7
     assert value_of(fams, "modcoord_cache_hit_ratio") == 0.75
     assert value_of(fams, "modcoord_cache_entries") == 10
     assert value_of(fams, "modcoord_cache_max_entries") == 1000
-    assert value_of(fams, "modcoord_cache_hits_total") == 30
-    assert value_of(fams, "modcoord_cache_evictions_total", cause="size") == 4
-    assert value_of(fams, "modcoord_cache_evictions_total", cause="expired") == 6
-    assert value_of(fams, "modcoord_cache_evictions_total", cause="explicit") == 0
-    assert value_of(fams, "modcoord_batch_efficiency") == 0.4
-    assert value_of(fams, "modcoord_batcher_delivery_errors_total") == 1
-    assert value_of(fams, "modcoord_undeliverable_updates_total") == 2
+    assert value_of(fams, "modcoord_cache_hits") == 30
+    assert value_of(fams, "modcoord_cache_evictions", cause="size") == 4
+    assert value_of(fams, "modcoord_cache_evictions", cause="expired") == 6
+    assert value_of(fams, "modcoord_cache_evictions", cause="explicit") == 0
+    assert value_of(fams, "modcoord_batch_size_mean") == 5.0  # updates per batch
+    assert value_of(fams, "modcoord_batcher_busy_seconds") == 0.25
+    assert value_of(fams, "modcoord_batcher_delivery_errors") == 1
+    assert value_of(fams, "modcoord_undeliverable_updates") == 2
     assert value_of(fams, "modcoord_memory_limit_bytes") == 104_857_600
-    assert value_of(fams, "modcoord_memory_cleanups_total", reason="interval") == 9
-    assert value_of(fams, "modcoord_memory_cleanups_total", reason="pressure") == 1
+    assert value_of(fams, "modcoord_memory_cleanups", reason="interval") == 9
+    assert value_of(fams, "modcoord_memory_cleanups", reason="pressure") == 1
     assert value_of(fams, "modcoord_batch_queue_pending") == 5
-    assert value_of(fams, "modcoord_batch_queue_rejected_total") == 2
-    assert value_of(fams, "modcoord_debouncer_collapsed_total") == 40
-    assert value_of(fams, "modcoord_batcher_updates_total") == 60
-    assert value_of(fams, "modcoord_publish_rejected_total") == 3
-    assert value_of(fams, "modcoord_odd_name_2_total") == 1
-    assert "4242" not in text  # the pid is no metric
+    assert value_of(fams, "modcoord_batch_queue_rejected") == 2
+    assert value_of(fams, "modcoord_debouncer_collapsed") == 40
+    assert value_of(fams, "modcoord_batcher_updates") == 60
+    assert value_of(fams, "modcoord_events", event="publish_rejected") == 3
+    assert value_of(fams, "modcoord_build_info", version=VERSION,
+                    protocol_version=str(PROTOCOL_VERSION),
+                    python=platform.python_version()) == 1
+    assert "modcoord_batch_efficiency" not in fams  # updates/ms: no base unit
+    assert not [n for n in fams if n.startswith("modcoord_actor_") and
+                any(a in n for a in ("debouncer", "cache", "batcher"))], "actors are labels"
+    assert "4242" not in text.replace("process_", "")  # the pid is no metric
 
 
-def test_histograms_are_cumulative_with_sub_millisecond_buckets(registry: MetricsRegistry
-                                                                ) -> None:
-    fams = parse_exposition(render_metrics({}, registry))
+def test_no_gauge_carries_a_quantile_label_and_the_summary_is_one(
+        registry: MetricsRegistry) -> None:
+    fams = parse_text(render(full_status(), registry))
+    for family in fams.values():
+        if any("quantile" in s.labels for s in family.samples):
+            assert family.type == "summary", family.name
+    recent = fams["modcoord_coordination_recent_seconds"]
+    quantiles = {s.labels["quantile"]: s.value for s in recent.samples if "quantile" in s.labels}
+    assert set(quantiles) == {"0.5", "0.95", "0.99"}
+    snap = registry.histogram("coordination").recent()
+    assert quantiles["0.5"] == pytest.approx(snap.p50 / 1000.0)
+    assert quantiles["0.99"] == pytest.approx(snap.p99 / 1000.0)
+    assert value_of(fams, "modcoord_coordination_recent_seconds",
+                    "modcoord_coordination_recent_seconds_count") == 8
+
+
+def test_histograms_are_exact_cumulative_and_actors_are_labels(registry: MetricsRegistry
+                                                               ) -> None:
+    fams = parse_text(render({}, registry))
     check_conventions(fams)
     assert {"modcoord_coordination_seconds", "modcoord_publish_to_delivery_seconds",
-            "modcoord_debounce_lateness_seconds"} <= set(fams)
-    coord = fams["modcoord_coordination_seconds"]
-    assert coord.type == "histogram"
-    buckets, total, count = check_histogram(coord)
-    assert [le for le, _ in buckets] == [*PROMETHEUS_BUCKETS_S, math.inf]
+            "modcoord_debounce_lateness_seconds",
+            "modcoord_actor_message_handling_seconds"} <= set(fams)
+    buckets, count = check_histogram(fams["modcoord_coordination_seconds"])
     assert count == 8
-    assert total == pytest.approx(0.00004 + 0.00009 + 0.0003 + 0.004 + 0.07 + 63.0)
-    by_le = dict(buckets)
+    by_le = dict(buckets[()])
     assert by_le[0.0001] == 2      # 40 µs and 90 µs
     assert by_le[0.0005] == 3
     assert by_le[0.0025] == 5
@@ -125,13 +165,43 @@ def test_histograms_are_cumulative_with_sub_millisecond_buckets(registry: Metric
     assert by_le[5.0] == 7
     assert by_le[10.0] == 7        # 60 s only in +Inf
     assert by_le[math.inf] == 8
-    _, _, empty = check_histogram(fams["modcoord_debounce_lateness_seconds"])
-    assert empty == 0
+    assert value_of(fams, "modcoord_coordination_seconds",
+                    "modcoord_coordination_seconds_sum") == pytest.approx(
+        0.00004 + 0.00009 + 0.0003 + 0.004 + 0.07 + 63.0)
+    actors, _ = check_histogram(fams["modcoord_actor_message_handling_seconds"])
+    assert set(actors) >= {(("actor", "debouncer"),), (("actor", "cache"),)}
+    assert dict(actors[(("actor", "cache"),)])[0.0025] == 0
+    assert dict(actors[(("actor", "cache"),)])[0.005] == 1
+    assert check_histogram(fams["modcoord_debounce_lateness_seconds"])[1] == 0
+
+
+def test_openmetrics_output_has_units_and_eof(registry: MetricsRegistry) -> None:
+    text = render(full_status(), registry, openmetrics=True)
+    assert text.endswith("# EOF\n")
+    fams = parse_openmetrics(text)
+    check_conventions(fams, openmetrics=True)
+    assert fams["modcoord_build"].type == "info"
+    assert fams["modcoord_uptime_seconds"].unit == "seconds"
+    assert fams["modcoord_memory_usage_bytes"].unit == "bytes"
+    assert fams["modcoord_cache_hit_ratio"].unit == "ratio"
+    assert fams["modcoord_coordination_seconds"].unit == "seconds"
+
+
+def test_promtool_accepts_the_text_format(registry: MetricsRegistry) -> None:
+    result = promtool_check(render(full_status(), registry))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+def test_every_exported_family_is_in_the_table_and_the_reference() -> None:
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "REFERENCE.md").read_text()
+    for name, spec in METRICS.items():
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "—"
+        row = f"| `{name}` | {spec.kind} | {spec.unit or '—'} | {labels} |"
+        assert row in reference, f"docs/REFERENCE.md lacks the row {row}"
 
 
 def test_missing_and_malformed_keys_are_tolerated() -> None:
-    assert render_metrics({}, None) == ""
-    assert render_metrics(None, None) == ""
     odd = {
         "mode": "TURBO",
         "uptime_s": "soon",
@@ -143,39 +213,34 @@ def test_missing_and_malformed_keys_are_tolerated() -> None:
         "batch_queue": {},
         "debouncer": {"received": None},
     }
-    fams = parse_exposition(render_metrics(odd, None))
+    fams = parse_text(render(odd, None))
     check_conventions(fams)
     assert value_of(fams, "modcoord_mode", mode="TURBO") == 1
     assert value_of(fams, "modcoord_mode", mode="HYBRID") == 0
     assert value_of(fams, "modcoord_modules") == 2
-    assert value_of(fams, "modcoord_cache_evictions_total", cause="ttl") == 1
-    assert value_of(fams, "modcoord_memory_cleanups_total", reason="forced") == 3
-    flat = parse_exposition(render_metrics({"cache_stats": {"evictions": 7}}, None))
-    assert value_of(flat, "modcoord_cache_evictions_total", cause="size") == 7
+    assert value_of(fams, "modcoord_cache_evictions", cause="ttl") == 1
+    assert value_of(fams, "modcoord_memory_cleanups", reason="forced") == 3
+    flat = parse_text(render({"cache_stats": {"evictions": 7}}, None))
+    assert value_of(flat, "modcoord_cache_evictions", cause="size") == 7
     assert "modcoord_uptime_seconds" not in fams
-    assert "modcoord_debouncer_received_total" not in fams
+    assert "modcoord_debouncer_received" not in fams
     assert "modcoord_actor_up" not in fams
+    empty = parse_text(render(None, None))  # build info and process_* only
+    assert {n for n in empty if n.startswith("modcoord_")} == {"modcoord_build_info"}
 
 
 def test_label_values_are_escaped() -> None:
     weird = 'we"ird\\actor\nname'
-    text = render_metrics({"actors": {weird: {"alive": True, "restarts": 1}}}, None)
+    text = render({"actors": {weird: {"alive": True, "restarts": 1}}}, None)
     assert "\n" not in text.split("modcoord_actor_up{", 1)[1].split("}", 1)[0]
-    fams = parse_exposition(text)
-    assert value_of(fams, "modcoord_actor_restarts_total", actor=weird) == 1
+    fams = parse_text(text)
+    assert value_of(fams, "modcoord_actor_restarts", actor=weird) == 1
 
 
-def test_registry_counter_does_not_duplicate_a_status_family() -> None:
-    reg = MetricsRegistry(MockClock(), names=())
-    reg.increment("cache_hits", 99)
-    fams = parse_exposition(render_metrics({"cache_stats": {"hits": 5}}, reg))
-    assert [s for s in fams["modcoord_cache_hits_total"].samples] == [
-        ("modcoord_cache_hits_total", {}, 5.0)]
-
-
-def _get(url: str) -> tuple[int, str, str]:
+def _get(url: str, accept: str | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return resp.status, resp.headers["Content-Type"], resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.headers["Content-Type"], err.read().decode()
@@ -183,7 +248,7 @@ def _get(url: str) -> tuple[int, str, str]:
 
 def test_http_endpoint_serves_the_exposition(registry: MetricsRegistry) -> None:
     status = full_status()
-    server = MetricsHTTPServer("127.0.0.1", 0, lambda: render_metrics(status, registry))
+    server = MetricsHTTPServer("127.0.0.1", 0, Exposition(lambda: status, registry))
     port = server.start()
     try:
         assert port > 0
@@ -191,15 +256,25 @@ def test_http_endpoint_serves_the_exposition(registry: MetricsRegistry) -> None:
         assert code == 200
         assert ctype == CONTENT_TYPE
         assert ctype.startswith("text/plain; version=0.0.4")
-        check_conventions(parse_exposition(body))
-        assert body == render_metrics(status, registry)
+        check_conventions(parse_text(body))
         status["mode"] = "MANUAL"  # rendered afresh for every scrape
-        _, _, body2 = _get(f"http://127.0.0.1:{port}/metrics")
-        assert value_of(parse_exposition(body2), "modcoord_mode", mode="MANUAL") == 1
+        code, ctype, body2 = _get(f"http://127.0.0.1:{port}/metrics",
+                                  "application/openmetrics-text; version=1.0.0")
+        assert code == 200
+        assert ctype.startswith(OPENMETRICS_CONTENT_TYPE)
+        assert body2.endswith("# EOF\n")
+        fams = parse_openmetrics(body2)
+        check_conventions(fams, openmetrics=True)
+        assert value_of(fams, "modcoord_mode", mode="MANUAL") == 1
         code, _, _ = _get(f"http://127.0.0.1:{port}/other")
         assert code == 404
+        _, prometheus_ctype, _ = _get(  # what Prometheus 2.x sends
+            f"http://127.0.0.1:{port}/metrics",
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+            "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+        assert prometheus_ctype.startswith("application/openmetrics-text; version=1.0.0")
         stats = server.statistics()
-        assert (stats.scrapes, stats.not_found, stats.errors, stats.port) == (2, 1, 0, port)
+        assert (stats.scrapes, stats.not_found, stats.errors, stats.port) == (3, 1, 0, port)
     finally:
         server.stop()
     assert server.statistics().port is None
@@ -209,10 +284,10 @@ def test_http_endpoint_serves_the_exposition(registry: MetricsRegistry) -> None:
 
 
 def test_http_endpoint_answers_500_when_rendering_fails() -> None:
-    def broken() -> str:
+    def broken() -> dict[str, Any]:
         raise RuntimeError("no status")
 
-    server = MetricsHTTPServer("127.0.0.1", 0, broken)
+    server = MetricsHTTPServer("127.0.0.1", 0, Exposition(broken, None))
     port = server.start()
     try:
         code, _, body = _get(f"http://127.0.0.1:{port}/metrics")
