@@ -208,8 +208,9 @@ def is_locked(path: Path) -> bool:
 
 
 class _Daemon:
-    def __init__(self, options: DaemonOptions) -> None:
+    def __init__(self, options: DaemonOptions, log_to_stderr: bool = False) -> None:
         self.options = options
+        self.log_to_stderr = log_to_stderr
         self.stop_requested = threading.Event()
         self.exit_code = EXIT_OK
         self._signals = 0
@@ -280,6 +281,7 @@ class _Daemon:
                 log_dir, level=config.daemon.logs.level, max_bytes=config.daemon.logs.max_bytes,
                 keep=config.daemon.logs.keep,
                 context=lambda: {"mode": holder["c"].mode if "c" in holder else mode},
+                also_stderr=self.log_to_stderr,
             )
             log = logger.bind(actor="daemon")
             coordinator = create_engine(
@@ -407,18 +409,24 @@ def run(options: DaemonOptions, ready_fd: int | None = None) -> int:
     Whatever fails before the daemon is ready is reported to ``ready_fd`` (or printed on
     stderr without one) as ``ERROR <code> <message>``; an unexpected exception gives 1.
     """
+    from modcoord.supervisor.daemon.logs import stderr_is_journal
+
     ready = _Ready(ready_fd)
+    # Human lines on stderr in the foreground, and whenever stderr is the journal (a
+    # detached daemon keeps that stderr, see spawn); never to the /dev/null of a detached one.
+    to_stderr = ready_fd is None or stderr_is_journal()
     try:
-        return _Daemon(options).run(ready)
+        return _Daemon(options, log_to_stderr=to_stderr).run(ready)
     except Exception as exc:
         ready.fail(EXIT_FAILURE, f"daemon failed: {type(exc).__name__}: {exc}")
         return EXIT_FAILURE
 
 
-def detach_descriptors(keep: tuple[int, ...] = ()) -> None:
+def detach_descriptors(keep: tuple[int, ...] = (), keep_stderr: bool = False) -> None:
     """Let go of every file descriptor inherited from the caller: stdin, stdout and stderr
     go to ``/dev/null`` and every other descriptor is closed except those in ``keep`` (the
-    readiness pipe). A caller that reads one of its descriptors to EOF (``out=$(modcoord
+    readiness pipe). With ``keep_stderr`` (stderr is the journal's stream, which no caller
+    reads to EOF) stderr stays as it is, so the daemon's log lines reach the journal. A caller that reads one of its descriptors to EOF (``out=$(modcoord
     start 4>&1)``, a CI runner, an ssh wrapper) then gets it as soon as ``start`` returns,
     not when the daemon stops.
 
@@ -429,7 +437,7 @@ def detach_descriptors(keep: tuple[int, ...] = ()) -> None:
             ``start`` reports that the daemon exited before it was ready).
     """
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1) if keep_stderr else (0, 1, 2):
         os.dup2(devnull, fd)
     kept = sorted({0, 1, 2, *keep})
     low = 0
@@ -479,7 +487,9 @@ def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
-        detach_descriptors(keep=(w,))
+        from modcoord.supervisor.daemon.logs import stderr_is_journal
+
+        detach_descriptors(keep=(w,), keep_stderr=stderr_is_journal())
         os.chdir("/")
         code = EXIT_FAILURE
         try:

@@ -238,8 +238,7 @@ def test_second_sigterm_forces_exit(daemon_factory: Callable[..., DaemonProcess]
     finally:
         sink.close()
     assert code == 1
-    assert d.proc is not None and d.proc.stderr is not None
-    assert "second signal" in d.proc.stderr.read()
+    assert "second signal" in d.stderr_text()
     assert not any(r["message"].startswith("daemon stopped") for r in records(d))
 
 
