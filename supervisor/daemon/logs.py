@@ -54,6 +54,7 @@ __all__ = [
     "format_record",
     "iter_records",
     "level_number",
+    "lnav_format_path",
     "log_files",
     "setup_logging",
     "shutdown_logging",
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 LOG_FILE = "modcoord.jsonl"
+#: The lnav format file for the JSON log, shipped in the package data.
+LNAV_FORMAT = Path(__file__).resolve().parent / "data" / "modcoord.lnav.json"
 DEFAULT_ACTOR = "daemon"
 
 #: Severity of loguru's standard levels; a level filter keeps this level and above.
@@ -295,6 +298,11 @@ def shutdown_logging() -> None:
     """Remove the handlers :func:`setup_logging` added, closing the log file (idempotent)."""
     with _state_lock:
         _remove_handlers_locked()
+
+
+def lnav_format_path() -> Path:
+    """Return the path of the packaged lnav format file (``lnav -i PATH`` installs it)."""
+    return LNAV_FORMAT
 
 
 # --------------------------------------------------------------------------- reading

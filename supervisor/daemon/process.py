@@ -225,8 +225,8 @@ class _Daemon:
         if self._signals > 1:
             os.write(2, b"modcoord: second signal, forcing exit\n")
             os._exit(EXIT_FAILURE)
-        logger.bind(actor="daemon").info("signal {sig}: stopping gracefully",
-                                         sig=signal.Signals(signum).name)
+        logger.bind(actor="daemon").info("stopping gracefully",
+                                         signal=signal.Signals(signum).name)
         self.stop_requested.set()
 
     def run(self, ready: Any) -> int:
@@ -305,7 +305,7 @@ class _Daemon:
             if sock.exists() or sock.is_symlink():
                 sock.unlink()  # stale: we hold the lock, so no daemon owns it
             nofile_before, nofile = raise_nofile_limit()
-            log.info("open files limit {} (soft limit was {})", nofile, nofile_before)
+            log.info("open files limit raised", limit=nofile, soft_limit_was=nofile_before)
             output = config.daemon.output
             server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes,
                             drain_timeout=config.daemon.shutdown_timeout_s,
@@ -334,10 +334,8 @@ class _Daemon:
             signal.signal(signal.SIGINT, self._on_term)
             signal.signal(signal.SIGHUP, lambda s, f: threading.Thread(
                 target=reloader.submit, args=("SIGHUP",), daemon=True).start())
-            # Positional arguments: a ``pid=`` keyword would land in the record as a
-            # duplicate ``extra_pid`` field (``pid`` is a core field).
-            log.bind(socket=str(sock)).info("daemon ready: pid {}, socket {}, mode {}",
-                                            os.getpid(), str(sock), mode)
+            # The record's own ``pid`` and ``mode`` fields say which daemon and mode.
+            log.bind(socket=str(sock)).info("daemon ready")
             ready.ok(os.getpid(), str(sock))
             sd_notify(f"READY=1\nMAINPID={os.getpid()}")
             while not self.stop_requested.wait(0.5):
@@ -346,12 +344,13 @@ class _Daemon:
             sd_notify("STOPPING=1")
             return self.exit_code
         except UnsafePathError as exc:  # the log file or daemon.json
-            logger.bind(actor="daemon", path=exc.path).critical("daemon failed: {e}", e=exc)
+            logger.bind(actor="daemon", path=exc.path, error=str(exc)).critical("daemon failed")
             ready.fail(EXIT_CONFIG, str(exc))
             self.exit_code = EXIT_CONFIG
             return EXIT_CONFIG
         except Exception as exc:
-            logger.bind(actor="daemon").opt(exception=True).critical("daemon failed: {e}", e=exc)
+            logger.bind(actor="daemon", error=str(exc)).opt(exception=True).critical(
+                "daemon failed")
             ready.fail(EXIT_FAILURE, f"daemon failed: {exc}")
             self.exit_code = EXIT_FAILURE
             return EXIT_FAILURE
@@ -369,7 +368,7 @@ class _Daemon:
             if server is not None:
                 server.stop()
             state_file.unlink(missing_ok=True)
-            logger.bind(actor="daemon").info("daemon stopped (exit {code})", code=self.exit_code)
+            logger.bind(actor="daemon").info("daemon stopped", exit_code=self.exit_code)
             shutdown_logging()
             lock.release()
 
