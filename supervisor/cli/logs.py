@@ -18,11 +18,6 @@ from modcoord.supervisor.cli._common import runtime_dir
 
 HELP = "read and follow the structured log"
 
-#: Exit code when there is no log to read, or the reader of ``-f``'s output went away.
-EXIT_NO_LOG = 1
-EXIT_READER_GONE = 1
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
     p.add_argument("-n", type=int, default=None, metavar="N", help="only the last N records")
@@ -79,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         lnav_format_path,
         log_files,
     )
+    from modcoord.supervisor.daemon.process import EXIT_FAILURE
 
     if args.lnav_format_path:
         print(lnav_format_path())
@@ -98,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"modcoord logs: no log in {directory} (no {LOG_FILE} there): no daemon has "
               "logged with this runtime directory; give the one it uses (--runtime-dir, "
               "MODCOORD_RUNTIME_DIR) or its --log-dir", file=sys.stderr)
-        return EXIT_NO_LOG
+        return EXIT_FAILURE
     color = color_wanted(sys.stdout) and not args.json
     filters = {"level": args.level, "actor": args.actor, "module": args.module}
 
@@ -127,5 +123,5 @@ def run(args: argparse.Namespace) -> int:
         # Nothing more can be written: no flush error at exit either.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_READER_GONE
+        return EXIT_FAILURE
     return 0
