@@ -424,10 +424,11 @@ def run(options: DaemonOptions, ready_fd: int | None = None) -> int:
 def detach_descriptors(keep: tuple[int, ...] = (), keep_stderr: bool = False) -> None:
     """Let go of every file descriptor inherited from the caller: stdin, stdout and stderr
     go to ``/dev/null`` and every other descriptor is closed except those in ``keep`` (the
-    readiness pipe). With ``keep_stderr`` (stderr is the journal's stream, which no caller
-    reads to EOF) stderr stays as it is, so the daemon's log lines reach the journal. A caller that reads one of its descriptors to EOF (``out=$(modcoord
+    readiness pipe). A caller that reads one of its descriptors to EOF (``out=$(modcoord
     start 4>&1)``, a CI runner, an ssh wrapper) then gets it as soon as ``start`` returns,
-    not when the daemon stops.
+    not when the daemon stops. With ``keep_stderr`` (stderr is the journal's stream, which
+    no caller reads to EOF) stderr stays as it is, so the daemon's log lines reach the
+    journal.
 
     Run in the detached child before the daemon opens anything of its own.
 

@@ -139,7 +139,7 @@ def test_the_units_exec_start_logs_to_the_journal_and_exec_reload_reports_reject
 
     lines = stderr_path.read_text().splitlines()
     parsed = [JOURNAL_LINE.match(line) for line in lines]
-    assert lines and all(parsed), [line for line, m in zip(lines, parsed) if not m]
+    assert lines and all(parsed), [line for line, m in zip(lines, parsed, strict=True) if not m]
     assert "\x1b[" not in stderr_path.read_text()
     by_level = {m.group("level"): int(m.group("prio")) for m in parsed if m}
     assert all(JOURNAL_PRIORITIES[level] == prio for level, prio in by_level.items())
@@ -179,7 +179,7 @@ def test_foreground_writes_plain_human_lines_on_stderr(tmp_path: Path,
     assert code == 0
     lines = stderr_path.read_text().splitlines()
     parsed = [PLAIN_LINE.match(line) for line in lines]
-    assert lines and all(parsed), [line for line, m in zip(lines, parsed) if not m]
+    assert lines and all(parsed), [line for line, m in zip(lines, parsed, strict=True) if not m]
     assert "\x1b[" not in stderr_path.read_text()
     ready = next(m for m in parsed if m and m.group("rest").startswith("daemon ready"))
     assert ready.group("level") == "INFO" and ready.group("who") == "daemon"

@@ -160,8 +160,8 @@ def test_logs_on_a_runtime_directory_without_a_log_says_so_and_exits_1(tmp_path:
 def _lnav() -> dict[str, Any]:
     spec: dict[str, Any] = json.loads(lnav_format_path().read_text())
     [(name, fmt)] = [(k, v) for k, v in spec.items() if k != "$schema"]
-    assert re.fullmatch(r"\w+", name)
-    return fmt
+    assert re.fullmatch(r"\w+", name) and isinstance(fmt, dict)
+    return dict(fmt)
 
 
 def _a_daemons_records(d: DaemonProcess) -> list[dict[str, Any]]:

@@ -146,7 +146,7 @@ def test_an_unencodable_update_is_left_out_and_counted_the_rest_delivered(
     coord = _Endpoints()
     logged: list[dict[str, Any]] = []
     from loguru import logger
-    sink_id = logger.add(lambda m: logged.append(m.record), level="ERROR")
+    sink_id = logger.add(lambda m: logged.append(dict(m.record)), level="ERROR")
     try:
         with Server(coord, socket_path(run)) as srv, connect(run, timeout=5) as client:
             rec = _Recorder("rec")
