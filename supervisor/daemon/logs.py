@@ -12,6 +12,17 @@ the ``context()`` callable given to :func:`setup_logging` (so every record carri
 current mode), and every other bound field (``module``, ``insight``, ``reason``, ``file``,
 ``key``...) sits at the top level too; an exception becomes an ``exception`` text field.
 
+The message says what happened in constant words and the values go in named fields, never
+into the text: ``log.info("optimized", flushed=2, delivered=2, cache_cleared=20)``, not
+``log.info("flushed {f}", f=2)`` (``tests/unit/test_log_calls.py`` checks every call).
+
+With ``also_stderr`` (the daemon in the foreground, or with stderr on the journal) a second
+sink writes each record as a :func:`format_record` line on stderr; when stderr is systemd's
+journal stream (:func:`stderr_is_journal`) every line starts with the level's sd-daemon
+``<N>`` priority (:data:`JOURNAL_PRIORITIES`) and the time is left to journald. Colour only
+on a terminal and never with ``NO_COLOR`` (:func:`color_wanted`). The lnav format of the
+JSON log is the package data file :func:`lnav_format_path`.
+
 Loguru rotates the file by size, renaming the full one next to it as
 ``modcoord.<YYYY-MM-DD_HH-MM-SS_ffffff>.jsonl`` (the file's creation time, local time; a
 ``.<n>`` counter is added before ``.jsonl`` when that name is taken), and keeps at most

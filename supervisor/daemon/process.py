@@ -305,7 +305,7 @@ class _Daemon:
             if sock.exists() or sock.is_symlink():
                 sock.unlink()  # stale: we hold the lock, so no daemon owns it
             nofile_before, nofile = raise_nofile_limit()
-            log.info("open files limit raised", limit=nofile, soft_limit_was=nofile_before)
+            log.info("open files limit", limit=nofile, soft_limit_was=nofile_before)
             output = config.daemon.output
             server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes,
                             drain_timeout=config.daemon.shutdown_timeout_s,
