@@ -447,8 +447,7 @@ class ManagedActor(LoopActor):
     def _crash(self, exc: BaseException, item: Envelope[Any]) -> None:
         log = logger.bind(actor=self.actor_name)
         log.opt(exception=exc).error(
-            "actor crashed handling {msg}: {exc!r}", msg=type(item.message).__name__, exc=exc
-        )
+            "actor crashed", handling=type(item.message).__name__, error=repr(exc))
         handle = self.context.handles.get(self.actor_name)
         if handle is not None and handle.ref is self.actor_ref:
             handle.suspend_and_drain(self.actor_inbox)

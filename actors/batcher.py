@@ -285,19 +285,20 @@ class BatcherActor(ManagedActor):
     def restore(self, pending: Any) -> None:
         if not isinstance(pending, BatcherHandover):
             if pending is not None:
-                self._log.warning("ignored a handover of type {t}", t=type(pending).__name__)
+                self._log.warning("ignored a handover of an unknown type",
+                                  type=type(pending).__name__)
             return
         for sid, sources in pending.subscriptions:
             self._subscribe(sid, tuple(sources))
         self._next_batch_id = max(self._next_batch_id, pending.next_batch_id)
         if pending.queued:
-            self._log.info("took over {n} queued updates", n=len(pending.queued))
+            self._log.info("took over queued updates", updates=len(pending.queued))
             self._accept(tuple(pending.queued))
 
     def flush_pending(self) -> None:
         n = self._flush_all("flush")
         if n:
-            self._log.info("flushed {n} queued updates on stop", n=n)
+            self._log.info("flushed queued updates on stop", updates=n)
 
     # -- handlers --
 
@@ -450,8 +451,7 @@ class BatcherActor(ManagedActor):
             except Exception:
                 self._delivery_errors += 1
                 self._log.opt(exception=True).error(
-                    "delivery of batch {id} to {sub} failed", id=batch_id, sub=sub_id
-                )
+                    "batch delivery failed", batch=batch_id, subscriber=sub_id)
         self._batches += 1
         self._updates += len(updates)
         now = self.clock.monotonic()

@@ -103,8 +103,8 @@ class CacheActor(ManagedActor):
     def apply_settings(self, old: Any, new: Any) -> None:
         self.store.reconfigure(new)
         logger.bind(actor=self.actor_name).info(
-            "cache reconfigured: enabled={enabled} ttl_ms={ttl} max_entries={max}",
-            enabled=new.enabled, ttl=new.ttl_ms, max=new.max_entries,
+            "cache reconfigured", enabled=new.enabled, ttl_ms=new.ttl_ms,
+            max_entries=new.max_entries,
         )
 
     @handles(Get)
@@ -119,21 +119,20 @@ class CacheActor(ManagedActor):
     def _on_purge(self, message: Purge) -> int:
         n = self.store.purge_expired()
         if n:
-            logger.bind(actor=self.actor_name).debug("purged {n} expired entries", n=n)
+            logger.bind(actor=self.actor_name).debug("purged expired entries", entries=n)
         return n
 
     @handles(Shrink)
     def _on_shrink(self, message: Shrink) -> int:
         n = self.store.shrink(message.fraction)
         logger.bind(actor=self.actor_name).info(
-            "shrank the cache by {n} entries ({fraction:.0%})", n=n, fraction=message.fraction
-        )
+            "shrank the cache", entries=n, fraction=message.fraction)
         return n
 
     @handles(Clear)
     def _on_clear(self, message: Clear) -> int:
         n = self.store.clear()
-        logger.bind(actor=self.actor_name).info("cleared the cache ({n} entries)", n=n)
+        logger.bind(actor=self.actor_name).info("cleared the cache", entries=n)
         return n
 
     @handles(Invalidate)

@@ -479,8 +479,7 @@ class DebouncerActor(ManagedActor):
         except ModcoordError as exc:
             self._undelivered += len(updates)
             logger.bind(actor=self.actor_name).error(
-                "could not hand {n} updates to the batcher: {exc}", n=len(updates), exc=exc
-            )
+                "could not hand updates to the batcher", updates=len(updates), error=str(exc))
             if reraise:
                 raise
             return False
@@ -593,8 +592,7 @@ class DebouncerActor(ManagedActor):
             return
         if not isinstance(pending, DebouncerHandover):
             logger.bind(actor=self.actor_name).error(
-                "cannot restore pending work of type {t}", t=type(pending).__name__
-            )
+                "cannot restore pending work of an unknown type", type=type(pending).__name__)
             return
         for item in pending.entries:
             update = item.update
@@ -613,4 +611,5 @@ class DebouncerActor(ManagedActor):
         n = self._flush(None, None)
         self._disarm()
         if n:
-            logger.bind(actor=self.actor_name).info("flushed {n} pending updates on stop", n=n)
+            logger.bind(actor=self.actor_name).info("flushed pending updates on stop",
+                                                          updates=n)

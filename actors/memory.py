@@ -362,7 +362,7 @@ class MemoryManagerActor(ManagedActor):
         if old.check_interval_ms != new.check_interval_ms:
             self._arm_check()
         if old.strategy != new.strategy:
-            _log.info("memory strategy {} -> {}", old.strategy, new.strategy)
+            _log.info("memory strategy changed", previous=old.strategy, strategy=new.strategy)
 
     # -- timers --
 
@@ -432,7 +432,7 @@ class MemoryManagerActor(ManagedActor):
             self._unsubscribed.discard(module_id)
             self._reactivations_total += 1
             _log.bind(module=module_id).info(
-                "module {} registered again: subscriptions restored", module_id)
+                "module registered again: subscriptions restored")
         self.activity.touch(module_id)
         self.activity.unmark_swept(module_id)
 
@@ -463,9 +463,8 @@ class MemoryManagerActor(ManagedActor):
             return
         self._tell("batcher", Subscribe(module_id, sources))
         self._reactivations_total += 1
-        _log.bind(module=module_id).info(
-            "module {} active again{}: subscriptions restored", module_id, why
-        )
+        _log.bind(module=module_id, **({"why": why} if why else {})).info(
+            "module active again: subscriptions restored")
 
     # -- cleanup --
 
@@ -476,7 +475,7 @@ class MemoryManagerActor(ManagedActor):
         try:
             handle.tell(message)
         except ModcoordError as exc:
-            _log.debug("could not tell {}: {}", peer, exc)
+            _log.debug("could not tell a peer", peer=peer, error=str(exc))
 
     def _ask_count(self, peer: str, message: Message) -> int:
         """Ask a peer for a count, waiting at most FORCED_REPLY_TIMEOUT_S; 0 on failure."""
@@ -486,7 +485,7 @@ class MemoryManagerActor(ManagedActor):
         try:
             result = handle.ask(message, timeout=FORCED_REPLY_TIMEOUT_S)
         except Exception as exc:  # the cleanup goes on without the count
-            _log.debug("no count from {}: {!r}", peer, exc)
+            _log.debug("no count from a peer", peer=peer, error=repr(exc))
             return 0
         return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
@@ -501,7 +500,7 @@ class MemoryManagerActor(ManagedActor):
         try:
             return dict(self.context.shared.connection_states(stall_s))
         except Exception as exc:  # sweep as if no connection could tell
-            _log.warning("connection states unavailable: {!r}", exc)
+            _log.warning("connection states unavailable", error=repr(exc))
             return {}
 
     def _sweep(self) -> list[str]:
@@ -514,7 +513,7 @@ class MemoryManagerActor(ManagedActor):
         for module_id, live in states.items():
             if live and module_id in self._sources and (
                     self.activity.touch(module_id) or module_id in self._unsubscribed):
-                self._reactivate(module_id, " (its connection reads again)")
+                self._reactivate(module_id, "its connection reads again")
         swept: list[str] = []
         for module_id in self.activity.inactive_since(cutoff):
             if module_id not in self._sources:
@@ -532,9 +531,8 @@ class MemoryManagerActor(ManagedActor):
                           f"{inactive_s:g} s or more")
             else:
                 reason = "no publish, coordinate or call"
-            _log.bind(module=module_id).info(
-                "module {} inactive for {:.1f} s ({}): subscriptions removed", module_id,
-                idle, reason)
+            _log.bind(module=module_id, idle_s=round(idle, 1), reason=reason).info(
+                "module inactive: subscriptions removed")
             self._notify(module_id, {"reason": reason, "idle_s": round(idle, 3),
                                      "inactive_after_ms": self.settings.inactive_after_ms})
         self._sweeps_total += len(swept)
@@ -544,8 +542,8 @@ class MemoryManagerActor(ManagedActor):
         try:
             self.context.shared.notify_swept(module_id, notice)
         except Exception as exc:  # the sweep stands; the module learns at its next call
-            _log.bind(module=module_id).warning("could not tell {} it was swept: {!r}",
-                                                module_id, exc)
+            _log.bind(module=module_id, error=repr(exc)).warning(
+                "could not tell the module it was swept")
 
     def _cleanup(self, reason: str, rss_before: int | None = None) -> CleanupReport:
         """Run one cleanup (see the module docstring); log and count it."""
@@ -588,11 +586,9 @@ class MemoryManagerActor(ManagedActor):
         # A routine interval cleanup that swept nothing is not worth an INFO line every
         # cleanup_interval_ms (the cache logs its own purges when it removes something).
         level = "DEBUG" if reason == "interval" and not swept else "INFO"
-        _log.bind(reason=reason, strategy=strategy).log(
-            level, "{} cleanup ({}): {}; {} module(s) swept, rss {} -> {} MB",
-            reason, strategy, "+".join(actions), len(swept),
-            _mb(rss_before), _mb(rss_after),
-        )
+        _log.bind(reason=reason, strategy=strategy, actions="+".join(actions),
+                  swept=len(swept), rss_before_mb=_mb(rss_before),
+                  rss_after_mb=_mb(rss_after)).log(level, "cleanup done")
         return report
 
     @handles(ForceCleanup)
@@ -607,7 +603,7 @@ class MemoryManagerActor(ManagedActor):
             rss = int(self._read_rss())
         except Exception as exc:  # a failed reading skips one check
             if not self._rss_failing:
-                _log.warning("cannot read resident memory: {!r}", exc)
+                _log.warning("cannot read resident memory", error=repr(exc))
             self._rss_failing = True
             return None
         self._rss_failing = False
@@ -621,14 +617,12 @@ class MemoryManagerActor(ManagedActor):
         limit = self.settings.max_rss_mb * MB
         if self._armed and rss > limit:
             self._armed = False
-            _log.warning(
-                "memory pressure: rss {} MB above the {} MB limit", _mb(rss),
-                _mb(int(limit)),
-            )
+            _log.warning("memory pressure: rss above the limit", rss_mb=_mb(rss),
+                         limit_mb=_mb(int(limit)))
             self._cleanup("pressure", rss_before=rss)
         elif not self._armed and rss < REARM_FRACTION * limit:
             self._armed = True
-            _log.info("memory back to {} MB: pressure cleanup re-armed", _mb(rss))
+            _log.info("memory back under the limit: pressure cleanup re-armed", rss_mb=_mb(rss))
 
     # -- snapshots --
 
@@ -672,10 +666,10 @@ class MemoryManagerActor(ManagedActor):
             try:
                 pending = MemoryHandover.from_dict(pending)
             except InvalidMessageError as exc:
-                _log.error("ignoring handover: {}", exc)
+                _log.error("ignoring a handover", error=str(exc))
                 return
         if not isinstance(pending, MemoryHandover):
-            _log.error("ignoring handover of type {}", type(pending).__name__)
+            _log.error("ignoring a handover of an unknown type", type=type(pending).__name__)
             return
         self._sources.update((m, tuple(s)) for m, s in pending.modules)
         for module_id, _ in pending.modules:

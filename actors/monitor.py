@@ -355,7 +355,7 @@ class MonitorActor(ManagedActor):
             try:
                 futures[name] = handle.ask_future(Statistics())
             except ModcoordError as exc:
-                _log.debug("no statistics from {}: {}", name, exc)
+                _log.debug("no statistics from a peer", peer=name, error=str(exc))
         # A real wait, so real time: the injected clock may be a MockClock standing still.
         deadline = time.monotonic() + GATHER_TIMEOUT_S
         stats: dict[str, Any] = {}
@@ -363,7 +363,7 @@ class MonitorActor(ManagedActor):
             try:
                 stats[name] = future.get(timeout=max(0.0, deadline - time.monotonic()))
             except Exception as exc:  # a missing section is reported
-                _log.debug("no statistics from {}: {!r}", name, exc)
+                _log.debug("no statistics from a peer", peer=name, error=repr(exc))
         max_queue = self.context.shared.queue_gauge.max_queue
         return build_snapshot(stats, self.restart_counts(), max_queue)
 
@@ -439,7 +439,7 @@ class MonitorActor(ManagedActor):
             try:
                 reading = rule.read(data, settings)
             except Exception:  # one broken rule must not hide the others
-                _log.opt(exception=True).error("insight rule {} failed", rule.id)
+                _log.bind(insight=rule.id).opt(exception=True).error("insight rule failed")
                 reading = rule.lacking(0.0, f"{rule.id} could not be evaluated")
             state = self._state.setdefault(rule.id, _RuleState())
             if reading is None:
@@ -452,10 +452,9 @@ class MonitorActor(ManagedActor):
                 continue
             if state.active and reading.recovered:
                 state.active = False
-                _log.bind(insight=rule.id, severity="info", event="cleared").info(
-                    "insight cleared: {} (observed {}, threshold {})",
-                    rule.id, reading.observed, reading.threshold,
-                )
+                _log.bind(insight=rule.id, severity="info", event="cleared",
+                          observed=reading.observed, threshold=reading.threshold).info(
+                    "insight cleared")
             elif not state.active and reading.breached:
                 state.active = True
                 self._fired[rule.id] = self._fired.get(rule.id, 0) + 1
@@ -515,12 +514,9 @@ class MonitorActor(ManagedActor):
         state.logged_observed = observed
         severity = insight["severity"]
         _log.bind(insight=rule.id, severity=severity, event="fired", observed=observed,
-                  threshold=reading.threshold).log(
-            _LOG_LEVEL.get(severity, "INFO"),
-            "{} (observed {}, threshold {}, window {} s). {}",
-            insight["message"], observed, reading.threshold, reading.window_s,
-            insight["recommendation"],
-        )
+                  threshold=reading.threshold, window_s=reading.window_s,
+                  summary=insight["message"], recommendation=insight["recommendation"]).log(
+            _LOG_LEVEL.get(severity, "INFO"), "insight fired")
 
     # -- handlers --
 
@@ -602,7 +598,7 @@ class MonitorActor(ManagedActor):
         Anything but a :class:`MonitorHandover` is logged and ignored.
         """
         if not isinstance(pending, MonitorHandover):
-            _log.error("ignoring handover of type {}", type(pending).__name__)
+            _log.error("ignoring a handover of an unknown type", type=type(pending).__name__)
             return
         for rule_id in pending.active:
             self._state.setdefault(rule_id, _RuleState()).active = True

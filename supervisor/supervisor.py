@@ -297,7 +297,7 @@ class SupervisorActor(pykka.ThreadingActor):
         for name, child in self.children.items():
             if child.state == "new":
                 self._start_child(child)
-                self._log.bind(child=name).info("started {name}", name=name)
+                self._log.bind(child=name).info("started")
 
     def _on_StopChildren(self, message: StopChildren) -> dict[str, bool]:
         return self._stop_children(message.timeout)
@@ -313,8 +313,7 @@ class SupervisorActor(pykka.ThreadingActor):
             dropped = child.handle.close("actor stopped")
             if dropped:
                 self._log.bind(child=name).warning(
-                    "{n} buffered messages for {name} refused at stop", n=dropped, name=name
-                )
+                    "buffered messages refused at stop", messages=dropped)
             ok = True
             if ref is not None and ref.is_alive():
                 try:
@@ -323,7 +322,7 @@ class SupervisorActor(pykka.ThreadingActor):
                     ok = False
             child.state = "stopped"
             out[name] = ok
-            self._log.bind(child=name).info("stopped {name}", name=name)
+            self._log.bind(child=name).info("stopped")
         return out
 
     def on_stop(self) -> None:
@@ -341,12 +340,12 @@ class SupervisorActor(pykka.ThreadingActor):
         child.state = "failed"
         child.handover = message.handover
         log = self._log.bind(child=message.name)
-        log.error("{name} failed: {error}", name=message.name, error=message.error)
+        log.error("child failed", error=message.error)
         if child.spec.restart == "temporary":
             dropped = child.handle.close("temporary actor failed and is not restarted")
             child.state = "stopped"
-            log.warning("{name} is temporary: not restarted ({n} buffered messages refused)",
-                        name=message.name, n=dropped)
+            log.warning("temporary child not restarted: buffered messages refused",
+                        messages=dropped)
             return
         if self.escalated:
             return
@@ -371,7 +370,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 assert other.ref is not None
                 other.handover = other.ref.ask(Handover(), timeout=5.0)
             except Exception:  # the sibling could not hand over: it flushes instead
-                log.opt(exception=True).error("{name} could not hand over", name=name)
+                log.bind(child=name).opt(exception=True).error("could not hand over")
                 other.handover = None
             other.state = "failed"
         for name in group:
@@ -381,7 +380,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if delay <= 0:
             self._restart(group)
         else:
-            log.info("restarting {names} in {delay:.3f} s", names=",".join(group), delay=delay)
+            log.info("restarting", children=",".join(group), delay_s=round(delay, 3))
             token = self._token
             me = self.actor_ref
 
@@ -426,15 +425,14 @@ class SupervisorActor(pykka.ThreadingActor):
             child.restarts += 1
             self._start_child(child, takeover=child.handover)
             self._log.bind(child=name).warning(
-                "restarted {name} (restart #{n}, pending work taken over)",
-                name=name, n=child.restarts,
+                "restarted: pending work taken over", restarts=child.restarts,
             )
             if "monitor" in self.handles:
                 self._tell("monitor", Restarted(name))
 
     def _escalate(self, reason: str) -> None:
         self.escalated = reason
-        self._log.critical("escalating: {reason}; stopping all children", reason=reason)
+        self._log.critical("escalating: stopping all children", reason=reason)
         for child in self.children.values():
             if child.state == "failed":
                 child.state = "restarting"
@@ -479,8 +477,8 @@ class SupervisorActor(pykka.ThreadingActor):
             )
         if message.kind not in ("exception", "base_exception"):
             raise InvalidMessageError("kind must be 'exception' or 'base_exception'")
-        self._log.bind(child=message.name).warning("fault injection: crashing {name}",
-                                                   name=message.name)
+        self._log.bind(child=message.name).warning("fault injection: crashing",
+                                                   kind=message.kind)
         child.handle.tell(Crash(kind=message.kind))
 
     def _on_SetMode(self, message: SetMode) -> str:
@@ -488,7 +486,7 @@ class SupervisorActor(pykka.ThreadingActor):
             raise InvalidMessageError(f"unknown mode {message.mode!r}")
         previous, self.mode = self.mode, message.mode
         self._reconfigure_all()
-        self._log.info("mode switched {previous} -> {mode}", previous=previous, mode=self.mode)
+        self._log.info("mode switched", previous=previous, mode=self.mode)
         return previous
 
     def _on_ApplySettings(self, message: ApplySettings) -> None:
@@ -524,5 +522,5 @@ class SupervisorActor(pykka.ThreadingActor):
         try:
             self.handles[name].tell(message)
         except ModcoordError:
-            self._log.bind(child=name).warning("{name} is stopped; {msg} not routed",
-                                               name=name, msg=type(message).__name__)
+            self._log.bind(child=name).warning("child stopped: message not routed",
+                                               message_type=type(message).__name__)

@@ -162,6 +162,16 @@ class DaemonProcess:
         self.env = env or {}
         self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen[str] | None = None
+        #: The daemon's stderr (its human log lines) goes to this file, not to a pipe that
+        #: nobody reads and that would block the daemon once full.
+        self.stderr_file = root / "daemon.stderr"
+
+    def stderr_text(self) -> str:
+        """What the daemon wrote on stderr so far."""
+        try:
+            return self.stderr_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def edit_config(self, stem: str, changes: Mapping[str, Any]) -> Path:
         """Merge ``changes`` into ``configs/<stem>.yaml`` (section by section); its path."""
@@ -181,10 +191,13 @@ class DaemonProcess:
         """Start and wait until it answers ``status``."""
         cmd = [*CLI, "start", "--foreground", "--runtime-dir", str(self.runtime_dir),
                "--config-dir", str(self.config_dir), *self.extra]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **self.env}, start_new_session=True, preexec_fn=self.preexec_fn,
-        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.stderr_file, "ab") as err:
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=err, text=True,
+                env={**os.environ, **self.env}, start_new_session=True,
+                preexec_fn=self.preexec_fn,
+            )
         self.wait_ready(timeout)
         return self
 
@@ -195,8 +208,7 @@ class DaemonProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(
-                    f"daemon exited with {self.proc.returncode}: {self.proc.stderr.read()}"  # type: ignore[union-attr]
-                )
+                    f"daemon exited with {self.proc.returncode}: {self.stderr_text()}")
             if not self.socket.exists():
                 return False
             try:

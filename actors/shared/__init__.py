@@ -62,8 +62,8 @@ def no_sink(subscriber_id: str, batch: Batch) -> None:
     """The delivery sink of a context built without one: logs each batch it cannot deliver
     (a warning naming the batch and the subscriber)."""
     logger.bind(actor="batcher").warning(
-        "no delivery sink: batch {id} for {sub} not delivered", id=batch.batch_id,
-        sub=subscriber_id,
+        "batch not delivered: no delivery sink", batch=batch.batch_id,
+        subscriber=subscriber_id,
     )
 
 

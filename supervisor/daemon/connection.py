@@ -344,8 +344,8 @@ class Connection:
         try:
             frame = encode_frame([EVENT, "swept", {**notice, "module_id": module_id}])
         except Exception as exc:
-            _log.bind(module=module_id).error("swept notice for {m} cannot be encoded: {e}",
-                                              m=module_id, e=exc)
+            _log.bind(module=module_id, error=str(exc)).error(
+                "swept notice cannot be encoded")
             return
         self.send(frame)
 

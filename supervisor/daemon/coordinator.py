@@ -255,7 +255,7 @@ class ModuleCoordinator:
         self._supervisor.ask(StartChildren(), timeout=10.0)
         self._started_at = time.monotonic()
         self._running = True
-        self._log.info("coordinator started in {mode}", mode=self.mode)
+        self._log.info("coordinator started")
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -324,8 +324,7 @@ class ModuleCoordinator:
         reply = self._ask_supervisor(RegisterModule(info))
         self.activity.touch(info.module_id)
         logger.bind(actor="supervisor", module=info.module_id).info(
-            "module registered: {name}", name=info.name
-        )
+            "module registered", name=info.name)
         strategy = self._strategy(self.mode)
         return Registration(module_id=info.module_id, mode=reply["mode"], strategy=strategy)
 
@@ -355,9 +354,8 @@ class ModuleCoordinator:
         if endpoint is None:
             self.undeliverable += len(batch.updates)
             logger.bind(actor="batcher", module=subscriber_id).warning(
-                "batch {id} for a module that went away ({n} updates)",
-                id=batch.batch_id, n=len(batch.updates),
-            )
+                "batch for a module that went away", batch=batch.batch_id,
+                updates=len(batch.updates))
             return
         endpoint.deliver(subscriber_id, batch)
 
@@ -458,7 +456,8 @@ class ModuleCoordinator:
                 try:
                     states[module_id] = bool(live(stall_s))
                 except Exception:
-                    self._log.opt(exception=True).error("liveness of {m} unknown", m=module_id)
+                    self._log.bind(module=module_id).opt(exception=True).error(
+                        "liveness unknown")
         return states
 
     def _notify_swept(self, module_id: str, notice: dict[str, Any]) -> None:
@@ -471,7 +470,8 @@ class ModuleCoordinator:
         try:
             swept(module_id, notice)
         except Exception:
-            self._log.opt(exception=True).error("could not tell {m} it was swept", m=module_id)
+            self._log.bind(module=module_id).opt(exception=True).error(
+                "could not tell the module it was swept")
 
     # -- coordinate --
 
@@ -680,8 +680,8 @@ class ModuleCoordinator:
         delivered = self.handles["batcher"].ask(FlushBatches(), timeout=5.0)
         cleared = self.handles["cache"].ask(Clear(), timeout=5.0)
         report = self.handles["memory"].ask(ForceCleanup(), timeout=10.0)
-        self._log.info("optimize: flushed {f}, delivered {d}, cache cleared {c}",
-                       f=flushed, d=delivered, c=cleared)
+        self._log.info("optimized", flushed=flushed, delivered=delivered,
+                       cache_cleared=cleared)
         return OptimizeReport(debounces_flushed=flushed, updates_delivered=delivered,
                               cache_cleared=cleared, memory=_plain(report))
 

@@ -312,8 +312,8 @@ class PublisherFlow:
             self._pauses += 1
         self._low = value
         self._progress_at = now
-        _log.debug("publish backlog {n} above {high}: pausing publishers", n=value,
-                   high=self.high_water)
+        _log.debug("publish backlog high: pausing publishers", backlog=value,
+                   high_water=self.high_water)
         self._throttle_publishers(now)
 
     def _throttle_publishers(self, now: float) -> None:
@@ -344,8 +344,8 @@ class PublisherFlow:
         elif now - self._progress_at >= self.stall_s:
             self._hooks.count("backpressure_stalls", 1)
             _log.warning(
-                "publish backlog stuck at {n} updates for {s:g} s: resuming publishers "
-                "anyway (is the debouncer running?)", n=value, s=self.stall_s)
+                "publish backlog stuck: resuming publishers anyway (is the debouncer "
+                "running?)", backlog=value, stalled_s=self.stall_s)
             self._rest_until = now + self.stall_s
             self._stop_throttling(now)
 
@@ -378,9 +378,9 @@ class PublisherFlow:
         self._out_pressure = True
         self._out_stall_check = self._hooks.now()
         self._hooks.count("output_pauses", 1)
-        _log.info("output pressure: {total} bytes queued ({full} connection(s) above "
-                  "{cap} bytes; budget {budget}): pausing publishers", total=total, full=full,
-                  cap=self.max_buffer_bytes, budget=self.output_budget_bytes)
+        _log.info("output pressure: pausing publishers", queued_bytes=total,
+                  full_connections=full, max_connection_bytes=self.max_buffer_bytes,
+                  max_total_bytes=self.output_budget_bytes)
         self._throttle_publishers(time.monotonic())
 
     def check_output(self) -> None:
@@ -392,8 +392,7 @@ class PublisherFlow:
             full = bool(self._out_full)
         if not full and total <= self.output_budget_bytes // 2:
             self._out_pressure = False
-            _log.info("output pressure over ({total} bytes queued): resuming publishers",
-                      total=total)
+            _log.info("output pressure over: resuming publishers", queued_bytes=total)
             if not self._throttling:
                 self._release_publishers()
             return
@@ -410,7 +409,7 @@ class PublisherFlow:
                 reason = (f"not reading: {conn.buffered()} bytes of output queued and none "
                           f"taken for {idle:.1f} s under output pressure (limit "
                           f"daemon.output.stall_timeout_s = {self.output_stall_s:g} s)")
-                _log.warning("disconnecting {conn}: {reason}", conn=conn, reason=reason)
+                _log.warning("disconnecting", connection=str(conn), reason=reason)
                 self._hooks.close(conn, reason)
 
 
@@ -518,10 +517,10 @@ class InputBudget:
         now = self._hooks.now()
         if now - self._waits_logged_at >= LIMIT_LOG_INTERVAL_S:
             _log.warning(
-                "input budget full: incomplete frames reserve {r} of {m} bytes; {n} "
-                "connection(s) held back (not read) since the last report until frames "
-                "complete; raise max_input_buffer_bytes in daemon.yaml if this is normal "
-                "load", r=self._reserved, m=self.max_input_bytes, n=self._waits_unlogged)
+                "input budget full: connections held back (not read) until frames complete; "
+                "raise max_input_buffer_bytes in daemon.yaml if this is normal load",
+                reserved_bytes=self._reserved, max_input_bytes=self.max_input_bytes,
+                held_back=self._waits_unlogged)
             self._waits_logged_at = now
             self._waits_unlogged = 0
 
@@ -569,8 +568,8 @@ class InputBudget:
                   f"{announced} bytes received), longer than frame_timeout_s "
                   f"({self.frame_timeout_s:g} s)")
         self._hooks.count("frame_timeouts", 1)
-        _log.warning("closing connection {id} (pid {pid}): {reason}", id=conn.conn_id,
-                     pid=conn.peer.pid, reason=reason)
+        _log.warning("closing connection", connection=conn.conn_id, peer_pid=conn.peer.pid,
+                     reason=reason)
         with contextlib.suppress(Exception):
             conn.send(encode_frame([RESPONSE, None, ["FramingError", (
                 f"{reason}; send each frame whole (frame_timeout_s in daemon.yaml sets the "
@@ -698,10 +697,10 @@ class AcceptGate:
         self._hooks.count("accept_pauses", 1)
         if now - self._logged_at >= LIMIT_LOG_INTERVAL_S:
             _log.warning(
-                "{reason}: accepting rests {p:g} s at a time; {n} connection attempt(s) "
-                "refused or failed since the last report, existing connections are "
-                "served; close idle clients or raise the open-files limit (LimitNOFILE=, "
-                "ulimit -n)", reason=reason, p=ACCEPT_PAUSE_S, n=self._unlogged)
+                "accepting paused: connection attempts refused or failed, existing "
+                "connections are served; close idle clients or raise the open-files limit "
+                "(LimitNOFILE=, ulimit -n)", reason=reason, pause_s=ACCEPT_PAUSE_S,
+                refused=self._unlogged)
             self._logged_at = now
             self._unlogged = 0
 

@@ -12,6 +12,17 @@ the ``context()`` callable given to :func:`setup_logging` (so every record carri
 current mode), and every other bound field (``module``, ``insight``, ``reason``, ``file``,
 ``key``...) sits at the top level too; an exception becomes an ``exception`` text field.
 
+The message says what happened in constant words and the values go in named fields, never
+into the text: ``log.info("optimized", flushed=2, delivered=2, cache_cleared=20)``, not
+``log.info("flushed {f}", f=2)`` (``tests/unit/test_log_calls.py`` checks every call).
+
+With ``also_stderr`` (the daemon in the foreground, or with stderr on the journal) a second
+sink writes each record as a :func:`format_record` line on stderr; when stderr is systemd's
+journal stream (:func:`stderr_is_journal`) every line starts with the level's sd-daemon
+``<N>`` priority (:data:`JOURNAL_PRIORITIES`) and the time is left to journald. Colour only
+on a terminal and never with ``NO_COLOR`` (:func:`color_wanted`). The lnav format of the
+JSON log is the package data file :func:`lnav_format_path`.
+
 Loguru rotates the file by size, renaming the full one next to it as
 ``modcoord.<YYYY-MM-DD_HH-MM-SS_ffffff>.jsonl`` (the file's creation time, local time; a
 ``.<n>`` counter is added before ``.jsonl`` when that name is taken), and keeps at most
@@ -44,20 +55,26 @@ from modcoord.supervisor.protocol.paths import open_for_writing
 
 __all__ = [
     "DEFAULT_ACTOR",
+    "JOURNAL_PRIORITIES",
     "LEVELS",
     "LOG_FILE",
     "ReadStatistics",
     "ReadStats",
+    "color_wanted",
     "follow_records",
     "format_record",
     "iter_records",
     "level_number",
+    "lnav_format_path",
     "log_files",
     "setup_logging",
     "shutdown_logging",
+    "stderr_is_journal",
 ]
 
 LOG_FILE = "modcoord.jsonl"
+#: The lnav format file for the JSON log, shipped in the package data.
+LNAV_FORMAT = Path(__file__).resolve().parent / "data" / "modcoord.lnav.json"
 DEFAULT_ACTOR = "daemon"
 
 #: Severity of loguru's standard levels; a level filter keeps this level and above.
@@ -144,22 +161,66 @@ def _open_log_file(path: str, flags: int) -> int:
     return open_for_writing(Path(path), flags, 0o666)  # the umask applies, as with open()
 
 
-def _human_format(record: Any) -> str:
-    """Format function of the optional stderr sink (plain text, coloured by us)."""
-    rec: dict[str, Any] = {
-        "time": record["time"].isoformat(timespec="milliseconds"),
-        "level": record["level"].name,
-        "message": record["message"],
-        "actor": record["extra"].get("actor", DEFAULT_ACTOR),
-    }
-    rec.update({k: v for k, v in record["extra"].items() if k not in _PROTECTED})
-    if record["exception"] is not None:
-        exc = record["exception"]
-        rec["exception"] = "".join(
-            traceback.format_exception(exc.type, exc.value, exc.traceback)
-        ).rstrip("\n")
-    record["_modcoord_human"] = format_record(rec, color=sys.stderr.isatty())
-    return "{_modcoord_human}\n"
+#: sd-daemon(3) priority of each loguru level, written as a ``<N>`` prefix on the journal.
+JOURNAL_PRIORITIES: dict[str, int] = {
+    "TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2,
+}
+
+
+def color_wanted(stream: Any) -> bool:
+    """Whether to colour what goes to ``stream``: only a terminal, and never when
+    ``NO_COLOR`` is set to a non-empty value (https://no-color.org). A stream without a
+    usable ``isatty`` (closed, replaced) gets no colour."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def stderr_is_journal(fd: int = 2) -> bool:
+    """Whether ``fd`` is the journal stream systemd connected us to: ``$JOURNAL_STREAM``
+    (``device:inode``) names the file ``fd`` is open on. Merely set (a child of a service
+    whose stderr was redirected elsewhere) does not count, as sd-daemon(3) advises.
+    Unset, malformed or a closed ``fd``: False."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not sep or not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+def _human_formatter(journal: bool, color: bool) -> Callable[[Any], str]:
+    """Format function of the stderr sink: :func:`format_record` lines. For the journal
+    every line of a record (an exception's too) starts with the level's ``<N>`` priority
+    and the time is left to journald; elsewhere the line starts with the time."""
+
+    def build(record: Any) -> str:
+        rec: dict[str, Any] = {
+            "time": record["time"].isoformat(timespec="milliseconds"),
+            "level": record["level"].name,
+            "message": record["message"],
+            "actor": record["extra"].get("actor", DEFAULT_ACTOR),
+        }
+        rec.update({k: v for k, v in record["extra"].items() if k not in _PROTECTED})
+        if record["exception"] is not None:
+            exc = record["exception"]
+            rec["exception"] = "".join(
+                traceback.format_exception(exc.type, exc.value, exc.traceback)
+            ).rstrip("\n")
+        text = format_record(rec, color=color, with_time=not journal)
+        if journal:
+            prefix = f"<{JOURNAL_PRIORITIES.get(rec['level'], 6)}>"
+            text = "\n".join(prefix + line for line in text.split("\n"))
+        record["_modcoord_human"] = text
+        return "{_modcoord_human}\n"
+
+    return build
 
 
 def setup_logging(
@@ -186,7 +247,11 @@ def setup_logging(
         context: called for every record; the fields it returns (normally ``{"mode": ...}``)
             are added to it, bound fields taking precedence. It must be quick and must not
             log. If it raises, the record is still written, with a ``context_error`` field.
-        also_stderr: also write human-readable lines (see :func:`format_record`) to stderr.
+        also_stderr: also write human-readable lines (see :func:`format_record`) to stderr,
+            at the same level: coloured on a terminal unless ``NO_COLOR`` is set; with
+            sd-daemon ``<N>`` priority prefixes and no time when stderr is the journal
+            (:func:`stderr_is_journal`). A failed write to stderr is reported by loguru
+            on stderr and never stops the file sink.
 
     Returns:
         The loguru handler id of the file sink.
@@ -225,8 +290,10 @@ def setup_logging(
         )
         _handler_ids.append(handler_id)
         if also_stderr:
+            journal = stderr_is_journal()
             _handler_ids.append(logger.add(
-                sys.stderr, level=level, format=_human_format, colorize=False,
+                sys.stderr, level=level, colorize=False,
+                format=_human_formatter(journal, color=not journal and color_wanted(sys.stderr)),
                 backtrace=False, diagnose=False, catch=True,
             ))
     return handler_id
@@ -242,6 +309,11 @@ def shutdown_logging() -> None:
     """Remove the handlers :func:`setup_logging` added, closing the log file (idempotent)."""
     with _state_lock:
         _remove_handlers_locked()
+
+
+def lnav_format_path() -> Path:
+    """Return the path of the packaged lnav format file (``lnav -i PATH`` installs it)."""
+    return LNAV_FORMAT
 
 
 # --------------------------------------------------------------------------- reading
@@ -623,10 +695,11 @@ def _plain_value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=_json_default)
 
 
-def format_record(rec: dict[str, Any], color: bool = False) -> str:
+def format_record(rec: dict[str, Any], color: bool = False, with_time: bool = True) -> str:
     """Render a record as ``HH:MM:SS.mmm LEVEL    actor[module] message key=value ...``.
 
-    The time is shown as written (the daemon's local time). ``[module]`` appears only
+    The time is shown as written (the daemon's local time); ``with_time=False`` leaves it
+    out (journald stamps each line itself). ``[module]`` appears only
     when the record concerns a module. Other fields follow as ``key=value`` (values with
     spaces or quotes JSON-quoted); an exception follows on the next lines. With ``color``
     the level is coloured by severity and the keys are dimmed (ANSI escapes).
@@ -641,11 +714,11 @@ def format_record(rec: dict[str, Any], color: bool = False) -> str:
     fields = [(k, v) for k, v in rec.items() if k not in _SHOWN_APART]
     if color:
         tint = _LEVEL_COLORS.get(level, "")
-        head = (f"{_DIM}{when}{_RESET} {tint}{level:<8}{_RESET} "
-                f"{_WHO}{who}{_RESET} {tint}{message}{_RESET}")
+        head = (f"{_DIM}{when}{_RESET} " if with_time else "") + (
+            f"{tint}{level:<8}{_RESET} {_WHO}{who}{_RESET} {tint}{message}{_RESET}")
         tail = "".join(f" {_DIM}{k}={_RESET}{_plain_value(v)}" for k, v in fields)
     else:
-        head = f"{when} {level:<8} {who} {message}"
+        head = (f"{when} " if with_time else "") + f"{level:<8} {who} {message}"
         tail = "".join(f" {k}={_plain_value(v)}" for k, v in fields)
     line = head + tail
     exc = rec.get("exception")

@@ -208,8 +208,9 @@ def is_locked(path: Path) -> bool:
 
 
 class _Daemon:
-    def __init__(self, options: DaemonOptions) -> None:
+    def __init__(self, options: DaemonOptions, log_to_stderr: bool = False) -> None:
         self.options = options
+        self.log_to_stderr = log_to_stderr
         self.stop_requested = threading.Event()
         self.exit_code = EXIT_OK
         self._signals = 0
@@ -224,8 +225,8 @@ class _Daemon:
         if self._signals > 1:
             os.write(2, b"modcoord: second signal, forcing exit\n")
             os._exit(EXIT_FAILURE)
-        logger.bind(actor="daemon").info("signal {sig}: stopping gracefully",
-                                         sig=signal.Signals(signum).name)
+        logger.bind(actor="daemon").info("stopping gracefully",
+                                         signal=signal.Signals(signum).name)
         self.stop_requested.set()
 
     def run(self, ready: Any) -> int:
@@ -280,6 +281,7 @@ class _Daemon:
                 log_dir, level=config.daemon.logs.level, max_bytes=config.daemon.logs.max_bytes,
                 keep=config.daemon.logs.keep,
                 context=lambda: {"mode": holder["c"].mode if "c" in holder else mode},
+                also_stderr=self.log_to_stderr,
             )
             log = logger.bind(actor="daemon")
             coordinator = create_engine(
@@ -303,7 +305,7 @@ class _Daemon:
             if sock.exists() or sock.is_symlink():
                 sock.unlink()  # stale: we hold the lock, so no daemon owns it
             nofile_before, nofile = raise_nofile_limit()
-            log.info("open files limit {} (soft limit was {})", nofile, nofile_before)
+            log.info("open files limit", limit=nofile, soft_limit_was=nofile_before)
             output = config.daemon.output
             server = Server(controller, str(sock), max_frame_bytes=config.daemon.max_frame_bytes,
                             drain_timeout=config.daemon.shutdown_timeout_s,
@@ -329,10 +331,8 @@ class _Daemon:
             signal.signal(signal.SIGINT, self._on_term)
             signal.signal(signal.SIGHUP, lambda s, f: threading.Thread(
                 target=reloader.submit, args=("SIGHUP",), daemon=True).start())
-            # Positional arguments: a ``pid=`` keyword would land in the record as a
-            # duplicate ``extra_pid`` field (``pid`` is a core field).
-            log.bind(socket=str(sock)).info("daemon ready: pid {}, socket {}, mode {}",
-                                            os.getpid(), str(sock), mode)
+            # The record's own ``pid`` and ``mode`` fields say which daemon and mode.
+            log.bind(socket=str(sock)).info("daemon ready")
             ready.ok(os.getpid(), str(sock))
             sd_notify(f"READY=1\nMAINPID={os.getpid()}")
             while not self.stop_requested.wait(0.5):
@@ -341,12 +341,13 @@ class _Daemon:
             sd_notify("STOPPING=1")
             return self.exit_code
         except UnsafePathError as exc:  # the log file or daemon.json
-            logger.bind(actor="daemon", path=exc.path).critical("daemon failed: {e}", e=exc)
+            logger.bind(actor="daemon", path=exc.path, error=str(exc)).critical("daemon failed")
             ready.fail(EXIT_CONFIG, str(exc))
             self.exit_code = EXIT_CONFIG
             return EXIT_CONFIG
         except Exception as exc:
-            logger.bind(actor="daemon").opt(exception=True).critical("daemon failed: {e}", e=exc)
+            logger.bind(actor="daemon", error=str(exc)).opt(exception=True).critical(
+                "daemon failed")
             ready.fail(EXIT_FAILURE, f"daemon failed: {exc}")
             self.exit_code = EXIT_FAILURE
             return EXIT_FAILURE
@@ -364,7 +365,7 @@ class _Daemon:
             if server is not None:
                 server.stop()
             state_file.unlink(missing_ok=True)
-            logger.bind(actor="daemon").info("daemon stopped (exit {code})", code=self.exit_code)
+            logger.bind(actor="daemon").info("daemon stopped", exit_code=self.exit_code)
             shutdown_logging()
             lock.release()
 
@@ -404,20 +405,27 @@ def run(options: DaemonOptions, ready_fd: int | None = None) -> int:
     Whatever fails before the daemon is ready is reported to ``ready_fd`` (or printed on
     stderr without one) as ``ERROR <code> <message>``; an unexpected exception gives 1.
     """
+    from modcoord.supervisor.daemon.logs import stderr_is_journal
+
     ready = _Ready(ready_fd)
+    # Human lines on stderr in the foreground, and whenever stderr is the journal (a
+    # detached daemon keeps that stderr, see spawn); never to the /dev/null of a detached one.
+    to_stderr = ready_fd is None or stderr_is_journal()
     try:
-        return _Daemon(options).run(ready)
+        return _Daemon(options, log_to_stderr=to_stderr).run(ready)
     except Exception as exc:
         ready.fail(EXIT_FAILURE, f"daemon failed: {type(exc).__name__}: {exc}")
         return EXIT_FAILURE
 
 
-def detach_descriptors(keep: tuple[int, ...] = ()) -> None:
+def detach_descriptors(keep: tuple[int, ...] = (), keep_stderr: bool = False) -> None:
     """Let go of every file descriptor inherited from the caller: stdin, stdout and stderr
     go to ``/dev/null`` and every other descriptor is closed except those in ``keep`` (the
     readiness pipe). A caller that reads one of its descriptors to EOF (``out=$(modcoord
     start 4>&1)``, a CI runner, an ssh wrapper) then gets it as soon as ``start`` returns,
-    not when the daemon stops.
+    not when the daemon stops. With ``keep_stderr`` (stderr is the journal's stream, which
+    no caller reads to EOF) stderr stays as it is, so the daemon's log lines reach the
+    journal.
 
     Run in the detached child before the daemon opens anything of its own.
 
@@ -426,7 +434,7 @@ def detach_descriptors(keep: tuple[int, ...] = ()) -> None:
             ``start`` reports that the daemon exited before it was ready).
     """
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1) if keep_stderr else (0, 1, 2):
         os.dup2(devnull, fd)
     kept = sorted({0, 1, 2, *keep})
     low = 0
@@ -476,7 +484,9 @@ def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
-        detach_descriptors(keep=(w,))
+        from modcoord.supervisor.daemon.logs import stderr_is_journal
+
+        detach_descriptors(keep=(w,), keep_stderr=stderr_is_journal())
         os.chdir("/")
         code = EXIT_FAILURE
         try:

@@ -8,8 +8,10 @@ watchdog's inotify observer, and coalesces a burst of events on ``*.yaml`` files
 :class:`Reloader` does one reload: load and validate the whole directory, skip it when
 nothing changed (same digest), otherwise apply it. An invalid config is rejected as a
 whole: the running config stays, the error (file, key, problem) is kept as ``last_error``
-until a later load succeeds, and it is logged. Under systemd (``Type=notify-reload``) the
-reload is bracketed by ``RELOADING=1`` and ``READY=1`` notifications.
+until a later load succeeds, and it is logged. Under systemd every reload is bracketed by
+``RELOADING=1`` (with ``MONOTONIC_USEC``) and ``READY=1`` notifications; the shipped unit
+(``Type=notify``) reloads with ``ExecReload=modcoord reload``, which waits for the outcome
+and exits 1 on a rejected config, so ``systemctl reload`` reports it.
 
 In the daemon every reload (a ``reload`` request, SIGHUP, a file change) runs on the
 reloader's own thread (:meth:`Reloader.submit`), one at a time, with at most one more

@@ -466,8 +466,7 @@ class Server:
         self._thread = threading.Thread(target=self._run, name="modcoord-server-io",
                                         daemon=True)
         self._thread.start()
-        _log.info("listening on {path} (at most {n} connections)", path=path,
-                  n=self.max_connections)
+        _log.info("listening", path=path, max_connections=self.max_connections)
         return self
 
     @staticmethod
@@ -485,7 +484,7 @@ class Server:
         except (ConnectionRefusedError, FileNotFoundError):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            _log.info("removed stale socket {path}", path=path)
+            _log.info("removed a stale socket", path=path)
             return
         except OSError:
             pass
@@ -614,8 +613,8 @@ class Server:
             self._counters["undelivered_bytes"] += size
         modules = module_id or ", ".join(sorted(conn.module_ids)) or "no module"
         _log.bind(module=module_id).warning(
-            "{n} update(s) to {modules} not delivered ({size} bytes): {reason}",
-            n=updates, modules=modules, size=size, reason=reason)
+            "updates not delivered", updates=updates, modules=modules, bytes=size,
+            reason=reason)
 
     def count_undeliverable(self, module_id: str, batch_id: int,
                              failed: Sequence[tuple[Any, str]], sent: int) -> None:
@@ -623,10 +622,9 @@ class Server:
         self.count("undeliverable_updates", len(failed))
         first, why = failed[0]
         _log.bind(module=module_id).error(
-            "batch {id} for {module}: {n} update(s) cannot be delivered and were left out "
-            "(first: {src}/{key} seq {seq}: {why}); the other {sent} were sent",
-            id=batch_id, module=module_id, n=len(failed), src=first.module_id,
-            key=first.key, seq=first.seq, why=why, sent=sent)
+            "updates cannot be delivered: left out of the batch, the others were sent",
+            batch=batch_id, left_out=len(failed), first_source=first.module_id,
+            first_key=first.key, first_seq=first.seq, why=why, sent=sent)
 
     def _emit(self, conn: Connection, frame: bytes) -> None:
         """Send a frame, coalescing when called inside the I/O thread's processing."""
@@ -640,7 +638,7 @@ class Server:
             frame = encode_frame([RESPONSE, rid, None, result])
         except Exception as exc:
             self.count("internal_errors")
-            _log.error("response to request {rid} cannot be encoded: {exc}", rid=rid, exc=exc)
+            _log.error("response cannot be encoded", request=rid, error=str(exc))
             frame = encode_frame([RESPONSE, rid,
                                   ["InternalError", f"result cannot be encoded: {exc}"], None])
         self._emit(conn, frame)
@@ -650,7 +648,7 @@ class Server:
             self.count("invalid_messages")
         elif not isinstance(exc, ModcoordError):
             self.count("internal_errors")
-            _log.opt(exception=exc).error("internal error answering request {rid}", rid=rid)
+            _log.opt(exception=exc).error("internal error answering a request", request=rid)
         self._emit(conn, encode_frame([RESPONSE, rid, error_to_wire(exc), None]))
 
     # -- the I/O loop ------------------------------------------------------------------------
@@ -746,7 +744,7 @@ class Server:
                     self._close_listener()
             except Exception:
                 self.count("internal_errors")
-                _log.opt(exception=True).error("error handling {kind}", kind=kind)
+                _log.opt(exception=True).error("error handling a job", kind=kind)
                 if conn is not None:
                     self._close(conn, "internal error")
 
@@ -796,7 +794,7 @@ class Server:
             assert self._selector is not None
             self._selector.register(sock, selectors.EVENT_READ, conn)
             self.count("accepted")
-            _log.debug("connection {id} from pid {pid}", id=conn.conn_id, pid=peer.pid)
+            _log.debug("connection accepted", connection=conn.conn_id, peer_pid=peer.pid)
 
     def _refuse(self, sock: socket.socket, peer: PeerCredentials | None) -> None:
         self.count("refused")
@@ -804,7 +802,7 @@ class Server:
             reason = "peer credentials unavailable"
         else:
             reason = f"peer uid {peer.uid} (pid {peer.pid}) is not allowed"
-        _log.warning("refused connection: {reason}", reason=reason)
+        _log.warning("refused a connection", reason=reason)
         try:
             sock.setblocking(False)
             sock.send(encode_frame([RESPONSE, None, ["PermissionError", f"refused: {reason}"],
@@ -887,7 +885,7 @@ class Server:
             self._process(conn, messages)
         except FramingError as exc:
             self.count("framing_errors")
-            _log.warning("broken framing on connection {id}: {exc}", id=conn.conn_id, exc=exc)
+            _log.warning("broken framing", connection=conn.conn_id, error=str(exc))
             out.append(encode_frame([RESPONSE, None, error_to_wire(exc), None]))
             conn.close_when_flushed = True
         finally:
@@ -1019,7 +1017,7 @@ class Server:
             self._respond_error(conn, rid_or_none, exc)
             if rid_or_none is None:
                 self.count("framing_errors")
-                _log.warning("closing connection {id}: {exc}", id=conn.conn_id, exc=exc)
+                _log.warning("closing connection", connection=conn.conn_id, error=str(exc))
                 conn.close_when_flushed = True
                 conn.paused = True
             return
@@ -1041,10 +1039,9 @@ class Server:
     def _on_hello(self, conn: Connection, rid: int, params: HelloParams) -> None:
         conn.client_name = params.client
         if params.protocol and params.protocol != PROTOCOL_VERSION:
-            _log.warning("connection {id} ({client}, pid {pid}) speaks protocol version "
-                         "{theirs}; refused (this daemon speaks {ours})", id=conn.conn_id,
-                         client=params.client or "unnamed client", pid=params.pid,
-                         theirs=params.protocol, ours=PROTOCOL_VERSION)
+            _log.warning("refused a client speaking another protocol version",
+                         connection=conn.conn_id, client=params.client or "unnamed client",
+                         peer_pid=params.pid, theirs=params.protocol, ours=PROTOCOL_VERSION)
             raise ProtocolVersionError(
                 f"hello: the client speaks protocol version {params.protocol} but this "
                 f"daemon speaks version {PROTOCOL_VERSION}; use the same modcoord version "
@@ -1073,8 +1070,7 @@ class Server:
                     self._unregister_quietly(conn, info.module_id)
                 else:
                     _log.bind(module=info.module_id).debug(
-                        "module {m} registered on connection {id}", m=info.module_id,
-                        id=conn.conn_id)
+                        "module registered on a connection", connection=conn.conn_id)
                     self._respond(conn, rid, result)
             finally:
                 self.post("resume", conn, "")
@@ -1148,8 +1144,8 @@ class Server:
                               result: Any) -> None:
         reply = conn.take_callback(cid)
         if reply is None:
-            _log.debug("late or unknown callback response {cid} on connection {id}",
-                       cid=cid, id=conn.conn_id)
+            _log.debug("late or unknown callback response", callback=cid,
+                       connection=conn.conn_id)
             return
         if error is None:
             safe_reply(reply, result, None)
@@ -1185,7 +1181,7 @@ class Server:
         conn.sock.close()
         conn.backlog.clear()
         self.count("closed")
-        _log.debug("connection {id} closed: {reason}", id=conn.conn_id, reason=reason)
+        _log.debug("connection closed", connection=conn.conn_id, reason=reason)
         if lost_updates:
             self.count_undelivered(conn, lost_updates, lost_bytes,
                                     f"connection {conn.conn_id} closed ({reason}) before "
@@ -1204,7 +1200,7 @@ class Server:
             self.coordinator.unregister(module_id, conn)
         except Exception:
             _log.bind(module=module_id).opt(exception=True).warning(
-                "unregistering {m} after its connection closed failed", m=module_id)
+                "unregistering after the connection closed failed")
 
     def _close_listener(self) -> None:
         listener = self._listener
@@ -1222,7 +1218,7 @@ class Server:
                 os.unlink(path)
         except OSError:
             pass
-        _log.info("stopped listening on {path}", path=path)
+        _log.info("stopped listening", path=path)
 
     def _shutdown(self) -> None:
         self._close_listener()
@@ -1256,9 +1252,9 @@ class Server:
                 lost = sum(c.buffered() for c in pending)
                 self.undelivered_bytes_at_stop = lost
                 _log.warning(
-                    "drain timeout ({t:g} s): {n} bytes of output to {c} slow client(s) not "
-                    "delivered at stop; raise shutdown_timeout_s in daemon.yaml",
-                    t=self.drain_timeout, n=lost, c=len(pending))
+                    "drain timeout: output to slow clients not delivered at stop; raise "
+                    "shutdown_timeout_s in daemon.yaml", timeout_s=self.drain_timeout,
+                    bytes=lost, clients=len(pending))
                 return
             for conn in pending:
                 conn.reading = False

@@ -238,8 +238,7 @@ def test_second_sigterm_forces_exit(daemon_factory: Callable[..., DaemonProcess]
     finally:
         sink.close()
     assert code == 1
-    assert d.proc is not None and d.proc.stderr is not None
-    assert "second signal" in d.proc.stderr.read()
+    assert "second signal" in d.stderr_text()
     assert not any(r["message"].startswith("daemon stopped") for r in records(d))
 
 
@@ -399,5 +398,6 @@ def test_restart_intensity_exceeded_flushes_and_exits_1(
         wait_for(lambda: len(sub.latest) == 30, 5, message="pending updates flushed")
     assert sub.latest == {f"k{i}": i for i in range(30)}
     logged = records(d)
-    assert any("intensity" in r["message"] for r in logged), [r["message"] for r in logged]
-    assert any(r["message"] == "daemon stopped (exit 1)" for r in logged)
+    assert any("intensity" in r.get("reason", "") for r in logged if r["level"] == "CRITICAL"), [
+        r["message"] for r in logged]
+    assert any(r["message"] == "daemon stopped" and r["exit_code"] == 1 for r in logged)

@@ -120,6 +120,11 @@ def test_the_wheel_metadata_license_test_extras_unit_and_classifiers(wheel: Path
         unit = "modcoord/supervisor/daemon/data/modcoord.service"
         assert unit in names
         assert zf.read(unit) == (ROOT / "scripts" / "modcoord.service").read_bytes()
+        # The lnav format file (``modcoord logs --lnav-format-path`` prints where).
+        lnav = "modcoord/supervisor/daemon/data/modcoord.lnav.json"
+        assert lnav in names
+        assert zf.read(lnav) == (ROOT / "supervisor" / "daemon" / "data" /
+                                 "modcoord.lnav.json").read_bytes()
 
     # Python versions: the classifier names the version the suite runs on, and no other
     # (a version no test covers is not claimed).
@@ -171,6 +176,13 @@ def test_the_wheel_in_a_fresh_venv_imports_every_module_of_the_source_tree(
     assert (installed / "supervisor" / "py.typed").exists()
     assert (installed / "actors" / "py.typed").exists()
     assert (installed / "supervisor" / "daemon" / "data" / "modcoord.service").is_file()
+    lnav = subprocess.run([str(venv / "bin" / "modcoord"), "logs", "--lnav-format-path"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert lnav.returncode == 0, lnav.stderr[-3000:]
+    assert Path(lnav.stdout.strip()).resolve() == (
+        installed / "supervisor" / "daemon" / "data" / "modcoord.lnav.json").resolve()
+    json.loads(Path(lnav.stdout.strip()).read_text())
     cli = subprocess.run([str(venv / "bin" / "modcoord"), "--help"], capture_output=True,
                          text=True, timeout=60, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
     assert cli.returncode == 0, cli.stderr[-3000:]

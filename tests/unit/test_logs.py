@@ -15,6 +15,7 @@ import pytest
 from loguru import logger
 
 from modcoord.supervisor.daemon.logs import (
+    LEVELS,
     LOG_FILE,
     ReadStats,
     follow_records,
@@ -319,3 +320,86 @@ def test_format_record_plain_and_coloured() -> None:
                           "message": "boom", "exception": "Traceback\nValueError: x"})
     assert bare.splitlines() == ["23:00:00.004 ERROR    daemon boom", "Traceback",
                                  "ValueError: x"]
+
+
+# --------------------------------------------------------------------------- stderr, journal
+
+
+def test_color_wanted_only_on_a_terminal_and_never_with_no_color(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from modcoord.supervisor.daemon.logs import color_wanted
+
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    class Closed:
+        def isatty(self) -> bool:
+            raise ValueError("I/O operation on closed file")
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert color_wanted(Tty()) is True
+    assert color_wanted(Closed()) is False and color_wanted(object()) is False
+    monkeypatch.setenv("NO_COLOR", "")
+    assert color_wanted(Tty()) is True  # set but empty does not count
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert color_wanted(Tty()) is False
+
+
+def test_stderr_is_journal_compares_device_and_inode(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from modcoord.supervisor.daemon.logs import stderr_is_journal
+
+    with open(tmp_path / "journal", "wb") as journal, open(tmp_path / "other", "wb") as other:
+        st = os.fstat(journal.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert stderr_is_journal(journal.fileno()) is True
+        assert stderr_is_journal(other.fileno()) is False  # set, but not this file
+        for bad in ("", "garbage", f"{st.st_dev}", f"{st.st_dev}:x"):
+            monkeypatch.setenv("JOURNAL_STREAM", bad)
+            assert stderr_is_journal(journal.fileno()) is False
+    monkeypatch.delenv("JOURNAL_STREAM")
+    assert stderr_is_journal(0) is False
+
+
+def test_journal_lines_carry_priorities_on_every_line_and_no_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from modcoord.supervisor.daemon.logs import JOURNAL_PRIORITIES
+
+    journal = open(tmp_path / "journal", "w")  # noqa: SIM115 - closed below
+    st = os.fstat(journal.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    monkeypatch.setattr(sys, "stderr", journal)
+    os_stderr = os.dup(2)
+    os.dup2(journal.fileno(), 2)  # the check looks at descriptor 2
+    try:
+        setup_logging(tmp_path / "logs", level="DEBUG", also_stderr=True)
+        logger.bind(actor="cache").debug("purged expired entries", entries=3)
+        logger.bind(actor="reloader").warning("config reload rejected", key="cache.ttl_ms")
+        try:
+            raise RuntimeError("kaput")
+        except RuntimeError:
+            logger.bind(actor="batcher").exception("batch delivery failed")
+        shutdown_logging()
+    finally:
+        os.dup2(os_stderr, 2)
+        os.close(os_stderr)
+        journal.close()
+    lines = (tmp_path / "journal").read_text().splitlines()
+    assert lines[0] == "<7>DEBUG    cache purged expired entries entries=3"
+    assert lines[1] == "<4>WARNING  reloader config reload rejected key=cache.ttl_ms"
+    assert lines[2] == "<3>ERROR    batcher batch delivery failed"
+    assert len(lines) > 4 and all(line.startswith("<3>") for line in lines[2:])
+    assert lines[-1] == "<3>RuntimeError: kaput"
+    assert set(JOURNAL_PRIORITIES) == set(LEVELS)
+
+
+def test_format_record_without_time() -> None:
+    rec = {"time": "2026-12-01T23:50:05.852+00:00", "level": "INFO", "message": "optimized",
+           "actor": "coordinator", "flushed": 2, "delivered": 2, "cache_cleared": 20}
+    assert format_record(rec) == (
+        "23:50:05.852 INFO     coordinator optimized flushed=2 delivered=2 cache_cleared=20")
+    assert format_record(rec, with_time=False) == (
+        "INFO     coordinator optimized flushed=2 delivered=2 cache_cleared=20")

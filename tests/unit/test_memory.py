@@ -209,7 +209,8 @@ def test_inactive_module_is_swept_at_cleanup_tick_after_inactive_after(
     assert h.activity.is_swept("a")
     swept_logs = [r for r in memory_logs if r["extra"].get("module") == "a"]
     assert swept_logs and "subscriptions removed" in swept_logs[0]["message"]
-    assert any("interval cleanup" in r["message"] for r in memory_logs)
+    assert any(r["message"] == "cleanup done" and r["extra"].get("reason") == "interval"
+               for r in memory_logs)
     # A later tick does not unsubscribe it again.
     h.activity.touch("b")
     h.advance(1)
@@ -300,7 +301,7 @@ def test_a_stalled_connection_is_swept_told_and_reactivated_when_it_reads_again(
     assert module_id == "listener" and "connection" in notice["reason"]
     assert notice["inactive_after_ms"] == 5000.0 and notice["idle_s"] > 5.0
     swept = [r for r in memory_logs if "subscriptions removed" in r["message"]]
-    assert len(swept) == 1 and "connection" in swept[0]["message"]
+    assert len(swept) == 1 and "connection" in swept[0]["extra"]["reason"]
     assert swept[0]["extra"]["module"] == "listener"
     h.run(3)  # still stalled: swept once, told once
     assert len(h.sent("batcher", "Unsubscribe")) == 1 and len(conns.told) == 1
@@ -309,7 +310,7 @@ def test_a_stalled_connection_is_swept_told_and_reactivated_when_it_reads_again(
     assert [(m.module_id, tuple(m.sources)) for m in h.sent("batcher", "Subscribe")] == [
         ("listener", ("src",))]
     assert stats.modules_swept == 0 and stats.reactivations_total == 1
-    assert any("reads again" in r["message"] for r in memory_logs)
+    assert any("reads again" in r["extra"].get("why", "") for r in memory_logs)
 
 
 def test_registering_a_swept_module_again_restores_and_counts_it(

@@ -409,7 +409,8 @@ def test_no_flapping_and_quiet_logging(start: Callable[..., Harness], clock: Moc
     record = fired_logs(records, "memory_near_limit")[-1]
     assert record["extra"]["severity"] == "critical"
     assert record["level"].name == "ERROR"
-    assert "Memory usage near its limit" in record["message"]
+    assert record["message"] == "insight fired"
+    assert "Memory usage near its limit" in record["extra"]["summary"]
     cleared = [r for r in records if r["extra"].get("event") == "cleared"]
     assert len(cleared) == 1
 

@@ -1,5 +1,7 @@
 """The example systemd unit, ``scripts/modcoord.service``: a notify service that starts the
-daemon in the foreground, reloads by SIGHUP and does not restart on a config error (78)."""
+daemon in the foreground, reloads with ``modcoord reload`` (which waits for the outcome and
+fails on a rejected config) and does not restart on a config error (78). The run against a
+real daemon is in tests/integration/test_journal.py."""
 
 from __future__ import annotations
 
@@ -32,7 +34,10 @@ def test_systemd_unit_example() -> None:
     assert service["Type"] == ["notify"]
     assert service["ExecStart"][0].split()[-2:] == ["start", "--foreground"]
     assert service["ExecStart"][0].split()[0].endswith("modcoord")
-    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    [reload] = service["ExecReload"]
+    assert reload.split()[0].endswith("modcoord") and reload.split()[1:] == ["reload"]
+    # The same program as ExecStart, so it finds the same daemon (MODCOORD_RUNTIME_DIR).
+    assert reload.split()[0] == service["ExecStart"][0].split()[0]
     assert service["KillSignal"] == ["SIGTERM"]
     assert service["Restart"] == ["on-failure"]
     assert service["RuntimeDirectory"] == ["modcoord"]
