@@ -5,23 +5,21 @@
 family against the table :data:`~modcoord.supervisor.daemon.exposition.METRICS` (type,
 labels, unit suffix), that no gauge carries a ``quantile`` label, and that histograms are
 cumulative with ``+Inf == _count``. :func:`promtool` finds ``promtool`` (``$PROMTOOL``,
-``PATH``, or ``.cache/promtool`` where ``scripts/get-promtool`` puts it).
+``PATH``, or ``.cache/tools`` where ``scripts/get-tools`` puts it; see ``tools.py``).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from tools import find_tool, tool_or_skip
 
 from modcoord.actors.histogram import PROMETHEUS_BUCKETS_S
 from modcoord.supervisor.daemon.exposition import METRICS
@@ -30,7 +28,6 @@ __all__ = ["check_conventions", "check_histogram", "parse_openmetrics", "parse_t
            "promtool", "promtool_check", "promtool_or_skip", "spec_for", "value_of"]
 
 REPO = Path(__file__).resolve().parent.parent
-PROMTOOL_CACHE = REPO / ".cache" / "promtool" / "promtool"
 UNITS = ("seconds", "bytes", "ratio")
 PROCESS_FAMILIES = {"process_resident_memory_bytes", "process_cpu_seconds",
                     "process_start_time_seconds", "process_open_fds", "process_max_fds",
@@ -127,24 +124,12 @@ def value_of(families: dict[str, Metric], family: str, sample: str | None = None
 
 def promtool() -> str | None:
     """The path of ``promtool``, or None if it is not installed here."""
-    for candidate in (os.environ.get("PROMTOOL"), shutil.which("promtool"),
-                      str(PROMTOOL_CACHE) if PROMTOOL_CACHE.exists() else None):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    return find_tool("promtool")
 
 
 def promtool_or_skip() -> str:
-    """``promtool``'s path; skip the test when it is absent, fail instead when
-    ``$MODCOORD_REQUIRE_PROMTOOL`` is set (``.ci/run`` sets it after fetching it)."""
-    tool = promtool()
-    if tool is None:
-        reason = ("promtool is not installed: run scripts/get-promtool (it extracts promtool "
-                  "from Debian's prometheus package into .cache/promtool) or put it on PATH")
-        if os.environ.get("MODCOORD_REQUIRE_PROMTOOL"):
-            pytest.fail(reason + " ($MODCOORD_REQUIRE_PROMTOOL is set)")
-        pytest.skip(reason)
-    return tool
+    """``promtool``'s path; skips (or fails, where the run requires it) without it."""
+    return tool_or_skip("promtool")
 
 
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ import pty
 import re
 import select
 import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import CLI, DaemonFactory, DaemonProcess, file_records, run_cli, wait_for
+from tools import tool_or_skip
 
 from modcoord.supervisor.daemon.logs import LEVELS, LOG_FILE, lnav_format_path
 
@@ -211,21 +211,21 @@ def test_the_lnav_format_matches_a_real_daemons_records(daemon_factory: DaemonFa
     assert fmt["opid-field"] in fmt["value"]
 
 
-@pytest.mark.skipif(shutil.which("lnav") is None, reason="lnav is not installed")
 def test_lnav_installs_the_format_and_parses_a_real_daemons_log(
         daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    lnav = tool_or_skip("lnav")
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "TERM": "dumb"}
     path = run_cli("logs", "--lnav-format-path").out.strip()
-    installed = subprocess.run(["lnav", "-i", path], capture_output=True, text=True,
+    installed = subprocess.run([lnav, "-i", path], capture_output=True, text=True,
                                env=env, timeout=30)
     assert installed.returncode == 0, installed.stderr
     d = daemon_factory()
     recs = _a_daemons_records(d)
     name = next(k for k in json.loads(Path(path).read_text()) if k != "$schema")
     query = (f";SELECT log_level, actor, log_body FROM {name}")
-    out = subprocess.run(["lnav", "-n", "-c", query, str(d.runtime_dir / LOG_FILE)],
+    out = subprocess.run([lnav, "-n", "-c", query, str(d.runtime_dir / LOG_FILE)],
                          capture_output=True, text=True, env=env, timeout=30)
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines()[1:] if line.strip()]
