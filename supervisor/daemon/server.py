@@ -1,18 +1,11 @@
 """The daemon's socket server: one I/O thread serving every module connection.
 
 A :class:`Server` listens on a Unix socket (mode 0600) and runs one ``selectors`` loop over
-the listening socket and every non-blocking connection. It validates each inbound message
-(:mod:`modcoord.supervisor.protocol.wire`) before anything reaches the coordinator, and keeps the
-I/O thread free of blocking work:
-
-- ``publish`` requests parsed from one read go to ``coordinator.publish_many`` in one call
-  (checked inline on a fast path; their acknowledgements are encoded in one go);
-- ``coordinate`` hands a reply callback to ``coordinator.coordinate``, answered from any
-  thread (at once for a cache hit);
-- ``register``/``unregister`` run on one serial registration thread; the connection's
-  later messages wait (in order) until that completes, so a pipelined publish after a
-  register sees the module registered;
-- control methods (``status``, ``set_mode``, ...) run on a small pool of control threads.
+the listening socket and every non-blocking connection. What each inbound message does —
+validation against the call table before anything reaches the coordinator, the publish fast
+path, the registration thread, the control threads — is
+:class:`~modcoord.supervisor.daemon.requests.Requests`, whose docstring states the rules;
+the loop keeps itself free of blocking work.
 
 Responses produced while processing one read are coalesced into one ``send``. Other
 threads (the batcher delivering, a reply callback) write with :meth:`Connection.send`,
@@ -47,20 +40,15 @@ import os
 import selectors
 import socket
 import stat
-import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from queue import SimpleQueue
-from typing import Any, cast
+from typing import Any
 
 from loguru import logger
 
-from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.supervisor.daemon.connection import (
     Connection,
     PeerCredentials,
@@ -84,29 +72,12 @@ from modcoord.supervisor.daemon.flow import (
     PublisherFlow,
     raise_nofile_limit,
 )
-from modcoord.supervisor.protocol.calls import (
-    CALLS,
-    CONTROL,
-    PROTOCOL_VERSION,
-    CoordinateParams,
-    HelloParams,
-    ModuleIdParams,
-    Params,
-    PublishParams,
-    RegisterParams,
-    decode_params,
-    publish_item,
-)
-from modcoord.supervisor.protocol.errors import FramingError, ProtocolVersionError, error_to_wire
+from modcoord.supervisor.daemon.requests import Requests
+from modcoord.supervisor.daemon.statistics import COUNTERS, ServerStatistics
+from modcoord.supervisor.protocol.errors import FramingError, error_to_wire
 from modcoord.supervisor.protocol.framing import (
-    CALLBACK_RESPONSE,
-    REQUEST,
     RESPONSE,
-    encode_acks,
     encode_frame,
-    encode_frames,
-    request_id_of,
-    split_inbound,
 )
 from modcoord.supervisor.protocol.limits import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -154,133 +125,8 @@ def _never() -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class ServerStatistics:
-    """A snapshot of the server's counters.
-
-    Attributes:
-        socket_path: where it listens.
-        listening: whether it accepts connections.
-        connections: connections open now.
-        accepted: connections accepted since start.
-        refused: peers refused (another uid, or credentials unknown).
-        closed: connections closed since start.
-        requests: requests received.
-        publishes: publish requests handed to the coordinator.
-        invalid_messages: messages answered with InvalidMessageError.
-        framing_errors: connections closed for broken framing or undecodable frames.
-        stalled_disconnects: connections closed as not reading (queued output none of
-            which they took for ``output_stall_s`` under output pressure).
-        undelivered_updates: updates of deliveries discarded because their connection
-            closed before taking them (still queued then, or sent after it closed).
-        undelivered_bytes: bytes of output discarded with them.
-        undeliverable_updates: updates left out of a delivery because they could not be
-            encoded or did not fit a frame (the rest of the batch was delivered).
-        split_batches: deliveries (or held remainders of one) encoded in several frames
-            because one would exceed ``max_frame_bytes``.
-        output_pauses: times output pressure started (publishers paused).
-        output_pressure: whether output pressure is on now.
-        internal_errors: unexpected exceptions (logged).
-        callbacks_sent: callback requests sent to modules.
-        callbacks_failed: callbacks answered with "connection closed".
-        bytes_in: bytes received.
-        reads: reads from client sockets that returned data.
-        backpressure_pauses: times the publish backlog crossed the high-water mark and
-            reading from publishing connections stopped.
-        backpressure_throttled: connections paused for backpressure since start (one
-            count per connection per pause).
-        backpressure_stalls: pauses ended because the backlog made no progress for
-            ``backlog_stall_s`` (rather than by falling below the low-water mark).
-        backpressure_paused_s: total time spent paused, in seconds (including the
-            current pause).
-        backpressure_active: whether publishers are paused now.
-        buffered_out: bytes waiting to be sent, across connections.
-        frame_timeouts: connections closed because a frame stayed incomplete longer than
-            ``frame_timeout_s``.
-        input_waits: times a connection was held back (not read) because its large frame
-            did not fit the input budget.
-        refused_at_limit: connections refused at the connection cap or the descriptor
-            limit.
-        accept_errors: ``accept`` calls that failed (``EMFILE`` and the like).
-        accept_pauses: times accepting rested for ``ACCEPT_PAUSE_S`` at a limit.
-        buffered_in: bytes of incomplete frames held now, across connections.
-        input_reserved: bytes of the input budget reserved now.
-        input_waiting: connections waiting for the input budget now.
-        max_connections: the connection cap (from ``RLIMIT_NOFILE`` less the reserve).
-        held_updates: updates of deliveries held unencoded behind full output buffers.
-        output_budget_bytes: the output budget across connections.
-    """
-
-    socket_path: str
-    listening: bool
-    connections: int
-    accepted: int
-    refused: int
-    closed: int
-    requests: int
-    publishes: int
-    invalid_messages: int
-    framing_errors: int
-    stalled_disconnects: int
-    undelivered_updates: int
-    undelivered_bytes: int
-    undeliverable_updates: int
-    split_batches: int
-    output_pauses: int
-    output_pressure: bool
-    internal_errors: int
-    callbacks_sent: int
-    callbacks_failed: int
-    bytes_in: int
-    reads: int
-    backpressure_pauses: int
-    backpressure_throttled: int
-    backpressure_stalls: int
-    backpressure_paused_s: float
-    backpressure_active: bool
-    buffered_out: int
-    frame_timeouts: int
-    input_waits: int
-    refused_at_limit: int
-    accept_errors: int
-    accept_pauses: int
-    buffered_in: int
-    input_reserved: int
-    input_waiting: int
-    max_connections: int
-    held_updates: int
-    output_budget_bytes: int
-
-
 _LISTENER = object()
 _WAKER = object()
-
-
-class _Serial:
-    """One thread running submitted jobs in order (registrations)."""
-
-    def __init__(self, name: str) -> None:
-        self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._queue.put(job)
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            try:
-                job()
-            except Exception:
-                _log.opt(exception=True).error("registration job failed")
-
-    def close(self, timeout: float) -> None:
-        self._queue.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
 
 
 class Server:
@@ -364,7 +210,6 @@ class Server:
         self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
         self.drain_timeout = drain_timeout
         self.undelivered_bytes_at_stop = 0
-        self._control_workers = max(1, control_workers)
         self.now: Callable[[], float] = clock or time.monotonic
         overdue_fn = getattr(coordinator, "timers_overdue", None)
         backlog_fn = getattr(coordinator, "publish_backlog", None)
@@ -402,26 +247,15 @@ class Server:
         self._io_ident: int | None = None
         self._posts: deque[tuple[str, Connection | None, str]] = deque()
         self._conn_ids = itertools.count(1)
-        self._control: ThreadPoolExecutor | None = None
-        self._registrations: _Serial | None = None
         self._stopping = False
-        self._refusing = False
         self._started = False
         self._counters_lock = threading.Lock()
-        self._counters: dict[str, int] = dict.fromkeys(
-            ("accepted", "refused", "closed", "requests", "publishes", "invalid_messages",
-             "framing_errors", "stalled_disconnects", "undelivered_updates",
-             "undelivered_bytes", "undeliverable_updates", "split_batches", "output_pauses",
-             "internal_errors", "callbacks_sent", "callbacks_failed", "bytes_in", "reads",
-             "backpressure_throttled", "backpressure_stalls",
-             "frame_timeouts", "input_waits", "refused_at_limit", "accept_errors",
-             "accept_pauses"), 0)
-        # One handler per call of the table: a data call by its own ``_on_<name>``, a
-        # control call by the controller (``coordinator.call``) on a control thread.
-        self._handlers: dict[str, Callable[[Connection, int, Any], None]] = {
-            name: (functools.partial(self._on_control, name) if call.kind == CONTROL
-                   else getattr(self, f"_on_{name}"))
-            for name, call in CALLS.items()}
+        self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        # What each message does (daemon/requests.py).
+        self._requests = Requests(
+            coordinator, max_frame_bytes=max_frame_bytes, control_workers=control_workers,
+            count=self.count, resume=functools.partial(self.post, "resume", reason=""),
+            after_publishing=self._flow.after_publishing)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -459,9 +293,7 @@ class Server:
         self._selector = selectors.DefaultSelector()
         self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
         self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKER)
-        self._control = ThreadPoolExecutor(self._control_workers,
-                                           thread_name_prefix="modcoord-control")
-        self._registrations = _Serial("modcoord-registrations")
+        self._requests.start()
         self._started = True
         self._thread = threading.Thread(target=self._run, name="modcoord-server-io",
                                         daemon=True)
@@ -501,7 +333,7 @@ class Server:
         every new request with ``ActorStoppedError`` ("daemon: stopping"), while output
         (deliveries, replies to requests already accepted) still flows and callback
         responses are still taken. Idempotent; :meth:`stop` follows."""
-        self._refusing = True
+        self._requests.refusing = True
         self.post("stop_accepting", None, "")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -626,35 +458,10 @@ class Server:
             batch=batch_id, left_out=len(failed), first_source=first.module_id,
             first_key=first.key, first_seq=first.seq, why=why, sent=sent)
 
-    def _emit(self, conn: Connection, frame: bytes) -> None:
-        """Send a frame, coalescing when called inside the I/O thread's processing."""
-        if threading.get_ident() == self._io_ident and conn.coalesce is not None:
-            conn.coalesce.append(frame)
-        else:
-            conn.send(frame)
-
-    def _respond(self, conn: Connection, rid: int | None, result: Any) -> None:
-        try:
-            frame = encode_frame([RESPONSE, rid, None, result])
-        except Exception as exc:
-            self.count("internal_errors")
-            _log.error("response cannot be encoded", request=rid, error=str(exc))
-            frame = encode_frame([RESPONSE, rid,
-                                  ["InternalError", f"result cannot be encoded: {exc}"], None])
-        self._emit(conn, frame)
-
-    def _respond_error(self, conn: Connection, rid: int | None, exc: BaseException) -> None:
-        if isinstance(exc, InvalidMessageError):
-            self.count("invalid_messages")
-        elif not isinstance(exc, ModcoordError):
-            self.count("internal_errors")
-            _log.opt(exception=exc).error("internal error answering a request", request=rid)
-        self._emit(conn, encode_frame([RESPONSE, rid, error_to_wire(exc), None]))
-
     # -- the I/O loop ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        self._io_ident = threading.get_ident()
+        self._io_ident = self._requests.io_ident = threading.get_ident()
         selector = self._selector
         assert selector is not None
         busy = False
@@ -882,7 +689,7 @@ class Server:
         out: list[bytes] = []
         conn.coalesce = out
         try:
-            self._process(conn, messages)
+            self._requests.process(conn, messages)
         except FramingError as exc:
             self.count("framing_errors")
             _log.warning("broken framing", connection=conn.conn_id, error=str(exc))
@@ -914,244 +721,6 @@ class Server:
         conn.backlog = deque()
         if backlog:
             self._with_coalescing(conn, backlog)
-
-    def _process(self, conn: Connection, messages: Iterable[Any]) -> None:
-        pub_ids: list[int] = []
-        pub_items: list[tuple[str, str, Any, str]] = []
-        requests = 0
-        module_ids = conn.module_ids
-        try:
-            for msg in messages:
-                if conn.paused:
-                    if not conn.close_when_flushed:
-                        conn.backlog.append(msg)
-                    continue
-                requests += 1
-                if self._refusing and not (type(msg) is list and msg
-                                           and msg[0] == CALLBACK_RESPONSE):
-                    rid = request_id_of(msg)
-                    if rid is not None:
-                        self._emit(conn, encode_frame(
-                            [RESPONSE, rid, ["ActorStoppedError", "daemon: stopping"], None]))
-                    continue
-                if (type(msg) is list and len(msg) == 4 and msg[2] == "publish"
-                        and msg[0] == REQUEST and type(msg[0]) is int):
-                    rid = msg[1]
-                    params = msg[3]
-                    if type(rid) is int and type(params) is dict:
-                        # The fast path: PublishParams's checks as plain type tests.
-                        item = publish_item(params)
-                        if item is not None and item[0] in module_ids:
-                            pub_ids.append(rid)
-                            pub_items.append(item)
-                            continue
-                        # Something is wrong with it: say exactly what.
-                        try:
-                            item = cast(PublishParams, decode_params("publish", params)).item()
-                        except InvalidMessageError as exc:
-                            self._respond_error(conn, rid, exc)
-                            continue
-                        if item[0] not in module_ids:
-                            self._respond_error(conn, rid, InvalidMessageError(
-                                f"publish: module_id {item[0]!r} is not registered on this "
-                                "connection"))
-                            continue
-                        pub_ids.append(rid)
-                        pub_items.append(item)
-                        continue
-                if pub_items:
-                    self._publish(conn, pub_ids, pub_items)
-                    pub_ids, pub_items = [], []
-                self._dispatch(conn, msg)
-        finally:
-            if pub_items:
-                self._publish(conn, pub_ids, pub_items)
-            if requests:
-                self.count("requests", requests)
-
-    def _publish(self, conn: Connection, ids: list[int],
-                 items: list[tuple[str, str, Any, str]]) -> None:
-        try:
-            results: Sequence[Any] = self.coordinator.publish_many(items)
-        except Exception as exc:
-            results = [exc] * len(items)
-        self._flow.after_publishing(conn)
-        self.count("publishes", len(items))
-        try:
-            data = encode_acks(ids, results)  # all accepted: one struct call each
-        except (struct.error, TypeError, ValueError):
-            data = self._publish_results(ids, results)
-        self._emit(conn, data)
-
-    def _publish_results(self, ids: list[int], results: Sequence[Any]) -> bytes:
-        """Encode publish responses one by one (some are errors, or odd ids or values)."""
-        if len(results) != len(ids):
-            error = RuntimeError(f"publish_many returned {len(results)} results for "
-                                 f"{len(ids)} items")
-            results = [error] * len(ids)
-        frames: list[Any] = []
-        for rid, result in zip(ids, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, ModcoordError):
-                    self.count("internal_errors")
-                    _log.opt(exception=result).error("publish_many failed")
-                elif isinstance(result, InvalidMessageError):
-                    self.count("invalid_messages")
-                frames.append([RESPONSE, rid, error_to_wire(result), None])
-            else:
-                frames.append([RESPONSE, rid, None, result])
-        data: bytes
-        try:
-            data = encode_frames(frames)
-        except Exception as exc:  # a coordinator returning something odd
-            self.count("internal_errors")
-            data = encode_frames([RESPONSE, rid, ["InternalError", str(exc)], None]
-                                 for rid in ids)
-        return data
-
-    def _dispatch(self, conn: Connection, msg: Any) -> None:
-        try:
-            kind, rid, method, params = split_inbound(msg)
-        except InvalidMessageError as exc:
-            rid_or_none = request_id_of(msg)
-            self._respond_error(conn, rid_or_none, exc)
-            if rid_or_none is None:
-                self.count("framing_errors")
-                _log.warning("closing connection", connection=conn.conn_id, error=str(exc))
-                conn.close_when_flushed = True
-                conn.paused = True
-            return
-        if kind == CALLBACK_RESPONSE:
-            self._on_callback_response(conn, rid, method, params)
-            return
-        try:
-            value = decode_params(method, params)
-        except InvalidMessageError as exc:
-            self._respond_error(conn, rid, exc)
-            return
-        try:
-            self._handlers[method](conn, rid, value)
-        except Exception as exc:
-            self._respond_error(conn, rid, exc)
-
-    # -- handlers ----------------------------------------------------------------------------
-
-    def _on_hello(self, conn: Connection, rid: int, params: HelloParams) -> None:
-        conn.client_name = params.client
-        if params.protocol and params.protocol != PROTOCOL_VERSION:
-            _log.warning("refused a client speaking another protocol version",
-                         connection=conn.conn_id, client=params.client or "unnamed client",
-                         peer_pid=params.pid, theirs=params.protocol, ours=PROTOCOL_VERSION)
-            raise ProtocolVersionError(
-                f"hello: the client speaks protocol version {params.protocol} but this "
-                f"daemon speaks version {PROTOCOL_VERSION}; use the same modcoord version "
-                "for the modules and the daemon (restart the daemon after an upgrade)")
-        brief = dict(self.coordinator.status_brief())
-        brief.update(max_frame_bytes=self.max_frame_bytes, version=PROTOCOL_VERSION,
-                     protocol=PROTOCOL_VERSION)
-        self._respond(conn, rid, brief)
-
-    def _on_register(self, conn: Connection, rid: int, params: RegisterParams) -> None:
-        info = params.info()
-        conn.paused = True
-        assert self._registrations is not None
-
-        def job() -> None:
-            try:
-                result = self.coordinator.register(info, conn)
-            except Exception as exc:
-                self._respond_error(conn, rid, exc)
-            else:
-                with conn.lock:
-                    closed = conn.closed
-                    if not closed:
-                        conn.module_ids.add(info.module_id)
-                if closed:
-                    self._unregister_quietly(conn, info.module_id)
-                else:
-                    _log.bind(module=info.module_id).debug(
-                        "module registered on a connection", connection=conn.conn_id)
-                    self._respond(conn, rid, result)
-            finally:
-                self.post("resume", conn, "")
-
-        self._registrations.submit(job)
-
-    def _on_unregister(self, conn: Connection, rid: int, params: ModuleIdParams) -> None:
-        module_id = params.module_id
-        if module_id not in conn.module_ids:
-            raise InvalidMessageError(
-                f"unregister: module_id {module_id!r} is not registered on this connection")
-        conn.paused = True
-        assert self._registrations is not None
-
-        def job() -> None:
-            try:
-                with conn.lock:
-                    conn.module_ids.discard(module_id)
-                self.coordinator.unregister(module_id, conn)
-            except Exception as exc:
-                self._respond_error(conn, rid, exc)
-            else:
-                self._respond(conn, rid, {"module_id": module_id})
-            finally:
-                self.post("resume", conn, "")
-
-        self._registrations.submit(job)
-
-    def _on_publish(self, conn: Connection, rid: int, params: PublishParams) -> None:
-        item = params.item()
-        if item[0] not in conn.module_ids:
-            raise InvalidMessageError(
-                f"publish: module_id {item[0]!r} is not registered on this connection")
-        self._publish(conn, [rid], [item])
-
-    def _on_coordinate(self, conn: Connection, rid: int, params: CoordinateParams) -> None:
-        mode, context = params.mode, params.context or {}
-        answered = [False]
-
-        def reply(result: Any, exc: BaseException | None = None) -> None:
-            if answered[0]:
-                return
-            answered[0] = True
-            if exc is not None:
-                self._respond_error(conn, rid, exc)
-            else:
-                self._respond(conn, rid, result)
-
-        try:
-            self.coordinator.coordinate(mode, context, reply, caller=tuple(conn.module_ids))
-        except Exception as exc:
-            reply(None, exc)
-
-    def _on_control(self, method: str, conn: Connection, rid: int, params: Params) -> None:
-        assert self._control is not None
-
-        def job() -> None:
-            try:
-                result = self.coordinator.call(method, params)
-            except Exception as exc:
-                self._respond_error(conn, rid, exc)
-            else:
-                self._respond(conn, rid, result)
-
-        try:
-            self._control.submit(job)
-        except RuntimeError:  # executor shut down: the server is stopping
-            self._respond_error(conn, rid, ModcoordError("the daemon is stopping"))
-
-    def _on_callback_response(self, conn: Connection, cid: int, error: Any,
-                              result: Any) -> None:
-        reply = conn.take_callback(cid)
-        if reply is None:
-            _log.debug("late or unknown callback response", callback=cid,
-                       connection=conn.conn_id)
-            return
-        if error is None:
-            safe_reply(reply, result, None)
-        else:
-            text = ": ".join(str(e) for e in error) if isinstance(error, list) else str(error)
-            safe_reply(reply, None, text)
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -1190,17 +759,8 @@ class Server:
             self.count("callbacks_failed", len(callbacks))
             for reply in callbacks.values():
                 safe_reply(reply, None, "connection closed")
-        if modules and self._registrations is not None:
-            for module_id in modules:
-                self._registrations.submit(
-                    functools.partial(self._unregister_quietly, conn, module_id))
-
-    def _unregister_quietly(self, conn: Connection, module_id: str) -> None:
-        try:
-            self.coordinator.unregister(module_id, conn)
-        except Exception:
-            _log.bind(module=module_id).opt(exception=True).warning(
-                "unregistering after the connection closed failed")
+        if modules:
+            self._requests.unregister_all(conn, modules)
 
     def _close_listener(self) -> None:
         listener = self._listener
@@ -1226,10 +786,7 @@ class Server:
         self._drain_output()
         for conn in list(self._conns.values()):
             self._close(conn, "server stopping")
-        if self._control is not None:
-            self._control.shutdown(wait=False, cancel_futures=True)
-        if self._registrations is not None:
-            self._registrations.close(timeout=5.0)
+        self._requests.close(timeout=5.0)
         if self._selector is not None:
             self._selector.close()
         self._accepting.close()
