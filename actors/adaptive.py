@@ -36,6 +36,7 @@ __all__ = [
     "GAP_BUCKETS",
     "GAP_MIN_MS",
     "GAP_RATIO",
+    "LOG_INTERVAL_S",
     "RECOMPUTE_EVERY",
     "BatchTuner",
     "DebounceTuner",
@@ -52,6 +53,9 @@ GAP_BUCKETS = 80
 """Buckets per histogram: the last starts at ``GAP_MIN_MS × GAP_RATIO ** 79`` (~7.7 s)."""
 RECOMPUTE_EVERY = 4
 """A key's (module's) delay is recomputed every this many gaps (and at ``min_samples``)."""
+LOG_INTERVAL_S = 10.0
+"""A module's delay (the batch window) is logged at most once per this many seconds: a
+change beyond ``adaptive.log_change_fraction`` of the last logged value is logged once."""
 _RESCALE_AT = 1e100  # growing sample weights are scaled back to 1 past this
 _LOG_RATIO = math.log(GAP_RATIO)
 _EDGES = [0.0] + [GAP_MIN_MS * GAP_RATIO ** i for i in range(1, GAP_BUCKETS + 1)]
@@ -116,8 +120,8 @@ class DecayedGapHistogram:
 class _Track:
     """What a tuner knows about one key or one module."""
 
-    __slots__ = ("delay_s", "effective_ms", "gap_ms", "hist", "last_at", "logged_ms",
-                 "pinned")
+    __slots__ = ("delay_s", "effective_ms", "gap_ms", "hist", "last_at", "logged_at",
+                 "logged_ms", "pinned")
 
     def __init__(self, half_life: float, now: float, configured_ms: float) -> None:
         self.hist = DecayedGapHistogram(half_life)
@@ -127,6 +131,7 @@ class _Track:
         self.gap_ms = 0.0
         self.pinned: str | None = None
         self.logged_ms = configured_ms
+        self.logged_at = -math.inf
 
 
 class DebounceTuner:
@@ -203,12 +208,13 @@ class DebounceTuner:
             mhist.add(gap_ms)
             n = mhist.samples
             if n >= self.min_samples and (n == self.min_samples or not n % RECOMPUTE_EVERY):
-                self._recompute(mod, module)
+                self._recompute(mod, module, now)
         if track.hist.samples >= self.min_samples:
             return track.delay_s
         return mod.delay_s
 
-    def _recompute(self, track: _Track, module: str | None = None) -> None:
+    def _recompute(self, track: _Track, module: str | None = None, now: float = 0.0
+                   ) -> None:
         gap = track.hist.quantile(self.quantile)
         raw = gap * self.margin
         pinned = None
@@ -224,8 +230,10 @@ class DebounceTuner:
         track.delay_s = effective / 1000.0
         if module is not None:
             last = track.logged_ms
-            if abs(effective - last) > self.log_change * max(last, 1e-9):
+            if abs(effective - last) > self.log_change * max(last, 1e-9) \
+                    and now - track.logged_at >= LOG_INTERVAL_S:
                 track.logged_ms = effective
+                track.logged_at = now
                 self._log.bind(module=module, event="adaptive").info(
                     "debounce delay for {module}: {old:.0f} -> {new:.0f} ms ({why})",
                     module=module, old=last, new=effective, why=self._reason(track))
@@ -350,6 +358,7 @@ class BatchTuner:
         self.load = 0.0
         self.pinned: str | None = None
         self._logged_ms = section.window_ms
+        self._logged_at = -math.inf
         self._log = logger.bind(actor=actor)
 
     def window_s(self, arrivals: int, now: float) -> float:
@@ -363,7 +372,9 @@ class BatchTuner:
         current = self.window_ms
         if abs(target - current) > self.hysteresis * current:
             self.window_ms = target
-            if abs(target - self._logged_ms) > self.log_change * self._logged_ms:
+            if abs(target - self._logged_ms) > self.log_change * self._logged_ms \
+                    and now - self._logged_at >= LOG_INTERVAL_S:
+                self._logged_at = now
                 self._log.bind(event="adaptive").info(
                     "batch window: {old:.0f} -> {new:.0f} ms ({why})",
                     old=self._logged_ms, new=target, why=self.reason(now))
