@@ -19,7 +19,8 @@ effective value carries the configured one and the reason, for ``status`` (see
 - :class:`BatchTuner` keeps a decayed arrival rate (:class:`DecayedRate`) and makes the
   batch window follow it: ``load`` = rate × ``batch.window_ms`` / ``batch.max_size``,
   window = ``batch.window_ms`` × load clamped to ``[adaptive.batch.min_window_ms,
-  batch.window_ms]``, with a dead band (``hysteresis``) so the window does not jitter.
+  batch.window_ms]``, with a dead band (``hysteresis``) so the window does not jitter
+  (a bound is always reached).
 """
 
 from __future__ import annotations
@@ -370,7 +371,8 @@ class BatchTuner:
         self.load = load
         self.pinned = "batch.window_ms" if raw > self.configured_ms * 1.25 else None
         current = self.window_ms
-        if abs(target - current) > self.hysteresis * current:
+        at_bound = target in (self.min_ms, self.configured_ms) and target != current
+        if at_bound or abs(target - current) > self.hysteresis * current:
             self.window_ms = target
             if abs(target - self._logged_ms) > self.log_change * self._logged_ms \
                     and now - self._logged_at >= LOG_INTERVAL_S:

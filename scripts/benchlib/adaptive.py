@@ -47,14 +47,6 @@ ROW_LIGHT = "adaptive batch: median delivery latency at light load vs fixed wind
 ROW_HEAVY = "adaptive batch: throughput at heavy load vs fixed maximum window"
 
 
-class SteppingClock(MockClock):
-    """A MockClock that tells its next timer deadline (so the replay can stop at each)."""
-
-    def next_deadline(self) -> float | None:
-        with self._lock:
-            return self._timers.next_deadline()
-
-
 class Pipeline:
     """A debouncer and a batcher on ``clock``; the batcher delivers to one subscriber that
     records ``(clock reading, batch)``."""
@@ -109,7 +101,7 @@ def replay(settings: ModeSettings, trace: list[tuple[float, list[tuple[str, str]
            tail_s: float = 10.0) -> tuple[Pipeline, list[float], int]:
     """Replay ``trace`` (time, publishes) in simulated time; return the pipeline, the
     publish-to-delivery latencies (s) of the delivered updates and the collapsed count."""
-    clock = SteppingClock(0.0)
+    clock = MockClock(0.0)
     p = Pipeline(settings, clock)
     logger.disable("modcoord")  # the actors log each adaptation; not the bench's output
 
