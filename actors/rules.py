@@ -23,12 +23,12 @@ from modcoord.actors.settings import MonitorSettings
 
 __all__ = [
     "HYSTERESIS",
-    "AdaptationRule",
-    "AdaptiveBoundRule",
-    "AdaptiveView",
     "RULES",
     "SEVERITIES",
     "WORSENING",
+    "AdaptationRule",
+    "AdaptiveBoundRule",
+    "AdaptiveView",
     "CacheHitRateRule",
     "CacheView",
     "CoordinationLatencyRule",
@@ -548,7 +548,11 @@ class AdaptiveBoundRule(InsightRule):
                 f"{_BOUND_NAMES.get(p, p)} pinned at {bound.rsplit('.', 1)[-1]} for "
                 f"{subject}: {'lower' if bound.endswith('min_ms') else 'raise'} {bound}"
                 for p, subject, bound in view.pinned[:10])
-            reading = dataclasses.replace(reading, recommendation=said)
+            # Held at a maximum, bursts go out uncollapsed (or batches small): a warning;
+            # held at a minimum, the value is a little longer than needed: information.
+            at_max = any(not bound.endswith("min_ms") for _, _, bound in view.pinned)
+            reading = dataclasses.replace(reading, recommendation=said,
+                                          severity="warning" if at_max else "info")
         return reading
 
 

@@ -57,6 +57,7 @@ class Pipeline:
         self.delivered = 0
         self.done = threading.Event()
         self.expect = -1
+        self.last_stats: tuple[Any, Any] | None = None
 
         def deliver(subscriber: str, batch: Batch) -> None:
             self.deliveries.append((clock.monotonic(), batch))
@@ -123,7 +124,7 @@ def replay(settings: ModeSettings, trace: list[tuple[float, list[tuple[str, str]
         advance_to(clock.monotonic() + tail_s)
         latencies = [t - u.published_at for t, b in p.deliveries for u in b.updates]
         collapsed = int(p.statistics("debouncer").collapsed)
-        p.last_stats = (p.statistics("debouncer"), p.statistics("batcher"))  # type: ignore[attr-defined]
+        p.last_stats = (p.statistics("debouncer"), p.statistics("batcher"))
     finally:
         p.stop()
         logger.enable("modcoord")
@@ -183,7 +184,8 @@ def fig_adaptive_debounce(quick: bool) -> list[Result]:
     trace = typing_trace(60.0 if quick else 240.0, seed=11)
     _, lat_fixed, col_fixed = replay(fixed, trace)
     p, lat_adapt, col_adapt = replay(adaptive, trace)
-    deb = p.last_stats[0].adaptive  # type: ignore[attr-defined]
+    assert p.last_stats is not None
+    deb = p.last_stats[0].adaptive
     mods = ", ".join(f"{m['module']} {m['effective']:.0f} ms" for m in deb["modules"])
     n = sum(len(e[1]) for e in trace)
     if not lat_fixed or not lat_adapt:

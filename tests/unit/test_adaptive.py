@@ -238,12 +238,12 @@ def test_the_delay_is_clamped_and_a_bound_that_holds_it_is_named() -> None:
 
 
 def test_never_past_max_wait_and_the_bounds_are_validated() -> None:
-    with pytest.raises(ValidationError, match="adaptive.debounce.max_ms .* must not exceed "
-                                              "debounce.max_wait_ms"):
+    with pytest.raises(ValidationError, match=r"adaptive\.debounce\.max_ms .* must not exceed "
+                                              r"debounce\.max_wait_ms"):
         edited(packaged(), adaptive={"debounce": {"max_ms": 1500.0}})
     with pytest.raises(ValidationError, match="min_ms must not exceed max_ms"):
         edited(packaged(), adaptive={"debounce": {"min_ms": 700.0}})
-    with pytest.raises(ValidationError, match="adaptive.batch.min_window_ms"):
+    with pytest.raises(ValidationError, match=r"adaptive\.batch\.min_window_ms"):
         edited(packaged(), adaptive={"batch": {"min_window_ms": 500.0}})
     # A stream that never pauses still goes out max_wait after its first publish.
     pipe = Pipe.of(edited(packaged(), batch={"enabled": False}))
