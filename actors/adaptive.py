@@ -38,11 +38,12 @@ __all__ = [
     "GAP_MIN_MS",
     "GAP_RATIO",
     "LOG_INTERVAL_S",
-    "RECOMPUTE_EVERY",
+    "RECOMPUTE_INTERVAL_S",
     "BatchTuner",
     "DebounceTuner",
     "DecayedGapHistogram",
     "DecayedRate",
+    "bucket",
     "frozen_parameter",
 ]
 
@@ -52,13 +53,15 @@ GAP_RATIO = 1.12
 """Each bucket is this much wider than the one before (quantiles are interpolated)."""
 GAP_BUCKETS = 80
 """Buckets per histogram: the last starts at ``GAP_MIN_MS × GAP_RATIO ** 79`` (~7.7 s)."""
-RECOMPUTE_EVERY = 4
-"""A key's (module's) delay is recomputed every this many gaps (and at ``min_samples``)."""
+RECOMPUTE_INTERVAL_S = 0.05
+"""A key's (module's) delay is recomputed at its ``min_samples``-th gap, then at a gap at
+least this long after the last recomputation (a fast stream costs no quantile per publish)."""
 LOG_INTERVAL_S = 10.0
 """A module's delay (the batch window) is logged at most once per this many seconds: a
 change beyond ``adaptive.log_change_fraction`` of the last logged value is logged once."""
 _RESCALE_AT = 1e100  # growing sample weights are scaled back to 1 past this
 _LOG_RATIO = math.log(GAP_RATIO)
+_FIRST_EDGE = GAP_MIN_MS * GAP_RATIO
 _EDGES = [0.0] + [GAP_MIN_MS * GAP_RATIO ** i for i in range(1, GAP_BUCKETS + 1)]
 
 
@@ -75,7 +78,7 @@ class DecayedGapHistogram:
     distribution at O(1) per sample; the weights are scaled back before they overflow.
     """
 
-    __slots__ = ("counts", "growth", "samples", "total", "weight")
+    __slots__ = ("counts", "growth", "samples", "top", "total", "weight")
 
     def __init__(self, half_life_samples: float) -> None:
         self.counts = array("d", bytes(8 * GAP_BUCKETS))
@@ -83,17 +86,20 @@ class DecayedGapHistogram:
         self.weight = 1.0
         self.total = 0.0
         self.samples = 0
+        self.top = 0  # the highest bucket ever used: quantiles are searched from it down
 
     def add(self, gap_ms: float) -> None:
         """Count one gap (negative gaps count as 0)."""
-        if gap_ms < GAP_MIN_MS * GAP_RATIO:
-            index = 0
-        else:
-            index = min(int(math.log(gap_ms / GAP_MIN_MS) / _LOG_RATIO), GAP_BUCKETS - 1)
+        self.add_bucket(bucket(gap_ms))
+
+    def add_bucket(self, index: int) -> None:
+        """Count one gap in bucket ``index`` (see :func:`bucket`)."""
         w = self.weight * self.growth
         self.counts[index] += w
         self.total += w
         self.samples += 1
+        if index > self.top:
+            self.top = index
         if w > _RESCALE_AT:
             counts = self.counts
             for i in range(GAP_BUCKETS):
@@ -103,29 +109,39 @@ class DecayedGapHistogram:
         self.weight = w
 
     def quantile(self, q: float) -> float:
-        """The ``q`` quantile (ms), interpolated within its bucket; 0.0 when empty."""
+        """The ``q`` quantile (ms), interpolated within its bucket; 0.0 when empty.
+
+        Searched from the highest bucket down (a high quantile is a few buckets away)."""
         if self.total <= 0.0:
             return 0.0
-        target = q * self.total
+        above = (1.0 - q) * self.total  # the weight that lies above the quantile
         cumulative = 0.0
         counts = self.counts
-        for i in range(GAP_BUCKETS):
+        for i in range(self.top, -1, -1):
             c = counts[i]
-            if c > 0.0 and cumulative + c >= target:
+            if c > 0.0 and cumulative + c >= above:
                 lo, hi = _EDGES[i], _EDGES[i + 1]
-                return lo + (hi - lo) * min(1.0, (target - cumulative) / c)
+                return hi - (hi - lo) * max(0.0, (above - cumulative) / c)
             cumulative += c
-        return _EDGES[GAP_BUCKETS]
+        return 0.0
+
+
+def bucket(gap_ms: float) -> int:
+    """The histogram bucket of a gap (ms)."""
+    if gap_ms < _FIRST_EDGE:
+        return 0
+    return min(int(math.log(gap_ms / GAP_MIN_MS) / _LOG_RATIO), GAP_BUCKETS - 1)
 
 
 class _Track:
-    """What a tuner knows about one key or one module."""
+    """What a tuner knows about one key or one module (its histogram is made at its first
+    gap: a key published once costs no histogram)."""
 
-    __slots__ = ("delay_s", "effective_ms", "gap_ms", "hist", "last_at", "logged_at",
-                 "logged_ms", "pinned")
+    __slots__ = ("computed_at", "delay_s", "effective_ms", "gap_ms", "hist", "last_at",
+                 "logged_at", "logged_ms", "pinned")
 
-    def __init__(self, half_life: float, now: float, configured_ms: float) -> None:
-        self.hist = DecayedGapHistogram(half_life)
+    def __init__(self, now: float, configured_ms: float) -> None:
+        self.hist: DecayedGapHistogram | None = None
         self.last_at = now
         self.effective_ms = configured_ms
         self.delay_s = configured_ms / 1000.0
@@ -133,6 +149,11 @@ class _Track:
         self.pinned: str | None = None
         self.logged_ms = configured_ms
         self.logged_at = -math.inf
+        self.computed_at = -math.inf
+
+    @property
+    def samples(self) -> int:
+        return 0 if self.hist is None else self.hist.samples
 
 
 class DebounceTuner:
@@ -177,12 +198,10 @@ class DebounceTuner:
             self.sweep(now)
         mod = self.modules.get(module)
         if mod is None:
-            mod = self.modules[module] = _Track(self.half_life, now, self.configured_ms)
+            mod = self.modules[module] = _Track(now, self.configured_ms)
         track = self.keys.get((module, key))
         if track is None:
-            if len(self.keys) >= self.max_keys:
-                self.sweep(now)
-            if len(self.keys) >= self.max_keys:
+            if len(self.keys) >= self.max_keys:  # (idle ones go at the periodic sweep)
                 self.untracked += 1
                 if not self._at_cap:
                     self._at_cap = True
@@ -193,29 +212,37 @@ class DebounceTuner:
                         n=self.max_keys)
                 mod.last_at = now
                 return mod.delay_s
-            self.keys[(module, key)] = _Track(self.half_life, now, mod.effective_ms)
+            self.keys[(module, key)] = _Track(now, mod.effective_ms)
             mod.last_at = now
             return mod.delay_s
         gap_ms = (now - track.last_at) * 1000.0
         track.last_at = now
         mod.last_at = now
+        least = self.min_samples
+        hist = track.hist
         if 0.0 <= gap_ms < self.max_ms:
-            hist = track.hist
-            hist.add(gap_ms)
+            index = 0 if gap_ms < _FIRST_EDGE else min(
+                int(math.log(gap_ms / GAP_MIN_MS) / _LOG_RATIO), GAP_BUCKETS - 1)
+            if hist is None:
+                hist = track.hist = DecayedGapHistogram(self.half_life)
+            hist.add_bucket(index)
             n = hist.samples
-            if n >= self.min_samples and (n == self.min_samples or not n % RECOMPUTE_EVERY):
-                self._recompute(track)
+            if n == least or (n > least and now - track.computed_at >= RECOMPUTE_INTERVAL_S):
+                self._recompute(track, None, now)
             mhist = mod.hist
-            mhist.add(gap_ms)
+            if mhist is None:
+                mhist = mod.hist = DecayedGapHistogram(self.half_life)
+            mhist.add_bucket(index)
             n = mhist.samples
-            if n >= self.min_samples and (n == self.min_samples or not n % RECOMPUTE_EVERY):
+            if n == least or (n > least and now - mod.computed_at >= RECOMPUTE_INTERVAL_S):
                 self._recompute(mod, module, now)
-        if track.hist.samples >= self.min_samples:
+        if hist is not None and hist.samples >= least:
             return track.delay_s
         return mod.delay_s
 
-    def _recompute(self, track: _Track, module: str | None = None, now: float = 0.0
-                   ) -> None:
+    def _recompute(self, track: _Track, module: str | None, now: float) -> None:
+        assert track.hist is not None  # called after a gap was counted
+        track.computed_at = now
         gap = track.hist.quantile(self.quantile)
         raw = gap * self.margin
         pinned = None
@@ -258,8 +285,8 @@ class DebounceTuner:
     # -- visibility --
 
     def _reason(self, track: _Track) -> str:
-        if track.hist.samples < self.min_samples:
-            return (f"learning ({track.hist.samples} of {self.min_samples} gaps): "
+        if track.samples < self.min_samples:
+            return (f"learning ({track.samples} of {self.min_samples} gaps): "
                     "configured delay")
         text = (f"publish gap p{self.quantile * 100:g} {track.gap_ms:.0f} ms "
                 f"x {self.margin:g}")
@@ -270,7 +297,7 @@ class DebounceTuner:
         return text
 
     def _item(self, track: _Track, **names: str) -> dict[str, Any]:
-        ready = track.hist.samples >= self.min_samples
+        ready = track.samples >= self.min_samples
         pinned = None
         if ready and track.pinned == "max":
             pinned = self.max_key
@@ -278,7 +305,7 @@ class DebounceTuner:
             pinned = "adaptive.debounce.min_ms"
         return {**names, "configured": self.configured_ms,
                 "effective": round(track.effective_ms if ready else self.configured_ms, 1),
-                "reason": self._reason(track), "gaps": track.hist.samples,
+                "reason": self._reason(track), "gaps": track.samples,
                 "pinned": pinned}
 
     def summary(self, now: float) -> dict[str, Any]:
