@@ -108,7 +108,8 @@ class AdaptiveDebounceSettings(_Section):
     Per key (per module while a key has fewer than ``min_samples`` gaps), a decayed
     histogram of the gaps shorter than ``max_ms`` (a longer gap is a pause: no allowed
     delay could collapse it); the delay is its ``quantile`` times ``margin``, clamped to
-    ``[min_ms, max_ms]`` and never past ``debounce.max_wait_ms``.
+    ``[min_ms, max_ms]`` and never past ``debounce.max_wait_ms`` (both bounds are cut to
+    it when larger, and the status says so).
     """
 
     min_ms: float = Field(50.0, ge=0, le=3_600_000)
@@ -132,7 +133,8 @@ class AdaptiveBatchSettings(_Section):
 
     ``load`` = decayed arrival rate × ``batch.window_ms`` / ``batch.max_size`` (how full
     a batch the configured window would gather). The window is ``batch.window_ms`` ×
-    load, clamped to ``[min_window_ms, batch.window_ms]`` (so batches grow toward
+    load, clamped to ``[min_window_ms, batch.window_ms]`` (``min_window_ms`` is cut to
+    ``batch.window_ms`` when larger; batches grow toward
     ``batch.max_size`` as the load does). Changes smaller than ``hysteresis`` (a fraction
     of the current window) are ignored.
     """
@@ -162,23 +164,6 @@ class ModeSettings(_Section):
     memory: MemorySettings = MemorySettings()
     monitor: MonitorSettings = MonitorSettings()
     adaptive: AdaptiveSettings = AdaptiveSettings()
-
-    @model_validator(mode="after")
-    def _check_adaptive(self) -> ModeSettings:
-        a = self.adaptive
-        if not a.enabled:
-            return self  # frozen: the bounds are not used
-        if a.debounce.max_ms > self.debounce.max_wait_ms:
-            raise ValueError(
-                f"adaptive.debounce.max_ms ({a.debounce.max_ms:g}) must not exceed "
-                f"debounce.max_wait_ms ({self.debounce.max_wait_ms:g}); lower the one or "
-                "raise the other")
-        if a.batch.min_window_ms > self.batch.window_ms:
-            raise ValueError(
-                f"adaptive.batch.min_window_ms ({a.batch.min_window_ms:g}) must not exceed "
-                f"batch.window_ms ({self.batch.window_ms:g}), the largest window; lower "
-                "the one or raise the other")
-        return self
 
 
 ADAPTIVE_SECTIONS: frozenset[str] = frozenset({"debounce", "batch"})
