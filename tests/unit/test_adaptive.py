@@ -246,9 +246,9 @@ def test_never_past_max_wait_and_the_bounds_are_validated() -> None:
     tuner = DebounceTuner(settings.debounce, settings.adaptive)
     assert (tuner.min_ms, tuner.max_ms, tuner.max_key) == (400.0, 400.0,
                                                            "debounce.max_wait_ms")
-    tuner = BatchTuner(settings.batch, edited(
+    batch = BatchTuner(settings.batch, edited(
         settings, adaptive={"batch": {"min_window_ms": 500.0}}).adaptive, now=0.0)
-    assert tuner.min_ms == settings.batch.window_ms
+    assert batch.min_ms == settings.batch.window_ms
     # A stream that never pauses still goes out max_wait after its first publish.
     pipe = Pipe.of(edited(packaged(), batch={"enabled": False}))
     pipe.replay(typing("editor", "text", 0.0, [0.03] * 100), tail=2.0)
