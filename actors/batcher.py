@@ -19,6 +19,12 @@ Semantics:
   shared :class:`~modcoord.actors.shared.admission.QueueGauge`; stopping flushes the
   queue (reason ``flush``); a crash hands it to the successor (:class:`BatcherHandover`).
 
+- With ``adaptive.enabled: true`` (HYBRID, FULLY_AUTO; never MANUAL) the window opened
+  for the first queued update is the one :class:`~modcoord.actors.adaptive.BatchTuner`
+  derives from the decayed arrival rate: short under light load (toward
+  ``adaptive.batch.min_window_ms``), up to ``batch.window_ms`` under heavy load. With
+  ``adaptive.enabled: false`` every window is ``batch.window_ms``, as before.
+
 Deliveries go to ``context.shared.deliver(subscriber_id, batch)`` in the actor's
 thread. A sink that raises is logged and counted; the other subscribers still get theirs.
 """
@@ -28,17 +34,18 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
 from loguru import logger
 
 from modcoord.actors._base import ActorContext, ManagedActor, handles
+from modcoord.actors.adaptive import BatchTuner, frozen_parameter
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.message import Message
-from modcoord.actors.settings import BatchSettings
+from modcoord.actors.settings import AdaptiveSettings, BatchSettings, Tuned
 from modcoord.actors.shared import Deliver, no_sink
 from modcoord.actors.shared.admission import QueueGauge
 from modcoord.actors.shared.metrics import MetricsRegistry
@@ -174,6 +181,8 @@ class BatcherStatistics:
         subscribers: subscriptions held.
         max_queue: ``batch.max_queue``.
         busy_s: the processing time behind ``efficiency``, in seconds.
+        adaptive: the tuned parameters (``parameters``: ``"batch.window_ms"`` and
+            ``"batch.max_size"``, each configured, effective, reason) and the arrival rate.
     """
 
     batches: int
@@ -187,6 +196,7 @@ class BatcherStatistics:
     subscribers: int
     max_queue: int = 0
     busy_s: float = 0.0
+    adaptive: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +254,27 @@ class BatcherActor(ManagedActor):
         self._log = logger.bind(actor=self.actor_name)
         self._gauge.set_max_queue(self.settings.max_queue)
         self._gauge.set_depth(0)
+        self._tuner: BatchTuner | None = None
+        self._retune()
+
+    def _coerce(self, settings: Any) -> Any:
+        """Take ``batch`` alone (never adapts) or a :class:`Tuned` pair; keeps the
+        ``adaptive`` part aside and returns the section."""
+        if isinstance(settings, Tuned):
+            self._adaptive: AdaptiveSettings | None = settings.adaptive
+            settings = settings.section
+        else:
+            self._adaptive = None
+        return super()._coerce(settings)
+
+    def _retune(self) -> None:
+        """(Re)make the tuner for the current settings (none when adaptation is off)."""
+        adaptive = self._adaptive
+        if adaptive is not None and adaptive.enabled and self.settings.enabled:
+            self._tuner = BatchTuner(self.settings, adaptive, self.clock.monotonic(),
+                                     self.actor_name)
+        else:
+            self._tuner = None
 
     # -- hooks --
 
@@ -260,9 +291,23 @@ class BatcherActor(ManagedActor):
             subscribers=sum(1 for sources, _ in self._subs.values() if sources),
             max_queue=self.settings.max_queue,
             busy_s=self._busy_s,
+            adaptive=self._adaptive_summary(),
         )
 
+    def _adaptive_summary(self) -> dict[str, Any]:
+        if self._tuner is not None:
+            return self._tuner.summary(self.clock.monotonic())
+        s = self.settings
+        if self._adaptive is None or not self._adaptive.enabled:
+            why = "adaptive.enabled: false (MANUAL never adapts)"
+        else:
+            why = "batch.enabled: false"
+        return {"enabled": False, "parameters": {
+            "batch.window_ms": frozen_parameter(s.window_ms, why),
+            "batch.max_size": frozen_parameter(s.max_size, why)}}
+
     def apply_settings(self, old: Any, new: Any) -> None:
+        self._retune()
         self._gauge.set_max_queue(new.max_queue)
         if not new.enabled:
             self._flush_all("flush")
@@ -306,6 +351,8 @@ class BatcherActor(ManagedActor):
     def _on_enqueue(self, message: Enqueue) -> None:
         updates = message.updates
         self._gauge.received(len(updates))
+        if self._tuner is not None:
+            self._tuner.window_s(len(updates), self.clock.monotonic())
         self._accept(updates)
 
     @handles(Subscribe)
@@ -396,7 +443,10 @@ class BatcherActor(ManagedActor):
         token = next(_timer_tokens)
         self._window_token = token
         self._window_start = start
-        self._window_deadline = deadline = start + self.settings.window_ms / 1000.0
+        tuner = self._tuner
+        window = (self.settings.window_ms / 1000.0 if tuner is None
+                  else tuner.window_ms / 1000.0)
+        self._window_deadline = deadline = start + window
         self._timer = self.clock.call_at(deadline, partial(self._tick, token))
 
     def _cancel_window(self) -> None:

@@ -203,6 +203,12 @@ class MockClock:
             _run_callback(handle)
         self._now = target
 
+    def next_deadline(self) -> float | None:
+        """Return the earliest deadline of a scheduled timer (``None`` when none), so a
+        replay can step time from timer to timer."""
+        with self._lock:
+            return self._timers.next_deadline()
+
     def pending_timers(self) -> int:
         """Return how many timers are scheduled and not cancelled."""
         with self._lock:

@@ -17,6 +17,13 @@ keys are forgotten (their dict entries deleted).
 
 With ``debounce.enabled: false`` updates pass straight through: each publish message is
 forwarded at once as one ``Enqueue``.
+
+With ``adaptive.enabled: true`` (HYBRID, FULLY_AUTO; never MANUAL) the delay of a
+non-critical publish is the one :class:`~modcoord.actors.adaptive.DebounceTuner` learnt for
+its key from the gaps between that key's publishes (its module's while the key is new),
+measured on ``Update.published_at`` (the clock reading at acceptance; the debouncer's own
+reading for an update without one). Critical publishes keep ``critical_delay_ms`` and are
+not observed. With ``adaptive.enabled: false`` the code path is exactly the fixed one.
 """
 
 from __future__ import annotations
@@ -31,12 +38,13 @@ from typing import Any
 from loguru import logger
 
 from modcoord.actors._base import ActorContext, ManagedActor, handles
+from modcoord.actors.adaptive import DebounceTuner, frozen_parameter
 from modcoord.actors.batcher import Enqueue
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.actors.histogram import LatencyHistogram
 from modcoord.actors.message import Message
-from modcoord.actors.settings import DebounceSettings
+from modcoord.actors.settings import AdaptiveSettings, DebounceSettings, Tuned
 from modcoord.actors.shared.admission import Backlog
 from modcoord.actors.update import PRIORITIES, PRIORITY_RANK, Update
 
@@ -130,6 +138,10 @@ class DebouncerStatistics:
         lateness_max_ms: the largest lateness seen.
         undelivered: updates that could not be handed to the batcher (its handle was
             closed for good); normally zero.
+        adaptive: the tuned parameters: ``parameters`` (``"debounce.delay_ms"``:
+            configured, effective, reason), and, while adapting, the bounded summary of
+            the most recently active ``modules`` and ``keys`` and the ``tracked_keys``,
+            ``untracked`` (the key cap was hit) and ``forgotten`` counters.
     """
 
     received: int
@@ -141,8 +153,9 @@ class DebouncerStatistics:
     lateness_p99_ms: float
     lateness_max_ms: float
     undelivered: int = 0
+    adaptive: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, int | float]:
+    def as_dict(self) -> dict[str, Any]:
         """Return the snapshot as a plain dict (for status output and metrics)."""
         return dataclasses.asdict(self)
 
@@ -227,13 +240,29 @@ class DebouncerActor(ManagedActor):
         self._delay = 0.0
         self._critical_delay = 0.0
         self._max_wait = 0.0
+        self._tuner: DebounceTuner | None = None
         self._load(self.settings)
+
+    def _coerce(self, settings: Any) -> Any:
+        """Take ``debounce`` alone (never adapts) or a :class:`Tuned` pair; keeps the
+        ``adaptive`` part aside and returns the section."""
+        if isinstance(settings, Tuned):
+            self._adaptive: AdaptiveSettings | None = settings.adaptive
+            settings = settings.section
+        else:
+            self._adaptive = None
+        return super()._coerce(settings)
 
     def _load(self, settings: DebounceSettings) -> None:
         self._enabled = settings.enabled
         self._delay = settings.delay_ms / 1000.0
         self._critical_delay = settings.critical_delay_ms / 1000.0
         self._max_wait = settings.max_wait_ms / 1000.0
+        adaptive = self._adaptive
+        if adaptive is not None and adaptive.enabled and settings.enabled:
+            self._tuner = DebounceTuner(settings, adaptive, self.actor_name)
+        else:
+            self._tuner = None
 
     # -- handlers --
 
@@ -322,6 +351,7 @@ class DebouncerActor(ManagedActor):
         earliest = math.inf
         collapsed = 0
         clock = self.clock
+        tune = None if self._tuner is None else self._tuner.delay_for
         for i, u in enumerate(updates):
             if not i & 63 and self._armed_at is not None \
                     and clock.monotonic() >= self._armed_at:
@@ -335,6 +365,8 @@ class DebouncerActor(ManagedActor):
                 now = clock.monotonic()
             rank = rank_of[u.priority]
             key = (u.module_id, u.key)
+            if tune is not None and rank != _CRITICAL:
+                delay = tune(u.module_id, u.key, u.published_at or now)
             entry = entries.get(key)
             if entry is None:
                 deadline = now + (critical_delay if rank == _CRITICAL else delay)
@@ -538,7 +570,19 @@ class DebouncerActor(ManagedActor):
             lateness_p99_ms=late.p99,
             lateness_max_ms=late.max,
             undelivered=self._undelivered,
+            adaptive=self._adaptive_summary(),
         )
+
+    def _adaptive_summary(self) -> dict[str, Any]:
+        tuner = self._tuner
+        if tuner is not None:
+            return tuner.summary(self.clock.monotonic())
+        if self._adaptive is None or not self._adaptive.enabled:
+            why = "adaptive.enabled: false (MANUAL never adapts)"
+        else:
+            why = "debounce.enabled: false"
+        return {"enabled": False, "parameters": {
+            "debounce.delay_ms": frozen_parameter(self.settings.delay_ms, why)}}
 
     def apply_settings(self, old: Any, new: Any) -> None:
         """Apply new settings, keeping pending work.
@@ -548,7 +592,11 @@ class DebouncerActor(ManagedActor):
         max_wait``), never pushed out. Otherwise scheduled deadlines stay as they are.
         """
         before = (self._delay, self._critical_delay, self._max_wait)
+        tuner = self._tuner
         self._load(new)
+        if tuner is not None and self._tuner is not None \
+                and self._tuner_config(tuner) == self._tuner_config(self._tuner):
+            self._tuner = tuner  # same tuning: keep what was learnt
         if not self._enabled:
             self._flush(None, None)
             return
@@ -567,6 +615,12 @@ class DebouncerActor(ManagedActor):
             entry.deadline = pulled
         self._rebuild_heap()
         self._rearm()
+
+    @staticmethod
+    def _tuner_config(tuner: DebounceTuner) -> tuple[Any, ...]:
+        return (tuner.configured_ms, tuner.min_ms, tuner.max_ms, tuner.quantile,
+                tuner.margin, tuner.min_samples, tuner.half_life, tuner.forget_after_s,
+                tuner.max_keys, tuner.top_n, tuner.log_change)
 
     def export_pending(self) -> DebouncerHandover:
         """Return the pending work in emission order.

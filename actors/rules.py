@@ -26,6 +26,9 @@ __all__ = [
     "RULES",
     "SEVERITIES",
     "WORSENING",
+    "AdaptationRule",
+    "AdaptiveBoundRule",
+    "AdaptiveView",
     "CacheHitRateRule",
     "CacheView",
     "CoordinationLatencyRule",
@@ -102,6 +105,21 @@ class MemoryView:
 
 
 @dataclass(frozen=True)
+class AdaptiveView:
+    """What adapted, as the rules see it (from the debouncer's and batcher's ``adaptive``
+    statistics).
+
+    Attributes:
+        parameters: parameter name → ``(configured, effective, reason)``.
+        pinned: ``(parameter, subject, bound key)`` for each value held at a bound (the
+            subject is a module, or ``"all"`` for the batch window).
+    """
+
+    parameters: Mapping[str, tuple[float, float, str]]
+    pinned: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class RuleSnapshot:
     """Everything a rule may read. A section is ``None`` when its statistics are missing.
 
@@ -121,6 +139,7 @@ class RuleSnapshot:
     queue: QueueView | None = None
     memory: MemoryView | None = None
     restarts: Mapping[str, int] | None = None
+    adaptive: AdaptiveView | None = None
 
 
 def number(section: Any, *keys: str) -> float | None:
@@ -156,6 +175,7 @@ def rule_snapshot(sections: Mapping[str, Any], latencies: Mapping[str, LatencyWi
     restarts = sections.get("restarts")
     strategy = memory.get("strategy") if isinstance(memory, Mapping) else None
     return RuleSnapshot(
+        adaptive=_adaptive_view(sections.get("debouncer"), batcher),
         latencies=latencies,
         latency_window_s=latency_window_s,
         cache=CacheView(enabled=cache.get("enabled") is not False, lookups=cache_lookups)
@@ -172,6 +192,29 @@ def rule_snapshot(sections: Mapping[str, Any], latencies: Mapping[str, LatencyWi
                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if isinstance(restarts, Mapping) else None,
     )
+
+
+def _adaptive_view(debouncer: Any, batcher: Any) -> AdaptiveView | None:
+    """The :class:`AdaptiveView` of the two sections; ``None`` when neither adapts."""
+    params: dict[str, tuple[float, float, str]] = {}
+    pinned: list[tuple[str, str, str]] = []
+    enabled = False
+    for section in (debouncer, batcher):
+        adaptive = section.get("adaptive") if isinstance(section, Mapping) else None
+        if not isinstance(adaptive, Mapping) or not adaptive.get("enabled"):
+            continue
+        enabled = True
+        for name, p in (adaptive.get("parameters") or {}).items():
+            configured, effective = number(p, "configured"), number(p, "effective")
+            if configured is None or effective is None:
+                continue
+            params[str(name)] = (configured, effective, str(p.get("reason", "")))
+            if isinstance(p, Mapping) and isinstance(p.get("pinned"), str):
+                pinned.append((str(name), "all", p["pinned"]))
+        for m in adaptive.get("modules") or ():
+            if isinstance(m, Mapping) and isinstance(m.get("pinned"), str):
+                pinned.append(("debounce.delay_ms", str(m.get("module")), m["pinned"]))
+    return AdaptiveView(params, tuple(pinned)) if enabled else None
 
 
 # -- rules ---------------------------------------------------------------------------------
@@ -447,6 +490,72 @@ class MemoryNearLimitRule(InsightRule):
         return reading
 
 
+class AdaptationRule(InsightRule):
+    """An adapted parameter differs from its configured value by more than
+    ``adaptive_change_fraction`` (explains what adapted and why)."""
+
+    id = "adaptive_tuning"
+    severity = "info"
+    message = "Adaptive tuning moved parameters away from their configured values"
+    recommendation = (
+        "Nothing to do; to freeze every parameter at its configured value set "
+        "adaptive.enabled: false in the mode file"
+    )
+
+    def read(self, snapshot: RuleSnapshot, settings: MonitorSettings) -> Reading | None:
+        view = snapshot.adaptive
+        if view is None:
+            return None  # nothing adapts (MANUAL, or adaptive.enabled: false)
+        threshold = settings.adaptive_change_fraction
+        changes = []
+        for name, (configured, effective, reason) in sorted(view.parameters.items()):
+            if configured > 0:
+                changes.append((abs(effective - configured) / configured, name,
+                                configured, effective, reason))
+        if not changes:
+            return self.lacking(threshold, "no adapted parameters reported")
+        worst = max(c[0] for c in changes)
+        reading = self.compare(round(worst, 4), threshold, 0.0)
+        if reading.breached:
+            said = "; ".join(f"{n} {c:g} -> {e:g} ({r})" for d, n, c, e, r in changes
+                             if d > threshold)
+            reading = dataclasses.replace(
+                reading, recommendation=f"{said}. {self.recommendation}")
+        return reading
+
+
+_BOUND_NAMES = {"debounce.delay_ms": "debounce delay", "batch.window_ms": "batch window"}
+
+
+class AdaptiveBoundRule(InsightRule):
+    """An adapted value is held at a bound (``adaptive_pinned_min`` or more of them): the
+    bound, not the activity, decides it; the recommendation names the key to move."""
+
+    id = "adaptive_bound_pinned"
+    severity = "warning"
+    message = "An adaptive bound holds a parameter back from the value activity calls for"
+    recommendation = "Widen the bound named, or leave it if the bound is deliberate"
+    inclusive = True
+
+    def read(self, snapshot: RuleSnapshot, settings: MonitorSettings) -> Reading | None:
+        view = snapshot.adaptive
+        if view is None:
+            return None
+        threshold = float(settings.adaptive_pinned_min)
+        reading = self.compare(float(len(view.pinned)), threshold, 0.0)
+        if reading.breached:
+            said = "; ".join(
+                f"{_BOUND_NAMES.get(p, p)} pinned at {bound.rsplit('.', 1)[-1]} for "
+                f"{subject}: {'lower' if bound.endswith('min_ms') else 'raise'} {bound}"
+                for p, subject, bound in view.pinned[:10])
+            # Held at a maximum, bursts go out uncollapsed (or batches small): a warning;
+            # held at a minimum, the value is a little longer than needed: information.
+            at_max = any(not bound.endswith("min_ms") for _, _, bound in view.pinned)
+            reading = dataclasses.replace(reading, recommendation=said,
+                                          severity="warning" if at_max else "info")
+        return reading
+
+
 RULES: tuple[InsightRule, ...] = (
     CoordinationLatencyRule(),
     CacheHitRateRule(),
@@ -454,6 +563,8 @@ RULES: tuple[InsightRule, ...] = (
     RestartChurnRule(),
     MemoryNearLimitRule(),
     DebounceLatenessRule(),
+    AdaptationRule(),
+    AdaptiveBoundRule(),
 )
 """The rules every evaluation runs, in this order."""
 

@@ -8,17 +8,24 @@ are range-checked.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 __all__ = [
+    "ADAPTIVE_SECTIONS",
+    "AdaptiveBatchSettings",
+    "AdaptiveDebounceSettings",
+    "AdaptiveSettings",
     "BatchSettings",
     "CacheSettings",
     "DebounceSettings",
     "MemorySettings",
     "ModeSettings",
     "MonitorSettings",
+    "Tuned",
+    "actor_settings",
 ]
 
 
@@ -91,6 +98,61 @@ class MonitorSettings(_Section):
     memory_near_limit_fraction: float = Field(0.9, gt=0, le=1)
     debounce_lateness_ms: float = Field(20.0, gt=0)
     quiet_period_s: float = Field(300.0, ge=0)
+    adaptive_change_fraction: float = Field(0.2, gt=0, le=100)
+    adaptive_pinned_min: int = Field(1, ge=1)
+
+
+class AdaptiveDebounceSettings(_Section):
+    """``adaptive.debounce:`` — the debounce delay learnt from the gaps between publishes.
+
+    Per key (per module while a key has fewer than ``min_samples`` gaps), a decayed
+    histogram of the gaps shorter than ``max_ms`` (a longer gap is a pause: no allowed
+    delay could collapse it); the delay is its ``quantile`` times ``margin``, clamped to
+    ``[min_ms, max_ms]`` and never past ``debounce.max_wait_ms`` (both bounds are cut to
+    it when larger, and the status says so).
+    """
+
+    min_ms: float = Field(50.0, ge=0, le=3_600_000)
+    max_ms: float = Field(600.0, gt=0, le=3_600_000)
+    quantile: float = Field(0.9, ge=0.5, le=0.999)
+    margin: float = Field(1.2, ge=1.0, le=10.0)
+    min_samples: int = Field(8, ge=1, le=10_000)
+    half_life_samples: float = Field(50.0, ge=2, le=1_000_000)
+    forget_after_ms: float = Field(60_000.0, gt=0, le=604_800_000)
+    max_keys: int = Field(4096, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> AdaptiveDebounceSettings:
+        if self.min_ms > self.max_ms:
+            raise ValueError("min_ms must not exceed max_ms")
+        return self
+
+
+class AdaptiveBatchSettings(_Section):
+    """``adaptive.batch:`` — the batch window and size following the arrival rate.
+
+    ``load`` = decayed arrival rate × ``batch.window_ms`` / ``batch.max_size`` (how full
+    a batch the configured window would gather). The window is ``batch.window_ms`` ×
+    load, clamped to ``[min_window_ms, batch.window_ms]`` (``min_window_ms`` is cut to
+    ``batch.window_ms`` when larger; batches grow toward
+    ``batch.max_size`` as the load does). Changes smaller than ``hysteresis`` (a fraction
+    of the current window) are ignored.
+    """
+
+    min_window_ms: float = Field(20.0, gt=0, le=3_600_000)
+    rate_half_life_ms: float = Field(1000.0, gt=0, le=3_600_000)
+    hysteresis: float = Field(0.1, ge=0, lt=1)
+
+
+class AdaptiveSettings(_Section):
+    """``adaptive:`` — what the actors may tune by themselves (``enabled: false``: every
+    parameter stays at its configured value; MANUAL never adapts)."""
+
+    enabled: StrictBool = False
+    log_change_fraction: float = Field(0.25, gt=0, le=100)
+    summary_top_n: int = Field(10, ge=1, le=1000)
+    debounce: AdaptiveDebounceSettings = AdaptiveDebounceSettings()
+    batch: AdaptiveBatchSettings = AdaptiveBatchSettings()
 
 
 class ModeSettings(_Section):
@@ -101,3 +163,38 @@ class ModeSettings(_Section):
     batch: BatchSettings = BatchSettings()
     memory: MemorySettings = MemorySettings()
     monitor: MonitorSettings = MonitorSettings()
+    adaptive: AdaptiveSettings = AdaptiveSettings()
+
+
+ADAPTIVE_SECTIONS: frozenset[str] = frozenset({"debounce", "batch"})
+"""The sections whose actors get the ``adaptive`` settings with their own (:class:`Tuned`)."""
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """An actor's section together with the ``adaptive`` settings it tunes within.
+
+    Attributes:
+        section: the actor's own section (``DebounceSettings``, ``BatchSettings``).
+        adaptive: the mode's ``adaptive`` section (``enabled`` false in MANUAL).
+    """
+
+    section: Any
+    adaptive: AdaptiveSettings
+
+
+def actor_settings(settings: ModeSettings, section: str, mode: str | None = None) -> Any:
+    """What the actor configured by ``section`` receives: the section itself, or, for the
+    adaptive sections, a :class:`Tuned` pair. In MANUAL (``mode``) adaptation is off
+    whatever the file says (the loader refuses ``adaptive.enabled: true`` there anyway).
+
+    Raises:
+        AttributeError: ``section`` is not a section of :class:`ModeSettings`.
+    """
+    value = getattr(settings, section)
+    if section not in ADAPTIVE_SECTIONS:
+        return value
+    adaptive = settings.adaptive
+    if mode == "MANUAL" and adaptive.enabled:
+        adaptive = adaptive.model_copy(update={"enabled": False})
+    return Tuned(value, adaptive)

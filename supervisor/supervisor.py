@@ -47,7 +47,7 @@ from modcoord.actors.errors import ActorStoppedError, InvalidMessageError, Modco
 from modcoord.actors.memory import Forget, Track
 from modcoord.actors.message import Message
 from modcoord.actors.monitor import ForgetModule, Restarted
-from modcoord.actors.settings import ModeSettings
+from modcoord.actors.settings import ModeSettings, actor_settings
 from modcoord.actors.shared import Shared
 from modcoord.supervisor.protocol.module import ModuleInfo
 
@@ -261,7 +261,7 @@ class SupervisorActor(pykka.ThreadingActor):
     # -- lifecycle --
 
     def _settings_for(self, name: str) -> Any:
-        return getattr(self.modes[self.mode], SECTION_OF[name])
+        return actor_settings(self.modes[self.mode], SECTION_OF[name], self.mode)
 
     def _context(self, child: _Child) -> ActorContext:
         me = self.actor_ref

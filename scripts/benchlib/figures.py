@@ -66,6 +66,12 @@ What each figure measures (``N`` and round counts are smaller with ``--quick``):
     script beside the interpreter, or ``python -m modcoord.supervisor`` without one),
     wall time, median of the same R rounds as figure 13; baseline: the same median bare
     run; ratio = ``t(modcoord status --json) / t(python -c pass) <= 4.0``.
+15-18. adaptive debouncing and batching (``adaptive.py`` in this package: the real
+    debouncer and batcher actors in this process, each against ``adaptive.enabled: false``
+    on the same input): 15 updates collapsed and 16 median publish-to-delivery latency on a
+    synthetic typing trace, 17 median latency in the light phases of a light → heavy →
+    light load, all three in simulated time (a stepped ``MockClock``); 18 throughput at
+    heavy load on the real clock.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import adaptive
 from .agents import Agent
 from .baselines import echo_server_main, manager_server_main
 from .common import (
@@ -674,8 +681,24 @@ class Bench:
 
         measure("12", "start to ready", lambda: self.fig_start(default_cfg),
                 [("start to ready (modcoord start, detached)", "s", "<= 0.5 s")])
-        order = ["1-2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13-14"]
+        self.adaptive_figures(measure)
+        order = ["1-2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13-14",
+                 "15-16", "17", "18"]
         return [r for key in order for r in rows.get(key, [])]
+
+    def adaptive_figures(self, measure: Callable[..., None]) -> None:
+        """Figures 15-18: in this process, on the actors (no daemon, no agents)."""
+        quick = self.plan.rounds < Plan.of(False).rounds
+        measure("15-16", "adaptive debouncing (simulated typing trace)",
+                lambda: adaptive.fig_adaptive_debounce(quick),
+                [(adaptive.ROW_COLLAPSED, "updates", ">= 0.9x"),
+                 (adaptive.ROW_DEBOUNCE_LATENCY, "ms", "<= 0.6x")])
+        measure("17", "adaptive batching, light load (simulated)",
+                lambda: adaptive.fig_adaptive_batch_light(quick),
+                [(adaptive.ROW_LIGHT, "ms", "<= 0.5x")])
+        measure("18", "adaptive batching, heavy load",
+                lambda: adaptive.fig_adaptive_batch_heavy(quick),
+                [(adaptive.ROW_HEAVY, "updates/s", ">= 0.95x")])
 
     def figures_on_main(self, main_d: Daemon, measure: Callable[..., None]) -> None:
         """The figures measured on the daemon with the packaged configs; stops it after."""

@@ -344,6 +344,10 @@ def load_config_dir(directory: Path | str | None = None) -> ConfigSet:
         data, raw = _read_yaml(path)
         digest.update(filename.encode() + b"\0" + raw + b"\0")
         modes[mode] = _validate(ModeSettings, data, path)
+        if mode == "MANUAL" and modes[mode].adaptive.enabled:
+            raise ConfigError(str(path), "adaptive.enabled", (
+                "MANUAL runs exactly the configured values and never adapts; set "
+                "adaptive.enabled: false here (HYBRID and FULLY_AUTO adapt)"))
     daemon_path = base / DAEMON_FILE
     if daemon_path.exists():
         data, raw = _read_yaml(daemon_path)

@@ -162,6 +162,22 @@ def _wire_mode(mode: Any) -> str:
     return canonical
 
 
+def adaptive_status(debouncer: Any, batcher: Any) -> dict[str, Any]:
+    """The ``status`` document's ``adaptive`` field from the two actors' statistics:
+    ``enabled`` (either adapts), ``parameters`` (each configured, effective, reason) and the
+    debouncer's bounded per-module and per-key summary."""
+    deb, bat = ((s.get("adaptive") or {}) if isinstance(s, dict) else {}
+                for s in (debouncer, batcher))
+    parts = (deb, bat)
+    out: dict[str, Any] = {
+        "enabled": any(p.get("enabled") for p in parts),
+        "parameters": {k: v for p in parts for k, v in (p.get("parameters") or {}).items()},
+    }
+    if deb.get("enabled"):
+        out["debounce"] = {k: v for k, v in deb.items() if k not in ("enabled", "parameters")}
+    return out
+
+
 def _plain(value: Any) -> Any:
     """Make an actor reply wire-friendly (snapshots → dicts)."""
     as_dict = getattr(value, "as_dict", None)
@@ -666,6 +682,7 @@ class ModuleCoordinator:
             "memory": memory,
             "monitor": stats.get("monitor"),
             "undeliverable": self.undeliverable,
+            "adaptive": adaptive_status(stats.get("debouncer"), batcher),
             "last_reload_error": None,
         }
 
