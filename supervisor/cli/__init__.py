@@ -31,7 +31,6 @@ import argparse
 import importlib
 import os
 import sys
-
 from typing import ClassVar, NoReturn
 
 from modcoord.actors.errors import ModcoordError
