@@ -71,8 +71,19 @@ def runtime_dir(args: Namespace) -> Path:
 
 
 def client(args: Namespace, timeout: float = 10.0) -> Any:
-    """Connect to the daemon of ``--runtime-dir`` (raises NotRunningError if none)."""
+    """Connect to the daemon of ``--runtime-dir`` (raises NotRunningError if none).
+
+    The client library's log records (``modcoord.client``, e.g. "connection to the daemon
+    lost" when ``stop`` makes the daemon hang up) are not printed: a command reports its
+    failures itself, in user words, from the errors the calls raise."""
+    import logging
+
     from modcoord.supervisor.client import connect
+    from modcoord.supervisor.client._log import LOGGER_NAME
+
+    logger = logging.getLogger(LOGGER_NAME)
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
 
     return connect(runtime_dir=runtime_dir(args), timeout=timeout, reconnect=False)
 

@@ -32,9 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: float,
-           insights: list[dict[str, Any]] | None = None) -> Any:
+           insights: list[dict[str, Any]] | None = None, keys: bool = True) -> Any:
     """Build the rich renderable for one refresh (pure: testable without a terminal): the
-    metrics table, then the insights section."""
+    metrics table, then the insights section (then the quit hint, if ``keys`` are read)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -77,8 +77,9 @@ def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: flo
     section = Text()
     section.append(f"insights ({len(insights or [])})\n", style="bold")
     section.append(body)
-    hint = Text("press q to quit", style="dim")
-    return Group(table, section, hint)
+    if not keys:
+        return Group(table, section)
+    return Group(table, section, Text("press q to quit", style="dim"))
 
 
 @contextlib.contextmanager
@@ -137,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
                 status = c.status().get(timeout=10)
                 insights = c.insights().get(timeout=10)["insights"]
                 now = time.monotonic()
-                live.update(render(status, previous, now - last, insights), refresh=True)
+                live.update(render(status, previous, now - last, insights, keys is not None),
+                            refresh=True)
                 previous, last = status, now
                 count += 1
                 if args.iterations and count >= args.iterations:
