@@ -122,12 +122,20 @@ def wait_key(fd: int | None, timeout: float) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.live import Live
-
     if not args.interval > 0:
         raise UsageError(f"--interval must be more than 0 seconds (got {args.interval:g})")
     if args.iterations < 0:
         raise UsageError(f"--iterations must not be negative (got {args.iterations})")
+    try:
+        return _view(args)
+    finally:
+        if not sys.stdout.isatty():
+            sys.stdout.write("\n")  # rich leaves the last line of a non-terminal open
+
+
+def _view(args: argparse.Namespace) -> int:
+    from rich.live import Live
+
     previous: dict[str, Any] | None = None
     last = time.monotonic()
     count = 0
