@@ -34,6 +34,7 @@ __all__ = [
     "format_uptime",
     "mode_name",
     "print_json",
+    "quiet_client_log",
     "runtime_dir",
     "user_error",
 ]
@@ -71,21 +72,25 @@ def runtime_dir(args: Namespace) -> Path:
 
 
 def client(args: Namespace, timeout: float = 10.0) -> Any:
-    """Connect to the daemon of ``--runtime-dir`` (raises NotRunningError if none).
+    """Connect to the daemon of ``--runtime-dir`` (raises NotRunningError if none)."""
+    from modcoord.supervisor.client import connect
 
-    The client library's log records (``modcoord.client``, e.g. "connection to the daemon
-    lost" when ``stop`` makes the daemon hang up) are not printed: a command reports its
-    failures itself, in user words, from the errors the calls raise."""
+    return connect(runtime_dir=runtime_dir(args), timeout=timeout, reconnect=False)
+
+
+def quiet_client_log() -> None:
+    """Do not print the client library's log records (``modcoord.client``), e.g. the
+    "connection to the daemon lost" that ``stop`` causes by design when the daemon hangs
+    up: the command reports what matters itself, in user words. (It imports
+    :mod:`logging`, so only the commands that need it call it: ``status --json`` stays
+    light.)"""
     import logging
 
-    from modcoord.supervisor.client import connect
     from modcoord.supervisor.client._log import LOGGER_NAME
 
     logger = logging.getLogger(LOGGER_NAME)
     if not logger.handlers:
         logger.addHandler(logging.NullHandler())
-
-    return connect(runtime_dir=runtime_dir(args), timeout=timeout, reconnect=False)
 
 
 def print_json(value: Any) -> None:

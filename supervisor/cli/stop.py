@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 
 from modcoord.actors.errors import ConnectionLostError, NotRunningError
-from modcoord.supervisor.cli._common import CliError, UsageError, client, emit, runtime_dir
+from modcoord.supervisor.cli._common import (
+    CliError,
+    UsageError,
+    client,
+    emit,
+    quiet_client_log,
+    runtime_dir,
+)
 
 HELP = "stop the daemon gracefully"
 
@@ -46,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise NotRunningError(f"modcoord is not running on {runtime_dir(args)} (no daemon "
                               f"holds {pidfile}); nothing to stop")
     pid = read_pid(pidfile)
+    quiet_client_log()  # the daemon hangs up once it has answered: expected here
     try:
         with client(args) as c:
             c.stop().get(timeout=args.timeout)
