@@ -37,16 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def stale_pidfile(args: argparse.Namespace) -> dict[str, Any] | None:
     """The runtime directory's pidfile when no live daemon holds it (a daemon that died
     without cleaning up, e.g. killed with SIGKILL): ``{"path", "pid", "pid_alive"}``;
-    ``None`` when there is none, or a daemon holds it."""
+    ``None`` when there is none, a daemon holds it, or it is no daemon's (a symlink, not a
+    regular file, no pid in it)."""
     from modcoord.supervisor.cli.stop import alive
     from modcoord.supervisor.daemon.process import is_locked, read_pid
     from modcoord.supervisor.protocol.paths import pidfile_path
 
     path = pidfile_path(runtime_dir(args))
-    if not path.exists() or is_locked(path):
+    pid = read_pid(path)  # None too for a symlink or a non-regular file: not a daemon's
+    if pid is None or is_locked(path):
         return None
-    pid = read_pid(path)
-    return {"path": str(path), "pid": pid, "pid_alive": pid is not None and alive(pid)}
+    return {"path": str(path), "pid": pid, "pid_alive": alive(pid)}
 
 
 def not_running(args: argparse.Namespace, exc: NotRunningError) -> CliError:
@@ -61,10 +62,9 @@ def not_running(args: argparse.Namespace, exc: NotRunningError) -> CliError:
     if stale is None:
         return CliError(str(exc), ExitCode.NOT_RUNNING, reason=str(exc), **details)
     pid = stale["pid"]
-    who = f"pid {pid}" if pid is not None else "a daemon (no pid in the file)"
     still = (f" (pid {pid} now belongs to another process)" if stale["pid_alive"]
              else "")
-    message = (f"modcoord is dead: {who} left the pidfile {stale['path']} but no daemon "
+    message = (f"modcoord is dead: pid {pid} left the pidfile {stale['path']} but no daemon "
                f"holds it{still}; run 'modcoord start' to start a new daemon (it replaces "
                f"the stale files), or remove {stale['path']}")
     return CliError(message, ExitCode.FAILURE, reason=message, **details)
