@@ -1,7 +1,16 @@
 """The ``modcoord`` command line: one module per command in this package.
 
-Exit codes are a contract: 0 success, 1 failure, 2 usage, 3 not running, 78 invalid
-config at start.
+Exit codes are a contract, defined once in :class:`~modcoord.supervisor.exitcodes.ExitCode`:
+0 success, 1 failure (and ``status``: dead daemon, stale pidfile), 2 usage, 3 not running,
+78 start refused (invalid config, unsafe path).
+
+Every command that reads or changes something takes ``--json`` (added here, by the parser
+builder, to each command but those in :data:`NO_JSON`): its answer is one JSON object on
+stdout with ``"ok": true``; a failure — a usage error included — is
+``{"ok": false, "error": ..., "exit_code": N}`` on stdout, with the same exit code and the
+same ``modcoord: ...`` line on stderr as without ``--json``. Commands raise
+:class:`~modcoord.supervisor.cli._common.CliError` for their failures; the client's errors
+are put in user words by :func:`~modcoord.supervisor.cli._common.user_error`.
 
 Each command module defines ``HELP``, ``add_arguments(parser)`` and ``run(args)``, and
 imports at its top only what building its parser needs; what running it needs (the
@@ -22,20 +31,42 @@ import argparse
 import importlib
 import os
 import sys
+from typing import ClassVar, NoReturn
 
-from modcoord.actors.errors import ModcoordError, NotRunningError
+from modcoord.actors.errors import ModcoordError
+from modcoord.supervisor.cli._common import ExitCode, error_object, print_json, user_error
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "NO_JSON", "main"]
 
 COMMANDS: tuple[str, ...] = (
     "start", "stop", "status", "mode", "reload", "config", "insights", "optimize", "logs",
-    "metrics", "top", "debug",
+    "metrics", "top", "debug", "completion",
 )
+
+#: The commands that do not take the shared ``--json``, and why (``logs`` has its own:
+#: ``logs --json`` prints the records as JSON lines).
+NO_JSON: dict[str, str] = {
+    "metrics": "prints the Prometheus exposition; 'status --json' has the same figures",
+    "top": "an interactive view; 'status --json' and 'insights --json' have its figures",
+    "completion": "prints a shell script",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with JSON usage errors: when the command line asks for ``--json``, a usage
+    error is also printed as the JSON error object on stdout (exit 2 either way)."""
+
+    json_errors: ClassVar[bool] = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            print_json(error_object(message, ExitCode.USAGE))
+        super().error(message)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser: every command's, or only command ``only``'s."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="modcoord",
         description="The ModuleCoordinator daemon: debounce, cache, batch and monitor the "
                     "updates of an application's modules.",
@@ -53,7 +84,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
         p.add_argument("--runtime-dir", default=None, help=_RUNTIME_DIR_HELP)
         module.add_arguments(p)
-        _runtime_dir_on_actions(p)
+        if name not in NO_JSON and not _has_json(p):
+            p.add_argument("--json", action="store_true", help=_JSON_HELP)
+        _runtime_dir_on_actions(p, with_json=name not in NO_JSON)
         p.set_defaults(run=module.run)
     return parser
 
@@ -103,46 +136,48 @@ def _apply_globals(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def json_commands() -> tuple[str, ...]:
-    """The commands that take ``--json`` (builds every command's parser)."""
-    out = []
-    for name in COMMANDS:
-        p = argparse.ArgumentParser()
-        importlib.import_module(f"modcoord.supervisor.cli.{name}").add_arguments(p)
-        if any("--json" in a.option_strings for a in p._actions):
-            out.append(name)
-    return tuple(out)
+    """The commands that take ``--json``."""
+    return tuple(name for name in COMMANDS if name not in NO_JSON)
+
+
+def _has_json(parser: argparse.ArgumentParser) -> bool:
+    return any("--json" in a.option_strings for a in parser._actions)
+
+
+_JSON_HELP = ('print one JSON object on stdout ({"ok": true, ...}; a failure: '
+              '{"ok": false, "error": ..., "exit_code": N})')
 
 
 _RUNTIME_DIR_HELP = ("runtime directory (default: $MODCOORD_RUNTIME_DIR, "
                      "$XDG_RUNTIME_DIR/modcoord, /tmp/modcoord-$UID)")
 
 
-def _runtime_dir_on_actions(parser: argparse.ArgumentParser) -> None:
-    """Accept ``--runtime-dir`` after a command's action too (``config show --runtime-dir
-    R``), not only before it; given there, it wins (SUPPRESS: absent leaves the value the
-    command level parsed)."""
+def _runtime_dir_on_actions(parser: argparse.ArgumentParser, with_json: bool) -> None:
+    """Accept ``--runtime-dir`` (and ``--json``) after a command's action too (``config
+    show --runtime-dir R``), not only before it; given there, it wins (SUPPRESS: absent
+    leaves the value the command level parsed)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
                 child.add_argument("--runtime-dir", default=argparse.SUPPRESS,
                                    help=_RUNTIME_DIR_HELP)
+                if with_json and not _has_json(child):
+                    child.add_argument("--json", action="store_true",
+                                       default=argparse.SUPPRESS, help=_JSON_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code."""
     words = sys.argv[1:] if argv is None else argv
+    _Parser.json_errors = "--json" in words
     parser = build_parser(command_name(words))
     args = parser.parse_args(words)
     _apply_globals(parser, args)
     try:
         code: int = args.run(args)
         return code
-    except NotRunningError as exc:
-        print(f"modcoord: {exc}", file=sys.stderr)
-        return 3
     except ModcoordError as exc:
-        print(f"modcoord: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, exc)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -151,6 +186,16 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+
+
+def _fail(args: argparse.Namespace, exc: ModcoordError) -> int:
+    """Print a failure in user words (stderr; and the JSON error object on stdout for
+    ``--json``); its exit code."""
+    error = user_error(exc)
+    print(f"{error.prefix}{error}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print_json(error_object(str(error), error.code, error.details))
+    return error.code
 
 
 if __name__ == "__main__":

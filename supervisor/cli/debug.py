@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from modcoord.supervisor.cli._common import client
+from modcoord.supervisor.cli._common import client, emit
 
 HELP = "fault injection (crash an actor)"
 
@@ -23,5 +23,5 @@ def run(args: argparse.Namespace) -> int:
     kind = "base_exception" if args.base_exception else "exception"
     with client(args) as c:
         c.crash(args.actor, kind=kind).get(timeout=10)
-    print(f"crash injected into {args.actor}")
+    emit(args, {"actor": args.actor, "kind": kind}, f"crash injected into {args.actor}")
     return 0

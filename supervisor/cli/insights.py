@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from modcoord.supervisor.cli._common import client, print_json
+from modcoord.supervisor.cli._common import client, emit
 
 HELP = "insights and recommendations"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true",
-                   help='print {"insights": [...], "recommendations": [...]}')
+    pass  # --json (prints {"insights": [...], "recommendations": [...]}): the parser builder
 
 
 def run(args: argparse.Namespace) -> int:
     with client(args) as c:
         result = c.insights().get(timeout=10)
-    if args.json:
-        print_json(result)
-        return 0
-    for insight in result["insights"]:
-        print(f"[{insight['severity']}] {insight['id']}: {insight['message']}")
-        if insight.get("threshold") is not None:
-            print(f"    observed {insight['observed']} vs threshold {insight['threshold']} "
-                  f"over {insight['window_s']} s")
-        if insight.get("recommendation"):
-            print(f"    → {insight['recommendation']}")
+    emit(args, result, insight_lines(result["insights"]))
     return 0
+
+
+def insight_lines(insights: list[dict[str, Any]]) -> list[str]:
+    """The human lines of ``insights`` (also drawn by ``top``)."""
+    lines = []
+    for insight in insights:
+        lines.append(f"[{insight['severity']}] {insight['id']}: {insight['message']}")
+        if insight.get("threshold") is not None:
+            lines.append(f"    observed {insight['observed']} vs threshold "
+                         f"{insight['threshold']} over {insight['window_s']} s")
+        if insight.get("recommendation"):
+            lines.append(f"    → {insight['recommendation']}")
+    return lines

@@ -4,9 +4,8 @@ rejected and the running one stays; the error is printed and shown in status."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from modcoord.supervisor.cli._common import client
+from modcoord.supervisor.cli._common import CliError, client, emit
 
 HELP = "re-read the configs now"
 
@@ -19,12 +18,10 @@ def run(args: argparse.Namespace) -> int:
     with client(args) as c:
         result = c.reload().get(timeout=30)
     if result.get("pending"):
-        print("modcoord: the reload is still running; its outcome will show in "
-              "'modcoord status' (last_reload_error)", file=sys.stderr)
-        return 1
+        raise CliError("the reload is still running; its outcome will show in "
+                       "'modcoord status' (last_reload_error)", **result)
     if not result["ok"]:
-        print(f"modcoord: reload rejected, running config kept: {result['error']}",
-              file=sys.stderr)
-        return 1
-    print("config reloaded" if result["changed"] else "config unchanged")
+        raise CliError(f"reload rejected, running config kept: {result['error']}",
+                       **{k: v for k, v in result.items() if k not in ("ok", "error")})
+    emit(args, result, "config reloaded" if result["changed"] else "config unchanged")
     return 0

@@ -4,10 +4,9 @@ with --foreground it stays attached (for systemd: READY=1 goes to $NOTIFY_SOCKET
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from modcoord.supervisor.cli._common import runtime_dir
+from modcoord.supervisor.cli._common import CliError, UsageError, emit, mode_name, runtime_dir
 
 HELP = "start the daemon"
 
@@ -15,7 +14,10 @@ HELP = "start the daemon"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config-dir", type=Path, default=None,
                    help="config directory (default: the packaged configs/)")
-    p.add_argument("--mode", default=None, help="initial mode: MANUAL, HYBRID or FULLY_AUTO")
+    from modcoord.actors.modes import MODES
+
+    p.add_argument("--mode", default=None, type=mode_name, choices=MODES,
+                   help="initial mode: MANUAL, HYBRID or FULLY_AUTO (any case)")
     p.add_argument("--log-dir", type=Path, default=None,
                    help="log directory (default: the runtime directory)")
     p.add_argument("--foreground", action="store_true", help="stay attached")
@@ -24,17 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modcoord.actors.errors import ConfigError
-    from modcoord.supervisor.daemon.config import normalize_mode
     from modcoord.supervisor.daemon.process import DaemonOptions, spawn
     from modcoord.supervisor.daemon.process import run as run_daemon
 
-    if args.mode is not None:
-        try:
-            normalize_mode(args.mode)
-        except ConfigError as exc:
-            print(f"modcoord start: {exc.problem}", file=sys.stderr)
-            return 2
+    if args.foreground and args.json:
+        raise UsageError("--json goes with a detached start; with --foreground the daemon "
+                         "stays attached and prints nothing on stdout")
     options = DaemonOptions(
         runtime_dir=runtime_dir(args), config_dir=args.config_dir, mode=args.mode,
         log_dir=args.log_dir, allow_fault_injection=args.allow_fault_injection,
@@ -42,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if args.foreground:
         return run_daemon(options)
     code, text = spawn(options)
-    if code == 0:
-        pid, sock = text.split(" ", 1)
-        print(f"modcoord started: pid {pid}, socket {sock}")
-    else:
-        print(f"modcoord: {text}", file=sys.stderr)
-    return code
+    if code != 0:
+        raise CliError(text, code)
+    pid, sock = text.split(" ", 1)
+    emit(args, {"pid": int(pid), "socket": sock, "runtime_dir": str(options.runtime_dir)},
+         f"modcoord started: pid {pid}, socket {sock}")
+    return 0

@@ -1,8 +1,15 @@
-"""Show whether the daemon runs (exit 0) or not (exit 3), with its state.
+"""Show whether the daemon runs (exit 0), is dead with a stale pidfile (exit 1), or does
+not run (exit 3), with its state; the uptime reads as ``up 2h 03m 14s``.
 
 With ``--json`` the answer is one JSON object on stdout either way: the daemon's status
-(``"running": true``) or, when no daemon answers, ``{"running": false, "runtime_dir",
-"socket", "reason"}`` with exit 3 (the reason is also the one line on stderr).
+(``"running": true``, ``uptime_s`` in seconds) or, when no daemon answers,
+``{"running": false, "runtime_dir", "socket", "reason", "stale_pidfile"}`` (``"ok":
+false``, ``"error"``, ``"exit_code"`` 3, or 1 when ``stale_pidfile`` is not null); the
+reason is also the one line on stderr.
+
+A stale pidfile is one that no live daemon holds locked (the kernel drops the lock when
+the process dies, so a daemon killed with SIGKILL leaves it behind): ``stale_pidfile`` is
+``{"path", "pid", "pid_alive"}``.
 """
 
 from __future__ import annotations
@@ -11,22 +18,56 @@ import argparse
 from typing import Any
 
 from modcoord.actors.errors import NotRunningError
-from modcoord.supervisor.cli._common import client, print_json, runtime_dir
+from modcoord.supervisor.cli._common import (
+    CliError,
+    ExitCode,
+    client,
+    emit,
+    format_uptime,
+    runtime_dir,
+)
 
 HELP = "show the daemon's status (exit 3 when not running)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    pass  # --json: added by the parser builder
 
 
-def not_running(args: argparse.Namespace, exc: NotRunningError) -> dict[str, Any]:
-    """The ``status --json`` object when no daemon answers on the runtime directory."""
+def stale_pidfile(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The runtime directory's pidfile when no live daemon holds it (a daemon that died
+    without cleaning up, e.g. killed with SIGKILL): ``{"path", "pid", "pid_alive"}``;
+    ``None`` when there is none, a daemon holds it, or it is no daemon's (a symlink, not a
+    regular file, no pid in it)."""
+    from modcoord.supervisor.cli.stop import alive
+    from modcoord.supervisor.daemon.process import is_locked, read_pid
+    from modcoord.supervisor.protocol.paths import pidfile_path
+
+    path = pidfile_path(runtime_dir(args))
+    pid = read_pid(path)  # None too for a symlink or a non-regular file: not a daemon's
+    if pid is None or is_locked(path):
+        return None
+    return {"path": str(path), "pid": pid, "pid_alive": alive(pid)}
+
+
+def not_running(args: argparse.Namespace, exc: NotRunningError) -> CliError:
+    """The failure when no daemon answers on the runtime directory: exit 3, or exit 1
+    (LSB "dead and pid file exists") with a stale pidfile."""
     from modcoord.supervisor.protocol.paths import socket_path
 
     where = runtime_dir(args)
-    return {"running": False, "runtime_dir": str(where), "socket": str(socket_path(where)),
-            "reason": str(exc)}
+    stale = stale_pidfile(args)
+    details = {"running": False, "runtime_dir": str(where),
+               "socket": str(socket_path(where)), "stale_pidfile": stale}
+    if stale is None:
+        return CliError(str(exc), ExitCode.NOT_RUNNING, reason=str(exc), **details)
+    pid = stale["pid"]
+    still = (f" (pid {pid} now belongs to another process)" if stale["pid_alive"]
+             else "")
+    message = (f"modcoord is dead: pid {pid} left the pidfile {stale['path']} but no daemon "
+               f"holds it{still}; run 'modcoord start' to start a new daemon (it replaces "
+               f"the stale files), or remove {stale['path']}")
+    return CliError(message, ExitCode.FAILURE, reason=message, **details)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,16 +75,13 @@ def run(args: argparse.Namespace) -> int:
         with client(args) as c:
             status = c.status().get(timeout=10)
     except NotRunningError as exc:
-        if not args.json:
-            raise
-        print_json(not_running(args, exc))
-        raise
-    if args.json:
-        print_json(status)
-        return 0
+        raise not_running(args, exc) from None
     perf = status["performance_metrics"]
     lat = perf["coordination_latency_ms"]
-    print(f"modcoord running: pid {status['pid']}, up {status['uptime_s']:.1f} s, "
+    if args.json:
+        emit(args, status)
+        return 0
+    print(f"modcoord running: pid {status['pid']}, up {format_uptime(status['uptime_s'])}, "
           f"mode {status['mode']}")
     print(f"  modules: {status['modules']}   subscriptions: {perf['active_subscriptions']}")
     print(f"  coordination latency ms: p50 {lat['p50']:.3f}  p95 {lat['p95']:.3f}  "

@@ -1,13 +1,26 @@
 """A live view of the daemon: throughput, latency percentiles, queue depths, cache hit
-rate, memory, modules and restarts, refreshed every second until Ctrl-C."""
+rate, memory, modules and restarts, and the monitor's insights, refreshed every second
+until ``q`` (or Ctrl-C).
+
+On a terminal the keyboard is read a key at a time (cbreak mode: no echo, no Enter
+needed; Ctrl-C still interrupts); the terminal's settings are put back on every exit, a
+Ctrl-C or an error included."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import select
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from modcoord.supervisor.cli._common import client
+from modcoord.supervisor.cli._common import UsageError, client, format_uptime
+
+#: The keys that quit.
+QUIT_KEYS = frozenset("qQ")
 
 HELP = "live view of the metrics"
 
@@ -18,9 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after N refreshes (0 = until Ctrl-C)")
 
 
-def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: float) -> Any:
-    """Build the rich renderable for one refresh (pure: testable without a terminal)."""
+def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: float,
+           insights: list[dict[str, Any]] | None = None, keys: bool = True) -> Any:
+    """Build the rich renderable for one refresh (pure: testable without a terminal): the
+    metrics table, then the insights section (then the quit hint, if ``keys`` are read)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
+
+    from modcoord.supervisor.cli.insights import insight_lines
 
     perf = status["performance_metrics"]
     lat = perf["coordination_latency_ms"]
@@ -35,7 +54,7 @@ def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: flo
         return f"{(now - before) / elapsed:,.0f}/s"
 
     table = Table(title=f"modcoord pid {status['pid']} — mode {status['mode']} — "
-                        f"up {status['uptime_s']:.0f} s", expand=False)
+                        f"up {format_uptime(status['uptime_s'])}", expand=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("updates in", f"{deb.get('received', 0):,}  ({rate('debouncer', 'received')})")
@@ -53,25 +72,87 @@ def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: flo
     for name, actor in status["actors"].items():
         table.add_row(f"actor {name}",
                       f"{'up' if actor['alive'] else 'DOWN'}, {actor['restarts']} restarts")
-    return table
+    lines = insight_lines(insights or [])
+    body = "\n".join(lines) if lines else "  none: every rule is within its threshold"
+    section = Text()
+    section.append(f"insights ({len(insights or [])})\n", style="bold")
+    section.append(body)
+    if not keys:
+        return Group(table, section)
+    return Group(table, section, Text("press q to quit", style="dim"))
+
+
+@contextlib.contextmanager
+def keyboard() -> Iterator[int | None]:
+    """Stdin in cbreak mode while inside (its fd), restored on the way out whatever
+    happens; ``None`` when stdin is not a terminal (then only Ctrl-C or ``--iterations``
+    end the view)."""
+    fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    if fd < 0 or not os.isatty(fd):
+        yield None
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield fd
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def wait_key(fd: int | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for a key; whether a quit key was pressed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if fd is None:
+            time.sleep(left)
+            return False
+        readable, _, _ = select.select([fd], [], [], left)
+        if readable:
+            data = os.read(fd, 64)
+            if not data:  # the terminal went away
+                return True
+            if QUIT_KEYS.intersection(data.decode(errors="replace")):
+                return True
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.interval > 0:
+        raise UsageError(f"--interval must be more than 0 seconds (got {args.interval:g})")
+    if args.iterations < 0:
+        raise UsageError(f"--iterations must not be negative (got {args.iterations})")
+    try:
+        return _view(args)
+    finally:
+        if not sys.stdout.isatty():
+            sys.stdout.write("\n")  # rich leaves the last line of a non-terminal open
+
+
+def _view(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     previous: dict[str, Any] | None = None
     last = time.monotonic()
     count = 0
-    with client(args) as c, Live(refresh_per_second=4, auto_refresh=False) as live:
+    with client(args) as c, keyboard() as keys, \
+            Live(refresh_per_second=4, auto_refresh=False) as live:
         try:
             while True:
                 status = c.status().get(timeout=10)
+                insights = c.insights().get(timeout=10)["insights"]
                 now = time.monotonic()
-                live.update(render(status, previous, now - last), refresh=True)
+                live.update(render(status, previous, now - last, insights, keys is not None),
+                            refresh=True)
                 previous, last = status, now
                 count += 1
                 if args.iterations and count >= args.iterations:
                     return 0
-                time.sleep(args.interval)
+                if wait_key(keys, args.interval):
+                    return 0
         except KeyboardInterrupt:
             return 0

@@ -37,6 +37,7 @@ __all__ = [
     "MODE_FILES",
     "ConfigSet",
     "DaemonSettings",
+    "check_config_dir",
     "default_config_dir",
     "load_config_dir",
     "load_mode_file",
@@ -299,11 +300,10 @@ def short_repr(value: Any) -> str:
     return text
 
 
-def _validate(model: type[BaseModel], data: dict[str, Any], path: Path) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
+def _problems(exc: ValidationError, path: Path) -> list[ConfigError]:
+    """Every problem pydantic found, as ConfigErrors naming file, key and problem."""
+    out = []
+    for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -312,7 +312,15 @@ def _validate(model: type[BaseModel], data: dict[str, Any], path: Path) -> Any:
             problem = err["msg"]
             if "input" in err and kind not in ("missing",) and not isinstance(err["input"], dict):
                 problem += f" (got {short_repr(err['input'])})"
-        raise ConfigError(str(path), key, problem) from None
+        out.append(ConfigError(str(path), key, problem))
+    return out
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any], path: Path) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _problems(exc, path)[0] from None
 
 
 def load_mode_file(path: Path) -> ModeSettings:
@@ -326,13 +334,42 @@ def load_mode_file(path: Path) -> ModeSettings:
     return result
 
 
+def check_config_dir(directory: Path | str | None = None) -> list[ConfigError]:
+    """Every problem of a config directory, in every file (file order: the mode files,
+    then ``daemon.yaml``; within a file, pydantic's order): ``[]`` when it is valid.
+
+    A file that cannot be read or parsed counts as one problem (its keys are not checked).
+    Never raises for a bad config; :func:`load_config_dir` raises the first of these.
+    """
+    base = Path(directory) if directory is not None else default_config_dir()
+    if not base.is_dir():
+        return [ConfigError(str(base), "", "not a directory")]
+    files: list[tuple[Path, type[BaseModel]]] = [
+        (base / filename, ModeSettings) for filename in MODE_FILES.values()]
+    if (base / DAEMON_FILE).exists():
+        files.append((base / DAEMON_FILE, DaemonSettings))
+    problems: list[ConfigError] = []
+    for path, model in files:
+        try:
+            data, _ = _read_yaml(path)
+        except ConfigError as exc:
+            problems.append(exc)
+            continue
+        try:
+            model.model_validate(data)
+        except ValidationError as exc:
+            problems.extend(_problems(exc, path))
+    return problems
+
+
 def load_config_dir(directory: Path | str | None = None) -> ConfigSet:
     """Load and validate a whole config directory (all three modes and the daemon file).
 
     A missing mode file is an error; a missing ``daemon.yaml`` means defaults.
 
     Raises:
-        ConfigError: for the first problem found, naming file, key and problem.
+        ConfigError: for the first problem found, naming file, key and problem
+            (:func:`check_config_dir` lists them all).
     """
     base = Path(directory) if directory is not None else default_config_dir()
     if not base.is_dir():

@@ -44,6 +44,7 @@ from typing import Any
 from loguru import logger
 
 from modcoord.actors.errors import ConfigError, ModcoordError
+from modcoord.supervisor.exitcodes import ExitCode
 from modcoord.supervisor.protocol.paths import (
     UnsafePathError,
     check_writable_dir,
@@ -67,11 +68,12 @@ __all__ = [
     "spawn",
 ]
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_NOT_RUNNING = 3
-EXIT_CONFIG = 78
+# The exit codes' one home is modcoord.supervisor.exitcodes; these names are its members.
+EXIT_OK = int(ExitCode.OK)
+EXIT_FAILURE = int(ExitCode.FAILURE)
+EXIT_USAGE = int(ExitCode.USAGE)
+EXIT_NOT_RUNNING = int(ExitCode.NOT_RUNNING)
+EXIT_CONFIG = int(ExitCode.CONFIG)
 
 STATE_FILE = "daemon.json"
 

@@ -489,7 +489,7 @@ def test_set_mode_notifies_modules_in_their_processes(
             ("mm2", "FULLY_AUTO", "aggressive"), ("mm3", "FULLY_AUTO", "aggressive")]
 
         refused = hd.cli("mode", "TURBO")
-        assert refused.code == 1 and "TURBO" in refused.err
+        assert refused.code == 2 and "TURBO" in refused.err  # a usage error
         assert hd.cli("mode").out.strip() == "FULLY_AUTO"
     finally:
         client.set_mode("HYBRID").get(10)
@@ -737,6 +737,7 @@ def test_status_json_has_every_field(
 
     direct = client.status().get(10)
     _check_status(direct, hd.pid)
+    assert printed.pop("ok") is True  # the CLI's --json answers all say ok
     assert _shape(direct) == _shape(printed)
     assert direct["modules"] == printed["modules"]
 
@@ -757,6 +758,7 @@ def test_insights_json_shape(hd: DaemonProcess, client: Any) -> None:
         assert isinstance(insight["id"], str) and insight["id"]
         assert isinstance(insight["message"], str) and insight["message"]
     direct = client.insights().get(10)
+    assert printed.pop("ok") is True  # the CLI's --json answers all say ok
     assert set(direct) == set(printed)
     assert sorted(i["id"] for i in direct["insights"]) == sorted(
         i["id"] for i in printed["insights"])

@@ -148,7 +148,7 @@ def test_status_json_and_mode_switch_through_the_cli(daemon: DaemonProcess) -> N
     assert daemon.cli("mode").out.strip() == "MANUAL"
     assert status(daemon)["mode"] == "MANUAL"
     bad = daemon.cli("mode", "TURBO")
-    assert bad.code == 1 and "TURBO" in bad.err
+    assert bad.code == 2 and "TURBO" in bad.err  # a usage error, as for start --mode
     assert daemon.cli("mode").out.strip() == "MANUAL"
 
 

@@ -187,6 +187,15 @@ def test_the_wheel_in_a_fresh_venv_imports_every_module_of_the_source_tree(
                          text=True, timeout=60, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "status" in cli.stdout
+    # The shell completion scripts come as package data and print without shtab (this
+    # venv has no dependencies at all).
+    for shell, name in (("bash", "modcoord.bash"), ("zsh", "_modcoord")):
+        printed = subprocess.run([str(venv / "bin" / "modcoord"), "completion", shell],
+                                 capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                                 env={"PATH": "/usr/bin:/bin"})
+        assert printed.returncode == 0, printed.stderr[-3000:]
+        assert printed.stdout == (
+            ROOT / "supervisor" / "cli" / "completions" / name).read_text()
 
 CHECK = """
 import importlib.util

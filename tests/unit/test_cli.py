@@ -61,10 +61,10 @@ def test_json_is_off_unless_given() -> None:
 def test_json_before_a_command_without_json_is_a_usage_error(
         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        parse(["--json", "start"])
+        parse(["--json", "top"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "--json is not accepted by 'start'" in err and "status" in err
+    assert "--json is not accepted by 'top'" in err and "status" in err and "start" in err
 
 
 def test_global_options_still_build_only_the_named_commands_parser() -> None:
