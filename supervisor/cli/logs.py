@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from modcoord.supervisor.cli._common import runtime_dir
+from modcoord.supervisor.cli._common import CliError, ExitCode, UsageError, runtime_dir
 
 HELP = "read and follow the structured log"
 
@@ -74,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
         lnav_format_path,
         log_files,
     )
-    from modcoord.supervisor.daemon.process import EXIT_FAILURE
-
     if args.lnav_format_path:
         print(lnav_format_path())
         return 0
@@ -85,16 +83,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             level_number(args.level)
         except ValueError as exc:  # a usage error, not a crash
-            print(f"modcoord logs: {exc}", file=sys.stderr)
-            return 2
+            raise UsageError(f"logs: {exc}") from None
     if args.n is not None and args.n < 0:
-        print("modcoord logs: -n must not be negative", file=sys.stderr)
-        return 2
+        raise UsageError("logs: -n must not be negative")
     if not log_files(directory):
-        print(f"modcoord logs: no log in {directory} (no {LOG_FILE} there): no daemon has "
-              "logged with this runtime directory; give the one it uses (--runtime-dir, "
-              "MODCOORD_RUNTIME_DIR) or its --log-dir", file=sys.stderr)
-        return EXIT_FAILURE
+        raise CliError(f"logs: no log in {directory} (no {LOG_FILE} there): no daemon has "
+                       "logged with this runtime directory; give the one it uses "
+                       "(--runtime-dir, MODCOORD_RUNTIME_DIR) or its --log-dir")
     color = color_wanted(sys.stdout) and not args.json
     filters = {"level": args.level, "actor": args.actor, "module": args.module}
 
@@ -123,5 +118,5 @@ def run(args: argparse.Namespace) -> int:
         # Nothing more can be written: no flush error at exit either.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILURE
-    return 0
+        return ExitCode.FAILURE
+    return ExitCode.OK

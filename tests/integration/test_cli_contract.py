@@ -11,7 +11,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import struct
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import CLI, DaemonFactory, DaemonProcess, run_cli
+from tools import tool_or_skip
 
 from modcoord.actors.modes import MODES
 from modcoord.supervisor.cli import COMMANDS, json_commands
@@ -275,17 +275,16 @@ def test_bash_completion_completes_the_commands_and_the_modes() -> None:
     assert _bash_complete(["completion", ""]) == ["bash", "zsh"]
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed "
-                    "(apt-get install zsh)")
 def test_the_zsh_completion_script_parses_and_defines_its_function(tmp_path: Path) -> None:
+    zsh = tool_or_skip("zsh")
     script = run_cli("completion", "zsh")
     assert script.code == 0 and script.out.startswith("#compdef modcoord")
     (tmp_path / "_modcoord").write_text(script.out)
-    syntax = subprocess.run(["zsh", "-n", str(tmp_path / "_modcoord")],
+    syntax = subprocess.run([zsh, "-n", str(tmp_path / "_modcoord")],
                             capture_output=True, text=True, timeout=20)
     assert syntax.returncode == 0, syntax.stderr
     loaded = subprocess.run(
-        ["zsh", "-f", "-c", f"fpath=({tmp_path} $fpath); autoload -Uz compinit; "
+        [zsh, "-f", "-c", f"fpath=({tmp_path} $fpath); autoload -Uz compinit; "
          "compinit -u -D; autoload -Uz _modcoord; whence -w _modcoord; "
          "print -r -- $_comps[modcoord]"],
         capture_output=True, text=True, timeout=20)

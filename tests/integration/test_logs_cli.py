@@ -147,7 +147,12 @@ def test_logs_on_a_runtime_directory_without_a_log_says_so_and_exits_1(tmp_path:
     for words in (["logs"], ["logs", "-f"], ["logs", "-n", "3", "--json"]):
         result = run_cli(*words, runtime_dir=empty, timeout=20)
         assert result.code == 1, (words, result.out, result.err)
-        assert result.out == ""
+        if "--json" in words:  # the CLI's JSON error object, as for every command
+            error = json.loads(result.out)
+            assert error["ok"] is False and error["exit_code"] == 1
+            assert f"no log in {empty}" in error["error"]
+        else:
+            assert result.out == ""
         assert f"no log in {empty}" in result.err and LOG_FILE in result.err
         assert "--log-dir" in result.err
     missing = run_cli("logs", "--log-dir", str(tmp_path / "nowhere"))
