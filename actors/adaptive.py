@@ -206,10 +206,9 @@ class DebounceTuner:
                 if not self._at_cap:
                     self._at_cap = True
                     self._log.warning(
-                        "adaptive debounce tracks at most {n} keys "
-                        "(adaptive.debounce.max_keys); further keys use their module's "
-                        "delay (counted as untracked); raise adaptive.debounce.max_keys",
-                        n=self.max_keys)
+                        "adaptive debounce key cap reached: further keys use their "
+                        "module's delay (counted as untracked); raise "
+                        "adaptive.debounce.max_keys", max_keys=self.max_keys)
                 mod.last_at = now
                 return mod.delay_s
             self.keys[(module, key)] = _Track(now, mod.effective_ms)
@@ -263,8 +262,8 @@ class DebounceTuner:
                 track.logged_ms = effective
                 track.logged_at = now
                 self._log.bind(module=module, event="adaptive").info(
-                    "debounce delay for {module}: {old:.0f} -> {new:.0f} ms ({why})",
-                    module=module, old=last, new=effective, why=self._reason(track))
+                    "debounce delay adapted", module=module, old_ms=round(last),
+                    new_ms=round(effective), reason=self._reason(track))
 
     # -- memory --
 
@@ -405,8 +404,8 @@ class BatchTuner:
                     and now - self._logged_at >= LOG_INTERVAL_S:
                 self._logged_at = now
                 self._log.bind(event="adaptive").info(
-                    "batch window: {old:.0f} -> {new:.0f} ms ({why})",
-                    old=self._logged_ms, new=target, why=self.reason(now))
+                    "batch window adapted", old_ms=round(self._logged_ms),
+                    new_ms=round(target), reason=self.reason(now))
                 self._logged_ms = target
         return self.window_ms / 1000.0
 

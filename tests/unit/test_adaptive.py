@@ -319,7 +319,10 @@ def test_a_change_beyond_the_threshold_is_logged_once() -> None:
         pipe.replay(typing("editor", "text", 0.0, [0.05] * 60))
         changes = [r for r in records if r["extra"].get("event") == "adaptive"]
         assert len(changes) == 1, [r["message"] for r in changes]
-        assert "debounce delay for editor: 300 ->" in changes[0]["message"]
+        assert changes[0]["message"] == "debounce delay adapted"
+        extra = changes[0]["extra"]
+        assert extra["module"] == "editor" and extra["old_ms"] == 300
+        assert extra["new_ms"] < 300 and "gap" in extra["reason"]
     finally:
         with pytest.raises(StopIteration):
             next(with_logs)
