@@ -39,7 +39,11 @@ Two pieces:
   aggressive    the above but cache ``Clear()`` instead of ``Shrink``
   ============  ==================================================================
 
-  The interval cleanup always purges and sweeps only. The actor never blocks on another
+  The interval cleanup always purges and sweeps only. With ``adaptive.resources``
+  (HYBRID, FULLY_AUTO; never MANUAL) each check also runs
+  :class:`~modcoord.actors.resources.ResourceAwareness`: under memory pressure the
+  strategy in force escalates a step at a time and the cache is capped; under CPU
+  pressure delays and windows widen; both relax with hysteresis (see that module). The actor never blocks on another
   actor for a timer-driven cleanup (it ``tell``\\ s); only :class:`ForceCleanup` waits
   briefly (:data:`FORCED_REPLY_TIMEOUT_S` per reply) so its report can carry the cache's
   counts.
@@ -64,9 +68,11 @@ from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.actors.message import Message
 from modcoord.actors.monitor import Trim
-from modcoord.actors.settings import MemorySettings
+from modcoord.actors.resources import ResourceAwareness
+from modcoord.actors.settings import AdaptiveSettings, MemorySettings, Tuned
 from modcoord.actors.shared import RssReader
 from modcoord.actors.shared.activity import ActivityTable
+from modcoord.actors.tuning import ResourceSummary
 
 __all__ = [
     "CLEANUP_REASONS",
@@ -194,9 +200,12 @@ class MemoryStatistics:
         modules_inactive: registered modules inactive longer than ``inactive_after_ms``.
         modules_swept: registered modules whose subscriptions are currently removed.
         pressure_armed: whether a pressure cleanup would fire above the limit.
-        strategy: the current ``memory.strategy``.
+        strategy: the strategy in force (``memory.strategy``, or past it under memory
+            pressure: see ``resources``).
         sweeps_total: modules swept since start (a module may count more than once).
         reactivations_total: swept modules subscribed again since start.
+        resources: resource awareness (``adaptive.resources``): the strategy, cache cap
+            and widening in force, each with the configured value and why.
     """
 
     rss_bytes: int
@@ -209,6 +218,7 @@ class MemoryStatistics:
     strategy: str
     sweeps_total: int = 0
     reactivations_total: int = 0
+    resources: ResourceSummary = ResourceSummary(enabled=False, parameters={})
 
     def cleanup_count(self, reason: str) -> int:
         """Return how many cleanups ran for ``reason`` (0 for an unknown reason)."""
@@ -222,6 +232,7 @@ class MemoryStatistics:
             "pressure_armed": self.pressure_armed, "strategy": self.strategy,
             "sweeps_total": self.sweeps_total,
             "reactivations_total": self.reactivations_total,
+            "resources": self.resources.as_dict(),
         }
 
 
@@ -236,6 +247,7 @@ class MemoryHandover:
         cleanups: ``(reason, count)`` so far.
         sweeps_total: see :class:`MemoryStatistics`.
         reactivations_total: see :class:`MemoryStatistics`.
+        pressure_level: the memory escalation level (``adaptive.resources``).
     """
 
     modules: tuple[tuple[str, tuple[str, ...]], ...]
@@ -244,6 +256,7 @@ class MemoryHandover:
     cleanups: tuple[tuple[str, int], ...] = ()
     sweeps_total: int = 0
     reactivations_total: int = 0
+    pressure_level: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -251,6 +264,7 @@ class MemoryHandover:
             "pressure_armed": self.pressure_armed, "cleanups": dict(self.cleanups),
             "sweeps_total": self.sweeps_total,
             "reactivations_total": self.reactivations_total,
+            "pressure_level": self.pressure_level,
         }
 
     @classmethod
@@ -270,6 +284,7 @@ class MemoryHandover:
                 cleanups=tuple((str(k), int(v)) for k, v in dict(cleanups).items()),
                 sweeps_total=int(data.get("sweeps_total", 0)),
                 reactivations_total=int(data.get("reactivations_total", 0)),
+                pressure_level=int(data.get("pressure_level", 0)),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise InvalidMessageError(f"memory: malformed handover: {exc}") from exc
@@ -342,6 +357,17 @@ class MemoryManagerActor(ManagedActor):
         self._check_timer: TimerHandle | None = None
         self._check_deadline = 0.0
         self._check_token = 0
+        self._resources = ResourceAwareness(context.shared, self._adaptive)
+
+    def _coerce(self, settings: Any) -> Any:
+        """Take ``memory`` alone (no resource awareness) or a :class:`Tuned` pair; keeps
+        the ``adaptive`` part aside and returns the section."""
+        if isinstance(settings, Tuned):
+            self._adaptive: AdaptiveSettings | None = settings.adaptive
+            settings = settings.section
+        else:
+            self._adaptive = None
+        return super()._coerce(settings)
 
     # -- lifecycle --
 
@@ -363,6 +389,8 @@ class MemoryManagerActor(ManagedActor):
             self._arm_check()
         if old.strategy != new.strategy:
             _log.info("memory strategy changed", previous=old.strategy, strategy=new.strategy)
+        self._resources.reconfigure(self._adaptive, memory=new)
+        self._resources.refresh()
 
     # -- timers --
 
@@ -546,8 +574,9 @@ class MemoryManagerActor(ManagedActor):
                 "could not tell the module it was swept")
 
     def _cleanup(self, reason: str, rss_before: int | None = None) -> CleanupReport:
-        """Run one cleanup (see the module docstring); log and count it."""
-        strategy = self.settings.strategy
+        """Run one cleanup (see the module docstring) with the strategy in force; log and
+        count it."""
+        strategy = self._resources.strategy(self.settings.strategy)
         full = reason != "interval"
         wait = reason == "forced"
         if rss_before is None:
@@ -612,6 +641,7 @@ class MemoryManagerActor(ManagedActor):
 
     def _check_pressure(self) -> None:
         rss = self._rss()
+        self._resources.check(self.clock.monotonic(), self.settings, rss)
         if rss is None:
             return
         limit = self.settings.max_rss_mb * MB
@@ -641,9 +671,10 @@ class MemoryManagerActor(ManagedActor):
             modules_inactive=inactive,
             modules_swept=len(self._unsubscribed),
             pressure_armed=self._armed,
-            strategy=self.settings.strategy,
+            strategy=self._resources.strategy(self.settings.strategy),
             sweeps_total=self._sweeps_total,
             reactivations_total=self._reactivations_total,
+            resources=self._resources.summary(self.settings),
         )
 
     def export_pending(self) -> MemoryHandover:
@@ -654,6 +685,7 @@ class MemoryManagerActor(ManagedActor):
             cleanups=tuple(self._cleanups.items()),
             sweeps_total=self._sweeps_total,
             reactivations_total=self._reactivations_total,
+            pressure_level=self._resources.level,
         )
 
     def restore(self, pending: Any) -> None:
@@ -683,6 +715,9 @@ class MemoryManagerActor(ManagedActor):
             self._cleanups[reason] = self._cleanups.get(reason, 0) + count
         self._sweeps_total += pending.sweeps_total
         self._reactivations_total += pending.reactivations_total
+        if pending.pressure_level:
+            self._resources.reconfigure(None)  # start again from the predecessor's level
+            self._resources.reconfigure(self._adaptive, pending.pressure_level, self.settings)
 
 
 def _mb(value: int | None) -> str:
