@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
 
@@ -197,7 +197,8 @@ class BatcherStatistics:
     subscribers: int
     max_queue: int = 0
     busy_s: float = 0.0
-    adaptive: BatchSummary = BatchSummary(enabled=False, parameters={})
+    adaptive: BatchSummary = field(
+        default_factory=lambda: BatchSummary(enabled=False, parameters={}))
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -153,7 +153,8 @@ class DebouncerStatistics:
     lateness_p99_ms: float
     lateness_max_ms: float
     undelivered: int = 0
-    adaptive: DebounceSummary = DebounceSummary(enabled=False, parameters={})
+    adaptive: DebounceSummary = dataclasses.field(
+        default_factory=lambda: DebounceSummary(enabled=False, parameters={}))
 
     def as_dict(self) -> dict[str, Any]:
         """Return the snapshot as a plain dict (for status output and metrics)."""

@@ -43,10 +43,10 @@ Two pieces:
   (HYBRID, FULLY_AUTO; never MANUAL) each check also runs
   :class:`~modcoord.actors.resources.ResourceAwareness`: under memory pressure the
   strategy in force escalates a step at a time and the cache is capped; under CPU
-  pressure delays and windows widen; both relax with hysteresis (see that module). The actor never blocks on another
-  actor for a timer-driven cleanup (it ``tell``\\ s); only :class:`ForceCleanup` waits
-  briefly (:data:`FORCED_REPLY_TIMEOUT_S` per reply) so its report can carry the cache's
-  counts.
+  pressure delays and windows widen; both relax with hysteresis (see that module).
+  The actor never blocks on another actor for a timer-driven cleanup (it ``tell``\\ s);
+  only :class:`ForceCleanup` waits briefly (:data:`FORCED_REPLY_TIMEOUT_S` per reply) so
+  its report can carry the cache's counts.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import contextlib
 import functools
 import gc
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -218,7 +218,8 @@ class MemoryStatistics:
     strategy: str
     sweeps_total: int = 0
     reactivations_total: int = 0
-    resources: ResourceSummary = ResourceSummary(enabled=False, parameters={})
+    resources: ResourceSummary = field(
+        default_factory=lambda: ResourceSummary(enabled=False, parameters={}))
 
     def cleanup_count(self, reason: str) -> int:
         """Return how many cleanups ran for ``reason`` (0 for an unknown reason)."""

@@ -205,14 +205,15 @@ class ResourceGovernor:
         cap = self.cache_cap(max_entries)
         level = self.level
         if level:
-            why = f"memory pressure ({self.memory_reason}): escalated {level} step" \
-                  f"{'s' if level > 1 else ''}"
+            steps = f"{level} step{'s' if level > 1 else ''}"
+            why = f"memory pressure ({self.memory_reason})"
             strategy = AdaptiveParameter(configured_strategy,
-                                         self.strategy(configured_strategy), why)
+                                         self.strategy(configured_strategy),
+                                         f"{why}: escalated {steps} from memory.strategy")
             cache = AdaptiveParameter(
                 max_entries, cap if cap is not None else max_entries,
-                f"{why}: x adaptive.resources.cache_cap_fraction "
-                f"{self.settings.cache_cap_fraction:g} per step")
+                f"{why}: cache.max_entries x adaptive.resources.cache_cap_fraction "
+                f"{self.settings.cache_cap_fraction:g} per step, {steps}")
         else:
             why = self.memory_reason or "no memory pressure"
             strategy = frozen_parameter(configured_strategy, why)

@@ -14,16 +14,16 @@ an actor's restart loses none of them.
 =================  ================================================================
 
 :class:`Shared` bundles them, with the daemon's hooks (where batches are delivered, how
-resident memory, available memory and CPU time are read, which connections are live, how a swept module is told), into
-the one typed, frozen object every actor's context carries.
+resident memory, available memory and CPU time are read, which connections are live, how
+a swept module is told), into the one typed, frozen object every actor's context carries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 

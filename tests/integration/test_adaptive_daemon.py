@@ -11,7 +11,7 @@ import textwrap
 from typing import Any
 
 import pytest
-from daemon_harness import records, startswith, wait_for
+from daemon_harness import records, wait_for
 
 # A module that types: bursts of keystrokes 40 ms apart on two keys, pauses of 1.2 s.
 _TYPIST = textwrap.dedent("""

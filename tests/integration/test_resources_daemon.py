@@ -37,7 +37,7 @@ def test_low_max_rss_escalates_caps_the_cache_and_a_reload_relaxes(
     }})
 
     def escalated() -> dict[str, Any] | None:
-        strategy, cap, status = _pressure(d)
+        strategy, _cap, status = _pressure(d)
         return status if strategy["effective"] == "aggressive" else None
 
     status = wait_for(escalated, 15.0, message="the strategy escalated to aggressive")
