@@ -17,10 +17,10 @@ from actor_harness import ActorRig
 from actor_harness import actor_logs as _actor_logs
 from pydantic import ValidationError
 
-from modcoord.actors._base import Reconfigure, Statistics
+from modcoord.actors._base import Handover, Reconfigure, Statistics
 from modcoord.actors.adaptive import BatchTuner, DebounceTuner
 from modcoord.actors.clock import MockClock
-from modcoord.actors.memory import MemoryManagerActor, MemoryStatistics
+from modcoord.actors.memory import MemoryHandover, MemoryManagerActor, MemoryStatistics
 from modcoord.actors.resources import ResourceGovernor, escalated
 from modcoord.actors.rules import ResourcePressureRule, rule_snapshot
 from modcoord.actors.settings import ModeSettings, actor_settings
@@ -331,3 +331,23 @@ def test_widening_is_clamped_to_at_least_one() -> None:
     w = Widening()
     w.set(0.2, "odd")
     assert w.factor == 1.0
+
+
+def test_a_successor_takes_over_the_memory_level_and_keeps_the_cap() -> None:
+    m = Machine(hybrid())
+    m.fill(1000)
+    m.rss = 95 * MB
+    m.seconds(6)
+    assert levels(m.stats())[2] == 2 and len(m.store) == 250
+    pending = m.ask(Handover())
+    assert isinstance(pending, MemoryHandover) and pending.pressure_level == 2
+    for source in (pending, pending.as_dict()):
+        m.handle.suspend()
+        m.start(source)
+        stats = m.stats()
+        assert levels(stats) == ("aggressive", 250, 2)
+        assert m.store.cap_limit == 250
+        assert m.ask(Handover()) is not None  # stop it for the next round
+    m.handle.suspend()
+    m.start()  # a restart without a handover starts at level 0: the cap is lifted
+    assert levels(m.stats()) == ("conservative", 1000, 0) and m.store.cap_limit is None
