@@ -323,8 +323,10 @@ class ResourceAwareness:
         before = gov.strategy(memory.strategy)
         decision = gov.observe(now, memory, rss, None if available is None else int(available),
                                cpu)
+        # Every check: the cap follows the level and the cache.max_entries in force now
+        # (a reload may have changed it after the previous check).
+        evicted = self._apply_cap(memory)
         if decision.memory_step:
-            evicted = self._apply_cap(memory)
             cap = self.shared.cache_store.cap_limit
             log = self._log.bind(
                 previous_strategy=before, strategy=gov.strategy(memory.strategy),

@@ -351,3 +351,14 @@ def test_a_successor_takes_over_the_memory_level_and_keeps_the_cap() -> None:
     m.handle.suspend()
     m.start()  # a restart without a handover starts at level 0: the cap is lifted
     assert levels(m.stats()) == ("conservative", 1000, 0) and m.store.cap_limit is None
+
+
+def test_the_cap_follows_a_reloaded_cache_max_entries() -> None:
+    settings = hybrid()
+    m = Machine(settings)
+    m.rss = 95 * MB
+    m.seconds(1)
+    assert m.store.cap_limit == 500
+    m.store.reconfigure(edited(settings, cache={"max_entries": 400}).cache)  # the cache actor
+    stats = m.seconds(1)  # held: no step, but the cap follows the new size
+    assert m.store.cap_limit == 200 and levels(stats) == ("balanced", 200, 1)
