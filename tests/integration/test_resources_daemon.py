@@ -92,3 +92,37 @@ def test_manual_never_escalates_under_the_same_pressure(daemon_factory: Any) -> 
     assert cap["effective"] == cap["configured"]
     assert "resources" not in status["adaptive"] and status["adaptive"]["enabled"] is False
     assert not records(d, message="memory pressure: strategy escalated, cache capped")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_cpu_pressure_widens_delays_and_windows_and_relaxes(daemon_factory: Any) -> None:
+    # A CPU threshold the daemon's own work (a check every 50 ms) passes: "saturated".
+    d = daemon_factory(configs={"hybrid": {
+        "memory": {"check_interval_ms": 50},
+        "adaptive": {"resources": {"cpu_enter_fraction": 0.0002, "cpu_exit_fraction": 0.0001,
+                                   "cpu_window_ms": 1000, "hold_ms": 200}},
+    }})
+
+    def widened() -> dict[str, Any] | None:
+        status = _json(d, "status")
+        return status if status["adaptive"]["resources"]["widening"] else None
+
+    status = wait_for(widened, 20.0, message="delays widened under CPU pressure")
+    params = status["adaptive"]["parameters"]
+    assert (params["delays.widen"]["configured"], params["delays.widen"]["effective"]) == \
+        (1.0, 1.5)  # the packaged HYBRID adaptive.resources.cpu_widen_factor
+    assert "above adaptive.resources.cpu_enter_fraction" in params["delays.widen"]["reason"]
+    assert "widened x1.5" in params["debounce.delay_ms"]["reason"]
+    assert params["debounce.delay_ms"]["effective"] == 450.0  # 300 x 1.5, within max_ms 600
+    assert "widened x1.5" in params["batch.window_ms"]["reason"]
+    assert params["batch.window_ms"]["effective"] <= 100.0  # never past batch.window_ms
+    assert records(d, message="cpu pressure: debounce delays and batch windows widened")
+    d.edit_config("hybrid", {"adaptive": {"resources": {"cpu_enter_fraction": 0.99,
+                                                        "cpu_exit_fraction": 0.98}}})
+    assert d.cli("reload").code == 0
+    wait_for(lambda: not _json(d, "status")["adaptive"]["resources"]["widening"], 20.0,
+             message="the widening relaxed")
+    params = _json(d, "status")["adaptive"]["parameters"]
+    assert params["delays.widen"]["effective"] == 1.0
+    assert params["debounce.delay_ms"]["effective"] == 300.0
