@@ -27,11 +27,18 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Any
 
 from loguru import logger
 
 from modcoord.actors.settings import AdaptiveSettings, BatchSettings, DebounceSettings
+from modcoord.actors.shared.pressure import Widening
+from modcoord.actors.tuning import (
+    AdaptiveParameter,
+    AdaptiveSubject,
+    BatchSummary,
+    DebounceSummary,
+    frozen_parameter,
+)
 
 __all__ = [
     "GAP_BUCKETS",
@@ -63,11 +70,6 @@ _RESCALE_AT = 1e100  # growing sample weights are scaled back to 1 past this
 _LOG_RATIO = math.log(GAP_RATIO)
 _FIRST_EDGE = GAP_MIN_MS * GAP_RATIO
 _EDGES = [0.0] + [GAP_MIN_MS * GAP_RATIO ** i for i in range(1, GAP_BUCKETS + 1)]
-
-
-def frozen_parameter(configured: float, why: str) -> dict[str, Any]:
-    """A parameter that is not tuned: effective = configured, and why."""
-    return {"configured": configured, "effective": configured, "reason": why}
 
 
 class DecayedGapHistogram:
@@ -163,10 +165,12 @@ class DebounceTuner:
         section: ``debounce`` (``delay_ms`` is the configured delay, ``max_wait_ms`` caps).
         adaptive: ``adaptive`` (its ``debounce`` bounds and estimator settings).
         actor: the actor name the log lines are bound to.
+        widening: the shared CPU-pressure factor (``adaptive.resources``): every delay
+            is multiplied by it, up to ``max_ms``; ``None``: never widened.
     """
 
     def __init__(self, section: DebounceSettings, adaptive: AdaptiveSettings,
-                 actor: str = "debouncer") -> None:
+                 actor: str = "debouncer", widening: Widening | None = None) -> None:
         a = adaptive.debounce
         self.configured_ms = section.delay_ms
         self.min_ms = min(a.min_ms, section.max_wait_ms)
@@ -189,11 +193,21 @@ class DebounceTuner:
         self._next_sweep = -math.inf
         self._log = logger.bind(actor=actor)
         self._configured_s = self.configured_ms / 1000.0
+        self._widening = widening if widening is not None else Widening()
+        self._max_s = self.max_ms / 1000.0
 
     # -- the hot path --
 
     def delay_for(self, module: str, key: str, now: float) -> float:
-        """Observe a publish of ``(module, key)`` at ``now``; return the delay (seconds)."""
+        """Observe a publish of ``(module, key)`` at ``now``; return the delay (seconds),
+        widened by the CPU-pressure factor (never past ``max_ms``)."""
+        delay = self._learn(module, key, now)
+        factor = self._widening.factor
+        if factor != 1.0:
+            return min(delay * factor, max(self._max_s, delay))
+        return delay
+
+    def _learn(self, module: str, key: str, now: float) -> float:
         if now >= self._next_sweep:
             self.sweep(now)
         mod = self.modules.get(module)
@@ -206,9 +220,9 @@ class DebounceTuner:
                 if not self._at_cap:
                     self._at_cap = True
                     self._log.warning(
-                        "adaptive debounce key cap reached: further keys use their "
-                        "module's delay (counted as untracked); raise "
-                        "adaptive.debounce.max_keys", max_keys=self.max_keys)
+                        "adaptive debounce at its key cap (adaptive.debounce.max_keys): "
+                        "further keys use their module's delay (counted as untracked); "
+                        "raise adaptive.debounce.max_keys", max_keys=self.max_keys)
                 mod.last_at = now
                 return mod.delay_s
             self.keys[(module, key)] = _Track(now, mod.effective_ms)
@@ -262,8 +276,8 @@ class DebounceTuner:
                 track.logged_ms = effective
                 track.logged_at = now
                 self._log.bind(module=module, event="adaptive").info(
-                    "debounce delay adapted", module=module, old_ms=round(last),
-                    new_ms=round(effective), reason=self._reason(track))
+                    "debounce delay adapted", previous_ms=round(last, 1),
+                    delay_ms=round(effective, 1), why=self._reason(track))
 
     # -- memory --
 
@@ -295,49 +309,54 @@ class DebounceTuner:
             text += f", pinned at adaptive.debounce.min_ms {self.min_ms:g}"
         return text
 
-    def _item(self, track: _Track, **names: str) -> dict[str, Any]:
+    def _item(self, track: _Track, module: str, key: str | None = None) -> AdaptiveSubject:
         ready = track.samples >= self.min_samples
         pinned = None
         if ready and track.pinned == "max":
             pinned = self.max_key
         elif ready and track.pinned == "min":
             pinned = "adaptive.debounce.min_ms"
-        return {**names, "configured": self.configured_ms,
-                "effective": round(track.effective_ms if ready else self.configured_ms, 1),
-                "reason": self._reason(track), "gaps": track.samples,
-                "pinned": pinned}
+        return AdaptiveSubject(
+            module=module, key=key, configured=self.configured_ms,
+            effective=round(track.effective_ms if ready else self.configured_ms, 1),
+            reason=self._reason(track), gaps=track.samples, pinned=pinned)
 
-    def summary(self, now: float) -> dict[str, Any]:
+    def summary(self, now: float) -> DebounceSummary:
         """The bounded summary for ``status``: the parameter, the ``summary_top_n`` most
-        recently active modules and keys, and the counters."""
+        recently active modules and keys, and the counters. The parameter's effective
+        value includes the CPU-pressure widening (the subjects' do not)."""
         self.sweep(now)
         top = self.top_n
         modules = sorted(self.modules.items(), key=lambda kv: -kv[1].last_at)[:top]
         keys = sorted(self.keys.items(), key=lambda kv: -kv[1].last_at)[:top]
-        mods = [self._item(t, module=m) for m, t in modules]
-        ready = [m for m in mods if m["gaps"] >= self.min_samples]
+        mods = [self._item(t, m) for m, t in modules]
+        ready = sorted((m for m in mods if m.gaps >= self.min_samples),
+                       key=lambda m: m.effective)
         if not ready:
-            param = {"configured": self.configured_ms, "effective": self.configured_ms,
-                     "reason": "no module has enough publish gaps yet"
-                     if not mods else mods[0]["reason"]}
+            effective = self.configured_ms
+            why = "no module has enough publish gaps yet" if not mods else mods[0].reason
         else:
-            ready.sort(key=lambda m: m["effective"])
             mid = ready[len(ready) // 2]
-            why = mid["reason"] if len(ready) == 1 else (
-                f"median of {len(ready)} modules; {mid['module']}: {mid['reason']}")
-            param = {"configured": self.configured_ms, "effective": mid["effective"],
-                     "reason": why}
-        return {
-            "enabled": True,
-            "parameters": {"debounce.delay_ms": param},
-            "modules": mods,
-            "keys": [self._item(t, module=k[0], key=k[1]) for k, t in keys],
-            "tracked_keys": len(self.keys),
-            "tracked_modules": len(self.modules),
-            "untracked": self.untracked,
-            "forgotten": self.forgotten,
-            "bounds_ms": [self.min_ms, self.max_ms],
-        }
+            effective = mid.effective
+            why = mid.reason if len(ready) == 1 else (
+                f"median of {len(ready)} modules; {mid.module}: {mid.reason}")
+        factor = self._widening.factor
+        if factor != 1.0:
+            widened = round(min(effective * factor, max(self.max_ms, effective)), 1)
+            why += f"; widened x{factor:g} to {widened:g} under CPU pressure"
+            effective = widened
+        return DebounceSummary(
+            enabled=True,
+            parameters={"debounce.delay_ms": AdaptiveParameter(
+                self.configured_ms, effective, why)},
+            modules=tuple(mods),
+            keys=tuple(self._item(t, k[0], k[1]) for k, t in keys),
+            tracked_keys=len(self.keys),
+            tracked_modules=len(self.modules),
+            untracked=self.untracked,
+            forgotten=self.forgotten,
+            bounds_ms=(self.min_ms, self.max_ms),
+        )
 
 
 class DecayedRate:
@@ -370,10 +389,12 @@ class BatchTuner:
         adaptive: ``adaptive`` (``batch.min_window_ms``, ``rate_half_life_ms``,
             ``hysteresis``).
         now: the clock reading the rate starts from.
+        widening: the shared CPU-pressure factor: the window is multiplied by it, up to
+            ``batch.window_ms``; ``None``: never widened.
     """
 
     def __init__(self, section: BatchSettings, adaptive: AdaptiveSettings, now: float,
-                 actor: str = "batcher") -> None:
+                 actor: str = "batcher", widening: Widening | None = None) -> None:
         a = adaptive.batch
         self.configured_ms = section.window_ms
         self.max_size = section.max_size
@@ -387,9 +408,18 @@ class BatchTuner:
         self._logged_ms = section.window_ms
         self._logged_at = -math.inf
         self._log = logger.bind(actor=actor)
+        self._widening = widening if widening is not None else Widening()
 
     def window_s(self, arrivals: int, now: float) -> float:
-        """Count ``arrivals`` at ``now``; return the window (seconds) to open now."""
+        """Count ``arrivals`` at ``now``; return the window (seconds) to open now (widened
+        by the CPU-pressure factor, never past ``batch.window_ms``)."""
+        window = self._follow(arrivals, now)
+        factor = self._widening.factor
+        if factor != 1.0:
+            return min(window * factor, max(self.configured_ms, window)) / 1000.0
+        return window / 1000.0
+
+    def _follow(self, arrivals: int, now: float) -> float:
         rate = self.rate.add(arrivals, now) if arrivals else self.rate.at(now)
         load = rate * (self.configured_ms / 1000.0) / self.max_size
         raw = self.configured_ms * load
@@ -404,10 +434,10 @@ class BatchTuner:
                     and now - self._logged_at >= LOG_INTERVAL_S:
                 self._logged_at = now
                 self._log.bind(event="adaptive").info(
-                    "batch window adapted", old_ms=round(self._logged_ms),
-                    new_ms=round(target), reason=self.reason(now))
+                    "batch window adapted", previous_ms=round(self._logged_ms, 1),
+                    window_ms=round(target, 1), why=self.reason(now))
                 self._logged_ms = target
-        return self.window_ms / 1000.0
+        return self.window_ms
 
     def reason(self, now: float) -> str:
         text = (f"arrival rate {self.rate.at(now):.1f}/s: {self.load * 100:.0f}% of a "
@@ -416,18 +446,22 @@ class BatchTuner:
             text += ", pinned at batch.window_ms"
         return text
 
-    def summary(self, now: float) -> dict[str, Any]:
-        """The parameters for ``status``."""
-        return {
-            "enabled": True,
-            "parameters": {
-                "batch.window_ms": {"configured": self.configured_ms,
-                                    "effective": round(self.window_ms, 1),
-                                    "reason": self.reason(now), "pinned": self.pinned},
+    def summary(self, now: float) -> BatchSummary:
+        """The parameters for ``status`` (the window includes the CPU-pressure widening)."""
+        effective, why = self.window_ms, self.reason(now)
+        factor = self._widening.factor
+        if factor != 1.0:
+            effective = min(effective * factor, max(self.configured_ms, effective))
+            why += f"; widened x{factor:g} under CPU pressure"
+        return BatchSummary(
+            enabled=True,
+            parameters={
+                "batch.window_ms": AdaptiveParameter(
+                    self.configured_ms, round(effective, 1), why, self.pinned),
                 "batch.max_size": frozen_parameter(
                     self.max_size, "the cap, not tuned: batches fill toward it as the "
                     "window grows with the load"),
             },
-            "arrival_rate_per_s": round(self.rate.at(now), 2),
-            "bounds_ms": [self.min_ms, self.configured_ms],
-        }
+            arrival_rate_per_s=round(self.rate.at(now), 2),
+            bounds_ms=(self.min_ms, self.configured_ms),
+        )

@@ -34,14 +34,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
 
 from loguru import logger
 
 from modcoord.actors._base import ActorContext, ManagedActor, handles
-from modcoord.actors.adaptive import BatchTuner, frozen_parameter
+from modcoord.actors.adaptive import BatchTuner
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.message import Message
@@ -49,6 +49,7 @@ from modcoord.actors.settings import AdaptiveSettings, BatchSettings, Tuned
 from modcoord.actors.shared import Deliver, no_sink
 from modcoord.actors.shared.admission import QueueGauge
 from modcoord.actors.shared.metrics import MetricsRegistry
+from modcoord.actors.tuning import BatchSummary, frozen_parameter
 from modcoord.actors.update import PRIORITY_RANK, Batch, Update
 
 __all__ = [
@@ -181,8 +182,8 @@ class BatcherStatistics:
         subscribers: subscriptions held.
         max_queue: ``batch.max_queue``.
         busy_s: the processing time behind ``efficiency``, in seconds.
-        adaptive: the tuned parameters (``parameters``: ``"batch.window_ms"`` and
-            ``"batch.max_size"``, each configured, effective, reason) and the arrival rate.
+        adaptive: the tuned parameters (``batch.window_ms`` and ``batch.max_size``, each
+            configured, effective, reason) and the arrival rate (:class:`BatchSummary`).
     """
 
     batches: int
@@ -196,10 +197,13 @@ class BatcherStatistics:
     subscribers: int
     max_queue: int = 0
     busy_s: float = 0.0
-    adaptive: dict[str, Any] = field(default_factory=dict)
+    adaptive: BatchSummary = field(
+        default_factory=lambda: BatchSummary(enabled=False, parameters={}))
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["adaptive"] = self.adaptive.as_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -272,7 +276,7 @@ class BatcherActor(ManagedActor):
         adaptive = self._adaptive
         if adaptive is not None and adaptive.enabled and self.settings.enabled:
             self._tuner = BatchTuner(self.settings, adaptive, self.clock.monotonic(),
-                                     self.actor_name)
+                                     self.actor_name, self.context.shared.widening)
         else:
             self._tuner = None
 
@@ -294,7 +298,7 @@ class BatcherActor(ManagedActor):
             adaptive=self._adaptive_summary(),
         )
 
-    def _adaptive_summary(self) -> dict[str, Any]:
+    def _adaptive_summary(self) -> BatchSummary:
         if self._tuner is not None:
             return self._tuner.summary(self.clock.monotonic())
         s = self.settings
@@ -302,9 +306,9 @@ class BatcherActor(ManagedActor):
             why = "adaptive.enabled: false (MANUAL never adapts)"
         else:
             why = "batch.enabled: false"
-        return {"enabled": False, "parameters": {
+        return BatchSummary(enabled=False, parameters={
             "batch.window_ms": frozen_parameter(s.window_ms, why),
-            "batch.max_size": frozen_parameter(s.max_size, why)}}
+            "batch.max_size": frozen_parameter(s.max_size, why)})
 
     def apply_settings(self, old: Any, new: Any) -> None:
         self._retune()

@@ -38,7 +38,7 @@ from typing import Any
 from loguru import logger
 
 from modcoord.actors._base import ActorContext, ManagedActor, handles
-from modcoord.actors.adaptive import DebounceTuner, frozen_parameter
+from modcoord.actors.adaptive import DebounceTuner
 from modcoord.actors.batcher import Enqueue
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
@@ -46,6 +46,7 @@ from modcoord.actors.histogram import LatencyHistogram
 from modcoord.actors.message import Message
 from modcoord.actors.settings import AdaptiveSettings, DebounceSettings, Tuned
 from modcoord.actors.shared.admission import Backlog
+from modcoord.actors.tuning import DebounceSummary, frozen_parameter
 from modcoord.actors.update import PRIORITIES, PRIORITY_RANK, Update
 
 __all__ = [
@@ -138,10 +139,9 @@ class DebouncerStatistics:
         lateness_max_ms: the largest lateness seen.
         undelivered: updates that could not be handed to the batcher (its handle was
             closed for good); normally zero.
-        adaptive: the tuned parameters: ``parameters`` (``"debounce.delay_ms"``:
-            configured, effective, reason), and, while adapting, the bounded summary of
-            the most recently active ``modules`` and ``keys`` and the ``tracked_keys``,
-            ``untracked`` (the key cap was hit) and ``forgotten`` counters.
+        adaptive: the tuned parameter (``debounce.delay_ms``: configured, effective,
+            reason), and, while adapting, the bounded summary of the most recently active
+            modules and keys and the counters (:class:`DebounceSummary`).
     """
 
     received: int
@@ -153,11 +153,14 @@ class DebouncerStatistics:
     lateness_p99_ms: float
     lateness_max_ms: float
     undelivered: int = 0
-    adaptive: dict[str, Any] = dataclasses.field(default_factory=dict)
+    adaptive: DebounceSummary = dataclasses.field(
+        default_factory=lambda: DebounceSummary(enabled=False, parameters={}))
 
     def as_dict(self) -> dict[str, Any]:
         """Return the snapshot as a plain dict (for status output and metrics)."""
-        return dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["adaptive"] = self.adaptive.as_dict()
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +263,8 @@ class DebouncerActor(ManagedActor):
         self._max_wait = settings.max_wait_ms / 1000.0
         adaptive = self._adaptive
         if adaptive is not None and adaptive.enabled and settings.enabled:
-            self._tuner = DebounceTuner(settings, adaptive, self.actor_name)
+            self._tuner = DebounceTuner(settings, adaptive, self.actor_name,
+                                        self.context.shared.widening)
         else:
             self._tuner = None
 
@@ -573,7 +577,7 @@ class DebouncerActor(ManagedActor):
             adaptive=self._adaptive_summary(),
         )
 
-    def _adaptive_summary(self) -> dict[str, Any]:
+    def _adaptive_summary(self) -> DebounceSummary:
         tuner = self._tuner
         if tuner is not None:
             return tuner.summary(self.clock.monotonic())
@@ -581,8 +585,8 @@ class DebouncerActor(ManagedActor):
             why = "adaptive.enabled: false (MANUAL never adapts)"
         else:
             why = "debounce.enabled: false"
-        return {"enabled": False, "parameters": {
-            "debounce.delay_ms": frozen_parameter(self.settings.delay_ms, why)}}
+        return DebounceSummary(enabled=False, parameters={
+            "debounce.delay_ms": frozen_parameter(self.settings.delay_ms, why)})
 
     def apply_settings(self, old: Any, new: Any) -> None:
         """Apply new settings, keeping pending work.

@@ -39,10 +39,14 @@ Two pieces:
   aggressive    the above but cache ``Clear()`` instead of ``Shrink``
   ============  ==================================================================
 
-  The interval cleanup always purges and sweeps only. The actor never blocks on another
-  actor for a timer-driven cleanup (it ``tell``\\ s); only :class:`ForceCleanup` waits
-  briefly (:data:`FORCED_REPLY_TIMEOUT_S` per reply) so its report can carry the cache's
-  counts.
+  The interval cleanup always purges and sweeps only. With ``adaptive.resources``
+  (HYBRID, FULLY_AUTO; never MANUAL) each check also runs
+  :class:`~modcoord.actors.resources.ResourceAwareness`: under memory pressure the
+  strategy in force escalates a step at a time and the cache is capped; under CPU
+  pressure delays and windows widen; both relax with hysteresis (see that module).
+  The actor never blocks on another actor for a timer-driven cleanup (it ``tell``\\ s);
+  only :class:`ForceCleanup` waits briefly (:data:`FORCED_REPLY_TIMEOUT_S` per reply) so
+  its report can carry the cache's counts.
 """
 
 from __future__ import annotations
@@ -62,9 +66,11 @@ from modcoord.actors.batcher import Subscribe, Unsubscribe
 from modcoord.actors.cache import Clear, Purge, Shrink
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
+from modcoord.actors.memory_reports import CleanupReport, MemoryHandover, MemoryStatistics
 from modcoord.actors.message import Message
 from modcoord.actors.monitor import Trim
-from modcoord.actors.settings import MemorySettings
+from modcoord.actors.resources import ResourceAwareness
+from modcoord.actors.settings import AdaptiveSettings, MemorySettings, Tuned
 from modcoord.actors.shared import RssReader
 from modcoord.actors.shared.activity import ActivityTable
 
@@ -140,141 +146,6 @@ class _CheckTick(Message):
     token: int = 0
 
 
-# -- snapshots -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CleanupReport:
-    """What one cleanup did.
-
-    Attributes:
-        reason: ``interval``, ``pressure`` or ``forced``.
-        strategy: the ``memory.strategy`` it ran under.
-        expired_purged: expired cache entries purged (0 when not waited for).
-        modules_swept: modules whose subscriptions were removed.
-        cache_shrunk: cache entries removed by ``Shrink``/``Clear`` (0 when unknown).
-        rss_before: resident memory before, bytes (``None`` if it could not be read).
-        rss_after: resident memory after, bytes (``None`` if it could not be read).
-        gc_collected: objects ``gc.collect()`` found, or ``None`` if it did not run.
-        actions: what was done, in order (``purge``, ``sweep``, ``shrink``, ``clear``,
-            ``trim``, ``gc``).
-        swept: the ids of the modules swept.
-    """
-
-    reason: str
-    strategy: str
-    expired_purged: int
-    modules_swept: int
-    cache_shrunk: int
-    rss_before: int | None
-    rss_after: int | None
-    gc_collected: int | None
-    actions: tuple[str, ...]
-    swept: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason, "strategy": self.strategy,
-            "expired_purged": self.expired_purged, "modules_swept": self.modules_swept,
-            "cache_shrunk": self.cache_shrunk, "rss_before": self.rss_before,
-            "rss_after": self.rss_after, "gc_collected": self.gc_collected,
-            "actions": list(self.actions), "swept": list(self.swept),
-        }
-
-
-@dataclass(frozen=True)
-class MemoryStatistics:
-    """Snapshot of the memory manager.
-
-    Attributes:
-        rss_bytes: the latest resident-memory reading (0 if none could be made).
-        max_rss_bytes: the limit, ``memory.max_rss_mb`` in bytes.
-        cleanups: ``(reason, count)`` for each reason in :data:`CLEANUP_REASONS`.
-        modules_tracked: registered modules.
-        modules_inactive: registered modules inactive longer than ``inactive_after_ms``.
-        modules_swept: registered modules whose subscriptions are currently removed.
-        pressure_armed: whether a pressure cleanup would fire above the limit.
-        strategy: the current ``memory.strategy``.
-        sweeps_total: modules swept since start (a module may count more than once).
-        reactivations_total: swept modules subscribed again since start.
-    """
-
-    rss_bytes: int
-    max_rss_bytes: int
-    cleanups: tuple[tuple[str, int], ...]
-    modules_tracked: int
-    modules_inactive: int
-    modules_swept: int
-    pressure_armed: bool
-    strategy: str
-    sweeps_total: int = 0
-    reactivations_total: int = 0
-
-    def cleanup_count(self, reason: str) -> int:
-        """Return how many cleanups ran for ``reason`` (0 for an unknown reason)."""
-        return dict(self.cleanups).get(reason, 0)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rss_bytes": self.rss_bytes, "max_rss_bytes": self.max_rss_bytes,
-            "cleanups": dict(self.cleanups), "modules_tracked": self.modules_tracked,
-            "modules_inactive": self.modules_inactive, "modules_swept": self.modules_swept,
-            "pressure_armed": self.pressure_armed, "strategy": self.strategy,
-            "sweeps_total": self.sweeps_total,
-            "reactivations_total": self.reactivations_total,
-        }
-
-
-@dataclass(frozen=True)
-class MemoryHandover:
-    """A memory manager's state, for its successor's :meth:`MemoryManagerActor.restore`.
-
-    Attributes:
-        modules: ``(module_id, sources)`` of every tracked module.
-        swept: tracked modules whose subscriptions are removed.
-        pressure_armed: the hysteresis state.
-        cleanups: ``(reason, count)`` so far.
-        sweeps_total: see :class:`MemoryStatistics`.
-        reactivations_total: see :class:`MemoryStatistics`.
-    """
-
-    modules: tuple[tuple[str, tuple[str, ...]], ...]
-    swept: tuple[str, ...]
-    pressure_armed: bool
-    cleanups: tuple[tuple[str, int], ...] = ()
-    sweeps_total: int = 0
-    reactivations_total: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "modules": [[m, list(s)] for m, s in self.modules], "swept": list(self.swept),
-            "pressure_armed": self.pressure_armed, "cleanups": dict(self.cleanups),
-            "sweeps_total": self.sweeps_total,
-            "reactivations_total": self.reactivations_total,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MemoryHandover:
-        """Rebuild from :meth:`as_dict` output.
-
-        Raises:
-            InvalidMessageError: if the data does not have that shape.
-        """
-        try:
-            cleanups = data.get("cleanups", {})
-            return cls(
-                modules=tuple((str(m), tuple(str(s) for s in src)) for m, src in
-                              data.get("modules", ())),
-                swept=tuple(str(m) for m in data.get("swept", ())),
-                pressure_armed=bool(data.get("pressure_armed", True)),
-                cleanups=tuple((str(k), int(v)) for k, v in dict(cleanups).items()),
-                sweeps_total=int(data.get("sweeps_total", 0)),
-                reactivations_total=int(data.get("reactivations_total", 0)),
-            )
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise InvalidMessageError(f"memory: malformed handover: {exc}") from exc
-
-
 # -- the actor -----------------------------------------------------------------------------
 
 
@@ -342,6 +213,17 @@ class MemoryManagerActor(ManagedActor):
         self._check_timer: TimerHandle | None = None
         self._check_deadline = 0.0
         self._check_token = 0
+        self._resources = ResourceAwareness(context.shared, self._adaptive)
+
+    def _coerce(self, settings: Any) -> Any:
+        """Take ``memory`` alone (no resource awareness) or a :class:`Tuned` pair; keeps
+        the ``adaptive`` part aside and returns the section."""
+        if isinstance(settings, Tuned):
+            self._adaptive: AdaptiveSettings | None = settings.adaptive
+            settings = settings.section
+        else:
+            self._adaptive = None
+        return super()._coerce(settings)
 
     # -- lifecycle --
 
@@ -363,6 +245,8 @@ class MemoryManagerActor(ManagedActor):
             self._arm_check()
         if old.strategy != new.strategy:
             _log.info("memory strategy changed", previous=old.strategy, strategy=new.strategy)
+        self._resources.reconfigure(self._adaptive, memory=new)
+        self._resources.refresh()
 
     # -- timers --
 
@@ -546,8 +430,9 @@ class MemoryManagerActor(ManagedActor):
                 "could not tell the module it was swept")
 
     def _cleanup(self, reason: str, rss_before: int | None = None) -> CleanupReport:
-        """Run one cleanup (see the module docstring); log and count it."""
-        strategy = self.settings.strategy
+        """Run one cleanup (see the module docstring) with the strategy in force; log and
+        count it."""
+        strategy = self._resources.strategy(self.settings.strategy)
         full = reason != "interval"
         wait = reason == "forced"
         if rss_before is None:
@@ -612,6 +497,7 @@ class MemoryManagerActor(ManagedActor):
 
     def _check_pressure(self) -> None:
         rss = self._rss()
+        self._resources.check(self.clock.monotonic(), self.settings, rss)
         if rss is None:
             return
         limit = self.settings.max_rss_mb * MB
@@ -641,9 +527,10 @@ class MemoryManagerActor(ManagedActor):
             modules_inactive=inactive,
             modules_swept=len(self._unsubscribed),
             pressure_armed=self._armed,
-            strategy=self.settings.strategy,
+            strategy=self._resources.strategy(self.settings.strategy),
             sweeps_total=self._sweeps_total,
             reactivations_total=self._reactivations_total,
+            resources=self._resources.summary(self.settings),
         )
 
     def export_pending(self) -> MemoryHandover:
@@ -654,6 +541,7 @@ class MemoryManagerActor(ManagedActor):
             cleanups=tuple(self._cleanups.items()),
             sweeps_total=self._sweeps_total,
             reactivations_total=self._reactivations_total,
+            pressure_level=self._resources.level,
         )
 
     def restore(self, pending: Any) -> None:
@@ -683,6 +571,9 @@ class MemoryManagerActor(ManagedActor):
             self._cleanups[reason] = self._cleanups.get(reason, 0) + count
         self._sweeps_total += pending.sweeps_total
         self._reactivations_total += pending.reactivations_total
+        if pending.pressure_level:
+            self._resources.reconfigure(None)  # start again from the predecessor's level
+            self._resources.reconfigure(self._adaptive, pending.pressure_level, self.settings)
 
 
 def _mb(value: int | None) -> str:

@@ -61,6 +61,7 @@ from modcoord.actors.rules import (
 )
 from modcoord.actors.settings import MonitorSettings
 from modcoord.actors.shared.metrics import MetricsRegistry
+from modcoord.actors.tuning import AdaptiveSummary
 
 __all__ = [
     "GATHER_TIMEOUT_S",
@@ -76,6 +77,7 @@ __all__ = [
     "MonitorStatistics",
     "Restarted",
     "Trim",
+    "adaptive_summaries",
     "build_snapshot",
 ]
 
@@ -93,9 +95,11 @@ _log = logger.bind(actor="monitor")
 
 @dataclass(frozen=True)
 class Evaluate(Message):
-    """Evaluate the rules against ``snapshot``; the reply is the insights dict."""
+    """Evaluate the rules against ``snapshot`` (and the typed adaptive summaries); the
+    reply is the insights dict."""
 
     snapshot: dict[str, Any]
+    adaptive: tuple[AdaptiveSummary, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,18 @@ def _plain(obj: Any) -> dict[str, Any] | None:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     return None
+
+
+def adaptive_summaries(stats_by_actor: Mapping[str, Any]) -> tuple[AdaptiveSummary, ...]:
+    """The typed :class:`AdaptiveSummary` fields of the actors' statistics objects (the
+    debouncer's and batcher's ``adaptive``, the memory manager's ``resources``), as they
+    are: the rules read them typed."""
+    found: list[AdaptiveSummary] = []
+    for stats in stats_by_actor.values():
+        if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+            found.extend(v for f in dataclasses.fields(stats)
+                         if isinstance(v := getattr(stats, f.name), AdaptiveSummary))
+    return tuple(found)
 
 
 def build_snapshot(stats_by_actor: Mapping[str, Any], restarts: Mapping[str, int],
@@ -327,7 +343,7 @@ class MonitorActor(ManagedActor):
         now = self.clock.monotonic()
         deadline = self._deadline + interval
         self._arm(deadline if deadline > now else now + interval)
-        self.evaluate(self.gather())
+        self.evaluate(*self.gather())
 
     # -- gathering --
 
@@ -341,8 +357,9 @@ class MonitorActor(ManagedActor):
             counts[actor] = counts.get(actor, 0) + 1
         return counts
 
-    def gather(self) -> dict[str, Any]:
-        """Ask the peers for statistics (bounded) and build the snapshot.
+    def gather(self) -> tuple[dict[str, Any], tuple[AdaptiveSummary, ...]]:
+        """Ask the peers for statistics (bounded); build the snapshot and keep the typed
+        adaptive summaries.
 
         Peers that are absent, stopped, crashing or slower than :data:`GATHER_TIMEOUT_S`
         are left out of the snapshot.
@@ -365,7 +382,8 @@ class MonitorActor(ManagedActor):
             except Exception as exc:  # a missing section is reported
                 _log.debug("no statistics from a peer", peer=name, error=repr(exc))
         max_queue = self.context.shared.queue_gauge.max_queue
-        return build_snapshot(stats, self.restart_counts(), max_queue)
+        return (build_snapshot(stats, self.restart_counts(), max_queue),
+                adaptive_summaries(stats))
 
     # -- evaluation --
 
@@ -414,8 +432,10 @@ class MonitorActor(ManagedActor):
             return current  # first look, or the counter restarted
         return current - last
 
-    def evaluate(self, snapshot: Mapping[str, Any]) -> dict[str, Any]:
-        """Run every rule on ``snapshot``, update rule state, log, and return the result.
+    def evaluate(self, snapshot: Mapping[str, Any],
+                 adaptive: tuple[AdaptiveSummary, ...] = ()) -> dict[str, Any]:
+        """Run every rule on ``snapshot`` (and ``adaptive``, the typed summaries), update
+        rule state, log, and return the result.
 
         A rule that raises is logged and counted as lacking data; it never fails the
         evaluation.
@@ -431,6 +451,7 @@ class MonitorActor(ManagedActor):
             snapshot, self._latencies(), self.metrics.window_s,
             cache_lookups=self._cache_window(snapshot),
             new_rejections=self._rejections(snapshot),
+            adaptive=adaptive,
         )
         settings = self.settings
         insights: list[dict[str, Any]] = []
@@ -522,11 +543,11 @@ class MonitorActor(ManagedActor):
 
     @handles(Evaluate)
     def _on_evaluate(self, message: Evaluate) -> dict[str, Any]:
-        return self.evaluate(message.snapshot)
+        return self.evaluate(message.snapshot, message.adaptive)
 
     @handles(Insights)
     def _on_insights(self, message: Insights) -> dict[str, Any]:
-        return self.evaluate(self.gather())
+        return self.evaluate(*self.gather())
 
     @handles(Trim)
     def _on_trim(self, message: Trim) -> None:

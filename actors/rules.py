@@ -14,12 +14,18 @@ into insights (:func:`insight`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from modcoord.actors.histogram import HistogramSnapshot
 from modcoord.actors.settings import MonitorSettings
+from modcoord.actors.tuning import (
+    AdaptiveParameter,
+    AdaptiveSummary,
+    DebounceSummary,
+    ResourceSummary,
+)
 
 __all__ = [
     "HYSTERESIS",
@@ -40,6 +46,7 @@ __all__ = [
     "QueueNearFullRule",
     "QueueView",
     "Reading",
+    "ResourcePressureRule",
     "RestartChurnRule",
     "RuleSnapshot",
     "insight",
@@ -106,16 +113,16 @@ class MemoryView:
 
 @dataclass(frozen=True)
 class AdaptiveView:
-    """What adapted, as the rules see it (from the debouncer's and batcher's ``adaptive``
-    statistics).
+    """What adapted, as the rules see it (from the debouncer's and batcher's typed
+    :class:`~modcoord.actors.tuning.AdaptiveSummary`).
 
     Attributes:
-        parameters: parameter name → ``(configured, effective, reason)``.
+        parameters: parameter name → its :class:`AdaptiveParameter`.
         pinned: ``(parameter, subject, bound key)`` for each value held at a bound (the
             subject is a module, or ``"all"`` for the batch window).
     """
 
-    parameters: Mapping[str, tuple[float, float, str]]
+    parameters: Mapping[str, AdaptiveParameter]
     pinned: tuple[tuple[str, str, str], ...] = ()
 
 
@@ -131,6 +138,8 @@ class RuleSnapshot:
         queue: see :class:`QueueView`.
         memory: see :class:`MemoryView`.
         restarts: restarts per actor within the window.
+        adaptive: what the debouncer and batcher tuned (``None``: neither adapts).
+        resources: the memory manager's resource awareness (``None``: not watched).
     """
 
     latencies: Mapping[str, LatencyWindow]
@@ -140,6 +149,7 @@ class RuleSnapshot:
     memory: MemoryView | None = None
     restarts: Mapping[str, int] | None = None
     adaptive: AdaptiveView | None = None
+    resources: ResourceSummary | None = None
 
 
 def number(section: Any, *keys: str) -> float | None:
@@ -156,7 +166,8 @@ def number(section: Any, *keys: str) -> float | None:
 
 def rule_snapshot(sections: Mapping[str, Any], latencies: Mapping[str, LatencyWindow],
                   latency_window_s: float, cache_lookups: tuple[int, int] | None = None,
-                  new_rejections: int = 0) -> RuleSnapshot:
+                  new_rejections: int = 0,
+                  adaptive: Iterable[AdaptiveSummary] = ()) -> RuleSnapshot:
     """Build the typed snapshot from the monitor's plain sections.
 
     Args:
@@ -168,14 +179,20 @@ def rule_snapshot(sections: Mapping[str, Any], latencies: Mapping[str, LatencyWi
         cache_lookups: ``(hits, misses)`` within the window (the monitor keeps the
             history), or ``None``.
         new_rejections: batch rejections since the previous evaluation.
+        adaptive: the typed adaptive summaries of the actors' statistics (the
+            debouncer's, the batcher's, the memory manager's resources), as they are.
     """
+    summaries = tuple(adaptive)
+    resources = next((r for r in summaries if isinstance(r, ResourceSummary)
+                      and r.enabled), None)
     cache = sections.get("cache")
     batcher = sections.get("batcher")
     memory = sections.get("memory")
     restarts = sections.get("restarts")
     strategy = memory.get("strategy") if isinstance(memory, Mapping) else None
     return RuleSnapshot(
-        adaptive=_adaptive_view(sections.get("debouncer"), batcher),
+        adaptive=_adaptive_view(s for s in summaries if not isinstance(s, ResourceSummary)),
+        resources=resources,
         latencies=latencies,
         latency_window_s=latency_window_s,
         cache=CacheView(enabled=cache.get("enabled") is not False, lookups=cache_lookups)
@@ -194,26 +211,22 @@ def rule_snapshot(sections: Mapping[str, Any], latencies: Mapping[str, LatencyWi
     )
 
 
-def _adaptive_view(debouncer: Any, batcher: Any) -> AdaptiveView | None:
-    """The :class:`AdaptiveView` of the two sections; ``None`` when neither adapts."""
-    params: dict[str, tuple[float, float, str]] = {}
+def _adaptive_view(summaries: Iterable[AdaptiveSummary]) -> AdaptiveView | None:
+    """The :class:`AdaptiveView` of the summaries that adapt; ``None`` when none does."""
+    params: dict[str, AdaptiveParameter] = {}
     pinned: list[tuple[str, str, str]] = []
     enabled = False
-    for section in (debouncer, batcher):
-        adaptive = section.get("adaptive") if isinstance(section, Mapping) else None
-        if not isinstance(adaptive, Mapping) or not adaptive.get("enabled"):
+    for summary in summaries:
+        if not summary.enabled:
             continue
         enabled = True
-        for name, p in (adaptive.get("parameters") or {}).items():
-            configured, effective = number(p, "configured"), number(p, "effective")
-            if configured is None or effective is None:
-                continue
-            params[str(name)] = (configured, effective, str(p.get("reason", "")))
-            if isinstance(p, Mapping) and isinstance(p.get("pinned"), str):
-                pinned.append((str(name), "all", p["pinned"]))
-        for m in adaptive.get("modules") or ():
-            if isinstance(m, Mapping) and isinstance(m.get("pinned"), str):
-                pinned.append(("debounce.delay_ms", str(m.get("module")), m["pinned"]))
+        for name, p in summary.parameters.items():
+            params[name] = p
+            if p.pinned is not None:
+                pinned.append((name, "all", p.pinned))
+        if isinstance(summary, DebounceSummary):
+            pinned.extend(("debounce.delay_ms", m.module, m.pinned)
+                          for m in summary.modules if m.pinned is not None)
     return AdaptiveView(params, tuple(pinned)) if enabled else None
 
 
@@ -508,10 +521,12 @@ class AdaptationRule(InsightRule):
             return None  # nothing adapts (MANUAL, or adaptive.enabled: false)
         threshold = settings.adaptive_change_fraction
         changes = []
-        for name, (configured, effective, reason) in sorted(view.parameters.items()):
-            if configured > 0:
+        for name, p in sorted(view.parameters.items()):
+            values = p.numeric
+            if values is not None and values[0] > 0:
+                configured, effective = values
                 changes.append((abs(effective - configured) / configured, name,
-                                configured, effective, reason))
+                                configured, effective, p.reason))
         if not changes:
             return self.lacking(threshold, "no adapted parameters reported")
         worst = max(c[0] for c in changes)
@@ -556,6 +571,43 @@ class AdaptiveBoundRule(InsightRule):
         return reading
 
 
+class ResourcePressureRule(InsightRule):
+    """Resource pressure holds (``adaptive.resources``): the memory strategy is escalated
+    and the cache capped, or delays and windows are widened for CPU. The observed value
+    is the memory level (0-2) plus 1 while widened; any of it fires."""
+
+    id = "resource_pressure"
+    severity = "warning"
+    message = "The daemon sheds work under resource pressure"
+    recommendation = (
+        "Raise memory.max_rss_mb or lower cache.max_entries; give the daemon more CPU or "
+        "publish less often"
+    )
+    inclusive = True
+
+    def read(self, snapshot: RuleSnapshot, settings: MonitorSettings) -> Reading | None:
+        view = snapshot.resources
+        if view is None:
+            return None  # not watched (MANUAL, adaptive.enabled or resources.enabled false)
+        observed = float(view.memory_level + (1 if view.widening else 0))
+        reading = self.compare(observed, 1.0, 0.0)
+        if not reading.breached:
+            return reading
+        said = []
+        strategy, cap = view.strategy, view.cache_cap
+        if view.memory_level and strategy is not None and cap is not None:
+            said.append(f"memory pressure ({view.memory_reason}): strategy escalated to "
+                        f"{strategy.effective}, cache capped at {cap.effective} of "
+                        f"{cap.configured} entries: raise memory.max_rss_mb or lower "
+                        "cache.max_entries")
+        widen = view.widen
+        if view.widening and widen is not None:
+            said.append(f"CPU pressure ({view.cpu_reason}): debounce delays and batch "
+                        f"windows widened x{widen.effective}: give the daemon more CPU, "
+                        "publish less often, or raise adaptive.resources.cpu_enter_fraction")
+        return dataclasses.replace(reading, recommendation="; ".join(said) or None)
+
+
 RULES: tuple[InsightRule, ...] = (
     CoordinationLatencyRule(),
     CacheHitRateRule(),
@@ -565,6 +617,7 @@ RULES: tuple[InsightRule, ...] = (
     DebounceLatenessRule(),
     AdaptationRule(),
     AdaptiveBoundRule(),
+    ResourcePressureRule(),
 )
 """The rules every evaluation runs, in this order."""
 

@@ -17,6 +17,7 @@ __all__ = [
     "ADAPTIVE_SECTIONS",
     "AdaptiveBatchSettings",
     "AdaptiveDebounceSettings",
+    "AdaptiveResourceSettings",
     "AdaptiveSettings",
     "BatchSettings",
     "CacheSettings",
@@ -144,6 +145,48 @@ class AdaptiveBatchSettings(_Section):
     hysteresis: float = Field(0.1, ge=0, lt=1)
 
 
+class AdaptiveResourceSettings(_Section):
+    """``adaptive.resources:`` — memory and CPU pressure (the memory manager checks every
+    ``memory.check_interval_ms``).
+
+    Memory pressure: the daemon's RSS above ``memory_enter_fraction`` × ``memory.max_rss_mb``,
+    or the machine's available memory below ``available_enter_mb`` (0: not watched). While
+    it holds, the memory strategy escalates one step (conservative → balanced →
+    aggressive) and the cache's effective ``max_entries`` is multiplied by
+    ``cache_cap_fraction``, at most two steps, one per ``hold_ms``. A step is undone once
+    RSS is below ``memory_exit_fraction`` × the limit and available memory above
+    ``available_exit_mb``, and the level has been held ``hold_ms``. CPU pressure: the
+    daemon's CPU time over ``cpu_window_ms`` as a fraction of the CPUs it may use above
+    ``cpu_enter_fraction`` widens debounce delays and batch windows ``cpu_widen_factor``
+    times (within their bounds), relaxed below ``cpu_exit_fraction`` after ``hold_ms``.
+    """
+
+    enabled: StrictBool = True
+    memory_enter_fraction: float = Field(0.9, gt=0, le=1)
+    memory_exit_fraction: float = Field(0.75, gt=0, le=1)
+    available_enter_mb: float = Field(0.0, ge=0, le=1_048_576)
+    available_exit_mb: float = Field(0.0, ge=0, le=1_048_576)
+    cache_cap_fraction: float = Field(0.5, gt=0, le=1)
+    cpu_enter_fraction: float = Field(0.9, gt=0, le=1)
+    cpu_exit_fraction: float = Field(0.6, gt=0, le=1)
+    cpu_window_ms: float = Field(5000.0, gt=0, le=3_600_000)
+    cpu_widen_factor: float = Field(2.0, ge=1, le=100)
+    hold_ms: float = Field(10_000.0, ge=0, le=86_400_000)
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> AdaptiveResourceSettings:
+        if self.memory_exit_fraction >= self.memory_enter_fraction:
+            raise ValueError("memory_exit_fraction must be below memory_enter_fraction "
+                             "(the gap is the hysteresis band)")
+        if self.cpu_exit_fraction >= self.cpu_enter_fraction:
+            raise ValueError("cpu_exit_fraction must be below cpu_enter_fraction "
+                             "(the gap is the hysteresis band)")
+        if self.available_enter_mb and self.available_exit_mb <= self.available_enter_mb:
+            raise ValueError("available_exit_mb must be above available_enter_mb "
+                             "(the gap is the hysteresis band)")
+        return self
+
+
 class AdaptiveSettings(_Section):
     """``adaptive:`` — what the actors may tune by themselves (``enabled: false``: every
     parameter stays at its configured value; MANUAL never adapts)."""
@@ -153,6 +196,7 @@ class AdaptiveSettings(_Section):
     summary_top_n: int = Field(10, ge=1, le=1000)
     debounce: AdaptiveDebounceSettings = AdaptiveDebounceSettings()
     batch: AdaptiveBatchSettings = AdaptiveBatchSettings()
+    resources: AdaptiveResourceSettings = AdaptiveResourceSettings()
 
 
 class ModeSettings(_Section):
@@ -166,7 +210,7 @@ class ModeSettings(_Section):
     adaptive: AdaptiveSettings = AdaptiveSettings()
 
 
-ADAPTIVE_SECTIONS: frozenset[str] = frozenset({"debounce", "batch"})
+ADAPTIVE_SECTIONS: frozenset[str] = frozenset({"debounce", "batch", "memory"})
 """The sections whose actors get the ``adaptive`` settings with their own (:class:`Tuned`)."""
 
 
@@ -175,7 +219,8 @@ class Tuned:
     """An actor's section together with the ``adaptive`` settings it tunes within.
 
     Attributes:
-        section: the actor's own section (``DebounceSettings``, ``BatchSettings``).
+        section: the actor's own section (``DebounceSettings``, ``BatchSettings``,
+            ``MemorySettings``).
         adaptive: the mode's ``adaptive`` section (``enabled`` false in MANUAL).
     """
 

@@ -10,16 +10,19 @@ an actor's restart loses none of them.
 ``queue_gauge``    :class:`~.admission.QueueGauge` — batch queue admission
 ``backlog``        :class:`~.admission.Backlog` — updates not yet taken in by the debouncer
 ``activity``       :class:`~.activity.ActivityTable` — module activity and sweeps
+``widening``       :class:`~.pressure.Widening` — the CPU-pressure factor on delays
 =================  ================================================================
 
 :class:`Shared` bundles them, with the daemon's hooks (where batches are delivered, how
-resident memory is read, which connections are live, how a swept module is told), into
-the one typed, frozen object every actor's context carries.
+resident memory, available memory and CPU time are read, which connections are live, how
+a swept module is told), into the one typed, frozen object every actor's context carries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,18 +35,25 @@ from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.shared.cache_store import CacheStore
 from modcoord.actors.shared.metrics import MetricsRegistry
+from modcoord.actors.shared.pressure import Widening
 from modcoord.actors.update import Batch
 
 __all__ = [
+    "AvailableReader",
     "ConnectionStates",
+    "CpuReader",
     "Deliver",
     "NotifySwept",
     "RssReader",
     "Shared",
+    "Widening",
     "no_connection_states",
     "no_sink",
     "no_swept_notice",
+    "psutil_available",
+    "psutil_cpu_seconds",
     "psutil_rss",
+    "usable_cpus",
 ]
 
 Deliver = Callable[[str, Batch], None]
@@ -51,6 +61,11 @@ Deliver = Callable[[str, Batch], None]
 A sink that raises is logged and counted by the batcher."""
 RssReader = Callable[[], int]
 """Returns the daemon's resident memory in bytes; may raise (the check is skipped)."""
+AvailableReader = Callable[[], int]
+"""Returns the machine's available memory in bytes; may raise (not judged this check)."""
+CpuReader = Callable[[], float]
+"""Returns the CPU seconds (user + system) the daemon has used since it started; may
+raise (not judged this check)."""
 ConnectionStates = Callable[[float], Mapping[str, bool]]
 """``states(stall_s)``: module id → whether its connection is live (open, and taking its
 output within ``stall_s``). Modules it cannot judge are left out. May raise."""
@@ -88,6 +103,28 @@ def psutil_rss() -> int:
     return int(_process().memory_info().rss)
 
 
+def psutil_available() -> int:
+    """The machine's available memory in bytes (``psutil.virtual_memory().available``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def psutil_cpu_seconds() -> float:
+    """The process's CPU time so far, user + system, in seconds (psutil)."""
+    times = _process().cpu_times()
+    return float(times.user + times.system)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where
+    there is none), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Shared:
     """Everything the actors share, typed: the hot-path objects and the daemon's hooks.
@@ -106,6 +143,10 @@ class Shared:
         connection_states: which module connections are live (the memory actor asks
             before each sweep).
         notify_swept: how a swept module is told.
+        available_reader: how the memory actor reads the machine's available memory.
+        cpu_reader: how the memory actor reads the daemon's CPU time.
+        cpu_capacity: the CPUs the daemon may use (CPU pressure is a fraction of them).
+        widening: the CPU-pressure factor the memory actor sets and the tuners read.
     """
 
     metrics: MetricsRegistry
@@ -117,15 +158,23 @@ class Shared:
     rss_reader: RssReader = psutil_rss
     connection_states: ConnectionStates = no_connection_states
     notify_swept: NotifySwept = no_swept_notice
+    available_reader: AvailableReader = psutil_available
+    cpu_reader: CpuReader = psutil_cpu_seconds
+    cpu_capacity: int = 1
+    widening: Widening = dataclasses.field(default_factory=Widening)
 
     @classmethod
     def create(cls, clock: Clock, settings: ModeSettings | None = None, *,
                deliver: Deliver = no_sink, rss_reader: RssReader = psutil_rss,
                connection_states: ConnectionStates = no_connection_states,
-               notify_swept: NotifySwept = no_swept_notice) -> Shared:
+               notify_swept: NotifySwept = no_swept_notice,
+               available_reader: AvailableReader = psutil_available,
+               cpu_reader: CpuReader = psutil_cpu_seconds,
+               cpu_capacity: int | None = None) -> Shared:
         """Make every shared object for ``clock``, sized by ``settings`` (a mode's
         settings; defaults when ``None``): the metrics window is ``monitor.window_s``,
-        the store follows ``cache``, the gauge's limit is ``batch.max_queue``."""
+        the store follows ``cache``, the gauge's limit is ``batch.max_queue``;
+        ``cpu_capacity`` defaults to :func:`usable_cpus`."""
         s = settings if settings is not None else ModeSettings()
         return cls(
             metrics=MetricsRegistry(clock, window_s=s.monitor.window_s),
@@ -137,4 +186,7 @@ class Shared:
             rss_reader=rss_reader,
             connection_states=connection_states,
             notify_swept=notify_swept,
+            available_reader=available_reader,
+            cpu_reader=cpu_reader,
+            cpu_capacity=cpu_capacity if cpu_capacity is not None else usable_cpus(),
         )

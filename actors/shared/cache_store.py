@@ -289,7 +289,8 @@ class CacheStatistics:
         misses: lookups whose caller had to compute (absent, expired, or cache disabled).
         hit_rate: ``hits / (hits + misses)``, 0.0 before any lookup.
         evictions_expired / evictions_size / evictions_explicit: entries removed, by cause.
-        size: entries held now; max_size: ``cache.max_entries``.
+        size: entries held now; max_size: ``cache.max_entries``, or the memory-pressure cap
+            when lower (``adaptive.resources``).
         inflight: computations in flight now.
         joined: of the hits, lookups that joined a flight instead of finding an entry.
         enabled: ``cache.enabled``.
@@ -343,14 +344,34 @@ class CacheStore:
         self._ev_expired = 0
         self._ev_size = 0
         self._ev_explicit = 0
+        self._cap: int | None = None
         self._apply(settings if settings is not None else CacheSettings())
 
     def _apply(self, settings: CacheSettings) -> None:
         self._settings = settings
         self._enabled = settings.enabled
         self._ttl_s = settings.ttl_ms / 1000.0
-        self._max = settings.max_entries
-        self._evict_n = max(1, math.ceil(settings.evict_fraction * settings.max_entries))
+        cap = self._cap
+        self._max = settings.max_entries if cap is None else min(settings.max_entries, cap)
+        self._evict_n = max(1, math.ceil(settings.evict_fraction * self._max))
+
+    def cap(self, limit: int | None) -> int:
+        """Cap the effective ``max_entries`` at ``limit`` (``None``: the configured one),
+        for memory pressure; the cap outlives :meth:`reconfigure`. Entries beyond it are
+        evicted least recently used first (counted as ``size``); returns how many."""
+        with self._lock:
+            self._cap = None if limit is None else max(1, int(limit))
+            self._apply(self._settings)
+            n = max(0, len(self._entries) - self._max)
+            for _ in range(n):
+                self._entries.popitem(last=False)
+            self._ev_size += n
+            return n
+
+    @property
+    def cap_limit(self) -> int | None:
+        """The pressure cap in force (see :meth:`cap`), or ``None``."""
+        return self._cap
 
     @property
     def settings(self) -> CacheSettings:

@@ -24,9 +24,14 @@ from typing import Any
 from loguru import logger
 
 from modcoord.actors import ActorContext, ActorHandle, MockClock, MonotonicClock, Shared
-from modcoord.actors.batcher import BatcherActor, QueueDepth, Subscribe
+from modcoord.actors.batcher import BatcherActor, BatcherStatistics, QueueDepth, Subscribe
 from modcoord.actors.clock import Clock
-from modcoord.actors.debouncer import DebouncerActor, Pending, PublishMany
+from modcoord.actors.debouncer import (
+    DebouncerActor,
+    DebouncerStatistics,
+    Pending,
+    PublishMany,
+)
 from modcoord.actors.settings import ModeSettings, actor_settings
 from modcoord.actors.update import Batch, Update
 from modcoord.supervisor.daemon.config import default_config_dir, load_config_dir
@@ -57,7 +62,7 @@ class Pipeline:
         self.delivered = 0
         self.done = threading.Event()
         self.expect = -1
-        self.last_stats: tuple[Any, Any] | None = None
+        self.last_stats: tuple[DebouncerStatistics, BatcherStatistics] | None = None
 
         def deliver(subscriber: str, batch: Batch) -> None:
             self.deliveries.append((clock.monotonic(), batch))
@@ -186,7 +191,7 @@ def fig_adaptive_debounce(quick: bool) -> list[Result]:
     p, lat_adapt, col_adapt = replay(adaptive, trace)
     assert p.last_stats is not None
     deb = p.last_stats[0].adaptive
-    mods = ", ".join(f"{m['module']} {m['effective']:.0f} ms" for m in deb["modules"])
+    mods = ", ".join(f"{m.module} {m.effective:.0f} ms" for m in deb.modules)
     n = sum(len(e[1]) for e in trace)
     if not lat_fixed or not lat_adapt:
         raise BenchError("no deliveries in the replay")

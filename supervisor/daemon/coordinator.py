@@ -40,13 +40,20 @@ from modcoord.actors.errors import (
 from modcoord.actors.memory import ForceCleanup, MemoryManagerActor, Reactivate
 from modcoord.actors.message import Message
 from modcoord.actors.modes import mode_or_none
-from modcoord.actors.monitor import Insights, Latencies, MonitorActor, Trim
+from modcoord.actors.monitor import (
+    Insights,
+    Latencies,
+    MonitorActor,
+    Trim,
+    adaptive_summaries,
+)
 from modcoord.actors.reply import Reply, ReplyBox
 from modcoord.actors.shared import Shared
 from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.shared.cache_store import CacheStore, cache_key
 from modcoord.actors.shared.metrics import MetricsRegistry
+from modcoord.actors.tuning import AdaptiveSummary, DebounceSummary, ResourceSummary
 from modcoord.actors.update import PRIORITY_RANK, Batch, Update
 from modcoord.supervisor.daemon.config import ConfigSet, load_config_dir, normalize_mode
 from modcoord.supervisor.daemon.engine import (
@@ -162,19 +169,21 @@ def _wire_mode(mode: Any) -> str:
     return canonical
 
 
-def adaptive_status(debouncer: Any, batcher: Any) -> dict[str, Any]:
-    """The ``status`` document's ``adaptive`` field from the two actors' statistics:
-    ``enabled`` (either adapts), ``parameters`` (each configured, effective, reason) and the
-    debouncer's bounded per-module and per-key summary."""
-    deb, bat = ((s.get("adaptive") or {}) if isinstance(s, dict) else {}
-                for s in (debouncer, batcher))
-    parts = (deb, bat)
+def adaptive_status(summaries: Iterable[AdaptiveSummary]) -> dict[str, Any]:
+    """The ``status`` document's ``adaptive`` field from the actors' typed summaries
+    (serialised here, at the edge): ``enabled`` (any adapts), ``parameters`` (each
+    configured, effective, reason, pinned), the debouncer's bounded per-module and per-key
+    summary as ``debounce`` and the resource awareness as ``resources`` (while active)."""
+    parts = tuple(summaries)
     out: dict[str, Any] = {
-        "enabled": any(p.get("enabled") for p in parts),
-        "parameters": {k: v for p in parts for k, v in (p.get("parameters") or {}).items()},
+        "enabled": any(p.enabled for p in parts),
+        "parameters": {k: v.as_dict() for p in parts for k, v in p.parameters.items()},
     }
-    if deb.get("enabled"):
-        out["debounce"] = {k: v for k, v in deb.items() if k not in ("enabled", "parameters")}
+    for part in parts:
+        if part.enabled and isinstance(part, DebounceSummary):
+            out["debounce"] = part.details()
+        elif part.enabled and isinstance(part, ResourceSummary):
+            out["resources"] = part.details()
     return out
 
 
@@ -626,6 +635,12 @@ class ModuleCoordinator:
         return self.handles[actor].ask(Statistics(), timeout=timeout)
 
     def _gather_statistics(self, timeout: float = 2.0) -> dict[str, Any]:
+        """Every actor's statistics as plain dicts (``None`` for one that did not answer)."""
+        return {name: _plain(s) for name, s in self._gather_typed(timeout).items()}
+
+    def _gather_typed(self, timeout: float = 2.0) -> dict[str, Any]:
+        """Every actor's statistics object as it is (``None`` for one that did not
+        answer)."""
         futures = {}
         for name in ACTOR_NAMES:
             with contextlib.suppress(ModcoordError):  # a stopped actor has no statistics
@@ -634,14 +649,15 @@ class ModuleCoordinator:
         deadline = time.monotonic() + timeout
         for name, future in futures.items():
             try:
-                out[name] = _plain(future.get(timeout=max(0.01, deadline - time.monotonic())))
+                out[name] = future.get(timeout=max(0.01, deadline - time.monotonic()))
             except Exception:
                 out[name] = None
         return out
 
     def status(self) -> dict[str, Any]:
         """The status document: the dict ``status --json`` prints (fields: docs/REFERENCE.md)."""
-        stats = self._gather_statistics()
+        typed = self._gather_typed()
+        stats = {name: _plain(s) for name, s in typed.items()}
         children = self._ask_supervisor(ChildStatus())
         histogram = self.metrics.histogram("coordination")
         coordination = histogram.recent()
@@ -682,7 +698,7 @@ class ModuleCoordinator:
             "memory": memory,
             "monitor": stats.get("monitor"),
             "undeliverable": self.undeliverable,
-            "adaptive": adaptive_status(stats.get("debouncer"), batcher),
+            "adaptive": adaptive_status(adaptive_summaries(typed)),
             "last_reload_error": None,
         }
 

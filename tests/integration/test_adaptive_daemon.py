@@ -84,8 +84,8 @@ def test_status_shows_the_debounce_delay_adapting_to_a_typing_module(daemon: Any
     assert keys == {("editor", "text"), ("editor", "cursor")}
     assert adaptive["parameters"]["batch.window_ms"]["configured"] == 100.0
     # The change was logged, once (the delay moved from 300 ms and then stayed near).
-    logged = records(daemon, event="adaptive", message="debounce delay adapted",
-                     old_ms=300)
+    logged = records(daemon, event="adaptive",
+                     message="debounce delay adapted", previous_ms=300.0)
     assert len(logged) == 1, logged
     assert records(daemon, event="adaptive", module="editor") == logged
     # Every update still arrived: nothing collapsed beyond what the debouncer counts.

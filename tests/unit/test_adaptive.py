@@ -177,11 +177,11 @@ def test_a_fast_typist_gets_a_shorter_delay_and_its_bursts_still_collapse() -> N
     pipe.replay(trace)
     delivered = pipe.delivered()
     deb = pipe.stats("debouncer")
-    param = deb.adaptive["parameters"]["debounce.delay_ms"]
-    assert param["configured"] == 300.0
+    param = deb.adaptive.parameters["debounce.delay_ms"]
+    assert param.configured == 300.0
     # p90 of gaps in [50, 70] ms is ~68 ms; x 1.2 ~ 82 ms (bucket precision 12 %).
-    assert 70.0 <= param["effective"] <= 95.0, param
-    assert param["reason"].startswith("publish gap p90"), param
+    assert 70.0 <= param.effective <= 95.0, param
+    assert param.reason.startswith("publish gap p90"), param
     assert len(delivered) == 6  # every burst collapsed to its last keystroke
     assert deb.collapsed == 54
     last_of_bursts = [trace[i * 10 + 9][0] for i in range(6)]
@@ -189,14 +189,14 @@ def test_a_fast_typist_gets_a_shorter_delay_and_its_bursts_still_collapse() -> N
     # Ten keystrokes are nine gaps, past min_samples (8): learnt within the first burst.
     for w in waits:
         assert 0.060 <= w <= 0.095, waits  # not the configured 300 ms
-    assert waits[-1] == pytest.approx(param["effective"] / 1000.0, abs=0.001)
+    assert waits[-1] == pytest.approx(param.effective / 1000.0, abs=0.001)
 
 
 def test_a_new_key_uses_its_module_estimate_until_it_has_its_own() -> None:
     pipe = Pipe.of(edited(packaged(), batch={"enabled": False}))
     pipe.replay(typing("editor", "text", 0.0, [0.05] * 20))
     pipe.deliveries.clear()
-    module_ms = pipe.stats("debouncer").adaptive["modules"][0]["effective"]
+    module_ms = pipe.stats("debouncer").adaptive.modules[0].effective
     assert module_ms < 100.0
     start = pipe.clock.monotonic()
     pipe.publish("editor", "title")  # a new key of a known module
@@ -216,14 +216,14 @@ def test_the_delay_is_clamped_and_a_bound_that_holds_it_is_named() -> None:
     pipe.replay(typing("slow", "text", 0.0, [0.55] * 16))  # p90 x 1.2 > max_ms 600
     pipe.replay(typing("fast", "text", 20.0, [0.005] * 16))  # p90 x 1.2 < min_ms 60
     deb = pipe.stats("debouncer").adaptive
-    mods = {m["module"]: m for m in deb["modules"]}
-    assert mods["slow"]["effective"] == 600.0
-    assert mods["slow"]["pinned"] == "adaptive.debounce.max_ms"
-    assert "pinned at adaptive.debounce.max_ms" in mods["slow"]["reason"]
-    assert mods["fast"]["effective"] == 60.0
-    assert mods["fast"]["pinned"] == "adaptive.debounce.min_ms"
+    mods = {m.module: m for m in deb.modules}
+    assert mods["slow"].effective == 600.0
+    assert mods["slow"].pinned == "adaptive.debounce.max_ms"
+    assert "pinned at adaptive.debounce.max_ms" in mods["slow"].reason
+    assert mods["fast"].effective == 60.0
+    assert mods["fast"].pinned == "adaptive.debounce.min_ms"
     # The insight rule says which bound holds which module back.
-    snapshot = rule_snapshot({"debouncer": pipe.stats("debouncer").as_dict()}, {}, 60.0)
+    snapshot = rule_snapshot({}, {}, 60.0, adaptive=[pipe.stats("debouncer").adaptive])
     reading = AdaptiveBoundRule().read(snapshot, settings.monitor)
     assert reading is not None and reading.breached
     assert reading.recommendation is not None
@@ -279,12 +279,12 @@ def test_a_bad_adaptive_value_in_a_mode_file_names_file_key_and_problem(tmp_path
 def test_the_critical_fast_path_is_untouched() -> None:
     pipe = Pipe.of(edited(packaged(), batch={"enabled": False}))
     pipe.replay(typing("editor", "text", 0.0, [0.05] * 20))
-    gaps_before = pipe.stats("debouncer").adaptive["keys"][0]["gaps"]
+    gaps_before = pipe.stats("debouncer").adaptive.keys[0].gaps
     pipe.deliveries.clear()
     t0 = pipe.clock.monotonic() + 3.0
     pipe.replay(typing("editor", "text", t0, [0.01] * 5, priority="critical"), tail=1.0)
     deb = pipe.stats("debouncer").adaptive
-    assert deb["keys"][0]["gaps"] == gaps_before  # criticals are not observed
+    assert deb.keys[0].gaps == gaps_before  # criticals are not observed
     (at, *_), = pipe.delivered()
     assert at == pytest.approx(t0 + 0.05 + 0.050)  # critical_delay_ms 50 after the last
 
@@ -299,13 +299,14 @@ def test_idle_keys_are_forgotten_and_the_key_cap_is_counted_and_logged() -> None
         for key in ("a", "b", "c", "d"):
             pipe.publish("editor", key)
         deb = pipe.stats("debouncer").adaptive
-        assert deb["tracked_keys"] == 2 and deb["untracked"] == 2
+        assert deb.tracked_keys == 2 and deb.untracked == 2
         warnings = [r for r in records if "adaptive.debounce.max_keys" in r["message"]]
+        assert warnings and warnings[0]["extra"]["max_keys"] == 2
         assert len(warnings) == 1  # logged once while at the cap
         pipe.advance_to(pipe.clock.monotonic() + 11.0)
         deb = pipe.stats("debouncer").adaptive
-        assert deb["tracked_keys"] == 0 and deb["tracked_modules"] == 0
-        assert deb["forgotten"] == 2
+        assert deb.tracked_keys == 0 and deb.tracked_modules == 0
+        assert deb.forgotten == 2
     finally:
         with pytest.raises(StopIteration):
             next(with_logs)
@@ -321,8 +322,8 @@ def test_a_change_beyond_the_threshold_is_logged_once() -> None:
         assert len(changes) == 1, [r["message"] for r in changes]
         assert changes[0]["message"] == "debounce delay adapted"
         extra = changes[0]["extra"]
-        assert extra["module"] == "editor" and extra["old_ms"] == 300
-        assert extra["new_ms"] < 300 and "gap" in extra["reason"]
+        assert extra["module"] == "editor" and extra["previous_ms"] == 300.0
+        assert extra["delay_ms"] < 300.0 and "publish gap p90" in extra["why"]
     finally:
         with pytest.raises(StopIteration):
             next(with_logs)
@@ -350,7 +351,7 @@ def test_adaptive_disabled_reproduces_the_fixed_path_exactly(mode: str) -> None:
     assert [b.batch_id for _, b in today.deliveries] == [
         b.batch_id for _, b in frozen.deliveries]
     assert today.stats("debouncer").collapsed == frozen.stats("debouncer").collapsed
-    assert frozen.stats("debouncer").adaptive["enabled"] is False
+    assert frozen.stats("debouncer").adaptive.enabled is False
     # ... and adapting does change them (the comparison can fail).
     adapting = Pipe.of(packaged(mode), mode)
     adapting.replay(_mixed_trace())
@@ -367,10 +368,10 @@ def test_manual_never_adapts_even_with_adaptive_enabled() -> None:
         pipe.replay(_mixed_trace())
     assert manual.delivered() == fixed.delivered()
     adaptive = manual.stats("debouncer").adaptive
-    assert adaptive["enabled"] is False
-    assert adaptive["parameters"]["debounce.delay_ms"]["effective"] == 300.0
+    assert adaptive.enabled is False
+    assert adaptive.parameters["debounce.delay_ms"].effective == 300.0
     batch = manual.stats("batcher").adaptive
-    assert batch["parameters"]["batch.window_ms"]["effective"] == 100.0
+    assert batch.parameters["batch.window_ms"].effective == 100.0
 
 
 def test_hybrid_adapts_within_tighter_bounds_than_fully_auto() -> None:
@@ -408,12 +409,12 @@ def test_the_batch_window_follows_the_load_light_heavy_light() -> None:
         trace = _poisson(rate, start, seconds, seed=i, first=i * 100_000)
         for p in (pipe, fixed):
             p.replay(trace, tail=0.0)
-        windows.append(pipe.stats("batcher").adaptive["parameters"]["batch.window_ms"])
-    light1, heavy, light2 = (w["effective"] for w in windows)
+        windows.append(pipe.stats("batcher").adaptive.parameters["batch.window_ms"])
+    light1, heavy, light2 = (w.effective for w in windows)
     assert light1 == 20.0 and light2 == 20.0  # adaptive.batch.min_window_ms
     assert heavy == 100.0  # load 1.6: the largest window, batch.window_ms
-    assert windows[1]["pinned"] == "batch.window_ms" and windows[0]["pinned"] is None
-    assert windows[1]["configured"] == 100.0 and "arrival rate" in windows[1]["reason"]
+    assert windows[1].pinned == "batch.window_ms" and windows[0].pinned is None
+    assert windows[1].configured == 100.0 and "arrival rate" in windows[1].reason
     pipe.advance_to(40.0)
     fixed.advance_to(40.0)
     assert sorted(pipe.delivered(), key=lambda d: d[3])[-1][3] == \
@@ -450,5 +451,5 @@ def test_the_debounce_tuner_alone_is_pure_and_bounded() -> None:
     assert len(tuner.keys) == settings.adaptive.debounce.max_keys
     assert tuner.untracked == 10_000 - settings.adaptive.debounce.max_keys
     summary = tuner.summary(t)
-    assert len(summary["keys"]) == settings.adaptive.summary_top_n
-    assert tuner.summary(t + 61.0)["tracked_keys"] == 0
+    assert len(summary.keys) == settings.adaptive.summary_top_n
+    assert tuner.summary(t + 61.0).tracked_keys == 0
