@@ -10,6 +10,7 @@ an actor's restart loses none of them.
 ``queue_gauge``    :class:`~.admission.QueueGauge` — batch queue admission
 ``backlog``        :class:`~.admission.Backlog` — updates not yet taken in by the debouncer
 ``activity``       :class:`~.activity.ActivityTable` — module activity and sweeps
+``plugins``        :class:`~modcoord.actors.plugins.PluginHost` — loaded plugins, guards
 =================  ================================================================
 
 :class:`Shared` bundles them, with the daemon's hooks (where batches are delivered, how
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from modcoord.actors.clock import Clock
-from modcoord.actors.settings import ModeSettings
+from modcoord.actors.plugins import GuardedCachePolicy, PluginHost
+from modcoord.actors.settings import ModeSettings, PluginSettings
 from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.shared.cache_store import CacheStore
@@ -106,6 +108,8 @@ class Shared:
         connection_states: which module connections are live (the memory actor asks
             before each sweep).
         notify_swept: how a swept module is told.
+        plugins: the plugins the mode's ``plugins:`` section names, and their guards
+            (:meth:`apply_plugins`).
     """
 
     metrics: MetricsRegistry
@@ -117,6 +121,14 @@ class Shared:
     rss_reader: RssReader = psutil_rss
     connection_states: ConnectionStates = no_connection_states
     notify_swept: NotifySwept = no_swept_notice
+    plugins: PluginHost = field(default_factory=PluginHost)
+
+    def apply_plugins(self, settings: PluginSettings) -> None:
+        """Load what ``settings`` names (:meth:`PluginHost.configure`) and give the cache
+        store its policy (the built-in ``lru`` unless a plugin is named and loads)."""
+        self.plugins.configure(settings)
+        policy = self.plugins.cache_policy()
+        self.cache_store.set_policy(GuardedCachePolicy(policy) if policy is not None else None)
 
     @classmethod
     def create(cls, clock: Clock, settings: ModeSettings | None = None, *,
@@ -127,7 +139,7 @@ class Shared:
         settings; defaults when ``None``): the metrics window is ``monitor.window_s``,
         the store follows ``cache``, the gauge's limit is ``batch.max_queue``."""
         s = settings if settings is not None else ModeSettings()
-        return cls(
+        shared = cls(
             metrics=MetricsRegistry(clock, window_s=s.monitor.window_s),
             cache_store=CacheStore(clock, s.cache),
             queue_gauge=QueueGauge(s.batch.max_queue),
@@ -138,3 +150,5 @@ class Shared:
             connection_states=connection_states,
             notify_swept=notify_swept,
         )
+        shared.apply_plugins(s.plugins)
+        return shared

@@ -233,6 +233,7 @@ class _Daemon:
         from modcoord.supervisor.daemon.config import load_config_dir, normalize_mode
         from modcoord.supervisor.daemon.controller import Controller
         from modcoord.supervisor.daemon.engine import Engine, create_engine
+        from modcoord.supervisor.daemon.exporting import ExporterRunner
         from modcoord.supervisor.daemon.exposition import MetricsHTTPServer
         from modcoord.supervisor.daemon.logs import setup_logging, shutdown_logging
         from modcoord.supervisor.daemon.reload import ConfigWatcher, Reloader
@@ -273,6 +274,7 @@ class _Daemon:
         server: Server | None = None
         watcher: ConfigWatcher | None = None
         http: MetricsHTTPServer | None = None
+        exporters: ExporterRunner | None = None
         state_file = runtime / STATE_FILE
         reloader: Reloader | None = None
         try:
@@ -322,6 +324,9 @@ class _Daemon:
 
             watcher = ConfigWatcher(Path(config_dir), on_change)
             watcher.start()
+            exporters = ExporterRunner(coordinator.shared.plugins,
+                                       controller.exposition.registry.collect)
+            exporters.start()
             if config.daemon.metrics.enabled:
                 http = MetricsHTTPServer(config.daemon.metrics.host, config.daemon.metrics.port,
                                          controller.exposition)
@@ -358,6 +363,8 @@ class _Daemon:
                 reloader.close()
             if http is not None:
                 http.stop()
+            if exporters is not None:
+                exporters.stop()
             if server is not None:
                 server.pause_reading()  # refuse new requests; deliveries still go out
             if coordinator is not None:
