@@ -124,6 +124,16 @@ def order_updates(updates: Iterable[Update]) -> list[Update]:
     return out
 
 
+def _check_updates(out: Any) -> str | None:
+    """Why a batch processor's result is unusable, or ``None``."""
+    if not isinstance(out, list | tuple):
+        return f"returned {type(out).__name__}, not a list of updates"
+    bad = next((u for u in out if not isinstance(u, Update)), None)
+    if bad is not None:
+        return f"returned a {type(bad).__name__} among the updates"
+    return None
+
+
 # -- messages ------------------------------------------------------------------------------
 
 
@@ -471,13 +481,9 @@ class BatcherActor(ManagedActor):
                 continue
             fn = getattr(proc.obj, "process", proc.obj)
             try:
-                out = proc.guard.call(fn, tuple(batch))
+                out = proc.guard.call(fn, tuple(batch), check=_check_updates)
             except PluginError:
                 self._proc_failures += 1
-                continue
-            if not isinstance(out, list | tuple) or not all(isinstance(u, Update) for u in out):
-                self._proc_failures += 1
-                proc.guard.failed(f"returned {type(out).__name__}, not a list of updates")
                 continue
             if len(out) != len(batch):
                 diff = len(out) - len(batch)

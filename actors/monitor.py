@@ -199,6 +199,13 @@ def build_snapshot(stats_by_actor: Mapping[str, Any], restarts: Mapping[str, int
     return snapshot
 
 
+def _check_reading(reading: Any) -> str | None:
+    """Why a plugin rule's verdict is unusable, or ``None``."""
+    if reading is None or isinstance(reading, Reading):
+        return None
+    return f"read returned {type(reading).__name__}, not a Reading or None"
+
+
 # -- state and snapshots -------------------------------------------------------------------
 
 
@@ -519,11 +526,8 @@ class MonitorActor(ManagedActor):
             guard.failed(f"rule id {rule_id!r} is missing or a built-in rule's id")
             return None
         try:
-            reading = guard.call(rule.read, data, self.settings)
+            reading = guard.call(rule.read, data, self.settings, check=_check_reading)
         except PluginError:
-            return None
-        if reading is not None and not isinstance(reading, Reading):
-            guard.failed(f"read returned {type(reading).__name__}, not a Reading or None")
             return None
         return rule, reading
 

@@ -1,19 +1,16 @@
 """Extension points: plugins found through Python entry points, enabled by name in the mode
 files (``plugins:``), and contained when they fail.
 
-Four entry-point groups (:data:`GROUPS`), one per kind of plugin:
+Four entry-point groups (:data:`GROUPS`), one per kind of plugin, each named by a key of
+``plugins:``:
 
-==========================  =====================  =====================================
-group                       ``plugins:`` key       what the entry point names
-==========================  =====================  =====================================
-``modcoord.insight_rules``  ``insight_rules``      an :class:`~modcoord.actors.rules.InsightRule`
-                                                   subclass (or instance)
-``modcoord.cache_policies`` ``cache_policy``       a :class:`~modcoord.actors.shared.cache_store.CachePolicy`
-                                                   class (or instance)
-``modcoord.batch_processors`` ``batch_processors`` a :class:`BatchProcessor` class, or a function
-                                                   ``(updates) -> updates``
-``modcoord.exporters``      ``exporters``          a factory ``(options) -> Exporter``
-==========================  =====================  =====================================
+- ``modcoord.insight_rules`` (``insight_rules``): an
+  :class:`~modcoord.actors.rules.InsightRule` subclass (or instance);
+- ``modcoord.cache_policies`` (``cache_policy``): a
+  :class:`~modcoord.actors.shared.cache_store.CachePolicy` class (or instance);
+- ``modcoord.batch_processors`` (``batch_processors``): a :class:`BatchProcessor` class, or
+  a function ``(updates) -> updates``;
+- ``modcoord.exporters`` (``exporters``): a factory ``(options) -> Exporter``.
 
 The built-ins are plugins of the same kinds under reserved names (:data:`BUILTINS`):
 ``lru`` (expired first, then least recently used) and ``priority`` (priority, then module
@@ -165,7 +162,8 @@ def check_names(plugins: PluginSettings) -> tuple[str, str] | None:
     ``(dotted key, problem)``; ``None`` when every name is known. The problem names the
     group and lists what is available."""
     listed: list[tuple[str, str, str]] = [("cache_policy", CACHE_POLICIES, plugins.cache_policy)]
-    listed += [(f"insight_rules.{i}", INSIGHT_RULES, n) for i, n in enumerate(plugins.insight_rules)]
+    listed += [(f"insight_rules.{i}", INSIGHT_RULES, n)
+               for i, n in enumerate(plugins.insight_rules)]
     listed += [(f"batch_processors.{i}", BATCH_PROCESSORS, n)
                for i, n in enumerate(plugins.batch_processors)]
     listed += [(f"exporters.{i}.name", EXPORTERS, e.name) for i, e in enumerate(plugins.exporters)]
@@ -286,13 +284,18 @@ class PluginGuard:
     def label(self) -> str:
         return f"{self.kind}:{self.name}"
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def call(self, fn: Callable[..., Any], *args: Any,
+             check: Callable[[Any], str | None] | None = None) -> Any:
         """Return ``fn(*args)``, run within the time limit.
+
+        Args:
+            check: judges the result: returns why it is unusable, or ``None``. An unusable
+                result is a failure like an exception.
 
         Raises:
             PluginError: the plugin is disabled, still busy with a call that hung, raised
-                (the cause attached), or took longer than ``timeout_s``. Each but the
-                first is counted as a failure.
+                (the cause attached), took longer than ``timeout_s``, or its result failed
+                ``check``. Each but the first is counted as a failure.
         """
         if self.disabled:
             raise PluginError(f"{self.label} is disabled")
@@ -304,8 +307,7 @@ class PluginGuard:
             except Exception as exc:
                 self.failed(f"{type(exc).__name__}: {exc}")
                 raise PluginError(f"{self.label} raised {type(exc).__name__}: {exc}") from exc
-            self.succeeded()
-            return result
+            return self._checked(result, check)
         with self._lock:
             running = self._running
             if running is not None and not running.done():
@@ -329,6 +331,13 @@ class PluginGuard:
         except Exception as exc:
             self.failed(f"{type(exc).__name__}: {exc}")
             raise PluginError(f"{self.label} raised {type(exc).__name__}: {exc}") from exc
+        return self._checked(result, check)
+
+    def _checked(self, result: Any, check: Callable[[Any], str | None] | None) -> Any:
+        why = check(result) if check is not None else None
+        if why is not None:
+            self.failed(why)
+            raise PluginError(f"{self.label}: {why}")
         self.succeeded()
         return result
 
@@ -546,11 +555,8 @@ class GuardedCachePolicy:
         if guard.disabled or self._obj is None:
             return default_s
         try:
-            ttl = guard.call(self._obj.ttl_s, key, value, default_s)
+            ttl = guard.call(self._obj.ttl_s, key, value, default_s, check=_check_ttl)
         except PluginError:
-            return default_s
-        if finite_number(ttl) is None or ttl <= 0:
-            guard.failed(f"ttl_s returned {ttl!r}, not a positive number of seconds")
             return default_s
         return float(ttl)
 
@@ -561,12 +567,21 @@ class GuardedCachePolicy:
             return list(self._builtin.victims(entries, n, now))
         snapshot = dict(entries)
         obj = self._obj
+
+        def check(keys: list[Any]) -> str | None:
+            if any(type(k) is str and k in snapshot for k in keys):
+                return None
+            return f"victims named none of the {len(snapshot)} entries"
+
         try:
-            keys = guard.call(lambda: list(obj.victims(snapshot, n, now)))
+            keys = guard.call(lambda: list(obj.victims(snapshot, n, now)), check=check)
         except PluginError:
             return list(self._builtin.victims(entries, n, now))
-        chosen = [k for k in keys if type(k) is str and k in entries]
-        if not chosen:
-            guard.failed(f"victims named none of the {len(entries)} entries")
-            return list(self._builtin.victims(entries, n, now))
-        return chosen
+        return [k for k in keys if type(k) is str and k in entries]
+
+
+def _check_ttl(ttl: Any) -> str | None:
+    number = finite_number(ttl)
+    if number is None or number <= 0:
+        return f"ttl_s returned {ttl!r}, not a positive number of seconds"
+    return None

@@ -53,8 +53,8 @@ __all__ = [
     "CacheStore",
     "Flight",
     "Lookup",
-    "LruPolicy",
     "LookupKind",
+    "LruPolicy",
     "Waiter",
     "cache_key",
 ]

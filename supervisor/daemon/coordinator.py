@@ -41,6 +41,7 @@ from modcoord.actors.memory import ForceCleanup, MemoryManagerActor, Reactivate
 from modcoord.actors.message import Message
 from modcoord.actors.modes import mode_or_none
 from modcoord.actors.monitor import Insights, Latencies, MonitorActor, Trim
+from modcoord.actors.plugins import PluginHost
 from modcoord.actors.reply import Reply, ReplyBox
 from modcoord.actors.shared import Shared
 from modcoord.actors.shared.activity import ActivityTable
@@ -330,6 +331,11 @@ class ModuleCoordinator:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def plugins(self) -> PluginHost:
+        """The plugins of the mode in force (``shared.plugins``)."""
+        return self.shared.plugins
 
     def _escalated(self, reason: str) -> None:
         # ``_running`` stays True: ``stop()`` must still stop the supervisor actor and the

@@ -13,6 +13,7 @@ mode switch, a reload) closes the exporters no longer named and makes the new on
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -156,7 +157,5 @@ class ExporterRunner:
         if callable(close):
             guard = self._host.guard(EXPORTERS, name, self._host.settings,
                                      run.spec.timeout_ms / 1000.0)
-            try:
+            with contextlib.suppress(PluginError):
                 guard.call(close)
-            except PluginError:
-                pass

@@ -324,7 +324,7 @@ class _Daemon:
 
             watcher = ConfigWatcher(Path(config_dir), on_change)
             watcher.start()
-            exporters = ExporterRunner(coordinator.shared.plugins,
+            exporters = ExporterRunner(coordinator.plugins,
                                        controller.exposition.registry.collect)
             exporters.start()
             if config.daemon.metrics.enabled:
