@@ -491,9 +491,9 @@ class BatcherActor(ManagedActor):
                     self._proc_removed -= diff
                 else:
                     self._proc_added += diff
-                self._log.bind(plugin=proc.name, before=len(batch), after=len(out)).info(
-                    f"batch processor {proc.name} {'removed' if diff < 0 else 'added'} "
-                    f"{abs(diff)} update(s)")
+                self._log.bind(plugin=proc.name, before=len(batch), after=len(out),
+                               change="removed" if diff < 0 else "added").info(
+                    "a batch processor changed the number of updates in a batch")
             batch = out
         return batch
 

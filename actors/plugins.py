@@ -359,11 +359,12 @@ class PluginGuard:
                 self.disabled = True
             failures = self.failures
         _log.bind(plugin=self.name, kind=self.kind, failures=failures, error=why).warning(
-            f"plugin {self.label} failed: {why}; the built-in behaviour is used")
+            "plugin failed; the built-in behaviour is used for this call")
         if disable:
-            _log.bind(plugin=self.name, kind=self.kind, failures=failures).error(
-                f"plugin {self.label} disabled after {self.max_failures} failures in a row "
-                "(plugins.max_failures); fix it, then reload or switch mode to enable it again")
+            _log.bind(plugin=self.name, kind=self.kind, failures=failures,
+                      max_failures=self.max_failures).error(
+                "plugin disabled after max_failures failures in a row (plugins.max_failures);"
+                " fix it, then reload or switch mode to enable it again")
 
     def close(self) -> None:
         """Stop the worker thread (after the call it runs, if any)."""
@@ -473,8 +474,7 @@ class PluginHost:
         if policy is not None:
             loaded.append(policy.name)
         if loaded:
-            logger.bind(actor="plugins", plugins=loaded).info(
-                f"plugins loaded: {', '.join(loaded)}")
+            logger.bind(actor="plugins", plugins=loaded).info("plugins loaded")
 
     def _builtin(self, group: str, name: str) -> Loaded:
         with self._lock:

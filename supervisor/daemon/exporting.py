@@ -147,7 +147,7 @@ class ExporterRunner:
                 except PluginError:
                     pass  # counted and logged by the guard
                 else:
-                    _log.bind(plugin=spec.name).info(f"exporter {spec.name} started")
+                    _log.bind(plugin=spec.name).info("exporter started")
         due = now if exporter is not None else now + spec.interval_ms / 1000.0
         self._running[spec.name] = _Running(spec, exporter, due)
 

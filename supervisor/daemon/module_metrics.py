@@ -79,8 +79,8 @@ class ModuleMetricsTable:
                 self.polls += 1
             if timed_out:
                 _log.bind(module=module_id, timeout_s=timeout_s).warning(
-                    f"get_performance_metrics of {module_id} did not answer within "
-                    f"{timeout_s:g} s (daemon.callback_timeout_ms); asked again")
+                    "get_performance_metrics did not answer within daemon.callback_timeout_ms;"
+                    " asked again")
             asked += 1
 
             def reply(result: Any, error: str | None, module_id: str = module_id,
@@ -109,8 +109,7 @@ class ModuleMetricsTable:
             else:
                 why = None
         if why is not None:
-            _log.bind(module=module_id, error=why).warning(
-                f"get_performance_metrics of {module_id} failed: {why}")
+            _log.bind(module=module_id, error=why).warning("get_performance_metrics failed")
             return
         assert isinstance(result, Mapping)
         numeric: dict[str, float] = {}
@@ -132,8 +131,8 @@ class ModuleMetricsTable:
             self.dropped_over_cap += over
         if bad or over:
             _log.bind(module=module_id, non_numeric=bad, over_cap=over, cap=cap).warning(
-                f"get_performance_metrics of {module_id}: dropped {bad} non-numeric and "
-                f"{over} beyond monitor.module_metrics_max ({cap}) value(s)")
+                "get_performance_metrics values dropped: not numbers, or beyond "
+                "monitor.module_metrics_max")
 
     def forget(self, module_id: str) -> None:
         """A module unregistered: drop its values and any request in flight."""
