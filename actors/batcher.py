@@ -475,6 +475,7 @@ class BatcherActor(ManagedActor):
             if proc.obj is None:
                 if not proc.guard.inline:
                     continue  # a disabled plugin
+                proc.guard.count_call()
                 batch = order_updates(batch)  # the built-in ``priority``
                 continue
             if proc.guard.disabled:

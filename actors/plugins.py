@@ -341,6 +341,11 @@ class PluginGuard:
         self.succeeded()
         return result
 
+    def count_call(self) -> None:
+        """Count a call made without :meth:`call` (a built-in run inline by its caller)."""
+        with self._lock:
+            self.calls += 1
+
     def succeeded(self) -> None:
         with self._lock:
             self._run = 0
