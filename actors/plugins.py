@@ -19,7 +19,7 @@ is made on the guard's own worker thread and waited for at most ``plugins.timeou
 plugin that hangs cannot stall the actor that calls it. A call that raises, returns
 something unusable, or times out is a *failure*: counted, logged (``event="plugin"``), and
 the caller falls back to the built-in behaviour for that call. ``plugins.max_failures``
-failures in a row disable the plugin (logged once, at ERROR) until the settings that name it
+failures in a row disable the plugin (logged once, at ERROR) until the ``plugins:`` settings
 change; a success resets the run. :class:`PluginHost` keeps the guards (they outlive actor
 restarts: it is part of :class:`~modcoord.actors.shared.Shared`) and their counters, which
 ``status`` shows under ``plugins``.
@@ -169,7 +169,11 @@ def check_names(plugins: PluginSettings) -> tuple[str, str] | None:
     listed += [(f"exporters.{i}.name", EXPORTERS, e.name) for i, e in enumerate(plugins.exporters)]
     cache: dict[str, list[str]] = {}
     for key, group, name in listed:
-        names = cache.setdefault(group, available(group))
+        if name in BUILTINS[group]:
+            continue  # no entry-point scan for the built-ins (the packaged configs)
+        if group not in cache:
+            cache[group] = available(group)
+        names = cache[group]
         if name not in names:
             offer = ", ".join(names) if names else "none installed"
             return f"plugins.{key}", (
@@ -401,9 +405,10 @@ class PluginHost:
 
     :meth:`configure` (the coordinator calls it at start, on a mode switch and on a reload)
     loads what the ``plugins:`` section names; a plugin whose import or construction fails
-    is logged, counted as a failure and left out (the built-in behaviour stands). Guards are
-    kept across :meth:`configure` calls for as long as the same name is configured with the
-    same limits, so a disabled plugin stays disabled until its settings change.
+    is logged, counted as a failure and left out (the built-in behaviour stands). Settings
+    equal to those in force change nothing; other settings (a reload, a switch to a mode
+    whose ``plugins:`` differ) start every plugin again with fresh guards: a disabled plugin
+    stays disabled until then.
     """
 
     def __init__(self, settings: PluginSettings | None = None) -> None:
@@ -454,6 +459,10 @@ class PluginHost:
         settings in force)."""
         if settings == self._settings:
             return
+        with self._lock:  # new settings: every plugin starts again with fresh counters
+            stale, self._guards = list(self._guards.values()), {}
+        for g in stale:
+            g.close()
         rules = tuple(x for n in settings.insight_rules
                       if (x := self._load(INSIGHT_RULES, n, settings)) is not None)
         chain: list[Loaded] = []
@@ -466,13 +475,7 @@ class PluginHost:
         policy = None
         if settings.cache_policy not in BUILTINS[CACHE_POLICIES]:
             policy = self._load(CACHE_POLICIES, settings.cache_policy, settings)
-        wanted = ({(INSIGHT_RULES, n) for n in settings.insight_rules}
-                  | {(BATCH_PROCESSORS, n) for n in settings.batch_processors}
-                  | {(CACHE_POLICIES, settings.cache_policy)}
-                  | {(EXPORTERS, e.name) for e in settings.exporters})
         with self._lock:
-            for key in [k for k in self._guards if k not in wanted]:
-                self._guards.pop(key).close()
             self._settings = settings
             self._rules, self._processors, self._cache_policy = rules, procs, policy
         loaded = [p.name for p in (*rules, *procs) if p.obj is not None]

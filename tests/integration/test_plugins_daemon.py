@@ -135,6 +135,11 @@ def test_each_plugin_kind_from_the_example_package_works_in_the_daemon(
         plugins = status["plugins"]
         assert plugins["cache_policy"] == "example_mru" and plugins["failures"] == 0, plugins
         assert plugins["guards"]["modcoord.batch_processors:example_reverse"]["calls"] >= 1
+        # A mode whose file names no plugins runs the built-ins only.
+        assert daemon.cli("mode", "FULLY_AUTO").code == 0
+        plugins = _status(daemon)["plugins"]
+        assert (plugins["cache_policy"], plugins["batch_processors"], plugins["insight_rules"],
+                plugins["exporters"]) == ("lru", ["priority"], [], [])
     finally:
         err = _finish(proc)
     assert proc.returncode == 0, err

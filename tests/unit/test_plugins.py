@@ -292,3 +292,21 @@ def test_the_otlp_exporter_records_gauges_and_counters_in_the_sdk() -> None:
     with pytest.raises(ValueError, match="unknown option"):
         OtlpExporter({"endpont": "x"})
     exporter.close()
+
+
+def test_a_disabled_plugin_stays_off_until_the_plugin_settings_change() -> None:
+    first = PluginSettings(insight_rules=("example_raising_rule",), max_failures=1)
+    host = PluginHost(first)
+    try:
+        (rule,) = host.insight_rules()
+        with pytest.raises(PluginError):
+            rule.guard.call(rule.obj.read, None, None)
+        assert host.statistics()["disabled"] == ["modcoord.insight_rules:example_raising_rule"]
+        host.configure(PluginSettings(insight_rules=("example_raising_rule",), max_failures=1))
+        assert host.statistics()["disabled"]  # equal settings: nothing changes
+        host.configure(first.model_copy(update={"max_failures": 2}))
+        stats = host.statistics()
+        assert stats["disabled"] == [] and stats["failures"] == 0
+        assert host.insight_rules()[0].obj is not None
+    finally:
+        host.close()
