@@ -10,6 +10,14 @@ Semantics:
 - A batch is ordered by priority (:data:`~modcoord.actors.update.PRIORITY_RANK`), then,
   within one priority, grouped by source module (modules in the order of their first
   update at that priority, by ``seq``), then by ``seq`` (see :func:`order_updates`).
+- The order above is the built-in batch processor ``priority``. ``plugins.batch_processors``
+  names the chain each window or size batch goes through (default ``[priority]``), in
+  order; a plugin (entry-point group ``modcoord.batch_processors``) may reorder or
+  transform the batch. A processor that fails (raises, hangs past ``plugins.timeout_ms``,
+  returns something other than a list of updates) is skipped for that batch — counted and
+  logged, see :mod:`modcoord.actors.plugins`; updates a processor leaves out or adds are
+  counted (``processor_removed``, ``processor_added``) and logged. Critical and unbatched
+  updates keep the built-in order (their fast path runs no plugin).
 - Each subscriber gets one :class:`~modcoord.actors.update.Batch` per batch, holding only
   the updates of the sources it subscribes to (``"*"`` = all); none if that is empty.
   Every subscriber's copy of a batch has the same ``batch_id``; ids increase.
@@ -45,6 +53,7 @@ from modcoord.actors.adaptive import BatchTuner
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.message import Message
+from modcoord.actors.plugins import PluginError
 from modcoord.actors.settings import AdaptiveSettings, BatchSettings, Tuned
 from modcoord.actors.shared import Deliver, no_sink
 from modcoord.actors.shared.admission import QueueGauge
@@ -116,6 +125,16 @@ def order_updates(updates: Iterable[Update]) -> list[Update]:
     return out
 
 
+def _check_updates(out: Any) -> str | None:
+    """Why a batch processor's result is unusable, or ``None``."""
+    if not isinstance(out, list | tuple):
+        return f"returned {type(out).__name__}, not a list of updates"
+    bad = next((u for u in out if not isinstance(u, Update)), None)
+    if bad is not None:
+        return f"returned a {type(bad).__name__} among the updates"
+    return None
+
+
 # -- messages ------------------------------------------------------------------------------
 
 
@@ -184,6 +203,9 @@ class BatcherStatistics:
         busy_s: the processing time behind ``efficiency``, in seconds.
         adaptive: the tuned parameters (``batch.window_ms`` and ``batch.max_size``, each
             configured, effective, reason) and the arrival rate (:class:`BatchSummary`).
+        processor_failures: batch processor calls that failed (the batch went on as it
+            was). processor_removed / processor_added: updates the processors left out of
+            / added to the batches they returned.
     """
 
     batches: int
@@ -199,6 +221,9 @@ class BatcherStatistics:
     busy_s: float = 0.0
     adaptive: BatchSummary = field(
         default_factory=lambda: BatchSummary(enabled=False, parameters={}))
+    processor_failures: int = 0
+    processor_removed: int = 0
+    processor_added: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -255,6 +280,8 @@ class BatcherActor(ManagedActor):
         self._deliveries = 0
         self._delivery_errors = 0
         self._busy_s = 0.0
+        self._proc_failures = self._proc_removed = self._proc_added = 0
+        self._plugins = shared.plugins
         self._log = logger.bind(actor=self.actor_name)
         self._gauge.set_max_queue(self.settings.max_queue)
         self._gauge.set_depth(0)
@@ -296,6 +323,9 @@ class BatcherActor(ManagedActor):
             max_queue=self.settings.max_queue,
             busy_s=self._busy_s,
             adaptive=self._adaptive_summary(),
+            processor_failures=self._proc_failures,
+            processor_removed=self._proc_removed,
+            processor_added=self._proc_added,
         )
 
     def _adaptive_summary(self) -> BatchSummary:
@@ -427,7 +457,7 @@ class BatcherActor(ManagedActor):
         self._queue = queue[full:]
         self._cancel_window()
         for start in range(0, full, size):
-            self._send(order_updates(queue[start:start + size]), "size")
+            self._send(self._process(queue[start:start + size]), "size")
         if self._queue:
             self._arm_window(self.clock.monotonic())
         self._sync_gauge()
@@ -439,8 +469,38 @@ class BatcherActor(ManagedActor):
         self._sync_gauge()
         size = self.settings.max_size if self.settings.enabled else 1
         for start in range(0, len(queue), size):
-            self._send(order_updates(queue[start:start + size]), reason)
+            self._send(self._process(queue[start:start + size]), reason)
         return len(queue)
+
+    def _process(self, updates: Sequence[Update]) -> Sequence[Update]:
+        """Run the ``plugins.batch_processors`` chain over one batch (see the module doc)."""
+        batch: Sequence[Update] = updates
+        for proc in self._plugins.batch_processors():
+            if proc.obj is None:
+                if not proc.guard.inline:
+                    continue  # a disabled plugin
+                proc.guard.count_call()
+                batch = order_updates(batch)  # the built-in ``priority``
+                continue
+            if proc.guard.disabled:
+                continue
+            fn = getattr(proc.obj, "process", proc.obj)
+            try:
+                out = proc.guard.call(fn, tuple(batch), check=_check_updates)
+            except PluginError:
+                self._proc_failures += 1
+                continue
+            if len(out) != len(batch):
+                diff = len(out) - len(batch)
+                if diff < 0:
+                    self._proc_removed -= diff
+                else:
+                    self._proc_added += diff
+                self._log.bind(plugin=proc.name, before=len(batch), after=len(out),
+                               change="removed" if diff < 0 else "added").info(
+                    "a batch processor changed the number of updates in a batch")
+            batch = out
+        return batch
 
     def _arm_window(self, start: float) -> None:
         self._cancel_window()

@@ -29,6 +29,13 @@ it fires, and as a reminder once a quiet period has passed while it stays active
 has worsened by ``WORSENING`` (25%) since it was last logged. A rule that cannot judge
 (too few samples, a section missing) keeps its state: a transient gap neither clears nor
 re-fires it.
+
+Rules from plugins (``plugins.insight_rules``, entry-point group ``modcoord.insight_rules``)
+run after the built-in ones, each through its guard (:mod:`modcoord.actors.plugins`): one
+that raises, hangs past ``plugins.timeout_ms`` or returns something other than a
+:class:`~modcoord.actors.rules.Reading` (or ``None``) is counted and logged and judges
+nothing that evaluation; after ``plugins.max_failures`` in a row it is disabled. A plugin
+rule whose id is a built-in's is refused the same way.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from modcoord.actors._base import ActorContext, ManagedActor, Statistics, handle
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.actors.message import Message
+from modcoord.actors.plugins import Loaded, PluginError
 from modcoord.actors.rules import (
     RULES,
     SEVERITIES,
@@ -207,6 +215,13 @@ def build_snapshot(stats_by_actor: Mapping[str, Any], restarts: Mapping[str, int
     return snapshot
 
 
+def _check_reading(reading: Any) -> str | None:
+    """Why a plugin rule's verdict is unusable, or ``None``."""
+    if reading is None or isinstance(reading, Reading):
+        return None
+    return f"read returned {type(reading).__name__}, not a Reading or None"
+
+
 # -- state and snapshots -------------------------------------------------------------------
 
 
@@ -287,6 +302,7 @@ class MonitorActor(ManagedActor):
         super().__init__(settings, context, takeover)
         self.metrics: MetricsRegistry = context.shared.metrics
         self._histograms = tuple(sorted({h for r in self.rules for h in r.histograms}))
+        self._builtin_ids = frozenset(r.id for r in self.rules)
         self._state: dict[str, _RuleState] = {r.id: _RuleState() for r in self.rules}
         self._fired: dict[str, int] = {}
         self._evaluations = 0
@@ -416,7 +432,9 @@ class MonitorActor(ManagedActor):
         """The recent windows of the histograms the rules read (absent: not recorded)."""
         histograms = self.metrics.histograms()
         out: dict[str, LatencyWindow] = {}
-        for name in self._histograms:
+        extra = {h for p in self.context.shared.plugins.insight_rules() if p.obj is not None
+                 for h in getattr(p.obj, "histograms", ()) if isinstance(h, str)}
+        for name in (*self._histograms, *sorted(extra.difference(self._histograms))):
             hist = histograms.get(name)
             if hist is not None:
                 out[name] = LatencyWindow(hist.recent(), hist.window_s)
@@ -456,12 +474,19 @@ class MonitorActor(ManagedActor):
         settings = self.settings
         insights: list[dict[str, Any]] = []
         lacking: list[Reading] = []
+        judged: list[tuple[InsightRule, Reading | None]] = []
         for rule in self.rules:
             try:
                 reading = rule.read(data, settings)
             except Exception:  # one broken rule must not hide the others
                 _log.bind(insight=rule.id).opt(exception=True).error("insight rule failed")
                 reading = rule.lacking(0.0, f"{rule.id} could not be evaluated")
+            judged.append((rule, reading))
+        for loaded in self.context.shared.plugins.insight_rules():
+            got = self._plugin_reading(loaded, data)
+            if got is not None:
+                judged.append(got)
+        for rule, reading in judged:
             state = self._state.setdefault(rule.id, _RuleState())
             if reading is None:
                 state.active = False  # does not apply (for example the cache is off)
@@ -505,6 +530,27 @@ class MonitorActor(ManagedActor):
                     recommendations.append(item["recommendation"])
         self._last_status = status
         return {"insights": insights, "recommendations": recommendations, "status": status}
+
+    def _plugin_reading(self, loaded: Loaded, data: Any
+                        ) -> tuple[InsightRule, Reading | None] | None:
+        """A plugin rule's verdict through its guard, or ``None`` when it judged nothing
+        (disabled, failed, or its id is a built-in's: counted and logged)."""
+        rule, guard = loaded.obj, loaded.guard
+        if rule is None or guard.disabled:
+            return None
+        if not isinstance(rule, InsightRule):
+            guard.failed(f"{type(rule).__name__} is not an InsightRule (subclass "
+                         "modcoord.actors.rules.InsightRule)")
+            return None
+        rule_id = getattr(rule, "id", None)
+        if not isinstance(rule_id, str) or not rule_id or rule_id in self._builtin_ids:
+            guard.failed(f"rule id {rule_id!r} is missing or a built-in rule's id")
+            return None
+        try:
+            reading = guard.call(rule.read, data, self.settings, check=_check_reading)
+        except PluginError:
+            return None
+        return rule, reading
 
     def _not_enough_data(self, lacking: list[Reading]) -> dict[str, Any]:
         counted = [r.samples for r in lacking if r.samples is not None]

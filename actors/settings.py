@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 __all__ = [
     "ADAPTIVE_SECTIONS",
@@ -22,9 +31,11 @@ __all__ = [
     "BatchSettings",
     "CacheSettings",
     "DebounceSettings",
+    "ExporterSpec",
     "MemorySettings",
     "ModeSettings",
     "MonitorSettings",
+    "PluginSettings",
     "Tuned",
     "actor_settings",
 ]
@@ -101,6 +112,8 @@ class MonitorSettings(_Section):
     quiet_period_s: float = Field(300.0, ge=0)
     adaptive_change_fraction: float = Field(0.2, gt=0, le=100)
     adaptive_pinned_min: int = Field(1, ge=1)
+    module_metrics_interval_ms: float = Field(5000.0, gt=0, le=3_600_000)
+    module_metrics_max: int = Field(32, ge=1, le=10_000)
 
 
 class AdaptiveDebounceSettings(_Section):
@@ -199,6 +212,52 @@ class AdaptiveSettings(_Section):
     resources: AdaptiveResourceSettings = AdaptiveResourceSettings()
 
 
+PluginName = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+OptionValue = StrictBool | StrictInt | StrictFloat | StrictStr | None
+
+
+class ExporterSpec(_Section):
+    """One ``plugins.exporters`` item: the exporter's entry-point name, how often it is
+    given the metrics, how long one export may take (pushing over a network takes longer
+    than ``plugins.timeout_ms`` allows the in-process plugins), and its own options
+    (scalars; the exporter validates them)."""
+
+    name: StrictStr = PluginName
+    interval_ms: float = Field(10_000.0, ge=10, le=86_400_000)
+    timeout_ms: float = Field(5000.0, gt=0, le=600_000)
+    options: dict[StrictStr, OptionValue] = Field(default_factory=dict, max_length=100)
+
+
+class PluginSettings(_Section):
+    """``plugins:`` — extensions loaded by entry-point name (see docs/EXTENDING.md).
+
+    Each name must be a built-in (``lru``, ``priority``) or an entry point installed in
+    the group of its kind; the loader refuses any other, listing the names available.
+    A plugin call that raises, returns something unusable or takes longer than
+    ``timeout_ms`` is a failure: counted, logged, and the built-in behaviour is used for
+    that call; ``max_failures`` failures in a row disable the plugin until the settings
+    change (a success resets the run).
+    """
+
+    insight_rules: tuple[StrictStr, ...] = Field((), max_length=100, strict=False)
+    cache_policy: StrictStr = Field("lru", min_length=1, max_length=200)
+    batch_processors: tuple[StrictStr, ...] = Field(("priority",), max_length=100, strict=False)
+    exporters: tuple[ExporterSpec, ...] = Field((), max_length=20, strict=False)
+    timeout_ms: float = Field(200.0, gt=0, le=60_000)
+    max_failures: int = Field(3, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> PluginSettings:
+        for key, names in (("insight_rules", self.insight_rules),
+                           ("batch_processors", self.batch_processors),
+                           ("exporters", tuple(e.name for e in self.exporters))):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{key} names {', '.join(dup)} more than once; "
+                                 "list each plugin once")
+        return self
+
+
 class ModeSettings(_Section):
     """One mode file: every section, each defaulted when absent."""
 
@@ -208,6 +267,7 @@ class ModeSettings(_Section):
     memory: MemorySettings = MemorySettings()
     monitor: MonitorSettings = MonitorSettings()
     adaptive: AdaptiveSettings = AdaptiveSettings()
+    plugins: PluginSettings = PluginSettings()
 
 
 ADAPTIVE_SECTIONS: frozenset[str] = frozenset({"debounce", "batch", "memory"})

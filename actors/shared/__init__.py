@@ -11,6 +11,7 @@ an actor's restart loses none of them.
 ``backlog``        :class:`~.admission.Backlog` — updates not yet taken in by the debouncer
 ``activity``       :class:`~.activity.ActivityTable` — module activity and sweeps
 ``widening``       :class:`~.pressure.Widening` — the CPU-pressure factor on delays
+``plugins``        :class:`~modcoord.actors.plugins.PluginHost` — loaded plugins, guards
 =================  ================================================================
 
 :class:`Shared` bundles them, with the daemon's hooks (where batches are delivered, how
@@ -20,17 +21,17 @@ a swept module is told), into the one typed, frozen object every actor's context
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from modcoord.actors.clock import Clock
-from modcoord.actors.settings import ModeSettings
+from modcoord.actors.plugins import GuardedCachePolicy, PluginHost
+from modcoord.actors.settings import ModeSettings, PluginSettings
 from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.shared.cache_store import CacheStore
@@ -147,6 +148,8 @@ class Shared:
         cpu_reader: how the memory actor reads the daemon's CPU time.
         cpu_capacity: the CPUs the daemon may use (CPU pressure is a fraction of them).
         widening: the CPU-pressure factor the memory actor sets and the tuners read.
+        plugins: the plugins the mode's ``plugins:`` section names, and their guards
+            (:meth:`apply_plugins`).
     """
 
     metrics: MetricsRegistry
@@ -161,7 +164,15 @@ class Shared:
     available_reader: AvailableReader = psutil_available
     cpu_reader: CpuReader = psutil_cpu_seconds
     cpu_capacity: int = 1
-    widening: Widening = dataclasses.field(default_factory=Widening)
+    widening: Widening = field(default_factory=Widening)
+    plugins: PluginHost = field(default_factory=PluginHost)
+
+    def apply_plugins(self, settings: PluginSettings) -> None:
+        """Load what ``settings`` names (:meth:`PluginHost.configure`) and give the cache
+        store its policy (the built-in ``lru`` unless a plugin is named and loads)."""
+        self.plugins.configure(settings)
+        policy = self.plugins.cache_policy()
+        self.cache_store.set_policy(GuardedCachePolicy(policy) if policy is not None else None)
 
     @classmethod
     def create(cls, clock: Clock, settings: ModeSettings | None = None, *,
@@ -176,7 +187,7 @@ class Shared:
         the store follows ``cache``, the gauge's limit is ``batch.max_queue``;
         ``cpu_capacity`` defaults to :func:`usable_cpus`."""
         s = settings if settings is not None else ModeSettings()
-        return cls(
+        shared = cls(
             metrics=MetricsRegistry(clock, window_s=s.monitor.window_s),
             cache_store=CacheStore(clock, s.cache),
             queue_gauge=QueueGauge(s.batch.max_queue),
@@ -190,3 +201,5 @@ class Shared:
             cpu_reader=cpu_reader,
             cpu_capacity=cpu_capacity if cpu_capacity is not None else usable_cpus(),
         )
+        shared.apply_plugins(s.plugins)
+        return shared

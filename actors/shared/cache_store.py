@@ -15,6 +15,12 @@ Counting rules (see :class:`CacheStatistics`):
   **hit** — it is answered without redoing the work — and counted again in ``joined``;
 - anything else (absent, expired, or the cache disabled): a **miss**, and the caller leads.
 
+Which entries go when the cache is full, and how long an entry lives, is the store's
+:class:`CachePolicy` (``plugins.cache_policy``): the built-in :class:`LruPolicy` (``lru``)
+evicts the expired entries first, else the least recently used ``evict_fraction``; a plugin
+policy (entry-point group ``modcoord.cache_policies``) may choose otherwise. The hit path
+never calls the policy.
+
 Evictions are counted by cause: ``expired`` (TTL passed, found on lookup, on insertion
 into a full cache, or by :meth:`CacheStore.purge_expired`), ``size`` (the cache was full,
 or ``max_entries`` shrank) and ``explicit`` (:meth:`~CacheStore.invalidate`,
@@ -24,13 +30,14 @@ or ``max_entries`` shrank) and ``explicit`` (:meth:`~CacheStore.invalidate`,
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from loguru import logger
 
@@ -40,11 +47,14 @@ from modcoord.actors.reply import Reply
 from modcoord.actors.settings import CacheSettings
 
 __all__ = [
+    "LRU",
+    "CachePolicy",
     "CacheStatistics",
     "CacheStore",
     "Flight",
     "Lookup",
     "LookupKind",
+    "LruPolicy",
     "Waiter",
     "cache_key",
 ]
@@ -277,6 +287,60 @@ class Lookup:
 _LEAD_UNCACHED = Lookup(LookupKind.LEAD)
 
 
+# -- policies ------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class CachePolicy(Protocol):
+    """Which entries to evict and how long they live (``modcoord.cache_policies``).
+
+    Both methods are called with the store's lock held (``ttl_s`` is not: it is called
+    before), so they must be quick and must not call the store.
+    """
+
+    def ttl_s(self, key: str, value: Any, default_s: float) -> float:
+        """How long the entry stored now for ``key`` lives, in seconds (``default_s`` is
+        ``cache.ttl_ms``). A value that is not a positive finite number is refused (the
+        default is used)."""
+        ...
+
+    def victims(self, entries: Mapping[str, tuple[Any, float]], n: int,
+                now: float) -> Iterable[str]:
+        """The keys to evict from a full cache (at least one).
+
+        Args:
+            entries: key → ``(value, expires_at)``, least recently used first (a copy for
+                a plugin policy).
+            n: how many ``cache.evict_fraction`` suggests.
+            now: the clock's time (an entry with ``expires_at <= now`` is expired).
+
+        Keys not in ``entries`` are ignored; if none of the keys returned is, the built-in
+        choice is used.
+        """
+        ...
+
+
+class LruPolicy:
+    """The built-in ``lru`` policy: every expired entry if there is one, else the ``n``
+    least recently used; every entry lives ``cache.ttl_ms``."""
+
+    name = "lru"
+
+    def ttl_s(self, key: str, value: Any, default_s: float) -> float:
+        return default_s
+
+    def victims(self, entries: Mapping[str, tuple[Any, float]], n: int,
+                now: float) -> Iterable[str]:
+        expired = [k for k, (_, expires_at) in entries.items() if expires_at <= now]
+        if expired:
+            return expired
+        return list(itertools.islice(entries, n))
+
+
+LRU = LruPolicy()
+"""The built-in policy instance."""
+
+
 # -- the store -----------------------------------------------------------------------------
 
 
@@ -345,7 +409,19 @@ class CacheStore:
         self._ev_size = 0
         self._ev_explicit = 0
         self._cap: int | None = None
+        self._policy: CachePolicy = LRU
         self._apply(settings if settings is not None else CacheSettings())
+
+    @property
+    def policy(self) -> CachePolicy:
+        """The eviction and lifetime policy in force (:data:`LRU` unless set)."""
+        return self._policy
+
+    def set_policy(self, policy: CachePolicy | None) -> None:
+        """Use ``policy`` from now on (``None``: the built-in :data:`LRU`). Entries stored
+        already keep their expiry."""
+        with self._lock:
+            self._policy = policy if policy is not None else LRU
 
     def _apply(self, settings: CacheSettings) -> None:
         self._settings = settings
@@ -417,11 +493,12 @@ class CacheStore:
         Nothing is stored when the cache is disabled, or when the key was invalidated or
         the cache cleared while the value was being computed (the waiters still get it).
         """
+        ttl = self._ttl(key, value)
         now = self._clock.monotonic()
         with self._lock:
             flight = self._flights.pop(key, None)
             if self._enabled and (flight is None or flight.storable):
-                self._store(key, value, now)
+                self._store(key, value, now, ttl)
         if flight is not None:
             flight.settle(value, None)
 
@@ -460,23 +537,53 @@ class CacheStore:
 
     def put(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key`` (not when disabled); flights are not touched."""
+        ttl = self._ttl(key, value)
         now = self._clock.monotonic()
         with self._lock:
             if self._enabled:
-                self._store(key, value, now)
+                self._store(key, value, now, ttl)
 
-    def _store(self, key: str, value: Any, now: float) -> None:
+    def _ttl(self, key: str, value: Any) -> float:
+        """The policy's lifetime for a new entry (outside the lock), or ``cache.ttl_ms``."""
+        policy, default = self._policy, self._ttl_s
+        if policy is LRU:
+            return default
+        ttl = policy.ttl_s(key, value, default)
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not (
+                0 < ttl < math.inf):
+            return default
+        return float(ttl)
+
+    def _store(self, key: str, value: Any, now: float, ttl_s: float) -> None:
         entries = self._entries
         if key in entries:
             entries.move_to_end(key)
         elif len(entries) >= self._max:
-            self._purge_locked(now)
-            if len(entries) >= self._max:
-                n = min(self._evict_n, len(entries))
-                for _ in range(n):
-                    entries.popitem(last=False)
-                self._ev_size += n
-        entries[key] = (value, now + self._ttl_s)
+            self._evict_locked(now)
+        entries[key] = (value, now + ttl_s)
+
+    def _evict_locked(self, now: float) -> None:
+        """Make room in a full cache: the policy's victims (the built-in's if it names
+        none that exist), counted as ``expired`` or ``size``."""
+        entries = self._entries
+        n = min(self._evict_n, len(entries))
+        removed = self._remove_locked(self._policy.victims(entries, n, now), now)
+        if not removed and self._policy is not LRU:
+            self._remove_locked(LRU.victims(entries, n, now), now)
+
+    def _remove_locked(self, keys: Iterable[str], now: float) -> int:
+        entries = self._entries
+        removed = 0
+        for k in keys:
+            entry = entries.pop(k, None) if type(k) is str else None
+            if entry is None:
+                continue
+            removed += 1
+            if entry[1] <= now:
+                self._ev_expired += 1
+            else:
+                self._ev_size += 1
+        return removed
 
     def _purge_locked(self, now: float) -> int:
         expired = [k for k, (_, expires_at) in self._entries.items() if expires_at <= now]

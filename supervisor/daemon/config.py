@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from modcoord.actors.errors import ConfigError
 from modcoord.actors.modes import MODES, mode_or_none
+from modcoord.actors.plugins import check_names
 from modcoord.actors.settings import ModeSettings
 from modcoord.supervisor.protocol.limits import (
     DEFAULT_OUTPUT_BUDGET_BYTES,
@@ -331,6 +332,9 @@ def load_mode_file(path: Path) -> ModeSettings:
     """
     data, _ = _read_yaml(path)
     result: ModeSettings = _validate(ModeSettings, data, path)
+    unknown = check_names(result.plugins)
+    if unknown is not None:
+        raise ConfigError(str(path), *unknown)
     return result
 
 
@@ -385,6 +389,9 @@ def load_config_dir(directory: Path | str | None = None) -> ConfigSet:
             raise ConfigError(str(path), "adaptive.enabled", (
                 "MANUAL runs exactly the configured values and never adapts; set "
                 "adaptive.enabled: false here (HYBRID and FULLY_AUTO adapt)"))
+        unknown = check_names(modes[mode].plugins)
+        if unknown is not None:
+            raise ConfigError(str(path), *unknown)
     daemon_path = base / DAEMON_FILE
     if daemon_path.exists():
         data, raw = _read_yaml(daemon_path)

@@ -47,6 +47,7 @@ from modcoord.actors.monitor import (
     Trim,
     adaptive_summaries,
 )
+from modcoord.actors.plugins import PluginHost
 from modcoord.actors.reply import Reply, ReplyBox
 from modcoord.actors.shared import Shared
 from modcoord.actors.shared.activity import ActivityTable
@@ -64,6 +65,7 @@ from modcoord.supervisor.daemon.engine import (
     StatusBrief,
 )
 from modcoord.supervisor.daemon.fanout import fan_out
+from modcoord.supervisor.daemon.module_metrics import ModuleMetricsTable
 from modcoord.supervisor.protocol.calls import (
     ACTOR_CALLS,
     ACTOR_NAMES,
@@ -263,6 +265,10 @@ class ModuleCoordinator:
         self.max_frame_bytes = self.config.daemon.max_frame_bytes
         self.callback_timeout_s = self.config.daemon.callback_timeout_ms / 1000.0
         self._log = logger.bind(actor="coordinator")
+        # Modules' own get_performance_metrics(), polled every
+        # monitor.module_metrics_interval_ms (see module_metrics.py).
+        self.module_metrics = ModuleMetricsTable(self.clock.monotonic)
+        self._poll_timer: Any = None
 
     # -- lifecycle --
 
@@ -280,14 +286,38 @@ class ModuleCoordinator:
         self._supervisor.ask(StartChildren(), timeout=10.0)
         self._started_at = time.monotonic()
         self._running = True
+        self._arm_module_metrics()
         self._log.info("coordinator started")
         return self
+
+    def _arm_module_metrics(self) -> None:
+        interval = self.config.mode(self.mode).monitor.module_metrics_interval_ms / 1000.0
+        self._poll_timer = self.clock.call_at(self.clock.monotonic() + interval,
+                                              self._poll_module_metrics)
+
+    def _poll_module_metrics(self) -> None:
+        """Timer callback (the clock's thread): ask the modules that offer
+        ``get_performance_metrics()``; the answers come on I/O threads. Never blocks."""
+        if not self._running:
+            return
+        try:
+            with self._modules_lock:
+                targets = [(m, self._endpoints[m]) for m, info in self._infos.items()
+                           if info.has_metrics and m in self._endpoints]
+            cap = self.config.mode(self.mode).monitor.module_metrics_max
+            self.module_metrics.poll(targets, self.callback_timeout_s, cap)
+        except Exception:
+            self._log.opt(exception=True).error("polling module metrics failed")
+        finally:
+            self._arm_module_metrics()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully: children stop in reverse order, flushing pending work."""
         if not self._running:
             return
         self._running = False
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
         try:
             self._supervisor.ask(StopChildren(timeout=timeout), timeout=timeout + 5.0)
         except Exception:
@@ -296,6 +326,7 @@ class ModuleCoordinator:
             self._supervisor.stop(timeout=timeout)
         except Exception:
             self._log.opt(exception=True).error("stopping the supervisor failed")
+        self.shared.plugins.close()
         if self._owns_clock and isinstance(self.clock, MonotonicClock):
             self.clock.close()
         self._log.info("coordinator stopped")
@@ -309,6 +340,11 @@ class ModuleCoordinator:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def plugins(self) -> PluginHost:
+        """The plugins of the mode in force (``shared.plugins``)."""
+        return self.shared.plugins
 
     def _escalated(self, reason: str) -> None:
         # ``_running`` stays True: ``stop()`` must still stop the supervisor actor and the
@@ -365,6 +401,7 @@ class ModuleCoordinator:
                 return False
             del self._endpoints[module_id]
             self._infos.pop(module_id, None)
+        self.module_metrics.forget(module_id)
         if self._running:  # after stop() the actors are gone: nothing left to route to
             self._ask_supervisor(UnregisterModule(module_id))
         logger.bind(actor="supervisor", module=module_id).info("module unregistered")
@@ -584,6 +621,7 @@ class ModuleCoordinator:
         previous = self._ask_supervisor(SetMode(canonical))
         self.mode = canonical
         self.queue_gauge.max_queue = self.config.mode(canonical).batch.max_queue
+        self.shared.apply_plugins(self.config.mode(canonical).plugins)
         strategy = self._strategy(canonical)
         with self._modules_lock:
             targets = list(self._endpoints.items())
@@ -606,6 +644,7 @@ class ModuleCoordinator:
         self.cache_store.reconfigure(config.mode(self.mode).cache)
         self.queue_gauge.max_queue = config.mode(self.mode).batch.max_queue
         self.callback_timeout_s = config.daemon.callback_timeout_ms / 1000.0
+        self.shared.apply_plugins(config.mode(self.mode).plugins)
         self._ask_supervisor(ApplySettings(config.modes))
 
     def crash(self, actor: str, kind: str = "exception") -> None:
@@ -699,6 +738,9 @@ class ModuleCoordinator:
             "monitor": stats.get("monitor"),
             "undeliverable": self.undeliverable,
             "adaptive": adaptive_status(adaptive_summaries(typed)),
+            "plugins": self.shared.plugins.statistics(),
+            "module_metrics": {"modules": self.module_metrics.values(),
+                               "statistics": self.module_metrics.statistics()},
             "last_reload_error": None,
         }
 

@@ -32,6 +32,7 @@ from modcoord.supervisor.protocol.calls import CoordinationResult, Params
 from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 
 if TYPE_CHECKING:
+    from modcoord.actors.plugins import PluginHost
     from modcoord.actors.shared.metrics import MetricsRegistry
     from modcoord.supervisor.daemon.config import ConfigSet
 
@@ -141,6 +142,11 @@ class Engine(Protocol):
     @property
     def metrics(self) -> MetricsRegistry:
         """Latency histograms and counters (for the metrics exposition)."""
+        ...
+
+    @property
+    def plugins(self) -> PluginHost:
+        """The plugins the current mode names and their guards (exporters read it)."""
         ...
 
     @property

@@ -167,6 +167,18 @@ _TABLE: tuple[MetricSpec, ...] = (
                "Any other histogram of the metrics registry, by its name."),
     MetricSpec("modcoord_events_total", "counter", "", ("event",),
                "Counters of the metrics registry, by name."),
+    MetricSpec("modcoord_module_metric", "gauge", "", ("module", "name"),
+               "A module's own get_performance_metrics() value, by module and metric name "
+               "(numbers only, at most monitor.module_metrics_max per module)."),
+    MetricSpec("modcoord_module_metrics_dropped_total", "counter", "", ("reason",),
+               "Module metric values not kept, by reason (non_numeric, over_cap, timeout, "
+               "error)."),
+    MetricSpec("modcoord_plugin_calls_total", "counter", "", ("plugin",),
+               "Calls made to a plugin (kind:name)."),
+    MetricSpec("modcoord_plugin_failures_total", "counter", "", ("plugin",),
+               "Plugin calls that raised, timed out or returned something unusable."),
+    MetricSpec("modcoord_plugin_disabled", "gauge", "", ("plugin",),
+               "1 if the plugin is disabled after plugins.max_failures failures in a row."),
 )
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _TABLE}
@@ -311,6 +323,26 @@ def _status_families(fam: _Families, status: Mapping[str, Any]) -> None:
         pairs = [(p[0], p[1]) for p in cleanups if isinstance(p, (list, tuple)) and len(p) == 2]
     for reason, n in pairs:
         fam.add("modcoord_memory_cleanups_total", n, str(reason))
+
+    module_metrics = _section(status, "module_metrics")
+    per_module = _section(module_metrics, "modules")
+    for module in sorted(per_module):
+        values = per_module[module]
+        if isinstance(values, Mapping):
+            for name in sorted(values):
+                fam.add("modcoord_module_metric", values[name], str(module), str(name))
+    counts = _section(module_metrics, "statistics")
+    for reason, key in (("non_numeric", "dropped_non_numeric"), ("over_cap", "dropped_over_cap"),
+                        ("timeout", "timeouts"), ("error", "errors")):
+        fam.add("modcoord_module_metrics_dropped_total", counts.get(key), reason)
+
+    guards = _section(_section(status, "plugins"), "guards")
+    for plugin in sorted(guards):
+        g = guards[plugin]
+        if isinstance(g, Mapping):
+            fam.add("modcoord_plugin_calls_total", g.get("calls"), str(plugin))
+            fam.add("modcoord_plugin_failures_total", g.get("failures"), str(plugin))
+            fam.add("modcoord_plugin_disabled", g.get("disabled"), str(plugin))
 
 
 def _add_histogram(fam: _Families, name: str, hist: LatencyHistogram,

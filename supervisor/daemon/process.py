@@ -235,6 +235,7 @@ class _Daemon:
         from modcoord.supervisor.daemon.config import load_config_dir, normalize_mode
         from modcoord.supervisor.daemon.controller import Controller
         from modcoord.supervisor.daemon.engine import Engine, create_engine
+        from modcoord.supervisor.daemon.exporting import ExporterRunner
         from modcoord.supervisor.daemon.exposition import MetricsHTTPServer
         from modcoord.supervisor.daemon.logs import setup_logging, shutdown_logging
         from modcoord.supervisor.daemon.reload import ConfigWatcher, Reloader
@@ -275,6 +276,7 @@ class _Daemon:
         server: Server | None = None
         watcher: ConfigWatcher | None = None
         http: MetricsHTTPServer | None = None
+        exporters: ExporterRunner | None = None
         state_file = runtime / STATE_FILE
         reloader: Reloader | None = None
         try:
@@ -324,6 +326,9 @@ class _Daemon:
 
             watcher = ConfigWatcher(Path(config_dir), on_change)
             watcher.start()
+            exporters = ExporterRunner(coordinator.plugins,
+                                       controller.exposition.registry.collect)
+            exporters.start()
             if config.daemon.metrics.enabled:
                 http = MetricsHTTPServer(config.daemon.metrics.host, config.daemon.metrics.port,
                                          controller.exposition)
@@ -360,6 +365,8 @@ class _Daemon:
                 reloader.close()
             if http is not None:
                 http.stop()
+            if exporters is not None:
+                exporters.stop()
             if server is not None:
                 server.pause_reading()  # refuse new requests; deliveries still go out
             if coordinator is not None:

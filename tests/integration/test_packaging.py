@@ -107,6 +107,14 @@ def test_the_wheel_metadata_license_test_extras_unit_and_classifiers(wheel: Path
         wanted = {_name(r) for r in requires if re.search(rf"extra\s*==\s*.{extra}.", r)}
         assert set(test_only) <= wanted, (extra, requires)
 
+    # The otlp exporter: an optional extra, and an entry point of the exporters group.
+    assert "otel" in (meta.get_all("Provides-Extra") or [])
+    otel = {_name(r) for r in requires if re.search(r"extra\s*==\s*.otel.", r)}
+    assert otel == {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"}, requires
+    with zipfile.ZipFile(wheel) as zf:
+        [eps] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        assert "otlp = modcoord.supervisor.daemon.otlp:OtlpExporter" in zf.read(eps).decode()
+
     # The license: declared, named as a License-File and shipped in the dist-info.
     assert meta["License"] == "MIT"
     assert "License :: OSI Approved :: MIT License" in (meta.get_all("Classifier") or [])
