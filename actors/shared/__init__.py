@@ -10,6 +10,7 @@ an actor's restart loses none of them.
 ``queue_gauge``    :class:`~.admission.QueueGauge` — batch queue admission
 ``backlog``        :class:`~.admission.Backlog` — updates not yet taken in by the debouncer
 ``activity``       :class:`~.activity.ActivityTable` — module activity and sweeps
+``demand``         :class:`~.demand.Demand` — reads per context, background computations
 =================  ================================================================
 
 :class:`Shared` bundles them, with the daemon's hooks (where batches are delivered, how
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
@@ -31,10 +32,13 @@ from modcoord.actors.settings import ModeSettings
 from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.shared.cache_store import CacheStore
+from modcoord.actors.shared.demand import Demand
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import Batch
 
 __all__ = [
+    "Compute",
+    "Computed",
     "ConnectionStates",
     "Deliver",
     "NotifySwept",
@@ -56,6 +60,12 @@ ConnectionStates = Callable[[float], Mapping[str, bool]]
 output within ``stall_s``). Modules it cannot judge are left out. May raise."""
 NotifySwept = Callable[[str, dict[str, Any]], None]
 """``notify(module_id, notice)``: tell a swept module (a ``swept`` event). May raise."""
+Computed = Callable[[dict[str, Any], bool], None]
+"""``done(value, cacheable)``: a coordination result, and whether it may be cached (no
+module reported an error)."""
+Compute = Callable[[str, dict[str, Any], Computed], None]
+"""``compute(mode, context, done)``: compute a coordination result exactly as a cache miss
+does; ``done`` runs once, in any thread. Never raises."""
 
 
 def no_sink(subscriber_id: str, batch: Batch) -> None:
@@ -106,6 +116,10 @@ class Shared:
         connection_states: which module connections are live (the memory actor asks
             before each sweep).
         notify_swept: how a swept module is told.
+        demand: reads per context and mode (the request path counts, the cache actor
+            refreshes and pre-warms from it).
+        compute: how a coordination result is computed (the coordinator's; ``None``
+            without one: nothing is refreshed or pre-warmed).
     """
 
     metrics: MetricsRegistry
@@ -117,12 +131,15 @@ class Shared:
     rss_reader: RssReader = psutil_rss
     connection_states: ConnectionStates = no_connection_states
     notify_swept: NotifySwept = no_swept_notice
+    demand: Demand = field(default_factory=Demand)
+    compute: Compute | None = None
 
     @classmethod
     def create(cls, clock: Clock, settings: ModeSettings | None = None, *,
                deliver: Deliver = no_sink, rss_reader: RssReader = psutil_rss,
                connection_states: ConnectionStates = no_connection_states,
-               notify_swept: NotifySwept = no_swept_notice) -> Shared:
+               notify_swept: NotifySwept = no_swept_notice,
+               compute: Compute | None = None) -> Shared:
         """Make every shared object for ``clock``, sized by ``settings`` (a mode's
         settings; defaults when ``None``): the metrics window is ``monitor.window_s``,
         the store follows ``cache``, the gauge's limit is ``batch.max_queue``."""
@@ -137,4 +154,6 @@ class Shared:
             rss_reader=rss_reader,
             connection_states=connection_states,
             notify_swept=notify_swept,
+            demand=Demand(s.cache.prewarm.track_max_contexts),
+            compute=compute,
         )
