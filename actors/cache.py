@@ -9,8 +9,8 @@ thread. This actor purges, shrinks, clears and reconfigures it, and answers cros
 Predictive caching works off the request path, from the reads the façade counts in the
 shared :class:`~modcoord.actors.shared.demand.Demand`:
 
-- **refresh-ahead** (``cache.refresh_ahead``): every half of the lead (``before_ms``, cut
-  to half the TTL) a check starts, hottest first, a recomputation of each entry that is hot
+- **refresh-ahead** (``cache.refresh_ahead``): every quarter of the lead (``before_ms``,
+  cut to half the TTL; :data:`CHECKS_PER_LEAD`) a check starts, hottest first, a recomputation of each entry that is hot
   (hit ``min_hits`` times, and again since it was computed) and expires within the lead,
   while fewer than ``max_in_flight`` background computations run; the others are counted
   (``refresh_skipped_budget``) and tried again at the next check;
@@ -45,6 +45,8 @@ from modcoord.actors.shared.cache_store import CacheStatistics, CacheStore, spli
 from modcoord.actors.shared.demand import Demand
 
 __all__ = [
+    "CHECKS_PER_LEAD",
+    "MAX_LEAD_FRACTION",
     "MIN_REFRESH_CHECK_S",
     "CacheActor",
     "CacheActorStatistics",
@@ -61,6 +63,9 @@ __all__ = [
 MIN_REFRESH_CHECK_S = 0.005
 #: The lead (``cache.refresh_ahead.before_ms``) is cut to this fraction of the TTL.
 MAX_LEAD_FRACTION = 0.5
+#: The refresh check runs this many times per lead: an entry is caught early in its lead,
+#: with at least ``(1 - 1 / CHECKS_PER_LEAD)`` of the lead left for its computation.
+CHECKS_PER_LEAD = 4
 #: Error text kept in a refresh-failure log record, per module.
 _MAX_LOGGED_ERROR_CHARS = 200
 
@@ -248,7 +253,7 @@ class CacheActor(ManagedActor):
         self._refresh_token += 1
         if not self._refreshing():
             return
-        interval = max(MIN_REFRESH_CHECK_S, self._lead_s() / 2.0)
+        interval = max(MIN_REFRESH_CHECK_S, self._lead_s() / CHECKS_PER_LEAD)
         self._refresh_timer = self.clock.call_at(
             self.clock.monotonic() + interval,
             functools.partial(self._post, _RefreshTick(self._refresh_token)))

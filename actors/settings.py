@@ -56,9 +56,10 @@ class DebounceSettings(_Section):
 class RefreshAheadSettings(_Section):
     """``cache.refresh_ahead:`` — hot entries recomputed in the background before they expire.
 
-    An entry hit at least ``min_hits`` times, and hit again since it was last computed, is
-    recomputed once its remaining TTL is at most ``before_ms`` (cut to half of
-    ``cache.ttl_ms`` when larger; checked every half of that lead), with at most
+    An entry whose context was hit at least ``min_hits`` times (over its entries), and hit
+    again since the entry was last computed, is recomputed once its remaining TTL is at
+    most ``before_ms`` (cut to half of
+    ``cache.ttl_ms`` when larger; checked four times per lead), with at most
     ``max_in_flight`` background computations (refreshes and pre-warms) at a time. A
     refresh that fails leaves the old entry to expire.
     """

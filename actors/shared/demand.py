@@ -12,9 +12,10 @@ cache actor loses neither the reads nor the counters.
 Per cache key (``mode:context``) three numbers are kept:
 
 - ``reads``: every lookup, hit or miss, for as long as the key is tracked (pre-warming
-  ranks by it);
-- ``entry_hits``: hits of the current entry, kept across its refreshes and reset when a
-  request has to compute it again (a miss);
+  ranks by it; halved when the mode's keys are thinned, see below);
+- ``hits``: lookups answered without computing, for as long as the key is tracked — a
+  context read again and again is hot even if each of its entries expired after one hit
+  (its misses are what refresh-ahead is for);
 - ``since_compute``: hits since the entry was last computed (a refresh needs one: no
   entry no one reads is refreshed).
 
@@ -34,11 +35,11 @@ __all__ = ["Demand", "DemandCounters"]
 
 
 class _Reads:
-    __slots__ = ("entry_hits", "failed", "reads", "since_compute")
+    __slots__ = ("failed", "hits", "reads", "since_compute")
 
     def __init__(self) -> None:
         self.reads = 0
-        self.entry_hits = 0
+        self.hits = 0
         self.since_compute = 0
         self.failed = False  # a refresh of this entry failed: not retried until recomputed
 
@@ -92,8 +93,8 @@ class Demand:
     def read(self, mode: str, key: str, kind: LookupKind) -> None:
         """Count one lookup of ``key`` (of ``mode``) that ended as ``kind``.
 
-        A HIT or a WAIT (joined a flight) is a hit of the current entry; a LEAD means a
-        request computes the entry anew, so its entry counts start again from zero.
+        A HIT or a WAIT (joined a flight) is a hit; a LEAD means a request computes the
+        entry anew, so nothing has read it since (and a failed refresh may be retried).
         """
         with self._lock:
             keys = self._modes.get(mode)
@@ -106,10 +107,10 @@ class Demand:
                 r = keys[key] = _Reads()
             r.reads += 1
             if kind is LookupKind.LEAD:
-                r.entry_hits = r.since_compute = 0
+                r.since_compute = 0
                 r.failed = False
             else:
-                r.entry_hits += 1
+                r.hits += 1
                 r.since_compute += 1
 
     def _forget(self, keys: dict[str, _Reads]) -> None:
@@ -123,13 +124,13 @@ class Demand:
     # -- the cache actor --
 
     def due(self, min_hits: int) -> list[str]:
-        """Keys worth a refresh, most hit since their last computation first: their entry
-        was hit at least ``min_hits`` times, and at least once since it was computed, and
-        no refresh of it failed. (Whether the entry is about to expire is the store's.)"""
+        """Keys worth a refresh, most hit since their last computation first: hit at least
+        ``min_hits`` times, and at least once since the entry was computed, and no refresh
+        of the entry failed. (Whether the entry is about to expire is the store's.)"""
         with self._lock:
             found = [(r.since_compute, k) for keys in self._modes.values()
                      for k, r in keys.items()
-                     if r.since_compute > 0 and r.entry_hits >= min_hits and not r.failed]
+                     if r.since_compute > 0 and r.hits >= min_hits and not r.failed]
         found.sort(reverse=True)
         return [k for _, k in found]
 
@@ -202,5 +203,5 @@ class Demand:
         with self._lock:
             r = self._entry(key)
             return None if r is None else {
-                "reads": r.reads, "entry_hits": r.entry_hits,
+                "reads": r.reads, "hits": r.hits,
                 "since_compute": r.since_compute, "failed": r.failed}

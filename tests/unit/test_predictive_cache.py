@@ -158,6 +158,23 @@ def test_an_entry_with_fewer_hits_is_not_refreshed(make: Any, clock: MockClock) 
     assert ask(coord, ctx).cached is False  # it expired and is computed on request
 
 
+def test_a_context_hit_once_per_entry_becomes_hot_over_its_entries(
+        make: Any, clock: MockClock) -> None:
+    coord, module = make(min_hits=3)
+    ctx = {"doc": "steady"}
+    for _ in range(2):  # each entry computed, hit once, left to expire
+        assert ask(coord, ctx).cached is False
+        assert ask(coord, ctx).cached is True
+        advance(coord, clock, 1.05)
+    assert stats(coord)["refreshes"] == 0
+    assert ask(coord, ctx).cached is False
+    assert ask(coord, ctx).cached is True  # the third hit of the context
+    advance(coord, clock, 0.95)
+    assert stats(coord)["refreshes"] == 1 and module.computed("HYBRID", ctx) == 4
+    advance(coord, clock, 0.1)
+    assert ask(coord, ctx).cached is True
+
+
 def test_an_entry_no_one_reads_since_its_refresh_is_not_refreshed_again(
         make: Any, clock: MockClock) -> None:
     coord, module = make()
@@ -265,7 +282,7 @@ def test_demand_tracks_a_bounded_number_of_contexts_per_mode() -> None:
     demand.read("MANUAL", "MANUAL:x", LookupKind.HIT)
     demand.read("HYBRID", "HYBRID:new", LookupKind.LEAD)  # forgets the least read half
     assert demand.top("HYBRID", 10) == ["HYBRID:3", "HYBRID:2", "HYBRID:new"]
-    assert demand.reads_of("HYBRID:3") == {"reads": 4, "entry_hits": 7,
+    assert demand.reads_of("HYBRID:3") == {"reads": 4, "hits": 7,
                                            "since_compute": 7, "failed": False}
     assert demand.counters().tracked_contexts == 4  # MANUAL's own budget is untouched
     assert demand.due(min_hits=3) == ["HYBRID:3", "HYBRID:2"]
