@@ -73,8 +73,8 @@ What each figure measures (``N`` and round counts are smaller with ``--quick``):
     light load, all three in simulated time (a stepped ``MockClock``); 18 throughput at
     heavy load on the real clock.
 19-20. refresh-ahead (``predictive.py`` in this package): two real daemons with
-    ``cache.ttl_ms`` 200, one with ``cache.refresh_ahead`` on and one without (the
-    baseline), each with a module process whose ``on_mode_change`` takes 20 ms; a set of
+    ``cache.ttl_ms`` 400, one with ``cache.refresh_ahead`` on and one without (the
+    baseline), each with a module process whose ``on_mode_change`` takes 30 ms; six
     hot contexts coordinated in turn for several seconds (many TTLs), rounds alternating:
     19 the hit rate after each context's first computation (``>= 0.98``), 20 the
     coordinate round-trip p99 (``<= 0.2x`` of the baseline's).
