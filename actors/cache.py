@@ -10,8 +10,9 @@ Predictive caching works off the request path, from the reads the façade counts
 shared :class:`~modcoord.actors.shared.demand.Demand`:
 
 - **refresh-ahead** (``cache.refresh_ahead``): every quarter of the lead (``before_ms``,
-  cut to half the TTL; :data:`CHECKS_PER_LEAD`) a check starts, hottest first, a recomputation of each entry that is hot
-  (hit ``min_hits`` times, and again since it was computed) and expires within the lead,
+  cut to half the TTL; :data:`CHECKS_PER_LEAD`) a check starts, hottest first, a
+  recomputation of each entry that is hot (its context hit ``min_hits`` times, and the
+  entry hit since it was computed) and expires within the lead,
   while fewer than ``max_in_flight`` background computations run; the others are counted
   (``refresh_skipped_budget``) and tried again at the next check;
 - **pre-warming** (``cache.prewarm``): on a switch to a mode (:class:`Prewarm`), that
@@ -237,7 +238,7 @@ class CacheActor(ManagedActor):
     def _lead_s(self) -> float:
         """Seconds before expiry a hot entry is refreshed: ``before_ms`` cut to half the
         TTL."""
-        s = self.settings
+        s: CacheSettings = self.settings
         return min(s.refresh_ahead.before_ms, s.ttl_ms * MAX_LEAD_FRACTION) / 1000.0
 
     def _post(self, message: Message) -> None:

@@ -4,11 +4,11 @@ Two daemons start with the packaged configs except HYBRID's cache: ``ttl_ms`` 40
 ``refresh_ahead`` on (``before_ms`` 150, ``min_hits`` 2, ``max_in_flight`` 4) for one, off
 for the other (the baseline). Each gets one real module process whose ``on_mode_change``
 takes 30 ms (a real computation; the client answers callbacks one at a time, so the six
-contexts keep it busy 180 ms of every 400 ms TTL). This process then coordinates a set of hot contexts in
-turn, one blocking call at a time with a short pause, for several seconds (many TTLs), on
-each daemon in alternating rounds. The first three TTLs of each round are warm-up (each
-context's first computation, and the hits that make it hot); every later answer counts:
-its ``cached`` flag (hit rate) and the round trip (p99).
+contexts keep it busy 180 ms of every 400 ms TTL). This process then coordinates the
+hot contexts in turn, one blocking call at a time with a short pause, for several
+seconds (many TTLs), on each daemon in alternating rounds. The first three TTLs of each
+round are warm-up (each context's first computation, and the hits that make it hot);
+every later answer counts: its ``cached`` flag (hit rate) and the round trip (p99).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import pykka
 import pytest
 
 from modcoord.actors import CacheSettings, MockClock, Statistics
+from modcoord.actors.modes import MODES
 from modcoord.actors.reply import ReplyBox
 from modcoord.actors.shared.cache_store import LookupKind, cache_key
 from modcoord.actors.shared.demand import Demand
@@ -92,7 +93,7 @@ def make(clock: MockClock) -> Any:
         made.append(coord)
         endpoint = Endpoint()
         coord.register(ModuleInfo(module_id="m", name="M",
-                                  supported_modes=("MANUAL", "HYBRID", "FULLY_AUTO"), subscribe=()),
+                                  supported_modes=frozenset(MODES), subscribe=()),
                        endpoint)  # type: ignore[arg-type]
         return coord, endpoint
 
