@@ -316,11 +316,14 @@ class CacheActor(ManagedActor):
                 store.fail(key, None, value)
             (demand.refreshed if refresh else demand.prewarm_ended)(key, cacheable)
             if not cacheable:
-                errors = value.get("errors") or {}
-                log.warning(
-                    "cache refresh failed: the old entry stays until it expires" if refresh
-                    else "cache pre-warm failed: nothing stored", mode=mode,
-                    modules={m: str(e)[:_MAX_LOGGED_ERROR_CHARS] for m, e in errors.items()})
+                modules = {m: str(e)[:_MAX_LOGGED_ERROR_CHARS]
+                           for m, e in (value.get("errors") or {}).items()}
+                if refresh:
+                    log.warning("cache refresh failed: the old entry stays until it expires",
+                                mode=mode, modules=modules)
+                else:
+                    log.warning("cache pre-warm failed: nothing stored", mode=mode,
+                                modules=modules)
             post(_BackgroundDone())
 
         try:
