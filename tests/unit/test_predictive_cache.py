@@ -5,10 +5,12 @@ switch. Synchronised through bounded asks, never sleeps."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pykka
 import pytest
+from actor_harness import actor_logs
 
 from modcoord.actors import CacheSettings, MockClock, Statistics
 from modcoord.actors.modes import MODES
@@ -72,6 +74,11 @@ def config(**cache: Any) -> ConfigSet:
         update={"cache": CacheSettings.model_validate(merged, strict=False)})
     return ConfigSet(directory=base.directory, daemon=base.daemon, modes=modes,
                      digest=base.digest)
+
+
+@pytest.fixture
+def cache_logs() -> Iterator[list[Any]]:
+    yield from actor_logs("cache")
 
 
 @pytest.fixture
@@ -189,7 +196,8 @@ def test_an_entry_no_one_reads_since_its_refresh_is_not_refreshed_again(
     assert ask(coord, ctx).cached is False
 
 
-def test_the_refresh_budget_holds_with_many_hot_entries(make: Any, clock: MockClock) -> None:
+def test_the_refresh_budget_holds_with_many_hot_entries(make: Any, clock: MockClock,
+                                                        cache_logs: list[Any]) -> None:
     coord, module = make(max_in_flight=2)
     contexts = [{"doc": i} for i in range(6)]
     for ctx in contexts:
@@ -204,10 +212,14 @@ def test_the_refresh_budget_holds_with_many_hot_entries(make: Any, clock: MockCl
     advance(coord, clock, 0.1)  # the next check takes two more, never more than two
     s = stats(coord)
     assert s["refreshes"] >= 2 and s["background_inflight"] <= 2
+    exhausted = [r for r in cache_logs
+                 if r["message"].startswith("refresh budget exhausted")]
+    assert len(exhausted) == 1  # once when it starts, not at every check
+    assert exhausted[0]["extra"]["hint"] == "raise cache.refresh_ahead.max_in_flight"
 
 
 def test_a_failing_refresh_keeps_the_old_entry_and_is_counted(
-        make: Any, clock: MockClock) -> None:
+        make: Any, clock: MockClock, cache_logs: list[Any]) -> None:
     coord, module = make()
     ctx = {"doc": "flaky"}
     first = ask(coord, ctx)
@@ -224,6 +236,9 @@ def test_a_failing_refresh_keeps_the_old_entry_and_is_counted(
     module.fail = False
     advance(coord, clock, 0.1)
     assert ask(coord, ctx).cached is False  # expired: computed on request
+    failed = [r for r in cache_logs if r["message"].startswith("cache refresh failed")]
+    assert len(failed) == 1 and failed[0]["level"].name == "WARNING"
+    assert failed[0]["extra"]["modules"] == {"m": "RuntimeError: module down"}
 
 
 def test_a_request_arriving_during_its_refresh_joins_it(make: Any, clock: MockClock) -> None:
