@@ -36,6 +36,8 @@ __all__ = [
     "ModeSettings",
     "MonitorSettings",
     "PluginSettings",
+    "PrewarmSettings",
+    "RefreshAheadSettings",
     "Tuned",
     "actor_settings",
 ]
@@ -63,6 +65,36 @@ class DebounceSettings(_Section):
         return self
 
 
+class RefreshAheadSettings(_Section):
+    """``cache.refresh_ahead:`` — hot entries recomputed in the background before they expire.
+
+    An entry whose context was hit at least ``min_hits`` times (over its entries), and hit
+    again since the entry was last computed, is recomputed once its remaining TTL is at
+    most ``before_ms`` (cut to half of
+    ``cache.ttl_ms`` when larger; checked four times per lead), with at most
+    ``max_in_flight`` background computations (refreshes and pre-warms) at a time. A
+    refresh that fails leaves the old entry to expire.
+    """
+
+    enabled: StrictBool = False
+    min_hits: int = Field(2, ge=1, le=1_000_000)
+    before_ms: float = Field(1000.0, gt=0, le=86_400_000)
+    max_in_flight: int = Field(4, ge=1, le=10_000)
+
+
+class PrewarmSettings(_Section):
+    """``cache.prewarm:`` — on a switch to this mode, its ``max_entries`` most read contexts
+    are computed before a request asks (within ``cache.refresh_ahead.max_in_flight``).
+
+    Reads are counted for at most ``track_max_contexts`` contexts per mode (beyond it the
+    least read half is forgotten and the rest halved).
+    """
+
+    enabled: StrictBool = False
+    max_entries: int = Field(20, ge=1, le=100_000)
+    track_max_contexts: int = Field(1000, ge=1, le=1_000_000)
+
+
 class CacheSettings(_Section):
     """``cache:`` — coordination result cache."""
 
@@ -70,6 +102,8 @@ class CacheSettings(_Section):
     ttl_ms: float = Field(5000.0, gt=0, le=86_400_000)
     max_entries: int = Field(1000, ge=1, le=10_000_000)
     evict_fraction: float = Field(0.2, gt=0, le=1)
+    refresh_ahead: RefreshAheadSettings = RefreshAheadSettings()
+    prewarm: PrewarmSettings = PrewarmSettings()
 
 
 class BatchSettings(_Section):

@@ -12,6 +12,7 @@ an actor's restart loses none of them.
 ``activity``       :class:`~.activity.ActivityTable` — module activity and sweeps
 ``widening``       :class:`~.pressure.Widening` — the CPU-pressure factor on delays
 ``plugins``        :class:`~modcoord.actors.plugins.PluginHost` — loaded plugins, guards
+``demand``         :class:`~.demand.Demand` — reads per context, background computations
 =================  ================================================================
 
 :class:`Shared` bundles them, with the daemon's hooks (where batches are delivered, how
@@ -35,12 +36,15 @@ from modcoord.actors.settings import ModeSettings, PluginSettings
 from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.shared.cache_store import CacheStore
+from modcoord.actors.shared.demand import Demand
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.shared.pressure import Widening
 from modcoord.actors.update import Batch
 
 __all__ = [
     "AvailableReader",
+    "Compute",
+    "Computed",
     "ConnectionStates",
     "CpuReader",
     "Deliver",
@@ -72,6 +76,12 @@ ConnectionStates = Callable[[float], Mapping[str, bool]]
 output within ``stall_s``). Modules it cannot judge are left out. May raise."""
 NotifySwept = Callable[[str, dict[str, Any]], None]
 """``notify(module_id, notice)``: tell a swept module (a ``swept`` event). May raise."""
+Computed = Callable[[dict[str, Any], bool], None]
+"""``done(value, cacheable)``: a coordination result, and whether it may be cached (no
+module reported an error)."""
+Compute = Callable[[str, dict[str, Any], Computed], None]
+"""``compute(mode, context, done)``: compute a coordination result exactly as a cache miss
+does; ``done`` runs once, in any thread. Never raises."""
 
 
 def no_sink(subscriber_id: str, batch: Batch) -> None:
@@ -150,6 +160,10 @@ class Shared:
         widening: the CPU-pressure factor the memory actor sets and the tuners read.
         plugins: the plugins the mode's ``plugins:`` section names, and their guards
             (:meth:`apply_plugins`).
+        demand: reads per context and mode (the request path counts, the cache actor
+            refreshes and pre-warms from it).
+        compute: how a coordination result is computed (the coordinator's; ``None``
+            without one: nothing is refreshed or pre-warmed).
     """
 
     metrics: MetricsRegistry
@@ -166,6 +180,8 @@ class Shared:
     cpu_capacity: int = 1
     widening: Widening = field(default_factory=Widening)
     plugins: PluginHost = field(default_factory=PluginHost)
+    demand: Demand = field(default_factory=Demand)
+    compute: Compute | None = None
 
     def apply_plugins(self, settings: PluginSettings) -> None:
         """Load what ``settings`` names (:meth:`PluginHost.configure`) and give the cache
@@ -181,7 +197,8 @@ class Shared:
                notify_swept: NotifySwept = no_swept_notice,
                available_reader: AvailableReader = psutil_available,
                cpu_reader: CpuReader = psutil_cpu_seconds,
-               cpu_capacity: int | None = None) -> Shared:
+               cpu_capacity: int | None = None,
+               compute: Compute | None = None) -> Shared:
         """Make every shared object for ``clock``, sized by ``settings`` (a mode's
         settings; defaults when ``None``): the metrics window is ``monitor.window_s``,
         the store follows ``cache``, the gauge's limit is ``batch.max_queue``;
@@ -200,6 +217,8 @@ class Shared:
             available_reader=available_reader,
             cpu_reader=cpu_reader,
             cpu_capacity=cpu_capacity if cpu_capacity is not None else usable_cpus(),
+            demand=Demand(s.cache.prewarm.track_max_contexts),
+            compute=compute,
         )
         shared.apply_plugins(s.plugins)
         return shared

@@ -57,6 +57,7 @@ __all__ = [
     "LruPolicy",
     "Waiter",
     "cache_key",
+    "split_key",
 ]
 
 Waiter = Reply
@@ -106,6 +107,23 @@ def cache_key(mode: str, context: Mapping[str, Any]) -> str:
     except (TypeError, ValueError) as exc:
         raise InvalidMessageError(_find_problem(context, "context") or f"context: {exc}") from exc
     raise InvalidMessageError(_find_problem(context, "context") or "context: non-string key")
+
+
+def split_key(key: str) -> tuple[str, dict[str, Any]]:
+    """The ``(mode, context)`` a :func:`cache_key` was made of (the context as JSON gives
+    it back: lists for tuples), so a result can be recomputed from its key alone.
+
+    Raises:
+        InvalidMessageError: ``key`` was not made by :func:`cache_key`.
+    """
+    mode, sep, text = key.partition(":")
+    try:
+        context = json.loads(text) if sep else None
+    except ValueError:
+        context = None
+    if not isinstance(context, dict):
+        raise InvalidMessageError(f"not a cache key: {key!r:.80}")
+    return mode, context
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -553,6 +571,32 @@ class CacheStore:
                 0 < ttl < math.inf):
             return default
         return float(ttl)
+
+    # -- background computations (refresh-ahead and pre-warming, the cache actor's) --
+
+    def remaining(self, key: str) -> float | None:
+        """Seconds until the entry for ``key`` expires, or ``None`` if there is no fresh
+        entry. Counts nothing and does not touch the LRU order."""
+        now = self._clock.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry[1] - now if entry is not None and now < entry[1] else None
+
+    def begin_background(self, key: str) -> Flight | None:
+        """Start a flight for ``key`` that no request leads (a refresh or a pre-warm),
+        counting neither a hit nor a miss; a fresh entry stays and keeps answering.
+
+        Returns ``None`` (nothing started) if the cache is disabled or a flight for ``key``
+        is already in progress. Otherwise the caller must end the flight with
+        :meth:`complete` (the new value replaces the entry, with a full TTL) or
+        :meth:`fail` (the old entry, if any, stays until it expires); requests that find
+        no fresh entry meanwhile join the flight instead of computing again.
+        """
+        with self._lock:
+            if not self._enabled or key in self._flights:
+                return None
+            flight = self._flights[key] = Flight(key)
+            return flight
 
     def _store(self, key: str, value: Any, now: float, ttl_s: float) -> None:
         entries = self._entries

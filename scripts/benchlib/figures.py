@@ -74,6 +74,12 @@ What each figure measures (``N`` and round counts are smaller with ``--quick``):
     synthetic typing trace, 17 median latency in the light phases of a light → heavy →
     light load, all three in simulated time (a stepped ``MockClock``); 18 throughput at
     heavy load on the real clock.
+19-20. refresh-ahead (``predictive.py`` in this package): two real daemons with
+    ``cache.ttl_ms`` 400, one with ``cache.refresh_ahead`` on and one without (the
+    baseline), each with a module process whose ``on_mode_change`` takes 30 ms; six
+    hot contexts coordinated in turn for several seconds (many TTLs), rounds alternating:
+    19 the hit rate after each context's first computation (``>= 0.98``), 20 the
+    coordinate round-trip p99 (``<= 0.2x`` of the baseline's).
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import adaptive
+from . import adaptive, predictive
 from .agents import Agent
 from .baselines import echo_server_main, manager_server_main
 from .common import (
@@ -692,8 +698,13 @@ class Bench:
         measure("12", "start to ready", lambda: self.fig_start(default_cfg),
                 [("start to ready (modcoord start, detached)", "s", "<= 0.5 s")])
         self.adaptive_figures(measure)
+        measure("19-20", "refresh-ahead (real daemons, TTL 200 ms)",
+                lambda: predictive.fig_refresh_ahead(
+                    root, self.daemon, self.plan.rounds < Plan.of(False).rounds),
+                [(predictive.ROW_HIT_RATE, "fraction", ">= 0.98"),
+                 (predictive.ROW_P99, "µs", "<= 0.2x")])
         order = ["1-2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13-14",
-                 "15-16", "17", "18"]
+                 "15-16", "17", "18", "19-20"]
         return [r for key in order for r in rows.get(key, [])]
 
     def adaptive_figures(self, measure: Callable[..., None]) -> None:

@@ -88,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
           f"p99 {lat['p99']:.3f}")
     cache = status["cache_stats"]
     print(f"  cache: {cache.get('size', 0)}/{cache.get('max_size', 0)}"
-          f" entries, hit rate {perf['cache_hit_rate']:.2f}")
+          f" entries, hit rate {perf['cache_hit_rate']:.2f}"
+          + (f", refreshed {cache.get('refreshes', 0)} ahead"
+             f" ({cache.get('refresh_failures', 0)} failed), pre-warmed"
+             f" {cache.get('prewarmed', 0)}"
+             if any(cache.get(k) for k in ("refreshes", "refresh_failures", "prewarmed"))
+             else ""))
     print(f"  batch queue: {status['batch_queue']['pending']} pending, "
           f"efficiency {perf['batch_efficiency']:.1f} updates/ms")
     print(f"  memory: {perf['memory_usage_bytes'] / 1048576:.1f} MiB")

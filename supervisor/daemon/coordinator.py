@@ -28,7 +28,7 @@ from loguru import logger
 
 from modcoord.actors._base import ActorHandle, Statistics
 from modcoord.actors.batcher import BatcherActor, FlushBatches, QueueDepth
-from modcoord.actors.cache import CacheActor, Clear, Purge, Shrink
+from modcoord.actors.cache import CacheActor, Clear, Prewarm, Purge, Shrink
 from modcoord.actors.clock import Clock, MonotonicClock
 from modcoord.actors.debouncer import Cancel, DebouncerActor, Flush, Pending, PublishMany
 from modcoord.actors.errors import (
@@ -49,10 +49,11 @@ from modcoord.actors.monitor import (
 )
 from modcoord.actors.plugins import PluginHost
 from modcoord.actors.reply import Reply, ReplyBox
-from modcoord.actors.shared import Shared
+from modcoord.actors.shared import Computed, Shared
 from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.shared.cache_store import CacheStore, cache_key
+from modcoord.actors.shared.demand import Demand
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.tuning import AdaptiveSummary, DebounceSummary, ResourceSummary
 from modcoord.actors.update import PRIORITY_RANK, Batch, Update
@@ -245,12 +246,14 @@ class ModuleCoordinator:
         self.shared = Shared.create(
             self.clock, settings, deliver=self._deliver, rss_reader=self._rss_reader,
             connection_states=self._connection_states, notify_swept=self._notify_swept,
+            compute=self.compute,
         )
         # The hot path's objects, read in the caller's thread (no actor hop).
         self.metrics: MetricsRegistry = self.shared.metrics
         self.cache_store: CacheStore = self.shared.cache_store
         self.queue_gauge: QueueGauge = self.shared.queue_gauge
         self.activity: ActivityTable = self.shared.activity
+        self.demand: Demand = self.shared.demand
         self.backlog: Backlog = self.shared.backlog
         self.handles: dict[str, ActorHandle] = {s.name: ActorHandle(s.name) for s in self.specs}
         self._endpoints: dict[str, ModuleEndpoint] = {}
@@ -574,6 +577,7 @@ class ModuleCoordinator:
             return None
         lookup = self.cache_store.lookup(key)
         kind = lookup.kind
+        self.demand.read(canonical, key, kind)
         if kind == "hit":
             self._answer(reply, lookup.value, True, started)
         elif kind == "wait":
@@ -593,26 +597,40 @@ class ModuleCoordinator:
 
     def _compute(self, mode: str, context: dict[str, Any], key: str, reply: Reply,
                  started: float) -> None:
+        def done(value: dict[str, Any], cacheable: bool) -> None:
+            if cacheable:
+                self.cache_store.complete(key, value)
+            else:
+                self.cache_store.fail(key, None, value)
+            self._answer(reply, value, False, started)
+
+        self.compute(mode, context, done)
+
+    def compute(self, mode: str, context: dict[str, Any], done: Computed) -> None:
+        """Compute the coordination result of ``mode`` and ``context``: every registered
+        module supporting ``mode`` is asked (``on_mode_change``) within
+        ``callback_timeout_ms``. ``done(value, cacheable)`` runs once, in any thread;
+        ``cacheable`` is false when a module failed or did not answer (its error is in
+        ``value["errors"]``). A cache miss and the cache actor's refreshes and pre-warms
+        all compute through here. Never raises."""
         strategy = self._strategy(mode)
         with self._modules_lock:
             targets = [(m, self._endpoints[m]) for m, info in self._infos.items()
                        if mode in info.supported_modes]
 
-        def done(results: dict[str, Any], errors: dict[str, str]) -> None:
-            value = {"mode": mode, "strategy": strategy, "results": results, "errors": errors}
-            if errors:
-                self.cache_store.fail(key, None, value)
-            else:
-                self.cache_store.complete(key, value)
-            self._answer(reply, value, False, started)
+        def finished(results: dict[str, Any], errors: dict[str, str]) -> None:
+            done({"mode": mode, "strategy": strategy, "results": results, "errors": errors},
+                 not errors)
 
-        fan_out(self.clock, self.callback_timeout_s, targets, mode, strategy, context, done)
+        fan_out(self.clock, self.callback_timeout_s, targets, mode, strategy, context,
+                finished)
 
     # -- control --
 
     def set_mode(self, mode: str, timeout: float | None = None) -> ModeSwitch:
         """Switch mode: reconfigure every actor live, then call every module's
-        ``on_mode_change``. Pending work is kept.
+        ``on_mode_change``, then let the cache pre-warm the new mode's most read contexts
+        (``cache.prewarm``). Pending work is kept.
 
         Raises:
             InvalidMessageError: unknown mode.
@@ -635,6 +653,8 @@ class ModuleCoordinator:
         fan_out(self.clock, self.callback_timeout_s, targets, canonical, strategy,
                 {"previous_mode": previous}, done)
         event.wait(timeout if timeout is not None else self.callback_timeout_s + 1.0)
+        with contextlib.suppress(ModcoordError):  # a restarting cache: nothing pre-warmed
+            self.handles["cache"].tell(Prewarm(canonical))
         return ModeSwitch(mode=canonical, previous=previous, strategy=strategy,
                           results=box.get("results", {}), errors=box.get("errors", {}))
 

@@ -130,6 +130,10 @@ _TABLE: tuple[MetricSpec, ...] = (
     MetricSpec("modcoord_cache_misses_total", "counter", "", (), "Coordination cache misses."),
     MetricSpec("modcoord_cache_evictions_total", "counter", "", ("cause",),
                "Entries removed from the coordination cache, by cause."),
+    MetricSpec("modcoord_cache_background_total", "counter", "", ("kind", "result"),
+               "Background computations (refresh-ahead, pre-warm) ended, by kind and result."),
+    MetricSpec("modcoord_cache_refresh_skipped_total", "counter", "", (),
+               "Refreshes due but passed over: cache.refresh_ahead.max_in_flight were running."),
     MetricSpec("modcoord_batch_queue_pending", "gauge", "", (),
                "Updates waiting in the batch queue."),
     MetricSpec("modcoord_batch_queue_capacity", "gauge", "", (),
@@ -294,6 +298,12 @@ def _status_families(fam: _Families, status: Mapping[str, Any]) -> None:
             fam.add("modcoord_cache_evictions_total", cache[key], key[len("evictions_"):])
         if not flat:
             fam.add("modcoord_cache_evictions_total", evictions, "size")
+
+    for kind, stored, failed in (("refresh", "refreshes", "refresh_failures"),
+                                 ("prewarm", "prewarmed", "prewarm_failures")):
+        fam.add("modcoord_cache_background_total", cache.get(stored), kind, "stored")
+        fam.add("modcoord_cache_background_total", cache.get(failed), kind, "failed")
+    fam.add("modcoord_cache_refresh_skipped_total", cache.get("refresh_skipped_budget"))
 
     queue = _section(status, "batch_queue")
     fam.add("modcoord_batch_queue_pending", queue.get("pending"))

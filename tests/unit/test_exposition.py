@@ -53,7 +53,9 @@ def full_status() -> dict[str, Any]:
         },
         "cache_stats": {"size": 10, "max_size": 1000, "hits": 30, "misses": 10,
                         "hit_rate": 0.75, "evictions_expired": 6, "evictions_size": 4,
-                        "evictions_explicit": 0, "inflight": 1, "enabled": True},
+                        "evictions_explicit": 0, "inflight": 1, "enabled": True,
+                        "refreshes": 9, "refresh_failures": 2, "refresh_skipped_budget": 3,
+                        "prewarmed": 5, "prewarm_failures": 1},
         "batch_queue": {"pending": 5, "rejected": 2, "max_queue": 10000},
         "last_reload_error": "hybrid.yaml: cache.ttl_ms: bad",
         "debouncer": {"received": 100, "emitted": 60, "collapsed": 40, "pending": 3},
@@ -110,6 +112,11 @@ def test_full_status_parses_and_carries_the_values(registry: MetricsRegistry) ->
     assert value_of(fams, "modcoord_cache_hits") == 30
     assert value_of(fams, "modcoord_cache_evictions", cause="size") == 4
     assert value_of(fams, "modcoord_cache_evictions", cause="expired") == 6
+    assert value_of(fams, "modcoord_cache_background", kind="refresh", result="stored") == 9
+    assert value_of(fams, "modcoord_cache_background", kind="refresh", result="failed") == 2
+    assert value_of(fams, "modcoord_cache_background", kind="prewarm", result="stored") == 5
+    assert value_of(fams, "modcoord_cache_background", kind="prewarm", result="failed") == 1
+    assert value_of(fams, "modcoord_cache_refresh_skipped") == 3
     assert value_of(fams, "modcoord_cache_evictions", cause="explicit") == 0
     assert value_of(fams, "modcoord_batch_size_mean") == 5.0  # updates per batch
     assert value_of(fams, "modcoord_batcher_busy_seconds") == 0.25
