@@ -249,11 +249,8 @@ class DebouncerActor(ManagedActor):
     def _coerce(self, settings: Any) -> Any:
         """Take ``debounce`` alone (never adapts) or a :class:`Tuned` pair; keeps the
         ``adaptive`` part aside and returns the section."""
-        if isinstance(settings, Tuned):
-            self._adaptive: AdaptiveSettings | None = settings.adaptive
-            settings = settings.section
-        else:
-            self._adaptive = None
+        self._adaptive: AdaptiveSettings | None
+        settings, self._adaptive = Tuned.split(settings)
         return super()._coerce(settings)
 
     def _load(self, settings: DebounceSettings) -> None:

@@ -218,11 +218,8 @@ class MemoryManagerActor(ManagedActor):
     def _coerce(self, settings: Any) -> Any:
         """Take ``memory`` alone (no resource awareness) or a :class:`Tuned` pair; keeps
         the ``adaptive`` part aside and returns the section."""
-        if isinstance(settings, Tuned):
-            self._adaptive: AdaptiveSettings | None = settings.adaptive
-            settings = settings.section
-        else:
-            self._adaptive = None
+        self._adaptive: AdaptiveSettings | None
+        settings, self._adaptive = Tuned.split(settings)
         return super()._coerce(settings)
 
     # -- lifecycle --

@@ -321,6 +321,14 @@ class Tuned:
     section: Any
     adaptive: AdaptiveSettings
 
+    @staticmethod
+    def split(settings: Any) -> tuple[Any, AdaptiveSettings | None]:
+        """``(section, adaptive)`` of a :class:`Tuned` pair, or ``(settings, None)`` for a
+        section alone (an actor given one never adapts)."""
+        if isinstance(settings, Tuned):
+            return settings.section, settings.adaptive
+        return settings, None
+
 
 def actor_settings(settings: ModeSettings, section: str, mode: str | None = None) -> Any:
     """What the actor configured by ``section`` receives: the section itself, or, for the
