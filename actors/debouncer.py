@@ -13,7 +13,9 @@ Scheduling uses one heap of ``(deadline, counter, key)`` for every key, invalida
 armed clock timer, for the earliest deadline. On a wake every due key is emitted, in
 deadline then arrival order, to the batcher as one :class:`~modcoord.actors.batcher.Enqueue`
 message, and the timer is re-armed for the next deadline. Emitted, flushed and cancelled
-keys are forgotten (their dict entries deleted).
+keys are forgotten (their dict entries deleted). The keys and their heap are a
+:class:`~modcoord.actors.debouncer_pending.PendingTable`; the statistics and the handover
+are :mod:`modcoord.actors.debouncer_reports` (re-exported here).
 
 With ``debounce.enabled: false`` updates pass straight through: each publish message is
 forwarded at once as one ``Enqueue``.
@@ -41,13 +43,19 @@ from modcoord.actors._base import ActorContext, ManagedActor, handles
 from modcoord.actors.adaptive import DebounceTuner
 from modcoord.actors.batcher import Enqueue
 from modcoord.actors.clock import TimerHandle
+from modcoord.actors.debouncer_pending import PendingTable, Slot
+from modcoord.actors.debouncer_reports import (
+    DebouncerHandover,
+    DebouncerStatistics,
+    PendingEntry,
+)
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.actors.histogram import LatencyHistogram
 from modcoord.actors.message import Message
 from modcoord.actors.settings import AdaptiveSettings, DebounceSettings, Tuned
 from modcoord.actors.shared.admission import Backlog
 from modcoord.actors.tuning import DebounceSummary, frozen_parameter
-from modcoord.actors.update import PRIORITIES, PRIORITY_RANK, Update
+from modcoord.actors.update import PRIORITY_RANK, Update
 
 __all__ = [
     "Cancel",
@@ -63,8 +71,6 @@ __all__ = [
 
 _CRITICAL = PRIORITY_RANK["critical"]
 _TIMER_TOKENS = itertools.count(1)  # unique across actor instances (successors included)
-
-Key = tuple[str, str]
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -121,91 +127,6 @@ class _Wake(Message):
     token: int = 0
 
 
-# -- snapshots and handover ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DebouncerStatistics:
-    """Immutable snapshot of the debouncer.
-
-    Attributes:
-        received: updates received (every one, including pass-through ones).
-        emitted: updates handed to the batcher (due, flushed or passed through).
-        collapsed: updates replaced by a later publish for the same key before emission.
-        cancelled: pending updates dropped by an explicit :class:`Cancel`.
-        pending: keys with an update pending now.
-        lateness_p50_ms: median of how late due keys were emitted after their deadline.
-        lateness_p99_ms: 99th percentile of the same.
-        lateness_max_ms: the largest lateness seen.
-        undelivered: updates that could not be handed to the batcher (its handle was
-            closed for good); normally zero.
-        adaptive: the tuned parameter (``debounce.delay_ms``: configured, effective,
-            reason), and, while adapting, the bounded summary of the most recently active
-            modules and keys and the counters (:class:`DebounceSummary`).
-    """
-
-    received: int
-    emitted: int
-    collapsed: int
-    cancelled: int
-    pending: int
-    lateness_p50_ms: float
-    lateness_p99_ms: float
-    lateness_max_ms: float
-    undelivered: int = 0
-    adaptive: DebounceSummary = dataclasses.field(
-        default_factory=lambda: DebounceSummary(enabled=False, parameters={}))
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the snapshot as a plain dict (for status output and metrics)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["adaptive"] = self.adaptive.as_dict()
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class PendingEntry:
-    """One pending key, as handed to a successor.
-
-    Attributes:
-        update: the update that will be emitted (latest payload, effective priority).
-        first_at: clock reading of the key's first pending publish (``max_wait`` origin).
-        deadline: when it is due.
-    """
-
-    update: Update
-    first_at: float
-    deadline: float
-
-
-@dataclass(frozen=True)
-class DebouncerHandover:
-    """A debouncer's pending work, in emission order (deadline, then arrival)."""
-
-    entries: tuple[PendingEntry, ...]
-
-
-class _Entry:
-    """Mutable per-key state; ``seq`` is the counter of its live heap item."""
-
-    __slots__ = ("deadline", "first_at", "rank", "seq", "update")
-
-    def __init__(self, update: Update, rank: int, first_at: float, deadline: float,
-                 seq: int) -> None:
-        self.update = update
-        self.rank = rank
-        self.first_at = first_at
-        self.deadline = deadline
-        self.seq = seq
-
-    def final(self) -> Update:
-        """The update to emit: the latest one, carrying the effective priority."""
-        update = self.update
-        if PRIORITY_RANK[update.priority] != self.rank:
-            update = dataclasses.replace(update, priority=PRIORITIES[self.rank])
-        return update
-
-
 # -- the actor -------------------------------------------------------------------------------
 
 
@@ -225,11 +146,9 @@ class DebouncerActor(ManagedActor):
 
     def __init__(self, settings: Any, context: ActorContext, takeover: Any = None) -> None:
         super().__init__(settings, context, takeover)
-        self._entries: dict[Key, _Entry] = {}
+        self._pending = PendingTable()
         self._collected_inline = 0
         self._backlog: Backlog = context.shared.backlog
-        self._heap: list[tuple[float, int, Key]] = []
-        self._counter = itertools.count()
         self._timer: TimerHandle | None = None
         self._armed_deadline: float | None = None
         self._token = 0
@@ -282,7 +201,7 @@ class DebouncerActor(ManagedActor):
 
     @handles(Cancel)
     def _on_cancel(self, message: Cancel) -> bool:
-        entry = self._entries.pop((message.module_id, message.key), None)
+        entry = self._pending.entries.pop((message.module_id, message.key), None)
         if entry is None:
             return False
         self._cancelled += 1
@@ -291,7 +210,7 @@ class DebouncerActor(ManagedActor):
 
     @handles(Pending)
     def _on_pending(self, message: Pending) -> int:
-        return len(self._entries)
+        return len(self._pending.entries)
 
     @handles(_Wake)
     def _on_wake(self, message: _Wake) -> None:
@@ -303,12 +222,13 @@ class DebouncerActor(ManagedActor):
     def _fire_due(self) -> None:
         """Emit every key due now (one Enqueue), record the fire's lateness, re-arm."""
         clock = self.clock
+        pending = self._pending
         now = clock.monotonic()
         out: list[Update] = []
         late: list[float] = []
         while True:  # each round pops at least one heap item, so this ends
-            self._collect_due(now, out, late)
-            heap = self._heap
+            pending.collect_due(now, out, late)
+            heap = pending.heap
             if not heap:
                 break
             now = clock.monotonic()
@@ -342,10 +262,11 @@ class DebouncerActor(ManagedActor):
             self._deliver(list(updates))
             return
         now = self.clock.monotonic()
-        entries = self._entries
-        heap = self._heap
+        pending = self._pending
+        entries = pending.entries
+        heap = pending.heap
         push = heapq.heappush
-        counter = self._counter
+        counter = pending.counter
         delay = self._delay
         critical_delay = self._critical_delay
         max_wait = self._max_wait
@@ -372,7 +293,7 @@ class DebouncerActor(ManagedActor):
             if entry is None:
                 deadline = now + (critical_delay if rank == _CRITICAL else delay)
                 seq = next(counter)
-                entries[key] = _Entry(u, rank, now, deadline, seq)
+                entries[key] = Slot(u, rank, now, deadline, seq)
                 push(heap, (deadline, seq, key))
             else:
                 collapsed += 1
@@ -404,33 +325,9 @@ class DebouncerActor(ManagedActor):
         if earliest != math.inf and (self._armed_at is None or earliest < self._armed_at):
             self._arm(earliest)
         if len(heap) > 2 * len(entries) + 1024:
-            self._rebuild_heap()
+            pending.rebuild()
 
     # -- scheduling --
-
-    def _collect_due(self, now: float, out: list[Update], late: list[float]) -> None:
-        """Move every key due at ``now`` out of the pending set, in heap order."""
-        heap = self._heap
-        entries = self._entries
-        pop = heapq.heappop
-        push = heapq.heappush
-        while heap and heap[0][0] <= now:
-            _, seq, key = pop(heap)
-            entry = entries.get(key)
-            if entry is None or entry.seq != seq:
-                continue  # stale item: superseded, flushed or cancelled
-            if entry.deadline > now:  # its timer was restarted: reschedule lazily
-                entry.seq = seq = next(self._counter)
-                push(heap, (entry.deadline, seq, key))
-                continue
-            del entries[key]
-            out.append(entry.final())
-            late.append(now - entry.deadline)
-
-    def _rebuild_heap(self) -> None:
-        """Drop stale heap items: one live item per pending key."""
-        self._heap = [(e.deadline, e.seq, k) for k, e in self._entries.items()]
-        heapq.heapify(self._heap)
 
     def _rearm(self) -> None:
         """Arm the one timer for the earliest live deadline (or disarm when none).
@@ -438,21 +335,10 @@ class DebouncerActor(ManagedActor):
         Re-arms only when that deadline is earlier than the armed one; a timer armed too
         early just wakes the actor once for nothing.
         """
-        entries = self._entries
-        heap = self._heap
-        if not entries:
-            heap.clear()
+        top = self._pending.earliest()
+        if top is None:
             self._disarm()
             return
-        while heap:
-            _, seq, key = heap[0]
-            entry = entries.get(key)
-            if entry is not None and entry.seq == seq:
-                break
-            heapq.heappop(heap)
-        if not heap:  # cannot happen while entries exist; be safe rather than stuck
-            self._rebuild_heap()
-        top = self._heap[0][0]
         if self._armed_at is None or top < self._armed_at:
             self._arm(top)
 
@@ -538,21 +424,10 @@ class DebouncerActor(ManagedActor):
         Raises:
             ModcoordError: the batcher refused them and ``reraise`` is set.
         """
-        entries = self._entries
-        if module_id is not None and key is not None:
-            entry = entries.pop((module_id, key), None)
-            selected = [] if entry is None else [entry]
-        elif module_id is None and key is None:
-            selected = list(entries.values())
-            entries.clear()
-        else:
-            keys = [k for k in entries
-                    if (module_id is None or k[0] == module_id) and (key is None or k[1] == key)]
-            selected = [entries.pop(k) for k in keys]
+        selected = self._pending.take(module_id, key)
         self._rearm()
         if not selected:
             return 0
-        selected.sort(key=lambda e: (e.deadline, e.seq))
         updates = [e.final() for e in selected]
         return len(updates) if self._deliver(updates, reraise=reraise) else 0
 
@@ -566,7 +441,7 @@ class DebouncerActor(ManagedActor):
             emitted=self._emitted,
             collapsed=self._collapsed,
             cancelled=self._cancelled,
-            pending=len(self._entries),
+            pending=len(self._pending.entries),
             lateness_p50_ms=late.p50,
             lateness_p99_ms=late.p99,
             lateness_max_ms=late.max,
@@ -601,20 +476,20 @@ class DebouncerActor(ManagedActor):
         if not self._enabled:
             self._flush(None, None)
             return
-        if not self._entries:
+        if not self._pending.entries:
             return
         after = (self._delay, self._critical_delay, self._max_wait)
         if not any(a < b for a, b in zip(after, before, strict=True)):
             return
         now = self.clock.monotonic()
-        for entry in self._entries.values():
+        for entry in self._pending.entries.values():
             pulled = min(
                 entry.deadline,
                 now + (self._critical_delay if entry.rank == _CRITICAL else self._delay),
                 max(now, entry.first_at + self._max_wait),
             )
             entry.deadline = pulled
-        self._rebuild_heap()
+        self._pending.rebuild()
         self._rearm()
 
     @staticmethod
@@ -629,7 +504,7 @@ class DebouncerActor(ManagedActor):
         When called because this actor has ended (a crash or a handover), its timer is
         cancelled too, so only the successor's timer remains.
         """
-        ordered = sorted(self._entries.values(), key=lambda e: (e.deadline, e.seq))
+        ordered = self._pending.ordered()
         if self.actor_stopped.is_set() or getattr(self, "_handed_over", False):
             self._disarm()  # this actor is ending (crash or handover: see ManagedActor)
         return DebouncerHandover(
@@ -655,10 +530,10 @@ class DebouncerActor(ManagedActor):
             if rank is None:  # not ours to judge now: keep it, as a normal update
                 update = dataclasses.replace(update, priority="medium")
                 rank = PRIORITY_RANK["medium"]
-            self._entries[update.dedup_key] = _Entry(
-                update, rank, item.first_at, item.deadline, next(self._counter)
+            self._pending.entries[update.dedup_key] = Slot(
+                update, rank, item.first_at, item.deadline, next(self._pending.counter)
             )
-        self._rebuild_heap()
+        self._pending.rebuild()
         self._rearm()
 
     def flush_pending(self) -> None:

@@ -64,16 +64,14 @@ def _watch_reader(stop: threading.Event, gone: threading.Event) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modcoord.supervisor.daemon.logs import (
+    from modcoord.supervisor.daemon.log_format import (
         LOG_FILE,
         color_wanted,
-        follow_records,
         format_record,
-        iter_records,
         level_number,
         lnav_format_path,
-        log_files,
     )
+    from modcoord.supervisor.daemon.log_reader import follow_records, iter_records, log_files
     if args.lnav_format_path:
         print(lnav_format_path())
         return 0

@@ -1,4 +1,4 @@
-"""Structured logging: one flat JSON object per line, rotated by size; reading and following.
+"""Structured logging: one flat JSON object per line, rotated by size.
 
 The daemon is the only writer. :func:`setup_logging` replaces loguru's default handler with
 one file sink writing ``<log_dir>/modcoord.jsonl``; each line is a flat JSON object::
@@ -28,9 +28,16 @@ Loguru rotates the file by size, renaming the full one next to it as
 ``.<n>`` counter is added before ``.jsonl`` when that name is taken), and keeps at most
 ``keep`` of these old files.
 
-Readers (the ``logs`` command) use :func:`iter_records` (current and rotated files, filtered,
-``-n``), :func:`follow_records` (``-f``: follows the file by name across rotation and
-truncation) and :func:`format_record` (a human-readable, optionally coloured line).
+The daemon's side lives here: the sinks and :func:`setup_logging`/:func:`shutdown_logging`.
+The record's vocabulary and its human line are :mod:`modcoord.supervisor.daemon.log_format`;
+the readers (the ``logs`` command) are :mod:`modcoord.supervisor.daemon.log_reader`. Both
+are re-exported here, so every name is importable from this module as before.
+
+Writing never loses a record to its content: a context that raises adds a
+``context_error`` field, a value JSON cannot encode is written as its ``str()``. A failed
+write (the disk full, a symlink planted at the name when rotation reopens the file) is
+reported by loguru on stderr and that record is dropped; the daemon carries on.
+:func:`setup_logging` itself raises when the directory or file cannot be used.
 """
 
 from __future__ import annotations
@@ -38,19 +45,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sys
 import threading
 import traceback
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
+from modcoord.supervisor.daemon.log_format import (
+    DEFAULT_ACTOR,
+    LEVELS,
+    LOG_FILE,
+    _json_default,
+    color_wanted,
+    format_record,
+    level_number,
+    lnav_format_path,
+)
+from modcoord.supervisor.daemon.log_format import LNAV_FORMAT as LNAV_FORMAT
+from modcoord.supervisor.daemon.log_reader import (
+    ReadStatistics,
+    ReadStats,
+    follow_records,
+    iter_records,
+    log_files,
+)
 from modcoord.supervisor.protocol.paths import open_for_writing
 
 __all__ = [
@@ -72,42 +93,20 @@ __all__ = [
     "stderr_is_journal",
 ]
 
-LOG_FILE = "modcoord.jsonl"
-#: The lnav format file for the JSON log, shipped in the package data.
-LNAV_FORMAT = Path(__file__).resolve().parent / "data" / "modcoord.lnav.json"
-DEFAULT_ACTOR = "daemon"
-
-#: Severity of loguru's standard levels; a level filter keeps this level and above.
-LEVELS: dict[str, int] = {
-    "TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40,
-    "CRITICAL": 50,
-}
-
 # Fields every record has at its top level (written first, in this order); bound extras
 # never override them.
 _CORE_FIELDS = ("time", "level", "message", "actor", "mode", "pid")
 _PROTECTED = frozenset(("time", "level", "message", "pid"))
-# Fields format_record shows in fixed places rather than as key=value.
-_SHOWN_APART = frozenset(("time", "level", "message", "actor", "mode", "pid", "module",
-                          "source", "exception"))
 # The JSON line is handed from the format function to loguru's formatter under this
 # private top-level record key, so the format string is a constant (no markup parsing of
 # the data, no brace escaping) and nothing is added to ``record["extra"]``.
 _RECORD_KEY = "_modcoord_json"
-
-_ROTATED_RE = re.compile(
-    r"^modcoord\.(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d{6})(?:\.(\d+))?\.jsonl$"
-)
 
 _state_lock = threading.Lock()
 _handler_ids: list[int] = []
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _json_default(value: Any) -> str:
-    return str(value)
 
 
 def _make_formatter(context: Callable[[], dict[str, Any]] | None
@@ -165,18 +164,6 @@ def _open_log_file(path: str, flags: int) -> int:
 JOURNAL_PRIORITIES: dict[str, int] = {
     "TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2,
 }
-
-
-def color_wanted(stream: Any) -> bool:
-    """Whether to colour what goes to ``stream``: only a terminal, and never when
-    ``NO_COLOR`` is set to a non-empty value (https://no-color.org). A stream without a
-    usable ``isatty`` (closed, replaced) gets no colour."""
-    if os.environ.get("NO_COLOR"):
-        return False
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
 
 
 def stderr_is_journal(fd: int = 2) -> bool:
@@ -309,420 +296,3 @@ def shutdown_logging() -> None:
     """Remove the handlers :func:`setup_logging` added, closing the log file (idempotent)."""
     with _state_lock:
         _remove_handlers_locked()
-
-
-def lnav_format_path() -> Path:
-    """Return the path of the packaged lnav format file (``lnav -i PATH`` installs it)."""
-    return LNAV_FORMAT
-
-
-# --------------------------------------------------------------------------- reading
-
-
-@dataclass(frozen=True)
-class ReadStatistics:
-    """What a reader has seen: lines read, records that parsed, malformed lines skipped."""
-
-    lines: int
-    records: int
-    malformed: int
-
-
-class ReadStats:
-    """A thread-safe counter of lines read; pass one to the readers to learn what they skipped."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lines = 0
-        self._records = 0
-        self._malformed = 0
-
-    def _count(self, parsed: bool) -> None:
-        with self._lock:
-            self._lines += 1
-            if parsed:
-                self._records += 1
-            else:
-                self._malformed += 1
-
-    def statistics(self) -> ReadStatistics:
-        """Return a snapshot of the counts."""
-        with self._lock:
-            return ReadStatistics(self._lines, self._records, self._malformed)
-
-
-def level_number(level: str | int) -> int:
-    """Return the severity number of a level name (case-insensitive) or number.
-
-    Raises:
-        ValueError: if the name is neither a standard nor a registered loguru level.
-    """
-    if isinstance(level, int):
-        return level
-    name = str(level).strip().upper()
-    if name in LEVELS:
-        return LEVELS[name]
-    try:
-        return int(logger.level(name).no)
-    except ValueError:
-        raise ValueError(
-            f"unknown log level {level!r}; choose one of {', '.join(LEVELS)}"
-        ) from None
-
-
-def _record_level(rec: dict[str, Any]) -> int:
-    name = rec.get("level")
-    if not isinstance(name, str):
-        return 0
-    try:
-        return level_number(name)
-    except ValueError:
-        return 0
-
-
-class _Filter:
-    __slots__ = ("actor", "min_level", "module")
-
-    def __init__(self, level: str | int | None, actor: str | None, module: str | None) -> None:
-        self.min_level = level_number(level) if level is not None else None
-        self.actor = actor
-        self.module = module
-
-    def __call__(self, rec: dict[str, Any]) -> bool:
-        if self.min_level is not None and _record_level(rec) < self.min_level:
-            return False
-        if self.actor is not None and rec.get("actor") != self.actor:
-            return False
-        return self.module is None or rec.get("module") == self.module
-
-
-def _parse(line: bytes, stats: ReadStats | None) -> dict[str, Any] | None:
-    if not line.strip():
-        return None
-    try:
-        rec = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        rec = None
-    ok = isinstance(rec, dict)
-    if stats is not None:
-        stats._count(ok)
-    return rec if ok else None
-
-
-def _rotated_key(path: Path) -> tuple[str, int, int]:
-    m = _ROTATED_RE.match(path.name)
-    stamp, counter = (m.group(1), int(m.group(2) or 1)) if m else ("", 0)
-    try:
-        mtime = path.stat().st_mtime_ns
-    except OSError:
-        mtime = 0
-    return stamp, counter, mtime
-
-
-def log_files(log_dir: Path) -> list[Path]:
-    """Return the log files, oldest first: the rotated ones, then ``modcoord.jsonl``.
-
-    Rotated files are ordered by the creation time in their name, then by loguru's
-    collision counter. Missing directory or files give a shorter (possibly empty) list.
-    """
-    log_dir = Path(log_dir)
-    try:
-        names = os.listdir(log_dir)
-    except OSError:
-        return []
-    rotated = sorted((log_dir / n for n in names if _ROTATED_RE.match(n)), key=_rotated_key)
-    current = log_dir / LOG_FILE
-    return [*rotated, current] if current.is_file() else rotated
-
-
-def _read_lines(path: Path) -> list[bytes]:
-    """Return the complete lines of a file; a trailing partial line (being written) is left."""
-    try:
-        data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
-        return []
-    lines = data.split(b"\n")
-    return lines[:-1]  # last element is b"" or an unterminated partial line
-
-
-def _records_of(lines: Iterable[bytes], match: _Filter, stats: ReadStats | None
-                ) -> Iterator[dict[str, Any]]:
-    for line in lines:
-        rec = _parse(line, stats)
-        if rec is not None and match(rec):
-            yield rec
-
-
-def iter_records(
-    log_dir: Path,
-    *,
-    n: int | None = None,
-    level: str | int | None = None,
-    actor: str | None = None,
-    module: str | None = None,
-    stats: ReadStats | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Yield the matching records of the log, oldest first.
-
-    Args:
-        log_dir: the log directory.
-        n: only the last ``n`` matching records; older rotated files are read only as
-            far as needed. ``None`` means all of them.
-        level: keep this level and more severe ones (name or number).
-        actor: keep records of this actor only.
-        module: keep records concerning this module only.
-        stats: counts lines read and malformed lines (which are skipped).
-
-    Raises:
-        ValueError: if ``level`` is unknown or ``n`` is negative (raised on first use).
-    """
-    if n is not None and n < 0:
-        raise ValueError("n must not be negative")
-    match = _Filter(level, actor, module)
-    files = log_files(log_dir)
-    if n is None:
-        for path in files:
-            yield from _records_of(_read_lines(path), match, stats)
-        return
-    if n == 0:
-        return
-    chunks: list[list[dict[str, Any]]] = []
-    found = 0
-    for path in reversed(files):
-        tail: deque[dict[str, Any]] = deque(
-            _records_of(_read_lines(path), match, stats), maxlen=n - found
-        )
-        chunks.append(list(tail))
-        found += len(tail)
-        if found >= n:
-            break
-    for chunk in reversed(chunks):
-        yield from chunk
-
-
-def _tail_before(fh: Any, path: Path, log_dir: Path, n: int, match: _Filter,
-                 stats: ReadStats | None) -> tuple[list[dict[str, Any]], bytes]:
-    """Read the open current file to its end and older files as needed: last n records.
-
-    Returns the records and the unterminated rest of the current file.
-    """
-    data = fh.read()
-    lines = data.split(b"\n")
-    partial = lines.pop()
-    own = os.fstat(fh.fileno())
-    if n <= 0:
-        return [], partial
-    found: deque[dict[str, Any]] = deque(_records_of(lines, match, stats), maxlen=n)
-    result = list(found)
-    for older in reversed(log_files(log_dir)):
-        if len(result) >= n:
-            break
-        try:
-            st = older.stat()
-        except OSError:
-            continue
-        if (st.st_ino, st.st_dev) == (own.st_ino, own.st_dev):
-            continue  # the file we hold open (renamed meanwhile, or the current one)
-        tail = deque(_records_of(_read_lines(older), match, stats), maxlen=n - len(result))
-        result = [*tail, *result]
-    return result, partial
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_dev
-
-
-def _rotated_between(log_dir: Path, old: tuple[int, int], old_mtime_ns: int,
-                     new: tuple[int, int]) -> list[Path]:
-    """Return the rotated files newer than the file ``old`` and older than the file ``new``.
-
-    ``old`` is located among the rotated files by identity; if retention already deleted
-    it, files modified after ``old_mtime_ns`` count as newer.
-    """
-    rotated = [p for p in log_files(log_dir) if p.name != LOG_FILE]
-    idents = [_identity(p) for p in rotated]
-    if old in idents:
-        start = idents.index(old) + 1
-    else:
-        start = 0
-        while start < len(rotated):
-            try:
-                if rotated[start].stat().st_mtime_ns > old_mtime_ns:
-                    break
-            except OSError:
-                pass
-            start += 1
-    end = idents.index(new) if new in idents else len(rotated)
-    return rotated[start:end]
-
-
-def follow_records(
-    log_dir: Path,
-    *,
-    n: int = 0,
-    level: str | int | None = None,
-    actor: str | None = None,
-    module: str | None = None,
-    stop: threading.Event | None = None,
-    poll_interval: float = 0.25,
-    stats: ReadStats | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Yield matching records as they are written, following ``modcoord.jsonl`` by name.
-
-    First yields the last ``n`` matching records already written (0: none; older rotated
-    files are read as needed), then every new matching record. When the file is rotated
-    (the name points to another inode) the rest of the old file is read, then the new
-    file from its start; when it is truncated, reading restarts at its beginning. A file
-    that does not exist yet is waited for. Polls every ``poll_interval`` seconds.
-
-    The generator returns promptly (within one poll) once ``stop`` is set; without
-    ``stop`` it runs until closed. The file is closed when it returns or is closed.
-
-    Raises:
-        ValueError: if ``level`` is unknown (raised on first use).
-    """
-    match = _Filter(level, actor, module)
-    stop = stop if stop is not None else threading.Event()
-    log_dir = Path(log_dir)
-    path = log_dir / LOG_FILE
-    fh: Any = None
-    identity: tuple[int, int] | None = None
-    rotated_from: tuple[tuple[int, int], int] | None = None  # (identity, mtime) of the old file
-    buffer = b""
-
-    def open_current() -> bool:
-        nonlocal fh, identity, buffer
-        try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed in finally / on rotation
-        except FileNotFoundError:
-            return False
-        st = os.fstat(fh.fileno())
-        identity = (st.st_ino, st.st_dev)
-        buffer = b""
-        return True
-
-    def drain() -> Iterator[dict[str, Any]]:
-        nonlocal buffer
-        while True:
-            data = fh.read(1 << 16)
-            if not data:
-                return
-            buffer += data
-            *lines, buffer = buffer.split(b"\n")
-            yield from _records_of(lines, match, stats)
-
-    try:
-        if open_current():
-            backlog, buffer = _tail_before(fh, path, log_dir, n, match, stats)
-            yield from backlog
-        elif n > 0:
-            yield from iter_records(log_dir, n=n, level=level, actor=actor, module=module,
-                                    stats=stats)
-        while not stop.is_set():
-            if fh is None:
-                if not open_current():
-                    stop.wait(poll_interval)
-                    continue
-                if rotated_from is not None:
-                    # Files rotated out between the one we read and the one now current
-                    # (a burst can rotate several times within one poll) are read whole.
-                    assert identity is not None
-                    for between in _rotated_between(log_dir, *rotated_from, identity):
-                        yield from _records_of(_read_lines(between), match, stats)
-                    rotated_from = None
-            got = False
-            for rec in drain():
-                got = True
-                yield rec
-                if stop.is_set():
-                    return
-            if got:
-                continue
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                st = None
-            if st is not None and (st.st_ino, st.st_dev) != identity:
-                yield from drain()  # whatever was written before the rename
-                assert identity is not None
-                rotated_from = (identity, os.fstat(fh.fileno()).st_mtime_ns)
-                fh.close()
-                fh = None
-                continue  # open the new file at once
-            if st is not None and st.st_size < fh.tell():
-                fh.seek(0)
-                buffer = b""
-                continue
-            stop.wait(poll_interval)
-    finally:
-        if fh is not None:
-            fh.close()
-
-
-# --------------------------------------------------------------------------- formatting
-
-_RESET = "\x1b[0m"
-_DIM = "\x1b[2m"
-_WHO = "\x1b[36m"
-_LEVEL_COLORS: dict[str, str] = {
-    "TRACE": "\x1b[36m",          # cyan
-    "DEBUG": "\x1b[34m",          # blue
-    "INFO": "\x1b[1m",            # bold
-    "SUCCESS": "\x1b[1;32m",      # bold green
-    "WARNING": "\x1b[1;33m",      # bold yellow
-    "ERROR": "\x1b[1;31m",        # bold red
-    "CRITICAL": "\x1b[1;37;41m",  # bold white on red
-}
-
-
-def _clock_time(value: Any) -> str:
-    if not isinstance(value, str):
-        return "??:??:??.???"
-    try:
-        stamp = datetime.fromisoformat(value)
-    except ValueError:
-        return value
-    return stamp.strftime("%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
-
-
-def _plain_value(value: Any) -> str:
-    if isinstance(value, str) and value and not any(c.isspace() or c in "\"=" for c in value):
-        return value
-    return json.dumps(value, ensure_ascii=False, default=_json_default)
-
-
-def format_record(rec: dict[str, Any], color: bool = False, with_time: bool = True) -> str:
-    """Render a record as ``HH:MM:SS.mmm LEVEL    actor[module] message key=value ...``.
-
-    The time is shown as written (the daemon's local time); ``with_time=False`` leaves it
-    out (journald stamps each line itself). ``[module]`` appears only
-    when the record concerns a module. Other fields follow as ``key=value`` (values with
-    spaces or quotes JSON-quoted); an exception follows on the next lines. With ``color``
-    the level is coloured by severity and the keys are dimmed (ANSI escapes).
-    """
-    level = str(rec.get("level", "?"))
-    when = _clock_time(rec.get("time"))
-    who = str(rec.get("actor") or DEFAULT_ACTOR)
-    module = rec.get("module")
-    if module is not None:
-        who += f"[{module}]"
-    message = str(rec.get("message", ""))
-    fields = [(k, v) for k, v in rec.items() if k not in _SHOWN_APART]
-    if color:
-        tint = _LEVEL_COLORS.get(level, "")
-        head = (f"{_DIM}{when}{_RESET} " if with_time else "") + (
-            f"{tint}{level:<8}{_RESET} {_WHO}{who}{_RESET} {tint}{message}{_RESET}")
-        tail = "".join(f" {_DIM}{k}={_RESET}{_plain_value(v)}" for k, v in fields)
-    else:
-        head = (f"{when} " if with_time else "") + f"{level:<8} {who} {message}"
-        tail = "".join(f" {k}={_plain_value(v)}" for k, v in fields)
-    line = head + tail
-    exc = rec.get("exception")
-    if exc:
-        text = str(exc)
-        line += "\n" + (f"\x1b[31m{text}{_RESET}" if color else text)
-    return line
