@@ -20,15 +20,15 @@ evaluates it.
 
 The rules (:data:`~modcoord.actors.rules.RULES`, pure functions of a typed snapshot in
 :mod:`modcoord.actors.rules`) each give an id, a severity, the observed value, the
-threshold, the window, a message and a recommendation naming the config key to change;
-this actor keeps their state. A rule that needs
-samples and has fewer than ``monitor.min_samples`` does not judge; it says so. Rules do not
-flap: a fired rule stays active until its observed value recovers past the threshold by
-``HYSTERESIS`` (10%), and it is logged at most once per ``monitor.quiet_period_s`` (when
-it fires, and as a reminder once a quiet period has passed while it stays active) unless it
-has worsened by ``WORSENING`` (25%) since it was last logged. A rule that cannot judge
-(too few samples, a section missing) keeps its state: a transient gap neither clears nor
-re-fires it.
+threshold, the window, a message and a recommendation naming the config key to change; the
+monitor's :class:`~modcoord.actors.monitor_insights.InsightLedger` keeps their state. A
+rule that needs samples and has fewer than ``monitor.min_samples`` does not judge; it says
+so. Rules do not flap: a fired rule stays active until its observed value recovers past the
+threshold by ``HYSTERESIS`` (10%), and it is logged at most once per
+``monitor.quiet_period_s`` (when it fires, and as a reminder once a quiet period has passed
+while it stays active) unless it has worsened by ``WORSENING`` (25%) since it was last
+logged. A rule that cannot judge (too few samples, a section missing) keeps its state: a
+transient gap neither clears nor re-fires it.
 
 Rules from plugins (``plugins.insight_rules``, entry-point group ``modcoord.insight_rules``)
 run after the built-in ones, each through its guard (:mod:`modcoord.actors.plugins`): one
@@ -58,6 +58,7 @@ from modcoord.actors._base import ActorContext, ManagedActor, handles
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.actors.message import Message
+from modcoord.actors.monitor_insights import InsightLedger
 from modcoord.actors.monitor_snapshots import (
     GATHER_TIMEOUT_S,
     PEERS,
@@ -70,11 +71,9 @@ from modcoord.actors.monitor_snapshots import (
 from modcoord.actors.plugins import Loaded, PluginError
 from modcoord.actors.rules import (
     RULES,
-    SEVERITIES,
     InsightRule,
     LatencyWindow,
     Reading,
-    insight,
     number,
     rule_snapshot,
 )
@@ -100,7 +99,6 @@ __all__ = [
     "build_snapshot",
 ]
 
-_LOG_LEVEL = {"info": "INFO", "warning": "WARNING", "critical": "ERROR"}
 _log = logger.bind(actor="monitor")
 
 
@@ -170,16 +168,6 @@ def _check_reading(reading: Any) -> str | None:
     return f"read returned {type(reading).__name__}, not a Reading or None"
 
 
-# -- state and snapshots -------------------------------------------------------------------
-
-
-@dataclass
-class _RuleState:
-    active: bool = False
-    logged_at: float | None = None
-    logged_observed: float | None = None
-
-
 # -- the actor -----------------------------------------------------------------------------
 
 
@@ -202,8 +190,7 @@ class MonitorActor(ManagedActor):
         self.metrics: MetricsRegistry = context.shared.metrics
         self._histograms = tuple(sorted({h for r in self.rules for h in r.histograms}))
         self._builtin_ids = frozenset(r.id for r in self.rules)
-        self._state: dict[str, _RuleState] = {r.id: _RuleState() for r in self.rules}
-        self._fired: dict[str, int] = {}
+        self._ledger = InsightLedger((r.id for r in self.rules), self.actor_name)
         self._evaluations = 0
         self._trims = 0
         self._last_status = ""
@@ -355,8 +342,6 @@ class MonitorActor(ManagedActor):
             adaptive=adaptive,
         )
         settings = self.settings
-        insights: list[dict[str, Any]] = []
-        lacking: list[Reading] = []
         judged: list[tuple[InsightRule, Reading | None]] = []
         for rule in self.rules:
             try:
@@ -369,50 +354,10 @@ class MonitorActor(ManagedActor):
             got = self._plugin_reading(loaded, data)
             if got is not None:
                 judged.append(got)
-        for rule, reading in judged:
-            state = self._state.setdefault(rule.id, _RuleState())
-            if reading is None:
-                state.active = False  # does not apply (for example the cache is off)
-                continue
-            if reading.observed is None:
-                # Not judged: the rule's state stands (a transient gap, such as a peer
-                # restarting during the gather, neither clears nor re-fires it).
-                lacking.append(reading)
-                continue
-            if state.active and reading.recovered:
-                state.active = False
-                _log.bind(insight=rule.id, severity="info", event="cleared",
-                          observed=reading.observed, threshold=reading.threshold).info(
-                    "insight cleared")
-            elif not state.active and reading.breached:
-                state.active = True
-                self._fired[rule.id] = self._fired.get(rule.id, 0) + 1
-            if state.active:
-                found = insight(rule, reading)
-                insights.append(found)
-                self._maybe_log(rule, reading, found, state, now)
+        result = self._ledger.judge(judged, settings, now)
         self._evaluations += 1
-        order = {s: i for i, s in enumerate(SEVERITIES)}
-        insights.sort(key=lambda i: order.get(i["severity"], len(order)))
-        if insights:
-            status = "issues"
-        elif lacking:
-            status = "not_enough_data"
-            insights = [self._not_enough_data(lacking)]
-        else:
-            status = "ok"
-            insights = [{
-                "id": "all_clear", "severity": "info", "observed": None, "threshold": None,
-                "window_s": self.settings.window_s, "message": "No issues detected",
-                "recommendation": "",
-            }]
-        recommendations: list[str] = []
-        if status == "issues":
-            for item in insights:
-                if item["recommendation"] not in recommendations:
-                    recommendations.append(item["recommendation"])
-        self._last_status = status
-        return {"insights": insights, "recommendations": recommendations, "status": status}
+        self._last_status = result["status"]
+        return result
 
     def _plugin_reading(self, loaded: Loaded, data: Any
                         ) -> tuple[InsightRule, Reading | None] | None:
@@ -434,39 +379,6 @@ class MonitorActor(ManagedActor):
         except PluginError:
             return None
         return rule, reading
-
-    def _not_enough_data(self, lacking: list[Reading]) -> dict[str, Any]:
-        counted = [r.samples for r in lacking if r.samples is not None]
-        return {
-            "id": "not_enough_data",
-            "severity": "info",
-            "observed": min(counted) if counted else None,
-            "threshold": self.settings.min_samples,
-            "window_s": self.settings.window_s,
-            "message": "Not enough data yet: " + "; ".join(str(r.lacking) for r in lacking),
-            "recommendation": (
-                "Wait for more activity; rules judge once they have monitor.min_samples "
-                "samples"
-            ),
-        }
-
-    def _maybe_log(self, rule: InsightRule, reading: Reading, insight: dict[str, Any],
-                   state: _RuleState, now: float) -> None:
-        """Log an active insight unless it was logged within the quiet period (and has not
-        worsened since)."""
-        observed = reading.observed
-        assert observed is not None
-        if state.logged_at is not None and state.logged_observed is not None:
-            quiet = now - state.logged_at < self.settings.quiet_period_s
-            if quiet and not rule.worsened(observed, state.logged_observed):
-                return
-        state.logged_at = now
-        state.logged_observed = observed
-        severity = insight["severity"]
-        _log.bind(insight=rule.id, severity=severity, event="fired", observed=observed,
-                  threshold=reading.threshold, window_s=reading.window_s,
-                  summary=insight["message"], recommendation=insight["recommendation"]).log(
-            _LOG_LEVEL.get(severity, "INFO"), "insight fired")
 
     # -- handlers --
 
@@ -522,8 +434,8 @@ class MonitorActor(ManagedActor):
     def statistics(self) -> MonitorStatistics:
         return MonitorStatistics(
             evaluations=self._evaluations,
-            insights_fired=tuple(sorted(self._fired.items())),
-            active=tuple(sorted(r for r, s in self._state.items() if s.active)),
+            insights_fired=self._ledger.fired(),
+            active=self._ledger.active(),
             last_status=self._last_status,
             modules_reporting=len(self._module_metrics),
             trims=self._trims,
@@ -531,12 +443,9 @@ class MonitorActor(ManagedActor):
 
     def export_pending(self) -> MonitorHandover:
         return MonitorHandover(
-            active=tuple(sorted(r for r, s in self._state.items() if s.active)),
-            last_logged=tuple(
-                (r, s.logged_at, s.logged_observed) for r, s in sorted(self._state.items())
-                if s.logged_at is not None and s.logged_observed is not None
-            ),
-            fired=tuple(sorted(self._fired.items())),
+            active=self._ledger.active(),
+            last_logged=self._ledger.last_logged(),
+            fired=self._ledger.fired(),
             evaluations=self._evaluations,
             restarts=tuple(self._restarts),
             module_metrics=tuple((m, dict(v)) for m, v in self._module_metrics.items()),
@@ -550,13 +459,7 @@ class MonitorActor(ManagedActor):
         if not isinstance(pending, MonitorHandover):
             _log.error("ignoring a handover of an unknown type", type=type(pending).__name__)
             return
-        for rule_id in pending.active:
-            self._state.setdefault(rule_id, _RuleState()).active = True
-        for rule_id, at, observed in pending.last_logged:
-            state = self._state.setdefault(rule_id, _RuleState())
-            state.logged_at, state.logged_observed = at, observed
-        for rule_id, count in pending.fired:
-            self._fired[rule_id] = self._fired.get(rule_id, 0) + count
+        self._ledger.restore(pending.active, pending.last_logged, pending.fired)
         self._evaluations += pending.evaluations
         self._restarts.extend(pending.restarts)
         for module_id, metrics in pending.module_metrics:

@@ -44,8 +44,6 @@ GATHER_TIMEOUT_S = 1.0
 PEERS: tuple[str, ...] = ("cache", "batcher", "memory", "debouncer")
 """Actors whose statistics a periodic evaluation gathers."""
 
-_log = logger.bind(actor="monitor")
-
 
 def collect_statistics(handles: Mapping[str, ActorHandle], own_name: str) -> dict[str, Any]:
     """Ask the peers for statistics (bounded): actor name → its ``statistics()``.
@@ -53,6 +51,7 @@ def collect_statistics(handles: Mapping[str, ActorHandle], own_name: str) -> dic
     Peers that are absent (or ``own_name``), stopped, crashing or slower than
     :data:`GATHER_TIMEOUT_S` are left out (and logged at debug level).
     """
+    log = logger.bind(actor=own_name)
     futures: dict[str, Any] = {}
     for name in PEERS:
         handle = handles.get(name)
@@ -61,7 +60,7 @@ def collect_statistics(handles: Mapping[str, ActorHandle], own_name: str) -> dic
         try:
             futures[name] = handle.ask_future(Statistics())
         except ModcoordError as exc:
-            _log.debug("no statistics from a peer", peer=name, error=str(exc))
+            log.debug("no statistics from a peer", peer=name, error=str(exc))
     # A real wait, so real time: the injected clock may be a MockClock standing still.
     deadline = time.monotonic() + GATHER_TIMEOUT_S
     stats: dict[str, Any] = {}
@@ -69,7 +68,7 @@ def collect_statistics(handles: Mapping[str, ActorHandle], own_name: str) -> dic
         try:
             stats[name] = future.get(timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:  # a missing section is reported
-            _log.debug("no statistics from a peer", peer=name, error=repr(exc))
+            log.debug("no statistics from a peer", peer=name, error=repr(exc))
     return stats
 
 
