@@ -332,10 +332,25 @@ def load_mode_file(path: Path) -> ModeSettings:
     """
     data, _ = _read_yaml(path)
     result: ModeSettings = _validate(ModeSettings, data, path)
-    unknown = check_names(result.plugins)
-    if unknown is not None:
-        raise ConfigError(str(path), *unknown)
+    problems = _mode_problems(None, result, path)
+    if problems:
+        raise problems[0]
     return result
+
+
+def _mode_problems(mode: str | None, settings: ModeSettings, path: Path
+                   ) -> list[ConfigError]:
+    """What a valid-looking mode file may still get wrong: adaptation in MANUAL (``mode``;
+    ``None``: not known), plugin names that no installed package provides."""
+    problems = []
+    if mode == "MANUAL" and settings.adaptive.enabled:
+        problems.append(ConfigError(str(path), "adaptive.enabled", (
+            "MANUAL runs exactly the configured values and never adapts; set "
+            "adaptive.enabled: false here (HYBRID and FULLY_AUTO adapt)")))
+    unknown = check_names(settings.plugins)
+    if unknown is not None:
+        problems.append(ConfigError(str(path), *unknown))
+    return problems
 
 
 def check_config_dir(directory: Path | str | None = None) -> list[ConfigError]:
@@ -348,21 +363,24 @@ def check_config_dir(directory: Path | str | None = None) -> list[ConfigError]:
     base = Path(directory) if directory is not None else default_config_dir()
     if not base.is_dir():
         return [ConfigError(str(base), "", "not a directory")]
-    files: list[tuple[Path, type[BaseModel]]] = [
-        (base / filename, ModeSettings) for filename in MODE_FILES.values()]
+    files: list[tuple[str | None, Path, type[BaseModel]]] = [
+        (mode, base / filename, ModeSettings) for mode, filename in MODE_FILES.items()]
     if (base / DAEMON_FILE).exists():
-        files.append((base / DAEMON_FILE, DaemonSettings))
+        files.append((None, base / DAEMON_FILE, DaemonSettings))
     problems: list[ConfigError] = []
-    for path, model in files:
+    for mode, path, model in files:
         try:
             data, _ = _read_yaml(path)
         except ConfigError as exc:
             problems.append(exc)
             continue
         try:
-            model.model_validate(data)
+            settings = model.model_validate(data)
         except ValidationError as exc:
             problems.extend(_problems(exc, path))
+            continue
+        if isinstance(settings, ModeSettings):
+            problems.extend(_mode_problems(mode, settings, path))
     return problems
 
 
@@ -385,13 +403,9 @@ def load_config_dir(directory: Path | str | None = None) -> ConfigSet:
         data, raw = _read_yaml(path)
         digest.update(filename.encode() + b"\0" + raw + b"\0")
         modes[mode] = _validate(ModeSettings, data, path)
-        if mode == "MANUAL" and modes[mode].adaptive.enabled:
-            raise ConfigError(str(path), "adaptive.enabled", (
-                "MANUAL runs exactly the configured values and never adapts; set "
-                "adaptive.enabled: false here (HYBRID and FULLY_AUTO adapt)"))
-        unknown = check_names(modes[mode].plugins)
-        if unknown is not None:
-            raise ConfigError(str(path), *unknown)
+        problems = _mode_problems(mode, modes[mode], path)
+        if problems:
+            raise problems[0]
     daemon_path = base / DAEMON_FILE
     if daemon_path.exists():
         data, raw = _read_yaml(daemon_path)

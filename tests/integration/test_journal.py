@@ -150,7 +150,7 @@ def test_the_units_exec_start_logs_to_the_journal_and_exec_reload_reports_reject
     assert "key=cache.ttl_ms" in rejected[0].group("rest")
     # The file watcher may see the edit before the request comes (on a loaded machine):
     # the same rejection, logged once, for whichever came first.
-    assert re.search(r"reason=(request|file change)", rejected[0].group("rest")), rejected[0]
+    assert re.search(r'reason=(request|"file change")', rejected[0].group("rest")), rejected[0]
     file_messages = [r["message"] for r in file_records(runtime)]
     assert "config reload rejected" in file_messages and "daemon stopped" in file_messages
     assert any(m.group("rest").startswith("daemon stopped") for m in parsed if m)
