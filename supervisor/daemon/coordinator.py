@@ -13,9 +13,10 @@ computes misses once per key (single flight) by calling every module's
 
 This module is the façade: lifecycle, modules, publish, mode switches and the control
 calls. Its parts live beside it: the coordinate path in
-:mod:`~modcoord.supervisor.daemon.coordination`, the status document in
+:mod:`~modcoord.supervisor.daemon.coordination`, the publish intake (checks and admission)
+in :mod:`~modcoord.supervisor.daemon.intake`, the status document in
 :mod:`~modcoord.supervisor.daemon.status` and the actor-call → message table in
-:mod:`~modcoord.supervisor.daemon.actor_messages` (their names are re-exported here).
+:mod:`~modcoord.supervisor.daemon.actor_messages` (``adaptive_status`` is re-exported here).
 
 On failure: calls that need the supervisor raise
 :class:`~modcoord.actors.errors.CallTimeoutError` when it does not answer in time; bad
