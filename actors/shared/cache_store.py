@@ -1,5 +1,9 @@
-"""The coordination result store: canonical keys, and a thread-safe LRU with a TTL and
-single flight.
+"""The coordination result store: a thread-safe LRU with a TTL and single flight.
+
+Its parts have their own modules, re-exported here: canonical keys
+(:mod:`~modcoord.actors.shared.cache_keys`), the flight a computation is
+(:mod:`~modcoord.actors.shared.cache_flight`) and the eviction and lifetime policy
+(:mod:`~modcoord.actors.shared.cache_policy`).
 
 The hot path does not hop through an actor: the façade's I/O thread calls
 :meth:`CacheStore.lookup` directly and, on a miss, leads the computation and calls
@@ -25,26 +29,29 @@ Evictions are counted by cause: ``expired`` (TTL passed, found on lookup, on ins
 into a full cache, or by :meth:`CacheStore.purge_expired`), ``size`` (the cache was full,
 or ``max_entries`` shrank) and ``explicit`` (:meth:`~CacheStore.invalidate`,
 :meth:`~CacheStore.clear`, :meth:`~CacheStore.shrink`, or disabling the cache).
+
+On failure: a leader that fails ends its flight with :meth:`CacheStore.fail` (nothing is
+stored, the waiters get the error or the uncacheable value); a leader that never ends it
+leaves its waiters to their own timeouts. Bad arguments (a shrink fraction outside
+``[0, 1]``) raise :class:`~modcoord.actors.errors.InvalidMessageError` and change nothing.
 """
 
 from __future__ import annotations
 
 import enum
-import itertools
-import json
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
-
-from loguru import logger
+from typing import Any
 
 from modcoord.actors.clock import Clock
-from modcoord.actors.errors import CallTimeoutError, InvalidMessageError
-from modcoord.actors.reply import Reply
+from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.settings import CacheSettings
+from modcoord.actors.shared.cache_flight import Flight, Waiter
+from modcoord.actors.shared.cache_keys import cache_key, split_key
+from modcoord.actors.shared.cache_policy import LRU, CachePolicy, LruPolicy
 
 __all__ = [
     "LRU",
@@ -59,205 +66,6 @@ __all__ = [
     "cache_key",
     "split_key",
 ]
-
-Waiter = Reply
-"""A single-flight waiter: called once with ``(value, None)`` or ``(None, error)``."""
-
-
-# -- canonical keys ------------------------------------------------------------------------
-
-_dumps = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-    check_circular=True,
-).encode
-
-
-def cache_key(mode: str, context: Mapping[str, Any]) -> str:
-    """Return the canonical cache key of a coordination request.
-
-    The key is ``mode`` and ``":"``, then the context as compact JSON with sorted keys, at
-    every depth. Equal mappings give equal keys whatever their key order; tuples and lists
-    are the same. Values are compared as JSON sees them: ``1`` and ``1.0`` or ``True`` and
-    ``1`` give different keys.
-
-    Args:
-        mode: the system mode (``MANUAL``, ``HYBRID``, ``FULLY_AUTO``).
-        context: the request context (any mapping at the top, dicts inside): string
-            keys; values ``None``, bool, int, finite float, str, lists/tuples and dicts.
-
-    Raises:
-        InvalidMessageError: if ``mode`` is not a string, ``context`` is not a mapping, or
-            the context holds a non-string key, a non-finite float or a value JSON cannot
-            carry; the message names the offending path (``context.a.b[2]``).
-    """
-    if type(mode) is not str:
-        raise InvalidMessageError(f"mode must be a string, not {type(mode).__name__}")
-    if type(context) is not dict:
-        if not isinstance(context, Mapping):
-            raise InvalidMessageError(
-                f"context must be a mapping, not {type(context).__name__}"
-            )
-        context = dict(context)
-    try:
-        bad_key = _has_bad_key(context)
-        if not bad_key:
-            return mode + ":" + _dumps(context)
-    except RecursionError as exc:
-        raise InvalidMessageError("context: circular or too deeply nested") from exc
-    except (TypeError, ValueError) as exc:
-        raise InvalidMessageError(_find_problem(context, "context") or f"context: {exc}") from exc
-    raise InvalidMessageError(_find_problem(context, "context") or "context: non-string key")
-
-
-def split_key(key: str) -> tuple[str, dict[str, Any]]:
-    """The ``(mode, context)`` a :func:`cache_key` was made of (the context as JSON gives
-    it back: lists for tuples), so a result can be recomputed from its key alone.
-
-    Raises:
-        InvalidMessageError: ``key`` was not made by :func:`cache_key`.
-    """
-    mode, sep, text = key.partition(":")
-    try:
-        context = json.loads(text) if sep else None
-    except ValueError:
-        context = None
-    if not isinstance(context, dict):
-        raise InvalidMessageError(f"not a cache key: {key!r:.80}")
-    return mode, context
-
-
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def _has_bad_key(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
-    """Return whether any dict inside ``value`` has a non-string key.
-
-    JSON silently turns ``1`` into ``"1"``, which would make ``{1: x}`` and ``{"1": x}``
-    share a key; this walk forbids that. Scalars cost one ``type()`` check each.
-    """
-    scalars = _SCALARS
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if type(k) is not str:
-                return True
-            if type(v) not in scalars and isinstance(v, dict | list | tuple) and _has_bad_key(v):
-                return True
-    else:
-        for v in value:
-            if type(v) not in scalars and isinstance(v, dict | list | tuple) and _has_bad_key(v):
-                return True
-    return False
-
-
-def _find_problem(value: Any, path: str) -> str | None:
-    """Describe the first item under ``value`` that cannot be in a key, or return None.
-
-    Containers are ``dict`` (string keys), ``list`` and ``tuple``, as for :mod:`json`.
-    """
-    if value is None or isinstance(value, str | bool | int):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{path}: {value!r} is not a finite number"
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if type(k) is not str:
-                return f"{path}: key {k!r} is a {type(k).__name__}, not a string"
-            found = _find_problem(v, f"{path}.{k}")
-            if found:
-                return found
-        return None
-    if isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            found = _find_problem(v, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    return f"{path}: a {type(value).__name__} cannot be part of a cache key"
-
-
-# -- single flight -------------------------------------------------------------------------
-
-
-class Flight:
-    """One computation in flight for a key; the callers that joined it wait on it.
-
-    A flight is resolved exactly once, by :meth:`CacheStore.complete` or
-    :meth:`CacheStore.fail`. Waiter callbacks run in the resolving thread, outside every
-    lock; one that raises is logged and the others still run.
-    """
-
-    __slots__ = ("_done", "_error", "_event", "_lock", "_value", "_waiters", "key", "storable")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.storable = True  # cleared by invalidate()/clear() while in flight
-        self._lock = threading.Lock()
-        self._done = False
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._waiters: list[Waiter] = []
-        self._event: threading.Event | None = None
-
-    @property
-    def done(self) -> bool:
-        """Whether the flight has been resolved."""
-        return self._done
-
-    def add_waiter(self, callback: Waiter) -> None:
-        """Call ``callback(value, None)`` or ``callback(None, error)`` on completion.
-
-        If the flight is already resolved, the callback runs now, in this thread. An
-        exception raised by the callback is logged, never propagated.
-        """
-        with self._lock:
-            if not self._done:
-                self._waiters.append(callback)
-                return
-            value, error = self._value, self._error
-        _call_waiter(callback, value, error)
-
-    def wait(self, timeout: float | None = None) -> Any:
-        """Block until the flight is resolved and return its value.
-
-        Raises:
-            CallTimeoutError: not resolved within ``timeout`` seconds.
-            BaseException: the error the leader passed to :meth:`CacheStore.fail`, if any
-                (with no error, ``fail``'s value is returned).
-        """
-        with self._lock:
-            if not self._done:
-                if self._event is None:
-                    self._event = threading.Event()
-                event: threading.Event | None = self._event
-            else:
-                event = None
-        if event is not None and not event.wait(timeout):
-            raise CallTimeoutError(f"cache: no result for {self.key!r:.80} within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-    def settle(self, value: Any, error: BaseException | None) -> bool:
-        """Resolve the flight (the store's :meth:`CacheStore.complete` and
-        :meth:`CacheStore.fail` only); returns False if it was already resolved."""
-        with self._lock:
-            if self._done:
-                return False
-            self._value, self._error, self._done = value, error, True
-            waiters, self._waiters = self._waiters, []
-            event = self._event
-        if event is not None:
-            event.set()
-        for callback in waiters:
-            _call_waiter(callback, value, error)
-        return True
-
-
-def _call_waiter(callback: Waiter, value: Any, error: BaseException | None) -> None:
-    try:
-        callback(value, error)
-    except Exception:
-        logger.bind(actor="cache").opt(exception=True).error("single-flight waiter failed")
 
 
 class LookupKind(str, enum.Enum):
@@ -304,59 +112,6 @@ class Lookup:
 
 _LEAD_UNCACHED = Lookup(LookupKind.LEAD)
 
-
-# -- policies ------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class CachePolicy(Protocol):
-    """Which entries to evict and how long they live (``modcoord.cache_policies``).
-
-    Both methods are called with the store's lock held (``ttl_s`` is not: it is called
-    before), so they must be quick and must not call the store.
-    """
-
-    def ttl_s(self, key: str, value: Any, default_s: float) -> float:
-        """How long the entry stored now for ``key`` lives, in seconds (``default_s`` is
-        ``cache.ttl_ms``). A value that is not a positive finite number is refused (the
-        default is used)."""
-        ...
-
-    def victims(self, entries: Mapping[str, tuple[Any, float]], n: int,
-                now: float) -> Iterable[str]:
-        """The keys to evict from a full cache (at least one).
-
-        Args:
-            entries: key → ``(value, expires_at)``, least recently used first (a copy for
-                a plugin policy).
-            n: how many ``cache.evict_fraction`` suggests.
-            now: the clock's time (an entry with ``expires_at <= now`` is expired).
-
-        Keys not in ``entries`` are ignored; if none of the keys returned is, the built-in
-        choice is used.
-        """
-        ...
-
-
-class LruPolicy:
-    """The built-in ``lru`` policy: every expired entry if there is one, else the ``n``
-    least recently used; every entry lives ``cache.ttl_ms``."""
-
-    name = "lru"
-
-    def ttl_s(self, key: str, value: Any, default_s: float) -> float:
-        return default_s
-
-    def victims(self, entries: Mapping[str, tuple[Any, float]], n: int,
-                now: float) -> Iterable[str]:
-        expired = [k for k, (_, expires_at) in entries.items() if expires_at <= now]
-        if expired:
-            return expired
-        return list(itertools.islice(entries, n))
-
-
-LRU = LruPolicy()
-"""The built-in policy instance."""
 
 
 # -- the store -----------------------------------------------------------------------------

@@ -9,14 +9,26 @@ Hot paths avoid actor hops (see docs/ARCHITECTURE.md, rule 9): ``publish_many`` 
 message per call to the debouncer; ``coordinate`` answers cache hits from the
 :class:`~modcoord.actors.shared.cache_store.CacheStore` in the caller's thread and
 computes misses once per key (single flight) by calling every module's
-``on_mode_change`` (:mod:`~modcoord.supervisor.daemon.fanout`).
+``on_mode_change`` (:mod:`~modcoord.supervisor.daemon.coordination`).
+
+This module is the façade: lifecycle, modules, publish, mode switches and the control
+calls. Its parts live beside it: the coordinate path in
+:mod:`~modcoord.supervisor.daemon.coordination`, the publish intake (checks and admission)
+in :mod:`~modcoord.supervisor.daemon.intake`, the status document in
+:mod:`~modcoord.supervisor.daemon.status` and the actor-call → message table in
+:mod:`~modcoord.supervisor.daemon.actor_messages` (``adaptive_status`` is re-exported here).
+
+On failure: calls that need the supervisor raise
+:class:`~modcoord.actors.errors.CallTimeoutError` when it does not answer in time; bad
+input raises :class:`~modcoord.actors.errors.InvalidMessageError` and changes nothing;
+publishing beyond the batch queue gets :class:`~modcoord.actors.errors.QueueFullError`
+per refused update (counted); a batch for a module that went away is counted in
+``undeliverable`` and logged.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import itertools
 import os
 import threading
 import time
@@ -27,37 +39,29 @@ import psutil
 from loguru import logger
 
 from modcoord.actors._base import ActorHandle, Statistics
-from modcoord.actors.batcher import BatcherActor, FlushBatches, QueueDepth
-from modcoord.actors.cache import CacheActor, Clear, Prewarm, Purge, Shrink
+from modcoord.actors.batcher import BatcherActor, FlushBatches
+from modcoord.actors.cache import CacheActor, Clear, Prewarm
 from modcoord.actors.clock import Clock, MonotonicClock
-from modcoord.actors.debouncer import Cancel, DebouncerActor, Flush, Pending, PublishMany
+from modcoord.actors.debouncer import DebouncerActor, Flush
 from modcoord.actors.errors import (
     CallTimeoutError,
     InvalidMessageError,
     ModcoordError,
-    QueueFullError,
 )
 from modcoord.actors.memory import ForceCleanup, MemoryManagerActor, Reactivate
-from modcoord.actors.message import Message
-from modcoord.actors.modes import mode_or_none
-from modcoord.actors.monitor import (
-    Insights,
-    Latencies,
-    MonitorActor,
-    Trim,
-    adaptive_summaries,
-)
+from modcoord.actors.monitor import Insights, MonitorActor
 from modcoord.actors.plugins import PluginHost
-from modcoord.actors.reply import Reply, ReplyBox
+from modcoord.actors.reply import Reply
 from modcoord.actors.shared import Computed, Shared
 from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
-from modcoord.actors.shared.cache_store import CacheStore, cache_key
+from modcoord.actors.shared.cache_store import CacheStore
 from modcoord.actors.shared.demand import Demand
 from modcoord.actors.shared.metrics import MetricsRegistry
-from modcoord.actors.tuning import AdaptiveSummary, DebounceSummary, ResourceSummary
-from modcoord.actors.update import PRIORITY_RANK, Batch, Update
+from modcoord.actors.update import Batch
+from modcoord.supervisor.daemon.actor_messages import ACTOR_MESSAGES, plain
 from modcoord.supervisor.daemon.config import ConfigSet, load_config_dir, normalize_mode
+from modcoord.supervisor.daemon.coordination import Coordination, wire_mode
 from modcoord.supervisor.daemon.engine import (
     ModeSwitch,
     OptimizeReport,
@@ -66,15 +70,15 @@ from modcoord.supervisor.daemon.engine import (
     StatusBrief,
 )
 from modcoord.supervisor.daemon.fanout import fan_out
+from modcoord.supervisor.daemon.intake import Intake
 from modcoord.supervisor.daemon.module_metrics import ModuleMetricsTable
+from modcoord.supervisor.daemon.status import adaptive_status, gather_statistics, status_document
 from modcoord.supervisor.protocol.calls import (
-    ACTOR_CALLS,
     ACTOR_NAMES,
     CoordinationResult,
     bind_actor_args,
 )
 from modcoord.supervisor.protocol.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
-from modcoord.supervisor.protocol.wire import check_payload, payload_packer
 from modcoord.supervisor.supervisor import (
     ApplySettings,
     ChildSpec,
@@ -94,6 +98,7 @@ __all__ = [
     "CoordinationResult",
     "LocalEngine",
     "ModuleCoordinator",
+    "adaptive_status",
     "default_child_specs",
 ]
 
@@ -107,97 +112,6 @@ def default_child_specs() -> list[ChildSpec]:
         ChildSpec("batcher", BatcherActor),
         ChildSpec("debouncer", DebouncerActor),
     ]
-
-
-def _checked(messages: dict[tuple[str, str], type[Message]]
-             ) -> dict[tuple[str, str], type[Message]]:
-    """``messages`` if it covers exactly the protocol's actor methods, each message's
-    fields being exactly the method's params (checked at import).
-
-    Raises:
-        RuntimeError: the two tables disagree (a method added on one side only, or a
-            parameter renamed), naming the difference.
-    """
-    declared = {(actor, name): decl for actor, methods in ACTOR_CALLS.items()
-                for name, decl in methods.items()}
-    if set(messages) != set(declared):
-        raise RuntimeError(
-            "the coordinator's actor messages and the protocol's ACTOR_CALLS disagree: "
-            f"only in ACTOR_CALLS {sorted(set(declared) - set(messages))}, only in the "
-            f"coordinator {sorted(set(messages) - set(declared))}")
-    for where, message in messages.items():
-        fields = (tuple(f.name for f in dataclasses.fields(message))
-                  if dataclasses.is_dataclass(message) else None)
-        params = declared[where].params.__struct_fields__
-        if fields != params:
-            raise RuntimeError(f"{'.'.join(where)}: message {message.__name__} takes "
-                               f"{fields}, ACTOR_CALLS declares {params}")
-    return messages
-
-
-# The message each actor method of the protocol's table sends, built from the method's
-# bound and validated params (the protocol validates, this only maps).
-_ACTOR_MESSAGES: dict[tuple[str, str], type[Message]] = _checked({
-    ("debouncer", "statistics"): Statistics,
-    ("debouncer", "flush"): Flush,
-    ("debouncer", "cancel"): Cancel,
-    ("debouncer", "pending"): Pending,
-    ("cache", "statistics"): Statistics,
-    ("cache", "clear"): Clear,
-    ("cache", "purge"): Purge,
-    ("cache", "shrink"): Shrink,
-    ("batcher", "statistics"): Statistics,
-    ("batcher", "flush"): FlushBatches,
-    ("batcher", "queue_depth"): QueueDepth,
-    ("memory", "statistics"): Statistics,
-    ("memory", "force_cleanup"): ForceCleanup,
-    ("monitor", "statistics"): Statistics,
-    ("monitor", "latencies"): Latencies,
-    ("monitor", "trim"): Trim,
-})
-
-
-def _wire_mode(mode: Any) -> str:
-    """``mode`` made canonical (:func:`modcoord.actors.modes.mode_or_none`).
-
-    Raises:
-        InvalidMessageError: it names no mode (the message lists the modes).
-    """
-    canonical = mode_or_none(mode)
-    if canonical is None:
-        try:
-            return normalize_mode(mode)  # a mode spelled by a non-string, or raises
-        except ModcoordError as exc:
-            raise InvalidMessageError(str(exc)) from None
-    return canonical
-
-
-def adaptive_status(summaries: Iterable[AdaptiveSummary]) -> dict[str, Any]:
-    """The ``status`` document's ``adaptive`` field from the actors' typed summaries
-    (serialised here, at the edge): ``enabled`` (any adapts), ``parameters`` (each
-    configured, effective, reason, pinned), the debouncer's bounded per-module and per-key
-    summary as ``debounce`` and the resource awareness as ``resources`` (while active)."""
-    parts = tuple(summaries)
-    out: dict[str, Any] = {
-        "enabled": any(p.enabled for p in parts),
-        "parameters": {k: v.as_dict() for p in parts for k, v in p.parameters.items()},
-    }
-    for part in parts:
-        if part.enabled and isinstance(part, DebounceSummary):
-            out["debounce"] = part.details()
-        elif part.enabled and isinstance(part, ResourceSummary):
-            out["resources"] = part.details()
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """Make an actor reply wire-friendly (snapshots → dicts)."""
-    as_dict = getattr(value, "as_dict", None)
-    if callable(as_dict):
-        return as_dict()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 class ModuleCoordinator:
@@ -259,19 +173,29 @@ class ModuleCoordinator:
         self._endpoints: dict[str, ModuleEndpoint] = {}
         self._infos: dict[str, ModuleInfo] = {}
         self._modules_lock = threading.Lock()
-        self._seq = itertools.count(1)
         self._supervisor: Any = None
         self._started_at = time.monotonic()
         self._running = False
         self.undeliverable = 0
-        # Every accepted update must fit one delivery frame (checked at publish).
-        self.max_frame_bytes = self.config.daemon.max_frame_bytes
         self.callback_timeout_s = self.config.daemon.callback_timeout_ms / 1000.0
         self._log = logger.bind(actor="coordinator")
         # Modules' own get_performance_metrics(), polled every
         # monitor.module_metrics_interval_ms (see module_metrics.py).
         self.module_metrics = ModuleMetricsTable(self.clock.monotonic)
         self._poll_timer: Any = None
+        # Publish intake (intake.py): checks, admission, hand-over to the debouncer.
+        self.intake = Intake(
+            clock=self.clock, infos=self._infos,
+            max_frame_bytes=self.config.daemon.max_frame_bytes,
+            queue_gauge=self.queue_gauge, backlog=self.backlog,
+            handles=self.handles, touch=self._touch,
+        )
+        # The coordinate path (coordination.py): cache, single flight, fan-out.
+        self.coordination = Coordination(
+            clock=self.clock, store=self.cache_store, demand=self.demand,
+            metrics=self.metrics, touch=self._touch, targets=self._mode_targets,
+            strategy=self._strategy, callback_timeout_s=lambda: self.callback_timeout_s,
+        )
 
     # -- lifecycle --
 
@@ -439,70 +363,19 @@ class ModuleCoordinator:
         return int(result)
 
     def publish_many(self, items: Iterable[PublishItem]) -> list[int | ModcoordError]:
-        """Publish several updates in one hop; per item, its seq or the error refusing it.
-
-        Admission is decided once for the whole call: as many as fit in the batch queue
-        are accepted, in order; the rest get :class:`QueueFullError` (and are counted).
-        Only deliverable updates are accepted: a payload nested too deeply, that cannot be
-        encoded, or whose update would not fit one delivery frame gets
-        :class:`InvalidMessageError` naming the limit (:func:`~modcoord.supervisor.protocol.wire.
-        check_payload`).
-        """
-        now = self.clock.monotonic()
-        infos = self._infos
-        max_frame = self.max_frame_bytes
-        pack = payload_packer()
-        out: list[Any] = []
-        valid: list[int] = []
-        for i, (module_id, key, payload, priority) in enumerate(items := list(items)):
-            if priority not in PRIORITY_RANK:
-                out.append(InvalidMessageError(
-                    f"priority must be one of critical, high, medium, low (got {priority!r})"))
-            elif module_id not in infos:
-                out.append(InvalidMessageError(f"module {module_id!r} is not registered"))
-            else:
-                try:
-                    check_payload(module_id, key, payload, max_frame, pack)
-                except InvalidMessageError as exc:
-                    out.append(exc)
-                    continue
-                out.append(None)
-                valid.append(i)
-        if not valid:
-            return out
-        take = self.queue_gauge.admit_up_to(len(valid))
-        seq = self._seq
-        accepted: list[Update] = []
-        touched: set[str] = set()
-        for n, i in enumerate(valid):
-            if n >= take:
-                out[i] = QueueFullError(
-                    f"batch queue full ({self.queue_gauge.max_queue} updates): publish "
-                    "later, or raise batch.max_queue")
-                continue
-            module_id, key, payload, priority = items[i]
-            number = next(seq)
-            accepted.append(Update(module_id, key, payload, priority, number, now))
-            out[i] = number
-            touched.add(module_id)
-        if accepted:
-            self.backlog.add(len(accepted))
-            self.handles["debouncer"].tell(PublishMany(tuple(accepted)))
-        for module_id in touched:
-            self._touch(module_id)
-        return out
+        """Publish several updates in one hop; per item, its seq or the error refusing it
+        (:meth:`Intake.publish_many <modcoord.supervisor.daemon.intake.Intake.publish_many>`:
+        admission once per call, only deliverable updates accepted)."""
+        return self.intake.publish_many(items)
 
     def publish_backlog(self) -> int:
         """Updates accepted but not yet taken in by the debouncer (for flow control)."""
         return self.backlog.value
 
     def timers_overdue(self, grace: float = 0.0005) -> bool:
-        """Whether a debounce deadline passed more than ``grace`` seconds ago unserved.
-
-        The server holds publishers back while this is true: timers come before intake.
-        """
-        deadline = self.backlog.next_deadline
-        return deadline is not None and self.clock.monotonic() - deadline > grace
+        """Whether a debounce deadline passed more than ``grace`` seconds ago unserved
+        (the server then holds publishers back: timers come before intake)."""
+        return self.intake.timers_overdue(grace)
 
     def _touch(self, module_id: str) -> None:
         if self.activity.touch(module_id):
@@ -546,84 +419,28 @@ class ModuleCoordinator:
     def coordinate(self, mode: str, context: dict[str, Any] | None = None,
                    reply: Reply | None = None, caller: Sequence[str] = (),
                    timeout: float = 5.0) -> CoordinationResult | None:
-        """Coordinate the modules for ``mode`` and ``context``.
-
-        With ``reply``, returns at once and calls ``reply(result_dict, None)`` or
-        ``reply(None, error)`` exactly once, from any thread. Without it, blocks up to
-        ``timeout`` and returns a :class:`CoordinationResult`.
+        """Coordinate the modules for ``mode`` and ``context``
+        (:meth:`Coordination.coordinate <modcoord.supervisor.daemon.coordination.
+        Coordination.coordinate>`: a reply at once with ``reply``, else a blocking
+        :class:`CoordinationResult`).
 
         Raises:
             InvalidMessageError: unknown mode or a context that is not plain data.
             CallTimeoutError: (blocking form) no result within ``timeout``.
         """
-        if reply is None:
-            box = ReplyBox()
-            self.coordinate(mode, context, box, caller)
-            return CoordinationResult(**box.wait(timeout, "coordinate"))
-        started = time.perf_counter()
-        try:
-            canonical = _wire_mode(mode)
-        except InvalidMessageError as exc:
-            reply(None, exc)
-            return None
-        if context is None:
-            context = {}
-        for module_id in caller:
-            self._touch(module_id)
-        try:
-            key = cache_key(canonical, context)
-        except ModcoordError as exc:
-            reply(None, exc)
-            return None
-        lookup = self.cache_store.lookup(key)
-        kind = lookup.kind
-        self.demand.read(canonical, key, kind)
-        if kind == "hit":
-            self._answer(reply, lookup.value, True, started)
-        elif kind == "wait":
-            assert lookup.flight is not None
-            lookup.flight.add_waiter(
-                lambda value, error: reply(None, error) if error is not None
-                else self._answer(reply, value, True, started)
-            )
-        else:
-            self._compute(canonical, context, key, reply, started)
-        return None
-
-    def _answer(self, reply: Reply, value: dict[str, Any], cached: bool, started: float) -> None:
-        elapsed = time.perf_counter() - started
-        self.metrics.record("coordination", elapsed)
-        reply({**value, "cached": cached, "latency_ms": elapsed * 1000.0}, None)
-
-    def _compute(self, mode: str, context: dict[str, Any], key: str, reply: Reply,
-                 started: float) -> None:
-        def done(value: dict[str, Any], cacheable: bool) -> None:
-            if cacheable:
-                self.cache_store.complete(key, value)
-            else:
-                self.cache_store.fail(key, None, value)
-            self._answer(reply, value, False, started)
-
-        self.compute(mode, context, done)
+        return self.coordination.coordinate(mode, context, reply, caller, timeout)
 
     def compute(self, mode: str, context: dict[str, Any], done: Computed) -> None:
-        """Compute the coordination result of ``mode`` and ``context``: every registered
-        module supporting ``mode`` is asked (``on_mode_change``) within
-        ``callback_timeout_ms``. ``done(value, cacheable)`` runs once, in any thread;
-        ``cacheable`` is false when a module failed or did not answer (its error is in
-        ``value["errors"]``). A cache miss and the cache actor's refreshes and pre-warms
-        all compute through here. Never raises."""
-        strategy = self._strategy(mode)
+        """Compute the coordination result of ``mode`` and ``context`` by asking the modules
+        (:meth:`Coordination.compute <modcoord.supervisor.daemon.coordination.Coordination.
+        compute>`); ``done(value, cacheable)`` runs once, in any thread. Never raises."""
+        self.coordination.compute(mode, context, done)
+
+    def _mode_targets(self, mode: str) -> list[tuple[str, ModuleEndpoint]]:
+        """The registered modules supporting ``mode``, with their endpoints."""
         with self._modules_lock:
-            targets = [(m, self._endpoints[m]) for m, info in self._infos.items()
-                       if mode in info.supported_modes]
-
-        def finished(results: dict[str, Any], errors: dict[str, str]) -> None:
-            done({"mode": mode, "strategy": strategy, "results": results, "errors": errors},
-                 not errors)
-
-        fan_out(self.clock, self.callback_timeout_s, targets, mode, strategy, context,
-                finished)
+            return [(m, self._endpoints[m]) for m, info in self._infos.items()
+                    if mode in info.supported_modes]
 
     # -- control --
 
@@ -635,7 +452,7 @@ class ModuleCoordinator:
         Raises:
             InvalidMessageError: unknown mode.
         """
-        canonical = _wire_mode(mode)
+        canonical = wire_mode(mode)
         previous = self._ask_supervisor(SetMode(canonical))
         self.mode = canonical
         self.queue_gauge.max_queue = self.config.mode(canonical).batch.max_queue
@@ -686,83 +503,31 @@ class ModuleCoordinator:
                 argument).
         """
         params = bind_actor_args(actor, method, posargs, args or {})
-        message = _ACTOR_MESSAGES[actor, method](**params.to_wire())
-        return _plain(self.handles[actor].ask(message, timeout=timeout))
+        message = ACTOR_MESSAGES[actor, method](**params.to_wire())
+        return plain(self.handles[actor].ask(message, timeout=timeout))
 
     def statistics(self, actor: str, timeout: float = 5.0) -> Any:
         """Return the statistics snapshot of ``actor``."""
         return self.handles[actor].ask(Statistics(), timeout=timeout)
 
-    def _gather_statistics(self, timeout: float = 2.0) -> dict[str, Any]:
-        """Every actor's statistics as plain dicts (``None`` for one that did not answer)."""
-        return {name: _plain(s) for name, s in self._gather_typed(timeout).items()}
-
-    def _gather_typed(self, timeout: float = 2.0) -> dict[str, Any]:
-        """Every actor's statistics object as it is (``None`` for one that did not
-        answer)."""
-        futures = {}
-        for name in ACTOR_NAMES:
-            with contextlib.suppress(ModcoordError):  # a stopped actor has no statistics
-                futures[name] = self.handles[name].ask_future(Statistics())
-        out: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout
-        for name, future in futures.items():
-            try:
-                out[name] = future.get(timeout=max(0.01, deadline - time.monotonic()))
-            except Exception:
-                out[name] = None
-        return out
-
     def status(self) -> dict[str, Any]:
-        """The status document: the dict ``status --json`` prints (fields: docs/REFERENCE.md)."""
-        typed = self._gather_typed()
-        stats = {name: _plain(s) for name, s in typed.items()}
-        children = self._ask_supervisor(ChildStatus())
-        histogram = self.metrics.histogram("coordination")
-        coordination = histogram.recent()
-        if not coordination.count:  # nothing in the window (or trimmed): since start
-            coordination = histogram.total()
-        cache = stats.get("cache") or {}
-        batcher = stats.get("batcher") or {}
-        memory = stats.get("memory") or {}
-        return {
-            "pid": os.getpid(),
-            "uptime_s": round(time.monotonic() - self._started_at, 3),
-            "mode": self.mode,
-            "strategy": self._strategy(self.mode),
-            "is_coordinating": self._running and not self.escalated,
-            "actors": {
-                name: {"alive": c["alive"], "restarts": c["restarts"], "state": c["state"]}
-                for name, c in children.items()
-            },
-            "modules": len(self._infos),
-            "performance_metrics": {
-                "coordination_latency_ms": {
-                    "p50": coordination.p50, "p95": coordination.p95, "p99": coordination.p99,
-                    "max": coordination.max, "count": coordination.count,
-                },
-                "memory_usage_bytes": self._rss_reader(),
-                "active_subscriptions": batcher.get("subscribers", 0),
-                "cache_hit_rate": cache.get("hit_rate", 0.0),
-                "batch_efficiency": batcher.get("efficiency", 0.0),
-            },
-            "cache_stats": cache,
-            "batch_queue": {
-                "pending": batcher.get("queue_depth", 0),
-                "max_queue": self.queue_gauge.max_queue,
-                "rejected": batcher.get("rejected", 0),
-            },
-            "debouncer": stats.get("debouncer"),
-            "batcher": batcher,
-            "memory": memory,
-            "monitor": stats.get("monitor"),
-            "undeliverable": self.undeliverable,
-            "adaptive": adaptive_status(adaptive_summaries(typed)),
-            "plugins": self.shared.plugins.statistics(),
-            "module_metrics": {"modules": self.module_metrics.values(),
-                               "statistics": self.module_metrics.statistics()},
-            "last_reload_error": None,
-        }
+        """The status document: the dict ``status --json`` prints (fields: docs/REFERENCE.md;
+        assembled by :func:`~modcoord.supervisor.daemon.status.status_document`)."""
+        return status_document(
+            typed=gather_statistics(self.handles),
+            children=self._ask_supervisor(ChildStatus()),
+            metrics=self.metrics,
+            started_at=self._started_at,
+            mode=self.mode,
+            strategy=self._strategy(self.mode),
+            coordinating=self._running and not self.escalated,
+            modules=len(self._infos),
+            rss_reader=self._rss_reader,
+            max_queue=self.queue_gauge.max_queue,
+            undeliverable=self.undeliverable,
+            plugins=self.shared.plugins,
+            module_metrics=self.module_metrics,
+        )
 
     def insights(self) -> dict[str, Any]:
         """Insights and recommendations (the dict ``insights --json`` prints)."""
@@ -778,7 +543,7 @@ class ModuleCoordinator:
         self._log.info("optimized", flushed=flushed, delivered=delivered,
                        cache_cleared=cleared)
         return OptimizeReport(debounces_flushed=flushed, updates_delivered=delivered,
-                              cache_cleared=cleared, memory=_plain(report))
+                              cache_cleared=cleared, memory=plain(report))
 
     def status_brief(self) -> StatusBrief:
         """Pid and mode, without blocking (for ``hello``)."""

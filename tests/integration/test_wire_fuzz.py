@@ -108,10 +108,10 @@ HARMLESS = ("status", "insights", "config", "metrics", "hello")  # valid, changi
 def _actor_table() -> dict[str, dict[str, tuple[str, ...]]]:
     """actor -> method -> parameter names, from the messages the coordinator sends for the
     actor calls (checked at its import against the protocol's ``ACTOR_CALLS``)."""
-    from modcoord.supervisor.daemon.coordinator import _ACTOR_MESSAGES
+    from modcoord.supervisor.daemon.actor_messages import ACTOR_MESSAGES
 
     table: dict[str, dict[str, tuple[str, ...]]] = {}
-    for (actor, method), message in _ACTOR_MESSAGES.items():
+    for (actor, method), message in ACTOR_MESSAGES.items():
         assert dataclasses.is_dataclass(message), message
         table.setdefault(actor, {})[method] = tuple(f.name for f in dataclasses.fields(message))
     return table

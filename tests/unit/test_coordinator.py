@@ -446,16 +446,16 @@ def test_actor_messages_agree_with_the_protocol_table() -> None:
     """The coordinator's message for each actor method comes from the protocol's table
     by name; a method on one side only, or a renamed parameter, fails at import."""
     from modcoord.actors.cache import Purge, Shrink
-    from modcoord.supervisor.daemon.coordinator import _ACTOR_MESSAGES, _checked
+    from modcoord.supervisor.daemon.actor_messages import ACTOR_MESSAGES, checked
     from modcoord.supervisor.protocol.calls import ACTOR_CALLS
 
-    assert set(_ACTOR_MESSAGES) == {(a, m) for a, ms in ACTOR_CALLS.items() for m in ms}
-    missing = {k: v for k, v in _ACTOR_MESSAGES.items() if k != ("cache", "purge")}
+    assert set(ACTOR_MESSAGES) == {(a, m) for a, ms in ACTOR_CALLS.items() for m in ms}
+    missing = {k: v for k, v in ACTOR_MESSAGES.items() if k != ("cache", "purge")}
     with pytest.raises(RuntimeError, match=r"only in ACTOR_CALLS \[\('cache', 'purge'\)\]"):
-        _checked(missing)
+        checked(missing)
     with pytest.raises(RuntimeError, match=r"cache\.shrink: message Purge takes"):
-        _checked({**_ACTOR_MESSAGES, ("cache", "shrink"): Purge})
-    assert _checked({**_ACTOR_MESSAGES, ("cache", "shrink"): Shrink}) is not None
+        checked({**ACTOR_MESSAGES, ("cache", "shrink"): Purge})
+    assert checked({**ACTOR_MESSAGES, ("cache", "shrink"): Shrink}) is not None
 
 
 def test_actor_calls_check_argument_types(make: Any) -> None:
