@@ -33,9 +33,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from loguru import logger
+
+from modcoord.actors.errors import InvalidMessageError
+from modcoord.actors.trends import TrendThresholds, trend_insights
+
+if TYPE_CHECKING:
+    from modcoord.supervisor.daemon.config import HistorySettings
 
 __all__ = [
     "DB_NAME",
@@ -44,12 +50,13 @@ __all__ = [
     "MAX_TRACKED_MODULES",
     "SAMPLE_INTERVAL_S",
     "TIERS",
+    "HistoryRecorder",
     "HistoryStore",
     "ModuleRates",
     "Sampler",
     "Tier",
     "figures",
-    "parse_since",
+    "start_history",
     "row_bound",
 ]
 
@@ -254,6 +261,7 @@ class HistoryStore:
         self.dropped_metrics = 0
         self.write_failures = 0
         self.rows_written = 0
+        self._rows = 0
         self.state = "memory" if path is None else "ok"
         self.reason: str | None = None if path is not None else "no state directory"
         self._db: sqlite3.Connection | None = None
@@ -279,6 +287,7 @@ class HistoryStore:
                     raise sqlite3.DatabaseError(f"integrity check failed: {check}")
                 for (metric,) in db.execute("SELECT DISTINCT metric FROM samples"):
                     self._metrics.add(metric)
+                self._rows = int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
             except BaseException:
                 db.close()
                 raise
@@ -388,6 +397,7 @@ class HistoryStore:
                                 for r in rows])
                 db.executemany("DELETE FROM samples WHERE tier = ? AND ts < ?", cutoffs)
                 db.execute("COMMIT")
+                self._rows = int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
             except (sqlite3.Error, OSError) as exc:
                 self.write_failures += 1
                 with contextlib.suppress(sqlite3.Error):
@@ -465,12 +475,10 @@ class HistoryStore:
         return [(p[0], p[3]) for p in self.series([metric], since_s, tier)["series"][metric]]
 
     def row_count(self) -> int:
+        """Rows in the database at the last write (in memory while degraded)."""
         with self._lock:
             if self._db is not None:
-                try:
-                    return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
-                except sqlite3.Error:
-                    pass
+                return self._rows
             return sum(len(r) for r in self._memory.values())
 
     def status(self) -> dict[str, Any]:
@@ -552,27 +560,87 @@ class Sampler:
             self._thread.join(timeout=10)
 
 
-# -- parsing ----------------------------------------------------------------------------
-
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+# -- the daemon's part ----------------------------------------------------------------------
 
 
-def parse_since(text: str) -> int:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"7d"`` (or plain seconds) → seconds.
+class HistoryRecorder:
+    """The daemon's history: the store, the sampler and the publish counts, with what the
+    controller answers (``status``'s ``history`` field, the ``history`` call, the trend
+    insights).
 
-    Raises:
-        ValueError: not a positive duration, or longer than the longest retention
-            (30 days), naming the accepted forms.
+    Args:
+        store: the history store.
+        sampler: its sampler (started by :meth:`start`).
+        rates: the per-module publish counts the request path feeds.
+        thresholds: the ``history.trend`` settings.
     """
-    raw = text.strip().lower()
-    unit = _UNITS.get(raw[-1:]) if raw else None
-    number = raw[:-1] if unit is not None else raw
-    try:
-        seconds = float(number) * (unit or 1)
-    except ValueError:
-        seconds = -1
-    longest = TIERS[-1].retention_s
-    if not 0 < seconds <= longest or not math.isfinite(seconds):
-        raise ValueError(f"duration {text!r} must be a positive number of s, m, h or d "
-                         f"(e.g. 90s, 15m, 1h, 7d) of at most 30d")
-    return int(math.ceil(seconds))
+
+    def __init__(self, store: HistoryStore, sampler: Sampler, rates: ModuleRates,
+                 thresholds: TrendThresholds) -> None:
+        self.store = store
+        self.sampler = sampler
+        self.rates = rates
+        self.thresholds = thresholds
+
+    def start(self) -> None:
+        self.store.start()
+        self.sampler.start()
+
+    def stop(self) -> None:
+        """Stop sampling, write what is left and close the database."""
+        self.sampler.stop()
+        self.store.close()
+
+    def status(self) -> dict[str, Any]:
+        return {**self.store.status(), "sample_failures": self.sampler.failures,
+                "untracked_modules": self.rates.untracked}
+
+    def query(self, metrics: list[str] | None, since_s: float) -> dict[str, Any]:
+        """The ``history`` call's answer (see the call table).
+
+        Raises:
+            InvalidMessageError: a metric the history does not hold (naming the known ones).
+        """
+        known = self.store.metrics()
+        if metrics:
+            unknown = [m for m in metrics if m not in known]
+            if unknown:
+                raise InvalidMessageError(
+                    f"history: unknown metric(s) {', '.join(unknown)}; the history holds "
+                    f"{', '.join(known) or 'nothing yet'}")
+        out = self.store.series(metrics or None, since_s)
+        out["state"] = self.store.state
+        out["now"] = self.store.now()
+        return out
+
+    def trends(self) -> list[dict[str, Any]]:
+        """The trend insights now (:func:`~modcoord.actors.trends.trend_insights`)."""
+        store = self.store
+        tier = store.tier_for(self.thresholds.window_s)
+        return trend_insights(lambda m, s: store.values(m, s, tier), store.metrics(),
+                              store.now(), self.thresholds)
+
+
+def start_history(controller: Any, settings: HistorySettings, state_dir: Path
+                  ) -> HistoryRecorder | None:
+    """Open the history in ``state_dir`` and start sampling the controller's engine
+    (``None`` when ``history.enabled`` is false). Sets ``controller.history``.
+
+    Failure: a database that cannot be used gives a degraded, memory-only history (see
+    :class:`HistoryStore`), never an exception.
+    """
+    if not settings.enabled:
+        return None
+    engine = controller.coordinator
+    histogram = engine.metrics.histogram
+
+    def extra() -> dict[str, float]:
+        return {"publish_to_delivery_p99_ms": histogram("publish_to_delivery").recent().p99}
+
+    store = HistoryStore(state_dir / DB_NAME)
+    rates = ModuleRates()
+    sampler = Sampler(store, engine.status, extra, rates, settings.busiest_modules)
+    recorder = HistoryRecorder(store, sampler, rates, settings.trend.thresholds())
+    controller.history = recorder
+    recorder.start()
+    return recorder
