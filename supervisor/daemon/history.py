@@ -67,13 +67,17 @@ FLUSH_INTERVAL_S: Final = 5.0
 MAX_METRICS: Final = 64
 """At most this many distinct metric names are kept (the size bound rests on it); a new
 name beyond it is counted (``history.dropped_metrics``) and logged once, never stored."""
+MAX_METRIC_NAME_CHARS: Final = 80
+"""A metric name longer than this (a module id that long) is not kept (counted in
+``history.dropped_metrics``): the size bound rests on it."""
 MAX_TRACKED_MODULES: Final = 1024
 """:class:`ModuleRates` counts at most this many module ids (publishes of others are
 counted as ``untracked``)."""
 MAX_PENDING_ROWS: Final = 200_000
 """Rows waiting for the writer; beyond it (the writer stuck) the store goes degraded."""
-_BYTES_PER_ROW: Final = 64
-"""Measured (tests/unit/test_history.py): a full file's bytes per row, rounded up."""
+_BYTES_PER_ROW: Final = 160
+"""Measured (tests/unit/test_history.py, every name :data:`MAX_METRIC_NAME_CHARS` long):
+a full file's bytes per row, rounded up."""
 
 
 @dataclass(frozen=True)
@@ -323,11 +327,13 @@ class HistoryStore:
         with self._lock:
             for metric, value in values.items():
                 if metric not in self._metrics:
-                    if len(self._metrics) >= MAX_METRICS:
+                    if len(self._metrics) >= MAX_METRICS or len(metric) > MAX_METRIC_NAME_CHARS:
                         self.dropped_metrics += 1
                         if self.dropped_metrics == 1:
-                            self._log.bind(metric=metric, limit=MAX_METRICS).warning(
-                                "history: too many metric names, new ones not kept")
+                            self._log.bind(metric=metric[:MAX_METRIC_NAME_CHARS],
+                                           limit=MAX_METRICS).warning(
+                                "history: too many metric names (or one too long), "
+                                "new ones not kept")
                         continue
                     self._metrics.add(metric)
                 for index, tier in enumerate(self.tiers):
