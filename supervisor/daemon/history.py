@@ -47,6 +47,7 @@ __all__ = [
     "DB_NAME",
     "FLUSH_INTERVAL_S",
     "MAX_METRICS",
+    "MAX_METRIC_NAME_CHARS",
     "MAX_TRACKED_MODULES",
     "SAMPLE_INTERVAL_S",
     "TIERS",
@@ -55,9 +56,10 @@ __all__ = [
     "ModuleRates",
     "Sampler",
     "Tier",
+    "byte_bound",
     "figures",
-    "start_history",
     "row_bound",
+    "start_history",
 ]
 
 DB_NAME: Final = "history.sqlite3"

@@ -183,3 +183,17 @@ def test_a_locked_database_leaves_a_memory_history(daemon_factory: DaemonFactory
     finally:
         locker.kill()
         locker.wait(timeout=10)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_top_draws_the_last_minutes_as_sparklines(daemon: DaemonProcess) -> None:
+    from modcoord.supervisor.cli.history import SPARK_BLOCKS
+
+    wait_for(lambda: len(_points(daemon, "memory_rss_bytes")) >= 3, 15,
+             message="a few samples")
+    result = daemon.cli("top", "--iterations", "1", "--interval", "0.2", timeout=20)
+    assert result.code == 0, result.err
+    assert "last 5 min" in result.out, result.out
+    lines = [line for line in result.out.splitlines() if "memory_rss_bytes" in line]
+    assert lines and any(ch in lines[0] for ch in SPARK_BLOCKS), result.out
