@@ -77,7 +77,7 @@ MAX_TRACKED_MODULES: Final = 1024
 counted as ``untracked``)."""
 MAX_PENDING_ROWS: Final = 200_000
 """Rows waiting for the writer; beyond it (the writer stuck) the store goes degraded."""
-_BYTES_PER_ROW: Final = 160
+_BYTES_PER_ROW: Final = 56
 """Measured (tests/unit/test_history.py, every name :data:`MAX_METRIC_NAME_CHARS` long):
 a full file's bytes per row, rounded up."""
 
@@ -231,13 +231,15 @@ class _Bucket:
                 self.last, self.n)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (
-    tier INTEGER NOT NULL, metric TEXT NOT NULL, ts INTEGER NOT NULL,
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS metrics (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    """CREATE TABLE IF NOT EXISTS samples (
+    metric INTEGER NOT NULL, tier INTEGER NOT NULL, ts INTEGER NOT NULL,
     min REAL NOT NULL, max REAL NOT NULL, mean REAL NOT NULL, last REAL NOT NULL,
     n INTEGER NOT NULL,
-    PRIMARY KEY (metric, tier, ts)) WITHOUT ROWID
-"""
+    PRIMARY KEY (metric, tier, ts)) WITHOUT ROWID""",
+)
+"""Metric names are kept once (``metrics``); a sample row holds the name's id."""
 
 
 class HistoryStore:
@@ -264,6 +266,8 @@ class HistoryStore:
         self._pending: list[Row] = []
         self._memory: dict[tuple[int, str], deque[Row]] = {}
         self._metrics: set[str] = set()
+        self._ids: dict[str, int] = {}
+        self._last_seen: dict[str, float] = {}
         self.dropped_metrics = 0
         self.write_failures = 0
         self.rows_written = 0
@@ -287,12 +291,15 @@ class HistoryStore:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(_SCHEMA)
+                for statement in _SCHEMA:
+                    db.execute(statement)
                 check = db.execute("PRAGMA quick_check").fetchone()
                 if check is None or check[0] != "ok":
                     raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-                for (metric,) in db.execute("SELECT DISTINCT metric FROM samples"):
+                for ident, metric in db.execute("SELECT id, name FROM metrics"):
                     self._metrics.add(metric)
+                    self._ids[metric] = int(ident)
+                    self._last_seen[metric] = self.now()
                 self._rows = int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
             except BaseException:
                 db.close()
@@ -338,6 +345,7 @@ class HistoryStore:
                                 "new ones not kept")
                         continue
                     self._metrics.add(metric)
+                self._last_seen[metric] = at
                 for index, tier in enumerate(self.tiers):
                     start = int(at // tier.resolution_s) * tier.resolution_s
                     key = (index, metric)
@@ -371,8 +379,8 @@ class HistoryStore:
     # -- writing ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer thread (if there is a database)."""
-        if self._db is None or self._thread is not None:
+        """Start the writer thread (while memory-only it forgets idle metrics)."""
+        if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._writer, name="history-writer",
                                         daemon=True)
@@ -390,20 +398,31 @@ class HistoryStore:
 
         Failure: a database error degrades the store (the rows stay in memory)."""
         with self._lock:
+            now = self.now()
+            idle = [m for m, seen in self._last_seen.items()
+                    if seen < now - self.tiers[-1].retention_s]
             db = self._db
             if db is None:
+                for metric in idle:
+                    self._forget(metric)
                 return 0
             rows = self._pending
             self._pending = []
             rows.extend(b.row(t, m) for (t, m), b in self._open.items())
-            now = self.now()
             cutoffs = [(i, int(now - t.retention_s)) for i, t in enumerate(self.tiers)]
             try:
                 db.execute("BEGIN IMMEDIATE")
+                ids = self._ids
+                for name in {r[1] for r in rows} - ids.keys():
+                    cursor = db.execute("INSERT OR IGNORE INTO metrics (name) VALUES (?)",
+                                        (name,))
+                    ids[name] = int(cursor.lastrowid or db.execute(
+                        "SELECT id FROM metrics WHERE name = ?", (name,)).fetchone()[0])
                 db.executemany("INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?)",
-                               [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+                               [(ids[r[1]], r[0], r[2], r[3], r[4], r[5], r[6], r[7])
                                 for r in rows])
                 db.executemany("DELETE FROM samples WHERE tier = ? AND ts < ?", cutoffs)
+                db.executemany("DELETE FROM metrics WHERE name = ?", [(m,) for m in idle])
                 db.execute("COMMIT")
                 self._rows = int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
             except (sqlite3.Error, OSError) as exc:
@@ -413,7 +432,17 @@ class HistoryStore:
                 self._degrade(f"cannot write {self.path}: {exc}")
                 return 0
             self.rows_written += len(rows)
+            for metric in idle:  # nothing of it is left in any tier: its name is free
+                self._forget(metric)
             return len(rows)
+
+    def _forget(self, metric: str) -> None:
+        self._metrics.discard(metric)
+        self._ids.pop(metric, None)
+        self._last_seen.pop(metric, None)
+        for index in range(len(self.tiers)):
+            self._open.pop((index, metric), None)
+            self._memory.pop((index, metric), None)
 
     def close(self) -> None:
         """Stop the writer, write what is left, close the file."""
@@ -455,13 +484,14 @@ class HistoryStore:
             rows: dict[str, dict[int, list[float]]] = {m: {} for m in wanted}
             db = self._db
             if db is not None:
+                names = {self._ids[m]: m for m in wanted if m in self._ids}
                 try:
-                    marks = ",".join("?" * len(wanted))
-                    for metric, ts, lo, hi, mean, last in db.execute(
+                    marks = ",".join("?" * len(names))
+                    for ident, ts, lo, hi, mean, last in db.execute(
                             "SELECT metric, ts, min, max, mean, last FROM samples "
                             f"WHERE tier = ? AND ts >= ? AND metric IN ({marks}) ORDER BY ts",
-                            (index, cutoff, *wanted)):
-                        rows[metric][ts] = [ts, lo, hi, mean, last]
+                            (index, cutoff, *names)):
+                        rows[names[ident]][ts] = [ts, lo, hi, mean, last]
                 except (sqlite3.Error, OSError) as exc:
                     self._degrade(f"cannot read {self.path}: {exc}")
                     db = None

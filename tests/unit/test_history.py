@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,8 +58,9 @@ def test_retention_prunes_each_tier_after_a_simulated_month(tmp_path: Path) -> N
     db = sqlite3.connect(tmp_path / "h.sqlite3")
     now = clock.monotonic()
     for index, tier in enumerate(TIERS):
-        oldest, count = db.execute("SELECT MIN(ts), COUNT(*) FROM samples WHERE tier = ? "
-                                   "AND metric = 'x'", (index,)).fetchone()
+        oldest, count = db.execute(
+            "SELECT MIN(ts), COUNT(*) FROM samples JOIN metrics ON metrics.id = metric "
+            "WHERE tier = ? AND name = 'x'", (index,)).fetchone()
         assert oldest >= now - tier.retention_s - tier.resolution_s
         assert count <= tier.rows_per_metric
     total = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
@@ -78,8 +80,10 @@ def test_full_file_stays_under_the_stated_bound(tmp_path: Path) -> None:
     names = [f"module.{i:02d}".ljust(MAX_METRIC_NAME_CHARS - 14, "x") + ".updates_per_s"
              for i in range(MAX_METRICS)]
     assert {len(n) for n in names} == {MAX_METRIC_NAME_CHARS}
-    rows = [(t, m, k * tier.resolution_s, 1.5, 2.5, 2.0, 2.25, 60)
-            for t, tier in enumerate(TIERS) for m in names for k in range(tier.rows_per_metric)]
+    db.executemany("INSERT INTO metrics (id, name) VALUES (?, ?)", enumerate(names))
+    rows = [(m, t, k * tier.resolution_s, 1.5, 2.5, 2.0, 2.25, 60)
+            for t, tier in enumerate(TIERS) for m in range(len(names))
+            for k in range(tier.rows_per_metric)]
     db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?)", rows)
     db.commit()
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -116,6 +120,21 @@ def test_corrupt_file_degrades_to_memory(tmp_path: Path) -> None:
     store.close()
 
 
+def test_an_idle_metric_is_forgotten_after_the_longest_retention(tmp_path: Path) -> None:
+    clock = MockClock(START)
+    store = _store(tmp_path, clock)
+    store.add({"gone": 1.0, "kept": 1.0})
+    store.flush()
+    for _ in range(31 * 24):
+        clock.advance(3600)
+        store.add({"kept": 1.0})
+    store.flush()
+    assert store.metrics() == ["kept"]
+    names = sqlite3.connect(tmp_path / "h.sqlite3").execute("SELECT name FROM metrics")
+    assert [n for (n,) in names] == ["kept"]
+    store.close()
+
+
 def test_too_many_metrics_are_counted_not_kept(tmp_path: Path) -> None:
     from modcoord.supervisor.daemon.history import MAX_METRICS
 
@@ -149,7 +168,8 @@ def _trend_store(clock: MockClock, p99: list[float], module_rate: list[float]) -
     return store
 
 
-def _insights(store: HistoryStore, clock: MockClock, window: float = 900) -> list[dict]:
+def _insights(store: HistoryStore, clock: MockClock, window: float = 900
+              ) -> list[dict[str, Any]]:
     return trend_insights(lambda m, s: store.values(m, s), store.metrics(), clock.monotonic(),
                           TrendThresholds(factor=4.0, window_s=window,
                                           metrics=("coordination_p99_ms",)))
