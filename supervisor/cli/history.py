@@ -78,9 +78,11 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def spark_lines(result: dict[str, Any], width: int = SPARK_WIDTH) -> list[str]:
+def spark_lines(result: dict[str, Any], width: int = SPARK_WIDTH, brief: bool = False
+                ) -> list[str]:
     """The terminal lines of a ``history`` answer: per metric, its name, sparkline of the
-    bucket means, and min / last / max (also used by ``top``)."""
+    bucket means, and min / last / max (``brief``: the last value only, as ``top`` draws
+    it)."""
     series = result.get("series") or {}
     name_width = max((len(m) for m in series), default=0)
     lines = []
@@ -88,6 +90,10 @@ def spark_lines(result: dict[str, Any], width: int = SPARK_WIDTH) -> list[str]:
         means = [p[3] for p in points]
         if not means:
             lines.append(f"{metric:<{name_width}}  (no data)")
+            continue
+        if brief:
+            lines.append(f"{metric:<{name_width}}  {sparkline(means, width)}  "
+                         f"{_fmt(points[-1][4])}")
             continue
         lo = min(p[1] for p in points)
         hi = max(p[2] for p in points)
