@@ -93,7 +93,8 @@ def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: flo
         shown = {m: p for m, p in history.get("series", {}).items() if m in SPARK_METRICS}
         sparks = Text()
         sparks.append(f"last {SPARK_SINCE_S / 60:g} min\n", style="bold")
-        sparks.append("\n".join(spark_lines({"series": shown}, 40, brief=True)) or "  no history yet")
+        drawn = spark_lines({"series": shown}, 40, brief=True)
+        sparks.append("\n".join(drawn) or "  no history yet")
         parts.append(sparks)
     parts.append(section)
     if keys:

@@ -63,6 +63,8 @@ class Controller:
         return self.coordinator.register(info, endpoint).as_dict()
 
     def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> bool:
+        if self.history is not None:
+            self.history.rates.forget(module_id)
         return self.coordinator.unregister(module_id, endpoint)
 
     def publish_many(self, items: Any) -> list[Any]:

@@ -197,3 +197,26 @@ def test_top_draws_the_last_minutes_as_sparklines(daemon: DaemonProcess) -> None
     assert "last 5 min" in result.out, result.out
     lines = [line for line in result.out.splitlines() if "memory_rss_bytes" in line]
     assert lines and any(ch in lines[0] for ch in SPARK_BLOCKS), result.out
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_an_unsafe_state_dir_is_refused_at_start(tmp_path: Path) -> None:
+    from daemon_harness import run_cli
+
+    state = tmp_path / "open-state"
+    state.mkdir()
+    state.chmod(0o777)
+    result = run_cli("start", "--state-dir", str(state), runtime_dir=tmp_path / "run")
+    assert result.code == 78, result
+    assert f"state directory {state} is writable by group or others" in result.err
+    fresh = tmp_path / "new-state"
+    ok = run_cli("start", "--state-dir", str(fresh), "--json", runtime_dir=tmp_path / "run")
+    try:
+        assert ok.code == 0, ok.err
+        assert fresh.is_dir() and (fresh.stat().st_mode & 0o777) == 0o700
+        status = json.loads(run_cli("status", "--json", runtime_dir=tmp_path / "run").out)
+        assert status["daemon"]["state_dir"] == str(fresh)
+        assert status["history"]["path"] == str(fresh / "history.sqlite3")
+    finally:
+        run_cli("stop", runtime_dir=tmp_path / "run")
