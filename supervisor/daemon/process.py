@@ -243,9 +243,9 @@ class _Daemon:
         from modcoord.supervisor.daemon.engine import Engine, create_engine
         from modcoord.supervisor.daemon.exporting import ExporterRunner
         from modcoord.supervisor.daemon.exposition import MetricsHTTPServer
-        from modcoord.supervisor.daemon.history import HistoryRecorder, start_history
         from modcoord.supervisor.daemon.logs import setup_logging, shutdown_logging
         from modcoord.supervisor.daemon.reload import ConfigWatcher, Reloader
+        from modcoord.supervisor.daemon.sampling import HistoryRecorder, start_history
         from modcoord.supervisor.daemon.server import Server, raise_nofile_limit
         from modcoord.supervisor.daemon.systemd import sd_notify
         from modcoord.supervisor.protocol import paths

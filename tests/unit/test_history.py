@@ -12,13 +12,8 @@ import pytest
 from modcoord.actors import MockClock
 from modcoord.actors.trends import TrendThresholds, trend_insights
 from modcoord.supervisor.cli.history import SPARK_BLOCKS, parse_since, sparkline
-from modcoord.supervisor.daemon.history import (
-    TIERS,
-    HistoryStore,
-    ModuleRates,
-    figures,
-    row_bound,
-)
+from modcoord.supervisor.daemon.history import TIERS, HistoryStore, row_bound
+from modcoord.supervisor.daemon.sampling import ModuleRates, figures
 
 START = 1_700_000_000.0
 
