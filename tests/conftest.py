@@ -62,6 +62,13 @@ def _stop_actors() -> Iterator[None]:
     pykka.ActorRegistry.stop_all()
 
 
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Daemons started without ``--state-dir`` keep their history in the test's own
+    directory, never in the user's ``~/.local/state``."""
+    monkeypatch.setenv("MODCOORD_STATE_DIR", str(tmp_path / "state-default"))
+
+
 @pytest.fixture
 def clock() -> MockClock:
     return MockClock()

@@ -184,6 +184,10 @@ class DaemonProcess:
         return self.runtime_dir / "modcoord.sock"
 
     @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
     def log_file(self) -> Path:
         return self.runtime_dir / "modcoord.jsonl"
 
@@ -191,6 +195,8 @@ class DaemonProcess:
         """Start and wait until it answers ``status``."""
         cmd = [*CLI, "start", "--foreground", "--runtime-dir", str(self.runtime_dir),
                "--config-dir", str(self.config_dir), *self.extra]
+        if "--state-dir" not in self.extra:  # each daemon its own history
+            cmd += ["--state-dir", str(self.state_dir)]
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.stderr_file, "ab") as err:
             self.proc = subprocess.Popen(

@@ -20,6 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="initial mode: MANUAL, HYBRID or FULLY_AUTO (any case)")
     p.add_argument("--log-dir", type=Path, default=None,
                    help="log directory (default: the runtime directory)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="state directory for the history database (default: "
+                        "$MODCOORD_STATE_DIR, $XDG_STATE_HOME/modcoord or "
+                        "~/.local/state/modcoord)")
     p.add_argument("--foreground", action="store_true", help="stay attached")
     p.add_argument("--allow-fault-injection", action="store_true",
                    help="honour 'modcoord debug crash' (for testing)")
@@ -35,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     options = DaemonOptions(
         runtime_dir=runtime_dir(args), config_dir=args.config_dir, mode=args.mode,
         log_dir=args.log_dir, allow_fault_injection=args.allow_fault_injection,
+        state_dir=args.state_dir,
     )
     if args.foreground:
         return run_daemon(options)

@@ -31,10 +31,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after N refreshes (0 = until Ctrl-C)")
 
 
+#: The figures ``top`` draws as sparklines, over the last :data:`SPARK_SINCE_S` seconds.
+SPARK_METRICS = ("coordination_p99_ms", "updates_in_per_s", "updates_delivered_per_s",
+                 "cache_hit_rate", "batch_queue_depth", "memory_rss_bytes")
+SPARK_SINCE_S = 300.0
+
+
 def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: float,
-           insights: list[dict[str, Any]] | None = None, keys: bool = True) -> Any:
+           insights: list[dict[str, Any]] | None = None, keys: bool = True,
+           history: dict[str, Any] | None = None) -> Any:
     """Build the rich renderable for one refresh (pure: testable without a terminal): the
-    metrics table, then the insights section (then the quit hint, if ``keys`` are read)."""
+    metrics table, the last minutes of each figure as a sparkline (from ``history``, the
+    ``history`` call's answer, if given), then the insights section (then the quit hint,
+    if ``keys`` are read)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -77,9 +86,20 @@ def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: flo
     section = Text()
     section.append(f"insights ({len(insights or [])})\n", style="bold")
     section.append(body)
-    if not keys:
-        return Group(table, section)
-    return Group(table, section, Text("press q to quit", style="dim"))
+    parts: list[Any] = [table]
+    if history is not None:
+        from modcoord.supervisor.cli.history import spark_lines
+
+        shown = {m: p for m, p in history.get("series", {}).items() if m in SPARK_METRICS}
+        sparks = Text()
+        sparks.append(f"last {SPARK_SINCE_S / 60:g} min\n", style="bold")
+        drawn = spark_lines({"series": shown}, 40, brief=True)
+        sparks.append("\n".join(drawn) or "  no history yet")
+        parts.append(sparks)
+    parts.append(section)
+    if keys:
+        parts.append(Text("press q to quit", style="dim"))
+    return Group(*parts)
 
 
 @contextlib.contextmanager
@@ -133,6 +153,17 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")  # rich leaves the last line of a non-terminal open
 
 
+def _history(c: Any) -> dict[str, Any] | None:
+    """The last minutes of history, or ``None`` when the daemon keeps none (off)."""
+    from modcoord.actors.errors import InvalidMessageError
+
+    try:
+        result: dict[str, Any] = c.history(since_s=SPARK_SINCE_S).get(timeout=10)
+    except InvalidMessageError:  # history.enabled: false
+        return None
+    return result
+
+
 def _view(args: argparse.Namespace) -> int:
     from rich.live import Live
 
@@ -145,9 +176,10 @@ def _view(args: argparse.Namespace) -> int:
             while True:
                 status = c.status().get(timeout=10)
                 insights = c.insights().get(timeout=10)["insights"]
+                history = _history(c)
                 now = time.monotonic()
-                live.update(render(status, previous, now - last, insights, keys is not None),
-                            refresh=True)
+                live.update(render(status, previous, now - last, insights, keys is not None,
+                                   history), refresh=True)
                 previous, last = status, now
                 count += 1
                 if args.iterations and count >= args.iterations:

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from modcoord.actors.errors import ConfigError
 from modcoord.actors.modes import MODES, mode_or_none
 from modcoord.actors.plugins import check_names
 from modcoord.actors.settings import ModeSettings
+from modcoord.actors.trends import TRENDABLE, TrendThresholds
 from modcoord.supervisor.protocol.limits import (
     DEFAULT_OUTPUT_BUDGET_BYTES,
     DEFAULT_OUTPUT_CONNECTION_BYTES,
@@ -104,6 +105,39 @@ class OutputSettings(_Strict):
     stall_timeout_s: float = Field(DEFAULT_OUTPUT_STALL_S, gt=0, le=3600)
 
 
+class TrendSettings(_Strict):
+    """``daemon.yaml`` ``history.trend``: when a figure's rise or fall is an insight
+    (:mod:`modcoord.actors.trends`)."""
+
+    factor: float = Field(4.0, gt=1, le=1000)
+    window_s: float = Field(900.0, ge=60, le=86_400)
+    metrics: tuple[str, ...] = TrendThresholds().metrics
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _known(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, tuple):
+            unknown = [m for m in value if m not in TRENDABLE]
+            if unknown:
+                raise ValueError(f"unknown metric(s) {unknown}; choose from "
+                                 f"{', '.join(TRENDABLE)}")
+        return value
+
+    def thresholds(self) -> TrendThresholds:
+        return TrendThresholds(self.factor, self.window_s, self.metrics)
+
+
+class HistorySettings(_Strict):
+    """``daemon.yaml`` ``history``: the performance history in the state directory
+    (:mod:`modcoord.supervisor.daemon.history`); applies at the next start."""
+
+    enabled: StrictBool = True
+    busiest_modules: int = Field(5, ge=0, le=50)
+    trend: TrendSettings = TrendSettings()
+
+
 class DaemonSettings(_Strict):
     """``daemon.yaml``: the daemon's own settings."""
 
@@ -120,6 +154,7 @@ class DaemonSettings(_Strict):
     metrics: MetricsSettings = MetricsSettings()
     supervisor: SupervisionSettings = SupervisionSettings()
     output: OutputSettings = OutputSettings()
+    history: HistorySettings = HistorySettings()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from modcoord.supervisor.protocol.calls import (
     CONTROL_METHODS,
     ActorParams,
     CrashParams,
+    HistoryParams,
     Params,
     SetModeParams,
 )
@@ -48,6 +49,8 @@ class Controller:
         self.daemon_info = daemon_info if daemon_info is not None else {}
         # The socket server, once the daemon started it: its counters go into ``status``.
         self.server: Any = None
+        # The performance history (a HistoryRecorder), once the daemon started it.
+        self.history: Any = None
         # The metrics (``metrics`` call and the HTTP endpoint): status and histograms.
         self.exposition = Exposition(self.status, coordinator.metrics)
         # Every control call of the table, answered by its ``on_<name>`` method.
@@ -60,9 +63,14 @@ class Controller:
         return self.coordinator.register(info, endpoint).as_dict()
 
     def unregister(self, module_id: str, endpoint: ModuleEndpoint | None = None) -> bool:
+        if self.history is not None:
+            self.history.rates.forget(module_id)
         return self.coordinator.unregister(module_id, endpoint)
 
     def publish_many(self, items: Any) -> list[Any]:
+        if self.history is not None:  # per-module rates for the history
+            items = items if isinstance(items, list) else list(items)
+            self.history.rates.count(items)
         return self.coordinator.publish_many(items)
 
     def publish_backlog(self) -> int:
@@ -98,7 +106,20 @@ class Controller:
         return self.status()
 
     def on_insights(self, params: Params) -> dict[str, Any]:
-        return self.coordinator.insights()
+        result = self.coordinator.insights()
+        if self.history is not None:  # the trend rules over the history
+            trends = self.history.trends()
+            result["insights"] = [*result.get("insights", []), *trends]
+            result["recommendations"] = [*result.get("recommendations", []),
+                                         *(t["recommendation"] for t in trends)]
+        return result
+
+    def on_history(self, params: HistoryParams) -> dict[str, Any]:
+        if self.history is None:
+            raise InvalidMessageError("history is off (history.enabled: false in daemon.yaml; "
+                                      "set it to true and restart the daemon)")
+        result: dict[str, Any] = self.history.query(params.metrics, params.since_s)
+        return result
 
     def on_optimize(self, params: Params) -> dict[str, Any]:
         return self.coordinator.optimize().as_dict()
@@ -140,6 +161,9 @@ class Controller:
         out["daemon"] = dict(self.daemon_info)
         if self.server is not None:
             out["server"] = asdict(self.server.statistics())
+        out["history"] = (self.history.status() if self.history is not None else
+                          {"path": None, "state": "off", "reason": "history.enabled is false",
+                           "rows": 0})
         return out
 
     def reload(self) -> dict[str, Any]:

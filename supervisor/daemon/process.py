@@ -50,6 +50,7 @@ from modcoord.supervisor.protocol.paths import (
     check_writable_dir,
     open_for_writing,
     prepare_private_dir,
+    resolve_state_dir,
     write_file_atomic,
 )
 
@@ -87,6 +88,8 @@ class DaemonOptions:
     mode: str | None = None
     log_dir: Path | None = None
     allow_fault_injection: bool = False
+    state_dir: Path | None = None
+    """The state directory (the history database); ``None``: :func:`resolve_state_dir`."""
 
 
 class AlreadyRunningError(ModcoordError):
@@ -105,7 +108,7 @@ def prepare_runtime_dir(path: Path) -> Path:
 
 
 def preflight(options: DaemonOptions) -> tuple[Path, Path]:
-    """Prepare and check the runtime and log directories: what ``start`` does before it
+    """Prepare and check the runtime, state and log directories: what ``start`` does before it
     detaches (so that a bad directory fails at once, exit 78), and the daemon again.
 
     Returns:
@@ -117,6 +120,9 @@ def preflight(options: DaemonOptions) -> tuple[Path, Path]:
     """
     runtime = prepare_runtime_dir(options.runtime_dir)
     check_writable_dir(runtime, "runtime directory")
+    state = prepare_private_dir(resolve_state_dir(options.state_dir), "state directory",
+                                tighten=True)
+    check_writable_dir(state, "state directory")
     if options.log_dir is None:
         return runtime, runtime
     log_dir = prepare_private_dir(options.log_dir, "log directory", tighten=False)
@@ -239,6 +245,7 @@ class _Daemon:
         from modcoord.supervisor.daemon.exposition import MetricsHTTPServer
         from modcoord.supervisor.daemon.logs import setup_logging, shutdown_logging
         from modcoord.supervisor.daemon.reload import ConfigWatcher, Reloader
+        from modcoord.supervisor.daemon.sampling import HistoryRecorder, start_history
         from modcoord.supervisor.daemon.server import Server, raise_nofile_limit
         from modcoord.supervisor.daemon.systemd import sd_notify
         from modcoord.supervisor.protocol import paths
@@ -254,6 +261,7 @@ class _Daemon:
         gc.set_threshold(700, 10, 1_000_000)
         try:
             runtime, log_dir = preflight(opts)
+            state_dir = resolve_state_dir(opts.state_dir)
         except UnsafePathError as exc:
             ready.fail(EXIT_CONFIG, str(exc))
             return EXIT_CONFIG
@@ -279,6 +287,7 @@ class _Daemon:
         exporters: ExporterRunner | None = None
         state_file = runtime / STATE_FILE
         reloader: Reloader | None = None
+        history: HistoryRecorder | None = None
         try:
             holder: dict[str, Any] = {}
             setup_logging(
@@ -303,9 +312,10 @@ class _Daemon:
             reloader.prime(config)
             sock = runtime / config.daemon.socket
             info = {"runtime_dir": str(runtime), "socket": str(sock), "log_dir": str(log_dir),
-                    "config_dir": str(config_dir)}
+                    "config_dir": str(config_dir), "state_dir": str(state_dir)}
             controller = Controller(coordinator, reloader=reloader,
                                     request_stop=self.request_stop, daemon_info=info)
+            history = start_history(controller, config.daemon.history, state_dir)
             if sock.exists() or sock.is_symlink():
                 sock.unlink()  # stale: we hold the lock, so no daemon owns it
             nofile_before, nofile = raise_nofile_limit()
@@ -359,6 +369,8 @@ class _Daemon:
             self.exit_code = EXIT_FAILURE
             return EXIT_FAILURE
         finally:
+            if history is not None:
+                history.stop()
             if watcher is not None:
                 watcher.stop()
             if reloader is not None:
@@ -481,7 +493,8 @@ def spawn(options: DaemonOptions, timeout: float = 15.0) -> tuple[int, str]:
         options, runtime_dir=Path(os.path.abspath(options.runtime_dir)),
         config_dir=None if options.config_dir is None else Path(
             os.path.abspath(options.config_dir)),
-        log_dir=None if options.log_dir is None else Path(os.path.abspath(options.log_dir)))
+        log_dir=None if options.log_dir is None else Path(os.path.abspath(options.log_dir)),
+        state_dir=Path(os.path.abspath(resolve_state_dir(options.state_dir))))
     try:
         preflight(options)
     except UnsafePathError as exc:

@@ -87,6 +87,7 @@ __all__ = [
     "GetPerformanceMetricsParams",
     "HelloParams",
     "HelloResult",
+    "HistoryParams",
     "ModuleIdParams",
     "OnModeChangeParams",
     "Params",
@@ -318,6 +319,22 @@ class SetModeResult(msgspec.Struct):
     strategy: str
     results: dict[str, Any]
     errors: dict[str, str]
+
+
+HISTORY_MAX_SINCE_S: Final = 30 * 86_400
+"""The longest ``history`` query (the history's longest retention)."""
+HISTORY_MAX_METRICS: Final = 64
+"""The most metrics one ``history`` query names."""
+
+
+class HistoryParams(Params):
+    """``history``: the series of ``metrics`` (null or empty: all) over the last ``since_s``
+    seconds (at most 30 days); the resolution is the finest that covers it (1 s up to an
+    hour, 1 min up to a day, else 10 min)."""
+
+    metrics: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=200)]],
+                       msgspec.Meta(max_length=HISTORY_MAX_METRICS)] | None = None
+    since_s: Annotated[float, msgspec.Meta(gt=0, le=HISTORY_MAX_SINCE_S)] = 3600.0
 
 
 class CrashParams(Params):
@@ -624,6 +641,10 @@ CALLS: Mapping[str, Call] = _calls(
          CONTROL, _CONTROL_ERRORS, "The daemon's status."),
     Call("insights", Empty, dict[str, Any], "{insights: [...], recommendations: [...]}",
          CONTROL, _CONTROL_ERRORS, "The monitor's insights and recommendations."),
+    Call("history", HistoryParams, dict[str, Any],
+         "{resolution_s, since_s, now, state, columns, series: {metric: [[ts, min, max, "
+         "mean, last], ...]}}", CONTROL, _CONTROL_ERRORS,
+         "The performance history's series (as `modcoord history --json`)."),
     Call("optimize", Empty, dict[str, Any], "what was flushed, delivered and freed",
          CONTROL, _CONTROL_ERRORS,
          "Flush pending debounces and batches, clear the cache, run memory cleanup."),

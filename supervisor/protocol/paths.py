@@ -40,6 +40,7 @@ __all__ = [
     "pidfile_path",
     "prepare_private_dir",
     "resolve_runtime_dir",
+    "resolve_state_dir",
     "socket_path",
     "write_file_atomic",
 ]
@@ -68,6 +69,25 @@ def resolve_runtime_dir(arg: str | os.PathLike[str] | None = None) -> Path:
     if xdg:
         return Path(xdg) / "modcoord"
     return Path(f"/tmp/modcoord-{os.getuid()}")
+
+
+def resolve_state_dir(arg: str | os.PathLike[str] | None = None) -> Path:
+    """Return the state directory (persistent: the history database; not created here).
+
+    Returns:
+        ``arg`` (``--state-dir``), else ``$MODCOORD_STATE_DIR``, else
+        ``$XDG_STATE_HOME/modcoord``, else ``~/.local/state/modcoord``. Empty values count
+        as unset.
+    """
+    if arg is not None and str(arg) != "":
+        return Path(arg).expanduser()
+    explicit = os.environ.get("MODCOORD_STATE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if xdg:
+        return Path(xdg) / "modcoord"
+    return Path.home() / ".local" / "state" / "modcoord"
 
 
 def socket_path(runtime_dir: str | os.PathLike[str], name: str = SOCKET_NAME) -> Path:

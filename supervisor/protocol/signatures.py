@@ -87,6 +87,14 @@ CALLS: Final[dict[str, CallSignature]] = {
         '{insights: [...], recommendations: [...]}',
         "The monitor's insights and recommendations.",
     ),
+    'history': CallSignature(
+        'history',
+        (('metrics', DEFAULT, None), ('since_s', DEFAULT, 3600.0)),
+        'control',
+        ('InvalidMessageError', 'ActorStoppedError', 'CallTimeoutError'),
+        '{resolution_s, since_s, now, state, columns, series: {metric: [[ts, min, max, mean, last], ...]}}',
+        "The performance history's series (as `modcoord history --json`).",
+    ),
     'optimize': CallSignature(
         'optimize',
         (),

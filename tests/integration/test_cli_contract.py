@@ -43,8 +43,8 @@ def json_of(result: Any) -> dict[str, Any]:
 #: --json, JSON lines: tested by its owner). ``stop`` goes last.
 JSON_WORDS: list[list[str]] = [
     ["status"], ["mode"], ["mode", "manual"], ["reload"], ["config", "show"],
-    ["config", "validate"], ["insights"], ["optimize"], ["debug", "crash", "cache"],
-    ["stop"],
+    ["config", "validate"], ["insights"], ["history", "--since", "1m"], ["optimize"],
+    ["debug", "crash", "cache"], ["stop"],
 ]
 
 
@@ -66,6 +66,7 @@ def test_every_reading_or_changing_command_answers_one_json_object(
     assert answers["config show"]["directory"] == str(daemon.config_dir)
     assert answers["config validate"]["errors"] == []
     assert isinstance(answers["insights"]["insights"], list)
+    assert answers["history --since 1m"]["resolution_s"] == 1
     assert "cache_cleared" in answers["optimize"]
     assert answers["debug crash cache"]["actor"] == "cache"
     assert answers["stop"] == {"ok": True, "stopped": True, "pid": daemon.pid}

@@ -54,12 +54,14 @@ def command_of(line: str) -> list[str]:
 
 
 def unit_env(runtime_root: Path) -> dict[str, str]:
-    """The unit's ``Environment=`` with ``%t`` (the runtime root) filled in."""
+    """The unit's ``Environment=`` with ``%t`` (the runtime root) and ``%S`` (the state
+    root, beside it) filled in."""
     env: dict[str, str] = {}
     for value in unit_service().get("Environment", []):
         for item in shlex.split(value):
             key, val = item.split("=", 1)
-            env[key] = val.replace("%t", str(runtime_root))
+            env[key] = val.replace("%t", str(runtime_root)).replace(
+                "%S", str(runtime_root.parent / "state"))
     return env
 
 

@@ -86,6 +86,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     "set_mode": {"mode": "mode"},
     "actor": {"actor": "actor", "method": "method", "args": "args", "kwargs": "kwargs"},
     "crash": {"actor": "actor", "kind": "crash_kind"},
+    "history": {"metrics": "metric_list", "since_s": "since"},
     **{m: {} for m in ("status", "insights", "optimize", "reload", "config", "metrics",
                        "stop")},
 }
@@ -100,6 +101,7 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "set_mode": {"mode": "HYBRID"},
     "actor": {"actor": "cache", "method": "statistics", "args": [], "kwargs": {}},
     "crash": {"actor": "cache", "kind": "exception"},
+    "history": {"metrics": ["modules"], "since_s": 60.0},
 }
 METHOD_LIST = sorted(wire.METHODS)
 HARMLESS = ("status", "insights", "config", "metrics", "hello")  # valid, changing nothing
@@ -192,6 +194,11 @@ def _wrong_value(kind: str, name: str) -> st.SearchStrategy[tuple[Any, str]]:
             _not((list, str)), st.lists(VALUE, min_size=1, max_size=3).filter(
                 lambda v: any(type(s) is not str for s in v)))),
         "context": named(_not(dict, allow_none=True)),
+        "metric_list": named(st.one_of(
+            _not(list, allow_none=True), st.lists(VALUE, min_size=1, max_size=3).filter(
+                lambda v: any(type(m) is not str or not m for m in v)))),
+        "since": named(st.one_of(_not((int, float)), st.sampled_from(
+            [0, -1.0, 30 * 86_400 + 1, float("inf")]))),
         "args": st.one_of(named(_not((list, dict), allow_none=True)),
                           named(BAD_IDENTIFIER_KEYS, "keyword argument")),
         "kwargs": st.one_of(named(_not(dict, allow_none=True)),

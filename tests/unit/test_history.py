@@ -1,0 +1,224 @@
+"""The history store (tiers, retention, degradation), the trend rules and the sparklines,
+with the MockClock as the store's wall clock."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modcoord.actors import MockClock
+from modcoord.actors.trends import TrendThresholds, trend_insights
+from modcoord.supervisor.cli.history import SPARK_BLOCKS, parse_since, sparkline
+from modcoord.supervisor.daemon.history import TIERS, HistoryStore, row_bound
+from modcoord.supervisor.daemon.sampling import ModuleRates, figures
+
+START = 1_700_000_000.0
+
+
+def _store(tmp_path: Path, clock: MockClock) -> HistoryStore:
+    return HistoryStore(tmp_path / "h.sqlite3", now=clock.monotonic)
+
+
+def test_downsampling_aggregates_min_max_mean_last(tmp_path: Path) -> None:
+    clock = MockClock(START)
+    store = _store(tmp_path, clock)
+    for i in range(180):  # three minutes, one sample a second: 0..179
+        store.add({"x": float(i)})
+        clock.advance(1)
+    store.flush()
+    minute = store.series(["x"], 3600, tier=1)["series"]["x"]
+    assert [p[0] for p in minute] == [int(START) + 60 * k for k in range(3)] or \
+        len(minute) in (3, 4)
+    first = minute[0]
+    bucket = [float(i) for i in range(180) if (START + i) // 60 * 60 == first[0]]
+    assert first[1:] == [min(bucket), max(bucket), sum(bucket) / len(bucket), bucket[-1]]
+    seconds = store.series(["x"], 3600, tier=0)["series"]["x"]
+    assert len(seconds) == 180 and seconds[-1][4] == 179.0
+    store.close()
+
+
+def test_retention_prunes_each_tier_after_a_simulated_month(tmp_path: Path) -> None:
+    clock = MockClock(START)
+    store = _store(tmp_path, clock)
+    step = 60  # a month at one sample a minute (the 1 s tier is checked above)
+    for i in range(31 * 86_400 // step):
+        store.add({"x": float(i), "y": 1.0})
+        clock.advance(step)
+        if i % 500 == 0:
+            store.flush()
+    store.flush()
+    db = sqlite3.connect(tmp_path / "h.sqlite3")
+    now = clock.monotonic()
+    for index, tier in enumerate(TIERS):
+        oldest, count = db.execute(
+            "SELECT MIN(ts), COUNT(*) FROM samples JOIN metrics ON metrics.id = metric "
+            "WHERE tier = ? AND name = 'x'", (index,)).fetchone()
+        assert oldest >= now - tier.retention_s - tier.resolution_s
+        assert count <= tier.rows_per_metric
+    total = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+    assert total <= row_bound(2)
+    assert store.status()["rows"] == total
+    store.close()
+
+
+@pytest.mark.timeout(120)
+def test_full_file_stays_under_the_stated_bound(tmp_path: Path) -> None:
+    from modcoord.supervisor.daemon.history import MAX_METRIC_NAME_CHARS, MAX_METRICS, byte_bound
+
+    clock = MockClock(START)
+    store = _store(tmp_path, clock)
+    store.close()
+    db = sqlite3.connect(tmp_path / "h.sqlite3")
+    names = [f"module.{i:02d}".ljust(MAX_METRIC_NAME_CHARS - 14, "x") + ".updates_per_s"
+             for i in range(MAX_METRICS)]
+    assert {len(n) for n in names} == {MAX_METRIC_NAME_CHARS}
+    db.executemany("INSERT INTO metrics (id, name) VALUES (?, ?)", enumerate(names))
+    rows = [(m, t, k * tier.resolution_s, 1.5, 2.5, 2.0, 2.25, 60)
+            for t, tier in enumerate(TIERS) for m in range(len(names))
+            for k in range(tier.rows_per_metric)]
+    db.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?)", rows)
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    size = (tmp_path / "h.sqlite3").stat().st_size
+    assert len(rows) == row_bound()
+    print(f"full history file: {size} bytes for {len(rows)} rows")
+    assert size <= byte_bound(), f"{size} bytes for {len(rows)} rows"
+
+
+def test_history_survives_a_new_store(tmp_path: Path) -> None:
+    clock = MockClock(START)
+    store = _store(tmp_path, clock)
+    for i in range(10):
+        store.add({"x": float(i)})
+        clock.advance(1)
+    store.close()
+    again = _store(tmp_path, clock)
+    assert again.metrics() == ["x"]
+    assert [p[4] for p in again.series(["x"], 60)["series"]["x"]] == [float(i) for i in range(10)]
+    again.close()
+
+
+def test_corrupt_file_degrades_to_memory(tmp_path: Path) -> None:
+    (tmp_path / "h.sqlite3").write_bytes(b"this is not a database" * 100)
+    clock = MockClock(START)
+    store = _store(tmp_path, clock)
+    assert store.state == "degraded" and "h.sqlite3" in (store.reason or "")
+    for i in range(5):
+        store.add({"x": float(i)})
+        clock.advance(1)
+    assert [p[4] for p in store.series(["x"], 60)["series"]["x"]] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert store.status()["state"] == "degraded"
+    store.close()
+
+
+def test_an_idle_metric_is_forgotten_after_the_longest_retention(tmp_path: Path) -> None:
+    clock = MockClock(START)
+    store = _store(tmp_path, clock)
+    store.add({"gone": 1.0, "kept": 1.0})
+    store.flush()
+    for _ in range(31 * 24):
+        clock.advance(3600)
+        store.add({"kept": 1.0})
+    store.flush()
+    assert store.metrics() == ["kept"]
+    names = sqlite3.connect(tmp_path / "h.sqlite3").execute("SELECT name FROM metrics")
+    assert [n for (n,) in names] == ["kept"]
+    store.close()
+
+
+def test_too_many_metrics_are_counted_not_kept(tmp_path: Path) -> None:
+    from modcoord.supervisor.daemon.history import MAX_METRICS
+
+    store = HistoryStore(None, now=MockClock(START).monotonic)
+    store.add({f"m{i}": 1.0 for i in range(MAX_METRICS + 3)})
+    assert len(store.metrics()) == MAX_METRICS and store.dropped_metrics == 3
+
+
+def test_figures_rates_and_busiest_modules() -> None:
+    before = {"debouncer": {"received": 100, "collapsed": 0}, "batcher": {"updates": 50}}
+    now = {"debouncer": {"received": 300, "collapsed": 50}, "batcher": {"updates": 150},
+           "performance_metrics": {"coordination_latency_ms": {"p50": 1.0, "p99": 4.0}},
+           "actors": {"cache": {"restarts": 2}, "batcher": {"restarts": 1}}}
+    rates = ModuleRates()
+    rates.count([("a", "k", 1, "low")] * 3)
+    old = rates.snapshot()
+    rates.count([("a", "k", 1, "low")] * 10 + [("b", "k", 1, "low")] * 40)
+    values = figures(now, before, 2.0, rates.snapshot(), old, busiest=1)
+    assert values["updates_in_per_s"] == 100.0 and values["updates_delivered_per_s"] == 50.0
+    assert values["collapse_ratio"] == 50 / 300 and values["restarts"] == 3
+    assert values["coordination_p99_ms"] == 4.0
+    assert values["module.b.updates_per_s"] == 20.0 and "module.a.updates_per_s" not in values
+
+
+def _trend_store(clock: MockClock, p99: list[float], module_rate: list[float]) -> HistoryStore:
+    store = HistoryStore(None, now=clock.monotonic)
+    for latency, rate in zip(p99, module_rate, strict=True):
+        store.add({"coordination_p99_ms": latency, "module.flood.updates_per_s": rate,
+                   "module.calm.updates_per_s": 5.0})
+        clock.advance(1)
+    return store
+
+
+def _insights(store: HistoryStore, clock: MockClock, window: float = 900
+              ) -> list[dict[str, Any]]:
+    return trend_insights(lambda m, s: store.values(m, s), store.metrics(), clock.monotonic(),
+                          TrendThresholds(factor=4.0, window_s=window,
+                                          metrics=("coordination_p99_ms",)))
+
+
+def test_trend_rule_names_the_rise_and_the_module() -> None:
+    clock = MockClock(START)
+    store = _trend_store(clock, [2.0] * 600 + [9.0] * 300, [0.0] * 600 + [12_000.0] * 300)
+    found = _insights(store, clock)
+    assert len(found) == 1
+    insight = found[0]
+    assert set(insight) == {"id", "severity", "observed", "threshold", "window_s", "message",
+                            "recommendation"}
+    assert insight["id"] == "trend.coordination_p99_ms" and insight["severity"] == "warning"
+    assert insight["observed"] == 4.5 and insight["threshold"] == 4.0
+    assert insight["message"].startswith("coordination p99 rose 4.5x in the last 15 min")
+    assert "since module flood started publishing 12k/s" in insight["message"]
+
+
+def test_trend_rule_quiet_below_factor_and_without_data() -> None:
+    clock = MockClock(START)
+    steady = _trend_store(clock, [2.0] * 600 + [7.0] * 300, [5.0] * 900)
+    assert _insights(steady, clock) == []  # 3.5x < 4x
+    clock2 = MockClock(START)
+    short = _trend_store(clock2, [2.0] * 10 + [90.0] * 10, [5.0] * 20)
+    assert _insights(short, clock2) == []  # the window's first third holds no data
+
+
+def test_trend_rule_reports_a_fall() -> None:
+    clock = MockClock(START)
+    store = HistoryStore(None, now=clock.monotonic)
+    for i in range(900):
+        store.add({"cache_hit_rate": 0.9 if i < 600 else 0.1})
+        clock.advance(1)
+    found = trend_insights(lambda m, s: store.values(m, s), store.metrics(),
+                           clock.monotonic(), TrendThresholds(metrics=("cache_hit_rate",)))
+    assert [i["id"] for i in found] == ["trend.cache_hit_rate"]
+    assert "fell 9.0x" in found[0]["message"] and found[0]["severity"] == "warning"
+
+
+def test_sparkline_rendering() -> None:
+    assert sparkline([]) == ""
+    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == SPARK_BLOCKS
+    assert sparkline([3, 3, 3]) == SPARK_BLOCKS[0] * 3
+    line = sparkline([float(i) for i in range(600)], width=60)
+    assert len(line) == 60 and line[0] == SPARK_BLOCKS[0] and line[-1] == SPARK_BLOCKS[-1]
+
+
+def test_parse_since() -> None:
+    import argparse
+
+    assert parse_since("90s") == 90 and parse_since("15m") == 900
+    assert parse_since("1h") == 3600 and parse_since("7d") == 7 * 86_400
+    assert parse_since("120") == 120
+    for bad in ("", "0", "-1h", "40d", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError, match="at most 30d"):
+            parse_since(bad)
