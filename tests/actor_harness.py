@@ -32,8 +32,8 @@ from modcoord.actors import (
     Shared,
 )
 
-__all__ = ["WAIT_S", "ActorRig", "Recorder", "Sync", "actor_logs", "fake", "make_context",
-           "make_shared"]
+__all__ = ["WAIT_S", "ActorRig", "Recorder", "Sync", "actor_logs", "edited", "fake",
+           "make_context", "make_shared", "packaged"]
 
 WAIT_S = 5.0  # how long a test waits for an actor's answer
 
@@ -196,3 +196,24 @@ class ActorRig(Generic[C]):
         """What ``peer`` received of the type named ``type_name``."""
         return [m for m in self.received[peer] if type(m).__name__ == type_name]
 
+
+def packaged(mode: str = "HYBRID") -> Any:
+    """The packaged config's settings of ``mode`` (a ``ModeSettings``)."""
+    from modcoord.supervisor.daemon.config import default_config_dir, load_config_dir
+
+    return load_config_dir(default_config_dir()).mode(mode)
+
+
+def edited(settings: Any, **sections: dict[str, Any]) -> Any:
+    """``settings`` (a ``ModeSettings``) with some keys of some sections replaced, e.g.
+    ``edited(s, batch={"enabled": False}, adaptive={"debounce": {"max_ms": 400}})``: a dict
+    value merges one level down. Validated again (raises pydantic's ValidationError)."""
+    from modcoord.actors.settings import ModeSettings
+
+    data = settings.model_dump()
+    for name, values in sections.items():
+        section = dict(data[name])
+        for key, value in values.items():
+            section[key] = {**section[key], **value} if isinstance(value, dict) else value
+        data[name] = section
+    return ModeSettings.model_validate(data)

@@ -7,12 +7,11 @@ test_adaptive_daemon.py``."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import pykka
 import pytest
-from actor_harness import actor_logs
+from actor_harness import actor_logs, edited, packaged
 from pydantic import ValidationError
 
 from modcoord.actors import ActorContext, ActorHandle, MockClock, Shared, Statistics, Update
@@ -31,29 +30,6 @@ from modcoord.actors.update import Batch
 from modcoord.supervisor.daemon.config import default_config_dir, load_config_dir
 
 Trace = list[tuple[float, str, str, str]]  # (time, module, key, priority)
-
-
-@pytest.fixture(autouse=True)
-def _stop_actors() -> Iterator[None]:
-    yield
-    pykka.ActorRegistry.stop_all()
-
-
-def packaged(mode: str = "HYBRID") -> ModeSettings:
-    return load_config_dir(default_config_dir()).mode(mode)
-
-
-def edited(settings: ModeSettings, **sections: dict[str, Any]) -> ModeSettings:
-    data = settings.model_dump()
-    for name, values in sections.items():
-        section = dict(data[name])
-        for key, value in values.items():
-            if isinstance(value, dict):
-                section[key] = {**section[key], **value}
-            else:
-                section[key] = value
-        data[name] = section
-    return ModeSettings.model_validate(data)
 
 
 class Pipe:

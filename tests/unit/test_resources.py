@@ -8,12 +8,10 @@ test_resources_daemon.py``."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
-import pykka
 import pytest
-from actor_harness import ActorRig
+from actor_harness import ActorRig, edited, packaged
 from actor_harness import actor_logs as _actor_logs
 from pydantic import ValidationError
 
@@ -25,30 +23,9 @@ from modcoord.actors.resources import ResourceGovernor, escalated
 from modcoord.actors.rules import ResourcePressureRule, rule_snapshot
 from modcoord.actors.settings import ModeSettings, actor_settings
 from modcoord.actors.shared.pressure import Widening
-from modcoord.supervisor.daemon.config import default_config_dir, load_config_dir
 
 MB = 1024 * 1024
 actor_logs = contextlib.contextmanager(_actor_logs)
-
-
-@pytest.fixture(autouse=True)
-def _stop_actors() -> Iterator[None]:
-    yield
-    pykka.ActorRegistry.stop_all()
-
-
-def packaged(mode: str = "HYBRID") -> ModeSettings:
-    return load_config_dir(default_config_dir()).mode(mode)
-
-
-def edited(settings: ModeSettings, **sections: dict[str, Any]) -> ModeSettings:
-    data = settings.model_dump()
-    for name, values in sections.items():
-        section = dict(data[name])
-        for key, value in values.items():
-            section[key] = {**section[key], **value} if isinstance(value, dict) else value
-        data[name] = section
-    return ModeSettings.model_validate(data)
 
 
 def hybrid(**resources: Any) -> ModeSettings:
