@@ -31,6 +31,7 @@ from modcoord.actors import (
     Message,
     Shared,
 )
+from modcoord.actors.settings import ModeSettings
 
 __all__ = ["WAIT_S", "ActorRig", "Recorder", "Sync", "actor_logs", "edited", "fake",
            "make_context", "make_shared", "packaged"]
@@ -197,19 +198,17 @@ class ActorRig(Generic[C]):
         return [m for m in self.received[peer] if type(m).__name__ == type_name]
 
 
-def packaged(mode: str = "HYBRID") -> Any:
-    """The packaged config's settings of ``mode`` (a ``ModeSettings``)."""
+def packaged(mode: str = "HYBRID") -> ModeSettings:
+    """The packaged config's settings of ``mode``."""
     from modcoord.supervisor.daemon.config import default_config_dir, load_config_dir
 
     return load_config_dir(default_config_dir()).mode(mode)
 
 
-def edited(settings: Any, **sections: dict[str, Any]) -> Any:
+def edited(settings: ModeSettings, **sections: dict[str, Any]) -> ModeSettings:
     """``settings`` (a ``ModeSettings``) with some keys of some sections replaced, e.g.
     ``edited(s, batch={"enabled": False}, adaptive={"debounce": {"max_ms": 400}})``: a dict
     value merges one level down. Validated again (raises pydantic's ValidationError)."""
-    from modcoord.actors.settings import ModeSettings
-
     data = settings.model_dump()
     for name, values in sections.items():
         section = dict(data[name])
