@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ import yaml
 from modcoord.supervisor.daemon.config import default_config_dir
 
 __all__ = ["ALIAS_BOMB", "CLI", "CliResult", "DaemonFactory", "DaemonProcess", "copy_configs",
-           "edited_yaml", "file_records", "gone", "receive_answer", "records", "run_cli",
+           "edited_yaml", "file_records", "gone", "module_script", "receive_answer", "records",
+           "run_cli",
            "start_daemon", "startswith", "wait_for", "wait_record"]
 
 CLI = [sys.executable, "-m", "modcoord.supervisor"]
@@ -64,6 +66,34 @@ def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.02,
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         pause.wait(interval)
+
+
+def module_script(module_id: str, body: str,
+                  modes: tuple[str, ...] = ("MANUAL", "HYBRID", "FULLY_AUTO")) -> str:
+    """The source of a module process (``python -c``): it connects to the daemon of the
+    runtime directory ``sys.argv[1]``, registers a module ``module_id`` of ``modes`` that
+    subscribes to nothing and answers ``on_mode_change`` with ``{"ok": True}``, then runs
+    ``body`` with ``client`` connected (``sys`` and ``time`` imported; the body's own
+    arguments are ``sys.argv[2:]``)."""
+    return (textwrap.dedent(f"""\
+        import sys, time
+        from modcoord.supervisor import connect
+
+        class Module:
+            module_id = {module_id!r}
+            name = {module_id!r}
+            supported_modes = {list(modes)!r}
+            subscribe = []
+
+            def on_mode_change(self, mode, strategy, context):
+                return {{"ok": True}}
+
+            def on_batch(self, batch):
+                pass
+
+        with connect(runtime_dir=sys.argv[1], timeout=10, reconnect=False) as client:
+            client.register(Module()).get(10)
+        """) + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n")
 
 
 def receive_answer(conn: Any, what: str, timeout: float) -> Any:

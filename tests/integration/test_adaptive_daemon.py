@@ -7,38 +7,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from typing import Any
 
 import pytest
-from daemon_harness import records, wait_for
+from daemon_harness import module_script, records, wait_for
 
 # A module that types: bursts of keystrokes 40 ms apart on two keys, pauses of 1.2 s.
-_TYPIST = textwrap.dedent("""
-    import sys, time
-    from modcoord.supervisor import connect
-
-    class Editor:
-        module_id = "editor"
-        name = "editor"
-        supported_modes = ["HYBRID"]
-        subscribe = []
-
-        def on_mode_change(self, mode, strategy, context):
-            return {"ok": True}
-
-        def on_batch(self, batch):
-            pass
-
-    with connect(runtime_dir=sys.argv[1], timeout=10, reconnect=False) as client:
-        client.register(Editor()).get(10)
-        for burst in range(int(sys.argv[2])):
-            for n in range(12):
-                client.publish("editor", "text", {"n": n}).get(10)
-                client.publish("editor", "cursor", {"n": n}).get(10)
-                time.sleep(0.04)
-            time.sleep(1.2)
-""")
+_TYPIST = module_script("editor", """
+    for burst in range(int(sys.argv[2])):
+        for n in range(12):
+            client.publish("editor", "text", {"n": n}).get(10)
+            client.publish("editor", "cursor", {"n": n}).get(10)
+            time.sleep(0.04)
+        time.sleep(1.2)
+""", modes=("HYBRID",))
 
 
 def _status(daemon: Any) -> dict[str, Any]:

@@ -8,33 +8,17 @@ import textwrap
 from typing import Any
 
 import pytest
+from daemon_harness import module_script
 from import_probe import NOT_IMPORTED, added_by
 
 # -- a real module process and the real CLI --------------------------------------------
 
-_MODULE_PROCESS = textwrap.dedent("""
-    import sys
-    from modcoord.supervisor import connect
-
-    class Editor:
-        module_id = "light-editor"
-        name = "editor"
-        supported_modes = ["HYBRID"]
-        subscribe = []
-
-        def on_mode_change(self, mode, strategy, context):
-            return {"ok": True}
-
-        def on_batch(self, batch):
-            pass
-
-    with connect(runtime_dir=sys.argv[1], timeout=10, reconnect=False) as client:
-        client.register(Editor()).get(10)
-        seq = client.publish("light-editor", "doc-1", {"text": "hi"}).get(10)
-        assert isinstance(seq, int), seq
-        status = client.status().get(10)
-        assert status["modules"] >= 1, status
-""")
+_MODULE_PROCESS = module_script("light-editor", """
+    seq = client.publish("light-editor", "doc-1", {"text": "hi"}).get(10)
+    assert isinstance(seq, int), seq
+    status = client.status().get(10)
+    assert status["modules"] >= 1, status
+""", modes=("HYBRID",))
 
 
 @pytest.mark.integration

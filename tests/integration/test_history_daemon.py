@@ -17,35 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import DaemonFactory, DaemonProcess, records, wait_for
+from daemon_harness import DaemonFactory, DaemonProcess, module_script, records, wait_for
 
 # A module publishing ~200 updates a second until killed.
-_PUBLISHER = textwrap.dedent("""
-    import sys, time
-    from modcoord.supervisor import connect
-
-    class Flood:
-        module_id = "flood"
-        name = "flood"
-        supported_modes = ["MANUAL", "HYBRID", "FULLY_AUTO"]
-        subscribe = []
-
-        def on_mode_change(self, mode, strategy, context):
-            return {"ok": True}
-
-        def on_batch(self, batch):
-            pass
-
-    with connect(runtime_dir=sys.argv[1], timeout=10, reconnect=False) as client:
-        client.register(Flood()).get(10)
-        print("registered", flush=True)
-        n = 0
-        while True:
-            for _ in range(20):
-                client.publish("flood", f"k{n % 50}", {"n": n})
-                n += 1
-            time.sleep(0.1)
-""")
+_PUBLISHER = module_script("flood", """
+    print("registered", flush=True)
+    n = 0
+    while True:
+        for _ in range(20):
+            client.publish("flood", f"k{n % 50}", {"n": n})
+            n += 1
+        time.sleep(0.1)
+""", )
 
 
 @pytest.fixture
