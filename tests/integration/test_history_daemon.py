@@ -28,7 +28,7 @@ _PUBLISHER = module_script("flood", """
             client.publish("flood", f"k{n % 50}", {"n": n})
             n += 1
         time.sleep(0.1)
-""", )
+""")
 
 
 @pytest.fixture
