@@ -53,7 +53,12 @@ from wire_raw import HonestClients, RawConnection, frame
 from modcoord.actors.update import PRIORITIES
 from modcoord.supervisor.daemon.config import MODES
 from modcoord.supervisor.protocol import wire
-from modcoord.supervisor.protocol.calls import PROTOCOL_VERSION, decode_params
+from modcoord.supervisor.protocol.calls import (
+    HISTORY_MAX_METRICS,
+    HISTORY_MAX_SINCE_S,
+    PROTOCOL_VERSION,
+    decode_params,
+)
 
 SCALE = float(os.environ.get("MODCOORD_FUZZ_SCALE", "1"))
 FRAME_EXAMPLES = max(1, int(1000 * SCALE))
@@ -247,6 +252,11 @@ def _refuses(kind: str, v: Any) -> bool:
         return not (v is None or (type(v) is dict and identifiers(v)))
     if kind == "method":
         return not (type(v) is str and v.isidentifier() and not v.startswith("_"))
+    if kind == "metric_list":
+        return not (v is None or (type(v) is list and len(v) <= HISTORY_MAX_METRICS and all(
+            type(m) is str and 0 < len(m) <= 200 for m in v)))
+    if kind == "since":
+        return not (type(v) in (int, float) and 0 < v <= HISTORY_MAX_SINCE_S)
     raise AssertionError(f"unknown kind {kind}")
 
 
