@@ -18,8 +18,8 @@ _TYPIST = module_script("editor", """
         for n in range(12):
             client.publish("editor", "text", {"n": n}).get(10)
             client.publish("editor", "cursor", {"n": n}).get(10)
-            time.sleep(0.04)
-        time.sleep(1.2)
+            time.sleep(0.04)  # quiet-period: the typing gap under test
+        time.sleep(1.2)  # quiet-period: the pause between bursts
 """, modes=("HYBRID",))
 
 

@@ -27,7 +27,7 @@ _PUBLISHER = module_script("flood", """
         for _ in range(20):
             client.publish("flood", f"k{n % 50}", {"n": n})
             n += 1
-        time.sleep(0.1)
+        time.sleep(0.1)  # quiet-period: the publisher's pace (~200/s)
 """)
 
 
@@ -147,7 +147,7 @@ _LOCKER = textwrap.dedent("""
     db.execute("BEGIN EXCLUSIVE")
     db.execute("INSERT INTO t VALUES (1)")
     print("locked", flush=True)
-    time.sleep(120)
+    time.sleep(120)  # quiet-period: hold the lock until the test kills us
 """)
 
 

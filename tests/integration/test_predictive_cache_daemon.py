@@ -30,7 +30,7 @@ _MODULE = textwrap.dedent("""
 
         def on_mode_change(self, mode, strategy, context):
             Planner.calls += 1
-            time.sleep(0.03)
+            time.sleep(0.03)  # quiet-period: the computation a miss costs
             return {"call": Planner.calls, "doc": context.get("doc")}
 
         def on_batch(self, batch):
@@ -86,7 +86,7 @@ def test_a_hot_context_never_misses_across_many_ttls(
         end = time.monotonic() + 6 * TTL_MS / 1000.0  # six TTLs
         while time.monotonic() < end:
             answers.append(client.coordinate("HYBRID", hot).get(10))
-            time.sleep(0.02)
+            time.sleep(0.02)  # quiet-period: the workload's pace (a read every 20 ms)
         cache = client.status().get(10)["cache_stats"]
     assert all(a.cached for a in answers), [a.latency_ms for a in answers
                                                if not a.cached]
@@ -108,7 +108,7 @@ def test_a_mode_switch_prewarms_the_new_modes_most_read_contexts(
             for _ in range(n):
                 client.coordinate("HYBRID", {"doc": doc}).get(10)
         # MANUAL refreshes nothing: wait until every HYBRID entry has expired.
-        time.sleep(TTL_MS / 1000.0 + 0.1)
+        time.sleep(TTL_MS / 1000.0 + 0.1)  # quiet-period: expiry is real time
         before = client.status().get(10)["cache_stats"]
         assert before["prewarmed"] == 0 and before["refreshes"] == 0, before
         client.set_mode("HYBRID").get(10)
