@@ -38,14 +38,11 @@ import math
 import os
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
-
-import msgpack
 
 from modcoord.actors.errors import (
     ConnectionLostError,
@@ -54,8 +51,16 @@ from modcoord.actors.errors import (
 )
 from modcoord.supervisor.client._log import log
 from modcoord.supervisor.client.future import Future
+from modcoord.supervisor.client.hello import refused_hello, version_mismatch
 from modcoord.supervisor.client.registry import log_reregistration
-from modcoord.supervisor.protocol.errors import ProtocolVersionError, error_from_wire
+from modcoord.supervisor.client.stream import (
+    INBOUND_MAX_FRAME,
+    POLLIN,
+    RECV_SIZE,
+    RECV_TIMEOUT,
+    Stream,
+)
+from modcoord.supervisor.protocol.errors import error_from_wire
 from modcoord.supervisor.protocol.framing import (
     CALLBACK,
     CALLBACK_RESPONSE,
@@ -73,17 +78,13 @@ __all__ = ["Connection", "Inbound", "Rejoin", "version_mismatch"]
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack
 _HEADER_SIZE = HEADER.size
-_RECV_SIZE = 64 * 1024
-_INBOUND_MAX_FRAME = 128 << 20
 _FLUSH_AT = 64 * 1024          # buffered bytes that make a request write at once
 _FLUSH_DELAY = 0.0005          # the writer thread writes this long after the first request
 _LINGER = 0.001                # the reader thread stays parked this long after a caller read
 _LONG_LEAD = 0.02              # a caller reading longer than this lets the reader sleep
 _PARK_MAX = 1.0                # no wait in the client is longer than this without a recheck
-_RECV_TIMEOUT = 0.02           # a caller's blocking read returns at least this often
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
-_POLLIN = select.POLLIN
 _MSG_DONTWAIT = socket.MSG_DONTWAIT
 _SPIN_S = 0.0002  # how long a waiting caller polls the socket before it blocks
 _monotonic = time.monotonic
@@ -104,63 +105,6 @@ class Inbound(Protocol):
 
 Rejoin = Callable[[], list[tuple[str, dict[str, Any]]]]
 """Returns ``(module_id, register params)`` of every module to re-register on connecting."""
-
-
-def version_mismatch(daemon_version: Any, path: Path) -> ProtocolVersionError:
-    """The error for a daemon whose hello answer names another protocol version."""
-    return ProtocolVersionError(
-        f"hello: this client speaks protocol version {PROTOCOL_VERSION} but the daemon at "
-        f"{path} speaks version {daemon_version!r}; use the same modcoord version for the "
-        "modules and the daemon (restart the daemon after an upgrade)")
-
-
-def _refused_hello(error: BaseException | None, path: Path) -> ProtocolVersionError | None:
-    """The version error a failed hello amounts to, if any: a daemon of another version
-    refuses it (ProtocolVersionError), and one that predates protocol versioning refuses
-    the hello's ``protocol`` field as unknown."""
-    if isinstance(error, ProtocolVersionError):
-        return error
-    if isinstance(error, InvalidMessageError) and "'protocol'" in str(error):
-        return ProtocolVersionError(
-            f"hello: the daemon at {path} predates protocol versioning (it refused this "
-            f"client's protocol version {PROTOCOL_VERSION}: {error}); use the same modcoord "
-            "version for the modules and the daemon (restart the daemon after an upgrade)")
-    return None
-
-
-class _Stream:
-    """One socket to the daemon and its inbound decoding state.
-
-    Everything but ``lost`` is used only by the holder of the reading token (so no frame
-    is ever split between two readers). ``lost`` is set once, under the send lock.
-    """
-
-    __slots__ = ("body_end", "fed", "generation", "lead_poll", "lost", "rbuf", "rview",
-                 "sock", "timed_reads", "unpacker")
-
-    def __init__(self, sock: socket.socket, generation: int) -> None:
-        self.sock = sock
-        self.generation = generation
-        self.lost: str | None = None
-        # Frames are a 4-byte length and a msgpack body: the unpacker is fed every read,
-        # hands out the header with read_bytes and the body with unpack.
-        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True,
-                                         max_buffer_size=2 * _INBOUND_MAX_FRAME)
-        self.fed = 0         # bytes fed so far (compared with unpacker.tell())
-        self.body_end = -1   # stream offset where the current body ends (-1: at a header)
-        self.rbuf = bytearray(_RECV_SIZE)
-        self.rview = memoryview(self.rbuf)
-        self.lead_poll = select.poll()  # for token holders only (poll objects are per thread)
-        self.lead_poll.register(sock.fileno(), _POLLIN)
-        # A blocking read by a caller gives up (EAGAIN) after _RECV_TIMEOUT; the socket
-        # stays in blocking mode otherwise (the reader thread reads with MSG_DONTWAIT).
-        # Where that cannot be set, callers poll before every read instead.
-        self.timed_reads = True
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                            struct.pack("@ll", 0, int(_RECV_TIMEOUT * 1_000_000)))
-        except (OSError, struct.error):
-            self.timed_reads = False
 
 
 class Connection:
@@ -207,7 +151,7 @@ class Connection:
         self._park.acquire()
         self._follow_lock = threading.Lock()
         self._followers: dict[Any, None] = {}  # locks of threads waiting for the token
-        self._stream: _Stream | None = None
+        self._stream: Stream | None = None
         self._generation = 0
         self._connected = False
         self._handshake = threading.Event()
@@ -275,7 +219,7 @@ class Connection:
         try:
             hello.get(self.timeout)
         except InvalidMessageError as exc:
-            refused = _refused_hello(exc, self.path)
+            refused = refused_hello(exc, self.path)
             if refused is not None:
                 raise refused from None
             raise
@@ -550,7 +494,7 @@ class Connection:
             poll = stream.lead_poll.poll
             recv_into = stream.sock.recv_into
             rbuf = stream.rbuf
-            blocking_above = _RECV_TIMEOUT if stream.timed_reads else math.inf
+            blocking_above = RECV_TIMEOUT if stream.timed_reads else math.inf
             looked = False
             # Spin briefly before blocking: the answer usually comes within tens of µs,
             # and a thread that blocks lets its CPU go idle, which costs ~50 µs to wake
@@ -561,19 +505,19 @@ class Connection:
                 remaining = deadline - now
                 try:
                     if now < spin_until and remaining > 0:
-                        n = recv_into(rbuf, _RECV_SIZE, _MSG_DONTWAIT)
+                        n = recv_into(rbuf, RECV_SIZE, _MSG_DONTWAIT)
                     elif remaining > blocking_above:
                         # a plain blocking read (no poll first): it returns within
-                        # _RECV_TIMEOUT (SO_RCVTIMEO), then the future and deadline are
+                        # RECV_TIMEOUT (SO_RCVTIMEO), then the future and deadline are
                         # checked again
-                        n = recv_into(rbuf, _RECV_SIZE)
+                        n = recv_into(rbuf, RECV_SIZE)
                     elif remaining <= 0:
                         if looked:
                             return
                         looked = True  # get(0): take what has arrived, without waiting
-                        n = recv_into(rbuf, _RECV_SIZE, _MSG_DONTWAIT)
+                        n = recv_into(rbuf, RECV_SIZE, _MSG_DONTWAIT)
                     elif poll(math.ceil(min(remaining, _PARK_MAX) * 1000)):
-                        n = recv_into(rbuf, _RECV_SIZE, _MSG_DONTWAIT)
+                        n = recv_into(rbuf, RECV_SIZE, _MSG_DONTWAIT)
                     else:
                         continue
                 except (BlockingIOError, InterruptedError):
@@ -637,8 +581,8 @@ class Connection:
 
     # -- reading: the reader thread --------------------------------------------------------
 
-    def _reader_main(self, stream: _Stream) -> None:
-        current: _Stream | None = stream
+    def _reader_main(self, stream: Stream) -> None:
+        current: Stream | None = stream
         while current is not None:
             try:
                 self._serve(current)
@@ -651,10 +595,10 @@ class Connection:
                 return
             current = self._reconnect_loop()
 
-    def _serve(self, stream: _Stream) -> None:
+    def _serve(self, stream: Stream) -> None:
         """Read ``stream`` whenever no caller does, until it is lost."""
         poller = select.poll()
-        poller.register(stream.sock.fileno(), _POLLIN)
+        poller.register(stream.sock.fileno(), POLLIN)
         poll = poller.poll
         recv_into = stream.sock.recv_into
         rbuf = stream.rbuf
@@ -687,7 +631,7 @@ class Connection:
             try:
                 while stream.lost is None:
                     try:
-                        n = recv_into(rbuf, _RECV_SIZE, _MSG_DONTWAIT)
+                        n = recv_into(rbuf, RECV_SIZE, _MSG_DONTWAIT)
                     except BlockingIOError:
                         break
                     except InterruptedError:
@@ -698,7 +642,7 @@ class Connection:
                     if not n:
                         self._stream_lost(stream, "the daemon closed the connection")
                         break
-                    if not self._consume(stream, n) or n < _RECV_SIZE:
+                    if not self._consume(stream, n) or n < RECV_SIZE:
                         break
             finally:
                 self._release_token()
@@ -711,7 +655,7 @@ class Connection:
             if self._out:
                 self.flush()
 
-    def _close_socket(self, stream: _Stream, timeout: float) -> None:
+    def _close_socket(self, stream: Stream, timeout: float) -> None:
         """Close ``stream``'s socket once no thread reads it (it was shut down before)."""
         if self._token_holder == _get_ident():
             stream.sock.close()
@@ -725,7 +669,7 @@ class Connection:
 
     # -- reading: decoding and dispatching ---------------------------------------------------
 
-    def _consume(self, stream: _Stream, n: int) -> bool:
+    def _consume(self, stream: Stream, n: int) -> bool:
         """Decode and dispatch the frames completed by ``n`` bytes just read into
         ``stream.rbuf`` (token held). Returns False if the connection is lost (broken
         framing marks it so)."""
@@ -741,7 +685,7 @@ class Connection:
                     if fed - tell() < _HEADER_SIZE:
                         break
                     (length,) = _unpack_header(unpacker.read_bytes(_HEADER_SIZE))
-                    if not 0 < length <= _INBOUND_MAX_FRAME:
+                    if not 0 < length <= INBOUND_MAX_FRAME:
                         self._stream_lost(stream, f"broken framing from the daemon: a frame "
                                                   f"of {length} bytes")
                         return False
@@ -789,7 +733,7 @@ class Connection:
                                   else str(err))
             log.warning("daemon says: %s", self._server_error)
 
-    def _dispatch_other(self, stream: _Stream, msg: Any) -> None:
+    def _dispatch_other(self, stream: Stream, msg: Any) -> None:
         if type(msg) is not list or not msg:
             log.warning("ignoring malformed message from the daemon: %.80r", msg)
             return
@@ -803,7 +747,7 @@ class Connection:
 
     # -- losing and regaining the connection -------------------------------------------------
 
-    def _stream_lost(self, stream: _Stream, reason: str) -> None:
+    def _stream_lost(self, stream: Stream, reason: str) -> None:
         """Mark ``stream`` lost (once): fail its pending futures, drop what is buffered for
         it, shut the socket down (which wakes every thread waiting on it) and wake the
         reader thread (which closes the socket and reconnects)."""
@@ -851,7 +795,7 @@ class Connection:
                 sock.close()
                 return None
             self._generation += 1
-            stream = self._stream = _Stream(sock, self._generation)
+            stream = self._stream = Stream(sock, self._generation)
             self._connected = True
             self._server_error = None
             self._out = []
@@ -898,16 +842,16 @@ class Connection:
                 self._max_frame = max_frame
         return result
 
-    def _check_hello(self, stream: _Stream, hello: Future[Any]) -> None:
+    def _check_hello(self, stream: Stream, hello: Future[Any]) -> None:
         """A daemon speaking another protocol version (it refused our hello, or it names
         another version in its answer) cannot be talked to: drop the connection, naming
         both versions (pending calls fail with that reason; the reader reconnects, since
         the daemon may be restarted with the right version)."""
-        refused = _refused_hello(hello.exception(0), self.path)
+        refused = refused_hello(hello.exception(0), self.path)
         if refused is not None:
             self._stream_lost(stream, str(refused))
 
-    def _reconnect_loop(self) -> _Stream | None:
+    def _reconnect_loop(self) -> Stream | None:
         delay = _BACKOFF_FIRST
         while not self._closed.wait(delay):
             delay = min(delay * 2, _BACKOFF_MAX)
