@@ -112,6 +112,7 @@ class Controller:
             result["insights"] = [*result.get("insights", []), *trends]
             result["recommendations"] = [*result.get("recommendations", []),
                                          *(t["recommendation"] for t in trends)]
+        result["ok"] = True  # as every --json answer; `insights --json` prints this dict
         return result
 
     def on_history(self, params: HistoryParams) -> dict[str, Any]:
@@ -151,6 +152,8 @@ class Controller:
     def status(self) -> dict[str, Any]:
         out = self.coordinator.status()
         out["running"] = True  # what `status --json` says when no daemon answers: false
+        # The CLI's --json answers all say "ok"; `status --json` prints this very dict.
+        out["ok"] = True
         out["last_reload_error"] = None
         if self.reloader is not None:
             reloads = self.reloader.statistics()
