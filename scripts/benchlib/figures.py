@@ -80,6 +80,10 @@ What each figure measures (``N`` and round counts are smaller with ``--quick``):
     hot contexts coordinated in turn for several seconds (many TTLs), rounds alternating:
     19 the hit rate after each context's first computation (``>= 0.98``), 20 the
     coordinate round-trip p99 (``<= 0.2x`` of the baseline's).
+21. cached ``coordinate`` p50 and p99 with one CPU-burning process per core beside the
+    daemon of figures 1-2 and the module, vs the ``multiprocessing.managers`` echo under
+    the same burners (``contention.py`` in this package): medians of per-round
+    percentiles, ``<= 1.0x`` (p50) and ``<= 2.0x`` (p99).
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import adaptive, predictive
+from . import adaptive, contention, predictive
 from .agents import Agent
 from .baselines import echo_server_main, manager_server_main
 from .common import (
@@ -626,7 +630,7 @@ class Bench:
         def wanted(*figures: int) -> bool:
             return not self.only or bool({str(f) for f in figures} & self.only)
 
-        if wanted(*range(1, 11)):  # figures 11-14 need no agents or baseline servers
+        if wanted(*range(1, 11), 21):  # figures 11-14 need no agents or baseline servers
             self.start_infrastructure(10)
         default_cfg = make_config_dir(root, "default")
         fast_cfg = make_config_dir(root, "fast", {
@@ -655,7 +659,7 @@ class Bench:
             rows[key] = self.results[before:]
 
         # A daemon is started only when a figure measured on it is wanted (``--only``).
-        if wanted(1, 2, 3, 5, 9, 11, 13, 14):
+        if wanted(1, 2, 3, 5, 9, 11, 13, 14, 21):
             self.progress("starting the daemon (packaged configs)")
             self.figures_on_main(self.daemon("main", default_cfg), measure)
         if wanted(4):
@@ -704,7 +708,7 @@ class Bench:
                 [(predictive.ROW_HIT_RATE, "fraction", ">= 0.98"),
                  (predictive.ROW_P99, "µs", "<= 0.2x")])
         order = ["1-2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13-14",
-                 "15-16", "17", "18", "19-20"]
+                 "15-16", "17", "18", "19-20", "21"]
         return [r for key in order for r in rows.get(key, [])]
 
     def adaptive_figures(self, measure: Callable[..., None]) -> None:
@@ -728,6 +732,12 @@ class Bench:
         measure("1-2", "coordinate round trips", lambda: self.fig_latency(main_d),
                 [("cached coordinate round trip p50", "µs", "<= 1.0x"),
                  ("cached coordinate round trip p99", "µs", "<= 4.0x")], main_d)
+        measure("21", "cached coordinate under contention (one CPU burner per core)",
+                lambda: contention.fig_contention(
+                    self.ctx, self.agents[0], main_d, self.manager_path,
+                    max(self.plan.rounds // 2, 5), self.plan.coord_n),
+                [(contention.ROW_P50, "µs", "<= 1.0x"), (contention.ROW_P99, "µs", "<= 2.0x")],
+                main_d)
         measure("3", "publish throughput", lambda: self.fig_publish(main_d),
                 [("publish throughput, one process, pipelined", "msg/s", ">= 0.5x")], main_d)
         measure("5", "cached vs uncached, 10 modules",
