@@ -52,7 +52,9 @@ What each figure measures (``N`` and round counts are smaller with ``--quick``):
     phases alternate (the full run goes back to 10 modules between loaded phases).
 11. the resident memory of a freshly started, idle daemon (psutil).
 12. ``modcoord start`` (detached) to ready: the wall time of the command, median over
-    every daemon this run starts.
+    every daemon this run starts, with byte-code caches as a user has them (the
+    environment of figure 13: ``PYTHONDONTWRITEBYTECODE`` dropped; the first start writes
+    the ``.pyc`` files that the later ones read).
 13. what ``from modcoord.supervisor import connect`` — all a module process needs — adds to
     an interpreter's start: R rounds each run a bare ``python -c pass`` and ``python -c
     "from modcoord.supervisor import connect"`` (same interpreter, environment and
@@ -116,20 +118,11 @@ from .common import (
     percentile,
     row,
     us,
+    user_env,
 )
 from .daemons import Daemon, make_config_dir
 
 MIN_START_SAMPLES = 3  # figure 12 is a median of at least this many starts
-
-
-def _user_env() -> dict[str, str]:
-    """The environment of figures 13 and 14's runs: this one, but with byte-code caching
-    as a user has it (``PYTHONDONTWRITEBYTECODE`` dropped, so that the warm-up run writes
-    the ``.pyc`` files the measured runs then read; with it set, a module changed since
-    its cache was written would be compiled again on every run)."""
-    env = os.environ.copy()
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
 
 
 class Bench:
@@ -564,7 +557,7 @@ class Bench:
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT,
-                                  cwd=self.root, env=_user_env())
+                                  cwd=self.root, env=user_env())
         except subprocess.TimeoutExpired:
             raise BenchError(f"{label} took over {CLI_TIMEOUT} s") from None
         elapsed = time.perf_counter() - t0
