@@ -302,8 +302,15 @@ def task_priority_latency(state: AgentState, runtime: str, source: str, n: int, 
     return out
 
 
+def task_client_statistics(state: AgentState, runtime: str) -> dict[str, Any]:
+    """The agent's client counters for ``runtime`` (``ClientStatistics`` as a dict)."""
+    stats = state.client(runtime).statistics()
+    return {name: getattr(stats, name) for name in stats.__dataclass_fields__}
+
+
 TASKS: dict[str, Callable[..., Any]] = {
     "register": task_register,
+    "client_statistics": task_client_statistics,
     "release": task_release,
     "coordinate_loop": task_coordinate_loop,
     "coordinate_uncached": task_coordinate_uncached,

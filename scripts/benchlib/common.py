@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import struct
 from dataclasses import dataclass
@@ -130,3 +131,14 @@ def row(name: str, value: float, unit: str, target: str, baseline: float | None 
 
 def us(seconds: float) -> float:
     return round(seconds * 1e6, 1)
+
+
+def user_env() -> dict[str, str]:
+    """The environment of the runs of figures 12, 13 and 14 (``modcoord start``, the client
+    import, ``status --json``): this one, but with byte-code caching
+    as a user has it (``PYTHONDONTWRITEBYTECODE`` dropped, so that the warm-up run writes
+    the ``.pyc`` files the measured runs then read; with it set, a module changed since
+    its cache was written would be compiled again on every run)."""
+    env = os.environ.copy()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env

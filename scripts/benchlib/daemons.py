@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import CLI_TIMEOUT, BenchError
+from .common import CLI_TIMEOUT, BenchError, user_env
 
 # -- daemons -----------------------------------------------------------------------------------
 
@@ -55,7 +55,8 @@ class Daemon:
                str(self.config_dir)]
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                                  env=user_env())
         except subprocess.TimeoutExpired:
             raise BenchError(f"modcoord start ({self.name}) took over {CLI_TIMEOUT} s") from None
         self.start_s = time.perf_counter() - t0

@@ -52,7 +52,9 @@ What each figure measures (``N`` and round counts are smaller with ``--quick``):
     phases alternate (the full run goes back to 10 modules between loaded phases).
 11. the resident memory of a freshly started, idle daemon (psutil).
 12. ``modcoord start`` (detached) to ready: the wall time of the command, median over
-    every daemon this run starts.
+    every daemon this run starts, with byte-code caches as a user has them (the
+    environment of figure 13: ``PYTHONDONTWRITEBYTECODE`` dropped; the first start writes
+    the ``.pyc`` files that the later ones read).
 13. what ``from modcoord.supervisor import connect`` — all a module process needs — adds to
     an interpreter's start: R rounds each run a bare ``python -c pass`` and ``python -c
     "from modcoord.supervisor import connect"`` (same interpreter, environment and
@@ -80,6 +82,10 @@ What each figure measures (``N`` and round counts are smaller with ``--quick``):
     hot contexts coordinated in turn for several seconds (many TTLs), rounds alternating:
     19 the hit rate after each context's first computation (``>= 0.98``), 20 the
     coordinate round-trip p99 (``<= 0.2x`` of the baseline's).
+21. cached ``coordinate`` p50 and p99 with one CPU-burning process per core beside the
+    daemon of figures 1-2 and the module, vs the ``multiprocessing.managers`` echo under
+    the same burners (``contention.py`` in this package): medians of per-round
+    percentiles, ``<= 1.0x`` (p50) and ``<= 2.0x`` (p99).
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import adaptive, predictive
+from . import adaptive, contention, predictive
 from .agents import Agent
 from .baselines import echo_server_main, manager_server_main
 from .common import (
@@ -112,20 +118,11 @@ from .common import (
     percentile,
     row,
     us,
+    user_env,
 )
 from .daemons import Daemon, make_config_dir
 
 MIN_START_SAMPLES = 3  # figure 12 is a median of at least this many starts
-
-
-def _user_env() -> dict[str, str]:
-    """The environment of figures 13 and 14's runs: this one, but with byte-code caching
-    as a user has it (``PYTHONDONTWRITEBYTECODE`` dropped, so that the warm-up run writes
-    the ``.pyc`` files the measured runs then read; with it set, a module changed since
-    its cache was written would be compiled again on every run)."""
-    env = os.environ.copy()
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
 
 
 class Bench:
@@ -560,7 +557,7 @@ class Bench:
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT,
-                                  cwd=self.root, env=_user_env())
+                                  cwd=self.root, env=user_env())
         except subprocess.TimeoutExpired:
             raise BenchError(f"{label} took over {CLI_TIMEOUT} s") from None
         elapsed = time.perf_counter() - t0
@@ -626,7 +623,7 @@ class Bench:
         def wanted(*figures: int) -> bool:
             return not self.only or bool({str(f) for f in figures} & self.only)
 
-        if wanted(*range(1, 11)):  # figures 11-14 need no agents or baseline servers
+        if wanted(*range(1, 11), 21):  # figures 11-14 need no agents or baseline servers
             self.start_infrastructure(10)
         default_cfg = make_config_dir(root, "default")
         fast_cfg = make_config_dir(root, "fast", {
@@ -655,7 +652,7 @@ class Bench:
             rows[key] = self.results[before:]
 
         # A daemon is started only when a figure measured on it is wanted (``--only``).
-        if wanted(1, 2, 3, 5, 9, 11, 13, 14):
+        if wanted(1, 2, 3, 5, 9, 11, 13, 14, 21):
             self.progress("starting the daemon (packaged configs)")
             self.figures_on_main(self.daemon("main", default_cfg), measure)
         if wanted(4):
@@ -704,7 +701,7 @@ class Bench:
                 [(predictive.ROW_HIT_RATE, "fraction", ">= 0.98"),
                  (predictive.ROW_P99, "µs", "<= 0.2x")])
         order = ["1-2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13-14",
-                 "15-16", "17", "18", "19-20"]
+                 "15-16", "17", "18", "19-20", "21"]
         return [r for key in order for r in rows.get(key, [])]
 
     def adaptive_figures(self, measure: Callable[..., None]) -> None:
@@ -728,6 +725,12 @@ class Bench:
         measure("1-2", "coordinate round trips", lambda: self.fig_latency(main_d),
                 [("cached coordinate round trip p50", "µs", "<= 1.0x"),
                  ("cached coordinate round trip p99", "µs", "<= 4.0x")], main_d)
+        measure("21", "cached coordinate under contention (one CPU burner per core)",
+                lambda: contention.fig_contention(
+                    self.ctx, self.agents[0], main_d, self.manager_path,
+                    max(self.plan.rounds // 2, 5), self.plan.coord_n),
+                [(contention.ROW_P50, "µs", "<= 1.0x"), (contention.ROW_P99, "µs", "<= 2.0x")],
+                main_d)
         measure("3", "publish throughput", lambda: self.fig_publish(main_d),
                 [("publish throughput, one process, pipelined", "msg/s", ">= 0.5x")], main_d)
         measure("5", "cached vs uncached, 10 modules",

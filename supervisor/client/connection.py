@@ -72,6 +72,7 @@ from modcoord.supervisor.protocol.framing import (
 )
 from modcoord.supervisor.protocol.limits import DEFAULT_MAX_FRAME_BYTES, MAX_NESTING_DEPTH
 from modcoord.supervisor.protocol.signatures import PROTOCOL_VERSION
+from modcoord.supervisor.protocol.waiting import SpinPolicy
 
 __all__ = ["Connection", "Inbound", "Rejoin", "version_mismatch"]
 
@@ -86,7 +87,6 @@ _PARK_MAX = 1.0                # no wait in the client is longer than this witho
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 _MSG_DONTWAIT = socket.MSG_DONTWAIT
-_SPIN_S = 0.0002  # how long a waiting caller polls the socket before it blocks
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
 _allocate_lock = threading.Lock
@@ -166,6 +166,7 @@ class Connection:
         self._calls_made = 0
         self._writes = 0
         self._caller_reads = 0
+        self._spin = SpinPolicy()  # used by the token holder only
         self._writer = threading.Thread(
             target=self._writer_main, name="modcoord-client-writer", daemon=True)
         self._reader: threading.Thread | None = None
@@ -284,7 +285,7 @@ class Connection:
         return {"connected": self._connected, "calls": self._calls_made,
                 "pending": len(self._pending), "connection_losses": self._connection_losses,
                 "reconnects": self._reconnects, "writes": self._writes,
-                "caller_reads": self._caller_reads}
+                "caller_reads": self._caller_reads, **self._spin.statistics()._asdict()}
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -496,16 +497,23 @@ class Connection:
             rbuf = stream.rbuf
             blocking_above = RECV_TIMEOUT if stream.timed_reads else math.inf
             looked = False
-            # Spin briefly before blocking: the answer usually comes within tens of µs,
-            # and a thread that blocks lets its CPU go idle, which costs ~50 µs to wake
-            # on a virtual machine (an IPI and a halt exit) — more than the call itself.
-            spin_until = _monotonic() + _SPIN_S
+            # Spin briefly before blocking when it pays (see protocol/waiting.py): the
+            # answer usually comes within tens of µs, and a thread that blocks lets its
+            # CPU go idle, which costs ~50 µs to wake on a virtual machine — unless no
+            # CPU is idle, when spinning would take the CPU the daemon needs.
+            spin = self._spin
+            spinning = spin.spin_budget() if deadline > _monotonic() else 0.0
+            spin_until = _monotonic() + spinning
             while not done():
                 now = _monotonic()
                 remaining = deadline - now
                 try:
-                    if now < spin_until and remaining > 0:
+                    if spinning and now < spin_until and remaining > 0:
                         n = recv_into(rbuf, RECV_SIZE, _MSG_DONTWAIT)
+                    elif spinning and remaining > 0:
+                        spinning = 0.0
+                        spin.spun(False)  # not answered within the spin: block now
+                        continue
                     elif remaining > blocking_above:
                         # a plain blocking read (no poll first): it returns within
                         # RECV_TIMEOUT (SO_RCVTIMEO), then the future and deadline are
@@ -530,6 +538,8 @@ class Connection:
                     return
                 if not self._consume(stream, n):
                     return
+            if spinning:
+                spin.spun(True)
         finally:
             self._lead_end = _monotonic()
             self._caller_reading = False

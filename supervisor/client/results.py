@@ -31,6 +31,12 @@ class ClientStatistics:
         caller_reads: times a waiting caller read the connection itself (instead of being
             woken by the reader thread).
         sweeps_notified: ``swept`` events received (each re-registered its module).
+        spins: waits for an answer that spun (polled the socket) before blocking.
+        spins_paid: spins that saw their answer within the spin.
+        blocked_busy: waits that blocked at once because no CPU was idle (spinning would
+            have taken the CPU the daemon needs to answer).
+        blocked_backoff: waits that blocked at once because recent spins had not paid.
+        idle_probes: samples of the idle-CPU probe (at most one per 10 ms).
     """
 
     connected: bool
@@ -45,3 +51,8 @@ class ClientStatistics:
     writes: int
     caller_reads: int
     sweeps_notified: int = 0
+    spins: int = 0
+    spins_paid: int = 0
+    blocked_busy: int = 0
+    blocked_backoff: int = 0
+    idle_probes: int = 0

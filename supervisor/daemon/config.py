@@ -232,8 +232,13 @@ def _read_config_bytes(path: Path) -> bytes:
     return b"".join(chunks)
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing documents that expand to more than
+_FastSafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built
+_LIBYAML_TOO_DEEP = "exceeded maximum nesting depth"  # libyaml's own nesting limit
+
+
+class _BoundedLoader(_FastSafeLoader):  # type: ignore[misc]
+    """PyYAML's safe loader (libyaml's, when PyYAML was built with it: parsing in C is
+    several times faster, which counts at start), refusing documents that expand to more than
     :data:`MAX_YAML_NODES` nodes or nest deeper than :data:`MAX_YAML_DEPTH`.
 
     Aliases make a node graph whose expanded size can be exponential in the file's size
@@ -242,8 +247,9 @@ class _BoundedLoader(yaml.SafeLoader):
     alias counts as too large.
     """
 
-    def compose_document(self) -> Any:
-        node = super().compose_document()
+    def get_single_node(self) -> Any:
+        # get_single_node, not compose_document: libyaml's parser composes in C.
+        node = super().get_single_node()
         if node is not None:
             _check_expansion(node)
         return node
@@ -299,11 +305,14 @@ def _check_expansion(root: yaml.Node) -> None:
 def _read_yaml(path: Path) -> tuple[dict[str, Any], bytes]:
     raw = _read_config_bytes(path)
     try:
-        data = yaml.load(raw, Loader=_BoundedLoader)  # a SafeLoader subclass
+        data = yaml.load(raw, Loader=_BoundedLoader)  # a (C)SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if problem == _LIBYAML_TOO_DEEP:  # libyaml stops at 1,000 levels, before our walk
+            problem = (f"collections nest deeper than {MAX_YAML_DEPTH} levels "
+                       "(MAX_YAML_DEPTH); flatten the structure")
         raise ConfigError(str(path), "", f"invalid YAML{where}: {problem}") from None
     except RecursionError:
         raise ConfigError(str(path), "", (

@@ -8,13 +8,13 @@ reloader's last error, the metrics exposition, the request to stop.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.supervisor.daemon.engine import Engine
-from modcoord.supervisor.daemon.exposition import Exposition
 from modcoord.supervisor.daemon.reload import Reloader
 from modcoord.supervisor.protocol.calls import (
     CONTROL_METHODS,
@@ -26,7 +26,15 @@ from modcoord.supervisor.protocol.calls import (
 )
 from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 
+if TYPE_CHECKING:
+    from modcoord.supervisor.daemon.exposition import Exposition
+
 __all__ = ["Controller"]
+
+
+HISTORY_START_WAIT_S = 5.0
+"""How long a ``history`` call waits for the history to finish opening its database (it
+opens right after the daemon reports ready)."""
 
 
 class Controller:
@@ -37,11 +45,15 @@ class Controller:
         reloader: re-reads the config directory (``None``: reload unsupported).
         request_stop: asks the daemon to stop gracefully.
         daemon_info: static facts for ``status`` (runtime dir, socket, log dir, config dir).
+        history_pending: the daemon starts the history later (after readiness) and sets
+            ``history_settled`` then; until that, ``status`` shows the history as
+            ``starting`` and ``history`` calls wait for it (``HISTORY_START_WAIT_S``).
     """
 
     def __init__(self, coordinator: Engine, *, reloader: Reloader | None = None,
                  request_stop: Callable[[], None] | None = None,
-                 daemon_info: dict[str, Any] | None = None) -> None:
+                 daemon_info: dict[str, Any] | None = None,
+                 history_pending: bool = False) -> None:
         self.coordinator = coordinator
         self.reloader = reloader
         self.request_stop = request_stop
@@ -49,13 +61,30 @@ class Controller:
         self.daemon_info = daemon_info if daemon_info is not None else {}
         # The socket server, once the daemon started it: its counters go into ``status``.
         self.server: Any = None
-        # The performance history (a HistoryRecorder), once the daemon started it.
+        # The performance history (a HistoryRecorder), once the daemon started it: after
+        # readiness (opening its database is disk I/O); ``history_settled`` is set then,
+        # or at once when history is off.
         self.history: Any = None
-        # The metrics (``metrics`` call and the HTTP endpoint): status and histograms.
-        self.exposition = Exposition(self.status, coordinator.metrics)
+        self.history_settled = threading.Event()
+        if not history_pending:
+            self.history_settled.set()
+        self._exposition: Exposition | None = None
+        self._exposition_lock = threading.Lock()
         # Every control call of the table, answered by its ``on_<name>`` method.
         self._calls: dict[str, Callable[[Any], Any]] = {
             name: getattr(self, f"on_{name}") for name in CONTROL_METHODS}
+
+    @property
+    def exposition(self) -> Exposition:
+        """The metrics (``metrics`` call, the HTTP endpoint, exporters): status and
+        histograms. Built on first use, so that a daemon whose metrics nobody asks for
+        never imports ``prometheus_client`` (start to ready: ``scripts/bench`` figure 12)."""
+        with self._exposition_lock:
+            if self._exposition is None:
+                from modcoord.supervisor.daemon.exposition import Exposition
+
+                self._exposition = Exposition(self.status, self.coordinator.metrics)
+            return self._exposition
 
     # -- data calls (hot path) --
 
@@ -116,6 +145,10 @@ class Controller:
         return result
 
     def on_history(self, params: HistoryParams) -> dict[str, Any]:
+        if not self.history_settled.wait(HISTORY_START_WAIT_S):
+            raise InvalidMessageError(
+                f"the history is still opening its database after {HISTORY_START_WAIT_S} s "
+                "(HISTORY_START_WAIT_S); retry in a moment, or see the daemon's log")
         if self.history is None:
             raise InvalidMessageError("history is off (history.enabled: false in daemon.yaml; "
                                       "set it to true and restart the daemon)")
@@ -164,9 +197,13 @@ class Controller:
         out["daemon"] = dict(self.daemon_info)
         if self.server is not None:
             out["server"] = asdict(self.server.statistics())
-        out["history"] = (self.history.status() if self.history is not None else
-                          {"path": None, "state": "off", "reason": "history.enabled is false",
-                           "rows": 0})
+        if self.history is not None:
+            out["history"] = self.history.status()
+        elif not self.history_settled.is_set():
+            out["history"] = {"path": None, "state": "starting", "reason": None, "rows": 0}
+        else:
+            out["history"] = {"path": None, "state": "off",
+                              "reason": "history.enabled is false", "rows": 0}
         return out
 
     def reload(self) -> dict[str, Any]:

@@ -242,10 +242,8 @@ class _Daemon:
         from modcoord.supervisor.daemon.controller import Controller
         from modcoord.supervisor.daemon.engine import Engine, create_engine
         from modcoord.supervisor.daemon.exporting import ExporterRunner
-        from modcoord.supervisor.daemon.exposition import MetricsHTTPServer
         from modcoord.supervisor.daemon.logs import setup_logging, shutdown_logging
         from modcoord.supervisor.daemon.reload import ConfigWatcher, Reloader
-        from modcoord.supervisor.daemon.sampling import HistoryRecorder, start_history
         from modcoord.supervisor.daemon.server import Server, raise_nofile_limit
         from modcoord.supervisor.daemon.systemd import sd_notify
         from modcoord.supervisor.protocol import paths
@@ -283,11 +281,11 @@ class _Daemon:
         coordinator: Engine | None = None
         server: Server | None = None
         watcher: ConfigWatcher | None = None
-        http: MetricsHTTPServer | None = None
+        http: Any = None  # a MetricsHTTPServer, when metrics are enabled
         exporters: ExporterRunner | None = None
         state_file = runtime / STATE_FILE
         reloader: Reloader | None = None
-        history: HistoryRecorder | None = None
+        history: Any = None  # a HistoryRecorder, when history is enabled
         try:
             holder: dict[str, Any] = {}
             setup_logging(
@@ -303,8 +301,6 @@ class _Daemon:
             )
             holder["c"] = coordinator
             coordinator.start()
-            gc.collect()
-            gc.freeze()  # what start-up built lives for ever: later collections skip it
             config_dir = config.directory
 
             reloader = Reloader(lambda: load_config_dir(config_dir), coordinator.apply_config,
@@ -314,8 +310,8 @@ class _Daemon:
             info = {"runtime_dir": str(runtime), "socket": str(sock), "log_dir": str(log_dir),
                     "config_dir": str(config_dir), "state_dir": str(state_dir)}
             controller = Controller(coordinator, reloader=reloader,
-                                    request_stop=self.request_stop, daemon_info=info)
-            history = start_history(controller, config.daemon.history, state_dir)
+                                    request_stop=self.request_stop, daemon_info=info,
+                                    history_pending=True)
             if sock.exists() or sock.is_symlink():
                 sock.unlink()  # stale: we hold the lock, so no daemon owns it
             nofile_before, nofile = raise_nofile_limit()
@@ -336,10 +332,9 @@ class _Daemon:
 
             watcher = ConfigWatcher(Path(config_dir), on_change)
             watcher.start()
-            exporters = ExporterRunner(coordinator.plugins,
-                                       controller.exposition.registry.collect)
-            exporters.start()
-            if config.daemon.metrics.enabled:
+            if config.daemon.metrics.enabled:  # prometheus_client is imported only then
+                from modcoord.supervisor.daemon.exposition import MetricsHTTPServer
+
                 http = MetricsHTTPServer(config.daemon.metrics.host, config.daemon.metrics.port,
                                          controller.exposition)
                 info["metrics_port"] = str(http.start())
@@ -352,6 +347,15 @@ class _Daemon:
             log.bind(socket=str(sock)).info("daemon ready")
             ready.ok(os.getpid(), str(sock))
             sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+            # Ready as soon as the socket serves; what requests do not need starts after:
+            # the history (opening its database is disk I/O), the exporters, and the
+            # full collection that lets later ones skip what start-up built.
+            history = _start_history(controller, config, state_dir)
+            exporters = ExporterRunner(coordinator.plugins,
+                                       lambda: controller.exposition.registry.collect())
+            exporters.start()
+            gc.collect()
+            gc.freeze()  # what start-up built lives for ever: later collections skip it
             while not self.stop_requested.wait(0.5):
                 pass
             log.info("daemon stopping")
@@ -389,6 +393,21 @@ class _Daemon:
             logger.bind(actor="daemon").info("daemon stopped", exit_code=self.exit_code)
             shutdown_logging()
             lock.release()
+
+
+def _start_history(controller: Any, config: Any, state_dir: Path) -> Any:
+    """Start the performance history; ``None`` (and neither sqlite3 nor the sampler
+    imported) when ``history.enabled`` is false. Sets ``controller.history_settled``
+    whatever happens (an unusable database gives a memory-only history, see
+    :func:`~modcoord.supervisor.daemon.sampling.start_history`)."""
+    try:
+        if not config.daemon.history.enabled:
+            return None
+        from modcoord.supervisor.daemon.sampling import start_history
+
+        return start_history(controller, config.daemon.history, state_dir)
+    finally:
+        controller.history_settled.set()
 
 
 class _Ready:

@@ -85,6 +85,7 @@ from modcoord.supervisor.protocol.limits import (
     DEFAULT_OUTPUT_CONNECTION_BYTES,
     DEFAULT_OUTPUT_STALL_S,
 )
+from modcoord.supervisor.protocol.waiting import SpinPolicy
 
 __all__ = [
     "ACCEPT_PAUSE_S",
@@ -111,7 +112,6 @@ __all__ = [
 
 DEFAULT_MAX_BUFFER_BYTES = DEFAULT_OUTPUT_CONNECTION_BYTES
 _RECV_SIZE = 256 * 1024
-_SPIN_S = 0.0002  # adaptive polling after activity (see Server._run)
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _log = logger.bind(actor="server")
@@ -250,6 +250,7 @@ class Server:
         self._stopping = False
         self._started = False
         self._counters_lock = threading.Lock()
+        self._spin = SpinPolicy()  # the I/O thread's polling (see _run)
         self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         # What each message does (daemon/requests.py).
         self._requests = Requests(
@@ -399,6 +400,7 @@ class Server:
             backpressure_active=backpressure.active,
             output_pressure=self._flow.output_pressure,
             output_budget_bytes=self.output_budget_bytes,
+            **self._spin.statistics()._asdict(),  # written by the I/O thread alone
             **c,
         )
 
@@ -466,19 +468,24 @@ class Server:
         assert selector is not None
         busy = False
         perf = time.perf_counter
+        spin = self._spin
         flow, inputs, accepting = self._flow, self._input, self._accepting
         try:
             while not self._stopping:
                 try:
                     events: list[tuple[selectors.SelectorKey, int]] = []
-                    if busy and not flow.throttling:
+                    spin_s = spin.spin_budget() if busy and not flow.throttling else 0.0
+                    if spin_s:
                         # Adaptive polling: right after activity, poll for a moment
                         # before blocking. A request-reply client sends its next request
                         # within tens of µs; blocking would let this CPU idle, and waking
                         # an idle virtual CPU costs ~50 µs, more than serving the call.
-                        until = perf() + _SPIN_S
+                        # Only when it pays (protocol/waiting.py): never without an idle
+                        # CPU, nor for a while after polls that saw nothing.
+                        until = perf() + spin_s
                         while not events and perf() < until:
                             events = selector.select(0)
+                        spin.spun(bool(events))
                     if not events:
                         timeout = flow.poll_timeout()
                         if inputs.due() is not None or accepting.due() is not None:

@@ -75,6 +75,12 @@ class ServerStatistics:
         max_connections: the connection cap (from ``RLIMIT_NOFILE`` less the reserve).
         held_updates: updates of deliveries held unencoded behind full output buffers.
         output_budget_bytes: the output budget across connections.
+        spins: times the I/O loop polled for the next request before blocking (right
+            after activity, when it pays: ``protocol/waiting.py``).
+        spins_paid: polls that saw the next request within the poll.
+        blocked_busy: times it blocked at once because no CPU was idle.
+        blocked_backoff: times it blocked at once because recent polls had not paid.
+        idle_probes: samples of the idle-CPU probe.
     """
 
     socket_path: str
@@ -116,3 +122,8 @@ class ServerStatistics:
     max_connections: int
     held_updates: int
     output_budget_bytes: int
+    spins: int
+    spins_paid: int
+    blocked_busy: int
+    blocked_backoff: int
+    idle_probes: int

@@ -40,10 +40,13 @@ EXPECTED = [
     ("adaptive batch: throughput at heavy load", "updates/s", ">= 0.95x"),
     ("refresh-ahead: cache hit rate", "fraction", ">= 0.98"),
     ("refresh-ahead: coordinate p99", "µs", "<= 0.2x"),
+    ("cached coordinate p50, one CPU burner per core", "µs", "<= 1.0x"),
+    ("cached coordinate p99, one CPU burner per core", "µs", "<= 2.0x"),
 ]
 STARTUP = EXPECTED[12:14]
 ADAPTIVE = EXPECTED[14:18]
-REFRESH_AHEAD = EXPECTED[18:]
+REFRESH_AHEAD = EXPECTED[18:20]
+CONTENTION = EXPECTED[20:]
 
 
 def _run_bench(timeout: float, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -169,3 +172,15 @@ def test_refresh_ahead_figures_meet_their_targets_against_the_same_run_without()
     assert p99["baseline"] > 30_000  # µs: the baseline's p99 is a miss (a 30 ms computation)
     assert hit_rate["met"], hit_rate
     assert p99["value"] < p99["baseline"], p99
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_the_contention_figure_measures_both_under_burners() -> None:
+    """``--only 21``: cached coordinate p50 and p99 under one CPU burner per core, each
+    against the managers echo under the same burners, in the documented shape (what the
+    waits chose under the burners: ``integration/test_waiting_daemon.py``)."""
+    rows = _results(_run_bench(260, "--only", "21"))
+    _check_rows(rows, CONTENTION)
+    assert rows[0]["value"] <= rows[1]["value"]
