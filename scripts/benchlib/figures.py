@@ -80,6 +80,10 @@ What each figure measures (``N`` and round counts are smaller with ``--quick``):
     hot contexts coordinated in turn for several seconds (many TTLs), rounds alternating:
     19 the hit rate after each context's first computation (``>= 0.98``), 20 the
     coordinate round-trip p99 (``<= 0.2x`` of the baseline's).
+21. what the performance history costs (``history_cost.py`` in this package): publish
+    throughput from one process at full speed on a daemon with the history on vs one
+    with it off (``history.enabled: false``), rounds alternating; the median of the
+    paired ratios (``>= 0.98``).
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import adaptive, predictive
+from . import adaptive, history_cost, predictive
 from .agents import Agent
 from .baselines import echo_server_main, manager_server_main
 from .common import (
@@ -626,7 +630,7 @@ class Bench:
         def wanted(*figures: int) -> bool:
             return not self.only or bool({str(f) for f in figures} & self.only)
 
-        if wanted(*range(1, 11)):  # figures 11-14 need no agents or baseline servers
+        if wanted(*range(1, 11), 21):  # figures 11-14 need no agents or baseline servers
             self.start_infrastructure(10)
         default_cfg = make_config_dir(root, "default")
         fast_cfg = make_config_dir(root, "fast", {
@@ -703,8 +707,13 @@ class Bench:
                     root, self.daemon, self.plan.rounds < Plan.of(False).rounds),
                 [(predictive.ROW_HIT_RATE, "fraction", ">= 0.98"),
                  (predictive.ROW_P99, "µs", "<= 0.2x")])
+        measure("21", "history sampling cost (history on vs off)",
+                lambda: history_cost.fig_history_cost(
+                    root, self.daemon, self.agents[0], self.plan.rounds,
+                    self.plan.pipelined_n),
+                [(history_cost.ROW, "ratio", ">= 0.98")])
         order = ["1-2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13-14",
-                 "15-16", "17", "18", "19-20"]
+                 "15-16", "17", "18", "19-20", "21"]
         return [r for key in order for r in rows.get(key, [])]
 
     def adaptive_figures(self, measure: Callable[..., None]) -> None:

@@ -128,6 +128,8 @@ class HistoryStore:
         path: the database file (``None``: memory only, state ``memory``).
         now: wall-clock seconds (injected; tests pass a MockClock's ``monotonic``).
         tiers: the resolutions (default :data:`TIERS`).
+        unusable: why ``path`` cannot be used (its directory is read-only), known before:
+            the store starts degraded with that reason and never opens the file.
 
     Failure: opening, reading or writing the database never raises out of the store; the
     store goes ``degraded`` (reason in :meth:`status` and one log record) and keeps the
@@ -135,7 +137,7 @@ class HistoryStore:
     """
 
     def __init__(self, path: Path | None, now: Callable[[], float] = time.time,
-                 tiers: tuple[Tier, ...] = TIERS) -> None:
+                 tiers: tuple[Tier, ...] = TIERS, unusable: str | None = None) -> None:
         self.path = path
         self.now = now
         self.tiers = tiers
@@ -157,7 +159,9 @@ class HistoryStore:
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        if path is not None:
+        if path is not None and unusable is not None:
+            self._degrade(unusable)
+        elif path is not None:
             self._open_db(path)
 
     # -- database ---------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""Figure 21: what the performance history costs the publish path, against the same run
+with it off.
+
+Two daemons start with the packaged configs, but for ``daemon.yaml``'s ``history.enabled``:
+true for one (sampling every second into SQLite in its own state directory, counting each
+module's publishes for the busiest modules' rates), false for the other (the baseline).
+One module process publishes at full speed (pipelined, keys cycling over 1,000, as in
+figure 3) for long enough that the sampler runs several times each round; the rounds
+alternate between the two daemons and the order flips every round, so that drift and
+load from elsewhere hit both alike. Value: the median over the rounds of the paired ratio
+(history on / history off, same round); the spread is the ratios' range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .agents import Agent
+from .common import BenchError, Result, median, row
+from .daemons import Daemon, make_config_dir
+
+ROW = "publish throughput with the history sampling vs without"
+KEYS = 1000
+MIN_ROUNDS = 5
+ROUND_SCALE = 8
+"""Publishes per round: ``Plan.pipelined_n`` times this (seconds at full speed, so that
+the once-a-second sampler runs inside every round)."""
+
+
+def fig_history_cost(root: Path, start: Callable[[str, Path], Daemon], agent: Agent,
+                     rounds: int, n: int) -> list[Result]:
+    """Figure 21 (see the module docstring).
+
+    Raises:
+        BenchError: a publish was refused, or the history-on daemon's history is not ok.
+    """
+    on = start("history-on", make_config_dir(root, "history-on",
+                                             daemon={"history": {"enabled": True}}))
+    off = start("history-off", make_config_dir(root, "history-off",
+                                               daemon={"history": {"enabled": False}}))
+    n *= ROUND_SCALE
+    rounds = max(rounds, MIN_ROUNDS)
+    try:
+        for d in (on, off):
+            agent.call("register", runtime=d.runtime_str, module_ids=["hist-pub"])
+            agent.call("publish_pipelined", runtime=d.runtime_str, module_id="hist-pub",
+                       n=n // 5, prefix="warm", keys=KEYS)
+        rates: dict[str, list[float]] = {"on": [], "off": []}
+        for r in range(rounds):
+            pair = [("on", on), ("off", off)]
+            for name, d in pair if r % 2 == 0 else pair[::-1]:
+                out = agent.call("publish_pipelined", runtime=d.runtime_str,
+                                 module_id="hist-pub", n=n, prefix=f"h{r}-", keys=KEYS,
+                                 timeout=300)
+                if out["errors"]:
+                    raise BenchError(f"publishes refused ({name}): {out['errors']}")
+                rates[name].append(out["rate"])
+        history = on.status()["history"]
+        if history["state"] != "ok" or history["rows"] == 0:
+            raise BenchError(f"the history-on daemon's history is not working: {history}")
+        if off.status()["history"]["state"] != "off":
+            raise BenchError("the history-off daemon has a history")
+    finally:
+        for d in (on, off):
+            agent.call("release", runtime=d.runtime_str)
+            d.stop()
+    ratios = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
+    value = median(ratios)
+    on_rate, off_rate = median(rates["on"]), median(rates["off"])
+    return [row(ROW, round(value, 4), "ratio", ">= 0.98", None,
+                f"median of {rounds} paired rounds (on/off, order alternating), ratios "
+                f"{min(ratios):.3f}-{max(ratios):.3f}; history on {round(on_rate):,} msg/s, "
+                f"off {round(off_rate):,} msg/s (medians); {n:,} publishes a round, "
+                f"{KEYS:,} keys; {history['rows']:,} rows written")]
