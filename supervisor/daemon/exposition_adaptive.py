@@ -40,7 +40,9 @@ def adaptive_families(add: Add, adaptive: Mapping[str, Any]) -> None:
     if "enabled" in adaptive:
         add("modcoord_adaptive_enabled", bool(adaptive.get("enabled")))
     params = adaptive.get("parameters")
-    for name in sorted(params) if isinstance(params, Mapping) else ():
+    if not isinstance(params, Mapping):
+        params = {}
+    for name in sorted(params):
         p = params[name]
         if not isinstance(p, Mapping):
             continue
