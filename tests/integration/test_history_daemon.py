@@ -267,3 +267,24 @@ def test_a_read_only_state_dir_leaves_a_memory_history(daemon_factory: DaemonFac
         assert not any(state.iterdir()), list(state.iterdir())  # nothing was written there
     finally:
         state.chmod(0o700)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_a_module_rate_series_stops_when_its_process_goes(
+        daemon: DaemonProcess, publisher: subprocess.Popen[str]) -> None:
+    """A real module process publishes, then is killed (the daemon unregisters it): its
+    rate series gets no more points (no zeros) while the history goes on sampling."""
+    metric = "module.flood.updates_per_s"
+    wait_for(lambda: len(_points(daemon, metric, "1m")) >= 3, 20,
+             message="the flood module's rate in the history")
+    publisher.kill()
+    publisher.communicate(timeout=10)
+    wait_for(lambda: json.loads(daemon.cli("status", "--json").out)["modules"] == 0, 20,
+             message="the module unregistered")
+    last = _points(daemon, metric, "1m")[-1][0]
+    wait_for(lambda: sum(p[0] > last for p in _points(daemon, "modules", "1m")) >= 4, 20,
+             message="four more samples")
+    after = _points(daemon, metric, "1m")
+    assert after[-1][0] == last, after[-3:]  # not one point more, zero or otherwise
+    assert all(p[3] > 0 for p in after), after

@@ -222,3 +222,48 @@ def test_parse_since() -> None:
     for bad in ("", "0", "-1h", "40d", "soon"):
         with pytest.raises(argparse.ArgumentTypeError, match="at most 30d"):
             parse_since(bad)
+
+
+def test_a_module_rate_series_stops_when_the_module_does() -> None:
+    """Through the Sampler, second by second on the MockClock: a module that stops
+    publishing, one that unregisters (and comes back), and one that is only sometimes
+    among the busiest get points while they are busiest publishers, never zeros after."""
+    from modcoord.supervisor.daemon.sampling import Sampler
+
+    clock = MockClock(START)
+    store = HistoryStore(None, now=clock.monotonic)
+    rates = ModuleRates()
+    sampler = Sampler(store, lambda: {"modules": 3}, None, rates, busiest=2,
+                      monotonic=clock.monotonic)
+    sampler.sample()
+
+    def second(**per_module: int) -> None:
+        for module, n in per_module.items():
+            rates.count([(module, "k", 1, "low")] * n)
+        clock.advance(1)
+        sampler.sample()
+
+    for _ in range(10):  # a and b busiest; c publishes too, but less
+        second(a=100, b=50, c=10)
+    for _ in range(10):  # a stops (still registered): c is now among the busiest
+        second(b=50, c=10)
+    rates.forget("b")  # b unregisters
+    for _ in range(10):
+        second(c=10)
+    for _ in range(5):  # b registers again and publishes (its count starts again)
+        second(b=20, c=10)
+    rates.forget("b")  # gone and back within one second: its count is below the last
+    second(b=5, c=10)
+    t0 = int(START)
+    series = store.series(None, 3600)["series"]
+    a, b, c = (series[f"module.{m}.updates_per_s"] for m in "abc")
+    assert [p[0] for p in a] == [t0 + s for s in range(1, 11)]
+    assert {p[3] for p in a} == {100.0}
+    assert [p[0] for p in b] == [t0 + s for s in [*range(1, 21), *range(31, 36)]], b
+    assert {p[3] for p in b} == {50.0, 20.0}
+    assert [p[0] for p in c] == [t0 + s for s in range(11, 37)], c
+    assert {p[3] for p in c} == {10.0}
+    assert len(series["modules"]) == 37  # the sampler kept sampling the whole time
+    # The minute tier's means are over the seconds the module published: no zeros in them.
+    minute = store.series(["module.a.updates_per_s"], 86_400)["series"]
+    assert all(p[1] == 100.0 for p in minute["module.a.updates_per_s"])
