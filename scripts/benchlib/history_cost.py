@@ -12,7 +12,10 @@ throughput is publishes per second of its CPU time (its process's user + system 
 the round: the sampler and writer threads included); that, unlike the wall-clock rate,
 does not move with what else the machine runs. Value: the median over the rounds of the
 paired ratio (history on / history off, same round) of publishes per daemon CPU second;
-the spread is the ratios' range; the wall-clock rates are in the notes.
+the spread is the ratios' range; the wall-clock rates are in the notes, and so is the
+share of the history-on daemon's CPU its sampler and writer threads used (their own
+thread CPU time, ``status`` ``history.cpu_s``: a direct reading of the cost, beside the
+difference of two noisy rates).
 """
 
 from __future__ import annotations
@@ -52,14 +55,17 @@ def fig_history_cost(root: Path, start: Callable[[str, Path], Daemon], agent: Ag
                        n=n // 5, prefix="warm", keys=KEYS)
         rates: dict[str, list[float]] = {"on": [], "off": []}
         per_cpu: dict[str, list[float]] = {"on": [], "off": []}
+        share: list[float] = []  # the history threads' part of the on-daemon's CPU
         for r in range(rounds):
             pair = [("on", on), ("off", off)]
             for name, d in pair if r % 2 == 0 else pair[::-1]:
-                cpu0 = d.cpu_seconds()
+                cpu0, history0 = d.cpu_seconds(), _history_cpu(d)
                 out = agent.call("publish_pipelined", runtime=d.runtime_str,
                                  module_id="hist-pub", n=n, prefix=f"h{r}-", keys=KEYS,
                                  timeout=300)
                 cpu = d.cpu_seconds() - cpu0
+                if name == "on" and cpu > 0:
+                    share.append((_history_cpu(d) - history0) / cpu)
                 if out["errors"]:
                     raise BenchError(f"publishes refused ({name}): {out['errors']}")
                 if cpu <= 0:
@@ -85,4 +91,12 @@ def fig_history_cost(root: Path, start: Callable[[str, Path], Daemon], agent: Ag
                 f" (medians); wall clock: on {round(median(rates['on'])):,} msg/s, off "
                 f"{round(median(rates['off'])):,} msg/s, paired ratio {median(wall):.3f} "
                 f"({min(wall):.3f}-{max(wall):.3f}); {n:,} publishes a round, {KEYS:,} keys; "
-                f"{history['rows']:,} history rows")]
+                f"{history['rows']:,} history rows; the sampler and writer threads used "
+                f"{median(share):.2%} of the daemon's CPU (median, {min(share):.2%}-"
+                f"{max(share):.2%}; status history.cpu_s)")]
+
+
+def _history_cpu(d: Daemon) -> float:
+    """The CPU seconds the daemon's history threads used (``status`` ``history.cpu_s``;
+    0 with the history off)."""
+    return float(d.status()["history"].get("cpu_s", 0.0))

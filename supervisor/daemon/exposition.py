@@ -197,7 +197,8 @@ _TABLE: tuple[MetricSpec, ...] = (
                "A count or factor parameter as the config gives it (batch.max_size, "
                "cache.max_entries, delays.widen)."),
     MetricSpec("modcoord_adaptive_pinned", "gauge", "", ("parameter",),
-               "1 if the parameter is held at a configured bound, else 0."),
+               "1 if the parameter is held at a configured bound, else 0 (parameter as in "
+               "the effective families)."),
     MetricSpec("modcoord_adaptive_memory_strategy", "gauge", "", ("strategy",),
                "The memory strategy in force (1 for it, 0 for the others)."),
     MetricSpec("modcoord_resources_memory_level", "gauge", "", (),

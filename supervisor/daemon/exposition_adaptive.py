@@ -2,10 +2,11 @@
 declared in :data:`~modcoord.supervisor.daemon.exposition.METRICS`, like every other).
 
 Each parameter of ``adaptive.parameters`` (``{"configured", "effective", "reason",
-"pinned"}``) becomes a sample by its kind: a ``*_ms`` one in seconds in
+"pinned"}``) becomes samples by its kind: a ``*_ms`` one in seconds in
 ``modcoord_adaptive_{effective,configured}_seconds`` (label ``parameter`` without
-``_ms``), another number in ``modcoord_adaptive_{effective,configured}``, and
-``memory.strategy`` (a name) as the state set ``modcoord_adaptive_memory_strategy``.
+``_ms``), another number in ``modcoord_adaptive_{effective,configured}``, either one's
+bound in ``modcoord_adaptive_pinned`` (same label), and ``memory.strategy`` (a name) as
+the state set ``modcoord_adaptive_memory_strategy``.
 ``adaptive.resources`` (present while the resource awareness is on) gives the
 ``modcoord_resources_*`` families. Labels are bounded: parameter names are the actors'
 own (six), strategies the three of ``memory.strategy``. Missing or malformed values are
@@ -53,16 +54,16 @@ def adaptive_families(add: Add, adaptive: Mapping[str, Any]) -> None:
                         *STRATEGIES, effective):
                     add("modcoord_adaptive_memory_strategy", strategy == effective, strategy)
             continue
-        add("modcoord_adaptive_pinned", p.get("pinned") is not None, str(name))
+        label = name[:-len(_MS_SUFFIX)] if name.endswith(_MS_SUFFIX) else str(name)
+        add("modcoord_adaptive_pinned", p.get("pinned") is not None, label)
         if name.endswith(_MS_SUFFIX):
-            label = name[:-len(_MS_SUFFIX)]
             for which in ("effective", "configured"):
                 ms = _number(p.get(which))
                 if ms is not None:
                     add(f"modcoord_adaptive_{which}_seconds", ms / 1000.0, label)
         else:
             for which in ("effective", "configured"):
-                add(f"modcoord_adaptive_{which}", _number(p.get(which)), str(name))
+                add(f"modcoord_adaptive_{which}", _number(p.get(which)), label)
     resources = adaptive.get("resources")
     if not isinstance(resources, Mapping):
         return

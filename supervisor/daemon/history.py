@@ -151,6 +151,8 @@ class HistoryStore:
         self.dropped_metrics = 0
         self.write_failures = 0
         self.rows_written = 0
+        self.cpu_s = 0.0
+        """CPU seconds spent writing (the writer's flushes) since start."""
         self._rows = 0
         self.state = "memory" if path is None else "ok"
         self.reason: str | None = None if path is not None else "no state directory"
@@ -279,6 +281,13 @@ class HistoryStore:
         rows), then prune what is past each tier's retention; returns rows written.
 
         Failure: a database error degrades the store (the rows stay in memory)."""
+        started = time.thread_time()
+        try:
+            return self._flush()
+        finally:
+            self.cpu_s += time.thread_time() - started
+
+    def _flush(self) -> int:
         with self._lock:
             now = self.now()
             idle = [m for m, seen in self._last_seen.items()

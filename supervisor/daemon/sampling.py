@@ -178,13 +178,23 @@ class Sampler:
         self.busiest = busiest
         self.monotonic = monotonic
         self.failures = 0
+        self.cpu_s = 0.0
+        """CPU seconds spent sampling (snapshots and folding) since start."""
         self._previous: tuple[Mapping[str, Any], float, dict[str, int] | None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
 
     def sample(self) -> dict[str, float]:
-        """Take one sample now; returns its figures (``{}`` if the snapshot failed)."""
+        """Take one sample now; returns its figures (``{}`` if the snapshot failed). The
+        CPU time it takes (this thread's) is added to :attr:`cpu_s`."""
+        started = time.thread_time()
+        try:
+            return self._sample()
+        finally:
+            self.cpu_s += time.thread_time() - started
+
+    def _sample(self) -> dict[str, float]:
         try:
             status = self.snapshot()
             extra = dict(self.extra()) if self.extra is not None else {}
@@ -252,8 +262,10 @@ class HistoryRecorder:
         self.store.close()
 
     def status(self) -> dict[str, Any]:
-        return {**self.store.status(), "sample_failures": self.sampler.failures,
-                "untracked_modules": self.rates.untracked}
+        out = {**self.store.status(), "sample_failures": self.sampler.failures,
+               "untracked_modules": self.rates.untracked}
+        out["cpu_s"] = round(self.sampler.cpu_s + self.store.cpu_s, 6)
+        return out
 
     def query(self, metrics: list[str] | None, since_s: float) -> dict[str, Any]:
         """The ``history`` call's answer (see the call table).

@@ -330,8 +330,8 @@ def test_adaptive_parameters_and_resources_in_base_units() -> None:
         == pytest.approx(0.12)
     assert value_of(fams, "modcoord_adaptive_configured_seconds", parameter="batch.window") \
         == pytest.approx(0.05)
-    assert value_of(fams, "modcoord_adaptive_pinned", parameter="batch.window_ms") == 1
-    assert value_of(fams, "modcoord_adaptive_pinned", parameter="debounce.delay_ms") == 0
+    assert value_of(fams, "modcoord_adaptive_pinned", parameter="batch.window") == 1
+    assert value_of(fams, "modcoord_adaptive_pinned", parameter="debounce.delay") == 0
     assert value_of(fams, "modcoord_adaptive_effective", parameter="cache.max_entries") == 250
     assert value_of(fams, "modcoord_adaptive_configured", parameter="delays.widen") == 1.0
     assert value_of(fams, "modcoord_adaptive_memory_strategy", strategy="aggressive") == 1

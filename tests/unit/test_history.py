@@ -267,3 +267,80 @@ def test_a_module_rate_series_stops_when_the_module_does() -> None:
     # The minute tier's means are over the seconds the module published: no zeros in them.
     minute = store.series(["module.a.updates_per_s"], 86_400)["series"]
     assert all(p[1] == 100.0 for p in minute["module.a.updates_per_s"])
+
+
+def _status(t: int, received: int, modules: int) -> dict[str, Any]:
+    """A status document with every sampled figure (``figures`` reads these keys)."""
+    params: dict[str, dict[str, Any]] = {
+        name: {"configured": v, "effective": v * (1 + (t % 7) / 10)}
+        for name, v in (("debounce.delay_ms", 300.0), ("batch.window_ms", 50.0),
+                        ("batch.max_size", 100), ("cache.max_entries", 1000),
+                        ("delays.widen", 1.0))}
+    params["memory.strategy"] = {"configured": "balanced", "effective": "balanced"}
+    return {"performance_metrics": {
+                "coordination_latency_ms": {"p50": 0.05 + t % 3, "p99": 0.2 + t % 5},
+                "cache_hit_rate": 0.9, "batch_efficiency": 40.0 + t % 11,
+                "memory_usage_bytes": 40_000_000 + t % 1000},
+            "debouncer": {"received": received, "collapsed": received // 3},
+            "batcher": {"updates": received // 2}, "cache_stats": {"size": t % 1000},
+            "batch_queue": {"pending": t % 17}, "modules": modules,
+            "actors": {"cache": {"restarts": 0}}, "adaptive": {"parameters": params}}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_simulated_month_of_every_figure_stays_under_the_stated_bound(
+        tmp_path: Path) -> None:
+    """A month on the MockClock with every figure the daemon samples (what ``figures``
+    makes of a full status document, the five busiest of eight modules' rates with the
+    busiest set changing every hour): one sample a minute for the first 29 days and
+    22 hours, then one a second (the daemon's rate) for the last two hours, written every
+    5 s as the writer does. The file stays under :func:`byte_bound` and every tier
+    within its retention."""
+    from modcoord.supervisor.daemon.history import byte_bound
+
+    clock = MockClock(START)
+    store = _store(tmp_path, clock)
+    rates = ModuleRates()
+    previous: tuple[dict[str, Any], dict[str, int]] | None = None
+    received = 0
+    month, fine = 30 * 86_400, 2 * 3600
+    t = 0
+    while t < month:
+        step = 60 if t < month - fine else 1
+        hour = t // 3600
+        for rank, module in enumerate(f"mod{(hour + k) % 8}" for k in range(8)):
+            rates.count([(module, "k", 1, "low")] * (8 - rank) * step)
+        received += 500 * step
+        status, counts = _status(t, received, 8), rates.snapshot()
+        values = figures(status, previous[0] if previous else None, float(step), counts,
+                         previous[1] if previous else None, busiest=5,
+                         publish_p99_ms=1.0 + t % 13)
+        store.add(values)
+        previous = (status, counts)
+        clock.advance(step)
+        t += step
+        if (step == 60 and t % 36_000 == 0) or (step == 1 and t % 5 == 0):
+            store.flush()
+    store.flush()
+    names = store.metrics()
+    assert store.dropped_metrics == 0 and len(names) >= 25, names
+    assert {f"module.mod{i}.updates_per_s" for i in range(8)} <= set(names)
+    assert {"adaptive.debounce.delay_ms", "publish_to_delivery_p99_ms"} <= set(names)
+    store.close()
+    db = sqlite3.connect(tmp_path / "h.sqlite3")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    now = clock.monotonic()
+    for index, tier in enumerate(TIERS):
+        for oldest, count in db.execute(
+                "SELECT MIN(ts), COUNT(*) FROM samples WHERE tier = ? GROUP BY metric",
+                (index,)):
+            assert oldest >= now - tier.retention_s - tier.resolution_s
+            assert count <= tier.rows_per_metric
+    rows = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+    db.close()
+    size = (tmp_path / "h.sqlite3").stat().st_size
+    print(f"a simulated month, {len(names)} metrics: {rows} rows, {size} bytes "
+          f"(bound for them {byte_bound(len(names))}, stated bound {byte_bound()})")
+    assert rows <= row_bound(len(names))
+    assert size <= byte_bound(len(names)) <= byte_bound()
