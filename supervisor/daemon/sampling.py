@@ -19,8 +19,8 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from operator import itemgetter
+from collections.abc import Callable, Mapping, Sequence
+from operator import countOf, itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -129,19 +129,29 @@ class ModuleRates:
         self._limit = limit
         self.untracked = 0
 
-    def count(self, items: Iterable[Any]) -> None:
-        """Count a batch of publish items (``(module_id, ...)``): the items are tallied
-        in C (``Counter`` over their first field), then merged per module (a batch holds
-        one module's items, mostly), so the request path pays a few ns an item."""
-        counts = self._counts
+    def count(self, items: Sequence[Any]) -> None:
+        """Count a batch of publish items (``(module_id, ...)``). A batch mostly holds one
+        module's items: that is checked in one C loop (``countOf`` over their first
+        field, ~40 ns an item) and counted at once; a mixed batch is tallied by
+        ``Counter``, then merged per module."""
+        if not items:
+            return
+        first = items[0][0]
+        if countOf(map(_first, items), first) == len(items):
+            self._add(first, len(items))
+            return
         for module, k in Counter(map(_first, items)).items():
-            n = counts.get(module)
-            if n is not None:
-                counts[module] = n + k
-            elif len(counts) < self._limit:
-                counts[module] = k
-            else:
-                self.untracked += k
+            self._add(module, k)
+
+    def _add(self, module: str, k: int) -> None:
+        counts = self._counts
+        n = counts.get(module)
+        if n is not None:
+            counts[module] = n + k
+        elif len(counts) < self._limit:
+            counts[module] = k
+        else:
+            self.untracked += k
 
     def forget(self, module_id: str) -> None:
         self._counts.pop(module_id, None)

@@ -344,3 +344,14 @@ def test_a_simulated_month_of_every_figure_stays_under_the_stated_bound(
           f"(bound for them {byte_bound(len(names))}, stated bound {byte_bound()})")
     assert rows <= row_bound(len(names))
     assert size <= byte_bound(len(names)) <= byte_bound()
+
+
+def test_module_rates_count_one_module_and_mixed_batches_within_the_limit() -> None:
+    rates = ModuleRates(limit=2)
+    rates.count([])
+    rates.count([("a", "k", 1, "low")] * 5)  # one module's batch: the fast path
+    rates.count([("b", "k", 1, "low"), ("a", "k", 1, "low"), ("c", "k", 1, "low"),
+                 ("c", "k", 1, "low")])  # mixed: b is new (within the limit), c is not
+    assert rates.snapshot() == {"a": 6, "b": 1} and rates.untracked == 2
+    rates.count([("c", "k", 1, "low")] * 3)  # one untracked module's batch
+    assert rates.untracked == 5
