@@ -97,6 +97,7 @@ def test_history_json_and_csv_show_a_publishing_module(
     status = _json(daemon, "status")["history"]
     assert status["state"] == "ok" and status["path"].endswith("history.sqlite3")
     assert status["rows"] > 0 and status["max_rows"] >= status["rows"]
+    assert 0 < status["cpu_s"] < 60, status  # the sampler's and writer's own CPU time
 
 
 @pytest.mark.integration
