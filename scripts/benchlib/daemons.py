@@ -35,6 +35,7 @@ class Daemon:
     def __init__(self, root: Path, name: str, config_dir: Path) -> None:
         self.name = name
         self.runtime = root / name
+        self.state_dir = root / f"{name}-state"  # each daemon its own history
         self.config_dir = config_dir
         self.pid: int | None = None
         self.start_s: float | None = None
@@ -52,7 +53,7 @@ class Daemon:
             BenchError: the command failed or did not finish within 60 s.
         """
         cmd = [*_cli(), "start", "--runtime-dir", str(self.runtime), "--config-dir",
-               str(self.config_dir)]
+               str(self.config_dir), "--state-dir", str(self.state_dir)]
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT,
@@ -160,9 +161,10 @@ def _running(pid: int) -> bool:
         return False
 
 
-def make_config_dir(root: Path, name: str, hybrid: dict[str, dict[str, Any]] | None = None
-                    ) -> Path:
-    """Copy the packaged configs to ``root/configs-<name>``, overriding HYBRID sections.
+def make_config_dir(root: Path, name: str, hybrid: dict[str, dict[str, Any]] | None = None,
+                    daemon: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Copy the packaged configs to ``root/configs-<name>``, overriding HYBRID sections
+    (``hybrid``) and ``daemon.yaml`` sections (``daemon``).
 
     Raises:
         BenchError: the packaged configs cannot be read.
@@ -175,10 +177,12 @@ def make_config_dir(root: Path, name: str, hybrid: dict[str, dict[str, Any]] | N
     target.mkdir(parents=True)
     for f in default_config_dir().glob("*.yaml"):
         shutil.copy(f, target / f.name)
-    if hybrid:
-        path = target / "hybrid.yaml"
+    for stem, changes in (("hybrid", hybrid), ("daemon", daemon)):
+        if not changes:
+            continue
+        path = target / f"{stem}.yaml"
         data = yaml.safe_load(path.read_text()) or {}
-        for section, values in hybrid.items():
+        for section, values in changes.items():
             data.setdefault(section, {}).update(values)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
     try:

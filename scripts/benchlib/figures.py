@@ -86,6 +86,10 @@ What each figure measures (``N`` and round counts are smaller with ``--quick``):
     daemon of figures 1-2 and the module, vs the ``multiprocessing.managers`` echo under
     the same burners (``contention.py`` in this package): medians of per-round
     percentiles, ``<= 1.0x`` (p50) and ``<= 2.0x`` (p99).
+22. what the performance history costs (``history_cost.py`` in this package): publish
+    throughput from one process at full speed on a daemon with the history on vs one
+    with it off (``history.enabled: false``), rounds alternating; the median of the
+    paired ratios (``>= 0.98``).
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import adaptive, contention, predictive
+from . import adaptive, contention, history_cost, predictive
 from .agents import Agent
 from .baselines import echo_server_main, manager_server_main
 from .common import (
@@ -623,7 +627,7 @@ class Bench:
         def wanted(*figures: int) -> bool:
             return not self.only or bool({str(f) for f in figures} & self.only)
 
-        if wanted(*range(1, 11), 21):  # figures 11-14 need no agents or baseline servers
+        if wanted(*range(1, 11), 21, 22):  # figures 11-14 need no agents or baseline servers
             self.start_infrastructure(10)
         default_cfg = make_config_dir(root, "default")
         fast_cfg = make_config_dir(root, "fast", {
@@ -700,8 +704,13 @@ class Bench:
                     root, self.daemon, self.plan.rounds < Plan.of(False).rounds),
                 [(predictive.ROW_HIT_RATE, "fraction", ">= 0.98"),
                  (predictive.ROW_P99, "µs", "<= 0.2x")])
+        measure("22", "history sampling cost (history on vs off)",
+                lambda: history_cost.fig_history_cost(
+                    root, self.daemon, self.agents[0], self.plan.rounds,
+                    self.plan.pipelined_n),
+                [(history_cost.ROW, "ratio", ">= 0.98")])
         order = ["1-2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13-14",
-                 "15-16", "17", "18", "19-20", "21"]
+                 "15-16", "17", "18", "19-20", "21", "22"]
         return [r for key in order for r in rows.get(key, [])]
 
     def adaptive_figures(self, measure: Callable[..., None]) -> None:

@@ -40,7 +40,7 @@ __all__ = ["COMMANDS", "NO_JSON", "main"]
 
 COMMANDS: tuple[str, ...] = (
     "start", "stop", "status", "mode", "reload", "config", "insights", "optimize", "logs",
-    "metrics", "top", "history", "debug", "completion",
+    "metrics", "top", "history", "grafana", "debug", "completion",
 )
 
 #: The commands that do not take the shared ``--json``, and why (``logs`` has its own:
@@ -49,6 +49,7 @@ NO_JSON: dict[str, str] = {
     "metrics": "prints the Prometheus exposition; 'status --json' has the same figures",
     "top": "an interactive view; 'status --json' and 'insights --json' have its figures",
     "completion": "prints a shell script",
+    "grafana": "prints the dashboard, itself a JSON document",
 }
 
 

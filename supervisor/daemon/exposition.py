@@ -48,6 +48,7 @@ from prometheus_client.registry import Collector
 from modcoord.actors.histogram import LatencyHistogram
 from modcoord.actors.modes import MODES
 from modcoord.actors.shared.metrics import MetricsRegistry
+from modcoord.supervisor.daemon.exposition_adaptive import adaptive_families
 from modcoord.supervisor.protocol.calls import PROTOCOL_VERSION
 from modcoord.supervisor.version import VERSION
 
@@ -183,6 +184,39 @@ _TABLE: tuple[MetricSpec, ...] = (
                "Plugin calls that raised, timed out or returned something unusable."),
     MetricSpec("modcoord_plugin_disabled", "gauge", "", ("plugin",),
                "1 if the plugin is disabled after plugins.max_failures failures in a row."),
+    MetricSpec("modcoord_adaptive_enabled", "gauge", "", (),
+               "1 while any actor adapts its parameters (adaptive.enabled, not MANUAL)."),
+    MetricSpec("modcoord_adaptive_effective_seconds", "gauge", "seconds", ("parameter",),
+               "A delay parameter in force now (debounce.delay, batch.window)."),
+    MetricSpec("modcoord_adaptive_configured_seconds", "gauge", "seconds", ("parameter",),
+               "A delay parameter as the mode file gives it (debounce.delay, batch.window)."),
+    MetricSpec("modcoord_adaptive_effective", "gauge", "", ("parameter",),
+               "A count or factor parameter in force now (batch.max_size, cache.max_entries, "
+               "delays.widen)."),
+    MetricSpec("modcoord_adaptive_configured", "gauge", "", ("parameter",),
+               "A count or factor parameter as the config gives it (batch.max_size, "
+               "cache.max_entries, delays.widen)."),
+    MetricSpec("modcoord_adaptive_pinned", "gauge", "", ("parameter",),
+               "1 if the parameter is held at a configured bound, else 0 (parameter as in "
+               "the effective families)."),
+    MetricSpec("modcoord_adaptive_memory_strategy", "gauge", "", ("strategy",),
+               "The memory strategy in force (1 for it, 0 for the others)."),
+    MetricSpec("modcoord_resources_memory_level", "gauge", "", (),
+               "Memory-pressure escalation steps taken now (0: none, at most 2; "
+               "adaptive.resources)."),
+    MetricSpec("modcoord_resources_delays_widened", "gauge", "", (),
+               "1 while debounce delays and batch windows are widened for CPU pressure."),
+    MetricSpec("modcoord_resources_cpu_ratio", "gauge", "ratio", (),
+               "The daemon's CPU use over adaptive.resources.cpu_window_ms, as a share of "
+               "the CPUs it may use."),
+    MetricSpec("modcoord_resources_available_memory_bytes", "gauge", "bytes", (),
+               "The machine's available memory at the resource governor's last check."),
+    MetricSpec("modcoord_resources_cache_evicted_total", "counter", "", (),
+               "Cache entries evicted by a memory-pressure cap."),
+    MetricSpec("modcoord_resources_escalations_total", "counter", "", (),
+               "Memory-pressure steps up."),
+    MetricSpec("modcoord_resources_relaxations_total", "counter", "", (),
+               "Memory-pressure steps down."),
 )
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _TABLE}
@@ -353,6 +387,8 @@ def _status_families(fam: _Families, status: Mapping[str, Any]) -> None:
             fam.add("modcoord_plugin_calls_total", g.get("calls"), str(plugin))
             fam.add("modcoord_plugin_failures_total", g.get("failures"), str(plugin))
             fam.add("modcoord_plugin_disabled", g.get("disabled"), str(plugin))
+
+    adaptive_families(fam.add, _section(status, "adaptive"))
 
 
 def _add_histogram(fam: _Families, name: str, hist: LatencyHistogram,

@@ -4,7 +4,8 @@ state directory, downsampled round-robin style, surviving restarts.
 - :class:`HistoryStore` folds each sample into the :data:`TIERS` (1 s for an hour, 1 min
   for a day, 10 min for 30 days; each bucket keeps min, max, mean and last) and hands the
   finished rows to a writer thread, which writes them in one transaction every
-  :data:`FLUSH_INTERVAL_S` (WAL mode) and prunes by time. Nothing is written on the
+  :data:`FLUSH_INTERVAL_S` (WAL mode) and prunes by time (ranges of the primary key: no
+  table scan, however full the file). Nothing is written on the
   request path. The size bound is :func:`row_bound` rows, :func:`byte_bound` bytes.
 - If the database cannot be opened, is corrupt, or a write fails (locked by another
   process, disk full), the store goes **degraded**: it logs why once, says so in
@@ -51,6 +52,10 @@ name beyond it is counted (``history.dropped_metrics``) and logged once, never s
 MAX_METRIC_NAME_CHARS: Final = 80
 """A metric name longer than this (a module id that long) is not kept (counted in
 ``history.dropped_metrics``): the size bound rests on it."""
+RECOUNT_FLUSHES: Final = 120
+"""Between full counts (every this many writes, 10 min) the row count in ``status`` is
+kept by arithmetic: rows added minus rows pruned (exact but after a restart inside an
+open bucket)."""
 MAX_PENDING_ROWS: Final = 200_000
 """Rows waiting for the writer; beyond it (the writer stuck) the store goes degraded."""
 _BYTES_PER_ROW: Final = 56
@@ -128,6 +133,8 @@ class HistoryStore:
         path: the database file (``None``: memory only, state ``memory``).
         now: wall-clock seconds (injected; tests pass a MockClock's ``monotonic``).
         tiers: the resolutions (default :data:`TIERS`).
+        unusable: why ``path`` cannot be used (its directory is read-only), known before:
+            the store starts degraded with that reason and never opens the file.
 
     Failure: opening, reading or writing the database never raises out of the store; the
     store goes ``degraded`` (reason in :meth:`status` and one log record) and keeps the
@@ -135,7 +142,7 @@ class HistoryStore:
     """
 
     def __init__(self, path: Path | None, now: Callable[[], float] = time.time,
-                 tiers: tuple[Tier, ...] = TIERS) -> None:
+                 tiers: tuple[Tier, ...] = TIERS, unusable: str | None = None) -> None:
         self.path = path
         self.now = now
         self.tiers = tiers
@@ -149,7 +156,11 @@ class HistoryStore:
         self.dropped_metrics = 0
         self.write_failures = 0
         self.rows_written = 0
+        self.cpu_s = 0.0
+        """CPU seconds spent writing (the writer's flushes) since start."""
         self._rows = 0
+        self._flushes = 0
+        self._open_written: dict[tuple[int, str], int] = {}
         self.state = "memory" if path is None else "ok"
         self.reason: str | None = None if path is not None else "no state directory"
         self._db: sqlite3.Connection | None = None
@@ -157,7 +168,9 @@ class HistoryStore:
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        if path is not None:
+        if path is not None and unusable is not None:
+            self._degrade(unusable)
+        elif path is not None:
             self._open_db(path)
 
     # -- database ---------------------------------------------------------------------------
@@ -275,6 +288,13 @@ class HistoryStore:
         rows), then prune what is past each tier's retention; returns rows written.
 
         Failure: a database error degrades the store (the rows stay in memory)."""
+        started = time.thread_time()
+        try:
+            return self._flush()
+        finally:
+            self.cpu_s += time.thread_time() - started
+
+    def _flush(self) -> int:
         with self._lock:
             now = self.now()
             idle = [m for m, seen in self._last_seen.items()
@@ -287,7 +307,11 @@ class HistoryStore:
             rows = self._pending
             self._pending = []
             rows.extend(b.row(t, m) for (t, m), b in self._open.items())
+            # A row is new unless it replaces the open bucket written at the last flush.
+            written = self._open_written
+            added = sum(1 for r in rows if written.get((r[0], r[1])) != r[2])
             cutoffs = [(i, int(now - t.retention_s)) for i, t in enumerate(self.tiers)]
+            self._flushes += 1
             try:
                 db.execute("BEGIN IMMEDIATE")
                 ids = self._ids
@@ -299,10 +323,16 @@ class HistoryStore:
                 db.executemany("INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?)",
                                [(ids[r[1]], r[0], r[2], r[3], r[4], r[5], r[6], r[7])
                                 for r in rows])
-                db.executemany("DELETE FROM samples WHERE tier = ? AND ts < ?", cutoffs)
+                # By primary key (metric, tier, ts): a range per metric and tier, no scan.
+                pruned = db.executemany(
+                    "DELETE FROM samples WHERE metric = ? AND tier = ? AND ts < ?",
+                    [(ident, i, cutoff) for ident in ids.values() for i, cutoff in cutoffs]
+                ).rowcount
                 db.executemany("DELETE FROM metrics WHERE name = ?", [(m,) for m in idle])
                 db.execute("COMMIT")
-                self._rows = int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+                self._rows += added - max(0, pruned)
+                if self._flushes % RECOUNT_FLUSHES == 0:  # a full count now and then
+                    self._rows = int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
             except (sqlite3.Error, OSError) as exc:
                 self.write_failures += 1
                 with contextlib.suppress(sqlite3.Error):
@@ -310,6 +340,7 @@ class HistoryStore:
                 self._degrade(f"cannot write {self.path}: {exc}")
                 return 0
             self.rows_written += len(rows)
+            self._open_written = {key: b.start for key, b in self._open.items()}
             for metric in idle:  # nothing of it is left in any tier: its name is free
                 self._forget(metric)
             return len(rows)

@@ -114,20 +114,33 @@ def preflight(options: DaemonOptions) -> tuple[Path, Path]:
     Returns:
         ``(runtime_dir, log_dir)``; the log directory defaults to the runtime directory.
 
+    A state directory the daemon cannot write into (a read-only file system) is no reason
+    to refuse: the history is then kept in memory (:func:`state_dir_problem`).
+
     Raises:
         UnsafePathError: a directory cannot be created, is not a directory, belongs to
-            another user, is writable by group or others, or cannot be written.
+            another user, is writable by group or others, or (but the state directory)
+            cannot be written.
     """
     runtime = prepare_runtime_dir(options.runtime_dir)
     check_writable_dir(runtime, "runtime directory")
-    state = prepare_private_dir(resolve_state_dir(options.state_dir), "state directory",
-                                tighten=True)
-    check_writable_dir(state, "state directory")
+    prepare_private_dir(resolve_state_dir(options.state_dir), "state directory", tighten=True)
     if options.log_dir is None:
         return runtime, runtime
     log_dir = prepare_private_dir(options.log_dir, "log directory", tighten=False)
     check_writable_dir(log_dir, "log directory")
     return runtime, log_dir
+
+
+def state_dir_problem(state_dir: Path) -> str | None:
+    """Why the daemon cannot write into ``state_dir`` (read-only, no permission), or
+    ``None``: the history then starts memory-only, saying why, rather than the daemon
+    refusing to start."""
+    try:
+        check_writable_dir(state_dir, "state directory")
+    except UnsafePathError as exc:
+        return str(exc)
+    return None
 
 
 class PidLock:
@@ -405,7 +418,8 @@ def _start_history(controller: Any, config: Any, state_dir: Path) -> Any:
             return None
         from modcoord.supervisor.daemon.sampling import start_history
 
-        return start_history(controller, config.daemon.history, state_dir)
+        return start_history(controller, config.daemon.history, state_dir,
+                             unusable=state_dir_problem(state_dir))
     finally:
         controller.history_settled.set()
 

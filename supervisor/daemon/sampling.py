@@ -18,7 +18,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from operator import countOf, itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,6 +47,7 @@ SAMPLE_INTERVAL_S: Final = 1.0
 MAX_TRACKED_MODULES: Final = 1024
 """:class:`ModuleRates` counts at most this many module ids (publishes of others are
 counted as ``untracked``)."""
+_first = itemgetter(0)
 
 
 # -- figures from a status snapshot --------------------------------------------------------
@@ -126,17 +129,29 @@ class ModuleRates:
         self._limit = limit
         self.untracked = 0
 
-    def count(self, items: Iterable[Any]) -> None:
+    def count(self, items: Sequence[Any]) -> None:
+        """Count a batch of publish items (``(module_id, ...)``). A batch mostly holds one
+        module's items: that is checked in one C loop (``countOf`` over their first
+        field, ~40 ns an item) and counted at once; a mixed batch is tallied by
+        ``Counter``, then merged per module."""
+        if not items:
+            return
+        first = items[0][0]
+        if countOf(map(_first, items), first) == len(items):
+            self._add(first, len(items))
+            return
+        for module, k in Counter(map(_first, items)).items():
+            self._add(module, k)
+
+    def _add(self, module: str, k: int) -> None:
         counts = self._counts
-        for item in items:
-            module = item[0]
-            n = counts.get(module)
-            if n is not None:
-                counts[module] = n + 1
-            elif len(counts) < self._limit:
-                counts[module] = 1
-            else:
-                self.untracked += 1
+        n = counts.get(module)
+        if n is not None:
+            counts[module] = n + k
+        elif len(counts) < self._limit:
+            counts[module] = k
+        else:
+            self.untracked += k
 
     def forget(self, module_id: str) -> None:
         self._counts.pop(module_id, None)
@@ -173,13 +188,23 @@ class Sampler:
         self.busiest = busiest
         self.monotonic = monotonic
         self.failures = 0
+        self.cpu_s = 0.0
+        """CPU seconds spent sampling (snapshots and folding) since start."""
         self._previous: tuple[Mapping[str, Any], float, dict[str, int] | None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
 
     def sample(self) -> dict[str, float]:
-        """Take one sample now; returns its figures (``{}`` if the snapshot failed)."""
+        """Take one sample now; returns its figures (``{}`` if the snapshot failed). The
+        CPU time it takes (this thread's) is added to :attr:`cpu_s`."""
+        started = time.thread_time()
+        try:
+            return self._sample()
+        finally:
+            self.cpu_s += time.thread_time() - started
+
+    def _sample(self) -> dict[str, float]:
         try:
             status = self.snapshot()
             extra = dict(self.extra()) if self.extra is not None else {}
@@ -247,8 +272,10 @@ class HistoryRecorder:
         self.store.close()
 
     def status(self) -> dict[str, Any]:
-        return {**self.store.status(), "sample_failures": self.sampler.failures,
-                "untracked_modules": self.rates.untracked}
+        out = {**self.store.status(), "sample_failures": self.sampler.failures,
+               "untracked_modules": self.rates.untracked}
+        out["cpu_s"] = round(self.sampler.cpu_s + self.store.cpu_s, 6)
+        return out
 
     def query(self, metrics: list[str] | None, since_s: float) -> dict[str, Any]:
         """The ``history`` call's answer (see the call table).
@@ -276,13 +303,14 @@ class HistoryRecorder:
                               store.now(), self.thresholds)
 
 
-def start_history(controller: Any, settings: HistorySettings, state_dir: Path
-                  ) -> HistoryRecorder | None:
+def start_history(controller: Any, settings: HistorySettings, state_dir: Path,
+                  unusable: str | None = None) -> HistoryRecorder | None:
     """Open the history in ``state_dir`` and start sampling the controller's engine
     (``None`` when ``history.enabled`` is false). Sets ``controller.history``.
 
-    Failure: a database that cannot be used gives a degraded, memory-only history (see
-    :class:`HistoryStore`), never an exception.
+    Failure: a database that cannot be used, or ``unusable`` (why the state directory
+    cannot be written: a read-only file system), gives a degraded, memory-only history
+    (see :class:`HistoryStore`), never an exception.
     """
     if not settings.enabled:
         return None
@@ -292,7 +320,7 @@ def start_history(controller: Any, settings: HistorySettings, state_dir: Path
     def extra() -> dict[str, float]:
         return {"publish_to_delivery_p99_ms": histogram("publish_to_delivery").recent().p99}
 
-    store = HistoryStore(state_dir / DB_NAME)
+    store = HistoryStore(state_dir / DB_NAME, unusable=unusable)
     rates = ModuleRates()
     sampler = Sampler(store, engine.status, extra, rates, settings.busiest_modules)
     recorder = HistoryRecorder(store, sampler, rates, settings.trend.thresholds())

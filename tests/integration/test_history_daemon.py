@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,7 @@ def test_history_json_and_csv_show_a_publishing_module(
     status = _json(daemon, "status")["history"]
     assert status["state"] == "ok" and status["path"].endswith("history.sqlite3")
     assert status["rows"] > 0 and status["max_rows"] >= status["rows"]
+    assert 0 < status["cpu_s"] < 60, status  # the sampler's and writer's own CPU time
 
 
 @pytest.mark.integration
@@ -203,3 +204,88 @@ def test_an_unsafe_state_dir_is_refused_at_start(tmp_path: Path) -> None:
         assert status["history"]["path"] == str(fresh / "history.sqlite3")
     finally:
         run_cli("stop", runtime_dir=tmp_path / "run")
+
+
+_CLONE_NEWNS, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE, _MS_RDONLY = (
+    0x00020000, 32, 4096, 16384, 1 << 18, 1)
+
+
+def _read_only_mount(directory: Path) -> Callable[[], None]:
+    """A ``preexec_fn`` putting the child in a private mount namespace where ``directory``
+    is a read-only bind mount of itself (the one way to make it read-only for root)."""
+    import ctypes
+
+    target = str(directory).encode()
+
+    def enter() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for ok in (libc.unshare(_CLONE_NEWNS) == 0,
+                   libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0,
+                   libc.mount(target, target, None, _MS_BIND, None) == 0,
+                   libc.mount(b"none", target, None,
+                              _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None) == 0):
+            if not ok:
+                raise OSError(ctypes.get_errno(), "read-only bind mount failed")
+
+    return enter
+
+
+def _can_mount_read_only(tmp_path: Path) -> str | None:
+    """Why a read-only bind mount cannot be made here (no CAP_SYS_ADMIN), or None."""
+    probe = tmp_path / "ro-probe"
+    probe.mkdir()
+    script = (f"mount --make-rprivate / && mount --bind {probe} {probe} && "
+              f"mount -o remount,bind,ro {probe} && ! touch {probe}/x 2>/dev/null")
+    try:
+        done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                              text=True, timeout=10)
+    except OSError as exc:
+        return f"unshare is not available: {exc}"
+    return None if done.returncode == 0 else f"no read-only bind mount: {done.stderr}"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_read_only_state_dir_leaves_a_memory_history(daemon_factory: DaemonFactory,
+                                                       tmp_path: Path) -> None:
+    import os
+
+    state = tmp_path / "d" / "state"
+    state.mkdir(parents=True, mode=0o700)
+    preexec: Callable[[], None] | None = None
+    if os.geteuid() != 0:
+        state.chmod(0o500)  # enough for an unprivileged daemon
+    else:  # root writes through mode bits: a read-only mount it is
+        why = _can_mount_read_only(tmp_path)
+        if why is not None:
+            pytest.skip(f"running as root and {why}")
+        preexec = _read_only_mount(state)
+    try:
+        daemon = daemon_factory(root=tmp_path / "d", preexec_fn=preexec)
+        _assert_degraded_but_working(daemon, "is not writable")
+        status = _json(daemon, "status")["history"]
+        assert str(state) in status["reason"], status
+        assert not any(state.iterdir()), list(state.iterdir())  # nothing was written there
+    finally:
+        state.chmod(0o700)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_a_module_rate_series_stops_when_its_process_goes(
+        daemon: DaemonProcess, publisher: subprocess.Popen[str]) -> None:
+    """A real module process publishes, then is killed (the daemon unregisters it): its
+    rate series gets no more points (no zeros) while the history goes on sampling."""
+    metric = "module.flood.updates_per_s"
+    wait_for(lambda: len(_points(daemon, metric, "1m")) >= 3, 20,
+             message="the flood module's rate in the history")
+    publisher.kill()
+    publisher.communicate(timeout=10)
+    wait_for(lambda: json.loads(daemon.cli("status", "--json").out)["modules"] == 0, 20,
+             message="the module unregistered")
+    last = _points(daemon, metric, "1m")[-1][0]
+    wait_for(lambda: sum(p[0] > last for p in _points(daemon, "modules", "1m")) >= 4, 20,
+             message="four more samples")
+    after = _points(daemon, metric, "1m")
+    assert after[-1][0] == last, after[-3:]  # not one point more, zero or otherwise
+    assert all(p[3] > 0 for p in after), after

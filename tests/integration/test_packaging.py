@@ -133,6 +133,11 @@ def test_the_wheel_metadata_license_test_extras_unit_and_classifiers(wheel: Path
         assert lnav in names
         assert zf.read(lnav) == (ROOT / "supervisor" / "daemon" / "data" /
                                  "modcoord.lnav.json").read_bytes()
+        # The Grafana dashboard (``modcoord grafana`` prints it).
+        grafana = "modcoord/supervisor/daemon/data/grafana/modcoord.json"
+        assert grafana in names
+        assert zf.read(grafana) == (ROOT / "supervisor" / "daemon" / "data" / "grafana" /
+                                    "modcoord.json").read_bytes()
 
     # Python versions: the classifier names the version the suite runs on, and no other
     # (a version no test covers is not claimed).
@@ -191,6 +196,10 @@ def test_the_wheel_in_a_fresh_venv_imports_every_module_of_the_source_tree(
     assert Path(lnav.stdout.strip()).resolve() == (
         installed / "supervisor" / "daemon" / "data" / "modcoord.lnav.json").resolve()
     json.loads(Path(lnav.stdout.strip()).read_text())
+    grafana = subprocess.run([str(venv / "bin" / "modcoord"), "grafana"], capture_output=True,
+                             text=True, timeout=60, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert grafana.returncode == 0, grafana.stderr[-3000:]
+    assert json.loads(grafana.stdout)["uid"] == "modcoord-daemon"
     cli = subprocess.run([str(venv / "bin" / "modcoord"), "--help"], capture_output=True,
                          text=True, timeout=60, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
     assert cli.returncode == 0, cli.stderr[-3000:]

@@ -305,3 +305,43 @@ def test_http_endpoint_answers_500_when_rendering_fails() -> None:
             server.start()
     finally:
         server.stop()
+
+
+def test_adaptive_parameters_and_resources_in_base_units() -> None:
+    adaptive = {"enabled": True, "parameters": {
+        "debounce.delay_ms": {"configured": 300, "effective": 120.0, "reason": "learnt",
+                              "pinned": None},
+        "batch.window_ms": {"configured": 50, "effective": 200, "reason": "max",
+                            "pinned": "adaptive.batch.max_window_ms"},
+        "batch.max_size": {"configured": 100, "effective": 100, "reason": "", "pinned": None},
+        "cache.max_entries": {"configured": 1000, "effective": 250, "reason": "pressure",
+                              "pinned": None},
+        "delays.widen": {"configured": 1.0, "effective": 2.0, "reason": "cpu", "pinned": None},
+        "memory.strategy": {"configured": "balanced", "effective": "aggressive",
+                            "reason": "pressure", "pinned": None},
+        "odd": "not a mapping"},
+        "resources": {"memory_level": 1, "widening": True, "cpu_fraction": 0.75,
+                      "available_bytes": 123456, "cache_evicted": 7, "escalations": 2,
+                      "relaxations": 1}}
+    fams = parse_text(render({"adaptive": adaptive}, None))
+    check_conventions(fams)
+    assert value_of(fams, "modcoord_adaptive_enabled") == 1
+    assert value_of(fams, "modcoord_adaptive_effective_seconds", parameter="debounce.delay") \
+        == pytest.approx(0.12)
+    assert value_of(fams, "modcoord_adaptive_configured_seconds", parameter="batch.window") \
+        == pytest.approx(0.05)
+    assert value_of(fams, "modcoord_adaptive_pinned", parameter="batch.window") == 1
+    assert value_of(fams, "modcoord_adaptive_pinned", parameter="debounce.delay") == 0
+    assert value_of(fams, "modcoord_adaptive_effective", parameter="cache.max_entries") == 250
+    assert value_of(fams, "modcoord_adaptive_configured", parameter="delays.widen") == 1.0
+    assert value_of(fams, "modcoord_adaptive_memory_strategy", strategy="aggressive") == 1
+    assert value_of(fams, "modcoord_adaptive_memory_strategy", strategy="balanced") == 0
+    assert value_of(fams, "modcoord_resources_memory_level") == 1
+    assert value_of(fams, "modcoord_resources_delays_widened") == 1
+    assert value_of(fams, "modcoord_resources_cpu_ratio") == 0.75
+    assert value_of(fams, "modcoord_resources_available_memory_bytes") == 123456
+    assert value_of(fams, "modcoord_resources_escalations") == 2
+    # Without the resource awareness (MANUAL), no resources samples and nothing guessed.
+    quiet = parse_text(render({"adaptive": {"enabled": False, "parameters": {}}}, None))
+    assert value_of(quiet, "modcoord_adaptive_enabled") == 0
+    assert "modcoord_resources_memory_level" not in quiet

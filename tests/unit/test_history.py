@@ -222,3 +222,136 @@ def test_parse_since() -> None:
     for bad in ("", "0", "-1h", "40d", "soon"):
         with pytest.raises(argparse.ArgumentTypeError, match="at most 30d"):
             parse_since(bad)
+
+
+def test_a_module_rate_series_stops_when_the_module_does() -> None:
+    """Through the Sampler, second by second on the MockClock: a module that stops
+    publishing, one that unregisters (and comes back), and one that is only sometimes
+    among the busiest get points while they are busiest publishers, never zeros after."""
+    from modcoord.supervisor.daemon.sampling import Sampler
+
+    clock = MockClock(START)
+    store = HistoryStore(None, now=clock.monotonic)
+    rates = ModuleRates()
+    sampler = Sampler(store, lambda: {"modules": 3}, None, rates, busiest=2,
+                      monotonic=clock.monotonic)
+    sampler.sample()
+
+    def second(**per_module: int) -> None:
+        for module, n in per_module.items():
+            rates.count([(module, "k", 1, "low")] * n)
+        clock.advance(1)
+        sampler.sample()
+
+    for _ in range(10):  # a and b busiest; c publishes too, but less
+        second(a=100, b=50, c=10)
+    for _ in range(10):  # a stops (still registered): c is now among the busiest
+        second(b=50, c=10)
+    rates.forget("b")  # b unregisters
+    for _ in range(10):
+        second(c=10)
+    for _ in range(5):  # b registers again and publishes (its count starts again)
+        second(b=20, c=10)
+    rates.forget("b")  # gone and back within one second: its count is below the last
+    second(b=5, c=10)
+    t0 = int(START)
+    series = store.series(None, 3600)["series"]
+    a, b, c = (series[f"module.{m}.updates_per_s"] for m in "abc")
+    assert [p[0] for p in a] == [t0 + s for s in range(1, 11)]
+    assert {p[3] for p in a} == {100.0}
+    assert [p[0] for p in b] == [t0 + s for s in [*range(1, 21), *range(31, 36)]], b
+    assert {p[3] for p in b} == {50.0, 20.0}
+    assert [p[0] for p in c] == [t0 + s for s in range(11, 37)], c
+    assert {p[3] for p in c} == {10.0}
+    assert len(series["modules"]) == 37  # the sampler kept sampling the whole time
+    # The minute tier's means are over the seconds the module published: no zeros in them.
+    minute = store.series(["module.a.updates_per_s"], 86_400)["series"]
+    assert all(p[1] == 100.0 for p in minute["module.a.updates_per_s"])
+
+
+def _status(t: int, received: int, modules: int) -> dict[str, Any]:
+    """A status document with every sampled figure (``figures`` reads these keys)."""
+    params: dict[str, dict[str, Any]] = {
+        name: {"configured": v, "effective": v * (1 + (t % 7) / 10)}
+        for name, v in (("debounce.delay_ms", 300.0), ("batch.window_ms", 50.0),
+                        ("batch.max_size", 100), ("cache.max_entries", 1000),
+                        ("delays.widen", 1.0))}
+    params["memory.strategy"] = {"configured": "balanced", "effective": "balanced"}
+    return {"performance_metrics": {
+                "coordination_latency_ms": {"p50": 0.05 + t % 3, "p99": 0.2 + t % 5},
+                "cache_hit_rate": 0.9, "batch_efficiency": 40.0 + t % 11,
+                "memory_usage_bytes": 40_000_000 + t % 1000},
+            "debouncer": {"received": received, "collapsed": received // 3},
+            "batcher": {"updates": received // 2}, "cache_stats": {"size": t % 1000},
+            "batch_queue": {"pending": t % 17}, "modules": modules,
+            "actors": {"cache": {"restarts": 0}}, "adaptive": {"parameters": params}}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_simulated_month_of_every_figure_stays_under_the_stated_bound(
+        tmp_path: Path) -> None:
+    """A month on the MockClock with every figure the daemon samples (what ``figures``
+    makes of a full status document, the five busiest of eight modules' rates with the
+    busiest set changing every hour): one sample a minute for the first 29 days and
+    22 hours, then one a second (the daemon's rate) for the last two hours, written every
+    5 s as the writer does. The file stays under :func:`byte_bound` and every tier
+    within its retention."""
+    from modcoord.supervisor.daemon.history import byte_bound
+
+    clock = MockClock(START)
+    store = _store(tmp_path, clock)
+    rates = ModuleRates()
+    previous: tuple[dict[str, Any], dict[str, int]] | None = None
+    received = 0
+    month, fine = 30 * 86_400, 2 * 3600
+    t = 0
+    while t < month:
+        step = 60 if t < month - fine else 1
+        hour = t // 3600
+        for rank, module in enumerate(f"mod{(hour + k) % 8}" for k in range(8)):
+            rates.count([(module, "k", 1, "low")] * (8 - rank) * step)
+        received += 500 * step
+        status, counts = _status(t, received, 8), rates.snapshot()
+        values = figures(status, previous[0] if previous else None, float(step), counts,
+                         previous[1] if previous else None, busiest=5,
+                         publish_p99_ms=1.0 + t % 13)
+        store.add(values)
+        previous = (status, counts)
+        clock.advance(step)
+        t += step
+        if (step == 60 and t % 36_000 == 0) or (step == 1 and t % 5 == 0):
+            store.flush()
+    store.flush()
+    names = store.metrics()
+    assert store.dropped_metrics == 0 and len(names) >= 25, names
+    assert {f"module.mod{i}.updates_per_s" for i in range(8)} <= set(names)
+    assert {"adaptive.debounce.delay_ms", "publish_to_delivery_p99_ms"} <= set(names)
+    store.close()
+    db = sqlite3.connect(tmp_path / "h.sqlite3")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    now = clock.monotonic()
+    for index, tier in enumerate(TIERS):
+        for oldest, count in db.execute(
+                "SELECT MIN(ts), COUNT(*) FROM samples WHERE tier = ? GROUP BY metric",
+                (index,)):
+            assert oldest >= now - tier.retention_s - tier.resolution_s
+            assert count <= tier.rows_per_metric
+    rows = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+    db.close()
+    size = (tmp_path / "h.sqlite3").stat().st_size
+    print(f"a simulated month, {len(names)} metrics: {rows} rows, {size} bytes "
+          f"(bound for them {byte_bound(len(names))}, stated bound {byte_bound()})")
+    assert rows <= row_bound(len(names))
+    assert size <= byte_bound(len(names)) <= byte_bound()
+
+
+def test_module_rates_count_one_module_and_mixed_batches_within_the_limit() -> None:
+    rates = ModuleRates(limit=2)
+    rates.count([])
+    rates.count([("a", "k", 1, "low")] * 5)  # one module's batch: the fast path
+    rates.count([("b", "k", 1, "low"), ("a", "k", 1, "low"), ("c", "k", 1, "low"),
+                 ("c", "k", 1, "low")])  # mixed: b is new (within the limit), c is not
+    assert rates.snapshot() == {"a": 6, "b": 1} and rates.untracked == 2
+    rates.count([("c", "k", 1, "low")] * 3)  # one untracked module's batch
+    assert rates.untracked == 5
