@@ -118,6 +118,10 @@ def test_history_survives_a_daemon_restart(daemon_factory: DaemonFactory,
 
 
 def _assert_degraded_but_working(daemon: DaemonProcess, why: str) -> None:
+    # The history opens its database after the daemon reported ready ("starting" until
+    # then; a locked file is waited for up to sqlite's busy timeout).
+    wait_for(lambda: _json(daemon, "status")["history"]["state"] != "starting", 30,
+             message="the history opened")
     status = _json(daemon, "status")
     assert status["is_coordinating"] is True
     history = status["history"]
