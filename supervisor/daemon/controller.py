@@ -51,6 +51,8 @@ class Controller:
         self.server: Any = None
         # The performance history (a HistoryRecorder), once the daemon started it.
         self.history: Any = None
+        # The dashboard page (a Dashboard), once the daemon made it.
+        self.dashboard: Any = None
         # The metrics (``metrics`` call and the HTTP endpoint): status and histograms.
         self.exposition = Exposition(self.status, coordinator.metrics)
         # Every control call of the table, answered by its ``on_<name>`` method.
@@ -122,6 +124,12 @@ class Controller:
         result: dict[str, Any] = self.history.query(params.metrics, params.since_s)
         return result
 
+    def on_dashboard(self, params: Params) -> dict[str, Any]:
+        if self.dashboard is None:
+            raise InvalidMessageError("the dashboard is not available in this process")
+        result: dict[str, Any] = self.dashboard.enable()
+        return result
+
     def on_optimize(self, params: Params) -> dict[str, Any]:
         return self.coordinator.optimize().as_dict()
 
@@ -167,6 +175,8 @@ class Controller:
         out["history"] = (self.history.status() if self.history is not None else
                           {"path": None, "state": "off", "reason": "history.enabled is false",
                            "rows": 0})
+        out["dashboard"] = (self.dashboard.status() if self.dashboard is not None else
+                            {"enabled": False, "url": None, "error": None})
         return out
 
     def reload(self) -> dict[str, Any]:

@@ -240,6 +240,7 @@ class _Daemon:
     def run(self, ready: Any) -> int:
         from modcoord.supervisor.daemon.config import load_config_dir, normalize_mode
         from modcoord.supervisor.daemon.controller import Controller
+        from modcoord.supervisor.daemon.dashboard import Dashboard
         from modcoord.supervisor.daemon.engine import Engine, create_engine
         from modcoord.supervisor.daemon.exporting import ExporterRunner
         from modcoord.supervisor.daemon.exposition import MetricsHTTPServer
@@ -288,6 +289,7 @@ class _Daemon:
         state_file = runtime / STATE_FILE
         reloader: Reloader | None = None
         history: HistoryRecorder | None = None
+        dashboard: Dashboard | None = None
         try:
             holder: dict[str, Any] = {}
             setup_logging(
@@ -343,6 +345,11 @@ class _Daemon:
                 http = MetricsHTTPServer(config.daemon.metrics.host, config.daemon.metrics.port,
                                          controller.exposition)
                 info["metrics_port"] = str(http.start())
+            # Never fails the start: a port in use is logged and shown in status.
+            dashboard = Dashboard(controller, config.daemon.dashboard, runtime)
+            controller.dashboard = dashboard
+            if config.daemon.dashboard.enabled:
+                dashboard.start()
             write_file_atomic(state_file, json.dumps({"pid": os.getpid(), **info}).encode())
             signal.signal(signal.SIGTERM, self._on_term)
             signal.signal(signal.SIGINT, self._on_term)
@@ -377,6 +384,8 @@ class _Daemon:
                 reloader.close()
             if http is not None:
                 http.stop()
+            if dashboard is not None:
+                dashboard.stop()
             if exporters is not None:
                 exporters.stop()
             if server is not None:
