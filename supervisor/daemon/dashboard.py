@@ -522,7 +522,7 @@ class Dashboard:
             params = decode_params("history", {"metrics": metrics, "since_s": since_s})
             result: dict[str, Any] = self.controller.on_history(params)
         except InvalidMessageError as exc:
-            raise _BadQuery(_without_method(str(exc)).replace("since_s", "since")) from None
+            raise _BadQuery(_without_method(str(exc))) from None
         return result
 
     def live(self) -> dict[str, Any]:
@@ -567,9 +567,17 @@ class _BadQuery(ModcoordError):
     """A query parameter is wrong (answered 400 with this message)."""
 
 
+_QUERY_NAMES: Final = {"metrics": "metric", "since_s": "since"}
+"""The ``history`` call's fields by the query parameter that fills them."""
+
+
 def _without_method(text: str) -> str:
-    """``"history: 'since_s' must be ... - at `$.since_s`"`` → the part a person reads."""
+    """``"history: Expected `str` of length >= 1 - at `$.metrics[0]`"`` → ``"metric:
+    Expected `str` of length >= 1"``: the query parameter's name, not the wire's."""
     head, sep, rest = text.partition(": ")
     text = rest if sep and head == "history" else text
-    return text.split(" - at `$", 1)[0]
-
+    message, at, path = text.partition(" - at `$.")
+    if not at:
+        return text
+    field = path.split("`", 1)[0].split("[", 1)[0]
+    return f"{_QUERY_NAMES.get(field, field)}: {message}"
