@@ -11,12 +11,15 @@ profile in a temporary directory. :func:`browser_or_skip` finds the tools the wa
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-__all__ = ["CHROMIUM_FLAGS", "PAGE_LOAD_TIMEOUT_S", "browser", "find_browser"]
+__all__ = ["ARTEFACTS", "CHROMIUM_FLAGS", "PAGE_LOAD_TIMEOUT_S", "artefact_path", "browser",
+           "browser_or_skip", "find_browser"]
 
 #: Without these, chromium on a machine with no outside network stalls on start-up
 #: (component updates, sync, QUIC probes) or refuses to run as root (sandbox).
@@ -27,14 +30,50 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--no-default-browser-check", "--disable-features=Translate,MediaRouter")
 #: A page load (and a script call) that takes longer fails the test.
 PAGE_LOAD_TIMEOUT_S = 30
+#: Where tests leave files for a person to look at (screenshots): ``$MODCOORD_TEST_ARTEFACTS``,
+#: else ``.cache/test-artefacts`` in the repository.
+ARTEFACTS = Path(os.environ.get("MODCOORD_TEST_ARTEFACTS") or
+                 Path(__file__).resolve().parent.parent / ".cache" / "test-artefacts")
+
+
+def artefact_path(name: str) -> Path:
+    """``ARTEFACTS / name``, the directory made if missing."""
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTEFACTS / name
+
+
+def browser_or_skip() -> tuple[str, str]:
+    """``(chromium, chromedriver)``; skips the test when either (or selenium) is missing,
+    or fails it when the run requires them (``$MODCOORD_REQUIRE_TOOLS`` names
+    ``chromium``)."""
+    import pytest
+    from tools import tool_or_skip
+
+    found = find_browser()
+    if found is None:
+        tool_or_skip("chromium" if find_tool_any("chromium", "chromium-browser") is None
+                     else "chromedriver")
+        raise AssertionError("unreachable: tool_or_skip skips or fails")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        reason = "selenium is not installed (pip install -e '.[dev]')"
+        if "chromium" in os.environ.get("MODCOORD_REQUIRE_TOOLS", "").split():
+            pytest.fail(reason + " ($MODCOORD_REQUIRE_TOOLS lists chromium)")
+        pytest.skip(reason)
+    return found
+
+
+def find_tool_any(*names: str) -> str | None:
+    from tools import find_tool
+
+    return next((path for name in names if (path := find_tool(name))), None)
 
 
 def find_browser() -> tuple[str, str] | None:
     """``(chromium, chromedriver)`` paths, or None when either is missing."""
-    from tools import find_tool
-
-    chromium = find_tool("chromium") or find_tool("chromium-browser")
-    driver = find_tool("chromedriver")
+    chromium = find_tool_any("chromium", "chromium-browser")
+    driver = find_tool_any("chromedriver")
     return (chromium, driver) if chromium and driver else None
 
 
