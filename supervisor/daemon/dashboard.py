@@ -18,10 +18,11 @@ the adaptive parameters, served by the daemon over HTTP (``daemon.yaml`` ``dashb
   Failing to bind (port in use) never stops the daemon: :meth:`Dashboard.start` logs it,
   ``status`` ``dashboard.error`` says it, and ``modcoord dashboard`` (the ``dashboard``
   call, :meth:`Dashboard.enable`) tries again and reports it (exit 1).
-- The JSON API (same token): ``/api/layout``, ``/api/live`` (status, insights, the newest
-  sampled figures and the module table, in one answer: what the page polls),
-  ``/api/status``, ``/api/insights``, ``/api/history?since=S&metric=M`` (the
-  ``history`` call's answer; ``since`` in seconds). A query parameter that is unknown,
+- The JSON API (same token): ``/api/layout``, ``/api/live`` (status, the newest sampled
+  figures and the module table, in one answer: what the page polls every 2 s),
+  ``/api/status``, ``/api/insights`` (polled every 10 s), ``/api/history?since=S&metric=M`` (the
+  ``history`` call's answer; ``since`` in seconds, ``columns`` a subset of the point's
+  columns). A query parameter that is unknown,
   repeated or out of range gets ``400`` with a message naming it and the accepted values.
 
 The page's files (HTML, CSS and the JavaScript, which draws its charts itself on
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ASSETS_DIR",
     "COOKIE_PREFIX",
+    "HISTORY_COLUMNS",
+    "INSIGHTS_POLL_MS",
     "LIVE_SINCE_S",
     "PANELS",
     "POLL_INTERVAL_MS",
@@ -76,6 +79,9 @@ COOKIE_PREFIX: Final = "modcoord_dashboard_"
 """The cookie's name is this and the port (cookies are shared by every port of a host)."""
 POLL_INTERVAL_MS: Final = 2000
 """The page polls ``/api/live`` this often (and the history at most this often)."""
+INSIGHTS_POLL_MS: Final = 10_000
+"""The page asks for the insights this often (their rules judge windows of minutes, and
+the trend rules read the history: too dear to run every poll)."""
 LIVE_SINCE_S: Final = 5.0
 """``/api/live`` takes the newest sampled figures from this many seconds of history."""
 MAX_REQUEST_TARGET_CHARS: Final = 4096
@@ -160,6 +166,10 @@ TILES: Final = (
 )
 """The live figures, in page order (docs/REFERENCE.md: Dashboard panels)."""
 
+HISTORY_COLUMNS: Final = ("ts", "min", "max", "mean", "last")
+"""The columns of a history point (the ``history`` call's ``columns``); ``/api/history``
+answers the subset its ``columns`` parameter names (the page asks for ``ts,mean``)."""
+
 RANGES: Final = (("15 min", 900), ("1 h", 3600), ("6 h", 21_600), ("1 d", 86_400),
                  ("30 d", 30 * 86_400))
 """The time-range picker's choices (label, seconds); the history answers each at the
@@ -169,10 +179,10 @@ assert all(seconds <= HISTORY_MAX_SINCE_S for _, seconds in RANGES)
 
 
 def layout() -> dict[str, Any]:
-    """What ``/api/layout`` answers: the panels, tiles, ranges and the poll interval."""
+    """What ``/api/layout`` answers: the panels, tiles, ranges and the poll intervals."""
     return {"panels": [asdict(p) for p in PANELS], "tiles": [asdict(t) for t in TILES],
             "ranges": [{"label": label, "seconds": s} for label, s in RANGES],
-            "poll_ms": POLL_INTERVAL_MS}
+            "poll_ms": POLL_INTERVAL_MS, "insights_poll_ms": INSIGHTS_POLL_MS}
 
 
 # -- the requests ----------------------------------------------------------------------------
@@ -192,9 +202,14 @@ _FORBIDDEN = Response(403, b"forbidden: open the URL that 'modcoord dashboard' p
 
 
 def _json(value: Any) -> Response:
-    return Response(200, json.dumps(value, default=str, allow_nan=False,
-                                    separators=(",", ":")).encode(),
-                    "application/json")
+    """``value`` as JSON; NaN and infinities (not JSON) become null (the slow path, taken
+    only when the fast one finds one)."""
+    try:
+        text = json.dumps(value, default=str, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        text = json.dumps(_finite(value), default=str, allow_nan=False,
+                          separators=(",", ":"))
+    return Response(200, text.encode(), "application/json")
 
 
 def _bad(message: str) -> Response:
@@ -477,7 +492,7 @@ class Dashboard:
             "/api/live": (lambda q: self.live(), frozenset()),
             "/api/status": (lambda q: self.controller.status(), frozenset()),
             "/api/insights": (lambda q: self._insights(), frozenset()),
-            "/api/history": (self._history, frozenset({"since", "metric"})),
+            "/api/history": (self._history, frozenset({"since", "metric", "columns"})),
         }
         if path in api:
             produce, accepted = api[path]
@@ -486,7 +501,7 @@ class Dashboard:
                 return _bad(f"unknown query parameter(s) {', '.join(unknown)} for {path}; "
                             f"it takes {', '.join(sorted(accepted)) or 'none'} (and token)")
             try:
-                return _json(_finite(produce(query)))
+                return _json(produce(query))
             except _BadQuery as exc:
                 return _bad(str(exc))
         if query:
@@ -517,26 +532,38 @@ class Dashboard:
         if not 0 < since_s <= HISTORY_MAX_SINCE_S:  # NaN fails too
             raise _BadQuery(f"since: {since[0][:40]!r} is not a number of seconds with "
                             f"0 < since <= {HISTORY_MAX_SINCE_S} (30 days); e.g. since=3600")
+        columns = query.get("columns", [",".join(HISTORY_COLUMNS)])
+        wanted = columns[0].split(",") if len(columns) == 1 else []
+        if not wanted or any(c not in HISTORY_COLUMNS for c in wanted) or \
+                len(set(wanted)) != len(wanted):
+            raise _BadQuery(f"columns: {','.join(columns)[:80]!r} is not a comma-separated "
+                            f"list of distinct columns of {','.join(HISTORY_COLUMNS)} (given "
+                            "once; e.g. columns=ts,mean)")
         metrics = query.get("metric") or None
         try:
             params = decode_params("history", {"metrics": metrics, "since_s": since_s})
             result: dict[str, Any] = self.controller.on_history(params)
         except InvalidMessageError as exc:
             raise _BadQuery(_without_method(str(exc))) from None
+        if wanted != list(result["columns"]):
+            index = [result["columns"].index(c) for c in wanted]
+            result["columns"] = wanted
+            result["series"] = {m: [[p[i] for i in index] for p in points]
+                                for m, points in result["series"].items()}
         return result
 
     def live(self) -> dict[str, Any]:
-        """``/api/live``: the ``status`` document, the insights, the newest sampled
-        figures (``latest``: metric → value, from the last :data:`LIVE_SINCE_S` s of
-        history; empty while the history is off) and the module table."""
+        """``/api/live``: the ``status`` document, the newest sampled figures (``latest``:
+        metric → value, from the last :data:`LIVE_SINCE_S` s of history; empty while the
+        history is off) and the module table (the insights: ``/api/insights``)."""
         status = self.controller.status()
         latest: dict[str, float] = {}
         history = self.controller.history
         if history is not None:
             series = history.query(None, LIVE_SINCE_S)["series"]
             latest = {m: points[-1][4] for m, points in series.items() if points}
-        return {"status": status, "insights": self._insights(), "latest": latest,
-                "modules": self.modules(), "now": time.time()}
+        return {"status": status, "latest": latest, "modules": self.modules(),
+                "now": time.time()}
 
     def modules(self) -> list[dict[str, Any]]:
         """Each registered module: id, name, modes, subscriptions, publishes per second

@@ -70,6 +70,7 @@ def test_the_page_in_a_real_browser_draws_updates_and_refuses_without_token(
     with publisher(daemon, "editor", per_tick=10):
         # Let the history hold some seconds of the module's publishing first.
         code, _, headers = http_get(url)
+        assert code == 200
         cookie = headers["Set-Cookie"].split(";", 1)[0]
 
         def history_has_rate() -> bool:

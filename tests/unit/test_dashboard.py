@@ -4,6 +4,7 @@ browser: tests/integration/test_dashboard_browser.py)."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 import socket
@@ -31,9 +32,14 @@ from modcoord.supervisor.protocol.calls import HistoryParams
 REPO = Path(__file__).resolve().parents[2]
 
 
+class FakeSampler:
+    module_rates_now = {"ed": 4.0}
+
+
 class FakeHistory:
     def __init__(self) -> None:
         self.queries: list[tuple[list[str] | None, float]] = []
+        self.sampler = FakeSampler()
 
     def query(self, metrics: list[str] | None, since_s: float) -> dict[str, Any]:
         self.queries.append((metrics, since_s))
@@ -46,8 +52,7 @@ class FakeController:
     """What the dashboard asks the daemon's controller."""
 
     def __init__(self) -> None:
-        self.history: Any = FakeHistory()
-        self.history.sampler = type("S", (), {"module_rates_now": {"ed": 4.0}})()
+        self.history = FakeHistory()
         self.coordinator = None
         self.history_calls: list[HistoryParams] = []
 
@@ -62,7 +67,8 @@ class FakeController:
         if params.metrics and "nope" in params.metrics:
             raise InvalidMessageError("history: unknown metric(s) nope; the history holds "
                                       "modules")
-        return self.history.query(params.metrics, params.since_s)
+        answer: dict[str, Any] = self.history.query(params.metrics, params.since_s)
+        return answer
 
 
 class Clock:
@@ -121,7 +127,7 @@ def test_the_token_is_compared_in_constant_time(dash: Dashboard,
         seen.append((a, b))
         return a == b
 
-    monkeypatch.setattr(dash_mod.hmac, "compare_digest", compare)
+    monkeypatch.setattr(hmac, "compare_digest", compare)  # the one the dashboard calls
     assert dash.handle("GET", "/?token=guess").code == 403
     assert dash.handle("GET", "/api/live", f"{COOKIE_PREFIX}4242=guess2").code == 403
     assert seen == [(b"guess", dash.token.encode()), (b"guess2", dash.token.encode())]
@@ -174,9 +180,13 @@ def test_refusals_are_counted_and_logged_at_most_once_a_minute(
     ({"since": "-5"}, "0 < since <= 2592000"),
     ({"since": "nan"}, "0 < since <= 2592000"),
     ({"since": "2592001"}, "0 < since <= 2592000"),
-    ({"bogus": "1"}, "unknown query parameter(s) bogus for /api/history; it takes metric, since"),
+    ({"bogus": "1"}, "unknown query parameter(s) bogus for /api/history; it takes columns, "
+                     "metric, since"),
     ({"metric": "nope"}, "unknown metric(s) nope; the history holds modules"),
     ({"metric": ""}, "metric: Expected `str` of length >= 1"),
+    ({"columns": "ts,avg"}, "columns: 'ts,avg' is not a comma-separated list of distinct"),
+    ({"columns": "ts,ts"}, "columns: 'ts,ts' is not"),
+    ({"columns": ""}, "columns: '' is not"),
 ])
 def test_a_bad_history_parameter_gets_400_saying_what_is_wrong(
         dash: Dashboard, params: dict[str, str], needle: str) -> None:
@@ -211,12 +221,17 @@ def test_history_answers_the_history_call_with_its_metrics_and_since(
     dash.handle("GET", f"/api/history?token={t}")
     assert controller.history_calls[-1].metrics is None
     assert controller.history_calls[-1].since_s == 3600.0
+    trimmed = json.loads(dash.handle("GET", f"/api/history?token={t}&columns=ts,mean").body)
+    assert trimmed["columns"] == ["ts", "mean"]
+    assert trimmed["series"]["modules"] == [[99, 1], [100, 2]]
+    assert dash.handle("GET", f"/api/history?token={t}&columns=ts&columns=mean").code == 400
 
 
-def test_live_carries_status_insights_newest_figures_and_no_nan(dash: Dashboard) -> None:
+def test_live_carries_status_newest_figures_and_no_nan(dash: Dashboard) -> None:
     body = json.loads(dash.handle("GET", q(dash, "/api/live")).body)
     assert body["status"]["latency"] is None  # NaN is not JSON
-    assert body["insights"]["insights"] == [{"id": "all_clear"}]
+    insights = json.loads(dash.handle("GET", q(dash, "/api/insights")).body)
+    assert insights["insights"] == [{"id": "all_clear"}]
     assert body["latest"] == {"modules": 2}
     assert dash.controller.history.queries[-1] == (None, dash_mod.LIVE_SINCE_S)
 

@@ -1,10 +1,12 @@
 /* The modcoord dashboard page: reads its layout from /api/layout, polls /api/live every
- * poll_ms and the history (/api/history) at most as often as its resolution changes,
+ * poll_ms, the insights every insights_poll_ms and the history (/api/history) at most as
+ * often as its resolution changes,
  * and draws what it gets. Every request carries the HttpOnly cookie the first,
  * token-carrying request set; the token is then removed from the address bar.
  *
  * For tests and the benchmark, <body> carries:
- *   data-ready="1"        once the history is drawn and the live figures shown,
+ *   data-ready="1"        once the history is drawn and the live figures shown (the
+ *                         insights are asked for then),
  *   data-ready-ms=T       when that was, in ms since the navigation started,
  *   data-live-updates=N   live answers shown so far,
  *   data-history-points=N points drawn over all charts,
@@ -15,7 +17,7 @@
 const state = {
   layout: null,
   range: 3600,
-  series: {},          // metric -> [[ts, min, max, mean, last], ...]
+  series: {},          // metric -> [[ts, mean], ...] (the history's bucket means)
   resolution: 1,
   historyAt: 0,        // Date.now() of the last history answer
   historyNow: 0,       // the daemon's clock ("now") of that answer
@@ -158,16 +160,18 @@ function setRange(seconds) {
   refreshHistory(true).catch(showError);
 }
 
+/* The range the address asks for (#15min, #1h, #6h, #1d, #30d), read before the layout
+ * is in, so that the first history request goes out at once. */
 function rangeFromHash() {
-  const wanted = decodeURIComponent(window.location.hash.slice(1)).replace(/\s/g, "");
-  const match = state.layout.ranges.find((r) => r.label.replace(/\s/g, "") === wanted);
-  return match ? match.seconds : state.range;
+  const match = /^#(\d+)(min|h|d)$/.exec(window.location.hash.replace(/\s|%20/g, ""));
+  if (!match) return state.range;
+  return Number(match[1]) * {min: 60, h: 3600, d: 86400}[match[2]];
 }
 
 // -- the history ---------------------------------------------------------------------------
 
 /* Fetch the range (first time) or only what is new since the last answer, and merge. */
-async function refreshHistory(full) {
+async function refreshHistory(full, draw = true) {
   const incremental = !full && state.historyNow > 0;
   const elapsed = (Date.now() - state.historyAt) / 1000;
   const since = incremental
@@ -175,11 +179,11 @@ async function refreshHistory(full) {
     : state.range;
   let answer;
   try {
-    answer = await api(`/api/history?since=${since}`);
+    answer = await api(`/api/history?since=${since}&columns=ts,mean`);
   } catch (error) {
     if (error.status === 400 && /history is off/.test(error.message)) {
       state.historyOff = true;
-      drawCharts();
+      if (draw) drawCharts();
       return;
     }
     throw error;
@@ -196,7 +200,7 @@ async function refreshHistory(full) {
     state.series[metric] = merged;
   }
   $("resolution").textContent = `· ${state.resolution} s resolution`;
-  drawCharts();
+  if (draw) drawCharts();
 }
 
 function drawCharts() {
@@ -209,7 +213,7 @@ function drawCharts() {
     const series = metrics.map((metric, i) => ({
       name: metric,
       color: CHART_COLORS[i % CHART_COLORS.length],
-      points: state.series[metric].map((p) => [p[0], p[3]]),
+      points: state.series[metric],
     }));
     const hasData = series.some((s) => s.points.length > 0);
     canvas.hidden = !hasData;
@@ -248,7 +252,6 @@ function renderLive(live) {
     node.classList.toggle("good", value === true);
     node.classList.toggle("bad", value === false);
   }
-  renderInsights(live.insights.insights || []);
   renderModules(live.modules);
   renderActors(status.actors || {});
   renderAdaptive(((status.adaptive || {}).parameters) || {});
@@ -319,6 +322,14 @@ function clearError() {
 
 // -- the loop ------------------------------------------------------------------------------
 
+async function refreshInsights() {
+  try {
+    renderInsights((await api("/api/insights")).insights || []);
+  } catch (error) {
+    showError(error);
+  }
+}
+
 async function tick() {
   try {
     renderLive(await api("/api/live"));
@@ -335,24 +346,33 @@ async function main() {
   if (window.location.search.includes("token=")) {
     window.history.replaceState(null, "", "/" + window.location.hash);
   }
+  state.range = rangeFromHash();
+  document.body.dataset.range = String(state.range);
+  // The three first requests go out together; the charts are drawn once all are in.
+  const layout = api("/api/layout");
+  const live = api("/api/live");
+  const history = refreshHistory(true, false);
   try {
-    state.layout = await api("/api/layout");
+    state.layout = await layout;
   } catch (error) {
     showError(error);
     return;
   }
-  state.range = rangeFromHash();
-  document.body.dataset.range = String(state.range);
+  if (!state.layout.ranges.some((r) => r.seconds === state.range)) state.range = 3600;
   buildLayout();
   try {
-    const [live] = await Promise.all([api("/api/live"), refreshHistory(true)]);
-    renderLive(live);
+    await history;
+    drawCharts();
+    renderLive(await live);
     document.body.dataset.ready = "1";
     document.body.dataset.readyMs = String(Math.round(performance.now()));
   } catch (error) {
     showError(error);
   }
   setInterval(tick, state.layout.poll_ms);
+  // The insights after the first paint (their rules are the dearest answer), then seldom.
+  refreshInsights();
+  setInterval(refreshInsights, state.layout.insights_poll_ms);
   let resizeTimer = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
