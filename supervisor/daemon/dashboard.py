@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -546,9 +547,11 @@ class Dashboard:
         except InvalidMessageError as exc:
             raise _BadQuery(_without_method(str(exc))) from None
         if wanted != list(result["columns"]):
-            index = [result["columns"].index(c) for c in wanted]
+            pick = itemgetter(*(result["columns"].index(c) for c in wanted))
+            single = len(wanted) == 1
             result["columns"] = wanted
-            result["series"] = {m: [[p[i] for i in index] for p in points]
+            result["series"] = {m: [[pick(p)] for p in points] if single else
+                                list(map(pick, points))  # tuples: JSON arrays
                                 for m, points in result["series"].items()}
         return result
 

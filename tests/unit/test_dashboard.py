@@ -225,6 +225,8 @@ def test_history_answers_the_history_call_with_its_metrics_and_since(
     assert trimmed["columns"] == ["ts", "mean"]
     assert trimmed["series"]["modules"] == [[99, 1], [100, 2]]
     assert dash.handle("GET", f"/api/history?token={t}&columns=ts&columns=mean").code == 400
+    single = json.loads(dash.handle("GET", f"/api/history?token={t}&columns=last").body)
+    assert single["series"]["modules"] == [[1], [2]]
 
 
 def test_live_carries_status_newest_figures_and_no_nan(dash: Dashboard) -> None:
