@@ -64,8 +64,11 @@ def main() -> int:
             answer = json.loads(subprocess.run(
                 [*CLI, "dashboard", "--json", "--runtime-dir", str(runtime)],
                 check=True, capture_output=True, text=True, timeout=60).stdout)
-            time.sleep(args.seconds * 0.9)  # the load runs; the history fills
+            started = time.monotonic()
             with browser(*found, width=args.width, height=900) as driver:
+                # The load runs and the history fills; the page is opened while the
+                # modules still publish (its insights come 10 s after it is drawn).
+                time.sleep(max(0.0, args.seconds - 25 - (time.monotonic() - started)))
                 driver.get(f"{answer['url']}#{args.range}")
                 deadline = time.monotonic() + 30
                 while driver.execute_script("return document.body.dataset.ready") != "1":

@@ -1,11 +1,8 @@
 """The dashboard page: live figures, charts of the history, insights, modules, actors and
 the adaptive parameters, served by the daemon over HTTP (``daemon.yaml`` ``dashboard``).
 
-- :data:`PANELS` (the history charts) and :data:`TILES` (the live figures) are the ONE
-  list of what the page shows; the page reads them from ``/api/layout`` and
-  docs/REFERENCE.md ("Dashboard panels") lists the same (a test keeps them equal). Each
-  figure is one the history already samples (:func:`~modcoord.supervisor.daemon.sampling.
-  figures`) or a field of the ``status`` document: nothing is derived twice.
+- What the page shows (:data:`PANELS`, the history charts, and :data:`TILES`, the live
+  figures: the ONE list, re-exported here) is in :mod:`.dashboard_panels`.
 - Access: a random token (:func:`secrets.token_urlsafe`), new for each daemon run, kept
   in ``dashboard.token`` (0600) in the 0700 runtime directory; the URL ``modcoord
   dashboard`` prints carries it (``?token=``). The first valid request sets an HttpOnly,
@@ -51,7 +48,19 @@ from urllib.parse import parse_qs, urlsplit
 from loguru import logger
 
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
+from modcoord.supervisor.daemon.dashboard_panels import (
+    HISTORY_COLUMNS,
+    INSIGHTS_POLL_MS,
+    PANELS,
+    POLL_INTERVAL_MS,
+    RANGES,
+    TILES,
+    Panel,
+    Tile,
+    layout,
+)
 from modcoord.supervisor.protocol.calls import HISTORY_MAX_SINCE_S, decode_params
+from modcoord.supervisor.protocol.paths import UnsafePathError, write_file_atomic
 
 if TYPE_CHECKING:
     from modcoord.supervisor.daemon.config import DashboardSettings
@@ -78,11 +87,6 @@ TOKEN_FILE: Final = "dashboard.token"
 """The token's file in the runtime directory (mode 0600; removed when the daemon stops)."""
 COOKIE_PREFIX: Final = "modcoord_dashboard_"
 """The cookie's name is this and the port (cookies are shared by every port of a host)."""
-POLL_INTERVAL_MS: Final = 2000
-"""The page polls ``/api/live`` this often (and the history at most this often)."""
-INSIGHTS_POLL_MS: Final = 10_000
-"""The page asks for the insights this often (their rules judge windows of minutes, and
-the trend rules read the history: too dear to run every poll)."""
 LIVE_SINCE_S: Final = 5.0
 """``/api/live`` takes the newest sampled figures from this many seconds of history."""
 MAX_REQUEST_TARGET_CHARS: Final = 4096
@@ -103,87 +107,6 @@ _SECURITY_HEADERS: Final = (
     ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; "
      "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
 )
-
-
-# -- what the page shows ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Panel:
-    """One history chart: ``metrics`` are history metric names; a ``*`` matches any run of
-    characters (``adaptive.*``, ``module.*.updates_per_s``)."""
-
-    id: str
-    title: str
-    unit: str
-    metrics: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Tile:
-    """One live figure: ``source`` is ``history:<metric>`` (the newest sampled value) or
-    ``status:<dotted.path>`` (a field of the ``status`` document)."""
-
-    id: str
-    label: str
-    unit: str
-    source: str
-
-
-PANELS: Final = (
-    Panel("latency", "Coordination latency", "ms",
-          ("coordination_p50_ms", "coordination_p99_ms", "publish_to_delivery_p99_ms")),
-    Panel("throughput", "Updates per second", "/s",
-          ("updates_in_per_s", "updates_delivered_per_s")),
-    Panel("collapse", "Collapse ratio", "ratio", ("collapse_ratio",)),
-    Panel("cache_hit", "Cache hit rate", "ratio", ("cache_hit_rate",)),
-    Panel("cache_size", "Cache size", "entries", ("cache_size",)),
-    Panel("batch_efficiency", "Batch efficiency", "updates/ms", ("batch_efficiency",)),
-    Panel("queue", "Batch queue depth", "updates", ("batch_queue_depth",)),
-    Panel("memory", "Memory (RSS)", "bytes", ("memory_rss_bytes",)),
-    Panel("modules", "Modules and restarts", "", ("modules", "restarts")),
-    Panel("module_rates", "Busiest modules", "updates/s", ("module.*.updates_per_s",)),
-    Panel("adaptive", "Adaptive parameters (effective)", "", ("adaptive.*",)),
-)
-"""The history charts, in page order (docs/REFERENCE.md: Dashboard panels)."""
-
-TILES: Final = (
-    Tile("coordinating", "Coordinating", "", "status:is_coordinating"),
-    Tile("mode", "Mode", "", "status:mode"),
-    Tile("strategy", "Strategy", "", "status:strategy"),
-    Tile("modules", "Modules", "", "status:modules"),
-    Tile("latency_p50", "Coordination p50", "ms", "history:coordination_p50_ms"),
-    Tile("latency_p99", "Coordination p99", "ms", "history:coordination_p99_ms"),
-    Tile("delivery_p99", "Publish → delivery p99", "ms", "history:publish_to_delivery_p99_ms"),
-    Tile("updates_in", "Updates in", "/s", "history:updates_in_per_s"),
-    Tile("updates_delivered", "Updates delivered", "/s", "history:updates_delivered_per_s"),
-    Tile("collapse", "Collapse ratio", "ratio", "history:collapse_ratio"),
-    Tile("cache_hit", "Cache hit rate", "ratio", "history:cache_hit_rate"),
-    Tile("cache_size", "Cache size", "entries", "history:cache_size"),
-    Tile("batch_efficiency", "Batch efficiency", "updates/ms", "history:batch_efficiency"),
-    Tile("queue", "Batch queue depth", "updates", "history:batch_queue_depth"),
-    Tile("memory", "Memory (RSS)", "bytes", "history:memory_rss_bytes"),
-    Tile("uptime", "Uptime", "s", "status:uptime_s"),
-)
-"""The live figures, in page order (docs/REFERENCE.md: Dashboard panels)."""
-
-HISTORY_COLUMNS: Final = ("ts", "min", "max", "mean", "last")
-"""The columns of a history point (the ``history`` call's ``columns``); ``/api/history``
-answers the subset its ``columns`` parameter names (the page asks for ``ts,mean``)."""
-
-RANGES: Final = (("15 min", 900), ("1 h", 3600), ("6 h", 21_600), ("1 d", 86_400),
-                 ("30 d", 30 * 86_400))
-"""The time-range picker's choices (label, seconds); the history answers each at the
-finest resolution that covers it."""
-
-assert all(seconds <= HISTORY_MAX_SINCE_S for _, seconds in RANGES)
-
-
-def layout() -> dict[str, Any]:
-    """What ``/api/layout`` answers: the panels, tiles, ranges and the poll intervals."""
-    return {"panels": [asdict(p) for p in PANELS], "tiles": [asdict(t) for t in TILES],
-            "ranges": [{"label": label, "seconds": s} for label, s in RANGES],
-            "poll_ms": POLL_INTERVAL_MS, "insights_poll_ms": INSIGHTS_POLL_MS}
 
 
 # -- the requests ----------------------------------------------------------------------------
@@ -311,7 +234,6 @@ class Dashboard:
             if self._server is not None:
                 return True
             try:
-                self._write_token()
                 server = self._bind()
             except OSError as exc:
                 self.error = (f"cannot serve the dashboard on {self.host}:"
@@ -320,6 +242,15 @@ class Dashboard:
                               "run 'modcoord dashboard' again")
                 self._log.bind(host=self.host, port=self.configured_port,
                                error=str(exc)).error("dashboard cannot listen")
+                return False
+            try:
+                self._write_token()
+            except UnsafePathError as exc:
+                server.server_close()
+                self.error = (f"cannot write the dashboard's token file: {exc}; check the "
+                              "runtime directory, then run 'modcoord dashboard' again")
+                self._log.bind(path=str(self.token_file), error=str(exc)).error(
+                    "dashboard token not written")
                 return False
             self._server = server
             self.port = int(server.server_address[1])
@@ -333,12 +264,8 @@ class Dashboard:
         return True
 
     def _write_token(self) -> None:
-        from modcoord.supervisor.protocol.paths import UnsafePathError, write_file_atomic
-
-        try:
-            write_file_atomic(self.token_file, (self.token + "\n").encode(), mode=0o600)
-        except UnsafePathError as exc:
-            raise OSError(str(exc)) from None
+        """Raises UnsafePathError: the file cannot be written (the reason in it)."""
+        write_file_atomic(self.token_file, (self.token + "\n").encode(), mode=0o600)
 
     def _bind(self) -> ThreadingHTTPServer:
         owner = self

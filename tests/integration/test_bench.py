@@ -40,10 +40,12 @@ EXPECTED = [
     ("adaptive batch: throughput at heavy load", "updates/s", ">= 0.95x"),
     ("refresh-ahead: cache hit rate", "fraction", ">= 0.98"),
     ("refresh-ahead: coordinate p99", "µs", "<= 0.2x"),
+    ("dashboard: first load with a day of history", "ms", "<= 1000 ms"),
 ]
 STARTUP = EXPECTED[12:14]
 ADAPTIVE = EXPECTED[14:18]
-REFRESH_AHEAD = EXPECTED[18:]
+REFRESH_AHEAD = EXPECTED[18:20]
+DASHBOARD = EXPECTED[20:]
 
 
 def _run_bench(timeout: float, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -169,3 +171,20 @@ def test_refresh_ahead_figures_meet_their_targets_against_the_same_run_without()
     assert p99["baseline"] > 30_000  # µs: the baseline's p99 is a miss (a 30 ms computation)
     assert hit_rate["met"], hit_rate
     assert p99["value"] < p99["baseline"], p99
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_dashboard_first_load_is_measured_against_an_empty_history() -> None:
+    """``--only 21``: the page in headless chromium on a daemon holding a simulated day,
+    against the same page on an empty history (the 1 s target is reported by the bench;
+    the machine's load moves it, so this test checks the measurement, not the target)."""
+    from browser import browser_or_skip
+
+    browser_or_skip()
+    rows = _results(_run_bench(200, "--only", "21"))
+    _check_rows(rows, DASHBOARD)
+    (first_load,) = rows
+    assert 0 < first_load["baseline"] < first_load["value"]  # a day costs more than nothing
+    assert first_load["value"] < 30_000  # ms: the page got ready (the bench's own limit)

@@ -365,3 +365,14 @@ def test_a_port_in_use_is_reported_not_raised_and_enable_tries_again(
     finally:
         holder.close()
         d.stop()
+
+
+def test_a_token_file_that_cannot_be_written_is_reported_and_nothing_served(
+        tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    (runtime / TOKEN_FILE).mkdir()  # a directory where the file goes: cannot be replaced
+    d = Dashboard(FakeController(), DashboardSettings(enabled=True, port=0), runtime)
+    assert d.start() is False
+    assert d.error is not None and "cannot write the dashboard's token file" in d.error
+    assert d.status()["enabled"] is False and d.url() is None
