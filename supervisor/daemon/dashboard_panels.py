@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from modcoord.supervisor.protocol.calls import HISTORY_MAX_SINCE_S
+from modcoord.supervisor.version import VERSION
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -106,7 +107,9 @@ assert all(seconds <= HISTORY_MAX_SINCE_S for _, seconds in RANGES)
 
 
 def layout() -> dict[str, Any]:
-    """What ``/api/layout`` answers: the panels, tiles, ranges and the poll intervals."""
+    """What ``/api/layout`` answers: the panels, tiles, ranges, the poll intervals and
+    modcoord's version."""
     return {"panels": [asdict(p) for p in PANELS], "tiles": [asdict(t) for t in TILES],
             "ranges": [{"label": label, "seconds": s} for label, s in RANGES],
-            "poll_ms": POLL_INTERVAL_MS, "insights_poll_ms": INSIGHTS_POLL_MS}
+            "poll_ms": POLL_INTERVAL_MS, "insights_poll_ms": INSIGHTS_POLL_MS,
+            "version": VERSION}

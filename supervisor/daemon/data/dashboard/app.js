@@ -145,6 +145,7 @@ function buildLayout() {
     nav.append(button);
   }
   $("poll").textContent = String(state.layout.poll_ms / 1000);
+  $("version").textContent = state.layout.version;
 }
 
 function setRange(seconds) {
@@ -256,7 +257,6 @@ function renderLive(live) {
   renderActors(status.actors || {});
   renderAdaptive(((status.adaptive || {}).parameters) || {});
   const dash = status.dashboard || {};
-  $("version").textContent = status.version || "";
   state.liveUpdates += 1;
   document.body.dataset.liveUpdates = String(state.liveUpdates);
   if (dash.error) showError(new Error(dash.error));
