@@ -176,3 +176,20 @@ def test_a_bad_dashboard_key_refuses_the_start_naming_file_and_key(
     assert result.code == 78
     assert "daemon.yaml" in result.err and "dashboard.host" in result.err
     assert "must be an IP address" in result.err
+
+
+def test_open_hands_the_url_to_the_web_browser(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """``--open`` gives the URL with its token to the browser ``$BROWSER`` names (here a
+    script that writes down what it was given)."""
+    from daemon_harness import run_cli
+
+    opened = tmp_path / "opened.txt"
+    fake = tmp_path / "fake-browser"
+    fake.write_text(f"#!/bin/sh\nprintf '%s' \"$1\" > {opened}\n")
+    fake.chmod(0o755)
+    result = run_cli("dashboard", "--open", "--json", runtime_dir=daemon.runtime_dir,
+                     env={"BROWSER": f"{fake} %s"})
+    assert result.code == 0, result.err
+    answer = json.loads(result.out)
+    assert answer["opened"] is True
+    assert opened.read_text() == answer["url"] and "?token=" in answer["url"]
