@@ -171,9 +171,13 @@ function rangeFromHash() {
 
 // -- the history ---------------------------------------------------------------------------
 
-/* Fetch the range (first time) or only what is new since the last answer, and merge. */
+/* Fetch the range (first time) or only what is new since the last answer, and merge.
+ * Only ranges the history answers at 1 s (up to an hour) are fetched piecemeal: a short
+ * `since` is always answered at the finest resolution, so a longer range is read whole
+ * again (once per resolution step, see tick). */
 async function refreshHistory(full, draw = true) {
-  const incremental = !full && state.historyNow > 0;
+  const range = state.range;
+  const incremental = !full && state.historyNow > 0 && state.resolution === 1 && range <= 3600;
   const elapsed = (Date.now() - state.historyAt) / 1000;
   const since = incremental
     ? Math.min(state.range, Math.ceil(elapsed + 3 * state.resolution))
@@ -189,6 +193,7 @@ async function refreshHistory(full, draw = true) {
     }
     throw error;
   }
+  if (range !== state.range) return; // the range changed meanwhile: that answer is stale
   state.historyOff = false;
   state.resolution = answer.resolution_s;
   state.historyAt = Date.now();
