@@ -186,6 +186,9 @@ class DaemonProcess:
         self.config_dir = root / "configs"
         if not self.config_dir.exists():
             copy_configs(self.config_dir)
+            # A dashboard turned on by a test binds any free port, never the default one
+            # (tests run in parallel); a test's own ``configs`` may still set another.
+            self.edit_config("daemon", {"dashboard": {"port": 0}})
         for stem, changes in (configs or {}).items():
             self.edit_config(stem, changes)
         self.extra = extra

@@ -30,10 +30,12 @@ class Daemon:
         root: the bench's temporary directory.
         name: a short name (its runtime directory is ``root/<name>``).
         config_dir: the config directory to start it with.
+        extra: more ``modcoord start`` arguments.
     """
 
-    def __init__(self, root: Path, name: str, config_dir: Path) -> None:
+    def __init__(self, root: Path, name: str, config_dir: Path, *extra: str) -> None:
         self.name = name
+        self.extra = extra  # more ``start`` arguments (``--state-dir D``)
         self.runtime = root / name
         self.state_dir = root / f"{name}-state"  # each daemon its own history
         self.config_dir = config_dir
@@ -53,7 +55,7 @@ class Daemon:
             BenchError: the command failed or did not finish within 60 s.
         """
         cmd = [*_cli(), "start", "--runtime-dir", str(self.runtime), "--config-dir",
-               str(self.config_dir), "--state-dir", str(self.state_dir)]
+               str(self.config_dir), "--state-dir", str(self.state_dir), *self.extra]
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT,

@@ -40,7 +40,7 @@ __all__ = ["COMMANDS", "NO_JSON", "main"]
 
 COMMANDS: tuple[str, ...] = (
     "start", "stop", "status", "mode", "reload", "config", "insights", "optimize", "logs",
-    "metrics", "top", "history", "grafana", "debug", "completion",
+    "metrics", "top", "history", "grafana", "dashboard", "debug", "completion",
 )
 
 #: The commands that do not take the shared ``--json``, and why (``logs`` has its own:

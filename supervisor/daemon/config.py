@@ -89,6 +89,31 @@ class MetricsSettings(_Strict):
     port: int = Field(9464, ge=0, le=65535)
 
 
+class DashboardSettings(_Strict):
+    """``daemon.yaml`` ``dashboard``: the dashboard page (:mod:`modcoord.supervisor.daemon.
+    dashboard`); ``host`` may be any address of this machine, but anything other than a
+    loopback address exposes the page (token-protected) to the network."""
+
+    enabled: StrictBool = False
+    host: str = Field("127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(9465, ge=0, le=65535)
+
+    @field_validator("host")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        import ipaddress
+
+        if value == "localhost":
+            return value
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("must be an IP address of this machine or 'localhost' (e.g. "
+                             "127.0.0.1, the default; another address exposes the page to "
+                             "the network)") from None
+        return value
+
+
 class SupervisionSettings(_Strict):
     max_restarts: int = Field(5, ge=0)
     within_s: float = Field(30.0, gt=0)
@@ -152,6 +177,7 @@ class DaemonSettings(_Strict):
     max_input_buffer_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024, le=1 << 40)
     logs: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     supervisor: SupervisionSettings = SupervisionSettings()
     output: OutputSettings = OutputSettings()
     history: HistorySettings = HistorySettings()

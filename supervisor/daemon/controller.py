@@ -70,6 +70,10 @@ class Controller:
             self.history_settled.set()
         self._exposition: Exposition | None = None
         self._exposition_lock = threading.Lock()
+        # The dashboard page (a Dashboard), made at start when enabled, else by the first
+        # ``dashboard`` call (``dashboard_factory``: its module is imported only then).
+        self.dashboard: Any = None
+        self.dashboard_factory: Callable[[], Any] | None = None
         # Every control call of the table, answered by its ``on_<name>`` method.
         self._calls: dict[str, Callable[[Any], Any]] = {
             name: getattr(self, f"on_{name}") for name in CONTROL_METHODS}
@@ -155,6 +159,14 @@ class Controller:
         result: dict[str, Any] = self.history.query(params.metrics, params.since_s)
         return result
 
+    def on_dashboard(self, params: Params) -> dict[str, Any]:
+        if self.dashboard is None and self.dashboard_factory is not None:
+            self.dashboard = self.dashboard_factory()
+        if self.dashboard is None:
+            raise InvalidMessageError("the dashboard is not available in this process")
+        result: dict[str, Any] = self.dashboard.enable()
+        return result
+
     def on_optimize(self, params: Params) -> dict[str, Any]:
         return self.coordinator.optimize().as_dict()
 
@@ -204,6 +216,8 @@ class Controller:
         else:
             out["history"] = {"path": None, "state": "off",
                               "reason": "history.enabled is false", "rows": 0}
+        out["dashboard"] = (self.dashboard.status() if self.dashboard is not None else
+                            {"enabled": False, "url": None, "error": None})
         return out
 
     def reload(self) -> dict[str, Any]:

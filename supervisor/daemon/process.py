@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import gc
 import json
 import os
@@ -299,6 +300,7 @@ class _Daemon:
         state_file = runtime / STATE_FILE
         reloader: Reloader | None = None
         history: Any = None  # a HistoryRecorder, when history is enabled
+        controller: Controller | None = None
         try:
             holder: dict[str, Any] = {}
             setup_logging(
@@ -351,6 +353,13 @@ class _Daemon:
                 http = MetricsHTTPServer(config.daemon.metrics.host, config.daemon.metrics.port,
                                          controller.exposition)
                 info["metrics_port"] = str(http.start())
+            # Never fails the start: a port in use is logged and shown in status. Off, its
+            # module (and http.server) is imported only by the first ``dashboard`` call.
+            controller.dashboard_factory = functools.partial(
+                _make_dashboard, controller, config.daemon.dashboard, runtime)
+            if config.daemon.dashboard.enabled:
+                controller.dashboard = controller.dashboard_factory()
+                controller.dashboard.start()
             write_file_atomic(state_file, json.dumps({"pid": os.getpid(), **info}).encode())
             signal.signal(signal.SIGTERM, self._on_term)
             signal.signal(signal.SIGINT, self._on_term)
@@ -394,6 +403,8 @@ class _Daemon:
                 reloader.close()
             if http is not None:
                 http.stop()
+            if controller is not None and controller.dashboard is not None:
+                controller.dashboard.stop()
             if exporters is not None:
                 exporters.stop()
             if server is not None:
@@ -406,6 +417,13 @@ class _Daemon:
             logger.bind(actor="daemon").info("daemon stopped", exit_code=self.exit_code)
             shutdown_logging()
             lock.release()
+
+
+def _make_dashboard(controller: Any, settings: Any, runtime: Path) -> Any:
+    """The dashboard page's server, not yet listening (its module imported only now)."""
+    from modcoord.supervisor.daemon.dashboard import Dashboard
+
+    return Dashboard(controller, settings, runtime)
 
 
 def _start_history(controller: Any, config: Any, state_dir: Path) -> Any:

@@ -194,6 +194,9 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
+        #: Each tracked module's publishes per second over the last sample interval (all
+        #: of them, not only the busiest kept in the history): the dashboard's module table.
+        self.module_rates_now: dict[str, float] = {}
 
     def sample(self) -> dict[str, float]:
         """Take one sample now; returns its figures (``{}`` if the snapshot failed). The
@@ -221,6 +224,9 @@ class Sampler:
         values = figures(status, previous, now - before, counts, previous_counts,
                          self.busiest, extra.pop("publish_to_delivery_p99_ms", None))
         values.update(extra)
+        if counts is not None and previous_counts is not None and now > before:
+            self.module_rates_now = {m: (n - previous_counts.get(m, 0)) / (now - before)
+                                     for m, n in counts.items()}
         self._previous = (status, now, counts)
         self.store.add(values)
         return values

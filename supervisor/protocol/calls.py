@@ -645,6 +645,11 @@ CALLS: Mapping[str, Call] = _calls(
          "{resolution_s, since_s, now, state, columns, series: {metric: [[ts, min, max, "
          "mean, last], ...]}}", CONTROL, _CONTROL_ERRORS,
          "The performance history's series (as `modcoord history --json`)."),
+    Call("dashboard", Empty, dict[str, Any],
+         "{url, address, started, token_file, error}", CONTROL, _CONTROL_ERRORS,
+         "Serve the dashboard page if it is not served yet (dashboard.enabled: false, or "
+         "it could not bind before) and answer its URL with the access token; `error` "
+         "says why it cannot be served (then `url` is null)."),
     Call("optimize", Empty, dict[str, Any], "what was flushed, delivered and freed",
          CONTROL, _CONTROL_ERRORS,
          "Flush pending debounces and batches, clear the cache, run memory cleanup."),

@@ -95,6 +95,14 @@ CALLS: Final[dict[str, CallSignature]] = {
         '{resolution_s, since_s, now, state, columns, series: {metric: [[ts, min, max, mean, last], ...]}}',
         "The performance history's series (as `modcoord history --json`).",
     ),
+    'dashboard': CallSignature(
+        'dashboard',
+        (),
+        'control',
+        ('InvalidMessageError', 'ActorStoppedError', 'CallTimeoutError'),
+        '{url, address, started, token_file, error}',
+        'Serve the dashboard page if it is not served yet (dashboard.enabled: false, or it could not bind before) and answer its URL with the access token; `error` says why it cannot be served (then `url` is null).',
+    ),
     'optimize': CallSignature(
         'optimize',
         (),

@@ -43,12 +43,14 @@ EXPECTED = [
     ("cached coordinate p50, one CPU burner per core", "µs", "<= 1.0x"),
     ("cached coordinate p99, one CPU burner per core", "µs", "<= 2.0x"),
     ("publish throughput with the history sampling", "ratio", ">= 0.98"),
+    ("dashboard: first load with a day of history", "ms", "<= 1000 ms"),
 ]
 STARTUP = EXPECTED[12:14]
 ADAPTIVE = EXPECTED[14:18]
 REFRESH_AHEAD = EXPECTED[18:20]
 CONTENTION = EXPECTED[20:22]
-HISTORY_COST = EXPECTED[22:]
+HISTORY_COST = EXPECTED[22:23]
+DASHBOARD = EXPECTED[23:]
 
 
 def _run_bench(timeout: float, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -199,3 +201,20 @@ def test_history_cost_figure_compares_history_on_with_off() -> None:
     _check_rows(rows, HISTORY_COST)
     (cost,) = rows
     assert 0.5 < cost["value"] < 1.5, cost
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_dashboard_first_load_is_measured_against_an_empty_history() -> None:
+    """``--only 23``: the page in headless chromium on a daemon holding a simulated day,
+    against the same page on an empty history (the 1 s target is reported by the bench;
+    the machine's load moves it, so this test checks the measurement, not the target)."""
+    from browser import browser_or_skip
+
+    browser_or_skip()
+    rows = _results(_run_bench(200, "--only", "23"))
+    _check_rows(rows, DASHBOARD)
+    (first_load,) = rows
+    assert 0 < first_load["baseline"] < first_load["value"]  # a day costs more than nothing
+    assert first_load["value"] < 30_000  # ms: the page got ready (the bench's own limit)

@@ -44,6 +44,7 @@ def json_of(result: Any) -> dict[str, Any]:
 JSON_WORDS: list[list[str]] = [
     ["status"], ["mode"], ["mode", "manual"], ["reload"], ["config", "show"],
     ["config", "validate"], ["insights"], ["history", "--since", "1m"], ["optimize"],
+    ["dashboard"],
     ["debug", "crash", "cache"], ["stop"],
 ]
 
@@ -68,6 +69,7 @@ def test_every_reading_or_changing_command_answers_one_json_object(
     assert isinstance(answers["insights"]["insights"], list)
     assert answers["history --since 1m"]["resolution_s"] == 1
     assert "cache_cleared" in answers["optimize"]
+    assert answers["dashboard"]["url"].startswith("http://127.0.0.1:")
     assert answers["debug crash cache"]["actor"] == "cache"
     assert answers["stop"] == {"ok": True, "stopped": True, "pid": daemon.pid}
     assert daemon.wait_exit() == 0
@@ -108,6 +110,7 @@ FAILURES: list[tuple[list[str], int, str]] = [
     (["reload"], ExitCode.NOT_RUNNING, "no modcoord daemon"),
     (["insights"], ExitCode.NOT_RUNNING, "no modcoord daemon"),
     (["optimize"], ExitCode.NOT_RUNNING, "no modcoord daemon"),
+    (["dashboard"], ExitCode.NOT_RUNNING, "no modcoord daemon"),
     (["debug", "crash", "turbo"], ExitCode.USAGE, "invalid choice: 'turbo'"),
     (["status", "--bogus"], ExitCode.USAGE, "unrecognized arguments: --bogus"),
 ]

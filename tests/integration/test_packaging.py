@@ -138,6 +138,11 @@ def test_the_wheel_metadata_license_test_extras_unit_and_classifiers(wheel: Path
         assert grafana in names
         assert zf.read(grafana) == (ROOT / "supervisor" / "daemon" / "data" / "grafana" /
                                     "modcoord.json").read_bytes()
+        # The dashboard page's files and their licence note, every one of them.
+        page = ROOT / "supervisor" / "daemon" / "data" / "dashboard"
+        for asset in sorted(page.iterdir()):
+            name = f"modcoord/supervisor/daemon/data/dashboard/{asset.name}"
+            assert zf.read(name) == asset.read_bytes(), name
 
     # Python versions: the classifier names the version the suite runs on, and no other
     # (a version no test covers is not claimed).

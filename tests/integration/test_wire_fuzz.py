@@ -93,7 +93,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     "crash": {"actor": "actor", "kind": "crash_kind"},
     "history": {"metrics": "metric_list", "since_s": "since"},
     **{m: {} for m in ("status", "insights", "optimize", "reload", "config", "metrics",
-                       "stop")},
+                       "dashboard", "stop")},
 }
 # Valid params using every field: breaking exactly one field makes the request wrong.
 TEMPLATES: dict[str, dict[str, Any]] = {

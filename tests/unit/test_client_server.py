@@ -225,7 +225,7 @@ def test_control_calls_and_actor_proxies(client: Client, fake: FakeCoordinator) 
     assert client.insights().get() == {"insights": [], "recommendations": []}
     assert client.set_mode("fully-auto").get() == {"method": "set_mode",
                                                    "params": {"mode": "FULLY_AUTO"}}
-    for name in ("optimize", "reload", "config", "metrics", "stop"):
+    for name in ("optimize", "reload", "config", "metrics", "dashboard", "stop"):
         assert getattr(client, name)().get() == {"method": name, "params": {}}
     assert client.cache.statistics().get() == {
         "actor": "cache", "method": "statistics", "args": {}}

@@ -7,7 +7,7 @@
 
 _shtab_modcoord_config_subparsers=(validate show)
 _shtab_modcoord_debug_subparsers=(crash)
-_shtab_modcoord_subparsers=(start stop status mode reload config insights optimize logs metrics top history grafana debug completion)
+_shtab_modcoord_subparsers=(start stop status mode reload config insights optimize logs metrics top history grafana dashboard debug completion)
 
 _shtab_modcoord_start_option_strings=(-h --help --runtime-dir --config-dir --mode --log-dir --state-dir --foreground --allow-fault-injection --json)
 _shtab_modcoord_stop_option_strings=(-h --help --runtime-dir --timeout --json)
@@ -24,6 +24,7 @@ _shtab_modcoord_metrics_option_strings=(-h --help --runtime-dir)
 _shtab_modcoord_top_option_strings=(-h --help --runtime-dir --interval --iterations)
 _shtab_modcoord_history_option_strings=(-h --help --runtime-dir --metric --since --csv --json)
 _shtab_modcoord_grafana_option_strings=(-h --help --runtime-dir -o --output)
+_shtab_modcoord_dashboard_option_strings=(-h --help --runtime-dir --open --json)
 _shtab_modcoord_debug_crash_option_strings=(-h --help --base-exception --runtime-dir --json)
 _shtab_modcoord_debug_option_strings=(-h --help --runtime-dir --json)
 _shtab_modcoord_completion_option_strings=(-h --help --runtime-dir)
@@ -38,7 +39,7 @@ _shtab_modcoord_config_pos_0_choices=(validate show)
 _shtab_modcoord_debug_crash_pos_0_choices=(debouncer cache batcher memory monitor)
 _shtab_modcoord_debug_pos_0_choices=(crash)
 _shtab_modcoord_completion_pos_0_choices=(bash zsh)
-_shtab_modcoord_pos_0_choices=(start stop status mode reload config insights optimize logs metrics top history grafana debug completion)
+_shtab_modcoord_pos_0_choices=(start stop status mode reload config insights optimize logs metrics top history grafana dashboard debug completion)
 
 _shtab_modcoord_start__h_nargs=0
 _shtab_modcoord_start___help_nargs=0
@@ -90,6 +91,10 @@ _shtab_modcoord_history___csv_nargs=0
 _shtab_modcoord_history___json_nargs=0
 _shtab_modcoord_grafana__h_nargs=0
 _shtab_modcoord_grafana___help_nargs=0
+_shtab_modcoord_dashboard__h_nargs=0
+_shtab_modcoord_dashboard___help_nargs=0
+_shtab_modcoord_dashboard___open_nargs=0
+_shtab_modcoord_dashboard___json_nargs=0
 _shtab_modcoord_debug_crash__h_nargs=0
 _shtab_modcoord_debug_crash___help_nargs=0
 _shtab_modcoord_debug_crash___base_exception_nargs=0
