@@ -53,6 +53,7 @@ from modcoord.actors.adaptive import BatchTuner
 from modcoord.actors.clock import TimerHandle
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.message import Message
+from modcoord.actors.payload import with_values
 from modcoord.actors.plugins import PluginError
 from modcoord.actors.settings import AdaptiveSettings, BatchSettings, Tuned
 from modcoord.actors.shared import Deliver, no_sink
@@ -472,6 +473,7 @@ class BatcherActor(ManagedActor):
     def _process(self, updates: Sequence[Update]) -> Sequence[Update]:
         """Run the ``plugins.batch_processors`` chain over one batch (see the module doc)."""
         batch: Sequence[Update] = updates
+        decoded = False  # a plugin sees the values (payloads travel encoded: actors/payload)
         for proc in self._plugins.batch_processors():
             if proc.obj is None:
                 if not proc.guard.inline:
@@ -482,6 +484,8 @@ class BatcherActor(ManagedActor):
             if proc.guard.disabled:
                 continue
             fn = getattr(proc.obj, "process", proc.obj)
+            if not decoded:
+                batch, decoded = with_values(batch), True
             try:
                 out = proc.guard.call(fn, tuple(batch), check=_check_updates)
             except PluginError:
