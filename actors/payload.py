@@ -33,7 +33,8 @@ import msgspec
 
 from modcoord.actors.update import Update
 
-__all__ = ["WirePayload", "is_wire", "payload_value", "to_wire", "with_values"]
+__all__ = ["WirePayload", "encode_value", "is_wire", "payload_value", "to_wire",
+           "with_values"]
 
 WirePayload = msgspec.Raw
 """The type of an encoded value: a :class:`msgspec.Raw` over the value's msgpack bytes.
@@ -42,6 +43,21 @@ The msgspec encoder writes it into a frame verbatim; ``bytes(raw)`` gives the by
 
 def to_wire(encoded: bytes) -> WirePayload:
     """Wrap ``encoded`` (one value's msgpack encoding) as a :data:`WirePayload` (no copy)."""
+    return msgspec.Raw(encoded)
+
+
+def encode_value(value: Any) -> Any:
+    """``value`` as one :data:`WirePayload` blob if msgpack can encode it, else ``value``
+    itself (an in-process module's result may be any object): what the cache keeps.
+
+    Never raises.
+    """
+    if type(value) is msgspec.Raw:
+        return value
+    try:
+        encoded: bytes = msgpack.packb(value, use_bin_type=True)
+    except Exception:  # not plain data: kept as the object it is
+        return value
     return msgspec.Raw(encoded)
 
 
