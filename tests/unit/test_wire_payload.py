@@ -49,7 +49,7 @@ VALUES: list[Any] = [
     2**31 - 1, 2**32, 2**63 - 1, 2**64 - 1, -(2**63), 0.0, -0.0, 1.5, 1e300, math.inf,
     -math.inf, "", "a", "é✓\U0001F600", "x" * 40, "y" * 70_000, b"", b"\x00\xff",
     bytes(range(256)) * 300, [], {}, [1, [2, [3, [4, []]]]], {"a": {"b": {"c": [None]}}},
-    {1: "int key", -2: [b"bin"], 2.5: "float key", True: "bool key"},
+    {1: "int key", -2: [b"bin"], 2.5: "float key", False: "bool key"},
     [{"n": i, "text": "the quick brown fox"} for i in range(30)],
     msgpack.ExtType(5, b"ext"), [msgpack.ExtType(0, b"\x00" * 12),
                                  {"t": msgpack.ExtType(127, b"")}],
