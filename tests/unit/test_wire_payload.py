@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import msgspec
 import pytest
+from payload_values import VALUES, same
 
 from modcoord.actors.batcher import _rank_seq, order_updates
 from modcoord.actors.clock import MockClock
@@ -42,32 +43,6 @@ from modcoord.actors.update import Batch, Update, updates_from_rows
 from modcoord.supervisor.protocol.delivery import check_payload, encode_batch, encode_payload
 from modcoord.supervisor.protocol.framing import EVENT, HEADER, decode_body, encode_frame
 from modcoord.supervisor.protocol.module import LocalEndpoint
-
-# Every msgpack type, at its edges, and nested.
-VALUES: list[Any] = [
-    None, True, False, 0, 1, -1, 127, 128, -32, -33, 255, 256, 65535, 65536,
-    2**31 - 1, 2**32, 2**63 - 1, 2**64 - 1, -(2**63), 0.0, -0.0, 1.5, 1e300, math.inf,
-    -math.inf, "", "a", "é✓\U0001F600", "x" * 40, "y" * 70_000, b"", b"\x00\xff",
-    bytes(range(256)) * 300, [], {}, [1, [2, [3, [4, []]]]], {"a": {"b": {"c": [None]}}},
-    {1: "int key", -2: [b"bin"], 2.5: "float key", False: "bool key"},
-    [{"n": i, "text": "the quick brown fox"} for i in range(30)],
-    msgpack.ExtType(5, b"ext"), [msgpack.ExtType(0, b"\x00" * 12),
-                                 {"t": msgpack.ExtType(127, b"")}],
-    list(range(100)), {str(i): i for i in range(50)},
-]
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal, telling apart what == does not (NaN aside: none here): types and -0.0."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return a == b and math.copysign(1, a) == math.copysign(1, b)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict):
-        return (list(a) == list(b)) and all(_same(a[k], b[k]) for k in a)
-    return bool(a == b)
 
 
 def _published(values: list[Any]) -> list[Update]:
@@ -95,7 +70,7 @@ def test_a_payload_is_encoded_once_at_publish_into_one_bytes_blob() -> None:
         encoded = encode_payload("pub", "k", value)
         assert is_wire(encoded) and type(encoded) is WirePayload
         assert bytes(encoded) == msgpack.packb(value, use_bin_type=True)
-        assert _same(payload_value(encoded), value)
+        assert same(payload_value(encoded), value)
     raw = msgspec.Raw(msgpack.packb([1, 2]))
     assert encode_payload("pub", "k", raw) is raw  # already encoded: taken as it is
 
@@ -108,7 +83,7 @@ def test_a_delivery_batch_decodes_to_exactly_the_published_values() -> None:
     assert [r[:2] + r[3:] for r in rows] == [["pub", f"k{i}", "medium", i + 1]
                                             for i in range(len(VALUES))]
     for row, value in zip(rows, VALUES, strict=True):
-        assert _same(row[2], value), (row[2], value)
+        assert same(row[2], value), (row[2], value)
 
 
 def test_the_wire_did_not_change_same_bytes_as_encoding_the_decoded_values() -> None:
@@ -129,7 +104,7 @@ def test_a_split_batch_keeps_every_value_and_the_order() -> None:
         assert len(frame) - HEADER.size <= 8 << 10
     rows = _rows(out.frames)
     assert [r[1] for r in rows] == [u.key for u in updates]
-    assert all(_same(r[2], v) for r, v in zip(rows, values, strict=True))
+    assert all(same(r[2], v) for r, v in zip(rows, values, strict=True))
 
 
 def test_plain_payloads_beside_encoded_ones_are_encoded_by_the_wire_rules() -> None:
@@ -166,7 +141,7 @@ def test_values_are_decoded_where_something_looks_inside_them() -> None:
     updates = _published(VALUES[:10])
     decoded = with_values(updates)
     assert all(not is_wire(u.payload) for u in decoded)
-    assert all(_same(u.payload, v) for u, v in zip(decoded, VALUES[:10], strict=True))
+    assert all(same(u.payload, v) for u, v in zip(decoded, VALUES[:10], strict=True))
     plain = Update("pub", "p", {"x": 1})
     assert with_values([plain])[0] is plain  # not encoded: as it is
 
