@@ -139,3 +139,7 @@ def test_a_batch_processor_plugin_sees_values_and_subscribers_still_get_them(
         "plugins": {"batch_processors": ["priority", "example_reverse"]}}})
     values = VALUES
     _check(_run(d, tmp_path, values), values)
+    with d.connect(timeout=10) as client:
+        plugins = client.status().get(10)["plugins"]
+    guard = plugins["guards"]["modcoord.batch_processors:example_reverse"]
+    assert guard["calls"] >= 1 and plugins["failures"] == 0, plugins
