@@ -132,7 +132,7 @@ def test_cached_results_come_back_equal_on_every_hit(
 
 
 @pytest.mark.integration
-def test_a_batch_processor_plugin_sees_values_and_subscribers_still_get_them(
+def test_values_pass_through_a_batch_processor_plugin_unchanged(
         daemon_factory: Callable[..., DaemonProcess], tmp_path: Path) -> None:
     pytest.importorskip("modcoord_example_plugins")
     d = daemon_factory(configs={"hybrid": {

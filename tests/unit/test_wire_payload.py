@@ -237,3 +237,31 @@ def test_order_updates_gives_the_documented_order_on_every_shape() -> None:
         updates = [Update(rng.choice(modules), f"k{i}", i, rng.choice(priorities), s)
                    for i, s in enumerate(seqs)]
         assert order_updates(updates) == _reference_order(updates), trial
+
+
+@pytest.mark.parametrize("chain", [("priority",), ("priority", "example_reverse")])
+def test_a_batch_processor_plugin_gets_values_the_built_in_chain_keeps_encodings(
+        chain: tuple[str, ...]) -> None:
+    if len(chain) > 1:
+        pytest.importorskip("modcoord_example_plugins")
+    from actor_harness import ActorRig
+
+    from modcoord.actors.batcher import BatcherActor, Enqueue, FlushBatches, Subscribe
+    from modcoord.actors.settings import BatchSettings, PluginSettings
+
+    got: list[Batch] = []
+    rig = ActorRig(MockClock(), "batcher", BatcherActor, BatchSettings(window_ms=1000),
+                   deliver=lambda sub, batch: got.append(batch))
+    rig.context.shared.plugins.configure(PluginSettings(batch_processors=chain))
+    rig.start()
+    rig.tell(Subscribe("sink", ("*",)))
+    rig.tell(Enqueue(tuple(_published(VALUES[:6]))))
+    assert rig.ask(FlushBatches()) == 6
+    payloads = [u.payload for b in got for u in b.updates]
+    if len(chain) == 1:  # nothing looked inside: the encodings go on to delivery
+        assert all(is_wire(p) for p in payloads)
+        payloads = [payload_value(p) for p in payloads]
+    else:  # the example reverses the batch it was given: the values, decoded
+        assert not any(is_wire(p) for p in payloads)
+        payloads.reverse()
+    assert all(same(p, v) for p, v in zip(payloads, VALUES[:6], strict=True))
