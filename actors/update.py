@@ -69,12 +69,13 @@ class Batch(Message):
 
 
 _new = object.__new__
-_set_module_id = Update.module_id.__set__  # type: ignore[attr-defined]
-_set_key = Update.key.__set__  # type: ignore[attr-defined]
-_set_payload = Update.payload.__set__  # type: ignore[attr-defined]
-_set_priority = Update.priority.__set__  # type: ignore[attr-defined]
-_set_seq = Update.seq.__set__  # type: ignore[attr-defined]
-_set_published_at = Update.published_at.__set__  # type: ignore[attr-defined]
+_slots: dict[str, Any] = dict(Update.__dict__)  # the fields' slot descriptors
+_set_module_id = _slots["module_id"].__set__
+_set_key = _slots["key"].__set__
+_set_payload = _slots["payload"].__set__
+_set_priority = _slots["priority"].__set__
+_set_seq = _slots["seq"].__set__
+_set_published_at = _slots["published_at"].__set__
 
 
 def updates_from_rows(rows: Any) -> tuple[Update, ...]:
@@ -86,7 +87,7 @@ def updates_from_rows(rows: Any) -> tuple[Update, ...]:
     Raises:
         IndexError, TypeError: a row is not a sequence of at least five values.
     """
-    out = []
+    out: list[Update] = []
     append = out.append
     for row in rows:
         u = _new(Update)

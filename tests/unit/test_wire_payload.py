@@ -157,7 +157,7 @@ def test_values_are_decoded_where_something_looks_inside_them() -> None:
 
 
 def test_the_client_builds_delivered_updates_as_the_constructor_does() -> None:
-    rows = [["m", f"k{i}", {"v": i}, "low", i] for i in range(20)]
+    rows: list[Any] = [["m", f"k{i}", {"v": i}, "low", i] for i in range(20)]
     assert updates_from_rows(rows) == tuple(Update(*r) for r in rows)
     with pytest.raises(IndexError):
         updates_from_rows([["m", "k", 1, "low"]])
