@@ -21,7 +21,8 @@ class Update(Message):
     Attributes:
         module_id: the publishing module.
         key: what the update is about; debouncing is per ``(module_id, key)``.
-        payload: any msgpack-serializable value.
+        payload: any msgpack-serializable value; inside the daemon, from intake to
+            delivery, its encoding (a :data:`~modcoord.actors.payload.WirePayload`).
         priority: ``critical``, ``high``, ``medium`` or ``low``.
         seq: arrival sequence number in the daemon (orders updates; not a timestamp).
         published_at: clock reading when the daemon accepted it (for latency).
