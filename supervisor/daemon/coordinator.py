@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from loguru import logger
@@ -78,6 +78,7 @@ from modcoord.supervisor.protocol.calls import (
     CoordinationResult,
     bind_actor_args,
 )
+from modcoord.supervisor.processes.ledger import UpdateLedger
 from modcoord.supervisor.protocol.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.supervisor import (
     ApplySettings,
@@ -93,6 +94,9 @@ from modcoord.supervisor.supervisor import (
     UnregisterModule,
 )
 
+if TYPE_CHECKING:
+    from modcoord.supervisor.processes.host import ProcessHosting
+
 __all__ = [
     "ACTOR_NAMES",
     "CoordinationResult",
@@ -103,14 +107,15 @@ __all__ = [
 ]
 
 
-def default_child_specs() -> list[ChildSpec]:
-    """The children in start order: monitor first, debouncer last (stopped first)."""
+def default_child_specs(out_of_process: Iterable[str] = ()) -> list[ChildSpec]:
+    """The children in start order: monitor first, debouncer last (stopped first); those
+    named in ``out_of_process`` run in processes of their own."""
+    own = frozenset(out_of_process)
     return [
-        ChildSpec("monitor", MonitorActor),
-        ChildSpec("memory", MemoryManagerActor),
-        ChildSpec("cache", CacheActor),
-        ChildSpec("batcher", BatcherActor),
-        ChildSpec("debouncer", DebouncerActor),
+        ChildSpec(name, cls, process=name in own)
+        for name, cls in (("monitor", MonitorActor), ("memory", MemoryManagerActor),
+                          ("cache", CacheActor), ("batcher", BatcherActor),
+                          ("debouncer", DebouncerActor))
     ]
 
 
@@ -125,7 +130,9 @@ class ModuleCoordinator:
         fault_injection: honour ``crash`` requests (``--allow-fault-injection``).
         on_escalate: called with a reason when the supervisor gives up.
         policy: supervision policy (default from ``daemon.yaml``).
-        specs: child specs (default: :func:`default_child_specs`).
+        specs: child specs (default: :func:`default_child_specs` with ``daemon.yaml``'s
+            ``supervisor.out_of_process`` — with the real clock only: an injected clock
+            keeps every actor in this process, where it can reach them).
     """
 
     def __init__(
@@ -155,12 +162,15 @@ class ModuleCoordinator:
         self.fault_injection = fault_injection
         self.on_escalate = on_escalate
         self.escalated: str | None = None
-        self.specs = list(specs or default_child_specs())
+        self.specs = list(specs or default_child_specs(
+            sup.out_of_process if self._owns_clock else ()))
         settings = self.config.mode(self.mode)
+        # Accepted updates an actor process holds, kept here against its death.
+        self.ledger = UpdateLedger()
         self.shared = Shared.create(
             self.clock, settings, deliver=self._deliver, rss_reader=self._rss_reader,
             connection_states=self._connection_states, notify_swept=self._notify_swept,
-            compute=self.compute,
+            compute=self.compute, settled=self.ledger.release_updates,
         )
         # The hot path's objects, read in the caller's thread (no actor hop).
         self.metrics: MetricsRegistry = self.shared.metrics
@@ -170,6 +180,15 @@ class ModuleCoordinator:
         self.demand: Demand = self.shared.demand
         self.backlog: Backlog = self.shared.backlog
         self.handles: dict[str, ActorHandle] = {s.name: ActorHandle(s.name) for s in self.specs}
+        self.hosting: ProcessHosting | None = None
+        if any(s.process for s in self.specs):
+            from modcoord.supervisor.processes.host import ProcessHosting
+
+            self.hosting = ProcessHosting(
+                tuple(s.name for s in self.specs if s.process), self.handles, self.shared,
+                self.ledger, heartbeat_interval=sup.heartbeat_interval_ms / 1000.0,
+                heartbeat_timeout=sup.heartbeat_timeout_ms / 1000.0,
+                plugins=lambda: self.config.mode(self.mode).plugins)
         self._endpoints: dict[str, ModuleEndpoint] = {}
         self._infos: dict[str, ModuleInfo] = {}
         self._modules_lock = threading.Lock()
@@ -208,7 +227,7 @@ class ModuleCoordinator:
         self._supervisor = SupervisorActor.start(
             self.specs, self.handles, self.config.modes, self.mode, self.clock,
             policy=self.policy, shared=self.shared, fault_injection=self.fault_injection,
-            on_escalate=self._escalated,
+            on_escalate=self._escalated, hosting=self.hosting,
         )
         self._supervisor.ask(StartChildren(), timeout=10.0)
         self._started_at = time.monotonic()
@@ -484,13 +503,15 @@ class ModuleCoordinator:
         self.shared.apply_plugins(config.mode(self.mode).plugins)
         self._ask_supervisor(ApplySettings(config.modes))
 
-    def crash(self, actor: str, kind: str = "exception") -> None:
-        """Fault injection: make ``actor`` fail (only with fault injection enabled).
+    def crash(self, actor: str, kind: str = "exception", *, kill: bool = False) -> None:
+        """Fault injection: make ``actor`` fail (only with fault injection enabled);
+        ``kill``: SIGKILL the process of an actor that runs in one of its own.
 
         Raises:
-            InvalidMessageError: fault injection disabled, or unknown actor/kind.
+            InvalidMessageError: fault injection disabled, or unknown actor/kind, or
+                ``kill`` for an actor inside the daemon.
         """
-        self._ask_supervisor(CrashChild(actor, kind))
+        self._ask_supervisor(CrashChild(actor, kind, kill))
 
     def actor_call(self, actor: str, method: str, args: dict[str, Any] | None = None,
                    timeout: float = 5.0, posargs: Sequence[Any] = ()) -> Any:

@@ -104,7 +104,9 @@ def status_document(
         "strategy": strategy,
         "is_coordinating": coordinating,
         "actors": {
-            name: {"alive": c["alive"], "restarts": c["restarts"], "state": c["state"]}
+            name: {"alive": c["alive"], "restarts": c["restarts"], "state": c["state"],
+                   "process": c.get("process", "daemon"), "pid": c.get("pid"),
+                   "rss_bytes": c.get("rss_bytes"), "cpu_seconds": c.get("cpu_seconds")}
             for name, c in children.items()
         },
         "modules": modules,
