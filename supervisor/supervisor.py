@@ -519,14 +519,14 @@ class SupervisorActor(pykka.ThreadingActor):
             raise InvalidMessageError("kind must be 'exception' or 'base_exception'")
         if message.kill:
             ref = child.ref
-            if not self._in_process(child) or ref is None:
+            if not self._in_process(child) or ref is None or self.hosting is None:
                 raise InvalidMessageError(
                     f"{message.name} runs inside the daemon (pid {os.getpid()}); --kill "
                     "needs an actor in a process of its own: list it in daemon.yaml "
                     "supervisor.out_of_process, or crash it without --kill")
+            pid = self.hosting.kill(ref)
             self._log.bind(child=message.name).warning(
-                "fault injection: killing the actor process", pid=getattr(ref, "pid", None))
-            getattr(ref, "kill")()
+                "fault injection: actor process killed", pid=pid)
             return
         self._log.bind(child=message.name).warning("fault injection: crashing",
                                                    kind=message.kind)

@@ -73,12 +73,12 @@ from modcoord.supervisor.daemon.fanout import fan_out
 from modcoord.supervisor.daemon.intake import Intake
 from modcoord.supervisor.daemon.module_metrics import ModuleMetricsTable
 from modcoord.supervisor.daemon.status import adaptive_status, gather_statistics, status_document
+from modcoord.supervisor.processes.ledger import UpdateLedger
 from modcoord.supervisor.protocol.calls import (
     ACTOR_NAMES,
     CoordinationResult,
     bind_actor_args,
 )
-from modcoord.supervisor.processes.ledger import UpdateLedger
 from modcoord.supervisor.protocol.module import LocalEndpoint, ModuleEndpoint, ModuleInfo
 from modcoord.supervisor.supervisor import (
     ApplySettings,

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 import pykka
 from loguru import logger
@@ -37,10 +37,10 @@ from modcoord.actors._base import (
     FailureReport,
     ManagedActor,
 )
+from modcoord.actors._pykka import envelope
 from modcoord.actors.batcher import Enqueue
 from modcoord.actors.clock import MonotonicClock
 from modcoord.actors.debouncer import PublishMany
-from modcoord.actors._pykka import envelope
 from modcoord.actors.errors import ActorCrashedError, ActorStoppedError
 from modcoord.actors.histogram import LatencyHistogram
 from modcoord.actors.message import Message
@@ -218,6 +218,8 @@ class _Reply:
 
     def set_exception(self, exc_info: Any = None) -> None:
         error = exc_info[1] if exc_info is not None else sys.exc_info()[1]
+        if not isinstance(error, BaseException):
+            error = ActorCrashedError("actor", "failed without an exception")
         self._channel.send(["r", self._id, False, encode_error(error)])
 
 
@@ -306,7 +308,8 @@ def main(conn: Connection, boot: Boot) -> None:
             call_id = frame[1]
             message: Message = unpickled(frame[2])
             try:
-                local._put(envelope(message, reply_to=_Reply(call_id, channel)))
+                reply = cast("pykka.Future[Any]", _Reply(call_id, channel))
+                local._put(envelope(message, reply_to=reply))
             except ActorStoppedError as exc:
                 channel.send(["r", call_id, False, encode_error(exc)])
         elif kind == "stop":

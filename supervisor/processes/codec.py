@@ -72,7 +72,7 @@ def pickled(value: Any) -> bytes:
 
 
 def unpickled(data: bytes) -> Any:
-    return pickle.loads(data)  # noqa: S301 - the daemon's own child (module docstring)
+    return pickle.loads(data)
 
 
 def encode_error(exc: BaseException) -> list[Any]:

@@ -20,6 +20,7 @@ debouncer once the successor runs (:meth:`ProcessHosting.after_restart`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -181,10 +182,8 @@ class ProcessRef:
     def kill(self) -> None:
         """SIGKILL the process (fault injection, a hung process, a stop that hangs)."""
         if self.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def ask(self, message: Any, block: bool = True, timeout: float | None = None) -> Any:
         """Send ``message`` and wait for the reply (the supervisor's ``Handover``).
@@ -392,6 +391,14 @@ class ProcessHosting:
         ref = ProcessRef(self, boot, report)
         ref.launch()
         return ref
+
+    @staticmethod
+    def kill(ref: object) -> int | None:
+        """SIGKILL the process behind ``ref`` (a :class:`ProcessRef`); returns its pid."""
+        if not isinstance(ref, ProcessRef):
+            return None
+        ref.kill()
+        return ref.pid
 
     def replay(self) -> int:
         """Tell the debouncer every update the ledger holds (after a process crash)."""

@@ -85,11 +85,10 @@ class UpdateLedger:
             self._released += gone
         return gone
 
-    def release_updates(self, updates: Iterable[Update]) -> int:
-        """:meth:`release` for updates themselves (the batcher in the daemon)."""
-        if not self._held:
-            return 0
-        return self.release((u.module_id, u.key, u.seq) for u in updates)
+    def release_updates(self, updates: Iterable[Update]) -> None:
+        """:meth:`release` for updates themselves (a batcher in the daemon settled them)."""
+        if self._held:
+            self.release((u.module_id, u.key, u.seq) for u in updates)
 
     def cancel(self, module_id: str, key: str) -> bool:
         """Drop ``(module_id, key)`` (an explicit cancel). Returns whether one was held."""
