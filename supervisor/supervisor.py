@@ -444,12 +444,14 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _restart(self, names: list[str]) -> None:
         replay = False
+        handed_over: list[Any] = []
         for name in names:  # in start order
             child = self.children[name]
             if child.state != "restarting":
                 continue
             child.generation += 1
             child.restarts += 1
+            handed_over.append(child.handover)
             self._start_child(child, takeover=child.handover)
             self._log.bind(child=name).warning(
                 "restarted: pending work taken over", restarts=child.restarts,
@@ -462,7 +464,7 @@ class SupervisorActor(pykka.ThreadingActor):
             if "monitor" in self.handles:
                 self._tell("monitor", Restarted(name))
         if replay and self.hosting is not None and "debouncer" in self.handles:
-            self.hosting.replay()
+            self.hosting.replay(handed_over)
 
     def _escalate(self, reason: str) -> None:
         self.escalated = reason

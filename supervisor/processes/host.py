@@ -27,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -45,7 +45,7 @@ from modcoord.supervisor.processes.channel import Channel
 from modcoord.supervisor.processes.child import Boot, decode_tell, encode_tell, main
 from modcoord.supervisor.processes.codec import decode_batch, decode_error, pickled, unpickled
 from modcoord.supervisor.processes.heartbeat import Heartbeat
-from modcoord.supervisor.processes.ledger import UpdateLedger
+from modcoord.supervisor.processes.ledger import UpdateLedger, updates_in
 
 __all__ = ["ProcessHosting", "ProcessRef", "ProcessUsage", "process_usage"]
 
@@ -400,9 +400,13 @@ class ProcessHosting:
         ref.kill()
         return ref.pid
 
-    def replay(self) -> int:
-        """Tell the debouncer every update the ledger holds (after a process crash)."""
-        updates = self.ledger.replay()
+    def replay(self, handed_over: Iterable[Any] = ()) -> int:
+        """Tell the debouncer every update the ledger holds (after a process ended),
+        but those a handover gave the successors already (an actor that crashed and
+        could still export its pending work)."""
+        skip = {(u.module_id, u.key, u.seq) for h in handed_over for u in updates_in(h)}
+        updates = tuple(u for u in self.ledger.replay()
+                        if (u.module_id, u.key, u.seq) not in skip)
         if updates:
             self.shared.backlog.add(len(updates))
             self.handles["debouncer"].tell(PublishMany(updates))

@@ -23,13 +23,32 @@ Thread-safe: the I/O thread records, the channels' reader threads release.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from modcoord.actors.update import Update
 
-__all__ = ["LedgerStatistics", "UpdateLedger"]
+__all__ = ["LedgerStatistics", "UpdateLedger", "updates_in"]
+
+_HANDOVER_DEPTH = 4
+"""How deep :func:`updates_in` looks into a handover (entries of tuples of updates)."""
+
+
+def updates_in(value: Any, depth: int = _HANDOVER_DEPTH) -> Iterator[Update]:
+    """Every :class:`Update` inside a handover (its dataclass fields, tuples, lists)."""
+    if isinstance(value, Update):
+        yield value
+    elif depth <= 0 or value is None or isinstance(value, (str, bytes, int, float)):
+        return
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from updates_in(item, depth - 1)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from updates_in(getattr(value, f.name), depth - 1)
 
 
 @dataclass(frozen=True)
