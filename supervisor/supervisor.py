@@ -330,6 +330,12 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _stop_children(self, timeout: float) -> dict[str, bool]:
         out: dict[str, bool] = {}
+        ended = [c for c in self.children.values()
+                 if c.state in ("restarting", "failed") and self._in_process(c)]
+        if ended and self.hosting is not None and "debouncer" in self.handles:
+            # An actor process ended and its successor only starts to flush: what it held
+            # is in the ledger, and goes to the debouncer before the debouncer stops.
+            self.hosting.replay([c.handover for c in ended])
         for name in reversed(list(self.children)):
             child = self.children[name]
             if child.state == "restarting":
@@ -528,7 +534,7 @@ class SupervisorActor(pykka.ThreadingActor):
                     "supervisor.out_of_process, or crash it without --kill")
             pid = self.hosting.kill(ref)
             self._log.bind(child=message.name).warning(
-                "fault injection: actor process killed", pid=pid)
+                "fault injection: actor process killed", actor_pid=pid)
             return
         self._log.bind(child=message.name).warning("fault injection: crashing",
                                                    kind=message.kind)

@@ -189,12 +189,26 @@ class _ForwardedGauge(QueueGauge):
 
 
 class _ForwardedBacklog(Backlog):
+    """The debouncer's intake as the daemon's server sees it: what was taken in, and the
+    armed deadline (the server holds publishers back while a deadline is overdue)."""
+
     def __init__(self, channel: Channel) -> None:
-        super().__init__()
         self._channel = channel
+        self._deadline: float | None = None
+        super().__init__()
 
     def sub(self, n: int) -> None:
         self._channel.send(["b", n])
+
+    @property
+    def next_deadline(self) -> float | None:
+        return self._deadline
+
+    @next_deadline.setter
+    def next_deadline(self, deadline: float | None) -> None:
+        if deadline != self._deadline:
+            self._deadline = deadline
+            self._channel.send(["nd", deadline])
 
 
 class _Reply:

@@ -135,6 +135,7 @@ class ProcessRef:
         self._ready = threading.Event()
         self._failure: FailureReport | None = None
         self._hung: str | None = None
+        self._armed = False  # it set the debouncer's deadline the server reads
         self.heartbeat = Heartbeat(hosting.heartbeat_interval, hosting.heartbeat_timeout,
                                    time.monotonic())
         self._log = logger.bind(actor=boot.name)
@@ -162,7 +163,7 @@ class ProcessRef:
         if self._child_conn is not None:
             self._child_conn.close()
             self._child_conn = None
-        self._log.info("actor process started", pid=self.pid, generation=self.generation)
+        self._log.info("actor process started", actor_pid=self.pid, generation=self.generation)
         self._read()
 
     def is_alive(self) -> bool:
@@ -174,7 +175,7 @@ class ProcessRef:
         self._stopping = True
         self.channel.send(["stop", limit])
         if not self._dead.wait(limit + _STOP_GRACE_S):
-            self._log.error("actor process did not stop in time: killed", pid=self.pid)
+            self._log.error("actor process did not stop in time: killed", actor_pid=self.pid)
             self.kill()
             self._dead.wait(_STOP_GRACE_S)
         return self._clean
@@ -262,6 +263,9 @@ class ProcessRef:
                     "actor-process message not routed: peer stopped")
         elif kind == "b":
             shared.backlog.sub(frame[1])
+        elif kind == "nd":
+            shared.backlog.next_deadline = frame[1]
+            self._armed = True
         elif kind == "gd":
             shared.queue_gauge.set_depth(frame[1])
         elif kind == "gs":
@@ -275,7 +279,7 @@ class ProcessRef:
             for name, by in frame[2].items():
                 metrics.increment(name, by)
         elif kind == "l":
-            logger.bind(**frame[3], pid=self.pid).log(frame[1], frame[2])
+            logger.bind(**frame[3], actor_pid=self.pid).log(frame[1], frame[2])
         elif kind == "h":
             self.heartbeat.answer(frame[1], time.monotonic())
         elif kind == "r":
@@ -309,7 +313,7 @@ class ProcessRef:
                 silent = round(hb.silent_for(now), 3)
                 self._hung = f"no heartbeat answer for {silent} s (supervisor.heartbeat_timeout_ms)"
                 self._log.error("actor process not answering the heartbeat: killed",
-                                pid=self.pid, silent_s=silent)
+                                actor_pid=self.pid, silent_s=silent)
                 self.kill()
                 return
 
@@ -327,6 +331,8 @@ class ProcessRef:
             err = ActorCrashedError(self.name, f"actor process {self.pid} ended ({how})")
             future.set_exception((type(err), err, None))
         self.channel.close()
+        if self._armed:  # its timer died with it: the successor arms its own
+            self.hosting.shared.backlog.next_deadline = None
         if self._stopping:
             return
         handle = self.hosting.handles.get(self.name)
@@ -335,7 +341,7 @@ class ProcessRef:
         failure = self._failure
         error = (failure.error if failure is not None
                  else f"actor process {self.pid} {how}")
-        self._log.error("actor process ended", pid=self.pid, how=how)
+        self._log.error("actor process ended", actor_pid=self.pid, how=how)
         self._report(FailureReport(
             name=self.name, generation=self.generation, error=error,
             fatal=failure.fatal if failure is not None else False,
