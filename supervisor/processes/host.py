@@ -268,6 +268,8 @@ class ProcessRef:
             self._armed = True
         elif kind == "gd":
             shared.queue_gauge.set_depth(frame[1])
+        elif kind == "gm":
+            shared.queue_gauge.set_max_queue(frame[1])
         elif kind == "gs":
             shared.queue_gauge.sent(frame[1])
         elif kind == "gr":
