@@ -548,6 +548,7 @@ class ModuleCoordinator:
             undeliverable=self.undeliverable,
             plugins=self.shared.plugins,
             module_metrics=self.module_metrics,
+            rejected=self.queue_gauge.rejected,
         )
 
     def insights(self) -> dict[str, Any]:

@@ -97,6 +97,18 @@ def process_usage(pid: int) -> ProcessUsage:
         return {"pid": pid, "rss_bytes": 0, "cpu_seconds": 0.0}
 
 
+class _Relayed:
+    """A tell from one actor process to another, passed on as the frame body it came in
+    (never decoded in the daemon). Its updates are in the ledger already: they entered the
+    data path through the sender, which got them from the daemon."""
+
+    __slots__ = ("body", "kind")
+
+    def __init__(self, kind: str, body: Any) -> None:
+        self.kind = kind
+        self.body = body
+
+
 class _Inbox:
     """What the handle puts envelopes into: they go over the pipe."""
 
@@ -136,6 +148,11 @@ class ProcessRef:
         self._failure: FailureReport | None = None
         self._hung: str | None = None
         self._armed = False  # it set the debouncer's deadline the server reads
+        # What the daemon's backlog and queue gauge count for this process, so that what
+        # dies with it is taken off them (the successor counts its own).
+        self._told = self._taken = 0  # PublishMany updates sent / taken in (backlog)
+        self._queued = self._received = 0  # Enqueue updates sent / received (in transit)
+        self._depth = False  # it set the batch queue's depth
         self.heartbeat = Heartbeat(hosting.heartbeat_interval, hosting.heartbeat_timeout,
                                    time.monotonic())
         self._log = logger.bind(actor=boot.name)
@@ -214,9 +231,18 @@ class ProcessRef:
     def put(self, item: Envelope[Any]) -> None:
         message = item.message
         kind = type(message)
+        if kind is _Relayed:
+            if message.kind == "eq":
+                self._queued += len(message.body)
+            self.channel.send(["t", message.kind, message.body])
+            return
         ledger = self.hosting.ledger
-        if kind is PublishMany or kind is Enqueue:
+        if kind is PublishMany:
             ledger.record(message.updates)
+            self._told += len(message.updates)
+        elif kind is Enqueue:
+            ledger.record(message.updates)
+            self._queued += len(message.updates)
         elif kind is Publish:
             ledger.record((message.update,))
         elif kind is Cancel:
@@ -257,23 +283,29 @@ class ProcessRef:
         elif kind == "t":
             target = frame[1]
             try:
-                hosting.handles[target].tell(decode_tell(frame[2], frame[3]))
+                if hosting.hosts(target):  # process to process: passed on as it came
+                    hosting.handles[target].tell(_Relayed(frame[2], frame[3]))
+                else:
+                    hosting.handles[target].tell(decode_tell(frame[2], frame[3]))
             except (KeyError, ActorStoppedError):
                 self._log.bind(target=target).warning(
                     "actor-process message not routed: peer stopped")
         elif kind == "b":
             shared.backlog.sub(frame[1])
+            self._taken += frame[1]
         elif kind == "nd":
             shared.backlog.next_deadline = frame[1]
             self._armed = True
         elif kind == "gd":
             shared.queue_gauge.set_depth(frame[1])
+            self._depth = True
         elif kind == "gm":
             shared.queue_gauge.set_max_queue(frame[1])
         elif kind == "gs":
             shared.queue_gauge.sent(frame[1])
         elif kind == "gr":
             shared.queue_gauge.received(frame[1])
+            self._received += frame[1]
         elif kind == "m":
             metrics = shared.metrics
             for name, values in frame[1].items():
@@ -319,6 +351,19 @@ class ProcessRef:
                 self.kill()
                 return
 
+    def _forget_counts(self) -> None:
+        """Take what died with the process off the daemon's backlog and queue gauge (the
+        ledger replays those updates, and the successor counts them again)."""
+        shared = self.hosting.shared
+        if self._armed:  # its timer died with it: the successor arms its own
+            shared.backlog.next_deadline = None
+        if self._told > self._taken:
+            shared.backlog.sub(self._told - self._taken)
+        if self._queued > self._received:
+            shared.queue_gauge.received(self._queued - self._received)
+        if self._depth:
+            shared.queue_gauge.set_depth(0)
+
     def _ended(self, started: bool = True) -> None:
         code = None
         if started:
@@ -333,8 +378,7 @@ class ProcessRef:
             err = ActorCrashedError(self.name, f"actor process {self.pid} ended ({how})")
             future.set_exception((type(err), err, None))
         self.channel.close()
-        if self._armed:  # its timer died with it: the successor arms its own
-            self.hosting.shared.backlog.next_deadline = None
+        self._forget_counts()
         if self._stopping:
             return
         handle = self.hosting.handles.get(self.name)
