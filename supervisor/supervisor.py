@@ -533,6 +533,10 @@ class SupervisorActor(pykka.ThreadingActor):
                     "needs an actor in a process of its own: list it in daemon.yaml "
                     "supervisor.out_of_process, or crash it without --kill")
             pid = self.hosting.kill(ref)
+            if pid is None:
+                raise InvalidMessageError(
+                    f"{message.name}'s process is being started or restarted; try --kill "
+                    "again in a moment (see 'modcoord status')")
             self._log.bind(child=message.name).warning(
                 "fault injection: actor process killed", actor_pid=pid)
             return

@@ -52,6 +52,7 @@ from modcoord.actors.memory import ForceCleanup, MemoryManagerActor, Reactivate
 from modcoord.actors.monitor import Insights, MonitorActor
 from modcoord.actors.plugins import PluginHost
 from modcoord.actors.reply import Reply
+from modcoord.actors.settings import PluginSettings
 from modcoord.actors.shared import Computed, Shared
 from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
@@ -475,7 +476,7 @@ class ModuleCoordinator:
         previous = self._ask_supervisor(SetMode(canonical))
         self.mode = canonical
         self.queue_gauge.max_queue = self.config.mode(canonical).batch.max_queue
-        self.shared.apply_plugins(self.config.mode(canonical).plugins)
+        self._apply_plugins(self.config.mode(canonical).plugins)
         strategy = self._strategy(canonical)
         with self._modules_lock:
             targets = list(self._endpoints.items())
@@ -494,13 +495,19 @@ class ModuleCoordinator:
         return ModeSwitch(mode=canonical, previous=previous, strategy=strategy,
                           results=box.get("results", {}), errors=box.get("errors", {}))
 
+    def _apply_plugins(self, settings: PluginSettings) -> None:
+        """Load the plugins of ``settings`` here and in every actor process."""
+        self.shared.apply_plugins(settings)
+        if self.hosting is not None:
+            self.hosting.apply_plugins(settings)
+
     def apply_config(self, config: ConfigSet) -> None:
         """Swap in a new validated config (a reload); actors reconfigured live."""
         self.config = config
         self.cache_store.reconfigure(config.mode(self.mode).cache)
         self.queue_gauge.max_queue = config.mode(self.mode).batch.max_queue
         self.callback_timeout_s = config.daemon.callback_timeout_ms / 1000.0
-        self.shared.apply_plugins(config.mode(self.mode).plugins)
+        self._apply_plugins(config.mode(self.mode).plugins)
         self._ask_supervisor(ApplySettings(config.modes))
 
     def crash(self, actor: str, kind: str = "exception", *, kill: bool = False) -> None:
@@ -534,7 +541,7 @@ class ModuleCoordinator:
     def status(self) -> dict[str, Any]:
         """The status document: the dict ``status --json`` prints (fields: docs/REFERENCE.md;
         assembled by :func:`~modcoord.supervisor.daemon.status.status_document`)."""
-        return status_document(
+        doc = status_document(
             typed=gather_statistics(self.handles),
             children=self._ask_supervisor(ChildStatus()),
             metrics=self.metrics,
@@ -550,6 +557,9 @@ class ModuleCoordinator:
             module_metrics=self.module_metrics,
             rejected=self.queue_gauge.rejected,
         )
+        if self.hosting is not None:
+            doc["plugins"] = self.hosting.plugin_statistics(doc["plugins"])
+        return doc
 
     def insights(self) -> dict[str, Any]:
         """Insights and recommendations (the dict ``insights --json`` prints)."""

@@ -292,10 +292,17 @@ def main(conn: Connection, boot: Boot) -> None:
     handles: dict[str, ActorHandle] = {p: RemoteHandle(p, channel) for p in boot.peers}
     handles[boot.name] = local
 
+    sent_guards: list[Any] = [{}]
+
     def flush_samples() -> None:
         values, counters = samples.take()
         if values or counters:
             channel.send(["m", values, counters])
+        if boot.plugins is not None:  # the plugins this actor calls count here
+            guards = shared.plugins.statistics()["guards"]
+            if guards != sent_guards[0]:
+                sent_guards[0] = guards
+                channel.send(["pg", guards])
 
     def report(failure: FailureReport) -> None:
         flush_samples()
@@ -326,6 +333,8 @@ def main(conn: Connection, boot: Boot) -> None:
         kind = frame[0]
         if kind == "t":
             local.tell(decode_tell(frame[1], frame[2]))
+        elif kind == "pl":
+            shared.apply_plugins(unpickled(frame[1]))
         elif kind == "h":
             shared.widening.set(frame[2], frame[3])
             channel.send(["h", frame[1]])

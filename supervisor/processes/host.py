@@ -199,7 +199,7 @@ class ProcessRef:
 
     def kill(self) -> None:
         """SIGKILL the process (fault injection, a hung process, a stop that hangs)."""
-        if self.pid is not None:
+        if self.pid is not None and not self._dead.is_set():  # never a reused pid
             with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(self.pid, signal.SIGKILL)
 
@@ -325,6 +325,8 @@ class ProcessRef:
                 else:
                     err = decode_error(frame[3], self.name)
                     future.set_exception((type(err), err, None))
+        elif kind == "pg":
+            hosting.guards[self.name] = frame[1]
         elif kind == "f":
             self._failure = unpickled(frame[1])
         elif kind == "ready":
@@ -420,6 +422,9 @@ class ProcessHosting:
         self.heartbeat_timeout = heartbeat_timeout
         self.plugins = plugins
         self.last_batch_id = 0
+        # The plugin guards each actor process keeps (its batch processors run there).
+        self.guards: dict[str, dict[str, Any]] = {}
+        self.refs: dict[str, ProcessRef] = {}  # the newest process of each actor
         if self.names:
             _start_fork_server()
 
@@ -441,13 +446,40 @@ class ProcessHosting:
                     peers=tuple(n for n in self.handles if n != name),
                     plugins=self.plugins(), widening=(w.factor, w.reason))
         ref = ProcessRef(self, boot, report)
+        self.refs[name] = ref
         ref.launch()
         return ref
 
+    def apply_plugins(self, settings: PluginSettings) -> None:
+        """Load the plugins of ``settings`` in every actor process (a mode switch, a
+        reload); its guards start afresh there, as in the daemon."""
+        body = pickled(settings)
+        for ref in list(self.refs.values()):
+            if ref.is_alive():
+                ref.channel.send(["pl", body])
+
+    def plugin_statistics(self, local: dict[str, Any]) -> dict[str, Any]:
+        """``status`` → ``plugins`` with, per plugin, the guard of the process that calls
+        it (every process loads every plugin; only one calls each: the one with calls)."""
+        remote = list(self.guards.values())
+        if not remote:
+            return local
+        guards = dict(local["guards"])
+        for theirs in remote:
+            for key, guard in theirs.items():
+                mine = guards.get(key)
+                if mine is None or guard["calls"] > mine["calls"]:
+                    guards[key] = guard
+        return {**local, "guards": guards,
+                "failures": sum(g["failures"] for g in guards.values()),
+                "disabled": sorted(k for k, g in guards.items() if g["disabled"])}
+
     @staticmethod
     def kill(ref: object) -> int | None:
-        """SIGKILL the process behind ``ref`` (a :class:`ProcessRef`); returns its pid."""
-        if not isinstance(ref, ProcessRef):
+        """SIGKILL the process behind ``ref`` (a :class:`ProcessRef`); returns its pid, or
+        None when there is no live process to kill (still being forked, or already
+        ended)."""
+        if not isinstance(ref, ProcessRef) or ref.pid is None or not ref.is_alive():
             return None
         ref.kill()
         return ref.pid
