@@ -333,6 +333,8 @@ def main(conn: Connection, boot: Boot) -> None:
         kind = frame[0]
         if kind == "t":
             local.tell(decode_tell(frame[1], frame[2]))
+        elif kind == "w":
+            shared.widening.set(frame[1], frame[2])
         elif kind == "pl":
             shared.apply_plugins(unpickled(frame[1]))
         elif kind == "h":

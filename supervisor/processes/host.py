@@ -427,6 +427,13 @@ class ProcessHosting:
         self.refs: dict[str, ProcessRef] = {}  # the newest process of each actor
         if self.names:
             _start_fork_server()
+            shared.widening.on_change = self._widened
+
+    def _widened(self, factor: float, reason: str) -> None:
+        """The memory actor changed the widening: every actor process gets it now."""
+        for ref in list(self.refs.values()):
+            if ref.is_alive():
+                ref.channel.send(["w", factor, reason])
 
     def hosts(self, name: str) -> bool:
         return name in self.names
