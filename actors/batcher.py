@@ -297,6 +297,9 @@ class BatcherActor(ManagedActor):
         self._busy_s = 0.0
         self._proc_failures = self._proc_removed = self._proc_added = 0
         self._plugins = shared.plugins
+        # Told what went out (before or after a processor changed it), so whatever held
+        # those updates against a crash lets them go.
+        self._settled = shared.settled
         self._log = logger.bind(actor=self.actor_name)
         self._gauge.set_max_queue(self.settings.max_queue)
         self._gauge.set_depth(0)
@@ -442,6 +445,7 @@ class BatcherActor(ManagedActor):
         if not self.settings.enabled:
             for u in order_updates(updates):
                 self._send((u,), "unbatched")
+            self._settled(updates)
             return
         queue = self._queue
         critical: list[Update] | None = None
@@ -455,6 +459,7 @@ class BatcherActor(ManagedActor):
                 queue.append(u)
         if critical is not None:
             self._send(order_updates(critical), "critical")
+            self._settled(critical)
         if len(queue) >= self.settings.max_size:
             self._flush_full()
         elif queue and self._window_deadline is None:
@@ -470,6 +475,7 @@ class BatcherActor(ManagedActor):
         self._cancel_window()
         for start in range(0, full, size):
             self._send(self._process(queue[start:start + size]), "size")
+        self._settled(queue[:full])
         if self._queue:
             self._arm_window(self.clock.monotonic())
         self._sync_gauge()
@@ -482,6 +488,7 @@ class BatcherActor(ManagedActor):
         size = self.settings.max_size if self.settings.enabled else 1
         for start in range(0, len(queue), size):
             self._send(self._process(queue[start:start + size]), reason)
+        self._settled(queue)
         return len(queue)
 
     def _process(self, updates: Sequence[Update]) -> Sequence[Update]:
