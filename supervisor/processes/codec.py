@@ -2,8 +2,11 @@
 
 One write is a msgpack array of frames (the channel coalesces what is queued). A frame is
 an array whose first item is its kind. The data path is plain msgpack arrays — an update is
-``[module_id, key, payload, priority, seq, published_at]``, the payload carried as the
-value the daemon accepted (opaque to the actor process); nothing per update is pickled.
+``[module_id, key, payload, priority, seq, published_at, wire]``, the payload carried as
+the daemon holds it: an encoded value (a :data:`~modcoord.actors.payload.WirePayload`)
+crosses as its msgpack bytes with ``wire`` 1 and is wrapped again on the other side
+without being decoded (opaque to the actor process); a plain value (a batch processor
+plugin's output) crosses as itself with ``wire`` 0. Nothing per update is pickled.
 Control frames (an ask, its reply, a handover, a failure) carry a pickled body: the channel
 is a private pipe between the daemon and its own child, never a socket anyone else can
 reach, so pickle there trusts nothing it did not make itself.
@@ -16,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgpack
+import msgspec
 
 from modcoord.actors.update import Batch, Update
 
@@ -32,14 +36,22 @@ __all__ = [
 
 
 def encode_updates(updates: Sequence[Update]) -> list[list[Any]]:
-    """Updates as msgpack-ready arrays."""
-    return [[u.module_id, u.key, u.payload, u.priority, u.seq, u.published_at]
-            for u in updates]
+    """Updates as msgpack-ready arrays (an encoded payload as its bytes, flagged)."""
+    rows = []
+    for u in updates:
+        p = u.payload
+        if type(p) is msgspec.Raw:
+            rows.append([u.module_id, u.key, bytes(p), u.priority, u.seq, u.published_at, 1])
+        else:
+            rows.append([u.module_id, u.key, p, u.priority, u.seq, u.published_at, 0])
+    return rows
 
 
 def decode_updates(rows: Sequence[Sequence[Any]]) -> tuple[Update, ...]:
-    """The inverse of :func:`encode_updates`."""
-    return tuple(Update(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows)
+    """The inverse of :func:`encode_updates` (an encoded payload wrapped again, not
+    decoded)."""
+    return tuple(Update(r[0], r[1], msgspec.Raw(r[2]) if r[6] else r[2], r[3], r[4], r[5])
+                 for r in rows)
 
 
 def encode_batch(batch: Batch) -> list[Any]:

@@ -142,6 +142,27 @@ def test_the_data_path_travels_as_arrays_and_comes_back_equal() -> None:
     assert decode_batch(unpack(pack([encode_batch(batch)]))[0]) == batch
 
 
+def test_an_encoded_payload_crosses_as_its_bytes_and_stays_encoded() -> None:
+    """What the intake accepted (a WirePayload: the value's msgpack bytes) reaches the
+    actor process and comes back still encoded, byte for byte, never decoded."""
+    from modcoord.actors.debouncer import PublishMany
+    from modcoord.actors.payload import encode_value, payload_value
+
+    value = {"text": "héllo", "n": [1, 2**40, -0.0], "blob": b"\x00\xff"}
+    wire = encode_value(value)
+    updates = (u("a", 1, payload=wire), u("b", 2, payload={"plain": 1}))
+    kind, body = encode_tell(PublishMany(updates))
+    (back,) = unpack(pack([[kind, body]]))
+    crossed = decode_tell(*back).updates
+    assert type(crossed[0].payload) is type(wire)
+    assert bytes(crossed[0].payload) == bytes(wire)
+    assert payload_value(crossed[0].payload) == value
+    assert crossed[1].payload == {"plain": 1}
+    batch = Batch(3, updates, "window")
+    again = decode_batch(unpack(pack([encode_batch(batch)]))[0])
+    assert bytes(again.updates[0].payload) == bytes(wire)
+
+
 def test_errors_keep_their_type_across_the_pipe() -> None:
     stopped = decode_error(encode_error(ActorStoppedError("batcher", "actor is stopped")),
                            "batcher")
