@@ -42,6 +42,7 @@ from modcoord.actors._base import (
     ManagedActor,
     Reconfigure,
 )
+from modcoord.actors._pykka import envelope
 from modcoord.actors.batcher import Subscribe, Unsubscribe
 from modcoord.actors.clock import Clock
 from modcoord.actors.errors import ActorStoppedError, InvalidMessageError, ModcoordError
@@ -314,6 +315,12 @@ class SupervisorActor(pykka.ThreadingActor):
             ref = child.spec.actor_class.start(
                 self._settings_for(child.spec.name), self._context(child), takeover=takeover
             )
+        if self._in_process(child) and child.spec.name == "batcher":
+            # A killed process handed nothing over: the subscriptions come from the module
+            # list, told before anything the handle held for the successor (a flush on
+            # stop, a replay), so that no batch goes out with no subscriber.
+            for info in self.modules.values():
+                ref.actor_inbox.put(envelope(Subscribe(info.module_id, info.subscribe)))
         child.ref = ref
         child.state = "running"
         child.handover = None
@@ -464,9 +471,6 @@ class SupervisorActor(pykka.ThreadingActor):
             )
             if self._in_process(child):
                 replay = True
-                if name == "batcher":  # a killed process handed nothing over
-                    for info in self.modules.values():
-                        self._tell("batcher", Subscribe(info.module_id, info.subscribe))
             if "monitor" in self.handles:
                 self._tell("monitor", Restarted(name))
         if replay and self.hosting is not None and "debouncer" in self.handles:
