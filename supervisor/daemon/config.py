@@ -123,7 +123,7 @@ class SupervisionSettings(_Strict):
     within_s: float = Field(30.0, gt=0)
     backoff_initial_ms: float = Field(50.0, ge=0)
     backoff_max_ms: float = Field(2000.0, ge=0)
-    out_of_process: tuple[str, ...] = ("batcher", "debouncer")
+    out_of_process: tuple[str, ...] = ()
     heartbeat_interval_ms: float = Field(500.0, ge=10, le=60_000)
     heartbeat_timeout_ms: float = Field(5000.0, ge=50, le=600_000)
 

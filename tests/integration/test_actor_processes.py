@@ -161,6 +161,7 @@ def _running_pid(d: DaemonProcess, actor: str) -> int:
 
 def _start(daemon_factory: DaemonFactory, **supervisor: Any) -> DaemonProcess:
     d = daemon_factory("--allow-fault-injection", start=False)
+    supervisor.setdefault("out_of_process", ["batcher", "debouncer"])
     d.edit_config("daemon", {"supervisor": {"max_restarts": 20, "within_s": 30,
                                             "backoff_initial_ms": 1, **supervisor}})
     return d.start()

@@ -196,10 +196,11 @@ def _daemon_yaml(tmp_path: Path, supervisor: str) -> Path:
     return directory
 
 
-def test_out_of_process_is_read_and_defaults_to_the_data_path(tmp_path: Path) -> None:
-    cfg = load_config_dir(_daemon_yaml(tmp_path, "supervisor:\n  out_of_process: []\n"))
-    assert cfg.daemon.supervisor.out_of_process == ()
-    assert SupervisionSettings().out_of_process == ("batcher", "debouncer")
+def test_out_of_process_is_read_and_defaults_to_the_daemon(tmp_path: Path) -> None:
+    text = "supervisor:\n  out_of_process: [batcher, debouncer]\n"
+    cfg = load_config_dir(_daemon_yaml(tmp_path, text))
+    assert cfg.daemon.supervisor.out_of_process == ("batcher", "debouncer")
+    assert SupervisionSettings().out_of_process == ()
 
 
 @pytest.mark.parametrize(("supervisor", "problem"), [
