@@ -39,7 +39,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from loguru import logger
 
-from modcoord.actors.payload import payload_value
 from modcoord.actors.settings import ExporterSpec, PluginSettings
 
 __all__ = [
@@ -574,8 +573,7 @@ class GuardedCachePolicy:
         guard = self._guard
         if guard.disabled or self._obj is None:
             return list(self._builtin.victims(entries, n, now))
-        # The store keeps each value encoded (actors/payload.py): a plugin sees it decoded.
-        snapshot = {k: (payload_value(v), at) for k, (v, at) in entries.items()}
+        snapshot = dict(entries)
         obj = self._obj
 
         def check(keys: list[Any]) -> str | None:

@@ -240,12 +240,11 @@ class Engine(Protocol):
         """
         ...
 
-    def crash(self, actor: str, kind: str = "exception", *, kill: bool = False) -> None:
-        """Fault injection: make ``actor`` fail (``kill``: SIGKILL its process).
+    def crash(self, actor: str, kind: str = "exception") -> None:
+        """Fault injection: make ``actor`` fail.
 
         Raises:
-            InvalidMessageError: fault injection is disabled, or unknown actor or kind,
-                or ``kill`` for an actor that runs inside the daemon.
+            InvalidMessageError: fault injection is disabled, or unknown actor or kind.
         """
         ...
 

@@ -27,7 +27,6 @@ from modcoord.supervisor.protocol.delivery import (
     BatchFrames,
     check_payload,
     encode_batch,
-    encode_payload,
     payload_packer,
 )
 from modcoord.supervisor.protocol.errors import FramingError, error_from_wire, error_to_wire
@@ -81,7 +80,6 @@ __all__ = [
     "encode_batch",
     "encode_frame",
     "encode_frames",
-    "encode_payload",
     "error_from_wire",
     "error_to_wire",
     "new_packer",
