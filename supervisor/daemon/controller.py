@@ -69,7 +69,7 @@ class Controller:
         if not history_pending:
             self.history_settled.set()
         self._exposition: Exposition | None = None
-        self._exposition_lock = threading.Lock()
+        self._exposition_lock = threading.Lock()  # also guards making the dashboard
         # The dashboard page (a Dashboard), made at start when enabled, else by the first
         # ``dashboard`` call (``dashboard_factory``: its module is imported only then).
         self.dashboard: Any = None
@@ -161,7 +161,9 @@ class Controller:
 
     def on_dashboard(self, params: Params) -> dict[str, Any]:
         if self.dashboard is None and self.dashboard_factory is not None:
-            self.dashboard = self.dashboard_factory()
+            with self._exposition_lock:  # two first calls at once make one page server
+                if self.dashboard is None:
+                    self.dashboard = self.dashboard_factory()
         if self.dashboard is None:
             raise InvalidMessageError("the dashboard is not available in this process")
         result: dict[str, Any] = self.dashboard.enable()
