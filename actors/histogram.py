@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import math
 import threading
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 
 from modcoord.actors.clock import Clock
 
@@ -80,6 +82,13 @@ def _bounds(i: int) -> tuple[float, float]:
     return lower, upper
 
 
+_LOWER_BOUNDS: tuple[float, ...] = tuple(_bounds(i)[0] for i in range(1, N_BUCKETS))
+_fine_bucket = partial(bisect_right, _LOWER_BOUNDS)
+"""``_fine_bucket(seconds)`` is :func:`_bucket`'s index at C speed (for many values): the
+number of buckets above the underflow whose (exact, binary) lower bound is at most
+``seconds``."""
+
+
 @dataclass(frozen=True)
 class HistogramSnapshot:
     """Summary of a histogram (all times in milliseconds)."""
@@ -116,6 +125,20 @@ class _Counts:
             self.max = seconds
         if seconds < self.min:
             self.min = seconds
+
+    def add_many(self, buckets: Counter[int], n: int, total_s: float, high: float,
+                 low: float) -> None:
+        """Add ``n`` observations: ``buckets`` counts them per fine bucket, ``total_s`` is
+        their sum, ``high`` and ``low`` their extremes."""
+        mine = self.buckets
+        for i, k in buckets.items():
+            mine[i] += k
+        self.count += n
+        self.sum += total_s
+        if high > self.max:
+            self.max = high
+        if low < self.min:
+            self.min = low
 
     def merge(self, other: _Counts) -> None:
         for i, n in enumerate(other.buckets):
@@ -196,15 +219,18 @@ class LatencyHistogram:
         if not values:
             return
         number = int(self._clock.monotonic() // self._slice_s)
-        bounds, le_counts = PROMETHEUS_BUCKETS_S, self._le
+        # Per value only what must be: its bucket; the rest is counted per distinct bucket
+        # (a batch's latencies fall into a few), C-speed sums and extremes.
+        values = [v if v > 0.0 else 0.0 for v in values]
+        fine = Counter(map(_fine_bucket, values))
+        le = Counter(map(partial(bisect_left, PROMETHEUS_BUCKETS_S), values))
+        n, total_s, high, low = len(values), sum(values), max(values), min(values)
+        le_counts = self._le
         with self._lock:
-            total, recent = self._total, self._current_slice(number)
-            for seconds in values:
-                seconds = max(0.0, seconds)
-                i = _bucket(seconds)
-                le_counts[bisect_left(bounds, seconds)] += 1
-                total.add(i, seconds)
-                recent.add(i, seconds)
+            for counts in (self._total, self._current_slice(number)):
+                counts.add_many(fine, n, total_s, high, low)
+            for i, k in le.items():
+                le_counts[i] += k
 
     def total(self) -> HistogramSnapshot:
         """Return the summary since start."""

@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from loguru import logger
 
+from modcoord.actors.payload import payload_value
 from modcoord.actors.settings import ExporterSpec, PluginSettings
 
 __all__ = [
@@ -573,7 +574,8 @@ class GuardedCachePolicy:
         guard = self._guard
         if guard.disabled or self._obj is None:
             return list(self._builtin.victims(entries, n, now))
-        snapshot = dict(entries)
+        # The store keeps each value encoded (actors/payload.py): a plugin sees it decoded.
+        snapshot = {k: (payload_value(v), at) for k, (v, at) in entries.items()}
         obj = self._obj
 
         def check(keys: list[Any]) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from modcoord.actors.message import Message
 
-__all__ = ["PRIORITIES", "PRIORITY_RANK", "Batch", "Priority", "Update"]
+__all__ = ["PRIORITIES", "PRIORITY_RANK", "Batch", "Priority", "Update", "updates_from_rows"]
 
 Priority = Literal["critical", "high", "medium", "low"]
 PRIORITIES: tuple[str, ...] = ("critical", "high", "medium", "low")
@@ -21,7 +21,8 @@ class Update(Message):
     Attributes:
         module_id: the publishing module.
         key: what the update is about; debouncing is per ``(module_id, key)``.
-        payload: any msgpack-serializable value.
+        payload: any msgpack-serializable value; inside the daemon, from intake to
+            delivery, its encoding (a :data:`~modcoord.actors.payload.WirePayload`).
         priority: ``critical``, ``high``, ``medium`` or ``low``.
         seq: arrival sequence number in the daemon (orders updates; not a timestamp).
         published_at: clock reading when the daemon accepted it (for latency).
@@ -66,3 +67,36 @@ class Batch(Message):
 
     def __len__(self) -> int:
         return len(self.updates)
+
+
+_new = object.__new__
+_slots: dict[str, Any] = dict(Update.__dict__)  # the fields' slot descriptors
+_set_module_id = _slots["module_id"].__set__
+_set_key = _slots["key"].__set__
+_set_payload = _slots["payload"].__set__
+_set_priority = _slots["priority"].__set__
+_set_seq = _slots["seq"].__set__
+_set_published_at = _slots["published_at"].__set__
+
+
+def updates_from_rows(rows: Any) -> tuple[Update, ...]:
+    """The updates of a delivery's rows ``[module_id, key, payload, priority, seq]``, as
+    ``Update(*row)`` makes them (``published_at`` 0.0), at twice its speed: a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__``; this sets the
+    slots directly (a module process builds one per delivered update).
+
+    Raises:
+        IndexError, TypeError: a row is not a sequence of at least five values.
+    """
+    out: list[Update] = []
+    append = out.append
+    for row in rows:
+        u = _new(Update)
+        _set_module_id(u, row[0])
+        _set_key(u, row[1])
+        _set_payload(u, row[2])
+        _set_priority(u, row[3])
+        _set_seq(u, row[4])
+        _set_published_at(u, 0.0)
+        append(u)
+    return tuple(out)

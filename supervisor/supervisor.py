@@ -23,11 +23,12 @@ The supervisor also holds the current mode and the registry of modules.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pykka
 from loguru import logger
@@ -41,6 +42,7 @@ from modcoord.actors._base import (
     ManagedActor,
     Reconfigure,
 )
+from modcoord.actors._pykka import envelope
 from modcoord.actors.batcher import Subscribe, Unsubscribe
 from modcoord.actors.clock import Clock
 from modcoord.actors.errors import ActorStoppedError, InvalidMessageError, ModcoordError
@@ -50,6 +52,9 @@ from modcoord.actors.monitor import ForgetModule, Restarted
 from modcoord.actors.settings import ModeSettings, actor_settings
 from modcoord.actors.shared import Shared
 from modcoord.supervisor.protocol.module import ModuleInfo
+
+if TYPE_CHECKING:
+    from modcoord.supervisor.processes.host import ProcessHosting
 
 __all__ = [
     "SECTION_OF",
@@ -74,11 +79,16 @@ SECTION_OF: dict[str, str] = {
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """How to run one child actor."""
+    """How to run one child actor.
+
+    ``process``: run it in a process of its own (:mod:`modcoord.supervisor.processes`)
+    rather than as a thread of the daemon; needs the supervisor's ``hosting``.
+    """
 
     name: str
     actor_class: type[ManagedActor]
     restart: RestartPolicy = "permanent"
+    process: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,7 @@ class CrashChild(Message):
 
     name: str
     kind: str = "exception"
+    kill: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,8 @@ class SupervisorActor(pykka.ThreadingActor):
             :meth:`Shared.create` for ``clock`` and the initial mode's settings).
         fault_injection: whether ``Crash`` messages are honoured.
         on_escalate: called with the reason when the intensity limit is passed.
+        hosting: starts the children whose spec says ``process`` in processes of their
+            own (without it every child runs in the daemon).
     """
 
     def __init__(
@@ -228,6 +241,7 @@ class SupervisorActor(pykka.ThreadingActor):
         fault_injection: bool = False,
         on_escalate: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
+        hosting: ProcessHosting | None = None,
     ) -> None:
         super().__init__()
         self.specs = list(specs)
@@ -241,6 +255,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.fault_injection = fault_injection
         self.on_escalate = on_escalate
         self.rng = rng or random.Random()
+        self.hosting = hosting
         self.children: dict[str, _Child] = {
             s.name: _Child(spec=s, handle=handles[s.name]) for s in self.specs
         }
@@ -284,10 +299,28 @@ class SupervisorActor(pykka.ThreadingActor):
             shared=self.shared,
         )
 
+    def _in_process(self, child: _Child) -> bool:
+        """Whether ``child`` runs in a process of its own."""
+        return child.spec.process and self.hosting is not None
+
     def _start_child(self, child: _Child, takeover: Any = None) -> None:
-        ref = child.spec.actor_class.start(
-            self._settings_for(child.spec.name), self._context(child), takeover=takeover
-        )
+        if self._in_process(child):
+            assert self.hosting is not None
+            context = self._context(child)
+            ref = cast("pykka.ActorRef[Any]", self.hosting.start(
+                child.spec.name, child.spec.actor_class, self._settings_for(child.spec.name),
+                generation=child.generation, fault_injection=self.fault_injection,
+                report=context.report_failure, takeover=takeover))
+        else:
+            ref = child.spec.actor_class.start(
+                self._settings_for(child.spec.name), self._context(child), takeover=takeover
+            )
+        if self._in_process(child) and child.spec.name == "batcher":
+            # A killed process handed nothing over: the subscriptions come from the module
+            # list, told before anything the handle held for the successor (a flush on
+            # stop, a replay), so that no batch goes out with no subscriber.
+            for info in self.modules.values():
+                ref.actor_inbox.put(envelope(Subscribe(info.module_id, info.subscribe)))
         child.ref = ref
         child.state = "running"
         child.handover = None
@@ -304,6 +337,12 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _stop_children(self, timeout: float) -> dict[str, bool]:
         out: dict[str, bool] = {}
+        ended = [c for c in self.children.values()
+                 if c.state in ("restarting", "failed") and self._in_process(c)]
+        if ended and self.hosting is not None and "debouncer" in self.handles:
+            # An actor process ended and its successor only starts to flush: what it held
+            # is in the ledger, and goes to the debouncer before the debouncer stops.
+            self.hosting.replay([c.handover for c in ended])
         for name in reversed(list(self.children)):
             child = self.children[name]
             if child.state == "restarting":
@@ -417,18 +456,25 @@ class SupervisorActor(pykka.ThreadingActor):
         self._restart(list(message.names))
 
     def _restart(self, names: list[str]) -> None:
+        replay = False
+        handed_over: list[Any] = []
         for name in names:  # in start order
             child = self.children[name]
             if child.state != "restarting":
                 continue
             child.generation += 1
             child.restarts += 1
+            handed_over.append(child.handover)
             self._start_child(child, takeover=child.handover)
             self._log.bind(child=name).warning(
                 "restarted: pending work taken over", restarts=child.restarts,
             )
+            if self._in_process(child):
+                replay = True
             if "monitor" in self.handles:
                 self._tell("monitor", Restarted(name))
+        if replay and self.hosting is not None and "debouncer" in self.handles:
+            self.hosting.replay(handed_over)
 
     def _escalate(self, reason: str) -> None:
         self.escalated = reason
@@ -446,15 +492,21 @@ class SupervisorActor(pykka.ThreadingActor):
     # -- queries and commands --
 
     def _on_ChildStatus(self, message: ChildStatus) -> dict[str, dict[str, Any]]:
-        return {
-            name: {
+        from modcoord.supervisor.processes.host import process_usage
+
+        daemon = process_usage(os.getpid())
+        out: dict[str, dict[str, Any]] = {}
+        for name, child in self.children.items():
+            pid = getattr(child.ref, "pid", None) if self._in_process(child) else None
+            out[name] = {
                 "alive": child.handle.is_alive(),
                 "restarts": child.restarts,
                 "state": child.state,
                 "buffered": child.handle.buffered(),
+                "process": "own" if self._in_process(child) else "daemon",
+                **(process_usage(pid) if pid is not None else daemon),
             }
-            for name, child in self.children.items()
-        }
+        return out
 
     def _on_SupervisorStatistics(self, message: SupervisorStatistics) -> SupervisorSnapshot:
         return SupervisorSnapshot(
@@ -477,6 +529,21 @@ class SupervisorActor(pykka.ThreadingActor):
             )
         if message.kind not in ("exception", "base_exception"):
             raise InvalidMessageError("kind must be 'exception' or 'base_exception'")
+        if message.kill:
+            ref = child.ref
+            if not self._in_process(child) or ref is None or self.hosting is None:
+                raise InvalidMessageError(
+                    f"{message.name} runs inside the daemon (pid {os.getpid()}); --kill "
+                    "needs an actor in a process of its own: list it in daemon.yaml "
+                    "supervisor.out_of_process, or crash it without --kill")
+            pid = self.hosting.kill(ref)
+            if pid is None:
+                raise InvalidMessageError(
+                    f"{message.name}'s process is being started or restarted; try --kill "
+                    "again in a moment (see 'modcoord status')")
+            self._log.bind(child=message.name).warning(
+                "fault injection: actor process killed", actor_pid=pid)
+            return
         self._log.bind(child=message.name).warning("fault injection: crashing",
                                                    kind=message.kind)
         child.handle.tell(Crash(kind=message.kind))

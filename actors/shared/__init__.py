@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from modcoord.actors.shared.cache_store import CacheStore
 from modcoord.actors.shared.demand import Demand
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.shared.pressure import Widening
-from modcoord.actors.update import Batch
+from modcoord.actors.update import Batch, Update
 
 __all__ = [
     "AvailableReader",
@@ -50,9 +50,11 @@ __all__ = [
     "Deliver",
     "NotifySwept",
     "RssReader",
+    "Settled",
     "Shared",
     "Widening",
     "no_connection_states",
+    "no_settle",
     "no_sink",
     "no_swept_notice",
     "psutil_available",
@@ -64,6 +66,9 @@ __all__ = [
 Deliver = Callable[[str, Batch], None]
 """Hands a batch to a subscriber: ``deliver(subscriber_id, batch)``, in the batcher's thread.
 A sink that raises is logged and counted by the batcher."""
+Settled = Callable[[Sequence[Update]], None]
+"""``settled(updates)``: the batcher has sent ``updates`` to every subscriber (or to none
+that wanted them), in the batcher's thread; what held them for a crash lets them go."""
 RssReader = Callable[[], int]
 """Returns the daemon's resident memory in bytes; may raise (the check is skipped)."""
 AvailableReader = Callable[[], int]
@@ -91,6 +96,10 @@ def no_sink(subscriber_id: str, batch: Batch) -> None:
         "batch not delivered: no delivery sink", batch=batch.batch_id,
         subscriber=subscriber_id,
     )
+
+
+def no_settle(updates: Sequence[Update]) -> None:
+    """Nothing holds updates for a crash beyond the actors themselves."""
 
 
 def no_connection_states(stall_s: float) -> Mapping[str, bool]:
@@ -164,6 +173,8 @@ class Shared:
             refreshes and pre-warms from it).
         compute: how a coordination result is computed (the coordinator's; ``None``
             without one: nothing is refreshed or pre-warmed).
+        settled: told what the batcher has sent (the ledger of updates held for actor
+            processes releases them).
     """
 
     metrics: MetricsRegistry
@@ -182,6 +193,7 @@ class Shared:
     plugins: PluginHost = field(default_factory=PluginHost)
     demand: Demand = field(default_factory=Demand)
     compute: Compute | None = None
+    settled: Settled = no_settle
 
     def apply_plugins(self, settings: PluginSettings) -> None:
         """Load what ``settings`` names (:meth:`PluginHost.configure`) and give the cache
@@ -198,7 +210,8 @@ class Shared:
                available_reader: AvailableReader = psutil_available,
                cpu_reader: CpuReader = psutil_cpu_seconds,
                cpu_capacity: int | None = None,
-               compute: Compute | None = None) -> Shared:
+               compute: Compute | None = None,
+               settled: Settled = no_settle) -> Shared:
         """Make every shared object for ``clock``, sized by ``settings`` (a mode's
         settings; defaults when ``None``): the metrics window is ``monitor.window_s``,
         the store follows ``cache``, the gauge's limit is ``batch.max_queue``;
@@ -219,6 +232,7 @@ class Shared:
             cpu_capacity=cpu_capacity if cpu_capacity is not None else usable_cpus(),
             demand=Demand(s.cache.prewarm.track_max_contexts),
             compute=compute,
+            settled=settled,
         )
         shared.apply_plugins(s.plugins)
         return shared

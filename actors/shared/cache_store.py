@@ -48,6 +48,7 @@ from typing import Any
 
 from modcoord.actors.clock import Clock
 from modcoord.actors.errors import InvalidMessageError
+from modcoord.actors.payload import encode_value, payload_value
 from modcoord.actors.settings import CacheSettings
 from modcoord.actors.shared.cache_flight import Flight, Waiter
 from modcoord.actors.shared.cache_keys import cache_key, split_key
@@ -163,8 +164,12 @@ class CacheStore:
         clock: where expiry reads time.
         settings: ``cache:`` settings (enabled, ttl_ms, max_entries, evict_fraction).
 
-    Entries are kept in an ``OrderedDict`` ``key -> (value, expires_at)``, least recently
-    used first; a hit moves its entry to the end. An entry is expired once
+    Entries are kept in an ``OrderedDict`` ``key -> (blob, expires_at)``, least recently
+    used first; a hit moves its entry to the end. The blob is the value's msgpack encoding
+    (:func:`~modcoord.actors.payload.encode_value`: one ``bytes`` object per entry, whose
+    memory goes back to the system when the entry goes, where a tree of small objects would
+    stay in the interpreter's arenas); each hit decodes it, outside the lock, into a value
+    of its own (a value msgpack cannot encode is kept as the object it is). An entry is expired once
     ``clock.monotonic() >= expires_at``. Changing ``ttl_ms`` affects entries stored after
     the change. If a leader never calls :meth:`complete` or :meth:`fail`, its waiters are
     never woken: waiters should bound their waits (``Flight.wait(timeout)``).
@@ -244,21 +249,23 @@ class CacheStore:
                 self._misses += 1
                 return _LEAD_UNCACHED
             entry = self._entries.get(key)
-            if entry is not None:
-                if now < entry[1]:
-                    self._entries.move_to_end(key)
-                    self._hits += 1
-                    return Lookup(LookupKind.HIT, entry[0])
-                del self._entries[key]
-                self._ev_expired += 1
-            flight = self._flights.get(key)
-            if flight is not None:
+            if entry is not None and now < entry[1]:
+                self._entries.move_to_end(key)
                 self._hits += 1
-                self._joined += 1
-                return Lookup(LookupKind.WAIT, None, flight)
-            flight = self._flights[key] = Flight(key)
-            self._misses += 1
-            return Lookup(LookupKind.LEAD, None, flight)
+                blob = entry[0]
+            else:
+                if entry is not None:
+                    del self._entries[key]
+                    self._ev_expired += 1
+                flight = self._flights.get(key)
+                if flight is not None:
+                    self._hits += 1
+                    self._joined += 1
+                    return Lookup(LookupKind.WAIT, None, flight)
+                flight = self._flights[key] = Flight(key)
+                self._misses += 1
+                return Lookup(LookupKind.LEAD, None, flight)
+        return Lookup(LookupKind.HIT, payload_value(blob))  # decoded outside the lock
 
     def complete(self, key: str, value: Any) -> None:
         """End the flight for ``key`` with ``value``: store it and wake the waiters.
@@ -267,11 +274,12 @@ class CacheStore:
         the cache cleared while the value was being computed (the waiters still get it).
         """
         ttl = self._ttl(key, value)
+        blob = encode_value(value)
         now = self._clock.monotonic()
         with self._lock:
             flight = self._flights.pop(key, None)
             if self._enabled and (flight is None or flight.storable):
-                self._store(key, value, now, ttl)
+                self._store(key, blob, now, ttl)
         if flight is not None:
             flight.settle(value, None)
 
@@ -298,23 +306,26 @@ class CacheStore:
                 self._misses += 1
                 return None
             entry = self._entries.get(key)
-            if entry is not None:
-                if now < entry[1]:
-                    self._entries.move_to_end(key)
-                    self._hits += 1
-                    return entry[0]
-                del self._entries[key]
-                self._ev_expired += 1
-            self._misses += 1
-            return None
+            if entry is not None and now < entry[1]:
+                self._entries.move_to_end(key)
+                self._hits += 1
+                blob = entry[0]
+            else:
+                if entry is not None:
+                    del self._entries[key]
+                    self._ev_expired += 1
+                self._misses += 1
+                return None
+        return payload_value(blob)
 
     def put(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key`` (not when disabled); flights are not touched."""
         ttl = self._ttl(key, value)
+        blob = encode_value(value)
         now = self._clock.monotonic()
         with self._lock:
             if self._enabled:
-                self._store(key, value, now, ttl)
+                self._store(key, blob, now, ttl)
 
     def _ttl(self, key: str, value: Any) -> float:
         """The policy's lifetime for a new entry (outside the lock), or ``cache.ttl_ms``."""

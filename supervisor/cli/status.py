@@ -100,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
     actors = ", ".join(f"{n} {'up' if a['alive'] else 'DOWN'} ({a['restarts']} restarts)"
                        for n, a in status["actors"].items())
     print(f"  actors: {actors}")
+    own = [(n, a) for n, a in status["actors"].items() if a.get("process") == "own"]
+    if own:  # the actors in processes of their own (the rest share the daemon's pid)
+        print("  actor processes: " + ", ".join(
+            f"{n} pid {a['pid']} {(a.get('rss_bytes') or 0) / 1048576:.1f} MiB "
+            f"{a.get('cpu_seconds') or 0:.2f} s CPU" for n, a in own))
     if status.get("last_reload_error"):
         print(f"  last reload error: {status['last_reload_error']}")
     return 0

@@ -122,10 +122,10 @@ class CallbackRunner:
             return
         # Imported on the first batch: modcoord.actors.update needs dataclasses and with it
         # inspect (~20 ms), which a client that receives no batches never pays for.
-        from modcoord.actors.update import Batch, Update
+        from modcoord.actors.update import Batch, updates_from_rows
 
-        updates = tuple(Update(u[0], u[1], u[2], u[3], u[4]) for u in params["updates"])
-        batch = Batch(params["batch_id"], updates, params.get("reason", "window"))
+        batch = Batch(params["batch_id"], updates_from_rows(params["updates"]),
+                      params.get("reason", "window"))
         self._batches_received += 1
         module.on_batch(batch)
 

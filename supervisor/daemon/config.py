@@ -115,10 +115,45 @@ class DashboardSettings(_Strict):
 
 
 class SupervisionSettings(_Strict):
+    """``daemon.yaml`` ``supervisor``: restart intensity and backoff, and which actors run
+    in processes of their own (``out_of_process``, watched by a heartbeat); applies at the
+    next start."""
+
     max_restarts: int = Field(5, ge=0)
     within_s: float = Field(30.0, gt=0)
     backoff_initial_ms: float = Field(50.0, ge=0)
     backoff_max_ms: float = Field(2000.0, ge=0)
+    out_of_process: tuple[str, ...] = ()
+    heartbeat_interval_ms: float = Field(500.0, ge=10, le=60_000)
+    heartbeat_timeout_ms: float = Field(5000.0, ge=50, le=600_000)
+
+    @field_validator("out_of_process", mode="before")
+    @classmethod
+    def _hostable(cls, value: Any) -> Any:
+        from modcoord.supervisor.processes import HOSTABLE
+
+        if value is None:
+            return ()
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, tuple):
+            for name in value:
+                if name not in HOSTABLE:
+                    raise ValueError(
+                        f"{name!r} cannot run out of process; choose from "
+                        f"{', '.join(HOSTABLE)} (the cache, memory and monitor actors share "
+                        "the request path's objects and stay in the daemon)")
+        return value
+
+    @field_validator("heartbeat_timeout_ms")
+    @classmethod
+    def _above_interval(cls, value: float, info: Any) -> float:
+        interval = info.data.get("heartbeat_interval_ms")
+        if interval is not None and value < 2 * interval:
+            raise ValueError(
+                f"heartbeat_timeout_ms ({value:g}) must be at least twice "
+                f"heartbeat_interval_ms ({interval:g}); raise the timeout")
+        return value
 
 
 class OutputSettings(_Strict):

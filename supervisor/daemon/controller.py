@@ -188,7 +188,7 @@ class Controller:
         return self.exposition.text()
 
     def on_crash(self, params: CrashParams) -> None:
-        self.coordinator.crash(params.actor, params.kind)
+        self.coordinator.crash(params.actor, params.kind, kill=params.kill)
 
     def on_stop(self, params: Params) -> dict[str, Any]:
         return self.stop()

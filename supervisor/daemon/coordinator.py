@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from loguru import logger
@@ -52,6 +52,7 @@ from modcoord.actors.memory import ForceCleanup, MemoryManagerActor, Reactivate
 from modcoord.actors.monitor import Insights, MonitorActor
 from modcoord.actors.plugins import PluginHost
 from modcoord.actors.reply import Reply
+from modcoord.actors.settings import PluginSettings
 from modcoord.actors.shared import Computed, Shared
 from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
@@ -73,6 +74,7 @@ from modcoord.supervisor.daemon.fanout import fan_out
 from modcoord.supervisor.daemon.intake import Intake
 from modcoord.supervisor.daemon.module_metrics import ModuleMetricsTable
 from modcoord.supervisor.daemon.status import adaptive_status, gather_statistics, status_document
+from modcoord.supervisor.processes.ledger import UpdateLedger
 from modcoord.supervisor.protocol.calls import (
     ACTOR_NAMES,
     CoordinationResult,
@@ -93,6 +95,9 @@ from modcoord.supervisor.supervisor import (
     UnregisterModule,
 )
 
+if TYPE_CHECKING:
+    from modcoord.supervisor.processes.host import ProcessHosting
+
 __all__ = [
     "ACTOR_NAMES",
     "CoordinationResult",
@@ -103,14 +108,15 @@ __all__ = [
 ]
 
 
-def default_child_specs() -> list[ChildSpec]:
-    """The children in start order: monitor first, debouncer last (stopped first)."""
+def default_child_specs(out_of_process: Iterable[str] = ()) -> list[ChildSpec]:
+    """The children in start order: monitor first, debouncer last (stopped first); those
+    named in ``out_of_process`` run in processes of their own."""
+    own = frozenset(out_of_process)
     return [
-        ChildSpec("monitor", MonitorActor),
-        ChildSpec("memory", MemoryManagerActor),
-        ChildSpec("cache", CacheActor),
-        ChildSpec("batcher", BatcherActor),
-        ChildSpec("debouncer", DebouncerActor),
+        ChildSpec(name, cls, process=name in own)
+        for name, cls in (("monitor", MonitorActor), ("memory", MemoryManagerActor),
+                          ("cache", CacheActor), ("batcher", BatcherActor),
+                          ("debouncer", DebouncerActor))
     ]
 
 
@@ -125,7 +131,9 @@ class ModuleCoordinator:
         fault_injection: honour ``crash`` requests (``--allow-fault-injection``).
         on_escalate: called with a reason when the supervisor gives up.
         policy: supervision policy (default from ``daemon.yaml``).
-        specs: child specs (default: :func:`default_child_specs`).
+        specs: child specs (default: :func:`default_child_specs` with ``daemon.yaml``'s
+            ``supervisor.out_of_process`` — with the real clock only: an injected clock
+            keeps every actor in this process, where it can reach them).
     """
 
     def __init__(
@@ -155,12 +163,15 @@ class ModuleCoordinator:
         self.fault_injection = fault_injection
         self.on_escalate = on_escalate
         self.escalated: str | None = None
-        self.specs = list(specs or default_child_specs())
+        self.specs = list(specs or default_child_specs(
+            sup.out_of_process if self._owns_clock else ()))
         settings = self.config.mode(self.mode)
+        # Accepted updates an actor process holds, kept here against its death.
+        self.ledger = UpdateLedger()
         self.shared = Shared.create(
             self.clock, settings, deliver=self._deliver, rss_reader=self._rss_reader,
             connection_states=self._connection_states, notify_swept=self._notify_swept,
-            compute=self.compute,
+            compute=self.compute, settled=self.ledger.release_updates,
         )
         # The hot path's objects, read in the caller's thread (no actor hop).
         self.metrics: MetricsRegistry = self.shared.metrics
@@ -170,6 +181,15 @@ class ModuleCoordinator:
         self.demand: Demand = self.shared.demand
         self.backlog: Backlog = self.shared.backlog
         self.handles: dict[str, ActorHandle] = {s.name: ActorHandle(s.name) for s in self.specs}
+        self.hosting: ProcessHosting | None = None
+        if any(s.process for s in self.specs):
+            from modcoord.supervisor.processes.host import ProcessHosting
+
+            self.hosting = ProcessHosting(
+                tuple(s.name for s in self.specs if s.process), self.handles, self.shared,
+                self.ledger, heartbeat_interval=sup.heartbeat_interval_ms / 1000.0,
+                heartbeat_timeout=sup.heartbeat_timeout_ms / 1000.0,
+                plugins=lambda: self.config.mode(self.mode).plugins)
         self._endpoints: dict[str, ModuleEndpoint] = {}
         self._infos: dict[str, ModuleInfo] = {}
         self._modules_lock = threading.Lock()
@@ -208,7 +228,7 @@ class ModuleCoordinator:
         self._supervisor = SupervisorActor.start(
             self.specs, self.handles, self.config.modes, self.mode, self.clock,
             policy=self.policy, shared=self.shared, fault_injection=self.fault_injection,
-            on_escalate=self._escalated,
+            on_escalate=self._escalated, hosting=self.hosting,
         )
         self._supervisor.ask(StartChildren(), timeout=10.0)
         self._started_at = time.monotonic()
@@ -456,7 +476,7 @@ class ModuleCoordinator:
         previous = self._ask_supervisor(SetMode(canonical))
         self.mode = canonical
         self.queue_gauge.max_queue = self.config.mode(canonical).batch.max_queue
-        self.shared.apply_plugins(self.config.mode(canonical).plugins)
+        self._apply_plugins(self.config.mode(canonical).plugins)
         strategy = self._strategy(canonical)
         with self._modules_lock:
             targets = list(self._endpoints.items())
@@ -475,22 +495,30 @@ class ModuleCoordinator:
         return ModeSwitch(mode=canonical, previous=previous, strategy=strategy,
                           results=box.get("results", {}), errors=box.get("errors", {}))
 
+    def _apply_plugins(self, settings: PluginSettings) -> None:
+        """Load the plugins of ``settings`` here and in every actor process."""
+        self.shared.apply_plugins(settings)
+        if self.hosting is not None:
+            self.hosting.apply_plugins(settings)
+
     def apply_config(self, config: ConfigSet) -> None:
         """Swap in a new validated config (a reload); actors reconfigured live."""
         self.config = config
         self.cache_store.reconfigure(config.mode(self.mode).cache)
         self.queue_gauge.max_queue = config.mode(self.mode).batch.max_queue
         self.callback_timeout_s = config.daemon.callback_timeout_ms / 1000.0
-        self.shared.apply_plugins(config.mode(self.mode).plugins)
+        self._apply_plugins(config.mode(self.mode).plugins)
         self._ask_supervisor(ApplySettings(config.modes))
 
-    def crash(self, actor: str, kind: str = "exception") -> None:
-        """Fault injection: make ``actor`` fail (only with fault injection enabled).
+    def crash(self, actor: str, kind: str = "exception", *, kill: bool = False) -> None:
+        """Fault injection: make ``actor`` fail (only with fault injection enabled);
+        ``kill``: SIGKILL the process of an actor that runs in one of its own.
 
         Raises:
-            InvalidMessageError: fault injection disabled, or unknown actor/kind.
+            InvalidMessageError: fault injection disabled, or unknown actor/kind, or
+                ``kill`` for an actor inside the daemon.
         """
-        self._ask_supervisor(CrashChild(actor, kind))
+        self._ask_supervisor(CrashChild(actor, kind, kill))
 
     def actor_call(self, actor: str, method: str, args: dict[str, Any] | None = None,
                    timeout: float = 5.0, posargs: Sequence[Any] = ()) -> Any:
@@ -513,7 +541,7 @@ class ModuleCoordinator:
     def status(self) -> dict[str, Any]:
         """The status document: the dict ``status --json`` prints (fields: docs/REFERENCE.md;
         assembled by :func:`~modcoord.supervisor.daemon.status.status_document`)."""
-        return status_document(
+        doc = status_document(
             typed=gather_statistics(self.handles),
             children=self._ask_supervisor(ChildStatus()),
             metrics=self.metrics,
@@ -527,7 +555,11 @@ class ModuleCoordinator:
             undeliverable=self.undeliverable,
             plugins=self.shared.plugins,
             module_metrics=self.module_metrics,
+            rejected=self.queue_gauge.rejected,
         )
+        if self.hosting is not None:
+            doc["plugins"] = self.hosting.plugin_statistics(doc["plugins"])
+        return doc
 
     def insights(self) -> dict[str, Any]:
         """Insights and recommendations (the dict ``insights --json`` prints)."""

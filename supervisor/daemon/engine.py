@@ -240,11 +240,12 @@ class Engine(Protocol):
         """
         ...
 
-    def crash(self, actor: str, kind: str = "exception") -> None:
-        """Fault injection: make ``actor`` fail.
+    def crash(self, actor: str, kind: str = "exception", *, kill: bool = False) -> None:
+        """Fault injection: make ``actor`` fail (``kill``: SIGKILL its process).
 
         Raises:
-            InvalidMessageError: fault injection is disabled, or unknown actor or kind.
+            InvalidMessageError: fault injection is disabled, or unknown actor or kind,
+                or ``kill`` for an actor that runs inside the daemon.
         """
         ...
 

@@ -5,12 +5,13 @@ batch queue (``batch.max_queue``) are accepted, in order, each getting the next 
 number; the accepted ones go to the debouncer in one message, counted in the backlog
 until it takes them in, and their modules count as active. Only deliverable updates are
 accepted: a known priority, a registered module, and a payload that encodes and whose
-update fits one delivery frame (``daemon.max_frame_bytes``).
+update fits one delivery frame (``daemon.max_frame_bytes``). An accepted update carries
+its payload encoded (:mod:`modcoord.actors.payload`), by the same pack that measured it.
 
 On failure: nothing is dropped silently: each refused update gets its own error in the
 result, in its place: :class:`~modcoord.actors.errors.InvalidMessageError` naming the
 priority, the module or the limit
-(:func:`~modcoord.supervisor.protocol.wire.check_payload`), or
+(:func:`~modcoord.supervisor.protocol.delivery.encode_payload`), or
 :class:`~modcoord.actors.errors.QueueFullError` naming ``batch.max_queue`` (counted as
 rejected by the queue gauge); the updates that were accepted stay accepted.
 """
@@ -28,8 +29,8 @@ from modcoord.actors.errors import InvalidMessageError, ModcoordError, QueueFull
 from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.update import PRIORITY_RANK, Update
 from modcoord.supervisor.daemon.engine import PublishItem
+from modcoord.supervisor.protocol.delivery import encode_payload, payload_packer
 from modcoord.supervisor.protocol.module import ModuleInfo
-from modcoord.supervisor.protocol.wire import check_payload, payload_packer
 
 __all__ = ["Intake"]
 
@@ -67,8 +68,8 @@ class Intake:
         are accepted, in order; the rest get :class:`QueueFullError` (and are counted).
         Only deliverable updates are accepted: a payload nested too deeply, that cannot be
         encoded, or whose update would not fit one delivery frame gets
-        :class:`InvalidMessageError` naming the limit (:func:`~modcoord.supervisor.protocol.wire.
-        check_payload`).
+        :class:`InvalidMessageError` naming the limit (:func:`~modcoord.supervisor.protocol.
+        delivery.encode_payload`).
         """
         now = self._clock.monotonic()
         infos = self._infos
@@ -76,6 +77,7 @@ class Intake:
         pack = payload_packer()
         out: list[Any] = []
         valid: list[int] = []
+        encoded: list[Any] = []  # per valid item, its payload's encoding
         for i, (module_id, key, payload, priority) in enumerate(items := list(items)):
             if priority not in PRIORITY_RANK:
                 out.append(InvalidMessageError(
@@ -84,7 +86,7 @@ class Intake:
                 out.append(InvalidMessageError(f"module {module_id!r} is not registered"))
             else:
                 try:
-                    check_payload(module_id, key, payload, max_frame, pack)
+                    encoded.append(encode_payload(module_id, key, payload, max_frame, pack))
                 except InvalidMessageError as exc:
                     out.append(exc)
                     continue
@@ -102,9 +104,9 @@ class Intake:
                     f"batch queue full ({self._queue_gauge.max_queue} updates): publish "
                     "later, or raise batch.max_queue")
                 continue
-            module_id, key, payload, priority = items[i]
+            module_id, key, _, priority = items[i]
             number = next(seq)
-            accepted.append(Update(module_id, key, payload, priority, number, now))
+            accepted.append(Update(module_id, key, encoded[n], priority, number, now))
             out[i] = number
             touched.add(module_id)
         if accepted:

@@ -85,6 +85,7 @@ def status_document(
     undeliverable: int,
     plugins: PluginHost,
     module_metrics: ModuleMetricsTable,
+    rejected: int | None = None,
 ) -> dict[str, Any]:
     """The status document from the actors' statistics (``typed``, as
     :func:`gather_statistics` returns them), the supervisor's ``children`` and the
@@ -96,6 +97,10 @@ def status_document(
         coordination = histogram.total()
     cache = stats.get("cache") or {}
     batcher = stats.get("batcher") or {}
+    if rejected is not None and batcher:
+        # Admission is decided in the daemon: its gauge counts what was refused, also
+        # when the batcher runs in a process of its own.
+        batcher = {**batcher, "rejected": rejected}
     memory = stats.get("memory") or {}
     return {
         "pid": os.getpid(),
@@ -104,7 +109,9 @@ def status_document(
         "strategy": strategy,
         "is_coordinating": coordinating,
         "actors": {
-            name: {"alive": c["alive"], "restarts": c["restarts"], "state": c["state"]}
+            name: {"alive": c["alive"], "restarts": c["restarts"], "state": c["state"],
+                   "process": c.get("process", "daemon"), "pid": c.get("pid"),
+                   "rss_bytes": c.get("rss_bytes"), "cpu_seconds": c.get("cpu_seconds")}
             for name, c in children.items()
         },
         "modules": modules,

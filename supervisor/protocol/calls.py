@@ -342,6 +342,8 @@ class CrashParams(Params):
 
     actor: str
     kind: str = "exception"
+    kill: bool = False
+    """SIGKILL the actor's process instead (an actor in a process of its own only)."""
 
     def __post_init__(self) -> None:
         _actor_field(self.actor)

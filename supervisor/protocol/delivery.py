@@ -13,9 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from modcoord.actors.errors import InvalidMessageError
+from modcoord.actors.payload import WirePayload, to_wire
 from modcoord.actors.update import Update
-from modcoord.supervisor.protocol.framing import EVENT, HEADER, encode_frame, thread_packer
+from modcoord.supervisor.protocol.framing import EVENT, HEADER, thread_packer
 from modcoord.supervisor.protocol.limits import (
     DEFAULT_MAX_FRAME_BYTES,
     MAX_KEY_LENGTH,
@@ -24,9 +27,15 @@ from modcoord.supervisor.protocol.limits import (
 )
 
 __all__ = ["DELIVERY_ENVELOPE_BYTES", "BatchFrames", "check_payload", "encode_batch",
-           "payload_packer"]
+           "encode_payload", "payload_packer"]
 
 _pack_header = HEADER.pack
+# Delivery frames are encoded by msgspec, which writes a WirePayload (msgspec.Raw) verbatim:
+# the rows' values are spliced, not re-encoded. For everything else in a frame (str, int,
+# lists, maps) its output is byte for byte msgpack's (use_bin_type); a payload that is not
+# encoded yet (a batch processor's output) is packed by the wire packer first, so that
+# its encoding follows the wire's rules (ext types, bin).
+_frame_encoder = msgspec.msgpack.Encoder()
 
 # -- deliverability ----------------------------------------------------------------------
 
@@ -98,57 +107,57 @@ def payload_packer() -> Callable[[Any], bytes]:
 def check_payload(module_id: str, key: str, payload: Any,
                   max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                   pack: Callable[[Any], bytes] | None = None) -> None:
-    """Check, at publish, that an update can be delivered: its payload nests at most
-    :data:`MAX_NESTING_DEPTH` levels, is msgpack-encodable, and the update fits one
-    delivery frame of ``max_frame_bytes`` (beside :data:`DELIVERY_ENVELOPE_BYTES`).
+    """Check, at publish, that an update can be delivered (see :func:`encode_payload`,
+    which this is, without keeping the encoding).
 
-    Cheap: scalars, strings and bytes are judged by type and length; containers are
-    packed once (C speed) for their exact size, and walked for depth only when they are
-    longer than :data:`MAX_NESTING_DEPTH` bytes (each level takes at least a byte).
-    ``pack`` is the calling thread's packer (:func:`payload_packer`), to save looking it
-    up per call.
+    Raises:
+        InvalidMessageError: naming the limit that is exceeded and what to do.
+    """
+    encode_payload(module_id, key, payload, max_frame_bytes, pack)
+
+
+def encode_payload(module_id: str, key: str, payload: Any,
+                   max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                   pack: Callable[[Any], bytes] | None = None) -> WirePayload:
+    """Encode an update's payload at publish, checking that the update can be delivered:
+    the payload nests at most :data:`MAX_NESTING_DEPTH` levels, is msgpack-encodable, and
+    the update fits one delivery frame of ``max_frame_bytes`` (beside
+    :data:`DELIVERY_ENVELOPE_BYTES`). Returns the encoding, which the update carries from
+    then on (:mod:`modcoord.actors.payload`): delivery splices it without re-encoding.
+
+    The one pack is the measure: the encoding's length is the payload's exact size; a
+    container longer than :data:`MAX_NESTING_DEPTH` bytes is walked for depth (each level
+    takes at least a byte). A payload that is already a :data:`WirePayload` is taken as
+    it is (its size checked). ``pack`` is the calling thread's packer
+    (:func:`payload_packer`), to save looking it up per call.
 
     Raises:
         InvalidMessageError: naming the limit that is exceeded and what to do.
     """
     t = type(payload)
-    if t is dict or t is list or t is tuple:
+    if t is WirePayload:
+        encoded: Any = payload
+    else:
+        if t is int and not _INT64_MIN <= payload <= _UINT64_MAX:
+            raise _unencodable(OverflowError(f"integer {payload} is outside 64 bits"))
         try:
-            size = len((pack or thread_packer().pack)(payload))
-        except (TypeError, ValueError, OverflowError) as exc:
+            encoded = (pack or thread_packer().pack)(payload)
+        except (TypeError, ValueError, OverflowError) as exc:  # incl. lone surrogates
             raise _unencodable(exc) from None
-        if size > MAX_NESTING_DEPTH and not _nesting_ok(payload, 1):
+        if ((t is dict or t is list or t is tuple) and len(encoded) > MAX_NESTING_DEPTH
+                and not _nesting_ok(payload, 1)):
             raise _too_deep()
-    elif t is str:
-        size = 5 + 4 * len(payload)  # a bound; made exact below if it matters
-    elif t is bytes or t is bytearray:
-        size = 5 + len(payload)
-    elif t is float or t is bool or payload is None:
-        return
-    elif t is int:
-        if _INT64_MIN <= payload <= _UINT64_MAX:
-            return
-        raise _unencodable(OverflowError(f"integer {payload} is outside 64 bits"))
-    else:  # an extension type, or something only the packer can judge
-        try:
-            size = len((pack or thread_packer().pack)(payload))
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise _unencodable(exc) from None
-    if size <= max_frame_bytes - _WORST_OVERHEAD:
-        return
-    room = (max_frame_bytes - DELIVERY_ENVELOPE_BYTES - _ROW_FIXED_BYTES - 10
-            - 4 * (len(module_id) + len(key)))
-    if t is str and size > room:
-        try:
-            size = len((pack or thread_packer().pack)(payload))
-        except (TypeError, ValueError, OverflowError) as exc:  # lone surrogates
-            raise _unencodable(exc) from None
-    if size > room:
-        raise InvalidMessageError(
-            f"publish: payload of {size} bytes (encoded) does not fit one delivery frame: "
-            f"at most {room} bytes with this module id and key (daemon.max_frame_bytes "
-            f"{max_frame_bytes} minus the delivery envelope); split it into several "
-            "updates or raise daemon.max_frame_bytes")
+    size = len(encoded)
+    if size > max_frame_bytes - _WORST_OVERHEAD:
+        room = (max_frame_bytes - DELIVERY_ENVELOPE_BYTES - _ROW_FIXED_BYTES - 10
+                - 4 * (len(module_id) + len(key)))
+        if size > room:
+            raise InvalidMessageError(
+                f"publish: payload of {size} bytes (encoded) does not fit one delivery "
+                f"frame: at most {room} bytes with this module id and key "
+                f"(daemon.max_frame_bytes {max_frame_bytes} minus the delivery envelope); "
+                "split it into several updates or raise daemon.max_frame_bytes")
+    return encoded if t is WirePayload else to_wire(encoded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,23 +197,25 @@ def encode_batch(subscriber_id: str, batch_id: int, reason: str, updates: Sequen
         whole: try the whole batch as one frame first (pass False when it is known not
             to fit, to save encoding it in vain).
     """
+    pack = thread_packer().pack
+    encode = _frame_encoder.encode
     if whole:
-        rows = [[u.module_id, u.key, u.payload, u.priority, u.seq] for u in updates]
         try:
-            frame = encode_frame([EVENT, "batch", {"module_id": subscriber_id,
-                                                   "batch_id": batch_id, "reason": reason,
-                                                   "updates": rows}])
+            rows = [(u.module_id, u.key, p if type(p) is WirePayload else to_wire(pack(p)),
+                     u.priority, u.seq) for u in updates for p in (u.payload,)]
+            body = encode((EVENT, "batch", {"module_id": subscriber_id, "batch_id": batch_id,
+                                            "reason": reason, "updates": rows}))
         except Exception:
             oversized = False
         else:
-            if len(frame) - HEADER.size <= max_frame_bytes:
-                return BatchFrames([(frame, len(rows))], [], len(rows))
+            if len(body) <= max_frame_bytes:
+                return BatchFrames([(_pack_header(len(body)) + body, len(rows))], [],
+                                   len(rows))
             oversized = True
-            del frame
-        del rows
+            del body
+        rows = []
     else:
         oversized = True
-    wire_packer = thread_packer()
     head = _delivery_head(subscriber_id, batch_id, reason)
     limit = max_frame_bytes - len(head) - 5  # 5: the largest array header
     frames: list[tuple[bytes, int]] = []
@@ -212,15 +223,19 @@ def encode_batch(subscriber_id: str, batch_id: int, reason: str, updates: Sequen
     group: list[bytes] = []
     size = 0
     total = 0
+    array_header = thread_packer().pack_array_header
 
     def close_group() -> int:
-        body = b"".join((head, wire_packer.pack_array_header(len(group)), *group))
+        body = b"".join((head, array_header(len(group)), *group))
         frames.append((_pack_header(len(body)) + body, len(group)))
         return len(body) + HEADER.size
 
     for i, u in enumerate(updates):
         try:
-            packed: bytes = wire_packer.pack([u.module_id, u.key, u.payload, u.priority, u.seq])
+            p = u.payload
+            packed: bytes = encode((u.module_id, u.key,
+                                    p if type(p) is WirePayload else to_wire(pack(p)),
+                                    u.priority, u.seq))
         except Exception as exc:
             failed.append((u, f"cannot be encoded: {type(exc).__name__}: {exc}"))
             continue

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from modcoord.actors.payload import with_values
 from modcoord.actors.update import Batch
 from modcoord.supervisor.protocol.describe import module_fields, object_params, wire_params
 from modcoord.supervisor.protocol.limits import MAX_MODULE_ID_LENGTH
@@ -108,7 +109,13 @@ class LocalEndpoint:
         self.module = module
 
     def deliver(self, module_id: str, batch: Batch) -> None:
-        self.module.on_batch(batch)
+        """Run the module's ``on_batch`` with the values decoded, as a module process gets
+        them (inside the daemon an update carries its payload encoded).
+
+        Raises:
+            whatever ``on_batch`` raises (the batcher counts and logs it).
+        """
+        self.module.on_batch(Batch(batch.batch_id, with_values(batch.updates), batch.reason))
 
     def mode_change(self, module_id: str, mode: str, strategy: str,
                     context: dict[str, Any], reply: Reply) -> None:

@@ -145,7 +145,7 @@ CALLS: Final[dict[str, CallSignature]] = {
     ),
     'crash': CallSignature(
         'crash',
-        (('actor', REQUIRED, None), ('kind', DEFAULT, 'exception')),
+        (('actor', REQUIRED, None), ('kind', DEFAULT, 'exception'), ('kill', DEFAULT, False)),
         'control',
         ('InvalidMessageError', 'ActorStoppedError', 'CallTimeoutError'),
         'null',

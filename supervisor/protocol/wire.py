@@ -27,6 +27,7 @@ from modcoord.supervisor.protocol.delivery import (
     BatchFrames,
     check_payload,
     encode_batch,
+    encode_payload,
     payload_packer,
 )
 from modcoord.supervisor.protocol.errors import FramingError, error_from_wire, error_to_wire
@@ -80,6 +81,7 @@ __all__ = [
     "encode_batch",
     "encode_frame",
     "encode_frames",
+    "encode_payload",
     "error_from_wire",
     "error_to_wire",
     "new_packer",

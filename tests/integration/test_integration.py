@@ -883,5 +883,10 @@ def test_crash_is_refused_without_fault_injection(hd: DaemonProcess, client: Any
     assert refused.code == 1
     assert "--allow-fault-injection" in refused.err
     after = client.status().get(10)["actors"]
-    assert after == before
+
+    def steady(actors: dict[str, Any]) -> dict[str, Any]:  # RSS and CPU move on their own
+        return {n: {k: v for k, v in a.items() if k not in ("rss_bytes", "cpu_seconds")}
+                for n, a in actors.items()}
+
+    assert steady(after) == steady(before)
 

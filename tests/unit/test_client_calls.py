@@ -118,7 +118,8 @@ def test_a_generated_method_sends_every_field_positionally_or_by_name(tmp_path: 
     converted = convert({"mode": "HYBRID", "strategy": "balanced", "results": {"m": 1},
                          "errors": {}, "cached": True, "latency_ms": 0.5})
     assert converted == CoordinationResult("HYBRID", "balanced", {"m": 1}, {}, True, 0.5)
-    assert recorder.sent[3][:2] == ("crash", {"actor": "cache", "kind": "exception"})
+    assert recorder.sent[3][:2] == ("crash", {"actor": "cache", "kind": "exception",
+                                             "kill": False})
     assert recorder.sent[4][:2] == ("status", {})
     with pytest.raises(TypeError):
         client.publish("m")  # type: ignore[call-arg]

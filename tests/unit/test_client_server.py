@@ -248,7 +248,7 @@ def test_control_calls_and_actor_proxies(client: Client, fake: FakeCoordinator) 
         client.monitor.trim().get()
     names = [m for m, _ in fake.calls]
     assert names[:3] == ["status", "insights", "set_mode"]
-    assert ("crash", {"actor": "cache", "kind": "exception"}) in fake.calls
+    assert ("crash", {"actor": "cache", "kind": "exception", "kill": False}) in fake.calls
 
 
 def test_oversized_request_is_refused_before_sending(fake: FakeCoordinator,

@@ -1,0 +1,116 @@
+"""What crosses between the daemon and an actor process: msgpack frames.
+
+One write is a msgpack array of frames (the channel coalesces what is queued). A frame is
+an array whose first item is its kind. The data path is plain msgpack arrays — an update is
+``[module_id, key, payload, priority, seq, published_at, wire]``, the payload carried as
+the daemon holds it: an encoded value (a :data:`~modcoord.actors.payload.WirePayload`)
+crosses as its msgpack bytes with ``wire`` 1 and is wrapped again on the other side
+without being decoded (opaque to the actor process); a plain value (a batch processor
+plugin's output) crosses as itself with ``wire`` 0. Nothing per update is pickled.
+Control frames (an ask, its reply, a handover, a failure) carry a pickled body: the channel
+is a private pipe between the daemon and its own child, never a socket anyone else can
+reach, so pickle there trusts nothing it did not make itself.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import msgspec
+
+from modcoord.actors.update import Batch, Update
+
+__all__ = [
+    "decode_batch",
+    "decode_updates",
+    "encode_batch",
+    "encode_updates",
+    "pack",
+    "pickled",
+    "unpack",
+    "unpickled",
+]
+
+
+def encode_updates(updates: Sequence[Update]) -> list[list[Any]]:
+    """Updates as msgpack-ready arrays (an encoded payload as its bytes, flagged)."""
+    rows = []
+    for u in updates:
+        p = u.payload
+        if type(p) is msgspec.Raw:
+            rows.append([u.module_id, u.key, bytes(p), u.priority, u.seq, u.published_at, 1])
+        else:
+            rows.append([u.module_id, u.key, p, u.priority, u.seq, u.published_at, 0])
+    return rows
+
+
+def decode_updates(rows: Sequence[Sequence[Any]]) -> tuple[Update, ...]:
+    """The inverse of :func:`encode_updates` (an encoded payload wrapped again, not
+    decoded)."""
+    return tuple(Update(r[0], r[1], msgspec.Raw(r[2]) if r[6] else r[2], r[3], r[4], r[5])
+                 for r in rows)
+
+
+def encode_batch(batch: Batch) -> list[Any]:
+    return [batch.batch_id, batch.reason, encode_updates(batch.updates)]
+
+
+def decode_batch(row: Sequence[Any]) -> Batch:
+    return Batch(row[0], decode_updates(row[2]), row[1])
+
+
+def pack(frames: list[Any]) -> bytes:
+    """One write's frames as bytes.
+
+    Raises:
+        TypeError: a frame holds a value msgpack cannot carry.
+    """
+    return msgpack.packb(frames, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> list[Any]:
+    """The frames of one write (strict: a malformed write raises ``ValueError``)."""
+    frames = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if not isinstance(frames, list):
+        raise ValueError("an actor-process write is an array of frames")
+    return frames
+
+
+def pickled(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpickled(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def encode_error(exc: BaseException) -> list[Any]:
+    """An actor's refusal or failure as ``[type name, actor or None, message]``."""
+    from modcoord.actors.errors import ActorError
+
+    if isinstance(exc, ActorError):
+        text = str(exc)
+        prefix = f"{exc.actor}: "
+        return [type(exc).__name__, exc.actor,
+                text[len(prefix):] if text.startswith(prefix) else text]
+    return [type(exc).__name__, None, str(exc)]
+
+
+def decode_error(row: Sequence[Any], actor: str) -> BaseException:
+    """The inverse of :func:`encode_error`: the same :mod:`modcoord.actors.errors` type
+    where there is one, else :class:`ActorCrashedError` naming the original type."""
+    from modcoord.actors import errors
+
+    name, who, message = row[0], row[1], row[2]
+    cls = getattr(errors, str(name), None)
+    if isinstance(cls, type) and issubclass(cls, errors.ModcoordError):
+        if issubclass(cls, errors.ActorError):
+            return cls(who or actor, message)
+        try:
+            return cls(message)
+        except TypeError:
+            pass
+    return errors.ActorCrashedError(actor, f"{name}: {message}")

@@ -1,0 +1,217 @@
+"""Actor processes, the pure parts: the ledger, the heartbeat's verdict, the frames, and
+the config keys that place actors (the processes themselves:
+tests/integration/test_actor_processes.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modcoord.actors import MockClock
+from modcoord.actors.batcher import BatcherHandover
+from modcoord.actors.debouncer_reports import DebouncerHandover, PendingEntry
+from modcoord.actors.errors import (
+    ActorCrashedError,
+    ActorStoppedError,
+    ConfigError,
+    QueueFullError,
+)
+from modcoord.actors.update import Batch, Update
+from modcoord.supervisor.daemon.config import (
+    SupervisionSettings,
+    default_config_dir,
+    load_config_dir,
+)
+from modcoord.supervisor.processes.child import decode_tell, encode_tell
+from modcoord.supervisor.processes.codec import (
+    decode_batch,
+    decode_error,
+    encode_batch,
+    encode_error,
+    pack,
+    unpack,
+)
+from modcoord.supervisor.processes.heartbeat import Heartbeat
+from modcoord.supervisor.processes.ledger import UpdateLedger, updates_in
+
+
+def u(key: str, seq: int, module: str = "m", payload: object = None) -> Update:
+    return Update(module, key, payload if payload is not None else {"seq": seq}, "medium",
+                  seq, float(seq))
+
+
+# -- the ledger ------------------------------------------------------------------------------
+
+
+def test_the_ledger_holds_the_newest_update_of_each_key() -> None:
+    ledger = UpdateLedger()
+    ledger.record([u("a", 1), u("b", 2), u("a", 3)])
+    ledger.record([u("a", 2)])  # an older one arriving late does not replace the newer
+    assert [(x.key, x.seq) for x in ledger.replay()] == [("b", 2), ("a", 3)]
+    assert len(ledger) == 2
+
+
+def test_release_drops_only_what_a_send_covers() -> None:
+    ledger = UpdateLedger()
+    ledger.record([u("a", 5), u("b", 6), u("a", 5, module="other")])
+    assert ledger.release([("m", "a", 4)]) == 0  # an older send: a:5 still owed
+    assert ledger.release([("m", "a", 5), ("m", "b", 9)]) == 2
+    assert [(x.module_id, x.key) for x in ledger.replay()] == [("other", "a")]
+    ledger.release_updates([u("a", 7, module="other")])
+    assert ledger.replay() == ()
+    stats = ledger.statistics()
+    assert (stats.held, stats.recorded, stats.released) == (0, 3, 3)
+
+
+def test_replay_is_in_seq_order_and_keeps_entries_until_released() -> None:
+    ledger = UpdateLedger()
+    ledger.record([u("c", 30), u("a", 10), u("b", 20)])
+    first = ledger.replay()
+    assert [x.seq for x in first] == [10, 20, 30]
+    assert ledger.replay() == first  # replaying is not releasing
+    assert ledger.statistics().replayed == 6
+
+
+def test_cancel_drops_the_key() -> None:
+    ledger = UpdateLedger()
+    ledger.record([u("a", 1), u("b", 2)])
+    assert ledger.cancel("m", "a") is True
+    assert ledger.cancel("m", "a") is False
+    assert [x.key for x in ledger.replay()] == ["b"]
+
+
+def test_updates_in_finds_the_updates_a_handover_carries() -> None:
+    queued = BatcherHandover(queued=(u("a", 1), u("b", 2)), subscriptions=(("s", ("*",)),),
+                             next_batch_id=3)
+    pending = DebouncerHandover(entries=(PendingEntry(u("c", 3), 0.0, 1.0),))
+    assert [x.seq for x in updates_in(queued)] == [1, 2]
+    assert [x.seq for x in updates_in(pending)] == [3]
+    assert list(updates_in(None)) == []
+
+
+# -- the heartbeat -----------------------------------------------------------------------------
+
+
+def test_heartbeat_pings_on_schedule_and_judges_silence() -> None:
+    clock = MockClock()
+    hb = Heartbeat(interval=0.1, timeout=0.5, now=clock.monotonic())
+    assert hb.ping_due(clock.monotonic()) is None
+    clock.advance(0.1)
+    assert hb.ping_due(clock.monotonic()) == 1
+    assert hb.ping_due(clock.monotonic()) is None  # one per interval
+    clock.advance(0.05)
+    hb.answer(1, clock.monotonic())
+    clock.advance(0.5)
+    assert not hb.hung(clock.monotonic())  # exactly the timeout: not yet
+    clock.advance(0.01)
+    assert hb.hung(clock.monotonic())
+    assert hb.silent_for(clock.monotonic()) == pytest.approx(0.51)
+    hb.answer(1, clock.monotonic())  # a late answer: it lives after all
+    assert not hb.hung(clock.monotonic())
+
+
+def test_heartbeat_counts_the_start_as_an_answer() -> None:
+    clock = MockClock()
+    clock.advance(10.0)
+    hb = Heartbeat(interval=1.0, timeout=3.0, now=clock.monotonic())
+    clock.advance(3.0)
+    assert not hb.hung(clock.monotonic())
+    clock.advance(0.5)
+    assert hb.hung(clock.monotonic())
+
+
+def test_heartbeat_refuses_non_positive_timings() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Heartbeat(interval=0.0, timeout=1.0, now=0.0)
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+
+def test_the_data_path_travels_as_arrays_and_comes_back_equal() -> None:
+    from modcoord.actors.batcher import Enqueue
+    from modcoord.actors.debouncer import PublishMany
+
+    updates = (u("a", 1, payload=b"\x00opaque"), u("b", 2, payload={"x": [1, 2]}))
+    for message in (PublishMany(updates), Enqueue(updates)):
+        kind, body = encode_tell(message)
+        assert kind in ("pm", "eq")
+        assert decode_tell(*unpack(pack([[kind, body]]))[0]) == message
+    batch = Batch(7, updates, "window")
+    assert decode_batch(unpack(pack([encode_batch(batch)]))[0]) == batch
+
+
+def test_an_encoded_payload_crosses_as_its_bytes_and_stays_encoded() -> None:
+    """What the intake accepted (a WirePayload: the value's msgpack bytes) reaches the
+    actor process and comes back still encoded, byte for byte, never decoded."""
+    from modcoord.actors.debouncer import PublishMany
+    from modcoord.actors.payload import encode_value, payload_value
+
+    value = {"text": "héllo", "n": [1, 2**40, -0.0], "blob": b"\x00\xff"}
+    wire = encode_value(value)
+    updates = (u("a", 1, payload=wire), u("b", 2, payload={"plain": 1}))
+    kind, body = encode_tell(PublishMany(updates))
+    (back,) = unpack(pack([[kind, body]]))
+    crossed = decode_tell(*back).updates
+    assert type(crossed[0].payload) is type(wire)
+    assert bytes(crossed[0].payload) == bytes(wire)
+    assert payload_value(crossed[0].payload) == value
+    assert crossed[1].payload == {"plain": 1}
+    batch = Batch(3, updates, "window")
+    again = decode_batch(unpack(pack([encode_batch(batch)]))[0])
+    assert bytes(again.updates[0].payload) == bytes(wire)
+
+
+def test_errors_keep_their_type_across_the_pipe() -> None:
+    stopped = decode_error(encode_error(ActorStoppedError("batcher", "actor is stopped")),
+                           "batcher")
+    assert isinstance(stopped, ActorStoppedError)
+    assert str(stopped) == "batcher: actor is stopped"
+    full = decode_error(encode_error(QueueFullError("batch queue full")), "batcher")
+    assert isinstance(full, QueueFullError) and str(full) == "batch queue full"
+    other = decode_error(encode_error(ZeroDivisionError("boom")), "batcher")
+    assert isinstance(other, ActorCrashedError)
+    assert "ZeroDivisionError: boom" in str(other)
+
+
+def test_a_malformed_write_is_refused() -> None:
+    with pytest.raises(ValueError, match="array of frames"):
+        unpack(pack({"not": "frames"}))  # type: ignore[arg-type]
+
+
+# -- config --------------------------------------------------------------------------------------
+
+
+def _daemon_yaml(tmp_path: Path, supervisor: str) -> Path:
+    directory = tmp_path / "configs"
+    directory.mkdir()
+    for f in default_config_dir().glob("*.yaml"):
+        (directory / f.name).write_text(f.read_text())
+    path = directory / "daemon.yaml"
+    text = path.read_text()
+    start = text.index("supervisor:")
+    end = text.index("history:")
+    path.write_text(text[:start] + supervisor + text[end:])
+    return directory
+
+
+def test_out_of_process_is_read_and_defaults_to_the_daemon(tmp_path: Path) -> None:
+    text = "supervisor:\n  out_of_process: [batcher, debouncer]\n"
+    cfg = load_config_dir(_daemon_yaml(tmp_path, text))
+    assert cfg.daemon.supervisor.out_of_process == ("batcher", "debouncer")
+    assert SupervisionSettings().out_of_process == ()
+
+
+@pytest.mark.parametrize(("supervisor", "problem"), [
+    ("supervisor:\n  out_of_process: [cache]\n", "'cache' cannot run out of process"),
+    ("supervisor:\n  heartbeat_interval_ms: 500\n  heartbeat_timeout_ms: 600\n",
+     "at least twice heartbeat_interval_ms"),
+    ("supervisor:\n  heartbeat_interval_ms: 0\n", "greater than or equal to 10"),
+])
+def test_bad_placement_and_heartbeat_keys_are_refused(tmp_path: Path, supervisor: str,
+                                                      problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_dir(_daemon_yaml(tmp_path, supervisor))
+    assert info.value.file.endswith("daemon.yaml")
+    assert problem in info.value.problem
