@@ -318,6 +318,13 @@ class Connection:
             self.held.appendleft((module_id, rest))
             self.held_updates += len(rest.updates)
             pressure |= server.output_held(self)
+            if not self.want_write:
+                # The frames went whole into the socket: nothing is queued, so no write
+                # event would come to encode what is held (it would wait forever, and the
+                # connection stay full: output pressure would never end). Ask for one.
+                self.want_write = True
+                self.progress_at = server.now()  # the peer just took the frames
+                wake = True
         return "", pressure, wake
 
     def buffered(self) -> int:
@@ -364,7 +371,10 @@ class Connection:
         queued: what is beyond is *held* unencoded (its updates are shared with every
         other subscriber's copy, so a subscriber that lags costs references, not another
         encoded copy), in order, and encoded as the output drains to half the mark.
-        Holding turns output pressure on.
+        Holding turns output pressure on, and always leaves a write pending (also when
+        the frames that went were taken by the socket at once), so that what is held is
+        encoded on the I/O thread's next round rather than waiting for an event that
+        would not come.
         """
         server = self._server
         failed: list[tuple[str, int, list[tuple[Any, str]], int]] = []

@@ -401,8 +401,8 @@ class PublisherFlow:
             return
         self._out_stall_check = now
         for conn in list(self._conns()):
-            if conn.closed or not conn.want_write:
-                continue
+            if conn.closed or not conn.want_write or not conn.buffered():
+                continue  # nothing queued (a write may be pending to encode what it holds)
             idle = now - conn.progress_at
             if idle >= self.output_stall_s:
                 self._hooks.count("stalled_disconnects", 1)

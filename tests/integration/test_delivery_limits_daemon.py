@@ -322,3 +322,48 @@ def test_stalled_subscribers_are_cut_counted_and_memory_stays_bounded(
     # of encoded output plus the accepted payloads themselves (shared by every subscriber).
     grown = (peak[0] - base_rss) / MiB
     assert grown < 200, f"daemon RSS grew by {grown:.0f} MiB"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_reader_gets_batches_split_while_stalled_subscribers_spend_the_output_budget(
+        daemon_factory: Callable[..., DaemonProcess],
+        sinks: Callable[..., SinkProcess]) -> None:
+    """Two subscribers stop (SIGSTOP) and their queued output spends the output budget;
+    meanwhile each batch for the reader needs several small frames. Over the budget a
+    delivery encodes one frame and holds the rest; that frame goes whole into the reader's
+    socket, leaving nothing queued — the rest must still be sent (it was held for good:
+    the reader stalled at its first frame and output pressure never ended). Deterministic
+    form of the stall the test above met only on a loaded machine."""
+    d = daemon_factory(start=False)
+    d.edit_config("daemon", {"max_frame_bytes": 16 << 10,
+                             "output": {"max_connection_bytes": 1 * MiB,
+                                        "max_total_bytes": 1 * MiB, "stall_timeout_s": 1.0}})
+    d.start()
+    stalled = sinks(d.runtime_dir, *[(f"stalled{i}", ["pub"], 0) for i in range(2)]).wait_ready()
+    reader = sinks(d.runtime_dir, ("reader", ["pub"], 0)).wait_ready()
+    assert stalled.proc.pid is not None
+    os.kill(stalled.proc.pid, signal.SIGSTOP)
+    n, size = 600, 4 << 10  # 2.4 MiB for each subscriber, in batches of many frames
+    with d.connect(timeout=30) as client:
+        client.register(Publisher("pub")).get(10)
+        seqs = []
+        for start in range(0, n, 50):
+            futures = [client.publish("pub", f"k{i}", bytes([i % 256]) * size)
+                       for i in range(start, start + 50)]
+            seqs += [f.get(30) for f in futures]
+
+        def all_read() -> bool:
+            return len({u[2] for u in reader.report(30)[0]["updates"]}) == n
+
+        wait_for(all_read, 30, interval=0.2, message="the reader to get every update")
+        server = wait_for(lambda: (s := client.status().get(10)["server"])
+                          ["stalled_disconnects"] == 2 and not s["output_pressure"] and s,
+                          30, message="2 stalled disconnects and output pressure over")
+    assert server["held_updates"] == 0 and server["split_batches"] >= 1
+    report = reader.report()[0]
+    assert sorted(u[2] for u in report["updates"]) == sorted(seqs)
+    assert report["stats"]["connection_losses"] == 0
+    assert any(r.get("message") == "output pressure over: resuming publishers"
+               for r in records(d))
