@@ -323,7 +323,6 @@ class Connection:
                 # event would come to encode what is held (it would wait forever, and the
                 # connection stay full: output pressure would never end). Ask for one.
                 self.want_write = True
-                self.progress_at = server.now()  # the peer just took the frames
                 wake = True
         return "", pressure, wake
 
