@@ -10,6 +10,7 @@ the run with a list of what to move or mark.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,14 @@ def misplaced(item: pytest.Item) -> str | None:
         if daemons:
             return f"in unit/ but starts a daemon ({', '.join(sorted(daemons))})"
     return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give SIGINT its default handler again when pytest was started with it ignored (a
+    background job of a non-interactive shell): the CLI processes the tests start inherit
+    the disposition, and the ctrl-c tests would see their interrupt ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

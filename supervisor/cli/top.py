@@ -35,15 +35,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 SPARK_METRICS = ("coordination_p99_ms", "updates_in_per_s", "updates_delivered_per_s",
                  "cache_hit_rate", "batch_queue_depth", "memory_rss_bytes")
 SPARK_SINCE_S = 300.0
+#: Rows the metrics table takes besides its rows: title, top border, header, header rule,
+#: bottom border (rich's default box).
+TABLE_FRAME_ROWS = 5
 
 
 def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: float,
            insights: list[dict[str, Any]] | None = None, keys: bool = True,
-           history: dict[str, Any] | None = None) -> Any:
+           history: dict[str, Any] | None = None, height: int | None = None) -> Any:
     """Build the rich renderable for one refresh (pure: testable without a terminal): the
     metrics table, the last minutes of each figure as a sparkline (from ``history``, the
     ``history`` call's answer, if given), then the insights section (then the quit hint,
-    if ``keys`` are read)."""
+    if ``keys`` are read).
+
+    With ``height`` (the terminal's rows) it fits them: the sparklines go first, then the
+    insights are cut to the rows left with a line saying how many more there are (so the
+    quit hint is always on screen); the table is never cut."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -82,6 +89,16 @@ def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: flo
         table.add_row(f"actor {name}",
                       f"{'up' if actor['alive'] else 'DOWN'}, {actor['restarts']} restarts")
     lines = insight_lines(insights or [])
+    spark_rows = 0 if history is None else 1 + len(SPARK_METRICS)
+    if height is not None:
+        left = height - (len(table.rows) + TABLE_FRAME_ROWS) - 1 - (1 if keys else 0)
+        if spark_rows > left - 2:  # the insights' title and one line keep their place
+            history, spark_rows = None, 0
+        left -= spark_rows
+        if len(lines) > left:
+            shown_lines = max(left - 1, 0)
+            lines = [*lines[:shown_lines],
+                     f"  … {len(lines) - shown_lines} more lines: modcoord insights"]
     body = "\n".join(lines) if lines else "  none: every rule is within its threshold"
     section = Text()
     section.append(f"insights ({len(insights or [])})\n", style="bold")
@@ -179,7 +196,7 @@ def _view(args: argparse.Namespace) -> int:
                 history = _history(c)
                 now = time.monotonic()
                 live.update(render(status, previous, now - last, insights, keys is not None,
-                                   history), refresh=True)
+                                   history, height=live.console.height), refresh=True)
                 previous, last = status, now
                 count += 1
                 if args.iterations and count >= args.iterations:

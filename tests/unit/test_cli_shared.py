@@ -110,3 +110,41 @@ def test_top_draws_an_insights_section() -> None:
     assert "[warning] slow_coordination: p95 is high" in text
     assert "→ raise cache.ttl_ms" in text and "press q to quit" in text
     assert "insights (0)" in drawn([]) and "none" in drawn([])
+
+
+def test_top_fits_a_short_terminal_keeping_the_table_and_the_quit_hint() -> None:
+    from rich.console import Console
+
+    from modcoord.supervisor.cli.top import SPARK_METRICS, render
+
+    status = {"pid": 1, "mode": "HYBRID", "uptime_s": 5.0, "modules": 0,
+              "performance_metrics": {"coordination_latency_ms": {"p50": 0, "p95": 0,
+                                                                  "p99": 0},
+                                      "cache_hit_rate": 0, "batch_efficiency": 0,
+                                      "memory_usage_bytes": 0, "active_subscriptions": 0},
+              "batch_queue": {"pending": 0, "max_queue": 10},
+              "actors": {name: {"alive": True, "restarts": 0}
+                         for name in ("monitor", "memory", "cache", "batcher", "debouncer")}}
+    insights = [{"id": f"rule{i}", "severity": "info", "message": "observed",
+                 "threshold": 1, "observed": 2, "window_s": 60,
+                 "recommendation": "look"} for i in range(20)]
+    history = {"series": {m: [[0.0, 1.0, 3.0, 2.0, 2.0], [1.0, 2.0, 4.0, 3.0, 3.0]]
+                          for m in SPARK_METRICS}}  # [t, min, max, mean, last]
+
+    def drawn(height: int) -> list[str]:
+        console = Console(width=100, height=height, record=True, color_system=None)
+        console.print(render(status, None, 0, insights, True, history, height=height))
+        return console.export_text().rstrip("\n").split("\n")
+
+    tall = drawn(200)
+    assert "rule19" in "\n".join(tall) and "last 5 min" in "\n".join(tall)
+    assert not any("more lines" in line for line in tall)
+    for height in (40, 30, 25):
+        lines = drawn(height)
+        text = "\n".join(lines)
+        assert len(lines) <= height, (height, text)
+        assert lines[-1] == "press q to quit", text
+        assert "actor debouncer" in text and "insights (20)" in text
+        assert "more lines: modcoord insights" in text
+    assert "last 5 min" in "\n".join(drawn(40))  # room for the sparklines, not for all
+    assert "last 5 min" not in "\n".join(drawn(25))  # they go first
