@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENGINES",
-    "Engine",
     "Accepted",
+    "Engine",
     "ModeSwitch",
     "OptimizeReport",
     "PublishItem",
@@ -225,7 +225,7 @@ class Engine(Protocol):
         ...
 
     def publish_many(self, items: Sequence[PublishItem]
-                     ) -> list[int | ModcoordError | Accepted]:
+                     ) -> Sequence[int | ModcoordError | Accepted]:
         """Publish the items in order; per item its sequence number, the error refusing
         it (InvalidMessageError, QueueFullError), or an :class:`Accepted` settling later
         with one of those. Never raises for one bad item."""

@@ -62,6 +62,7 @@ class EngineSettings(_Strict):
             publishes are refused with QueueFullError.
         ack_wait_s: JetStream redelivers an update its owner did not acknowledge in time.
         delivery_timeout_s: how long an owner waits for an agent to take a batch.
+        start_timeout_s: how long the daemon tries to reach NATS at start (it then exits).
     """
 
     kind: Literal["local", "nats"] = "local"
@@ -75,6 +76,7 @@ class EngineSettings(_Strict):
     max_buffered: int = Field(100_000, ge=1, le=10_000_000)
     ack_wait_s: float = Field(5.0, ge=1, le=600)
     delivery_timeout_s: float = Field(2.0, gt=0, le=60)
+    start_timeout_s: float = Field(30.0, ge=1, le=600)
 
     @field_validator("servers", mode="before")
     @classmethod

@@ -142,7 +142,7 @@ class Agent:
         return self._buffered
 
     def publish_many(self, items: Sequence[PublishItem]
-                     ) -> list[int | ModcoordError | Accepted]:
+                     ) -> Sequence[int | ModcoordError | Accepted]:
         """Admit ``items``; per item an :class:`Accepted` or the error refusing it. Never
         blocks and never raises for one bad item."""
         out, valid, listed = self._intake.check(items)
@@ -150,7 +150,7 @@ class Agent:
             return out
         if self._stopping:
             for i in valid:
-                out[i] = ActorStoppedError("daemon: stopping")
+                out[i] = ActorStoppedError("agent", "daemon stopping")
             return out
         with self._lock:
             take = min(len(valid), self.max_buffered - self._buffered)
@@ -333,8 +333,8 @@ class Agent:
             for _, waiters in table.values():
                 abandoned += len(waiters)
                 self._settle(waiters, ActorStoppedError(
-                    "daemon stopped before JetStream acknowledged the update: publish "
-                    "it again"))
+                    "agent", "daemon stopped before JetStream acknowledged the update: "
+                    "publish it again"))
         self._pending.clear()
         if abandoned:
             self._counts["abandoned"] += abandoned

@@ -19,7 +19,7 @@ to it and never block. Two connections: data and control.
 
 On failure: :meth:`NatsEngine.start` raises
 :class:`~modcoord.actors.errors.CallTimeoutError` naming the servers when NATS cannot be
-reached or the stream cannot be made within ``START_TIMEOUT_S``; everything after that
+reached or the stream cannot be made within ``engine.start_timeout_s``; everything after that
 survives a lost connection (publishes are buffered, then refused; see :mod:`.agent`).
 """
 
@@ -82,8 +82,6 @@ from modcoord.supervisor.protocol.module import ModuleEndpoint, ModuleInfo
 
 __all__ = ["NatsEngine", "default_instance_id"]
 
-START_TIMEOUT_S = 30.0
-"""How long :meth:`NatsEngine.start` tries to reach NATS and make the stream."""
 STOP_DRAIN_S = 5.0
 DUPLICATE_WINDOW_S = 120.0
 """The stream drops a re-published message (same ``Nats-Msg-Id``) within this window."""
@@ -185,13 +183,14 @@ class NatsEngine:
 
         Raises:
             CallTimeoutError: NATS not reachable, or the stream not made, within
-                ``START_TIMEOUT_S`` (naming the servers).
+                ``engine.start_timeout_s`` (naming the servers).
         """
         self.local.start()
         self.owner.start()
         self._thread.start()
         try:
-            self._thread.run(self._astart(), START_TIMEOUT_S, "joining the NATS cluster")
+            self._thread.run(self._astart(), self.settings.start_timeout_s,
+                             "joining the NATS cluster")
         except Exception as exc:
             self._log.error("could not join the NATS cluster", servers=self.settings.servers,
                             error=f"{type(exc).__name__}: {exc}")
@@ -199,7 +198,8 @@ class NatsEngine:
             self._thread.stop()
             raise CallTimeoutError(
                 f"engine nats: could not join the cluster at "
-                f"{', '.join(self.settings.servers)} within {START_TIMEOUT_S} s "
+                f"{', '.join(self.settings.servers)} within "
+                f"{self.settings.start_timeout_s} s (engine.start_timeout_s) "
                 f"({type(exc).__name__}: {exc}); check engine.servers and that "
                 "nats-server runs with JetStream") from None
         self._running = True
@@ -208,7 +208,7 @@ class NatsEngine:
         return self
 
     async def _astart(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S - 1.0
+        deadline = time.monotonic() + self.settings.start_timeout_s * 0.8
         while True:
             try:
                 if self._data is None:
@@ -303,7 +303,7 @@ class NatsEngine:
         return self.local.unregister(module_id, endpoint)
 
     def publish_many(self, items: Sequence[PublishItem]
-                     ) -> list[int | ModcoordError | Accepted]:
+                     ) -> Sequence[int | ModcoordError | Accepted]:
         """Hand the updates to the agent; each is answered once JetStream acknowledged it
         (:class:`Accepted`), or refused now (see :mod:`.agent`)."""
         return self.agent.publish_many(items)

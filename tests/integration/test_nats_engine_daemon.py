@@ -1,0 +1,94 @@
+"""The NATS engine through real daemons: two daemons (separate runtime directories, as two
+hosts) on a real 3-node NATS cluster, a real publisher process on one and a real subscriber
+process on the other. Updates published on host A reach the subscriber on host B, collapsed
+(latest per key wins) and batched exactly as the local engine's settings say; every publish
+is answered only once JetStream acknowledged it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from daemon_harness import DaemonFactory, wait_for
+from nats_cluster import NatsCluster
+from nats_daemons import PUBLISHER, SUBSCRIBER, nats_daemon, read_lines, start_module
+
+pytestmark = [pytest.mark.integration, pytest.mark.nats]
+
+#: Debounce and batch settings of the test (HYBRID): a key's updates within 200 ms
+#: collapse; batches close after 100 ms.
+MODES = {"hybrid": {"debounce": {"delay_ms": 200, "max_wait_ms": 1000},
+                    "batch": {"window_ms": 100, "max_size": 50}}}
+
+
+def _status(d: object) -> dict:
+    result = d.cli("status", "--json")  # type: ignore[attr-defined]
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+@pytest.mark.timeout(120)
+def test_updates_published_on_one_host_reach_a_subscriber_on_another(
+        nats_cluster: NatsCluster, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    a = nats_daemon(daemon_factory, tmp_path / "a", nats_cluster, "host-a", modes=MODES)
+    b = nats_daemon(daemon_factory, tmp_path / "b", nats_cluster, "host-b", modes=MODES)
+    wait_for(lambda: set(_status(a)["engine"]["instances"]) == {"host-a", "host-b"},
+             timeout=20, message="both daemons see each other")
+    received = tmp_path / "received.jsonl"
+    sub = start_module(SUBSCRIBER, str(b.runtime_dir), "sub", "pub", str(received))
+    try:
+        assert sub.stdout is not None and sub.stdout.readline().strip() == "READY"
+        answers = tmp_path / "answers.jsonl"
+        keys, rounds = 20, 25
+        pub = start_module(PUBLISHER, str(a.runtime_dir), "pub", str(keys), str(rounds),
+                           str(answers))
+        out, err = pub.communicate(timeout=60)
+        assert pub.returncode == 0 and "DONE" in out, err
+
+        results = read_lines(answers)
+        assert len(results) == keys * rounds
+        bad = [r for r in results if not isinstance(r["result"], int)]
+        assert not bad, bad[:3]  # every publish answered with its stream sequence
+
+        def latest_arrived() -> bool:
+            last = {r["key"]: r["payload"] for r in read_lines(received)}
+            return last == {f"k{k}": rounds - 1 for k in range(keys)}
+
+        wait_for(latest_arrived, timeout=20, message="every key's latest value at B")
+        lines = read_lines(received)
+        assert all(line["module"] == "pub" for line in lines)
+        assert len(lines) < keys * rounds / 2, "updates of a key were not collapsed"
+        calls = {line["call"] for line in lines}
+        assert len(calls) < len(lines) / 2, "updates were not batched"
+        # Per key, deliveries come in stream order (seq never goes back).
+        seqs: dict[str, list[int]] = {}
+        for line in lines:
+            seqs.setdefault(line["key"], []).append(line["seq"])
+        assert all(s == sorted(s) for s in seqs.values())
+
+        engine_a, engine_b = _status(a)["engine"], _status(b)["engine"]
+        assert engine_a["kind"] == engine_b["kind"] == "nats"
+        assert engine_a["agent"]["acked"] == keys * rounds
+        assert engine_a["agent"]["buffered"] == 0
+        assert engine_b["deliveries"]["updates"] >= len(lines)
+        owned = set(engine_a["partitions"]["owned"]) | set(engine_b["partitions"]["owned"])
+        assert owned == set(range(8))
+    finally:
+        sub.kill()
+        sub.wait(10)
+
+
+def test_local_engine_status_says_local(daemon_factory: DaemonFactory) -> None:
+    d = daemon_factory()
+    assert _status(d)["engine"] == {"kind": "local"}
+
+
+def test_an_unreachable_nats_refuses_to_start_naming_the_servers(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    d = daemon_factory(root=tmp_path / "x", start=False, configs={"daemon": {"engine": {
+        "kind": "nats", "servers": ["nats://127.0.0.1:1"], "replicas": 1, "start_timeout_s": 2}}})
+    with pytest.raises(AssertionError):  # the harness: the daemon exited, not ready
+        d.start(timeout=20)
+    assert "could not join the cluster at nats://127.0.0.1:1" in d.stderr_text()
+    assert "engine.start_timeout_s" in d.stderr_text()
