@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from daemon_harness import DaemonFactory, wait_for
+from daemon_harness import DaemonFactory, DaemonProcess, wait_for
 from nats_cluster import NatsCluster
 from nats_daemons import PUBLISHER, SUBSCRIBER, nats_daemon, read_lines, start_module
 
@@ -22,10 +23,11 @@ MODES = {"hybrid": {"debounce": {"delay_ms": 200, "max_wait_ms": 1000},
                     "batch": {"window_ms": 100, "max_size": 50}}}
 
 
-def _status(d: object) -> dict:
-    result = d.cli("status", "--json")  # type: ignore[attr-defined]
+def _status(d: DaemonProcess) -> dict[str, Any]:
+    result = d.cli("status", "--json")
     assert result.code == 0, result.err
-    return json.loads(result.out)
+    doc: dict[str, Any] = json.loads(result.out)
+    return doc
 
 
 @pytest.mark.timeout(120)
