@@ -20,7 +20,7 @@ from typing import Any
 from daemon_harness import DaemonFactory, DaemonProcess
 from nats_cluster import NatsCluster
 
-__all__ = ["PUBLISHER", "SUBSCRIBER", "nats_daemon", "read_lines", "start_module"]
+__all__ = ["COORDINATOR", "PUBLISHER", "SUBSCRIBER", "nats_daemon", "read_lines", "start_module"]
 
 #: A subscriber module: ``argv``: runtime dir, module id, sources (comma-separated), out
 #: file. Each received update becomes a line ``{"call", "batch", "key", "payload", "seq",
@@ -126,3 +126,17 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+#: A coordinating module: ``argv``: runtime dir, module id, mode, context (JSON). Prints
+#: the coordination result as one JSON line.
+COORDINATOR = textwrap.dedent("""\
+    import json, sys
+    from modcoord.supervisor import connect
+
+    runtime, module_id, mode, context = sys.argv[1:5]
+    with connect(runtime_dir=runtime, timeout=10, reconnect=False) as client:
+        result = client.coordinate(mode, json.loads(context)).get(20)
+        print(json.dumps({"cached": result.cached, "results": result.results,
+                          "errors": result.errors, "mode": result.mode}), flush=True)
+    """)

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 from daemon_harness import DaemonFactory, DaemonProcess, wait_for
 from nats_cluster import NatsCluster
-from nats_daemons import PUBLISHER, SUBSCRIBER, nats_daemon, read_lines, start_module
+from nats_daemons import (
+    COORDINATOR,
+    PUBLISHER,
+    SUBSCRIBER,
+    nats_daemon,
+    read_lines,
+    start_module,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.nats]
 
@@ -94,3 +101,50 @@ def test_an_unreachable_nats_refuses_to_start_naming_the_servers(
         d.start(timeout=20)
     assert "could not join the cluster at nats://127.0.0.1:1" in d.stderr_text()
     assert "engine.start_timeout_s" in d.stderr_text()
+
+
+def _coordinate(d: DaemonProcess, mode: str, context: dict[str, Any]) -> dict[str, Any]:
+    proc = start_module(COORDINATOR, str(d.runtime_dir), "asker", mode, json.dumps(context))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    answer: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return answer
+
+
+@pytest.mark.timeout(120)
+def test_set_mode_switches_every_host_and_coordinate_is_cached_cluster_wide(
+        nats_cluster: NatsCluster, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    a = nats_daemon(daemon_factory, tmp_path / "a", nats_cluster, "mode-a")
+    b = nats_daemon(daemon_factory, tmp_path / "b", nats_cluster, "mode-b")
+    wait_for(lambda: {"mode-a", "mode-b"} <= set(_status(a)["engine"]["instances"]),
+             timeout=20, message="both daemons see each other")
+    mods = [start_module(SUBSCRIBER, str(d.runtime_dir), name, "*", str(tmp_path / name))
+            for d, name in ((a, "on-a"), (b, "on-b"))]
+    try:
+        for m in mods:
+            assert m.stdout is not None and m.stdout.readline().strip() == "READY"
+        switched = a.cli("mode", "FULLY_AUTO", "--json")
+        assert switched.code == 0, switched.err
+        answer = json.loads(switched.out)
+        assert answer["mode"] == "FULLY_AUTO"
+        # Both hosts' modules were told, each on its own host.
+        assert answer["results"]["on-a"]["host"] == str(a.runtime_dir)
+        assert answer["results"]["on-b"]["host"] == str(b.runtime_dir)
+        assert answer["results"]["on-b"]["mode"] == "FULLY_AUTO"
+        assert _status(b)["mode"] == "FULLY_AUTO"
+
+        context = {"case": str(tmp_path)}  # unique per run: the cache starts empty
+        first = _coordinate(a, "HYBRID", context)
+        assert first["cached"] is False and not first["errors"]
+        assert set(first["results"]) >= {"on-a", "on-b"}  # computed on every host
+        second = _coordinate(b, "HYBRID", context)  # the other host: the cluster's cache
+        assert second["cached"] is True
+        assert second["results"] == first["results"]
+        coordination = _status(a)["engine"]["coordination"]
+        assert coordination["computed"] >= 1
+        assert _status(b)["engine"]["coordination"]["hits"] >= 1
+    finally:
+        a.cli("mode", "HYBRID")  # the cluster's mode outlives the test: put it back
+        for m in mods:
+            m.kill()
+            m.wait(10)

@@ -19,8 +19,8 @@ from modcoord.supervisor.daemon.engine import Accepted
 
 pytest.importorskip("nats")
 
-from modcoord.supervisor.daemon.nats.agent import Agent  # noqa: E402
-from modcoord.supervisor.daemon.nats.names import UpdateMessage  # noqa: E402
+from modcoord.supervisor.daemon.nats.agent import Agent
+from modcoord.supervisor.daemon.nats.names import UpdateMessage
 
 
 def _engine(**values: Any) -> Any:

@@ -55,6 +55,7 @@ from modcoord.actors.reply import Reply
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import Batch, Update
 from modcoord.supervisor.daemon.config import ConfigSet
+from modcoord.supervisor.daemon.coordination import wire_mode
 from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
 from modcoord.supervisor.daemon.engine import (
     Accepted,
@@ -65,6 +66,7 @@ from modcoord.supervisor.daemon.engine import (
     StatusBrief,
 )
 from modcoord.supervisor.daemon.nats.agent import Agent
+from modcoord.supervisor.daemon.nats.control import ClusterControl
 from modcoord.supervisor.daemon.nats.loop import ConnectionState, LoopThread, connect
 from modcoord.supervisor.daemon.nats.names import (
     BUCKET_LEASES,
@@ -122,6 +124,7 @@ class NatsEngine:
         self._js: JetStreamContext | None = None
         self._cjs: JetStreamContext | None = None
         self._ownership: Ownership | None = None
+        self._control_plane: ClusterControl | None = None
         self._running = False
         self._decode_delivery = msgspec.msgpack.Decoder(Delivery).decode
         self.deliveries = {"batches": 0, "updates": 0, "errors": 0}
@@ -237,6 +240,24 @@ class NatsEngine:
                                     self.owner.lost, **kwargs)
         await self._ownership.start()
         self.owner.start_housekeeping()
+        self._control_plane = ClusterControl(
+            local=self.local, switch_owner=self._switch_owner,
+            instance_id=self.instance_id, loop=self._thread.loop,
+            control=self._control_client, jetstream=self._control_js,
+            members=self._live_members, replicas=self.settings.replicas)
+        await self._control_plane.start()
+
+    def _switch_owner(self, mode: str) -> None:
+        if self.owner.core.mode != mode:
+            self.owner.core.set_mode(mode)
+
+    def _control_client(self) -> Client:
+        assert self._control is not None
+        return self._control
+
+    def _control_js(self) -> JetStreamContext:
+        assert self._cjs is not None
+        return self._cjs
 
     async def _ensure_stream(self) -> None:
         js = self._jetstream()
@@ -278,6 +299,8 @@ class NatsEngine:
 
     async def _astop(self, drain_s: float) -> None:
         await self.agent.drain(drain_s)
+        if self._control_plane is not None:
+            await self._control_plane.stop()
         await self.owner.close()
         if self._ownership is not None:
             await self._ownership.stop(release=True)
@@ -320,7 +343,11 @@ class NatsEngine:
     def coordinate(self, mode: str, context: dict[str, Any] | None = None,
                    reply: Reply | None = None, caller: Sequence[str] = (),
                    timeout: float = 5.0) -> CoordinationResult | None:
-        return self.local.coordinate(mode, context, reply, caller, timeout)
+        """Coordinate cluster-wide (:mod:`.control`): the cache in KV, a miss computed
+        once by asking every host's modules."""
+        if self._control_plane is None:
+            return self.local.coordinate(mode, context, reply, caller, timeout)
+        return self._control_plane.coordinate(mode, context, reply, caller, timeout)
 
     def status_brief(self) -> StatusBrief:
         return self.local.status_brief()
@@ -359,9 +386,16 @@ class NatsEngine:
     # -- control calls --
 
     def set_mode(self, mode: str, timeout: float | None = None) -> ModeSwitch:
-        switch = self.local.set_mode(mode, timeout)
-        self.owner.core.set_mode(switch.mode, timeout)
-        return switch
+        """Switch every host (:mod:`.control`); the answers of every host's modules.
+
+        Raises:
+            InvalidMessageError: unknown mode.
+            CallTimeoutError: the switch could not be recorded in time.
+        """
+        wire_mode(mode)  # an unknown mode is refused before anything changes
+        assert self._control_plane is not None
+        limit = (timeout if timeout is not None else self.local.callback_timeout_s) + 5.0
+        return self._thread.run(self._control_plane.set_mode(mode), limit, "set_mode")
 
     async def _lag(self) -> dict[str, Any]:
         js = self._jetstream()
@@ -397,6 +431,8 @@ class NatsEngine:
             "agent": self.agent.statistics().as_dict(),
             "owner": self.owner.statistics(),
             "deliveries": dict(self.deliveries),
+            "coordination": (self._control_plane.statistics()
+                             if self._control_plane is not None else {}),
         }
 
     def status(self) -> dict[str, Any]:
