@@ -61,15 +61,18 @@ SUBSCRIBER = textwrap.dedent("""\
             time.sleep(0.5)
     """)
 
-#: A publisher module: ``argv``: runtime dir, module id, keys, rounds, out file. Publishes
-#: ``rounds`` × ``keys`` updates (payload = round number), then writes one line per answer
-#: ``{"key", "payload", "result"}`` (``result``: the seq, or the error's type name).
+#: A publisher module: ``argv``: runtime dir, module id, keys, rounds, out file and
+#: optionally a pause in seconds between rounds. Publishes ``rounds`` × ``keys`` updates
+#: (payload = round number; with ``keys`` 0, one update per round under a key of its own,
+#: ``u<round>``), prints ``SENT`` once the first round is out, then writes one line per
+#: answer ``{"key", "payload", "result"}`` (``result``: the seq, or the error's type name).
 PUBLISHER = textwrap.dedent("""\
     import json, sys, time
     from modcoord.supervisor import connect
 
     runtime, module_id, keys, rounds, out = sys.argv[1:6]
     keys, rounds = int(keys), int(rounds)
+    pause = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 
     class Module:
         name = module_id
@@ -89,8 +92,13 @@ PUBLISHER = textwrap.dedent("""\
         client.register(Module()).get(10)
         sent = []
         for r in range(rounds):
-            for k in range(keys):
-                sent.append((f"k{k}", r, client.publish(module_id, f"k{k}", r)))
+            names = [f"k{k}" for k in range(keys)] if keys else [f"u{r}"]
+            for name in names:
+                sent.append((name, r, client.publish(module_id, name, r)))
+            if r == 0:
+                print("SENT", flush=True)
+            if pause:
+                time.sleep(pause)  # quiet-period: paces the load over the test's window
         with open(out, "w") as sink:
             for key, payload, future in sent:
                 try:
