@@ -74,7 +74,7 @@ def test_killing_the_stream_leader_under_load_loses_no_accepted_update(
                  message="deliveries under way")
         leader = cluster.index(run_async(_stream_leader(cluster.urls)))
         cluster.kill(leader)
-        out, err = pub.communicate(timeout=120)
+        _out, err = pub.communicate(timeout=120)
         assert pub.returncode == 0, err
         accepted, lines = _accepted(answers)
         refused = [r for r in lines if not isinstance(r["result"], int)]
@@ -116,7 +116,7 @@ def test_killing_an_owner_holding_pending_updates_hands_them_to_the_next_owner(
         assert sub.stdout is not None and sub.stdout.readline().strip() == "READY"
         pub = start_module(PUBLISHER, str(other.runtime_dir), "pub", "200", "1",
                            str(answers))
-        out, err = pub.communicate(timeout=60)
+        _out, err = pub.communicate(timeout=60)
         assert pub.returncode == 0, err
         accepted, _ = _accepted(answers)
         assert len(accepted) == 200
