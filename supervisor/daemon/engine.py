@@ -314,7 +314,7 @@ def _local(config: ConfigSet, *, mode: str, fault_injection: bool,
 def _nats(config: ConfigSet, *, mode: str, fault_injection: bool,
           on_escalate: Callable[[str], None]) -> Engine:
     try:
-        from modcoord.supervisor.daemon.nats import NatsEngine
+        from modcoord.supervisor.daemon.nats.engine import NatsEngine
     except ImportError as exc:  # nats-py missing
         raise ValueError(f"engine.kind nats needs nats-py ({exc}): install "
                          "modcoord[nats]") from None

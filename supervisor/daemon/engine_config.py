@@ -19,10 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DEFAULT_PARTITIONS", "EngineSettings", "NatsTls"]
+from modcoord.supervisor.daemon.nats.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
 
-DEFAULT_PARTITIONS = 64
-"""Partitions of the key space (``engine.partitions``): fixed for a cluster's lifetime."""
+__all__ = ["EngineSettings", "NatsTls"]
 
 _URL = re.compile(r"^(nats|tls)://[A-Za-z0-9._\-\[\]:]+(:\d{1,5})?$")
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -54,7 +53,8 @@ class EngineSettings(_Strict):
         servers: NATS URLs (``nats://host:port``); required with ``kind: nats``.
         credentials: a NATS ``.creds`` file (optional).
         tls: TLS files (optional).
-        partitions: key partitions (the same on every daemon of a cluster).
+        partitions: key partitions (the same on every daemon of a cluster, fixed for the
+            cluster's lifetime: keys are never rehashed).
         replicas: JetStream replicas of the stream and buckets (3 for a 3-node cluster).
         instance_id: this daemon's name in the cluster (default ``<hostname>-<pid>``).
         flush_ms: the agent's fold window: updates of one key within it collapse.
@@ -69,7 +69,7 @@ class EngineSettings(_Strict):
     servers: tuple[str, ...] = ()
     credentials: str | None = Field(None, min_length=1)
     tls: NatsTls | None = None
-    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024)
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=MAX_PARTITIONS)
     replicas: int = Field(3, ge=1, le=5)
     instance_id: str | None = None
     flush_ms: float = Field(3.0, ge=0, le=1000)

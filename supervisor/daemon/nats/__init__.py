@@ -8,6 +8,16 @@ tested with the fake clock; the runtime modules drive it over NATS.
 
 from __future__ import annotations
 
-from modcoord.supervisor.daemon.nats.engine import NatsEngine
+from typing import Any
 
 __all__ = ["NatsEngine"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the pure modules (partitions, used by the config's validation) import without
+    # nats-py; only the engine needs it.
+    if name == "NatsEngine":
+        from modcoord.supervisor.daemon.nats.engine import NatsEngine
+
+        return NatsEngine
+    raise AttributeError(name)
