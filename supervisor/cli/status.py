@@ -100,6 +100,15 @@ def run(args: argparse.Namespace) -> int:
     actors = ", ".join(f"{n} {'up' if a['alive'] else 'DOWN'} ({a['restarts']} restarts)"
                        for n, a in status["actors"].items())
     print(f"  actors: {actors}")
+    engine = status.get("engine") or {}
+    if engine.get("kind") == "nats":
+        agent = engine.get("agent", {})
+        print(f"  engine: nats, instance {engine.get('instance_id')}, "
+              f"{'connected' if engine.get('connected') else 'DISCONNECTED'}, "
+              f"{len(engine.get('instances', []))} instances, partitions owned "
+              f"{len(engine.get('partitions', {}).get('owned', []))}/"
+              f"{engine.get('partitions', {}).get('total')}, agent buffered "
+              f"{agent.get('buffered')}/{agent.get('max_buffered')}")
     if status.get("last_reload_error"):
         print(f"  last reload error: {status['last_reload_error']}")
     return 0
