@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from nats_cluster import NatsCluster, retry_async
+from nats_proxy import ThreadedProxy
 
 from modcoord.supervisor.daemon.nats.lease import LeaseSettings
 from modcoord.supervisor.daemon.nats.ownership import Ownership
@@ -43,8 +44,14 @@ async def _quiet(e: Exception) -> None:
 class Instance:
     """One coordinator instance: its own connection, its Ownership, its callback log."""
 
-    def __init__(self, name: str, cluster: NatsCluster, buckets: tuple[str, str]) -> None:
+    def __init__(self, name: str, cluster: NatsCluster, buckets: tuple[str, str], *,
+                 urls: list[str] | None = None,
+                 settings: LeaseSettings = SETTINGS, heartbeat_s: float = HEARTBEAT_S,
+                 member_timeout_s: float = MEMBER_TIMEOUT_S) -> None:
         self.name, self.cluster, self.buckets = name, cluster, buckets
+        self.urls = urls or cluster.urls
+        self.settings, self.heartbeat_s = settings, heartbeat_s
+        self.member_timeout_s = member_timeout_s
         self.events: list[tuple[str, int]] = []
         self.nc: Any = None
         self.own: Ownership | None = None
@@ -52,16 +59,18 @@ class Instance:
     async def start(self) -> Instance:
         import nats
 
-        self.nc = await nats.connect(self.cluster.urls, error_cb=_quiet,
-                                     max_reconnect_attempts=-1, reconnect_time_wait=0.1,
-                                     name=self.name)
+        # as the engine's control connection: pings find a black hole within seconds
+        self.nc = await nats.connect(self.urls, error_cb=_quiet, max_reconnect_attempts=-1,
+                                     reconnect_time_wait=0.1, ping_interval=1,
+                                     max_outstanding_pings=2, name=self.name)
         js = self.nc.jetstream(timeout=2.0)
         members = await retry_async(lambda: js.key_value(self.buckets[0]))
         leases = await retry_async(lambda: js.key_value(self.buckets[1]))
         self.own = Ownership(members, leases, self.name, P,
                              lambda p: self.events.append(("gained", p)),
-                             self._lost, settings=SETTINGS, heartbeat_s=HEARTBEAT_S,
-                             member_timeout_s=MEMBER_TIMEOUT_S,
+                             self._lost, settings=self.settings,
+                             heartbeat_s=self.heartbeat_s,
+                             member_timeout_s=self.member_timeout_s,
                              agent_subject=f"test.dlv.{self.name}")
         await self.own.start()
         return self
@@ -138,17 +147,32 @@ def split_as_assigned(instances: list[Instance]) -> bool:
                for i in instances)
 
 
-async def _scenario(cluster: NatsCluster) -> dict[str, Any]:
+async def _buckets(cluster: NatsCluster) -> tuple[Any, Any, tuple[str, str]]:
+    """An admin connection, its JetStream context, and fresh members and leases buckets
+    (R3, history 1, max_age 30 s and 60 s, as the engine makes them) for one test."""
     import nats
     from nats.js.api import KeyValueConfig
 
     tag = uuid.uuid4().hex[:8].upper()
     buckets = (f"T_MEMBERS_{tag}", f"T_LEASES_{tag}")
-    admin = await nats.connect(cluster.urls, error_cb=_quiet)
+    admin = await nats.connect(cluster.urls, error_cb=_quiet, max_reconnect_attempts=-1,
+                               reconnect_time_wait=0.1)
     js = admin.jetstream(timeout=5.0)
     for bucket, age in zip(buckets, (30.0, 60.0), strict=True):
         config = KeyValueConfig(bucket=bucket, history=1, ttl=age, replicas=3)
         await retry_async(functools.partial(js.create_key_value, config))
+    return admin, js, buckets
+
+
+async def _drop(admin: Any, js: Any, buckets: tuple[str, str]) -> None:
+    for bucket in buckets:
+        with contextlib.suppress(Exception):
+            await retry_async(functools.partial(js.delete_key_value, bucket))
+    await admin.close()
+
+
+async def _scenario(cluster: NatsCluster) -> dict[str, Any]:
+    admin, js, buckets = await _buckets(cluster)
     sampler = Sampler()
     sampler.start()
     out: dict[str, Any] = {}
@@ -186,9 +210,7 @@ async def _scenario(cluster: NatsCluster) -> dict[str, Any]:
     finally:
         await sampler.stop()
         out["overlaps"], out["samples"] = sampler.overlaps, sampler.samples
-        for bucket in buckets:
-            await js.delete_key_value(bucket)
-        await admin.close()
+        await _drop(admin, js, buckets)
     return out
 
 
@@ -218,3 +240,55 @@ def test_instances_split_take_over_and_rebalance_without_ever_sharing_a_partitio
     lost_b = {p for e, p in events["inst-b"] if e == "lost"}
     assert lost_b >= {p for e, p in events["inst-c"] if e == "gained"}
     assert out["after_leave_s"] < 5.0  # a clean leave hands over at once, not by lapse
+
+
+async def _partition(cluster: NatsCluster, proxy: ThreadedProxy) -> dict[str, Any]:
+    admin, js, buckets = await _buckets(cluster)
+    sampler = Sampler()
+    sampler.start()
+    out: dict[str, Any] = {}
+    try:
+        a = await Instance("inst-a", cluster, buckets, urls=proxy.urls).start()
+        b = await Instance("inst-b", cluster, buckets).start()
+        sampler.instances += [a, b]
+        await wait_for(lambda: split_as_assigned([a, b]), 15, "a and b split")
+        out["a_had"] = a.owned()
+        await asyncio.to_thread(proxy.pause)  # a is cut off: a black hole
+        t_cut = time.monotonic()
+        out["a_fenced_s"] = await wait_for(lambda: not a.owned(), TAKEOVER_BOUND_S,
+                                           "the cut-off a stops processing")
+        await wait_for(lambda: b.owned() == set(range(P)), TAKEOVER_BOUND_S,
+                       "b takes over a's partitions")
+        out["takeover_s"] = time.monotonic() - t_cut
+        await asyncio.to_thread(proxy.resume)
+        out["heal_s"] = await wait_for(lambda: split_as_assigned([a, b]), 20,
+                                       "a is back and gets its share again")
+        assert a.own is not None and b.own is not None
+        out["a_stats"], out["b_stats"] = a.own.statistics(), b.own.statistics()
+        await a.leave()
+        await b.leave()
+    finally:
+        await sampler.stop()
+        out["overlaps"], out["samples"] = sampler.overlaps, sampler.samples
+        await _drop(admin, js, buckets)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_an_instance_cut_off_from_nats_fences_before_its_partitions_move(
+        nats_cluster: NatsCluster) -> None:
+    """A network partition of one instance (a pausable proxy between it and every
+    server): it stops processing its partitions before their leases lapse and another
+    instance takes them over; healed, it learns it lost them and gets its share back."""
+    with ThreadedProxy(nats_cluster.client_ports) as proxy:
+        out = asyncio.run(_partition(nats_cluster, proxy))
+    print({k: out[k] for k in ("a_fenced_s", "takeover_s", "heal_s", "samples")})
+    assert out["overlaps"] == [], out["overlaps"][:5]
+    assert out["a_had"]
+    # fenced within lease_s - grace_s of its last successful renew (at most renew_s old)
+    assert out["a_fenced_s"] <= SETTINGS.lease_s - SETTINGS.grace_s + 0.5
+    assert out["a_fenced_s"] < out["takeover_s"] <= TAKEOVER_BOUND_S
+    a_stats = out["a_stats"]
+    assert a_stats.fenced >= len(out["a_had"]) and a_stats.failures >= 1
+    assert out["b_stats"].takeovers >= len(out["a_had"])
