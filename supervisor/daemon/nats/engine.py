@@ -237,7 +237,9 @@ class NatsEngine:
             kwargs["lease_s"] = self._lease_s
         self._ownership = Ownership(members, leases, self.instance_id,
                                     self.settings.partitions, self.owner.gained,
-                                    self.owner.lost, **kwargs)
+                                    self.owner.lost,
+                                    agent_subject=delivery_subject(self.instance_id),
+                                    **kwargs)
         await self._ownership.start()
         self.owner.start_housekeeping()
         self._control_plane = ClusterControl(
@@ -427,7 +429,7 @@ class NatsEngine:
             "partitions": {"total": self.settings.partitions,
                            "owned": sorted(ownership.owned()) if ownership else []},
             "lag": lag,
-            "leases": ownership.statistics() if ownership else {},
+            "leases": ownership.statistics().as_dict() if ownership else {},
             "agent": self.agent.statistics().as_dict(),
             "owner": self.owner.statistics(),
             "deliveries": dict(self.deliveries),

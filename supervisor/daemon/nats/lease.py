@@ -228,6 +228,14 @@ class PartitionLeases:
         """Whether a write for ``p`` has been started and not yet reported."""
         return p in self._attempts
 
+    def lapsed_owners(self) -> frozenset[str]:
+        """The owners of foreign leases seen unchanged for ``lease_s``: they stopped
+        renewing (dead, or cut off and fenced)."""
+        now = self._clock.monotonic()
+        return frozenset(v.owner for v in self._views.values()
+                         if v.revision is not None and v.owner is not None
+                         and now - v.since >= self.settings.lease_s)
+
     def statistics(self) -> LeaseStatistics:
         return LeaseStatistics(**self._stats)
 

@@ -1,205 +1,470 @@
-"""Partition ownership and membership for the NATS engine (a stand-in).
+"""Partition ownership over NATS: membership heartbeats and partition leases of one
+coordinator instance, driving :class:`~.membership.Membership` and
+:class:`~.lease.PartitionLeases` (the logic, no I/O) over two KV buckets.
 
-PLACEHOLDER until the lease runtime (``leases_runtime``) lands: the same contract in the
-fewest lines. Membership: each instance writes ``inst.<id>`` in ``MODCOORD_MEMBERS`` every
-``HEARTBEAT_S``; a member whose key's revision has not changed for ``MEMBER_TIMEOUT_S`` on
-this instance's clock is gone. Leases: ``p.<n>`` in ``MODCOORD_LEASES``, created if absent,
-renewed by compare-and-set every ``RENEW_S``; a foreign lease whose revision stays unchanged
-for ``LEASE_S`` is taken over; an owner fences itself (stops processing) once its last
-successful renew is older than ``LEASE_S - GRACE_S``, so it stops before anyone may take
-over. Every instance takes partitions that are free or expired (no balancing yet).
+* **Membership.** Every ``heartbeat_s`` the instance puts its heartbeat key
+  ``inst.<instance_id>`` (a :class:`~.membership.MemberInfo`, JSON) in the members bucket
+  and reads every member's key. A member is gone once its key's revision has not changed
+  for ``member_timeout_s`` on this instance's clock (on nats-server 2.9 a key aged out of
+  the bucket gives no watch event); a missing key is a clean leave. While the bucket cannot
+  be read at all, silence is not counted. This instance always counts itself as live.
+* **Targets.** :func:`~.partitions.assign` over the live members, without the owners of
+  leases that have lapsed (seen unchanged for ``lease_s``): a dead owner's partitions get a
+  new target as soon as its leases lapse, before its heartbeat times out.
+* **Leases.** Every ``poll_s`` (sooner when a held partition's fence deadline comes first)
+  the instance reads the lease keys ``p.<n>`` of the partitions it does not hold (those
+  targeted at another member less often, :data:`FOREIGN_READ_FACTOR`) and sends
+  the writes the state machine asks for, each as its own task (so a slow write delays
+  nothing else): ``create`` to acquire, ``update(last=revision)`` to take over and to renew,
+  ``delete(last=revision)`` to release. The value is a :class:`LeaseValue` (JSON).
+* **Callbacks.** ``on_gained(p)`` when ``p`` enters :meth:`Ownership.owned`, ``on_lost(p)``
+  when it leaves it (fenced, lost, released, or about to be released). Each may be a plain
+  function or a coroutine function (then awaited); both run on the event loop and must be
+  quick: the poll waits for them. An exception in one is counted and logged, never raised.
+  A partition moving to another member is announced lost first; its key is deleted only
+  after ``on_lost`` returned, so the caller finishes its current batch in ``on_lost`` (or
+  before it returns), and nothing processes the partition from then on.
 
-On failure: a KV error is counted and logged and the poll goes on; a lost CAS means
-another instance holds the lease (the partition is given up at once).
+Use the CONTROL connection's KV handles (a data backlog must never starve the renewals).
+The caller creates the buckets: members with ``max_age`` of several heartbeats (it only
+removes garbage), leases with ``history=1`` and a ``max_age`` well above ``lease_s``.
+
+On failure: a KV error is counted (``statistics()``) and logged; the loops go on and retry
+at the next poll. Nothing is raised out of the loops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import inspect
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from loguru import logger
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-__all__ = ["Ownership"]
+from modcoord.actors.clock import Clock, MonotonicClock
+from modcoord.supervisor.daemon.nats.lease import (
+    Acquire,
+    Action,
+    LeaseSettings,
+    PartitionLeases,
+    Release,
+    Renew,
+    TakeOver,
+)
+from modcoord.supervisor.daemon.nats.membership import MEMBER_TIMEOUT_S, MemberInfo, Membership
+from modcoord.supervisor.daemon.nats.partitions import assign
 
+__all__ = [
+    "HEARTBEAT_S",
+    "LEASE_KEY_PREFIX",
+    "MEMBER_KEY_PREFIX",
+    "LeaseValue",
+    "Ownership",
+    "OwnershipStatistics",
+    "lease_key",
+    "member_key",
+]
+
+#: How often an instance writes its heartbeat and reads the members.
 HEARTBEAT_S = 2.0
-MEMBER_TIMEOUT_S = 10.0
-LEASE_S = 9.0
-GRACE_S = 1.0
-RENEW_S = 1.0
-POLL_S = 0.25
+#: Key prefixes in the members and leases buckets.
+MEMBER_KEY_PREFIX = "inst."
+LEASE_KEY_PREFIX = "p."
+#: Lease keys of partitions targeted at another member are read every this many
+#: ``renew_s`` (those targeted at this instance every ``poll_s``): often enough to see a
+#: lease lapse within half a renewal, at a fraction of the reads.
+FOREIGN_READ_FACTOR = 0.5
+#: Stopping waits this long for the releases (deletes) to be answered.
+RELEASE_TIMEOUT_S = 2.0
+#: JetStream's "wrong last sequence" API error codes (a failed compare-and-set).
+_CAS_ERROR_CODES = (10071, 10164)
+
+Callback = Callable[[int], Awaitable[object] | object]
+
+
+def member_key(instance_id: str) -> str:
+    """The heartbeat key of ``instance_id`` in the members bucket."""
+    return f"{MEMBER_KEY_PREFIX}{instance_id}"
+
+
+def lease_key(p: int) -> str:
+    """The lease key of partition ``p`` in the leases bucket."""
+    return f"{LEASE_KEY_PREFIX}{p}"
+
+
+class LeaseValue(msgspec.Struct, frozen=True):
+    """A lease key's value: who wrote it, and when (wall clock, for people only)."""
+
+    owner: str
+    written_unix: float
+
+
+@dataclass(frozen=True)
+class OwnershipStatistics:
+    """Counters since start and the current state (an immutable snapshot).
+
+    Attributes:
+        acquired, takeovers, renewals, releases, lost, failures, fenced: the lease counters
+            (:class:`~.lease.LeaseStatistics`).
+        heartbeats: heartbeats written.
+        heartbeat_failures: heartbeats or member reads that failed.
+        read_failures: lease key reads that failed.
+        bad_values: member or lease values that could not be decoded (ignored).
+        callback_errors: ``on_gained``/``on_lost`` calls that raised.
+        owned: partitions owned now.
+        live_members: members live now (this instance included).
+    """
+
+    acquired: int
+    takeovers: int
+    renewals: int
+    releases: int
+    lost: int
+    failures: int
+    fenced: int
+    heartbeats: int
+    heartbeat_failures: int
+    read_failures: int
+    bad_values: int
+    callback_errors: int
+    owned: int
+    live_members: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed compare-and-set (someone else wrote the key)."""
+    return isinstance(exc, KeyWrongLastSequenceError) or getattr(
+        exc, "err_code", None) in _CAS_ERROR_CODES
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _scaled(lease_s: float) -> LeaseSettings:
+    """Settings with ``lease_s`` and the other timings in the defaults' proportions."""
+    d = LeaseSettings()
+    k = lease_s / d.lease_s
+    return LeaseSettings(lease_s=lease_s, grace_s=d.grace_s * k, renew_s=d.renew_s * k,
+                         poll_s=d.poll_s * k)
 
 
 class Ownership:
-    """Membership and partition leases of one instance (runs on the engine's loop).
+    """Membership and partition leases of one instance, on the running asyncio loop (see
+    the module docstring).
 
     Args:
-        members, leases: the KV buckets (on the control connection).
-        instance_id: this instance.
-        partitions: how many partitions.
-        on_gained, on_lost: called (synchronously, on the loop) with a partition number.
-        lease_s: the lease (tests shorten it).
+        members, leases: the members and leases KV buckets (control connection).
+        instance_id: this instance (unique in the cluster).
+        partitions: how many partitions the cluster has.
+        on_gained, on_lost: called with a partition number (plain or coroutine functions).
+        settings: the lease timing (default :class:`~.lease.LeaseSettings`).
+        lease_s: shorthand for ``settings`` with this lease and the other timings scaled
+            in proportion (tests).
+        heartbeat_s, member_timeout_s: the membership timing.
+        agent_subject: where owners deliver batches for this instance (in its heartbeat).
+        clock: the monotonic clock (default: the real one).
+
+    Raises:
+        ValueError: ``partitions`` out of range, or timings that contradict each other
+            (``member_timeout_s`` not above ``heartbeat_s``).
     """
 
-    def __init__(self, members: KeyValue, leases: KeyValue, instance_id: str, partitions: int,
-                 on_gained: Callable[[int], None], on_lost: Callable[[int], None],
-                 lease_s: float = LEASE_S) -> None:
-        self._members = members
-        self._leases = leases
+    def __init__(self, members: KeyValue, leases: KeyValue, instance_id: str,
+                 partitions: int, on_gained: Callback, on_lost: Callback, *,
+                 settings: LeaseSettings | None = None, lease_s: float | None = None,
+                 heartbeat_s: float = HEARTBEAT_S, member_timeout_s: float = MEMBER_TIMEOUT_S,
+                 agent_subject: str = "", clock: Clock | None = None) -> None:
+        assign(partitions, ())  # validates the count
+        if not 0 < heartbeat_s < member_timeout_s:
+            raise ValueError(f"member_timeout_s ({member_timeout_s}) must be above "
+                             f"heartbeat_s ({heartbeat_s}) > 0, or live members time out "
+                             f"between heartbeats")
+        if settings is None:
+            settings = _scaled(lease_s) if lease_s is not None else LeaseSettings()
+        self._members_kv = members
+        self._leases_kv = leases
         self.instance_id = instance_id
         self.partitions = partitions
+        self.settings = settings
+        self.heartbeat_s = heartbeat_s
         self._on_gained = on_gained
         self._on_lost = on_lost
-        self.lease_s = lease_s
-        self._owned: dict[int, tuple[int, float]] = {}  # p -> (revision, renew started)
-        self._seen: dict[str, tuple[int, float]] = {}  # key -> (revision, first seen)
-        self._live: dict[str, float] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self.stats = {"renewals": 0, "failures": 0, "takeovers": 0, "acquired": 0,
-                      "fenced": 0, "lost": 0}
+        self._clock: Clock = clock or MonotonicClock()
+        self.membership = Membership(self._clock, member_timeout_s)
+        self.leases = PartitionLeases(instance_id, self._clock, settings)
+        self._agent_subject = agent_subject
+        self._started_unix = time.time()
+        self._announced: set[int] = set()  # on_gained called, on_lost not yet
+        self._leaving: set[int] = set()  # moving to another member: announced lost first
+        self._reading: set[int] = set()
+        self._read_at: dict[int, float] = {}  # when each lease key was last read
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._counts = dict.fromkeys(("heartbeats", "heartbeat_failures", "read_failures",
+                                      "bad_values", "callback_errors"), 0)
         self._log = logger.bind(actor="nats", instance=instance_id)
 
+    # -- queries -----------------------------------------------------------------------
     def owned(self) -> frozenset[int]:
-        """The partitions this instance may process now (not fenced)."""
-        now = time.monotonic()
-        return frozenset(p for p, (_, t) in self._owned.items()
-                         if now < t + self.lease_s - GRACE_S)
+        """The partitions this instance may process now."""
+        return self.leases.owned() - self._leaving
 
     def live_members(self) -> tuple[str, ...]:
-        now = time.monotonic()
-        live = {m for m, t in self._live.items() if now - t < MEMBER_TIMEOUT_S}
-        live.add(self.instance_id)
-        return tuple(sorted(live))
+        """The live members' ids (this instance always among them), sorted."""
+        return tuple(sorted({*self.membership.live(), self.instance_id}))
 
-    def statistics(self) -> dict[str, Any]:
-        return dict(self.stats)
+    def targets(self) -> dict[int, str]:
+        """Which member should own each partition now: rendezvous over the live members
+        without the owners of lapsed leases."""
+        return assign(self.partitions, set(self.live_members()) - self._suspects())
 
+    def _suspects(self) -> set[str]:
+        return {owner for owner in self.leases.lapsed_owners() if owner != self.instance_id}
+
+    def statistics(self) -> OwnershipStatistics:
+        return OwnershipStatistics(**self.leases.statistics().as_dict(), **self._counts,
+                                   owned=len(self.owned()),
+                                   live_members=len(self.live_members()))
+
+    # -- life --------------------------------------------------------------------------
     async def start(self) -> None:
+        """Write the first heartbeat, read the members, and start the heartbeat and lease
+        loops. A failed first heartbeat is counted and logged; the loops retry."""
         await self._heartbeat_once()
-        await self._refresh_members()
-        self._tasks = [asyncio.create_task(self._heartbeat()),
-                       asyncio.create_task(self._poll())]
+        self._loops = [asyncio.create_task(self._heartbeat_loop()),
+                       asyncio.create_task(self._poll_loop())]
+        self._log.info("ownership started", partitions=self.partitions,
+                       lease_s=self.settings.lease_s)
 
     async def stop(self, release: bool = True) -> None:
-        for task in self._tasks:
+        """Stop the loops and the writes in flight. With ``release`` (a clean leave) call
+        ``on_lost`` for every owned partition, delete every held lease key and this
+        instance's heartbeat key, so that the next owners take over at once; without it
+        (a crash, for tests) nothing more is written and the leases lapse. Never raises."""
+        tasks = [*self._loops, *self._tasks]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        self._loops, self._tasks = [], set()
+        for p in range(self.partitions):
+            if self.leases.in_flight(p):  # cancelled before it ran: outcome unknown
+                self.leases.failed(p)
         if not release:
             return
-        for p, (rev, _) in list(self._owned.items()):
-            with contextlib.suppress(Exception):
-                await self._leases.delete(f"p.{p}", last=rev)
-            self._drop(p)
+        self._leaving |= self.leases.held()
+        await self._announce()
+        deletes = [self._release_now(p, rev) for p in sorted(self.leases.held())
+                   if (rev := self.leases.revision(p)) is not None
+                   and not self.leases.in_flight(p)]
         with contextlib.suppress(Exception):
-            await self._members.delete(f"inst.{self.instance_id}")
+            await asyncio.wait_for(asyncio.gather(*deletes, return_exceptions=True),
+                                   RELEASE_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._members_kv.delete(member_key(self.instance_id)),
+                                   RELEASE_TIMEOUT_S)
+        self._log.info("ownership stopped", released=self.leases.statistics().releases)
 
-    # -- membership --
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- membership --------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await self._heartbeat_once()
+            self._wake.set()
 
     async def _heartbeat_once(self) -> None:
-        value = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                            "partitions": sorted(self.owned())}).encode()
-        await self._members.put(f"inst.{self.instance_id}", value)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            try:
-                await self._heartbeat_once()
-                await self._refresh_members()
-            except Exception as exc:
-                self.stats["failures"] += 1
-                self._log.warning("heartbeat failed", error=f"{type(exc).__name__}: {exc}")
-
-    async def _refresh_members(self) -> None:
-        now = time.monotonic()
+        info = MemberInfo(instance_id=self.instance_id, host=socket.gethostname(),
+                          pid=os.getpid(), agent_subject=self._agent_subject,
+                          started_unix=self._started_unix,
+                          partitions=tuple(sorted(self.owned())))
         try:
-            keys = await self._members.keys()
-        except Exception:  # no keys yet (nats-py raises NoKeysError) or a blip
-            return
+            await self._members_kv.put(member_key(self.instance_id),
+                                       msgspec.json.encode(info))
+            self._counts["heartbeats"] += 1
+        except Exception as exc:
+            self._counts["heartbeat_failures"] += 1
+            self._log.warning("heartbeat not written", error=_describe(exc))
+        try:
+            await self._scan_members()
+        except Exception as exc:
+            self.membership.scan_failed()
+            self._counts["heartbeat_failures"] += 1
+            self._log.warning("members not read", error=_describe(exc))
+
+    async def _scan_members(self) -> None:
+        try:
+            keys = await self._members_kv.keys()
+        except NoKeysError:
+            keys = []
+        entries: dict[str, tuple[int, MemberInfo]] = {}
         for key in keys:
-            entry = await self._members.get(key)
-            member = key.removeprefix("inst.")
-            rev = int(entry.revision or 0)
-            seen = self._seen.get(key)
-            if seen is None or seen[0] != rev:
-                self._seen[key] = (rev, now)
-                self._live[member] = now
-
-    # -- leases --
-
-    def _drop(self, p: int) -> None:
-        if self._owned.pop(p, None) is not None:
-            self._on_lost(p)
-
-    async def _poll(self) -> None:
-        while True:
-            try:
-                await self._poll_once()
-            except Exception as exc:
-                self.stats["failures"] += 1
-                self._log.warning("lease poll failed", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(POLL_S)
-
-    async def _poll_once(self) -> None:
-        value = json.dumps({"owner": self.instance_id}).encode()
-        fenced_before = self.owned()
-        for p in range(self.partitions):
-            key = f"p.{p}"
-            now = time.monotonic()
-            if p in self._owned:
-                rev, renewed = self._owned[p]
-                if now - renewed >= RENEW_S:
-                    try:
-                        new = await self._leases.update(key, value, last=rev)
-                    except KeyWrongLastSequenceError:
-                        self.stats["lost"] += 1
-                        self._log.warning("lease lost", partition=p)
-                        self._drop(p)
-                        continue
-                    except Exception:
-                        self.stats["failures"] += 1
-                        if now > renewed + self.lease_s - GRACE_S and p in fenced_before:
-                            self.stats["fenced"] += 1
-                            self._log.warning("lease not renewed in time: fenced",
-                                              partition=p)
-                            self._drop(p)
-                        continue
-                    self._owned[p] = (int(new), now)
-                    self.stats["renewals"] += 1
+            if not key.startswith(MEMBER_KEY_PREFIX):
                 continue
             try:
-                entry = await self._leases.get(key)
+                entry = await self._members_kv.get(key)
             except KeyNotFoundError:
-                entry = None
+                continue
             try:
-                if entry is None or entry.value is None or entry.operation is not None:
-                    rev = (await self._leases.create(key, value) if entry is None
-                           else await self._leases.update(key, value,
-                                                          last=int(entry.revision or 0)))
-                    self._gain(p, int(rev), now, takeover=False)
-                    continue
-                rev = int(entry.revision or 0)
-                seen = self._seen.get(key)
-                if seen is None or seen[0] != rev:
-                    self._seen[key] = (rev, now)
-                elif now - seen[1] >= self.lease_s:
-                    new = await self._leases.update(key, value, last=rev)
-                    self._gain(p, int(new), now, takeover=True)
-            except KeyWrongLastSequenceError:
-                continue  # someone else was faster
+                info = msgspec.json.decode(entry.value or b"", type=MemberInfo)
+            except msgspec.DecodeError:
+                self._counts["bad_values"] += 1
+                self._log.warning("member value not understood", key=key)
+                continue
+            entries[key.removeprefix(MEMBER_KEY_PREFIX)] = (int(entry.revision or 0), info)
+        self.membership.scan_succeeded()
+        for gone in set(self.membership.known()) - set(entries):
+            self.membership.removed(gone)
+        for instance_id, (revision, info) in entries.items():
+            self.membership.observe(instance_id, revision, info)
 
-    def _gain(self, p: int, rev: int, now: float, takeover: bool) -> None:
-        self._owned[p] = (rev, now)
-        self.stats["takeovers" if takeover else "acquired"] += 1
-        self._log.info("partition gained", partition=p, takeover=takeover)
-        self._on_gained(p)
+    # -- leases ------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        while True:
+            self._wake.clear()  # a write finishing during the poll wakes the next one
+            try:
+                await self._poll_once()
+            except Exception:
+                self._log.opt(exception=True).error("lease poll failed")
+            delay = self.settings.poll_s
+            fence = self.leases.next_fence()
+            if fence is not None:
+                delay = min(delay, max(0.0, fence - self._clock.monotonic()) + 0.001)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _poll_once(self) -> None:
+        await self._announce()
+        targets = self.targets()
+        now = self._clock.monotonic()
+        for p in range(self.partitions):
+            if p in self.leases.held() or p in self._reading or self.leases.in_flight(p):
+                continue
+            every = (self.settings.poll_s if targets.get(p) == self.instance_id
+                     else FOREIGN_READ_FACTOR * self.settings.renew_s)
+            if now - self._read_at.get(p, -every) >= every:
+                self._reading.add(p)
+                self._read_at[p] = now
+                self._spawn(self._read(p))
+        self._leaving = {p for p in self._leaving
+                         if p in self.leases.held() and targets.get(p) != self.instance_id}
+        for action in self.leases.actions(targets):
+            if isinstance(action, Release) and action.p in self._announced:
+                self._leaving.add(action.p)  # announce it lost first; delete next poll
+                continue
+            self._start(action)
+        await self._announce()
+
+    async def _read(self, p: int) -> None:
+        try:
+            try:
+                entry = await self._leases_kv.get(lease_key(p))
+            except KeyNotFoundError:
+                self.leases.observed(p, None, None)
+                self._wake.set()  # maybe free to acquire: act now
+                return
+            owner: str | None
+            try:
+                owner = msgspec.json.decode(entry.value or b"", type=LeaseValue).owner
+            except msgspec.DecodeError:
+                self._counts["bad_values"] += 1
+                owner = None
+            self.leases.observed(p, int(entry.revision or 0), owner)
+        except Exception as exc:
+            self._counts["read_failures"] += 1
+            self._log.debug("lease not read", partition=p, error=_describe(exc))
+        finally:
+            self._reading.discard(p)
+
+    def _value(self) -> bytes:
+        return msgspec.json.encode(LeaseValue(self.instance_id, time.time()))
+
+    def _start(self, action: Action) -> None:
+        p, key = action.p, lease_key(action.p)
+        if isinstance(action, Acquire):
+            self.leases.acquire_started(p)
+            value = self._value()
+            self._spawn(self._write(p, lambda: self._leases_kv.create(key, value),
+                                    self.leases.acquired, "acquired"))
+        elif isinstance(action, TakeOver):
+            self.leases.acquire_started(p)
+            value, last = self._value(), action.revision
+            self._spawn(self._write(p, lambda: self._leases_kv.update(key, value, last=last),
+                                    self.leases.acquired, "taken over"))
+        elif isinstance(action, Renew):
+            self.leases.renew_started(p)
+            value, last = self._value(), action.revision
+            self._spawn(self._write(p, lambda: self._leases_kv.update(key, value, last=last),
+                                    self.leases.renewed, None))
+        else:
+            self._spawn(self._release_now(p, action.revision))
+
+    async def _release_now(self, p: int, revision: int) -> None:
+        self.leases.release_started(p)
+
+        async def delete() -> int:
+            await self._leases_kv.delete(lease_key(p), last=revision)
+            return revision
+
+        await self._write(p, delete, lambda q, _rev: self.leases.released(q), "released")
+
+    async def _write(self, p: int, call: Callable[[], Awaitable[int]],
+                     done: Callable[[int, int], None], change: str | None) -> None:
+        try:
+            revision = await call()
+        except asyncio.CancelledError:
+            if self.leases.in_flight(p):
+                self.leases.failed(p)
+            raise
+        except Exception as exc:
+            if _is_conflict(exc):
+                self.leases.lost(p)
+                self._log.info("lease held by another instance", partition=p)
+            else:
+                self.leases.failed(p)
+                self._log.warning("lease write failed", partition=p, error=_describe(exc))
+            self._wake.set()
+            return
+        done(p, int(revision))
+        if change is not None:
+            self._log.info("lease written", partition=p, change=change,
+                           revision=int(revision))
+            self._wake.set()
+
+    async def _announce(self) -> None:
+        owned = self.owned()
+        for p in sorted(self._announced - owned):
+            self._announced.discard(p)
+            await self._call(self._on_lost, p, "lost")
+        for p in sorted(owned - self._announced):
+            self._announced.add(p)
+            await self._call(self._on_gained, p, "gained")
+
+    async def _call(self, callback: Callback, p: int, what: str) -> None:
+        try:
+            result = callback(p)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self._counts["callback_errors"] += 1
+            self._log.opt(exception=True).error("partition callback failed", partition=p,
+                                                change=what)
