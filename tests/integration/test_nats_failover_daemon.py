@@ -100,15 +100,17 @@ def test_killing_the_stream_leader_under_load_loses_no_accepted_update(
 def test_killing_an_owner_holding_pending_updates_hands_them_to_the_next_owner(
         nats_cluster_factory: Any, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
     cluster: NatsCluster = nats_cluster_factory()
-    # Long debounce: the owner holds every update pending when it is killed.
+    # Long debounce: the owner holds its updates pending when it is killed.
     modes = {"hybrid": {"debounce": {"delay_ms": 4000, "max_wait_ms": 8000}}}
-    owner = nats_daemon(daemon_factory, tmp_path / "owner", cluster, "own-a", modes=modes)
-    wait_for(lambda: len(_status(owner)["engine"]["partitions"]["owned"]) == PARTITIONS,
-             timeout=20, message="the first daemon owns every partition")
+    victim = nats_daemon(daemon_factory, tmp_path / "victim", cluster, "own-a", modes=modes)
     other = nats_daemon(daemon_factory, tmp_path / "other", cluster, "own-b", modes=modes)
-    wait_for(lambda: {"own-a", "own-b"} <= set(_status(other)["engine"]["instances"]),
-             timeout=20, message="both daemons see each other")
-    assert _status(other)["engine"]["partitions"]["owned"] == []
+
+    def split() -> bool:
+        mine = set(_status(victim)["engine"]["partitions"]["owned"])
+        theirs = set(_status(other)["engine"]["partitions"]["owned"])
+        return bool(mine) and bool(theirs) and mine | theirs == set(range(PARTITIONS))
+
+    wait_for(split, timeout=30, message="the partitions split between the daemons")
     received = tmp_path / "received.jsonl"
     sub = start_module(SUBSCRIBER, str(other.runtime_dir), "sub", "pub", str(received))
     answers = tmp_path / "answers.jsonl"
@@ -120,12 +122,14 @@ def test_killing_an_owner_holding_pending_updates_hands_them_to_the_next_owner(
         assert pub.returncode == 0, err
         accepted, _ = _accepted(answers)
         assert len(accepted) == 200
-        wait_for(lambda: _status(owner)["engine"]["owner"]["fetched_updates"] >= 200,
-                 timeout=10, message="the owner holds the updates")
-        assert read_lines(received) == []  # still pending in the owner's debouncer
-        owner.signal(9)
+        wait_for(lambda: _status(victim)["engine"]["owner"]["fetched_updates"] > 0,
+                 timeout=10, message="the victim holds updates")
+        held = _status(victim)["engine"]["owner"]
+        assert held["batches_delivered"] == 0  # still pending in its debouncer
+        owner_of = set(_status(victim)["engine"]["partitions"]["owned"])
+        victim.signal(9)
         killed = time.monotonic()
-        owner.wait_exit(10)
+        victim.wait_exit(10)
 
         def took_over() -> bool:
             return len(_status(other)["engine"]["partitions"]["owned"]) == PARTITIONS
@@ -140,8 +144,48 @@ def test_killing_an_owner_holding_pending_updates_hands_them_to_the_next_owner(
 
         wait_for(all_delivered, timeout=30, message="every pending update delivered")
         engine = _status(other)["engine"]
-        assert engine["owner"]["redelivered"] >= 1
-        print(f"takeover {takeover_s:.2f} s")
+        assert engine["owner"]["redelivered"] >= 1  # the victim's, from JetStream
+        assert owner_of <= set(engine["partitions"]["owned"])
+        print(f"takeover {takeover_s:.2f} s, victim held {held['fetched_updates']} updates")
+    finally:
+        sub.kill()
+        sub.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_a_daemon_joining_takes_its_share_without_loss(
+        nats_cluster_factory: Any, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    cluster: NatsCluster = nats_cluster_factory()
+    modes = {"hybrid": {"debounce": {"delay_ms": 100, "max_wait_ms": 400}}}
+    first = nats_daemon(daemon_factory, tmp_path / "first", cluster, "join-a", modes=modes)
+    wait_for(lambda: len(_status(first)["engine"]["partitions"]["owned"]) == PARTITIONS,
+             timeout=30, message="the first daemon owns every partition")
+    received = tmp_path / "received.jsonl"
+    sub = start_module(SUBSCRIBER, str(first.runtime_dir), "sub", "pub", str(received))
+    answers = tmp_path / "answers.jsonl"
+    try:
+        assert sub.stdout is not None and sub.stdout.readline().strip() == "READY"
+        # About 10 s of updates, one key each; the second daemon joins meanwhile.
+        pub = start_module(PUBLISHER, str(first.runtime_dir), "pub", "0", "1000",
+                           str(answers), "0.01")
+        assert pub.stdout is not None and pub.stdout.readline().strip() == "SENT"
+        second = nats_daemon(daemon_factory, tmp_path / "second", cluster, "join-b",
+                             modes=modes)
+        wait_for(lambda: _status(second)["engine"]["partitions"]["owned"], timeout=30,
+                 message="the joining daemon owns partitions")
+        _out, err = pub.communicate(timeout=120)
+        assert pub.returncode == 0, err
+        accepted, lines = _accepted(answers)
+        assert len(accepted) == 1000, [r for r in lines if not isinstance(r["result"], int)][:3]
+
+        def all_delivered() -> bool:
+            return accepted <= {line["key"] for line in read_lines(received)}
+
+        wait_for(all_delivered, timeout=60, message="every accepted update delivered")
+        a = set(_status(first)["engine"]["partitions"]["owned"])
+        b = set(_status(second)["engine"]["partitions"]["owned"])
+        assert a and b and not a & b and a | b == set(range(PARTITIONS))
+        assert _status(second)["engine"]["owner"]["updates_delivered"] > 0
     finally:
         sub.kill()
         sub.wait(10)
