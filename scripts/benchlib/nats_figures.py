@@ -149,21 +149,21 @@ class NatsBench:
         self._wait_split(daemons)
         sink, pubs = self._agent(), [self._agent(), self._agent()]
         try:
-            sink.call("task_register", runtime=daemons[0].runtime_str, module_ids=["sink"],
+            sink.call("register", runtime=daemons[0].runtime_str, module_ids=["sink"],
                       subscribe=["pub0", "pub1"])
-            sink.call("task_sink_arm", expected=10**12)
+            sink.call("sink_arm", expected=10**12)
             for i, p in enumerate(pubs):
-                p.call("task_register", runtime=daemons[i % instances].runtime_str,
+                p.call("register", runtime=daemons[i % instances].runtime_str,
                        module_ids=[f"pub{i}"])
             duration = PUBLISH_S[self.quick]
             for i, p in enumerate(pubs):
-                p.submit("task_publish_for", runtime=daemons[i % instances].runtime_str,
+                p.submit("publish_for", runtime=daemons[i % instances].runtime_str,
                          module_id=f"pub{i}", duration=duration, prefix=f"k{i}-")
             sent = sum(p.result(timeout=duration + 120)["sent"] for p in pubs)
             deadline = time.monotonic() + 60
             got: dict[str, Any] = {}
             while time.monotonic() < deadline:
-                got = sink.call("task_sink_wait", wait_s=0.0)
+                got = sink.call("sink_wait", wait_s=0.0)
                 if got["count"] >= sent:
                     break
                 time.sleep(0.2)  # quiet-period: polling the sink's count
@@ -180,8 +180,8 @@ class NatsBench:
         d = self._daemon(cluster, "co")
         agent = self._agent()
         try:
-            agent.call("task_register", runtime=d.runtime_str, module_ids=["m0", "m1"])
-            got = agent.call("task_coordinate_loop", runtime=d.runtime_str,
+            agent.call("register", runtime=d.runtime_str, module_ids=["m0", "m1"])
+            got = agent.call("coordinate_loop", runtime=d.runtime_str,
                              n=self.plan.coord_n, context={"bench": "nats"}, timeout=300)
             if not got["samples"]:
                 raise BenchError("N2: no cached coordination")
@@ -198,11 +198,11 @@ class NatsBench:
         self._wait_split([victim, other])
         sink, pub = self._agent(), self._agent()
         try:
-            sink.call("task_register", runtime=other.runtime_str, module_ids=["sink"],
+            sink.call("register", runtime=other.runtime_str, module_ids=["sink"],
                       subscribe=["pub"])
-            sink.call("task_sink_arm", expected=FAILOVER_UPDATES, track_keys=True)
-            pub.call("task_register", runtime=other.runtime_str, module_ids=["pub"])
-            got = pub.call("task_publish_pipelined", runtime=other.runtime_str,
+            sink.call("sink_arm", expected=FAILOVER_UPDATES, track_keys=True)
+            pub.call("register", runtime=other.runtime_str, module_ids=["pub"])
+            got = pub.call("publish_pipelined", runtime=other.runtime_str,
                            module_id="pub", n=FAILOVER_UPDATES, prefix="f")
             if got["errors"]:
                 raise BenchError(f"N3: publishes refused: {got['errors']}")
@@ -211,7 +211,7 @@ class NatsBench:
             assert victim.pid is not None
             os.kill(victim.pid, signal.SIGKILL)
             killed = time.monotonic()
-            done = sink.call("task_sink_wait", wait_s=60.0, timeout=90)
+            done = sink.call("sink_wait", wait_s=60.0, timeout=90)
             lost = max(0, FAILOVER_UPDATES - int(done["count"]))
             return (done["last"] or killed) - killed, lost
         finally:

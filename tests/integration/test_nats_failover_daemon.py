@@ -202,3 +202,49 @@ def test_status_shows_the_cluster(nats_cluster_factory: Any, daemon_factory: Dae
     assert engine["partitions"]["total"] == PARTITIONS
     assert set(engine["lag"]) == {str(p) for p in engine["partitions"]["owned"]}
     assert all(v == {"pending": 0, "ack_pending": 0} for v in engine["lag"].values())
+
+
+@pytest.mark.timeout(180)
+def test_a_daemon_cut_off_from_nats_refuses_beyond_its_buffer_and_catches_up(
+        nats_cluster_factory: Any, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    from nats_proxy import ThreadedProxy
+
+    cluster: NatsCluster = nats_cluster_factory()
+    ports = [int(u.rsplit(":", 1)[1]) for u in cluster.urls]
+    with ThreadedProxy(ports) as proxy:
+        cut_off = nats_daemon(daemon_factory, tmp_path / "cut", cluster, "cut-a",
+                              engine={"servers": list(proxy.urls), "max_buffered": 50})
+        other = nats_daemon(daemon_factory, tmp_path / "other", cluster, "cut-b")
+        wait_for(lambda: {"cut-a", "cut-b"} <= set(_status(other)["engine"]["instances"]),
+                 timeout=20, message="both daemons see each other")
+        received = tmp_path / "received.jsonl"
+        sub = start_module(SUBSCRIBER, str(other.runtime_dir), "sub", "pub", str(received))
+        answers = tmp_path / "answers.jsonl"
+        try:
+            assert sub.stdout is not None and sub.stdout.readline().strip() == "READY"
+            proxy.cut()
+            wait_for(lambda: _status(cut_off)["engine"]["connected"] is False, timeout=20,
+                     message="the daemon notices it is cut off")
+            pub = start_module(PUBLISHER, str(cut_off.runtime_dir), "pub", "0", "80",
+                               str(answers))
+            wait_for(lambda: _status(cut_off)["engine"]["agent"]["refused"] == 30,
+                     timeout=30, message="publishes beyond the buffer refused")
+            agent = _status(cut_off)["engine"]["agent"]
+            assert agent["buffered"] == 50 and agent["acked"] == 0
+            proxy.resume()
+            _out, err = pub.communicate(timeout=90)
+            assert pub.returncode == 0, err
+            accepted, lines = _accepted(answers)
+            refused = [r["result"] for r in lines if not isinstance(r["result"], int)]
+            assert len(accepted) == 50 and refused == ["QueueFullError"] * 30
+            # The first 50 were held and published on reconnect; the rest were refused.
+            assert accepted == {f"u{i}" for i in range(50)}
+
+            def all_delivered() -> bool:
+                return accepted <= {line["key"] for line in read_lines(received)}
+
+            wait_for(all_delivered, timeout=60, message="every accepted update delivered")
+            assert _status(cut_off)["engine"]["connected"] is True
+        finally:
+            sub.kill()
+            sub.wait(10)

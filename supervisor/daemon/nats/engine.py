@@ -290,8 +290,21 @@ class NatsEngine:
         if not self._running:
             return
         self._running = False
+        drain_s = min(timeout, STOP_DRAIN_S)
         try:
-            self._thread.run(self._astop(min(timeout, STOP_DRAIN_S)), timeout + 5.0,
+            # Publish what the agent holds, then deliver what this daemon owns and holds,
+            # so that a graceful stop leaves nothing for redelivery; what remains after
+            # the bounds is still in the stream, unacknowledged: the next owner gets it.
+            self._thread.run(self.agent.drain(drain_s), drain_s + 5.0, "draining the agent")
+            self.owner.flush(drain_s)
+            if not self._thread.run(self.owner.settled(drain_s), drain_s + 5.0,
+                                    "delivering the owned partitions' batches"):
+                self._log.warning("stopping with owned updates not yet delivered: the "
+                                  "next owners get them from the stream")
+        except Exception:
+            self._log.opt(exception=True).error("draining at stop failed")
+        try:
+            self._thread.run(self._astop(drain_s), timeout + 5.0,
                              "leaving the NATS cluster")
         except Exception:
             self._log.opt(exception=True).error("leaving the NATS cluster failed")
@@ -300,7 +313,7 @@ class NatsEngine:
         self._log.info("left the NATS cluster")
 
     async def _astop(self, drain_s: float) -> None:
-        await self.agent.drain(drain_s)
+        await self.agent.drain(0.0)  # nothing left; refuses any late publish
         if self._control_plane is not None:
             await self._control_plane.stop()
         await self.owner.close()

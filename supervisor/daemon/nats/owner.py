@@ -43,7 +43,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from modcoord.actors.debouncer import PublishMany
+from modcoord.actors.batcher import FlushBatches
+from modcoord.actors.debouncer import Flush, PublishMany
 from modcoord.actors.update import Batch, Update
 from modcoord.supervisor.daemon.config import ConfigSet
 from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
@@ -166,6 +167,21 @@ class Owner:
             self._delivering.cancel()
             with contextlib.suppress(BaseException):
                 await self._delivering
+
+    def flush(self, timeout: float) -> int:
+        """Hand everything pending in the owner's debouncer and batcher on now (a control
+        thread; blocks up to ``timeout``); how many updates were flushed."""
+        flushed = int(self.core.handles["debouncer"].ask(Flush(), timeout=timeout))
+        self.core.handles["batcher"].ask(FlushBatches(), timeout=timeout)
+        return flushed
+
+    async def settled(self, timeout: float) -> bool:
+        """On the loop: wait until every batch formed so far was delivered and every held
+        message acknowledged (up to ``timeout``); whether that happened."""
+        deadline = time.monotonic() + timeout
+        while (self._outbox or self._held) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return not (self._outbox or self._held)
 
     def stop_core(self) -> None:
         self.core.stop()
