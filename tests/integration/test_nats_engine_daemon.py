@@ -148,3 +148,42 @@ def test_set_mode_switches_every_host_and_coordinate_is_cached_cluster_wide(
         for m in mods:
             m.kill()
             m.wait(10)
+
+
+@pytest.mark.timeout(120)
+def test_a_graceful_stop_delivers_what_the_daemon_owns_before_it_leaves(
+        nats_cluster: NatsCluster, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    from modcoord.supervisor.daemon.nats.partitions import partition_of
+
+    # A debounce far longer than the test: only the stop's flush can deliver in time.
+    slow = {"hybrid": {"debounce": {"delay_ms": 60_000, "max_wait_ms": 60_000}}}
+    leaving = nats_daemon(daemon_factory, tmp_path / "a", nats_cluster, "stop-a", modes=slow)
+    staying = nats_daemon(daemon_factory, tmp_path / "b", nats_cluster, "stop-b", modes=slow)
+
+    def split() -> bool:
+        a = set(_status(leaving)["engine"]["partitions"]["owned"])
+        b = set(_status(staying)["engine"]["partitions"]["owned"])
+        return bool(a) and bool(b) and a | b == set(range(8))
+
+    wait_for(split, timeout=30, message="the partitions split")
+    owned = set(_status(leaving)["engine"]["partitions"]["owned"])
+    received = tmp_path / "received.jsonl"
+    sub = start_module(SUBSCRIBER, str(staying.runtime_dir), "sub", "pub", str(received))
+    answers = tmp_path / "answers.jsonl"
+    try:
+        assert sub.stdout is not None and sub.stdout.readline().strip() == "READY"
+        pub = start_module(PUBLISHER, str(staying.runtime_dir), "pub", "100", "1",
+                           str(answers))
+        _out, err = pub.communicate(timeout=60)
+        assert pub.returncode == 0, err
+        theirs = {f"k{k}" for k in range(100) if partition_of("pub", f"k{k}", 8) in owned}
+        assert theirs
+        wait_for(lambda: _status(leaving)["engine"]["owner"]["fetched_updates"]
+                 >= len(theirs), timeout=10, message="the leaving daemon holds its share")
+        assert read_lines(received) == []
+        leaving.stop()  # SIGTERM: a graceful stop
+        wait_for(lambda: theirs <= {line["key"] for line in read_lines(received)},
+                 timeout=15, message="the leaving daemon's share delivered at its stop")
+    finally:
+        sub.kill()
+        sub.wait(10)
