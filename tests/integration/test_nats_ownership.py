@@ -292,3 +292,69 @@ def test_an_instance_cut_off_from_nats_fences_before_its_partitions_move(
     a_stats = out["a_stats"]
     assert a_stats.fenced >= len(out["a_had"]) and a_stats.failures >= 1
     assert out["b_stats"].takeovers >= len(out["a_had"])
+
+
+#: After the kill, watch this long: NATS's Raft election takes 4-9 s (randomised).
+ELECTION_WATCH_S = 14.0
+
+
+async def _election(cluster: NatsCluster) -> dict[str, Any]:
+    admin, js, buckets = await _buckets(cluster)
+    sampler = Sampler()
+    sampler.start()
+    out: dict[str, Any] = {}
+    defaults: dict[str, Any] = {"settings": LeaseSettings(), "heartbeat_s": 2.0,
+                                "member_timeout_s": 10.0}
+    try:
+        a = await Instance("inst-a", cluster, buckets, **defaults).start()
+        b = await Instance("inst-b", cluster, buckets, **defaults).start()
+        sampler.instances += [a, b]
+        await wait_for(lambda: split_as_assigned([a, b]), 20, "a and b split")
+        before = (a.owned(), b.owned())
+        assert a.own is not None and b.own is not None
+        stats_before = (a.own.statistics(), b.own.statistics())
+        info = await js.stream_info(f"KV_{buckets[1]}")
+        assert info.cluster is not None and info.cluster.leader is not None
+        out["victim"] = victim = cluster.index(info.cluster.leader)
+        cluster.kill(victim)
+        t0 = time.monotonic()
+        changed: list[float] = []
+        while time.monotonic() - t0 < ELECTION_WATCH_S:
+            if (a.owned(), b.owned()) != before:
+                changed.append(time.monotonic() - t0)
+            await asyncio.sleep(0.05)
+        out["paused_s"] = len(changed) * 0.05  # time either had a partition fenced
+        out["after"] = (a.owned(), b.owned())
+        out["before"] = before
+        out["stats"] = [(x.own.statistics(), s) for x, s in zip((a, b), stats_before,
+                                                                   strict=True)
+                        if x.own is not None]
+        await a.leave()
+        await b.leave()
+    finally:
+        await sampler.stop()
+        out["overlaps"] = sampler.overlaps
+        await _drop(admin, js, buckets)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_an_election_of_the_lease_bucket_does_not_move_ownership(
+        nats_cluster: NatsCluster) -> None:
+    """With the default timings (lease 9 s, member timeout 10 s), SIGKILL of the node
+    leading the leases bucket's stream: its election stalls the renewals for seconds, yet
+    no partition changes hands (no takeover, no lost lease), and after it the split is the
+    same as before."""
+    try:
+        out = asyncio.run(_election(nats_cluster))
+    finally:  # the module's cluster is shared: bring the killed node back
+        for i in range(nats_cluster.n):
+            if i not in nats_cluster.running():
+                nats_cluster.restart(i)
+    print({"victim": out["victim"], "paused_s": out["paused_s"],
+           "fenced": [s.fenced - b.fenced for s, b in out["stats"]]})
+    assert out["overlaps"] == []
+    assert out["after"] == out["before"]
+    for now, before in out["stats"]:
+        assert (now.takeovers, now.lost) == (before.takeovers, before.lost)
