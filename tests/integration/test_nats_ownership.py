@@ -222,7 +222,7 @@ def test_instances_split_take_over_and_rebalance_without_ever_sharing_a_partitio
     print({k: out[k] for k in ("split_s", "takeover_s", "a_fenced_after_s", "join_s",
                                "after_leave_s", "samples")})
     assert out["overlaps"] == [], out["overlaps"][:5]
-    assert out["samples"] > 1000  # the sampler really ran throughout
+    assert out["samples"] > 200  # the sampler really ran throughout (every 5 ms when idle)
     assert out["a_had"] and out["b_had"]  # both had a share (rendezvous over 8: 3-5 each)
     # a crashed holding partitions: b took them over once their leases lapsed, not sooner
     assert out["takeover_s"] >= SETTINGS.lease_s - SETTINGS.renew_s - SETTINGS.grace_s

@@ -228,6 +228,12 @@ class PartitionLeases:
         """Whether a write for ``p`` has been started and not yet reported."""
         return p in self._attempts
 
+    def absent_since(self, p: int) -> float | None:
+        """When this instance first saw ``p``'s key absent (monotonic), if its last read
+        found it absent; None otherwise (present, held, or not read)."""
+        view = self._views.get(p)
+        return view.since if view is not None and view.revision is None else None
+
     def lapsed_owners(self) -> frozenset[str]:
         """The owners of foreign leases seen unchanged for ``lease_s``: they stopped
         renewing (dead, or cut off and fenced)."""
