@@ -33,6 +33,9 @@ Use the CONTROL connection's KV handles (a data backlog must never starve the re
 The caller creates the buckets: members with ``max_age`` of several heartbeats (it only
 removes garbage), leases with ``history=1`` and a ``max_age`` well above ``lease_s``.
 
+The loops run on one asyncio loop; the queries (:meth:`Ownership.owned`,
+:meth:`Ownership.live_members`, :meth:`Ownership.statistics`) may be called from any thread.
+
 On failure: a KV error is counted (``statistics()``) and logged; the loops go on and retry
 at the next poll. Nothing is raised out of the loops.
 """
@@ -231,8 +234,8 @@ class Ownership:
 
     # -- queries -----------------------------------------------------------------------
     def owned(self) -> frozenset[int]:
-        """The partitions this instance may process now."""
-        return self.leases.owned() - self._leaving
+        """The partitions this instance may process now (any thread may ask)."""
+        return self.leases.owned() - frozenset(tuple(self._leaving))
 
     def live_members(self) -> tuple[str, ...]:
         """The live members' ids (this instance always among them), sorted."""
@@ -241,7 +244,7 @@ class Ownership:
     def targets(self) -> dict[int, str]:
         """Which member should own each partition now: rendezvous over the live members
         without the suspects (see the module docstring)."""
-        return assign(self.partitions, set(self.live_members()) - set(self._suspects))
+        return assign(self.partitions, set(self.live_members()) - set(tuple(self._suspects)))
 
     def suspects(self) -> tuple[str, ...]:
         """The members left out of the targets for not holding leases, sorted."""
