@@ -20,7 +20,7 @@ from nats_cluster import NatsCluster, retry_async
 from nats_proxy import ThreadedProxy
 
 from modcoord.supervisor.daemon.nats.lease import LeaseSettings
-from modcoord.supervisor.daemon.nats.ownership import Ownership
+from modcoord.supervisor.daemon.nats.ownership import SUSPECT_HOLD_LEASES, Ownership
 from modcoord.supervisor.daemon.nats.partitions import assign
 
 pytestmark = [pytest.mark.integration, pytest.mark.nats]
@@ -261,7 +261,10 @@ async def _partition(cluster: NatsCluster, proxy: ThreadedProxy) -> dict[str, An
                        "b takes over a's partitions")
         out["takeover_s"] = time.monotonic() - t_cut
         await asyncio.to_thread(proxy.resume)
-        out["heal_s"] = await wait_for(lambda: split_as_assigned([a, b]), 20,
+        # b suspects a (its leases lapsed) and gives it its share back only after the
+        # suspicion's hold, SUSPECT_HOLD_LEASES leases after the last sign
+        out["heal_s"] = await wait_for(lambda: split_as_assigned([a, b]),
+                                       (SUSPECT_HOLD_LEASES + 3) * SETTINGS.lease_s,
                                        "a is back and gets its share again")
         assert a.own is not None and b.own is not None
         out["a_stats"], out["b_stats"] = a.own.statistics(), b.own.statistics()
@@ -275,7 +278,7 @@ async def _partition(cluster: NatsCluster, proxy: ThreadedProxy) -> dict[str, An
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_an_instance_cut_off_from_nats_fences_before_its_partitions_move(
         nats_cluster: NatsCluster) -> None:
     """A network partition of one instance (a pausable proxy between it and every

@@ -118,9 +118,10 @@ class Harness:
             if advance:
                 self.clock.advance(advance)
 
-    def member(self, name: str) -> None:
+    def member(self, name: str, started_unix: float = 0.0) -> None:
         """Another instance's heartbeat key (a new revision each call)."""
-        info = MemberInfo(instance_id=name, host="h", pid=2, agent_subject="", started_unix=0)
+        info = MemberInfo(instance_id=name, host="h", pid=2, agent_subject="",
+                          started_unix=started_unix)
         self.members.data[member_key(name)] = Entry(msgspec.json.encode(info),
                                                     self.members._next())
 
@@ -228,6 +229,28 @@ def test_a_heartbeating_member_that_does_not_hold_leases_cannot_strand_partition
         assert h.own.statistics().releases == len(x_share)
         assert longest <= S.lease_s + 1.0, longest
         assert h.own.suspects() == ("x",)
+
+    run(main())
+
+
+def test_a_suspect_that_restarts_gets_its_share_at_once(clock: MockClock) -> None:
+    async def main() -> None:
+        h = Harness(clock)
+        value = msgspec.json.encode(LeaseValue("x", 0.0))
+        for p in range(P):
+            h.leases.data[lease_key(p)] = Entry(value, h.leases._next())
+        for step in range(int(S.lease_s / S.poll_s) + 4):
+            if step % 8 == 0:
+                h.member("x")
+                await h.own.heartbeat_once()
+            await h.rounds(1, advance=S.poll_s)
+        assert h.own.owned() == set(range(P)) and h.own.suspects() == ("x",)
+        h.member("x", started_unix=1.0)  # x restarted (same id): a new incarnation
+        await h.own.heartbeat_once()
+        await h.rounds(3)
+        x_share = {p for p, m in assign(P, ["a", "x"]).items() if m == "x"}
+        assert h.own.suspects() == ()
+        assert h.own.owned() == set(range(P)) - x_share
 
     run(main())
 

@@ -12,9 +12,12 @@ coordinator instance, driving :class:`~.membership.Membership` and
   member is suspect once a lease of its own has lapsed (seen unchanged for ``lease_s``) or
   a partition targeted at it has stayed absent for ``lease_s`` (it does not take what is
   given to it), and stays suspect for :data:`SUSPECT_HOLD_LEASES` leases after the last
-  such sign. So a dead owner's partitions get a new target as soon as its leases lapse,
-  before its heartbeat times out, and a member that heartbeats but does not hold leases
-  cannot leave partitions unowned for longer than ``lease_s`` at a time.
+  such sign, or until it restarts (a new ``started_unix`` in its heartbeat). So a dead
+  owner's partitions get a new target as soon as its leases lapse, before its heartbeat
+  times out, and a member that heartbeats but does not hold leases cannot leave partitions
+  unowned for longer than ``lease_s`` at a time. The price: a member cut off long enough
+  for its leases to lapse gets its share back only when the hold ends (54 s with the
+  defaults), its partitions processed by the others meanwhile.
 * **Leases.** Every ``poll_s`` (sooner when a held partition's fence deadline comes first)
   the instance reads the lease keys ``p.<n>`` of the partitions it does not hold (those
   targeted at another member less often, :data:`FOREIGN_READ_FACTOR`) and sends
@@ -223,7 +226,8 @@ class Ownership:
         self._leaving: set[int] = set()  # moving to another member: announced lost first
         self._reading: set[int] = set()
         self._read_at: dict[int, float] = {}  # when each lease key was last read
-        self._suspects: dict[str, float] = {}  # member -> last sign it does not hold leases
+        # member -> (last sign it does not hold leases, its started_unix then)
+        self._suspects: dict[str, tuple[float, float | None]] = {}
         self._target: dict[int, tuple[str, float]] = {}  # p -> (target, since when)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -263,13 +267,18 @@ class Ownership:
             if member != self.instance_id and absent is not None \
                     and now - absent >= lease_s and now - since >= lease_s:
                 signs.add(member)
+        infos = self.membership.members()
         for member in signs:
             if member not in self._suspects:
                 self._log.warning("member suspected of not holding its leases",
                                   member=member)
-            self._suspects[member] = now
-        for member, last in list(self._suspects.items()):
-            if now - last >= SUSPECT_HOLD_LEASES * lease_s:
+            info = infos.get(member)
+            self._suspects[member] = (now, None if info is None else info.started_unix)
+        for member, (last, started) in list(self._suspects.items()):
+            info = infos.get(member)
+            restarted = info is not None and started is not None \
+                and info.started_unix != started
+            if restarted or now - last >= SUSPECT_HOLD_LEASES * lease_s:
                 del self._suspects[member]
 
     def statistics(self) -> OwnershipStatistics:
