@@ -210,6 +210,22 @@ def test_outcomes_without_a_start_are_refused(clock: MockClock) -> None:
         a.acquire_started(0)
 
 
+def test_lapsed_owners_are_those_whose_leases_stayed_unchanged_for_lease_s(
+        clock: MockClock) -> None:
+    b = leases(clock, "b")
+    b.observed(1, 10, "a")
+    b.observed(2, 20, "c")
+    b.observed(3, None, None)
+    clock.advance(5)
+    b.observed(2, 21, "c")  # c renews, a does not
+    assert b.lapsed_owners() == frozenset()
+    clock.advance(4)
+    assert b.lapsed_owners() == {"a"}
+    b.observed(4, 5, "b")  # its own old key: reported too (the runtime leaves itself out)
+    clock.advance(9)
+    assert b.lapsed_owners() == {"a", "b", "c"}
+
+
 # -- safety over random interleavings -------------------------------------------------
 
 @dataclass

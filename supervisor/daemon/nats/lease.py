@@ -185,6 +185,8 @@ class PartitionLeases:
     sent, then exactly one of ``acquired`` / ``renewed`` / ``released`` (it succeeded),
     ``lost`` (its compare-and-set failed: someone else holds the key) or ``failed`` (an
     error: outcome unknown). Outcomes with no matching start raise ``ValueError``.
+    Inputs come from one thread (the runtime's loop); :meth:`owned` and
+    :meth:`statistics` may be called from any thread (they read snapshots).
     """
 
     def __init__(self, instance_id: str, clock: Clock,
@@ -205,7 +207,7 @@ class PartitionLeases:
         """The partitions this instance may process NOW: held, not being released, and not
         past the fence deadline."""
         now = self._clock.monotonic()
-        return frozenset(p for p, h in self._held.items()
+        return frozenset(p for p, h in tuple(self._held.items())
                          if not h.releasing and now < self._fence_at(h))
 
     def held(self) -> frozenset[int]:
@@ -228,11 +230,17 @@ class PartitionLeases:
         """Whether a write for ``p`` has been started and not yet reported."""
         return p in self._attempts
 
+    def absent_since(self, p: int) -> float | None:
+        """When this instance first saw ``p``'s key absent (monotonic), if its last read
+        found it absent; None otherwise (present, held, or not read)."""
+        view = self._views.get(p)
+        return view.since if view is not None and view.revision is None else None
+
     def lapsed_owners(self) -> frozenset[str]:
         """The owners of foreign leases seen unchanged for ``lease_s``: they stopped
         renewing (dead, or cut off and fenced)."""
         now = self._clock.monotonic()
-        return frozenset(v.owner for v in self._views.values()
+        return frozenset(v.owner for v in tuple(self._views.values())
                          if v.revision is not None and v.owner is not None
                          and now - v.since >= self.settings.lease_s)
 

@@ -111,12 +111,12 @@ class Membership:
     def live(self) -> tuple[str, ...]:
         """The live members' ids, sorted."""
         now = self._now()
-        return tuple(sorted(m for m, s in self._seen.items() if self._alive(s, now)))
+        return tuple(sorted(m for m, s in tuple(self._seen.items()) if self._alive(s, now)))
 
     def members(self) -> Mapping[str, MemberInfo]:
         """The live members' latest heartbeats (a read-only snapshot)."""
         now = self._now()
-        return MappingProxyType({m: s.info for m, s in sorted(self._seen.items())
+        return MappingProxyType({m: s.info for m, s in sorted(tuple(self._seen.items()))
                                  if self._alive(s, now)})
 
     def known(self) -> tuple[str, ...]:

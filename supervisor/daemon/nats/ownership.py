@@ -8,9 +8,16 @@ coordinator instance, driving :class:`~.membership.Membership` and
   for ``member_timeout_s`` on this instance's clock (on nats-server 2.9 a key aged out of
   the bucket gives no watch event); a missing key is a clean leave. While the bucket cannot
   be read at all, silence is not counted. This instance always counts itself as live.
-* **Targets.** :func:`~.partitions.assign` over the live members, without the owners of
-  leases that have lapsed (seen unchanged for ``lease_s``): a dead owner's partitions get a
-  new target as soon as its leases lapse, before its heartbeat times out.
+* **Targets.** :func:`~.partitions.assign` over the live members without the suspects: a
+  member is suspect once a lease of its own has lapsed (seen unchanged for ``lease_s``) or
+  a partition targeted at it has stayed absent for ``lease_s`` (it does not take what is
+  given to it), and stays suspect for :data:`SUSPECT_HOLD_LEASES` leases after the last
+  such sign, or until it restarts (a new ``started_unix`` in its heartbeat). So a dead
+  owner's partitions get a new target as soon as its leases lapse, before its heartbeat
+  times out, and a member that heartbeats but does not hold leases cannot leave partitions
+  unowned for longer than ``lease_s`` at a time. The price: a member cut off long enough
+  for its leases to lapse gets its share back only when the hold ends (54 s with the
+  defaults), its partitions processed by the others meanwhile.
 * **Leases.** Every ``poll_s`` (sooner when a held partition's fence deadline comes first)
   the instance reads the lease keys ``p.<n>`` of the partitions it does not hold (those
   targeted at another member less often, :data:`FOREIGN_READ_FACTOR`) and sends
@@ -28,6 +35,9 @@ coordinator instance, driving :class:`~.membership.Membership` and
 Use the CONTROL connection's KV handles (a data backlog must never starve the renewals).
 The caller creates the buckets: members with ``max_age`` of several heartbeats (it only
 removes garbage), leases with ``history=1`` and a ``max_age`` well above ``lease_s``.
+
+The loops run on one asyncio loop; the queries (:meth:`Ownership.owned`,
+:meth:`Ownership.live_members`, :meth:`Ownership.statistics`) may be called from any thread.
 
 On failure: a KV error is counted (``statistics()``) and logged; the loops go on and retry
 at the next poll. Nothing is raised out of the loops.
@@ -85,6 +95,9 @@ LEASE_KEY_PREFIX = "p."
 FOREIGN_READ_FACTOR = 0.5
 #: Stopping waits this long for the releases (deletes) to be answered.
 RELEASE_TIMEOUT_S = 2.0
+#: A suspect member (see the module docstring) stays out of the targets this many
+#: ``lease_s`` after the last sign; then it is given its share again, to see if it takes it.
+SUSPECT_HOLD_LEASES = 6
 #: JetStream's "wrong last sequence" API error codes (a failed compare-and-set).
 _CAS_ERROR_CODES = (10071, 10164)
 
@@ -122,6 +135,7 @@ class OwnershipStatistics:
         callback_errors: ``on_gained``/``on_lost`` calls that raised.
         owned: partitions owned now.
         live_members: members live now (this instance included).
+        suspects: live members left out of the targets for not holding leases.
     """
 
     acquired: int
@@ -138,6 +152,7 @@ class OwnershipStatistics:
     callback_errors: int
     owned: int
     live_members: int
+    suspects: int
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -211,6 +226,9 @@ class Ownership:
         self._leaving: set[int] = set()  # moving to another member: announced lost first
         self._reading: set[int] = set()
         self._read_at: dict[int, float] = {}  # when each lease key was last read
+        # member -> (last sign it does not hold leases, its started_unix then)
+        self._suspects: dict[str, tuple[float, float | None]] = {}
+        self._target: dict[int, tuple[str, float]] = {}  # p -> (target, since when)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -220,8 +238,8 @@ class Ownership:
 
     # -- queries -----------------------------------------------------------------------
     def owned(self) -> frozenset[int]:
-        """The partitions this instance may process now."""
-        return self.leases.owned() - self._leaving
+        """The partitions this instance may process now (any thread may ask)."""
+        return self.leases.owned() - frozenset(tuple(self._leaving))
 
     def live_members(self) -> tuple[str, ...]:
         """The live members' ids (this instance always among them), sorted."""
@@ -229,22 +247,51 @@ class Ownership:
 
     def targets(self) -> dict[int, str]:
         """Which member should own each partition now: rendezvous over the live members
-        without the owners of lapsed leases."""
-        return assign(self.partitions, set(self.live_members()) - self._suspects())
+        without the suspects (see the module docstring)."""
+        return assign(self.partitions, set(self.live_members()) - set(tuple(self._suspects)))
 
-    def _suspects(self) -> set[str]:
-        return {owner for owner in self.leases.lapsed_owners() if owner != self.instance_id}
+    def suspects(self) -> tuple[str, ...]:
+        """The members left out of the targets for not holding leases, sorted."""
+        return tuple(sorted(self._suspects))
+
+    def _update_suspects(self) -> None:
+        now = self._clock.monotonic()
+        lease_s = self.settings.lease_s
+        signs = {o for o in self.leases.lapsed_owners() if o != self.instance_id}
+        for p, member in assign(self.partitions, self.live_members()).items():
+            target, since = self._target.get(p, (None, now))
+            if target != member:
+                self._target[p] = (member, now)
+                continue
+            absent = self.leases.absent_since(p)
+            if member != self.instance_id and absent is not None \
+                    and now - absent >= lease_s and now - since >= lease_s:
+                signs.add(member)
+        infos = self.membership.members()
+        for member in signs:
+            if member not in self._suspects:
+                self._log.warning("member suspected of not holding its leases",
+                                  member=member)
+            info = infos.get(member)
+            self._suspects[member] = (now, None if info is None else info.started_unix)
+        for member, (last, started) in list(self._suspects.items()):
+            info = infos.get(member)
+            restarted = info is not None and started is not None \
+                and info.started_unix != started
+            if restarted or now - last >= SUSPECT_HOLD_LEASES * lease_s:
+                del self._suspects[member]
 
     def statistics(self) -> OwnershipStatistics:
         return OwnershipStatistics(**self.leases.statistics().as_dict(), **self._counts,
                                    owned=len(self.owned()),
-                                   live_members=len(self.live_members()))
+                                   live_members=len(self.live_members()),
+                                   suspects=len(self._suspects))
 
     # -- life --------------------------------------------------------------------------
     async def start(self) -> None:
         """Write the first heartbeat, read the members, and start the heartbeat and lease
         loops. A failed first heartbeat is counted and logged; the loops retry."""
-        await self._heartbeat_once()
+        await self.heartbeat_once()
         self._loops = [asyncio.create_task(self._heartbeat_loop()),
                        asyncio.create_task(self._poll_loop())]
         self._log.info("ownership started", partitions=self.partitions,
@@ -280,6 +327,11 @@ class Ownership:
                                    RELEASE_TIMEOUT_S)
         self._log.info("ownership stopped", released=self.leases.statistics().releases)
 
+    async def settle(self) -> None:
+        """Wait until no read or write started by :meth:`poll_once` is in flight."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -289,10 +341,12 @@ class Ownership:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            await self._heartbeat_once()
+            await self.heartbeat_once()
             self._wake.set()
 
-    async def _heartbeat_once(self) -> None:
+    async def heartbeat_once(self) -> None:
+        """One heartbeat round, as the heartbeat loop does it: write this instance's key,
+        read every member's. Failures are counted and logged, never raised."""
         info = MemberInfo(instance_id=self.instance_id, host=socket.gethostname(),
                           pid=os.getpid(), agent_subject=self._agent_subject,
                           started_unix=self._started_unix,
@@ -342,7 +396,7 @@ class Ownership:
         while True:
             self._wake.clear()  # a write finishing during the poll wakes the next one
             try:
-                await self._poll_once()
+                await self.poll_once()
             except Exception:
                 self._log.opt(exception=True).error("lease poll failed")
             delay = self.settings.poll_s
@@ -352,8 +406,11 @@ class Ownership:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
-    async def _poll_once(self) -> None:
+    async def poll_once(self) -> None:
+        """One lease round, as the poll loop does it: announce changes, start the reads
+        and writes due (as tasks: :meth:`settle` waits for them), announce again."""
         await self._announce()
+        self._update_suspects()
         targets = self.targets()
         now = self._clock.monotonic()
         for p in range(self.partitions):
