@@ -11,13 +11,14 @@ the run with a list of what to move or mark.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pykka
 import pytest
 from daemon_harness import DaemonFactory, DaemonProcess, copy_configs
+from nats_cluster import NatsCluster
 
 from modcoord.actors import MockClock
 
@@ -110,3 +111,30 @@ def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
 def daemon(daemon_factory: DaemonFactory) -> DaemonProcess:
     """One real daemon, started with fault injection allowed."""
     return daemon_factory("--allow-fault-injection")
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A ready 3-node NATS cluster with JetStream on loopback, shared by the module's tests
+    (skips without a nats-server binary, see nats_cluster.py). A test that kills a node
+    restarts it before it ends, or uses ``nats_cluster_factory`` instead."""
+    cluster = NatsCluster(3, root=tmp_path_factory.mktemp("nats"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def nats_cluster_factory(tmp_path: Path) -> Iterator[Callable[..., NatsCluster]]:
+    """Start fresh NATS clusters for one test (``factory(n=3, no_advertise=True)``, started
+    and ready); all are stopped at teardown."""
+    made: list[NatsCluster] = []
+
+    def factory(n: int = 3, *, no_advertise: bool = True) -> NatsCluster:
+        cluster = NatsCluster(n, root=tmp_path / f"nats{len(made)}", no_advertise=no_advertise)
+        made.append(cluster)
+        return cluster.start()
+
+    yield factory
+    for cluster in made:
+        cluster.stop()

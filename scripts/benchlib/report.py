@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--only", default="",
                         help="comma-separated figure numbers to measure (default: all)")
+    parser.add_argument("--engine", choices=("local", "nats"), default="local",
+                        help="nats: the NATS engine's figures N1-N4 on a real 3-node "
+                             "cluster (needs nats-server) instead of the local ones")
     args = parser.parse_args(argv)
     try:
         import modcoord.supervisor.client  # noqa: F401
@@ -99,10 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     show = sys.stderr.isatty() and not args.json
     with _progress_printer(show) as progress:
         try:
-            with Bench(plan, progress) as bench:
-                bench.only = {x.strip() for x in args.only.split(",") if x.strip()}
-                results = bench.run()
-                failed = bench.failed
+            if args.engine == "nats":
+                from .nats_figures import NatsBench
+
+                with NatsBench(plan, progress, args.quick) as nats_bench:
+                    results = nats_bench.run()
+                    failed = nats_bench.failed
+            else:
+                with Bench(plan, progress) as bench:
+                    bench.only = {x.strip() for x in args.only.split(",") if x.strip()}
+                    results = bench.run()
+                    failed = bench.failed
         except (BenchError, OSError) as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1

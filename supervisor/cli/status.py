@@ -105,6 +105,15 @@ def run(args: argparse.Namespace) -> int:
         print("  actor processes: " + ", ".join(
             f"{n} pid {a['pid']} {(a.get('rss_bytes') or 0) / 1048576:.1f} MiB "
             f"{a.get('cpu_seconds') or 0:.2f} s CPU" for n, a in own))
+    engine = status.get("engine") or {}
+    if engine.get("kind") == "nats":
+        agent = engine.get("agent", {})
+        print(f"  engine: nats, instance {engine.get('instance_id')}, "
+              f"{'connected' if engine.get('connected') else 'DISCONNECTED'}, "
+              f"{len(engine.get('instances', []))} instances, partitions owned "
+              f"{len(engine.get('partitions', {}).get('owned', []))}/"
+              f"{engine.get('partitions', {}).get('total')}, agent buffered "
+              f"{agent.get('buffered')}/{agent.get('max_buffered')}")
     if status.get("last_reload_error"):
         print(f"  last reload error: {status['last_reload_error']}")
     return 0

@@ -24,6 +24,7 @@ from modcoord.actors.modes import MODES, mode_or_none
 from modcoord.actors.plugins import check_names
 from modcoord.actors.settings import ModeSettings
 from modcoord.actors.trends import TRENDABLE, TrendThresholds
+from modcoord.supervisor.daemon.engine_config import EngineSettings
 from modcoord.supervisor.protocol.limits import (
     DEFAULT_OUTPUT_BUDGET_BYTES,
     DEFAULT_OUTPUT_CONNECTION_BYTES,
@@ -216,6 +217,7 @@ class DaemonSettings(_Strict):
     supervisor: SupervisionSettings = SupervisionSettings()
     output: OutputSettings = OutputSettings()
     history: HistorySettings = HistorySettings()
+    engine: EngineSettings = EngineSettings()
 
 
 @dataclass(frozen=True)

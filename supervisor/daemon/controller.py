@@ -100,7 +100,7 @@ class Controller:
             self.history.rates.forget(module_id)
         return self.coordinator.unregister(module_id, endpoint)
 
-    def publish_many(self, items: Any) -> list[Any]:
+    def publish_many(self, items: Any) -> Sequence[Any]:
         if self.history is not None:  # per-module rates for the history
             items = items if isinstance(items, list) else list(items)
             self.history.rates.count(items)

@@ -556,10 +556,16 @@ class ModuleCoordinator:
             plugins=self.shared.plugins,
             module_metrics=self.module_metrics,
             rejected=self.queue_gauge.rejected,
-        )
+        ) | {"engine": {"kind": "local"}}
         if self.hosting is not None:
             doc["plugins"] = self.hosting.plugin_statistics(doc["plugins"])
         return doc
+
+    def deliver(self, subscriber_id: str, batch: Batch) -> None:
+        """Hand ``batch`` to the local module ``subscriber_id`` (its endpoint queues it,
+        never blocking); a module that went away is counted in ``undeliverable`` and
+        logged. Another engine delivering through this one (NATS) calls it."""
+        self._deliver(subscriber_id, batch)
 
     def insights(self) -> dict[str, Any]:
         """Insights and recommendations (the dict ``insights --json`` prints)."""

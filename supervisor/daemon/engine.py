@@ -1,13 +1,13 @@
 """The engine seam: the one typed interface between the daemon and the coordination core.
 
 The daemon's server and controller reach the core — module registry, publish path,
-coordination, modes, actors — only through :class:`Engine`. Today there is one
-implementation, the in-process actor system
+coordination, modes, actors — only through :class:`Engine`. The default
+implementation is the in-process actor system
 (:class:`~modcoord.supervisor.daemon.coordinator.ModuleCoordinator`, alias
-``LocalEngine``), built by :func:`create_engine`, which the daemon process calls.
-A second engine (for example one spread over several hosts through NATS) is an added
-module implementing this protocol and a branch in :func:`create_engine`; the server, the
-protocol and the client do not change.
+``LocalEngine``), built by :func:`create_engine`, which the daemon process calls; the
+second, ``engine: {kind: nats}``, spreads the core over several hosts through NATS
+(:mod:`modcoord.supervisor.daemon.nats`). The server, the protocol and the client are the
+same for both.
 
 Threads: the data calls (``publish_many``, ``publish_backlog``, ``timers_overdue``,
 ``coordinate``, ``status_brief``) run on the server's I/O thread and must not block;
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENGINES",
+    "Accepted",
     "Engine",
     "ModeSwitch",
     "OptimizeReport",
@@ -50,6 +51,50 @@ __all__ = [
 
 PublishItem = tuple[str, str, Any, str]
 """One publish: ``(module_id, key, payload, priority)``."""
+
+
+class Accepted:
+    """A publish result that is not known yet: ``publish_many`` may return one in an
+    item's place when the update counts as accepted only later (the NATS engine: once
+    JetStream acknowledged it). The server answers the publisher when it settles.
+
+    :meth:`settle` runs the callbacks once, with the sequence number or the error refusing
+    the update; a callback added after that runs at once. Thread-safe; callbacks run in
+    the settling thread and must not block (an exception in one is logged by the caller).
+    """
+
+    __slots__ = ("_callbacks", "_lock", "_result")
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[int | ModcoordError], None]] = []
+        self._result: int | ModcoordError | None = None
+
+    @property
+    def result(self) -> int | ModcoordError | None:
+        """The outcome, or None while unsettled."""
+        return self._result
+
+    def on_settled(self, callback: Callable[[int | ModcoordError], None]) -> None:
+        """Call ``callback(result)`` once the outcome is known (at once if it is)."""
+        with self._lock:
+            if self._result is None:
+                self._callbacks.append(callback)
+                return
+            result = self._result
+        callback(result)
+
+    def settle(self, result: int | ModcoordError) -> None:
+        """Record the outcome and run the callbacks (a second settle is ignored)."""
+        with self._lock:
+            if self._result is not None:
+                return
+            self._result = result
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(result)
 
 
 # -- typed results -------------------------------------------------------------------------
@@ -179,9 +224,11 @@ class Engine(Protocol):
         returns whether it was."""
         ...
 
-    def publish_many(self, items: Sequence[PublishItem]) -> list[int | ModcoordError]:
-        """Publish the items in order; per item its sequence number or the error refusing
-        it (InvalidMessageError, QueueFullError). Never raises for one bad item."""
+    def publish_many(self, items: Sequence[PublishItem]
+                     ) -> Sequence[int | ModcoordError | Accepted]:
+        """Publish the items in order; per item its sequence number, the error refusing
+        it (InvalidMessageError, QueueFullError), or an :class:`Accepted` settling later
+        with one of those. Never raises for one bad item."""
         ...
 
     def publish_backlog(self) -> int:
@@ -265,12 +312,24 @@ def _local(config: ConfigSet, *, mode: str, fault_injection: bool,
                              on_escalate=on_escalate)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"local": _local}
-"""Engine factories by name; ``local`` (the in-process actor system) is the default."""
+def _nats(config: ConfigSet, *, mode: str, fault_injection: bool,
+          on_escalate: Callable[[str], None]) -> Engine:
+    try:
+        from modcoord.supervisor.daemon.nats.engine import NatsEngine
+    except ImportError as exc:  # nats-py missing
+        raise ValueError(f"engine.kind nats needs nats-py ({exc}): install "
+                         "modcoord[nats]") from None
+    return NatsEngine(config, mode=mode, fault_injection=fault_injection,
+                      on_escalate=on_escalate)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"local": _local, "nats": _nats}
+"""Engine factories by name; ``local`` (the in-process actor system) is the default,
+``nats`` spreads it over a NATS cluster (:mod:`modcoord.supervisor.daemon.nats`)."""
 
 
 def create_engine(config: ConfigSet, *, mode: str, fault_injection: bool = False,
-                  on_escalate: Callable[[str], None], kind: str = "local") -> Engine:
+                  on_escalate: Callable[[str], None], kind: str | None = None) -> Engine:
     """Build (not start) the engine the daemon serves.
 
     Args:
@@ -278,11 +337,14 @@ def create_engine(config: ConfigSet, *, mode: str, fault_injection: bool = False
         mode: the initial canonical mode.
         fault_injection: honour ``crash`` requests.
         on_escalate: called with the reason when the core gives up (the daemon exits).
-        kind: which implementation (:data:`ENGINES`).
+        kind: which implementation (:data:`ENGINES`); default ``daemon.yaml``
+            ``engine.kind``.
 
     Raises:
-        ValueError: unknown ``kind`` (names the known ones).
+        ValueError: unknown ``kind`` (names the known ones), or nats-py missing.
     """
+    if kind is None:
+        kind = config.daemon.engine.kind
     factory = ENGINES.get(kind)
     if factory is None:
         raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")

@@ -72,26 +72,7 @@ class Intake:
         delivery.encode_payload`).
         """
         now = self._clock.monotonic()
-        infos = self._infos
-        max_frame = self.max_frame_bytes
-        pack = payload_packer()
-        out: list[Any] = []
-        valid: list[int] = []
-        encoded: list[Any] = []  # per valid item, its payload's encoding
-        for i, (module_id, key, payload, priority) in enumerate(items := list(items)):
-            if priority not in PRIORITY_RANK:
-                out.append(InvalidMessageError(
-                    f"priority must be one of critical, high, medium, low (got {priority!r})"))
-            elif module_id not in infos:
-                out.append(InvalidMessageError(f"module {module_id!r} is not registered"))
-            else:
-                try:
-                    encoded.append(encode_payload(module_id, key, payload, max_frame, pack))
-                except InvalidMessageError as exc:
-                    out.append(exc)
-                    continue
-                out.append(None)
-                valid.append(i)
+        out, valid, items, encoded = self.check(items)
         if not valid:
             return out
         take = self._queue_gauge.admit_up_to(len(valid))
@@ -115,6 +96,35 @@ class Intake:
         for module_id in touched:
             self._touch(module_id)
         return out
+
+    def check(self, items: Iterable[PublishItem]
+              ) -> tuple[list[Any], list[int], list[PublishItem], list[Any]]:
+        """The checks of :meth:`publish_many` without admission: per item None (it may be
+        accepted) or the :class:`InvalidMessageError` refusing it, the indices of the
+        acceptable ones, the items as a list, and per acceptable item its payload's
+        encoding (:func:`~modcoord.supervisor.protocol.delivery.encode_payload`). Another
+        intake (the NATS agent's) uses it, so that both refuse exactly the same updates."""
+        infos = self._infos
+        max_frame = self.max_frame_bytes
+        pack = payload_packer()
+        out: list[Any] = []
+        valid: list[int] = []
+        encoded: list[Any] = []
+        for i, (module_id, key, payload, priority) in enumerate(items := list(items)):
+            if priority not in PRIORITY_RANK:
+                out.append(InvalidMessageError(
+                    f"priority must be one of critical, high, medium, low (got {priority!r})"))
+            elif module_id not in infos:
+                out.append(InvalidMessageError(f"module {module_id!r} is not registered"))
+            else:
+                try:
+                    encoded.append(encode_payload(module_id, key, payload, max_frame, pack))
+                except InvalidMessageError as exc:
+                    out.append(exc)
+                    continue
+                out.append(None)
+                valid.append(i)
+        return out, valid, items, encoded
 
     def timers_overdue(self, grace: float = 0.0005) -> bool:
         """Whether a debounce deadline passed more than ``grace`` seconds ago unserved.

@@ -38,7 +38,7 @@ from loguru import logger
 
 from modcoord.actors.errors import InvalidMessageError, ModcoordError
 from modcoord.supervisor.daemon.connection import Connection, safe_reply
-from modcoord.supervisor.daemon.engine import ServerBackend
+from modcoord.supervisor.daemon.engine import Accepted, ServerBackend
 from modcoord.supervisor.protocol.calls import (
     CALLS,
     CONTROL,
@@ -247,11 +247,38 @@ class Requests:
             results = [exc] * len(items)
         self._after_publishing(conn)
         self._count("publishes", len(items))
+        if any(type(r) is Accepted for r in results):
+            results = self._settle_later(conn, ids, results)
+            ids = [rid for rid, r in zip(ids, results, strict=True) if r is not None]
+            results = [r for r in results if r is not None]
+            if not ids:
+                return
         try:
             data = encode_acks(ids, results)  # all accepted: one struct call each
         except (struct.error, TypeError, ValueError):
             data = self._publish_results(ids, results)
         self.emit(conn, data)
+
+    def _settle_later(self, conn: Connection, ids: list[int],
+                      results: Sequence[Any]) -> list[Any]:
+        """Answer each :class:`Accepted` result when it settles (any thread: the frame is
+        queued on the connection); the others are returned in place, the deferred ones
+        as None."""
+        now: list[Any] = []
+        for rid, result in zip(ids, results, strict=True):
+            if type(result) is not Accepted:
+                now.append(result)
+                continue
+            now.append(None)
+
+            def settled(value: Any, rid: int = rid) -> None:
+                if isinstance(value, BaseException):
+                    self._respond_error(conn, rid, value)
+                else:
+                    self._respond(conn, rid, value)
+
+            result.on_settled(settled)
+        return now
 
     def _publish_results(self, ids: list[int], results: Sequence[Any]) -> bytes:
         """Encode publish responses one by one (some are errors, or odd ids or values)."""

@@ -141,9 +141,9 @@ def test_the_daemon_builds_the_local_engine_by_default() -> None:
     engine = create_engine(load_config_dir(), mode="HYBRID", on_escalate=lambda r: None)
     assert isinstance(engine, ModuleCoordinator) and LocalEngine is ModuleCoordinator
     assert not engine.running
-    with pytest.raises(ValueError, match="unknown engine 'nats'; choose one of local"):
+    with pytest.raises(ValueError, match="unknown engine 'raft'; choose one of local, nats"):
         create_engine(load_config_dir(), mode="HYBRID", on_escalate=lambda r: None,
-                      kind="nats")
+                      kind="raft")
 
 
 def test_typed_results_keep_their_wire_form() -> None:

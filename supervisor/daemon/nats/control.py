@@ -1,0 +1,381 @@
+"""Mode switches and coordination across every host of a NATS cluster.
+
+Rules:
+
+* ``set_mode`` (any daemon): the new mode goes to the KV key ``mode`` of
+  ``MODCOORD_STATE`` (so a daemon that starts or reconnects later applies it too: every
+  daemon reads the key at start and every ``MODE_CHECK_S``), then a request on
+  ``modcoord.ctl.mode`` is answered by every daemon once it has switched its own actors and
+  called its modules' ``on_mode_change``; the answers (results and errors of every host's
+  modules) make one :class:`~modcoord.supervisor.daemon.engine.ModeSwitch`. A live member
+  that does not answer within the modules' timeout appears in ``errors`` as
+  ``instance <id>``.
+* ``coordinate``: the cache is a KV bucket per mode (``MODCOORD_CACHE_<MODE>``) whose
+  ``max_age`` is the mode's ``cache.ttl_ms``, keyed by the SHA-256 of the canonical cache
+  key. A hit answers from it. A miss is computed once cluster-wide: whoever creates the
+  lock key ``c.<hash>`` in ``MODCOORD_LOCKS`` (create-if-absent) asks every daemon
+  (``modcoord.coord.<mode>``), each of which asks its own modules with the per-module
+  timeout; the merged result is stored (only without errors, as locally) and the lock
+  deleted. The other callers poll the cache key until the result is there; if the lock
+  vanishes without a result (its holder died: the lock's bucket ``max_age`` ends it) they
+  try to take the lock themselves.
+
+On failure: an unknown mode or a context that is not plain data is answered with
+:class:`~modcoord.actors.errors.InvalidMessageError`; no result within the deadline is a
+:class:`~modcoord.actors.errors.CallTimeoutError`; a KV error on a cache read counts as a
+miss (``cache_errors``), on the store it is counted and the result still answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+from loguru import logger
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from modcoord.actors.errors import CallTimeoutError, InvalidMessageError, ModcoordError
+from modcoord.actors.modes import MODES
+from modcoord.actors.reply import Reply, ReplyBox
+from modcoord.actors.shared.cache_keys import cache_key
+from modcoord.supervisor.daemon.coordination import wire_mode
+from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
+from modcoord.supervisor.daemon.engine import ModeSwitch
+from modcoord.supervisor.daemon.nats.names import (
+    BUCKET_CACHE_PREFIX,
+    BUCKET_LOCKS,
+    BUCKET_STATE,
+    CONTROL_MODE,
+    coord_subject,
+)
+from modcoord.supervisor.protocol.calls import CoordinationResult
+
+__all__ = ["ClusterControl"]
+
+MODE_CHECK_S = 2.0
+"""How often a daemon checks the cluster's mode key (it missed a switch while away)."""
+LOCK_SLACK_S = 2.0
+"""A coordination lock lives the per-module timeout plus this (bucket ``max_age``)."""
+POLL_S = 0.01
+"""How often a caller waiting for another daemon's computation looks for the result."""
+MARGIN_S = 1.0
+"""Added to the per-module timeout when gathering every daemon's answers."""
+
+
+def _key_hash(mode: str, context: dict[str, Any]) -> str:
+    return hashlib.sha256(cache_key(mode, context).encode()).hexdigest()
+
+
+class ClusterControl:
+    """The cluster-wide mode and coordinate of one daemon (runs on the engine's loop).
+
+    Args:
+        local: this host's actor system (its modules are asked).
+        switch_owner: switches the owner's actor system to a mode (blocking).
+        instance_id: this daemon.
+        loop: the engine's loop.
+        control: the control connection and its JetStream context.
+        members: the live members now.
+        replicas: ``engine.replicas``.
+    """
+
+    def __init__(self, *, local: ModuleCoordinator, switch_owner: Callable[[str], None],
+                 instance_id: str, loop: asyncio.AbstractEventLoop,
+                 control: Callable[[], Client], jetstream: Callable[[], JetStreamContext],
+                 members: Callable[[], tuple[str, ...]], replicas: int) -> None:
+        self._local = local
+        self._switch_owner = switch_owner
+        self.instance_id = instance_id
+        self._loop = loop
+        self._nc = control
+        self._js = jetstream
+        self._members = members
+        self._replicas = replicas
+        self._state: KeyValue | None = None
+        self._locks: KeyValue | None = None
+        self._caches: dict[str, KeyValue] = {}
+        self._check: asyncio.Task[None] | None = None
+        self._encode = msgspec.msgpack.encode
+        self._decode = msgspec.msgpack.decode
+        self.counts = dict.fromkeys(("hits", "misses", "computed", "waited", "cache_errors",
+                                     "mode_switches", "mode_applied"), 0)
+        self._log = logger.bind(actor="nats", instance=instance_id)
+
+    def _timeout_s(self) -> float:
+        return float(self._local.callback_timeout_s)
+
+    # -- setup (loop) --
+
+    async def start(self) -> None:
+        js = self._js()
+        self._state = await js.create_key_value(KeyValueConfig(
+            bucket=BUCKET_STATE, history=1, replicas=self._replicas))
+        self._locks = await js.create_key_value(KeyValueConfig(
+            bucket=BUCKET_LOCKS, history=1, replicas=self._replicas,
+            ttl=self._timeout_s() + LOCK_SLACK_S))
+        for mode in MODES:
+            ttl = self._local.config.mode(mode).cache.ttl_ms / 1000.0
+            self._caches[mode] = await js.create_key_value(KeyValueConfig(
+                bucket=f"{BUCKET_CACHE_PREFIX}{mode}", history=1, replicas=self._replicas,
+                ttl=ttl))
+        nc = self._nc()
+        await nc.subscribe(CONTROL_MODE, cb=self._on_mode)
+        for mode in MODES:
+            await nc.subscribe(coord_subject(mode), cb=self._on_coord)
+        await self._apply_cluster_mode()
+        self._check = self._loop.create_task(self._check_mode())
+
+    async def stop(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            with contextlib.suppress(BaseException):
+                await self._check
+
+    # -- mode --
+
+    async def _cluster_mode(self) -> str | None:
+        assert self._state is not None
+        try:
+            entry = await self._state.get("mode")
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        mode = self._decode(entry.value).get("mode")
+        return str(mode) if mode in MODES else None
+
+    async def _apply_cluster_mode(self) -> None:
+        mode = await self._cluster_mode()
+        if mode is not None and mode != self._local.mode:
+            self.counts["mode_applied"] += 1
+            self._log.info("applying the cluster's mode", mode=mode,
+                           previous=self._local.mode)
+            await self._loop.run_in_executor(None, self._switch_here, mode)
+
+    async def _check_mode(self) -> None:
+        while True:
+            await asyncio.sleep(MODE_CHECK_S)
+            try:
+                await self._apply_cluster_mode()
+            except Exception as exc:
+                self._log.warning("reading the cluster's mode failed",
+                                  error=f"{type(exc).__name__}: {exc}")
+
+    def _switch_here(self, mode: str) -> dict[str, Any]:
+        """Switch this host (blocking: a worker thread)."""
+        switch = self._local.set_mode(mode)
+        self._switch_owner(switch.mode)
+        return {"instance": self.instance_id, "previous": switch.previous,
+                "strategy": switch.strategy, "results": dict(switch.results),
+                "errors": dict(switch.errors)}
+
+    async def _on_mode(self, msg: Msg) -> None:
+        try:
+            mode = str(self._decode(msg.data)["mode"])
+            answer = await self._loop.run_in_executor(None, self._switch_here, mode)
+        except Exception as exc:
+            answer = {"instance": self.instance_id, "previous": self._local.mode,
+                      "strategy": "", "results": {},
+                      "errors": {f"instance {self.instance_id}": f"{type(exc).__name__}: "
+                                 f"{exc}"}}
+        with contextlib.suppress(Exception):
+            await msg.respond(self._encode(answer))
+
+    async def set_mode(self, mode: str) -> ModeSwitch:
+        """Switch every host (see the module docstring).
+
+        Raises:
+            InvalidMessageError: unknown mode.
+        """
+        canonical = wire_mode(mode)
+        previous = self._local.mode
+        assert self._state is not None
+        await self._state.put("mode", self._encode({"mode": canonical,
+                                                     "by": self.instance_id,
+                                                     "at": time.time()}))
+        self.counts["mode_switches"] += 1
+        answers = await self._gather(CONTROL_MODE, self._encode({"mode": canonical}),
+                                     self._timeout_s() + MARGIN_S)
+        results: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        strategy = str(self._local.config.mode(canonical).memory.strategy)
+        for member, answer in answers.items():
+            if answer is None:
+                errors[f"instance {member}"] = (
+                    f"no answer within {self._timeout_s() + MARGIN_S} s (the daemon applies "
+                    "the mode when it is back)")
+                continue
+            results.update(answer.get("results", {}))
+            errors.update(answer.get("errors", {}))
+        return ModeSwitch(mode=canonical, previous=previous, strategy=strategy,
+                          results=results, errors=errors)
+
+    async def _gather(self, subject: str, data: bytes, timeout: float
+                      ) -> dict[str, dict[str, Any] | None]:
+        """Ask every daemon; each live member's answer (None: none in time)."""
+        nc = self._nc()
+        expected = set(self._members())
+        answers: dict[str, dict[str, Any] | None] = dict.fromkeys(expected)
+        got: set[str] = set()
+        complete = asyncio.Event()
+
+        async def collect(msg: Msg) -> None:
+            try:
+                answer = self._decode(msg.data)
+                member = str(answer["instance"])
+            except Exception:
+                return
+            answers[member] = answer
+            got.add(member)
+            if expected <= got:
+                complete.set()
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=collect)
+        try:
+            await nc.publish(subject, data, reply=inbox)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(complete.wait(), timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return answers
+
+    # -- coordinate --
+
+    def coordinate(self, mode: str, context: dict[str, Any] | None, reply: Reply | None,
+                   caller: Sequence[str], timeout: float) -> CoordinationResult | None:
+        """The engine's ``coordinate`` (I/O thread: never blocks with ``reply``)."""
+        if reply is None:
+            box = ReplyBox()
+            self.coordinate(mode, context, box, caller, timeout)
+            return CoordinationResult(**box.wait(timeout, "coordinate"))
+        started = time.perf_counter()
+        try:
+            canonical = wire_mode(mode)
+            context = context if context is not None else {}
+            digest = _key_hash(canonical, context)
+        except InvalidMessageError as exc:
+            reply(None, exc)
+            return None
+        except ModcoordError as exc:
+            reply(None, exc)
+            return None
+        for module_id in caller:
+            self._local.activity.touch(module_id)
+        self._loop.call_soon_threadsafe(
+            lambda: self._loop.create_task(
+                self._coordinate(canonical, context, digest, reply, started)))
+        return None
+
+    async def _coordinate(self, mode: str, context: dict[str, Any], digest: str,
+                          reply: Reply, started: float) -> None:
+        try:
+            value, cached = await self._lookup_or_compute(mode, context, digest)
+        except Exception as exc:
+            reply(None, exc if isinstance(exc, ModcoordError) else CallTimeoutError(
+                f"coordinate: {type(exc).__name__}: {exc}"))
+            return
+        elapsed = time.perf_counter() - started
+        self._local.metrics.record("coordination", elapsed)
+        reply({**value, "cached": cached, "latency_ms": elapsed * 1000.0}, None)
+
+    async def _cached(self, mode: str, digest: str) -> dict[str, Any] | None:
+        try:
+            entry = await self._caches[mode].get(digest)
+        except KeyNotFoundError:
+            return None
+        except Exception:
+            self.counts["cache_errors"] += 1
+            return None
+        if entry.value is None:
+            return None
+        value: dict[str, Any] = self._decode(entry.value)
+        return value
+
+    async def _lookup_or_compute(self, mode: str, context: dict[str, Any], digest: str
+                                 ) -> tuple[dict[str, Any], bool]:
+        value = await self._cached(mode, digest)
+        if value is not None:
+            self.counts["hits"] += 1
+            return value, True
+        self.counts["misses"] += 1
+        assert self._locks is not None
+        deadline = time.monotonic() + 2 * (self._timeout_s() + MARGIN_S) + LOCK_SLACK_S
+        lock = f"c.{digest}"
+        while time.monotonic() < deadline:
+            try:
+                await self._locks.create(lock, self.instance_id.encode())
+            except KeyWrongLastSequenceError:
+                # Someone computes it: wait for the result, or for the lock to go.
+                self.counts["waited"] += 1
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(POLL_S)
+                    value = await self._cached(mode, digest)
+                    if value is not None:
+                        return value, True
+                    try:
+                        await self._locks.get(lock)
+                    except KeyNotFoundError:
+                        break  # released (no cacheable result) or its holder died
+                continue
+            try:
+                value = await self._compute(mode, context)
+                if not value["errors"]:
+                    try:
+                        await self._caches[mode].put(digest, self._encode(value))
+                    except Exception:
+                        self.counts["cache_errors"] += 1
+                self.counts["computed"] += 1
+                return value, False
+            finally:
+                with contextlib.suppress(Exception):
+                    await self._locks.delete(lock)
+        raise CallTimeoutError(f"coordinate: no result within the cluster's deadline "
+                               f"({2 * (self._timeout_s() + MARGIN_S) + LOCK_SLACK_S} s)")
+
+    async def _compute(self, mode: str, context: dict[str, Any]) -> dict[str, Any]:
+        answers = await self._gather(coord_subject(mode),
+                                     self._encode({"mode": mode, "context": context}),
+                                     self._timeout_s() + MARGIN_S)
+        results: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for member, answer in answers.items():
+            if answer is None:
+                errors[f"instance {member}"] = (
+                    f"no answer within {self._timeout_s() + MARGIN_S} s")
+                continue
+            results.update(answer.get("results", {}))
+            errors.update(answer.get("errors", {}))
+        strategy = str(self._local.config.mode(mode).memory.strategy)
+        return {"mode": mode, "strategy": strategy, "results": results, "errors": errors}
+
+    async def _on_coord(self, msg: Msg) -> None:
+        """Another daemon computes: ask this host's modules and answer."""
+        try:
+            request = self._decode(msg.data)
+            mode, context = str(request["mode"]), dict(request["context"])
+        except Exception:
+            return
+        loop = self._loop
+
+        def done(value: dict[str, Any], cacheable: bool) -> None:
+            answer = {"instance": self.instance_id, "results": value.get("results", {}),
+                      "errors": value.get("errors", {})}
+            loop.call_soon_threadsafe(
+                lambda: loop.create_task(msg.respond(self._encode(answer))))
+
+        self._local.compute(mode, context, done)
+
+    def statistics(self) -> dict[str, Any]:
+        return dict(self.counts)

@@ -1,0 +1,45 @@
+"""How the NATS test cluster finds its binary (tests/nats_cluster.py): the override first,
+and a missing binary skips the test, or fails it when the run requires the tool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nats_cluster
+import pytest
+
+
+@pytest.fixture
+def no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MODCOORD_NATS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(nats_cluster, "DEBIAN_BINARY", str(tmp_path / "nowhere"))
+
+
+def test_the_override_comes_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "my-nats-server"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("MODCOORD_NATS_SERVER", str(fake))
+    assert nats_cluster.find_nats_server() == str(fake)
+
+
+@pytest.mark.usefixtures("no_server")
+def test_a_missing_server_skips_saying_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODCOORD_REQUIRE_TOOLS", "promtool lnav")
+    assert nats_cluster.find_nats_server() is None
+    with pytest.raises(pytest.skip.Exception, match="scripts/get-tools"):
+        nats_cluster.nats_server_or_skip()
+
+
+@pytest.mark.usefixtures("no_server")
+def test_a_missing_server_fails_when_the_run_requires_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODCOORD_REQUIRE_TOOLS", "promtool nats-server")
+    with pytest.raises(pytest.fail.Exception, match="MODCOORD_REQUIRE_TOOLS lists"):
+        nats_cluster.nats_server_or_skip()
+
+
+def test_a_cluster_of_no_nodes_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one node"):
+        nats_cluster.NatsCluster(0, binary="/bin/true")
