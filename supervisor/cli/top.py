@@ -35,22 +35,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 SPARK_METRICS = ("coordination_p99_ms", "updates_in_per_s", "updates_delivered_per_s",
                  "cache_hit_rate", "batch_queue_depth", "memory_rss_bytes")
 SPARK_SINCE_S = 300.0
-#: Rows the metrics table takes besides its rows: title, top border, header, header rule,
-#: bottom border (rich's default box).
-TABLE_FRAME_ROWS = 5
 
 
 def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: float,
            insights: list[dict[str, Any]] | None = None, keys: bool = True,
-           history: dict[str, Any] | None = None, height: int | None = None) -> Any:
+           history: dict[str, Any] | None = None, height: int | None = None,
+           width: int | None = None) -> Any:
     """Build the rich renderable for one refresh (pure: testable without a terminal): the
     metrics table, the last minutes of each figure as a sparkline (from ``history``, the
     ``history`` call's answer, if given), then the insights section (then the quit hint,
     if ``keys`` are read).
 
-    With ``height`` (the terminal's rows) it fits them: the sparklines go first, then the
-    insights are cut to the rows left with a line saying how many more there are (so the
-    quit hint is always on screen); the table is never cut."""
+    With ``height`` (the terminal's rows; ``width`` its columns) it fits them: the
+    sparklines go first, then the insights are cut to the rows left with a line saying how
+    many more there are (so the quit hint is always on screen); the table is never cut."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -89,34 +87,57 @@ def render(status: dict[str, Any], previous: dict[str, Any] | None, elapsed: flo
         table.add_row(f"actor {name}",
                       f"{'up' if actor['alive'] else 'DOWN'}, {actor['restarts']} restarts")
     lines = insight_lines(insights or [])
-    spark_rows = 0 if history is None else 1 + len(SPARK_METRICS)
-    if height is not None:
-        left = height - (len(table.rows) + TABLE_FRAME_ROWS) - 1 - (1 if keys else 0)
-        if spark_rows > left - 2:  # the insights' title and one line keep their place
-            history, spark_rows = None, 0
-        left -= spark_rows
-        if len(lines) > left:
-            shown_lines = max(left - 1, 0)
-            lines = [*lines[:shown_lines],
-                     f"  … {len(lines) - shown_lines} more lines: modcoord insights"]
-    body = "\n".join(lines) if lines else "  none: every rule is within its threshold"
-    section = Text()
-    section.append(f"insights ({len(insights or [])})\n", style="bold")
-    section.append(body)
-    parts: list[Any] = [table]
-    if history is not None:
-        from modcoord.supervisor.cli.history import spark_lines
 
-        shown = {m: p for m, p in history.get("series", {}).items() if m in SPARK_METRICS}
-        sparks = Text()
-        sparks.append(f"last {SPARK_SINCE_S / 60:g} min\n", style="bold")
-        drawn = spark_lines({"series": shown}, 40, brief=True)
-        sparks.append("\n".join(drawn) or "  no history yet")
-        parts.append(sparks)
-    parts.append(section)
-    if keys:
-        parts.append(Text("press q to quit", style="dim"))
-    return Group(*parts)
+    def assemble(lines: list[str], sparks_on: bool) -> Any:
+        body = "\n".join(lines) if lines else "  none: every rule is within its threshold"
+        section = Text()
+        section.append(f"insights ({len(insights or [])})\n", style="bold")
+        section.append(body)
+        parts: list[Any] = [table]
+        if history is not None and sparks_on:
+            from modcoord.supervisor.cli.history import spark_lines
+
+            shown = {m: p for m, p in history.get("series", {}).items() if m in SPARK_METRICS}
+            sparks = Text()
+            sparks.append(f"last {SPARK_SINCE_S / 60:g} min\n", style="bold")
+            drawn = spark_lines({"series": shown}, 40, brief=True)
+            sparks.append("\n".join(drawn) or "  no history yet")
+            parts.append(sparks)
+        parts.append(section)
+        if keys:
+            parts.append(Text("press q to quit", style="dim"))
+        return Group(*parts)
+
+    view = assemble(lines, True)
+    if height is None or _rows(view, width) <= height:
+        return view
+    view = assemble(lines, False)  # the sparklines go first
+    if _rows(view, width) <= height:
+        return view
+
+    def cut(shown: int) -> Any:
+        return assemble([*lines[:shown],
+                         f"  … {len(lines) - shown} more lines: modcoord insights"], False)
+
+    fits, too_many = 0, len(lines)  # the most insight lines that fit: a binary search
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        if _rows(cut(middle), width) <= height:
+            fits = middle
+        else:
+            too_many = middle
+    return cut(fits)
+
+
+def _rows(renderable: Any, width: int | None) -> int:
+    """How many terminal rows ``renderable`` takes at ``width`` columns (wrapping
+    included), measured by rendering it off screen."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width or 80, file=io.StringIO(), color_system=None)
+    return len(console.render_lines(renderable, console.options, pad=False))
 
 
 @contextlib.contextmanager
@@ -195,8 +216,10 @@ def _view(args: argparse.Namespace) -> int:
                 insights = c.insights().get(timeout=10)["insights"]
                 history = _history(c)
                 now = time.monotonic()
+                screen = live.console.is_terminal  # a pipe or file gets it all
                 live.update(render(status, previous, now - last, insights, keys is not None,
-                                   history, height=live.console.height), refresh=True)
+                                   history, height=live.console.height if screen else None,
+                                   width=live.console.width), refresh=True)
                 previous, last = status, now
                 count += 1
                 if args.iterations and count >= args.iterations:

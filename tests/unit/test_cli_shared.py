@@ -125,7 +125,8 @@ def test_top_fits_a_short_terminal_keeping_the_table_and_the_quit_hint() -> None
               "batch_queue": {"pending": 0, "max_queue": 10},
               "actors": {name: {"alive": True, "restarts": 0}
                          for name in ("monitor", "memory", "cache", "batcher", "debouncer")}}
-    insights = [{"id": f"rule{i}", "severity": "info", "message": "observed",
+    insights = [{"id": f"rule{i}", "severity": "info",
+                 "message": "observed " + "and wrapped " * 12 * (i % 2),
                  "threshold": 1, "observed": 2, "window_s": 60,
                  "recommendation": "look"} for i in range(20)]
     history = {"series": {m: [[0.0, 1.0, 3.0, 2.0, 2.0], [1.0, 2.0, 4.0, 3.0, 3.0]]
@@ -133,7 +134,8 @@ def test_top_fits_a_short_terminal_keeping_the_table_and_the_quit_hint() -> None
 
     def drawn(height: int) -> list[str]:
         console = Console(width=100, height=height, record=True, color_system=None)
-        console.print(render(status, None, 0, insights, True, history, height=height))
+        console.print(render(status, None, 0, insights, True, history, height=height,
+                             width=100))
         return console.export_text().rstrip("\n").split("\n")
 
     tall = drawn(200)
@@ -146,5 +148,6 @@ def test_top_fits_a_short_terminal_keeping_the_table_and_the_quit_hint() -> None
         assert lines[-1] == "press q to quit", text
         assert "actor debouncer" in text and "insights (20)" in text
         assert "more lines: modcoord insights" in text
-    assert "last 5 min" in "\n".join(drawn(40))  # room for the sparklines, not for all
-    assert "last 5 min" not in "\n".join(drawn(25))  # they go first
+    assert "last 5 min" not in "\n".join(drawn(40))  # they go first
+    roomy = drawn(120)  # everything fits: nothing is cut
+    assert "last 5 min" in "\n".join(roomy) and len(roomy) < 120

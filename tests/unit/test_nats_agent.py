@@ -100,11 +100,15 @@ class _Intake:
     def __init__(self, modules: set[str]) -> None:
         self.modules = modules
 
-    def check(self, items: Any) -> tuple[list[Any], list[int], list[Any]]:
+    def check(self, items: Any) -> tuple[list[Any], list[int], list[Any], list[Any]]:
+        from modcoord.supervisor.protocol.delivery import encode_payload
+
         items = list(items)
         out: list[Any] = [None if i[0] in self.modules else ModcoordError("unknown")
                           for i in items]
-        return out, [n for n, o in enumerate(out) if o is None], items
+        valid = [n for n, o in enumerate(out) if o is None]
+        # the intake's encodings, which the agent splices into its stream messages
+        return out, valid, items, [encode_payload(*items[n][:3]) for n in valid]
 
 
 @pytest.fixture
