@@ -198,6 +198,13 @@ def test_status_shows_the_uptime_for_humans_and_seconds_in_json(daemon: DaemonPr
 # -------------------------------------------------------------------------------- top
 
 
+def _terminal_env() -> dict[str, str]:
+    """The environment of a program on the test's terminal: its size is the terminal's
+    (pytest-xdist's workers set COLUMNS=80 and LINES=24, which would override it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return {**env, "TERM": "xterm"}
+
+
 def _top_on_a_terminal(daemon: DaemonProcess, key: bytes) -> tuple[int, float, str, bool]:
     """Run ``top`` on a new pseudo-terminal (its controlling terminal, 100x60), wait until
     it has drawn its insights section, type ``key``; (exit code, seconds from the key to
@@ -212,7 +219,7 @@ def _top_on_a_terminal(daemon: DaemonProcess, key: bytes) -> tuple[int, float, s
     proc = subprocess.Popen(
         [*CLI, "top", "--interval", "0.2", "--runtime-dir", str(daemon.runtime_dir)],
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-        preexec_fn=controlling_terminal, env={**os.environ, "TERM": "xterm"})
+        preexec_fn=controlling_terminal, env=_terminal_env())
     drawn = b""
     try:
         deadline = time.monotonic() + 20
