@@ -91,6 +91,10 @@ DUPLICATE_WINDOW_S = 120.0
 MEMBERS_MAX_AGE_S = 30.0
 LEASES_MAX_AGE_S = 60.0
 STATUS_TIMEOUT_S = 2.0
+UNOWNED_AFTER_S = 3.0
+"""A partition counts as unowned (``status.engine.partitions.unowned``, the
+``partitions_unowned`` insight) once its lease key was absent this long: a handover leaves
+it absent for a moment (a poll, 0.25 s, or two)."""
 
 
 def default_instance_id() -> str:
@@ -436,8 +440,17 @@ class NatsEngine:
         return lag
 
     def _unowned(self) -> list[int]:
+        """The partitions nobody owns as this daemon last saw them: not its own, no live
+        member's heartbeat lists them, and their lease key is absent (for
+        :data:`UNOWNED_AFTER_S`) or lapsed."""
         ownership = self._ownership
-        return sorted(ownership.leases.unheld()) if ownership is not None else []
+        if ownership is None:
+            return []
+        claimed = set(ownership.owned())
+        for member, info in ownership.membership.members().items():
+            if member != self.instance_id:
+                claimed.update(info.partitions)
+        return sorted(ownership.leases.unheld(UNOWNED_AFTER_S) - claimed)
 
     def engine_status(self) -> dict[str, Any]:
         """``status.engine`` (every field: docs/REFERENCE.md)."""
