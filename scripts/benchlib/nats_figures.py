@@ -59,6 +59,8 @@ SIM_ROUNDS = {True: 3, False: 5}
 SIM_PUBLISH_N = {True: 40, False: 150}
 """N6: updates per priority per round (one every :data:`SIM_GAP_S`)."""
 SIM_GAP_S = 0.01
+SIM_IDLE_S = 5.0
+"""N5: how long the idle daemons' and servers' CPU use is measured (reported in notes)."""
 SIM_MODE = {"debounce": {"delay_ms": 20, "critical_delay_ms": 5, "max_wait_ms": 100},
             "batch": {"window_ms": 10}, "cache": {"ttl_ms": 120_000}}
 """N5/N6: the HYBRID settings of both engines' daemons (the cache outlives a round)."""
@@ -300,6 +302,22 @@ class NatsBench:
         finally:
             self._release(probe, *loaders)
 
+    def _idle_cpu(self, daemons: list[Daemon], cluster: Any) -> tuple[float, float]:
+        """The CPUs the idle ``daemons`` and the cluster's servers use (CPU seconds per
+        second over :data:`SIM_IDLE_S`, before any module connects)."""
+        import psutil
+
+        servers = [psutil.Process(cluster.pid(i)) for i in cluster.running()]
+
+        def used() -> tuple[float, float]:
+            return (sum(d.cpu_seconds() for d in daemons),
+                    sum(float(sum(p.cpu_times()[:2])) for p in servers))
+
+        d0, s0 = used()
+        time.sleep(SIM_IDLE_S)  # quiet-period: the idle cluster's CPU use is the figure
+        d1, s1 = used()
+        return (d1 - d0) / SIM_IDLE_S, (s1 - s0) / SIM_IDLE_S
+
     def _simulation(self) -> list[Result]:
         hosts, per_host = SIM_HOSTS[self.quick], SIM_MODULES[self.quick]
         cluster = self._cluster()
@@ -307,6 +325,7 @@ class NatsBench:
         daemons = [self._daemon(cluster, f"h{i}", SIM_MODE) for i in range(hosts)]
         try:
             self._wait_split(daemons, timeout=120, every=False)
+            idle = self._idle_cpu(daemons, cluster)
             n_coord, n_dlv = self._sim_measure(daemons, per_host, "N5 nats")
         finally:
             self._stop(*daemons)
@@ -325,7 +344,9 @@ class NatsBench:
             row(f"N5 simulated hosts ({shape}): cached coordinate p99, NATS vs local",
                 us(median(n_coord)), "us", "<= 10.0x", baseline=us(median(l_coord)),
                 notes=f"{hosts * per_host} module connections; round p99s ms: NATS "
-                      f"{ms(n_coord)}, local {ms(l_coord)}"),
+                      f"{ms(n_coord)}, local {ms(l_coord)}; idle, before the modules: "
+                      f"the {hosts} daemons use {idle[0]:.2f} CPUs, the 3 servers "
+                      f"{idle[1]:.2f}"),
             row(f"N6 simulated hosts ({shape}): publish-to-delivery p99, NATS vs local",
                 round(median(n_dlv) * 1000, 1), "ms", "<= 10.0x",
                 baseline=round(median(l_dlv) * 1000, 1),
