@@ -142,3 +142,8 @@ def test_a_daemon_cut_off_from_nats_says_so_in_insights_and_metrics(
         finally:
             pub.kill()
             pub.wait(10)
+            # The daemon's connections end while the proxy still runs: no proxy task is
+            # left pending when its loop closes.
+            d.stop()
+            wait_for(lambda: not any(p.conns for p in proxy.proxies), timeout=20,
+                     message="the proxied connections closed")
