@@ -81,6 +81,10 @@ def test_insights_and_metrics_show_the_cluster(
         assert set(engine["lag"]) == {str(p) for p in engine["partitions"]["owned"]}
     doc = _insights(a)
     assert not _ids(doc) & CLUSTER_RULES, doc  # a healthy cluster: no cluster insight
+    text = a.cli("insights")
+    assert text.code == 0, text.err
+    assert text.out.startswith("engine: nats, instance ins-a, connected, 2 instances, "
+                               "partitions owned "), text.out
     assert doc["status"] in ("ok", "not_enough_data", "issues")
 
     def scraped_split() -> tuple[dict[str, Any], dict[str, Any]] | None:
