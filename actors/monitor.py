@@ -45,6 +45,7 @@ here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections import deque
 from collections.abc import Mapping
@@ -77,7 +78,9 @@ from modcoord.actors.rules import (
     number,
     rule_snapshot,
 )
+from modcoord.actors.rules_cluster import CLUSTER_RULES
 from modcoord.actors.settings import MonitorSettings
+from modcoord.actors.shared.cluster import ClusterView
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.tuning import AdaptiveSummary
 
@@ -177,13 +180,15 @@ class MonitorActor(ManagedActor):
     Uses ``context.shared.metrics`` (the latency histograms) and
     ``context.shared.queue_gauge`` (its ``max_queue`` supplies the batch queue limit when
     the batcher's statistics do not carry it). The rules are
-    :data:`~modcoord.actors.rules.RULES`.
+    :data:`~modcoord.actors.rules.RULES`, then
+    :data:`~modcoord.actors.rules_cluster.CLUSTER_RULES` (they judge
+    ``context.shared.cluster``, the cluster when another engine set its source).
     """
 
     actor_name = "monitor"
     settings_type = MonitorSettings
     settings: MonitorSettings
-    rules: tuple[InsightRule, ...] = RULES
+    rules: tuple[InsightRule, ...] = (*RULES, *CLUSTER_RULES)
 
     def __init__(self, settings: Any, context: ActorContext, takeover: Any = None) -> None:
         super().__init__(settings, context, takeover)
@@ -198,6 +203,8 @@ class MonitorActor(ManagedActor):
         self._restarts: deque[tuple[float, str]] = deque()
         self._cache_history: deque[tuple[float, int, int]] = deque()
         self._last_rejected: int | None = None
+        self._lag_history: deque[tuple[float, dict[int, int]]] = deque()
+        self._last_refused: int | None = None
         self._timer: TimerHandle | None = None
         self._deadline = 0.0
         self._token = 0
@@ -320,6 +327,29 @@ class MonitorActor(ManagedActor):
             return current  # first look, or the counter restarted
         return current - last
 
+    def _cluster(self) -> ClusterView | None:
+        """The cluster view (``None`` without a cluster, or when the probe raised:
+        logged, and the cluster rules do not judge): the probe's snapshot, each owned
+        partition's lag growth within ``window_s`` and the refusals since the last look."""
+        try:
+            got = self.context.shared.cluster.read()
+        except Exception:
+            _log.opt(exception=True).error("the cluster could not be read")
+            return None
+        if got is None:
+            return None
+        now = self.clock.monotonic()
+        history = self._lag_history
+        history.append((now, dict(got.lag)))
+        edge = now - self.settings.window_s
+        while len(history) >= 2 and history[1][0] <= edge:
+            history.popleft()
+        t0, first = history[0]
+        growth = tuple((p, max(0, lag - first.get(p, lag))) for p, lag in got.lag)
+        last, self._last_refused = self._last_refused, got.refused
+        refusals = got.refused if last is None or got.refused < last else got.refused - last
+        return ClusterView(got, growth, round(now - t0, 3), refusals)
+
     def evaluate(self, snapshot: Mapping[str, Any],
                  adaptive: tuple[AdaptiveSummary, ...] = ()) -> dict[str, Any]:
         """Run every rule on ``snapshot`` (and ``adaptive``, the typed summaries), update
@@ -341,6 +371,9 @@ class MonitorActor(ManagedActor):
             new_rejections=self._rejections(snapshot),
             adaptive=adaptive,
         )
+        cluster = self._cluster()
+        if cluster is not None:
+            data = dataclasses.replace(data, cluster=cluster)
         settings = self.settings
         judged: list[tuple[InsightRule, Reading | None]] = []
         for rule in self.rules:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from modcoord.actors.histogram import HistogramSnapshot
 from modcoord.actors.settings import MonitorSettings
+from modcoord.actors.shared.cluster import ClusterView
 from modcoord.actors.tuning import (
     AdaptiveParameter,
     AdaptiveSummary,
@@ -140,6 +141,8 @@ class RuleSnapshot:
         restarts: restarts per actor within the window.
         adaptive: what the debouncer and batcher tuned (``None``: neither adapts).
         resources: the memory manager's resource awareness (``None``: not watched).
+        cluster: the cluster (``None``: the local engine; the rules of
+            :mod:`modcoord.actors.rules_cluster` read it).
     """
 
     latencies: Mapping[str, LatencyWindow]
@@ -150,6 +153,7 @@ class RuleSnapshot:
     restarts: Mapping[str, int] | None = None
     adaptive: AdaptiveView | None = None
     resources: ResourceSummary | None = None
+    cluster: ClusterView | None = None
 
 
 def number(section: Any, *keys: str) -> float | None:

@@ -13,6 +13,7 @@ an actor's restart loses none of them.
 ``widening``       :class:`~.pressure.Widening` — the CPU-pressure factor on delays
 ``plugins``        :class:`~modcoord.actors.plugins.PluginHost` — loaded plugins, guards
 ``demand``         :class:`~.demand.Demand` — reads per context, background computations
+``cluster``        :class:`~.cluster.ClusterProbe` — the cluster, for the monitor's rules
 =================  ================================================================
 
 :class:`Shared` bundles them, with the daemon's hooks (where batches are delivered, how
@@ -36,6 +37,7 @@ from modcoord.actors.settings import ModeSettings, PluginSettings
 from modcoord.actors.shared.activity import ActivityTable
 from modcoord.actors.shared.admission import Backlog, QueueGauge
 from modcoord.actors.shared.cache_store import CacheStore
+from modcoord.actors.shared.cluster import ClusterProbe
 from modcoord.actors.shared.demand import Demand
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.shared.pressure import Widening
@@ -175,6 +177,7 @@ class Shared:
             without one: nothing is refreshed or pre-warmed).
         settled: told what the batcher has sent (the ledger of updates held for actor
             processes releases them).
+        cluster: where the monitor reads the cluster (another engine sets its source).
     """
 
     metrics: MetricsRegistry
@@ -194,6 +197,7 @@ class Shared:
     demand: Demand = field(default_factory=Demand)
     compute: Compute | None = None
     settled: Settled = no_settle
+    cluster: ClusterProbe = field(default_factory=ClusterProbe)
 
     def apply_plugins(self, settings: PluginSettings) -> None:
         """Load what ``settings`` names (:meth:`PluginHost.configure`) and give the cache

@@ -90,6 +90,7 @@ class AgentState:
 
     index: int
     clients: dict[str, Any] = field(default_factory=dict)
+    extra_clients: dict[str, list[Any]] = field(default_factory=dict)
     modules: dict[str, list[BenchModule]] = field(default_factory=dict)
     sink: Sink = field(default_factory=Sink)
     managers: dict[str, Any] = field(default_factory=dict)
@@ -128,10 +129,32 @@ def task_register(state: AgentState, runtime: str, module_ids: list[str],
     return len(futures)
 
 
+def task_register_many(state: AgentState, work: list[tuple[str, list[str]]]) -> int:
+    """Register each ``(runtime, module_ids)`` of ``work``, every module on a new
+    connection of its own to its daemon (closed by ``release``); returns how many."""
+    from modcoord.supervisor.client import connect
+
+    futures = []
+    for runtime, module_ids in work:
+        extra = state.extra_clients.setdefault(runtime, [])
+        for module_id in module_ids:
+            client = connect(runtime_dir=runtime, timeout=30.0, reconnect=False,
+                             name=f"bench-agent-{state.index}-{len(extra)}")
+            extra.append(client)
+            module = BenchModule(module_id, MODES, [], state.sink)
+            state.modules.setdefault(runtime, []).append(module)
+            futures.append(client.register(module))
+    for f in futures:
+        f.get(timeout=60)
+    return len(futures)
+
+
 def task_release(state: AgentState, runtime: str) -> None:
-    """Close the connection to ``runtime`` (the daemon unregisters its modules)."""
+    """Close the connections to ``runtime`` (the daemon unregisters their modules)."""
     client = state.clients.pop(runtime, None)
     state.modules.pop(runtime, None)
+    for extra in state.extra_clients.pop(runtime, []):
+        extra.close()
     if client is not None:
         client.close()
 
@@ -310,6 +333,7 @@ def task_client_statistics(state: AgentState, runtime: str) -> dict[str, Any]:
 
 TASKS: dict[str, Callable[..., Any]] = {
     "register": task_register,
+    "register_many": task_register_many,
     "client_statistics": task_client_statistics,
     "release": task_release,
     "coordinate_loop": task_coordinate_loop,
@@ -352,7 +376,8 @@ def agent_main(conn: Connection, index: int) -> None:
             else:
                 conn.send(("ok", result))
     finally:
-        for client in state.clients.values():
+        for client in [*state.clients.values(), *(c for cs in state.extra_clients.values()
+                                                    for c in cs)]:
             with contextlib.suppress(Exception):
                 client.close()
 

@@ -15,7 +15,14 @@ N3. **Failover**: a daemon holding pending (debounced) updates is SIGKILLed; the
     takeover, at most ``lease_s`` = 9 s, is inside it), over ``plan.rounds`` runs, and
     N4 the accepted updates lost (target 0).
 
-Not measured yet: the issue's 10 hosts × 100 modules simulation (see docs/SCALING.md).
+N5. **10 hosts × 100 modules**: 10 daemons (separate runtime directories, as 10 hosts)
+    on the cluster, 100 modules on each, every module on a connection of its own (1,000
+    module connections, held by :data:`SIM_LOADERS` agent processes so that a 2-core
+    machine can run it); a probe process coordinates (cached ``coordinate`` p99) on host 0,
+    and N6 publishes on host 0 to a subscriber on host 9 (publish-to-delivery p99, the
+    medium priority). The baseline is one local daemon with the same 1,000 modules and the
+    same probe, in the same run; each figure is the median of :data:`SIM_ROUNDS` rounds'
+    p99 (both series in the notes). ``--quick``: 4 hosts × 25 modules, fewer rounds.
 
 On failure: a figure that cannot be measured raises :class:`~.common.BenchError` (its
 row is then missing and the bench exits 1).
@@ -42,6 +49,21 @@ _TESTS = Path(__file__).resolve().parents[2] / "tests"
 PARTITIONS = 16
 PUBLISH_S = {True: 4.0, False: 10.0}
 FAILOVER_UPDATES = 300
+SIM_HOSTS = {True: 4, False: 10}
+"""N5/N6: simulated hosts (daemons), by ``--quick``."""
+SIM_MODULES = {True: 25, False: 100}
+"""N5/N6: modules per host, each on a connection of its own."""
+SIM_LOADERS = {True: 2, False: 5}
+"""N5/N6: agent processes holding the modules' connections."""
+SIM_ROUNDS = {True: 3, False: 5}
+SIM_PUBLISH_N = {True: 40, False: 150}
+"""N6: updates per priority per round (one every :data:`SIM_GAP_S`)."""
+SIM_GAP_S = 0.01
+SIM_IDLE_S = 5.0
+"""N5: how long the idle daemons' and servers' CPU use is measured (reported in notes)."""
+SIM_MODE = {"debounce": {"delay_ms": 20, "critical_delay_ms": 5, "max_wait_ms": 100},
+            "batch": {"window_ms": 10}, "cache": {"ttl_ms": 120_000}}
+"""N5/N6: the HYBRID settings of both engines' daemons (the cache outlives a round)."""
 
 
 def _cluster_class() -> Any:
@@ -73,6 +95,8 @@ class NatsBench:
         self._agents: list[Agent] = []
         self._n = 0
         self.failed = False
+        self.only: set[str] = set()
+        """``--only``: ``{"5"}`` measures just N5/N6 (the simulation); empty: all."""
 
     def __enter__(self) -> NatsBench:
         return self
@@ -115,16 +139,22 @@ class NatsBench:
         self._agents.append(agent)
         return agent
 
-    def _wait_split(self, daemons: list[Daemon], timeout: float = 60.0) -> None:
-        """Wait until every daemon owns some partitions and together all of them.
+    def _wait_split(self, daemons: list[Daemon], timeout: float = 60.0,
+                    every: bool = True) -> None:
+        """Wait until every daemon sees all of them and owns some partitions (with
+        ``every`` false: not necessarily: 16 partitions hashed over 10 daemons leave
+        some without), and together they own each partition once.
 
         Raises:
             BenchError: not within ``timeout``.
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            owned = [set(d.status()["engine"]["partitions"]["owned"]) for d in daemons]
-            if all(owned) and sum(map(len, owned)) == PARTITIONS and \
+            engines = [d.status()["engine"] for d in daemons]
+            owned = [set(e["partitions"]["owned"]) for e in engines]
+            seen = all(len(e["instances"]) == len(daemons) for e in engines)
+            if seen and (all(owned) or not every) and \
+                    sum(map(len, owned)) == PARTITIONS and \
                     set().union(*owned) == set(range(PARTITIONS)):
                 return
             time.sleep(0.2)  # quiet-period: polling the daemons' status
@@ -219,8 +249,118 @@ class NatsBench:
             self._stop(victim, other)
             cluster.stop()
 
+    def _sim_measure(self, hosts: list[Daemon], per_host: int, what: str
+                     ) -> tuple[list[float], list[float]]:
+        """N5/N6 on ``hosts`` (a daemon per simulated host; the local baseline passes the
+        one daemon for every host): ``per_host`` modules per host on connections of
+        their own, then per round the cached coordinate p99 on host 0 and the
+        publish-to-delivery p99 from host 0 to the last host (seconds).
+
+        Raises:
+            BenchError: modules not registered, or updates not delivered, in time.
+        """
+        loaders = [self._agent() for _ in range(SIM_LOADERS[self.quick])]
+        probe = self._agent()
+        try:
+            jobs: dict[int, list[tuple[str, list[str]]]] = {}
+            for h, d in enumerate(hosts):
+                ids = [f"m{h}-{i}" for i in range(per_host)]
+                jobs.setdefault(h % len(loaders), []).append((d.runtime_str, ids))
+            self.progress(f"{what}: {len(hosts) * per_host} module connections")
+            for i, work in jobs.items():
+                loaders[i].submit("register_many", work=work)
+            for i in jobs:
+                loaders[i].result(timeout=300)
+            probe.call("register", runtime=hosts[0].runtime_str, module_ids=["probe-src"])
+            probe.call("register", runtime=hosts[-1].runtime_str, module_ids=["probe-sink"],
+                       subscribe=["probe-src"])
+            expected: dict[str, int] = {}
+            for h, d in enumerate(hosts):
+                expected[d.runtime_str] = expected.get(d.runtime_str, 0) + per_host + \
+                    (h == 0) + (h == len(hosts) - 1)
+            for d in {d.runtime_str: d for d in hosts}.values():
+                n = expected[d.runtime_str]
+
+                def registered(st: dict[str, Any], n: int = n) -> bool:
+                    return bool(st["modules"] == n)
+
+                d.wait_for(registered, f"{n} modules on {d.name}", timeout=120)
+            coord: list[float] = []
+            delivery: list[float] = []
+            for r in range(SIM_ROUNDS[self.quick]):
+                self.progress(f"{what}: round {r + 1}")
+                got = probe.call("coordinate_loop", runtime=hosts[0].runtime_str,
+                                 n=self.plan.coord_n, context={"bench": "sim"}, timeout=300)
+                if not got["samples"]:
+                    raise BenchError(f"{what}: no cached coordination")
+                coord.append(percentile(got["samples"], 99))
+                lat = probe.call("priority_latency", runtime=hosts[0].runtime_str,
+                                 source="probe-src", n=SIM_PUBLISH_N[self.quick],
+                                 gap=SIM_GAP_S, prefix=f"{what}{r}", timeout=300)
+                delivery.append(percentile(lat["medium"], 99))
+            return coord, delivery
+        finally:
+            self._release(probe, *loaders)
+
+    def _idle_cpu(self, daemons: list[Daemon], cluster: Any) -> tuple[float, float]:
+        """The CPUs the idle ``daemons`` and the cluster's servers use (CPU seconds per
+        second over :data:`SIM_IDLE_S`, before any module connects)."""
+        import psutil
+
+        servers = [psutil.Process(cluster.pid(i)) for i in cluster.running()]
+
+        def used() -> tuple[float, float]:
+            return (sum(d.cpu_seconds() for d in daemons),
+                    sum(float(sum(p.cpu_times()[:2])) for p in servers))
+
+        d0, s0 = used()
+        time.sleep(SIM_IDLE_S)  # quiet-period: the idle cluster's CPU use is the figure
+        d1, s1 = used()
+        return (d1 - d0) / SIM_IDLE_S, (s1 - s0) / SIM_IDLE_S
+
+    def _simulation(self) -> list[Result]:
+        hosts, per_host = SIM_HOSTS[self.quick], SIM_MODULES[self.quick]
+        cluster = self._cluster()
+        self.progress(f"N5: starting {hosts} NATS daemons")
+        daemons = [self._daemon(cluster, f"h{i}", SIM_MODE) for i in range(hosts)]
+        try:
+            self._wait_split(daemons, timeout=120, every=False)
+            idle = self._idle_cpu(daemons, cluster)
+            n_coord, n_dlv = self._sim_measure(daemons, per_host, "N5 nats")
+        finally:
+            self._stop(*daemons)
+            cluster.stop()
+        local = self._daemon(None, "sim-local", SIM_MODE)
+        try:
+            l_coord, l_dlv = self._sim_measure([local] * hosts, per_host, "N5 local")
+        finally:
+            self._stop(local)
+        shape = f"{hosts} hosts x {per_host} modules"
+
+        def ms(values: list[float]) -> list[float]:
+            return [round(v * 1000, 1) for v in values]
+
+        return [
+            row(f"N5 simulated hosts ({shape}): cached coordinate p99, NATS vs local",
+                us(median(n_coord)), "us", "<= 10.0x", baseline=us(median(l_coord)),
+                notes=f"{hosts * per_host} module connections; round p99s ms: NATS "
+                      f"{ms(n_coord)}, local {ms(l_coord)}; idle, before the modules: "
+                      f"the {hosts} daemons use {idle[0]:.2f} CPUs, the 3 servers "
+                      f"{idle[1]:.2f}"),
+            row(f"N6 simulated hosts ({shape}): publish-to-delivery p99, NATS vs local",
+                round(median(n_dlv) * 1000, 1), "ms", "<= 10.0x",
+                baseline=round(median(l_dlv) * 1000, 1),
+                notes=f"host 0 to host {hosts - 1}, debounce 20 ms, batch 10 ms; round "
+                      f"p99s ms: NATS {ms(n_dlv)}, local {ms(l_dlv)}"),
+        ]
+
     def run(self) -> list[Result]:
         rows: list[Result] = []
+        if self.only and not self.only <= {"5", "6"}:
+            raise BenchError(f"--engine nats: --only takes 5 (N5 and N6, the simulation) "
+                             f"or nothing (every figure), not {','.join(sorted(self.only))}")
+        if self.only:
+            return self._simulation()
         self.progress("N1: delivered updates/s, 1 instance")
         one = self._delivered_rate(1)
         self.progress("N1: delivered updates/s, 2 instances")
@@ -249,4 +389,5 @@ class NatsBench:
                               "and the 3 s debounce of the redelivered updates"))
         rows.append(row("N4 failover: accepted updates lost", float(lost), "updates",
                         "<= 0", notes=f"over {len(times)} runs of {FAILOVER_UPDATES}"))
+        rows.extend(self._simulation())
         return rows

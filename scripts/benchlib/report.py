@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="",
                         help="comma-separated figure numbers to measure (default: all)")
     parser.add_argument("--engine", choices=("local", "nats"), default="local",
-                        help="nats: the NATS engine's figures N1-N4 on a real 3-node "
+                        help="nats: the NATS engine's figures N1-N6 on a real 3-node "
                              "cluster (needs nats-server) instead of the local ones")
     args = parser.parse_args(argv)
     try:
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 from .nats_figures import NatsBench
 
                 with NatsBench(plan, progress, args.quick) as nats_bench:
+                    nats_bench.only = {x.strip().lstrip("N") for x in args.only.split(",")
+                                       if x.strip()}
                     results = nats_bench.run()
                     failed = nats_bench.failed
             else:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from modcoord.supervisor.cli._common import client, emit
+from modcoord.supervisor.cli.status import engine_line
 
 HELP = "insights and recommendations"
 
@@ -17,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     with client(args) as c:
         result = c.insights().get(timeout=10)
-    emit(args, result, insight_lines(result["insights"]))
+    line = engine_line(result.get("engine") or {})
+    emit(args, result, ([line] if line is not None else []) + insight_lines(result["insights"]))
     return 0
 
 

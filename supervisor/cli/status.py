@@ -105,15 +105,25 @@ def run(args: argparse.Namespace) -> int:
         print("  actor processes: " + ", ".join(
             f"{n} pid {a['pid']} {(a.get('rss_bytes') or 0) / 1048576:.1f} MiB "
             f"{a.get('cpu_seconds') or 0:.2f} s CPU" for n, a in own))
-    engine = status.get("engine") or {}
-    if engine.get("kind") == "nats":
-        agent = engine.get("agent", {})
-        print(f"  engine: nats, instance {engine.get('instance_id')}, "
-              f"{'connected' if engine.get('connected') else 'DISCONNECTED'}, "
-              f"{len(engine.get('instances', []))} instances, partitions owned "
-              f"{len(engine.get('partitions', {}).get('owned', []))}/"
-              f"{engine.get('partitions', {}).get('total')}, agent buffered "
-              f"{agent.get('buffered')}/{agent.get('max_buffered')}")
+    line = engine_line(status.get("engine") or {})
+    if line is not None:
+        print(f"  {line}")
     if status.get("last_reload_error"):
         print(f"  last reload error: {status['last_reload_error']}")
     return 0
+
+
+def engine_line(engine: dict[str, Any]) -> str | None:
+    """The one line of the cluster (``status.engine`` of the NATS engine; also printed by
+    ``insights``), or ``None`` for the local engine."""
+    if engine.get("kind") != "nats":
+        return None
+    agent = engine.get("agent", {})
+    partitions = engine.get("partitions", {})
+    unowned = partitions.get("unowned") or []
+    return (f"engine: nats, instance {engine.get('instance_id')}, "
+            f"{'connected' if engine.get('connected') else 'DISCONNECTED'}, "
+            f"{len(engine.get('instances', []))} instances, partitions owned "
+            f"{len(partitions.get('owned', []))}/{partitions.get('total')}"
+            + (f" ({len(unowned)} unowned)" if unowned else "")
+            + f", agent buffered {agent.get('buffered')}/{agent.get('max_buffered')}")

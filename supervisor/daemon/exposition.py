@@ -49,6 +49,7 @@ from modcoord.actors.histogram import LatencyHistogram
 from modcoord.actors.modes import MODES
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.supervisor.daemon.exposition_adaptive import adaptive_families
+from modcoord.supervisor.daemon.exposition_engine import ENGINE_FAMILIES, engine_families
 from modcoord.supervisor.protocol.calls import PROTOCOL_VERSION
 from modcoord.supervisor.version import VERSION
 
@@ -217,6 +218,7 @@ _TABLE: tuple[MetricSpec, ...] = (
                "Memory-pressure steps up."),
     MetricSpec("modcoord_resources_relaxations_total", "counter", "", (),
                "Memory-pressure steps down."),
+    *(MetricSpec(*family) for family in ENGINE_FAMILIES),
 )
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _TABLE}
@@ -389,6 +391,7 @@ def _status_families(fam: _Families, status: Mapping[str, Any]) -> None:
             fam.add("modcoord_plugin_disabled", g.get("disabled"), str(plugin))
 
     adaptive_families(fam.add, _section(status, "adaptive"))
+    engine_families(fam.add, _section(status, "engine"))
 
 
 def _add_histogram(fam: _Families, name: str, hist: LatencyHistogram,

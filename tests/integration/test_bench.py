@@ -218,3 +218,26 @@ def test_dashboard_first_load_is_measured_against_an_empty_history() -> None:
     (first_load,) = rows
     assert 0 < first_load["baseline"] < first_load["value"]  # a day costs more than nothing
     assert first_load["value"] < 30_000  # ms: the page got ready (the bench's own limit)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.nats
+@pytest.mark.timeout(240)
+def test_the_simulated_hosts_figures_compare_nats_with_local() -> None:
+    """``--engine nats --only 5`` (quick: 4 daemons × 25 modules, each on a connection of
+    its own, on a real 3-node cluster): cached coordinate p99 and publish-to-delivery p99,
+    each against one local daemon holding the same modules, in the documented shape; any
+    other ``--only`` with ``--engine nats`` is refused, naming what it takes."""
+    from nats_cluster import nats_server_or_skip
+
+    nats_server_or_skip()
+    rows = _results(_run_bench(200, "--engine", "nats", "--only", "5"))
+    _check_rows(rows, [
+        ("N5 simulated hosts (4 hosts x 25 modules): cached coordinate p99", "us",
+         "<= 10.0x"),
+        ("N6 simulated hosts (4 hosts x 25 modules): publish-to-delivery p99", "ms",
+         "<= 10.0x")])
+    refused = _run_bench(60, "--engine", "nats", "--only", "1")
+    assert refused.returncode == 1
+    assert "--only takes 5" in refused.stderr

@@ -345,3 +345,50 @@ def test_adaptive_parameters_and_resources_in_base_units() -> None:
     quiet = parse_text(render({"adaptive": {"enabled": False, "parameters": {}}}, None))
     assert value_of(quiet, "modcoord_adaptive_enabled") == 0
     assert "modcoord_resources_memory_level" not in quiet
+
+
+def _engine_status() -> dict[str, Any]:
+    return {"engine": {
+        "kind": "nats", "instance_id": "host-a",
+        "connections": {"data": {"connected": True, "reconnects": 2},
+                        "control": {"connected": False, "reconnects": 1}},
+        "instances": ["host-a", "host-b"],
+        "partitions": {"total": 8, "owned": [0, 3, 5], "unowned": [7]},
+        "lag": {"0": {"pending": 4, "ack_pending": 1}, "3": {"pending": 0, "ack_pending": 0},
+                "5": {"error": "TimeoutError"}},
+        "agent": {"buffered": 12, "max_buffered": 100, "acked": 900, "refused": 3},
+        "deliveries": {"batches": 10, "updates": 77, "errors": 0}}}
+
+
+def test_the_nats_engine_exports_the_cluster_as_this_daemon_sees_it() -> None:
+    text = render(_engine_status(), None)
+    fams = parse_text(text)
+    check_conventions(fams)
+    assert value_of(fams, "modcoord_engine_connected", connection="data") == 1
+    assert value_of(fams, "modcoord_engine_connected", connection="control") == 0
+    assert value_of(fams, "modcoord_engine_reconnects", connection="data") == 2
+    assert value_of(fams, "modcoord_engine_instances") == 2
+    assert value_of(fams, "modcoord_engine_partitions") == 8
+    assert value_of(fams, "modcoord_engine_partitions_owned") == 3
+    assert value_of(fams, "modcoord_engine_partitions_unowned") == 1
+    assert value_of(fams, "modcoord_engine_partition_pending", partition="0") == 4
+    assert value_of(fams, "modcoord_engine_partition_ack_pending", partition="0") == 1
+    assert value_of(fams, "modcoord_engine_partition_pending", partition="3") == 0
+    pending = [s for s in fams["modcoord_engine_partition_pending"].samples]
+    assert {s.labels["partition"] for s in pending} == {"0", "3"}  # 5: unread, left out
+    assert value_of(fams, "modcoord_engine_agent_buffered") == 12
+    assert value_of(fams, "modcoord_engine_agent_max_buffered") == 100
+    assert value_of(fams, "modcoord_engine_agent_refused") == 3
+    assert value_of(fams, "modcoord_engine_agent_acked") == 900
+    assert value_of(fams, "modcoord_engine_delivered_updates") == 77
+    result = promtool_check(text)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_local_engine_exports_no_engine_family() -> None:
+    fams = parse_text(render({"engine": {"kind": "local"}, "uptime_s": 1.0}, None))
+    assert not [n for n in fams if n.startswith("modcoord_engine_")]
+    odd = {"engine": {"kind": "nats", "instances": "two", "partitions": {"owned": 3},
+                      "lag": {"x": 1, "2": "lots"}, "agent": {"buffered": True}}}
+    fams = parse_text(render(odd, None))  # malformed values are left out, never fail
+    assert not [n for n in fams if n.startswith("modcoord_engine_")]

@@ -413,3 +413,19 @@ def test_never_two_owners_over_random_interleavings() -> None:
         owned_time += sum(world.owned_time.values())
     assert all(v > 30 for v in totals.values()), totals
     assert owned_time > 0.2 * 120 * 120, owned_time  # someone owns it much of the time
+
+
+def test_unheld_partitions_are_absent_for_a_while_or_lapsed(clock: MockClock) -> None:
+    b = leases(clock, "b")
+    b.observed(1, None, None)  # absent
+    b.observed(2, 10, "a")     # a foreign lease, renewed below
+    b.observed(4, 20, "a")     # a foreign lease nobody renews
+    assert b.unheld(3.0) == frozenset() and b.unheld() == {1}
+    clock.advance(3.0)
+    b.observed(2, 11, "a")
+    assert b.unheld(3.0) == {1}  # absent for 3 s; the others held
+    clock.advance(6.0)
+    assert b.unheld(3.0) == {1, 4}  # 4 unchanged for lease_s: its owner stopped renewing
+    b.acquire_started(1)
+    b.acquired(1, 5)
+    assert b.unheld(3.0) == {4}  # held by b now

@@ -52,6 +52,7 @@ from modcoord.actors.batcher import ALL_SOURCES
 from modcoord.actors.errors import CallTimeoutError, ModcoordError
 from modcoord.actors.plugins import PluginHost
 from modcoord.actors.reply import Reply
+from modcoord.actors.shared.cluster import ClusterSnapshot
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import Batch, Update
 from modcoord.supervisor.daemon.config import ConfigSet
@@ -90,6 +91,10 @@ DUPLICATE_WINDOW_S = 120.0
 MEMBERS_MAX_AGE_S = 30.0
 LEASES_MAX_AGE_S = 60.0
 STATUS_TIMEOUT_S = 2.0
+UNOWNED_AFTER_S = 3.0
+"""A partition counts as unowned (``status.engine.partitions.unowned``, the
+``partitions_unowned`` insight) once its lease key was absent this long: a handover leaves
+it absent for a moment (a poll, 0.25 s, or two)."""
 
 
 def default_instance_id() -> str:
@@ -139,6 +144,7 @@ class NatsEngine:
                            ack_wait_s=self.settings.ack_wait_s,
                            delivery_timeout_s=self.settings.delivery_timeout_s)
         self._log = logger.bind(actor="nats", instance=self.instance_id)
+        self.local.shared.cluster.source = self.cluster_snapshot
 
     # -- plumbing --
 
@@ -424,12 +430,31 @@ class NatsEngine:
             out[str(p)] = {"pending": info.num_pending, "ack_pending": info.num_ack_pending}
         return out
 
-    def engine_status(self) -> dict[str, Any]:
-        """``status.engine`` (every field: docs/REFERENCE.md)."""
+    def _read_lag(self) -> dict[str, Any]:
+        """Each owned partition's consumer counts, or ``{"error": ...}`` (never raises)."""
         try:
-            lag = self._thread.run(self._lag(), STATUS_TIMEOUT_S, "partition lag")
+            lag: dict[str, Any] = self._thread.run(self._lag(), STATUS_TIMEOUT_S,
+                                                   "partition lag")
         except Exception as exc:
             lag = {"error": f"{type(exc).__name__}: {exc}"}
+        return lag
+
+    def _unowned(self) -> list[int]:
+        """The partitions nobody owns as this daemon last saw them: not its own, no live
+        member's heartbeat lists them, and their lease key is absent (for
+        :data:`UNOWNED_AFTER_S`) or lapsed."""
+        ownership = self._ownership
+        if ownership is None:
+            return []
+        claimed = set(ownership.owned())
+        for member, info in ownership.membership.members().items():
+            if member != self.instance_id:
+                claimed.update(info.partitions)
+        return sorted(ownership.leases.unheld(UNOWNED_AFTER_S) - claimed)
+
+    def engine_status(self) -> dict[str, Any]:
+        """``status.engine`` (every field: docs/REFERENCE.md)."""
+        lag = self._read_lag()
         ownership = self._ownership
         return {
             "kind": "nats",
@@ -440,7 +465,8 @@ class NatsEngine:
                             "control": self._control_state.as_dict()},
             "instances": list(self._live_members()),
             "partitions": {"total": self.settings.partitions,
-                           "owned": sorted(ownership.owned()) if ownership else []},
+                           "owned": sorted(ownership.owned()) if ownership else [],
+                           "unowned": self._unowned()},
             "lag": lag,
             "leases": ownership.statistics().as_dict() if ownership else {},
             "agent": self.agent.statistics().as_dict(),
@@ -450,11 +476,38 @@ class NatsEngine:
                              if self._control_plane is not None else {}),
         }
 
+    def cluster_snapshot(self) -> ClusterSnapshot | None:
+        """The cluster as the monitor's rules see it (``None`` until the daemon joined
+        the cluster). A lag that cannot be read is reported in ``lag_error``."""
+        ownership = self._ownership
+        if not self._running or ownership is None:
+            return None
+        lag = self._read_lag()
+        counts: list[tuple[int, int]] = []
+        failed: list[str] = []
+        for p, entry in lag.items():
+            if p == "error":
+                failed.append(str(entry))
+            elif isinstance(entry, dict) and "pending" in entry:
+                counts.append((int(p), int(entry["pending"]) + int(entry["ack_pending"])))
+            elif isinstance(entry, dict):
+                failed.append(f"partition {p}: {entry.get('error')}")
+        agent = self.agent.statistics()
+        return ClusterSnapshot(
+            disconnected=tuple(s.name for s in (self._data_state, self._control_state)
+                               if not s.connected),
+            instances=len(self._live_members()), partitions=self.settings.partitions,
+            owned=len(ownership.owned()), unowned=tuple(self._unowned()),
+            buffered=agent.buffered, max_buffered=agent.max_buffered, refused=agent.refused,
+            lag=tuple(sorted(counts)), lag_error="; ".join(failed[:3]) or None)
+
     def status(self) -> dict[str, Any]:
         return self.local.status() | {"engine": self.engine_status()}
 
     def insights(self) -> dict[str, Any]:
-        return self.local.insights()
+        """The monitor's insights (the local rules and the cluster rules), with the
+        cluster as this daemon sees it (``engine``, as in ``status``)."""
+        return self.local.insights() | {"engine": self.engine_status()}
 
     def optimize(self) -> OptimizeReport:
         local = self.local.optimize()

@@ -244,6 +244,19 @@ class PartitionLeases:
                          if v.revision is not None and v.owner is not None
                          and now - v.since >= self.settings.lease_s)
 
+    def unheld(self, absent_s: float = 0.0) -> frozenset[int]:
+        """The partitions no instance holds as this one last read them: the key seen
+        absent for ``absent_s`` or longer (a handover leaves it absent for a moment), or a
+        foreign lease seen unchanged for ``lease_s`` (its owner stopped renewing).
+        Partitions this instance holds, or has not read yet, are not among them."""
+        now = self._clock.monotonic()
+        return frozenset(
+            p for p, v in tuple(self._views.items())
+            if p not in self._held and (
+                (v.revision is None and now - v.since >= absent_s) or (
+                    v.revision is not None and v.owner != self.instance_id
+                    and now - v.since >= self.settings.lease_s)))
+
     def statistics(self) -> LeaseStatistics:
         return LeaseStatistics(**self._stats)
 
