@@ -248,3 +248,8 @@ def test_a_daemon_cut_off_from_nats_refuses_beyond_its_buffer_and_catches_up(
         finally:
             sub.kill()
             sub.wait(10)
+            # The daemon's connections end while the proxy still runs: no proxy task is
+            # left pending when its loop closes.
+            cut_off.stop()
+            wait_for(lambda: not any(p.conns for p in proxy.proxies), timeout=20,
+                     message="the proxied connections closed")
