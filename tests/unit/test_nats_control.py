@@ -112,8 +112,9 @@ def test_a_mode_epoch_is_applied_once_when_the_check_races_the_broadcast(
         control, state = _control(local, asyncio.get_running_loop())
         await state.put("mode", encode({"mode": "FULLY_AUTO", "epoch": 1}))
         msg = _broadcast("FULLY_AUTO", 1)
-        first = control._apply_cluster_mode() if check_first else control._on_mode(msg)
-        second = control._on_mode(msg) if check_first else control._apply_cluster_mode()
+        on_mode: Any = control._on_mode  # takes the fake message
+        first = control._apply_cluster_mode() if check_first else on_mode(msg)
+        second = on_mode(msg) if check_first else control._apply_cluster_mode()
         task = asyncio.create_task(first)
         await asyncio.sleep(0.05)  # quiet-period: the first is inside its (slow) switch
         await asyncio.gather(task, second)
@@ -134,8 +135,9 @@ def test_each_new_epoch_is_applied_and_an_older_one_is_not() -> None:
         control, _ = _control(local, asyncio.get_running_loop())
         msgs = [_broadcast("FULLY_AUTO", 1), _broadcast("FULLY_AUTO", 2),
                 _broadcast("MANUAL", 1)]
+        on_mode: Any = control._on_mode  # takes the fake messages
         for msg in msgs:
-            await control._on_mode(msg)
+            await on_mode(msg)
         await control._apply_cluster_mode()  # no key yet: nothing to do
         return msgs
 
