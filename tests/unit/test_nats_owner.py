@@ -73,6 +73,9 @@ def test_last_seen_beyond_its_limit_evicts_the_oldest_and_counts_it() -> None:
         assert seen.take(0, ("m", f"k{i}"), i + 1)
     assert len(seen) == 3 and seen.evicted == 2
     assert seen.take(0, ("m", "k0"), 0)  # forgotten: no longer judged stale
+    assert seen.take(1, ("m", "alone"), 1)  # a partition's only key is not the one to go
+    assert not seen.take(1, ("m", "alone"), 0)
+    assert len(seen) == 3 and seen.evicted == 4
     with pytest.raises(ValueError, match="at least 1"):
         LastSeen(limit=0)
 

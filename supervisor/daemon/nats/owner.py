@@ -89,8 +89,8 @@ LAST_SEEN_TRIM_S = 5.0
 """How often the owner reads its partitions' ack floors and forgets the keys below them."""
 MAX_LAST_SEEN = 250_000
 """Keys whose newest stream sequence the owner remembers, at most (measured: 260 bytes a
-key of 15 characters, so about 65 MB full);
-beyond it the oldest are forgotten, counted and logged (see the module docstring)."""
+key of 15 characters, so about 65 MB full); beyond it the oldest are forgotten, counted
+and logged (see the module docstring)."""
 
 
 class LastSeen:
@@ -126,19 +126,25 @@ class LastSeen:
 
     def take(self, p: int, key: tuple[str, str], seq: int) -> bool:
         """Whether an update of ``key`` at stream sequence ``seq`` is current (not older
-        than the newest taken in); a current one is remembered (and may evict the oldest
-        key of ``p`` beyond :attr:`limit`: the count of evictions is returned by
-        :attr:`evicted`)."""
+        than the newest taken in). A current one is remembered, moved to the end of its
+        partition's order; beyond :attr:`limit` that forgets the oldest key of ``p`` (of
+        another partition if ``key`` is ``p``'s only one), counted in :attr:`evicted`."""
         table = self._tables.setdefault(p, {})
-        last = table.pop(key, None)
-        if last is not None and last > seq:
-            table[key] = last  # stale: keep it where it was (re-inserted at the end)
-            return False
-        if last is None:
+        last = table.get(key)
+        if last is not None:
+            if last > seq:
+                return False  # stale: the key stays where it is
+            del table[key]
+        else:
             self._size += 1
         table[key] = seq
-        while self._size > self.limit and table:
-            del table[next(iter(table))]
+        while self._size > self.limit:
+            # The oldest of this partition; if it has only this key, another partition's.
+            q = p if len(table) > 1 else next(q for q, t in self._tables.items() if q != p)
+            victim = self._tables[q]
+            del victim[next(iter(victim))]
+            if not victim:
+                del self._tables[q]
             self._size -= 1
             self.evicted += 1
         return True
