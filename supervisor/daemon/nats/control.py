@@ -176,7 +176,7 @@ class ClusterControl:
             if "already in use" not in str(exc):
                 raise
             self._caches[mode] = await js.key_value(bucket)
-            await self._set_max_age(mode, ttl)
+            await self._follow_ttl(mode)  # a failure is counted; the next coordinate retries
 
     async def _set_max_age(self, mode: str, ttl: float) -> None:
         """Give the mode's cache bucket ``max_age = ttl`` (JetStream then also expires the
@@ -204,7 +204,9 @@ class ClusterControl:
         try:
             await self._set_max_age(mode, ttl)
         except Exception as exc:
-            if previous is not None:
+            if previous is None:
+                self._ttl_s.pop(mode, None)
+            else:
                 self._ttl_s[mode] = previous
             self.counts["cache_errors"] += 1
             self._log.warning("setting the cache bucket's age failed: retried on the next "
