@@ -104,8 +104,8 @@ class FakeMsg:
         self.progress += 1
 
 
-def _message(seq: int, *values: tuple[str, int]) -> FakeMsg:
-    updates = tuple(StoredUpdate("pub", key, value, "medium", i, time.time())
+def _message(seq: int, *values: tuple[str, int], priority: str = "medium") -> FakeMsg:
+    updates = tuple(StoredUpdate("pub", key, value, priority, i, time.time())
                     for i, (key, value) in enumerate(values))
     return FakeMsg(msgspec.msgpack.encode(UpdateMessage("agent", updates)),
                    _Meta(SimpleNamespace(stream=seq)))
@@ -208,3 +208,17 @@ def test_the_owner_forgets_keys_below_the_ack_floor_and_counts_a_failed_read(
     stats = owner.statistics()
     assert stats["seen_keys"] == 0 and stats["seen_forgotten"] == 5
     assert stats["stale"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_message_with_an_unknown_priority_is_acknowledged_as_malformed_not_held(
+        owner_env: tuple[Owner, FakeNats, asyncio.AbstractEventLoop]) -> None:
+    owner, fake, loop = owner_env
+    bad = _message(1, ("a", 2), priority="urgent")  # the debouncer refuses the priority
+    good = _message(2, ("b", 2))
+    owner._take(0, bad)  # type: ignore[arg-type]
+    owner._take(0, good)  # type: ignore[arg-type]
+    _until(loop, lambda: bad.acked == good.acked == 1, "both messages acknowledged")
+    stats = owner.statistics()
+    assert stats["malformed"] == 1 and stats["held_messages"] == 0
+    assert {u.key for d in fake.delivered for u in d.updates} == {"b"}

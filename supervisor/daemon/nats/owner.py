@@ -36,7 +36,8 @@ Rules:
 
 On failure: a fetch or consumer error is counted (``fetch_errors``) and retried with a
 backoff; a malformed stream message is acknowledged (so it does not come back forever),
-counted in ``malformed`` and logged; an acknowledgement that fails is counted
+counted in ``malformed`` and logged (so is one with an update of an unknown priority,
+which the debouncer would refuse); an acknowledgement that fails is counted
 (``ack_errors``; the message comes back: a duplicate, never a loss).
 """
 
@@ -60,7 +61,7 @@ from nats.js.client import JetStreamContext
 
 from modcoord.actors.batcher import FlushBatches
 from modcoord.actors.debouncer import Flush, PublishMany
-from modcoord.actors.update import Batch, Update
+from modcoord.actors.update import PRIORITY_RANK, Batch, Update
 from modcoord.supervisor.daemon.config import ConfigSet
 from modcoord.supervisor.daemon.coordinator import ModuleCoordinator, default_child_specs
 from modcoord.supervisor.daemon.nats.names import (
@@ -385,6 +386,11 @@ class Owner:
             self.counts["redelivered"] += 1
         try:
             message = self._decode(msg.data)
+            for su in message.updates:  # the debouncer would refuse the whole message
+                if su.priority not in PRIORITY_RANK:
+                    raise msgspec.ValidationError(
+                        f"unknown priority {su.priority!r} of key {su.key!r} (one of "
+                        f"{', '.join(PRIORITY_RANK)})")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.counts["malformed"] += 1
             self._log.error("malformed stream message acknowledged and skipped",
