@@ -18,11 +18,26 @@ Rules:
   owner that dies leaves its pending updates unacknowledged and JetStream redelivers them
   to the next owner: delivery is at least once.
 * A redelivered update older (by stream sequence) than one already taken in for its key
-  is dropped as stale and its message acknowledged (``stale`` counts them).
+  is dropped as stale and its message acknowledged (``stale`` counts them). The table of
+  the newest sequence per key (:class:`LastSeen`) is bounded: every
+  :data:`LAST_SEEN_TRIM_S` the owner reads each partition's consumer **ack floor** (every
+  message of the partition at or below it is acknowledged, and a WorkQueue stream removes
+  acknowledged messages, so none of them can be delivered again) and forgets the keys
+  whose newest sequence is at or below it: what it remembers is the keys of messages that
+  are still in the stream or just above the floor. Beyond :data:`MAX_LAST_SEEN` keys the
+  oldest are forgotten anyway (``seen_evicted``, logged): a late redelivery of one of
+  those is delivered again (a duplicate with an older ``seq``), never lost.
+* Updates a batch processor (``plugins.batch_processors``) leaves out of a batch are an
+  explicit decision not to deliver them: once the batches before them were delivered,
+  they settle as if delivered (their messages are acknowledged when nothing else in them
+  waits), counted in ``processor_removed`` and logged. The owner's actors run in the
+  daemon's process (never ``supervisor.out_of_process``: the stream is their ledger), so
+  the batcher's ``settled`` hook tells the owner which updates left the batcher.
 
 On failure: a fetch or consumer error is counted (``fetch_errors``) and retried with a
 backoff; a malformed stream message is acknowledged (so it does not come back forever),
-counted in ``malformed`` and logged; an acknowledgement that fails is counted
+counted in ``malformed`` and logged (so is one with an update of an unknown priority,
+which the debouncer would refuse); an acknowledgement that fails is counted
 (``ack_errors``; the message comes back: a duplicate, never a loss).
 """
 
@@ -30,9 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +61,9 @@ from nats.js.client import JetStreamContext
 
 from modcoord.actors.batcher import FlushBatches
 from modcoord.actors.debouncer import Flush, PublishMany
-from modcoord.actors.update import Batch, Update
+from modcoord.actors.update import PRIORITY_RANK, Batch, Update
 from modcoord.supervisor.daemon.config import ConfigSet
-from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
+from modcoord.supervisor.daemon.coordinator import ModuleCoordinator, default_child_specs
 from modcoord.supervisor.daemon.nats.names import (
     STREAM,
     DeliveredUpdate,
@@ -59,7 +75,7 @@ from modcoord.supervisor.daemon.nats.names import (
 )
 from modcoord.supervisor.protocol.module import ModuleInfo, Reply
 
-__all__ = ["OWNER_SUBSCRIBER", "Owner"]
+__all__ = ["OWNER_SUBSCRIBER", "LastSeen", "Owner"]
 
 OWNER_SUBSCRIBER = "modcoord.cluster"
 """The one subscriber of the owner's actor system: every batch, sent to every agent."""
@@ -70,6 +86,95 @@ MAX_HELD_MESSAGES = 10_000
 """Messages fetched and not yet acknowledged, at most (fetching waits beyond it)."""
 RETRY_MIN_S = 0.05
 RETRY_MAX_S = 1.0
+LAST_SEEN_TRIM_S = 5.0
+"""How often the owner reads its partitions' ack floors and forgets the keys below them."""
+MAX_LAST_SEEN = 250_000
+"""Keys whose newest stream sequence the owner remembers, at most (measured: 260 bytes a
+key of 15 characters, so about 65 MB full); beyond it the oldest are forgotten, counted
+and logged (see the module docstring)."""
+
+
+class LastSeen:
+    """The newest stream sequence taken in per key, per partition (loop only).
+
+    Each partition's table is kept in the order keys were last taken in (nearly stream
+    order: fetches come in sequence order, redeliveries excepted), so forgetting below an
+    ack floor pops from the front and stops at the first newer key: it costs what it
+    forgets, and never forgets a key above the floor.
+
+    Args:
+        limit: keys remembered at most, over all partitions (then the oldest of the
+            partition being written go first; see :attr:`evicted`).
+    """
+
+    def __init__(self, limit: int = MAX_LAST_SEEN) -> None:
+        if limit < 1:
+            raise ValueError(f"LastSeen limit must be at least 1, not {limit}")
+        self.limit = limit
+        self._tables: dict[int, dict[tuple[str, str], int]] = {}
+        self._size = 0
+        self.forgotten = 0
+        """Keys forgotten because their newest sequence was at or below the ack floor."""
+        self.evicted = 0
+        """Keys forgotten above the floor because of :attr:`limit`."""
+
+    def __len__(self) -> int:
+        return self._size
+
+    def partitions(self) -> list[int]:
+        """The partitions with remembered keys."""
+        return sorted(self._tables)
+
+    def take(self, p: int, key: tuple[str, str], seq: int) -> bool:
+        """Whether an update of ``key`` at stream sequence ``seq`` is current (not older
+        than the newest taken in). A current one is remembered, moved to the end of its
+        partition's order; beyond :attr:`limit` that forgets the oldest key of ``p`` (of
+        another partition if ``key`` is ``p``'s only one), counted in :attr:`evicted`."""
+        table = self._tables.setdefault(p, {})
+        last = table.get(key)
+        if last is not None:
+            if last > seq:
+                return False  # stale: the key stays where it is
+            del table[key]
+        else:
+            self._size += 1
+        table[key] = seq
+        while self._size > self.limit:
+            # The oldest of this partition; if it has only this key, another partition's.
+            q = p if len(table) > 1 else next(q for q, t in self._tables.items() if q != p)
+            victim = self._tables[q]
+            del victim[next(iter(victim))]
+            if not victim:
+                del self._tables[q]
+            self._size -= 1
+            self.evicted += 1
+        return True
+
+    def forget_through(self, p: int, floor: int) -> int:
+        """Forget ``p``'s keys whose newest sequence is at or below ``floor`` (from the
+        front, see the class docstring); how many went."""
+        table = self._tables.get(p)
+        if table is None:
+            return 0
+        gone = 0
+        while table:
+            key = next(iter(table))
+            if table[key] > floor:
+                break
+            del table[key]
+            gone += 1
+        if not table:
+            del self._tables[p]
+        self._size -= gone
+        self.forgotten += gone
+        return gone
+
+
+@dataclass(frozen=True)
+class _Removed:
+    """Updates a batch processor left out: they settle in the outbox's order."""
+
+    updates: tuple[tuple[str, str, int], ...]
 
 
 class _ClusterEndpoint:
@@ -119,7 +224,16 @@ class Owner:
                  client: Callable[[], Client], members: Callable[[], tuple[str, ...]],
                  owned: Callable[[int], bool], replicas: int, ack_wait_s: float,
                  delivery_timeout_s: float) -> None:
-        self.core = ModuleCoordinator(config, mode=mode)
+        # In this process always: the batcher's ``settled`` hook (below) must reach the
+        # owner, and the stream already keeps what an actor process's ledger would.
+        self.core = ModuleCoordinator(config, mode=mode, specs=default_child_specs())
+        release = self.core.shared.settled
+
+        def settled(updates: Sequence[Update]) -> None:
+            release(updates)
+            self._settled_hook(updates)
+
+        self.core.shared = dataclasses.replace(self.core.shared, settled=settled)
         self.instance_id = instance_id
         self.loop = loop
         self._js = jetstream
@@ -132,16 +246,20 @@ class Owner:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._held: dict[int, _Held] = {}  # stream seq -> held message
         self._waiting: dict[tuple[str, str], list[_Held]] = {}
-        self._last: dict[tuple[str, str], int] = {}  # key -> newest stream seq taken in
-        self._outbox: deque[Batch] = deque()
+        self._seen = LastSeen()
+        self._outbox: deque[Batch | _Removed] = deque()
+        self._sent: set[tuple[str, str, int]] = set()  # enqueued since the last settled
+        self._evicted_logged = 0
         self._delivering: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._trimming: asyncio.Task[None] | None = None
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(UpdateMessage).decode
         self.counts = dict.fromkeys((
             "fetched_messages", "fetched_updates", "redelivered", "stale", "malformed",
             "batches_delivered", "updates_delivered", "delivery_retries", "acked",
-            "ack_errors", "fetch_errors", "in_progress"), 0)
+            "ack_errors", "fetch_errors", "in_progress", "processor_removed",
+            "seen_trim_errors"), 0)
         self._log = logger.bind(actor="owner", instance=instance_id)
 
     # -- lifecycle (loop) --
@@ -154,15 +272,17 @@ class Owner:
                            _ClusterEndpoint(self))
 
     def start_housekeeping(self) -> None:
-        """On the loop: start the in-progress task."""
+        """On the loop: start the in-progress and ack-floor tasks."""
         self._housekeeping = self.loop.create_task(self._keep_in_progress())
+        self._trimming = self.loop.create_task(self._trim_seen())
 
     async def close(self) -> None:
         """On the loop: stop consuming (held messages stay unacknowledged: redelivered)."""
         for p in list(self._tasks):
             self.lost(p)
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        for task in (self._housekeeping, self._trimming):
+            if task is not None:
+                task.cancel()
         if self._delivering is not None:
             self._delivering.cancel()
             with contextlib.suppress(BaseException):
@@ -266,6 +386,11 @@ class Owner:
             self.counts["redelivered"] += 1
         try:
             message = self._decode(msg.data)
+            for su in message.updates:  # the debouncer would refuse the whole message
+                if su.priority not in PRIORITY_RANK:
+                    raise msgspec.ValidationError(
+                        f"unknown priority {su.priority!r} of key {su.key!r} (one of "
+                        f"{', '.join(PRIORITY_RANK)})")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.counts["malformed"] += 1
             self._log.error("malformed stream message acknowledged and skipped",
@@ -282,16 +407,15 @@ class Owner:
         updates: list[Update] = []
         for su in message.updates:
             k = (su.module_id, su.key)
-            last = self._last.get(k)
-            if last is not None and last > seq:
+            if not self._seen.take(p, k, seq):
                 self.counts["stale"] += 1
                 continue
-            self._last[k] = seq
             held.keys.add(k)
             self._waiting.setdefault(k, []).append(held)
             updates.append(Update(su.module_id, su.key, su.payload, su.priority, seq,
                                   now_mono - max(0.0, now_wall - su.published_unix)))
         self.counts["fetched_updates"] += len(updates)
+        self._log_evictions()
         if not held.keys:
             self.loop.create_task(self._ack(msg))
             return
@@ -307,6 +431,37 @@ class Owner:
             self.counts["ack_errors"] += 1
             self._log.warning("acknowledging a stream message failed (it comes back)",
                               error=f"{type(exc).__name__}: {exc}")
+
+    def _log_evictions(self) -> None:
+        evicted = self._seen.evicted
+        if evicted and evicted - self._evicted_logged >= min(1000, max(1, self._evicted_logged)):
+            self._evicted_logged = evicted
+            self._log.warning("the last-seen table is full: the oldest keys are forgotten "
+                              "(a late redelivery of one is delivered again)",
+                              limit=self._seen.limit, evicted=evicted)
+
+    async def trim_seen_once(self) -> int:
+        """On the loop: forget the keys at or below each partition's ack floor (see the
+        module docstring); how many went. A partition whose consumer cannot be read is
+        counted (``seen_trim_errors``) and left as it is until the next round."""
+        js = self._js()
+        gone = 0
+        for p in self._seen.partitions():
+            try:
+                info = await js.consumer_info(STREAM, consumer_name(p))
+            except Exception as exc:
+                self.counts["seen_trim_errors"] += 1
+                if self.counts["seen_trim_errors"] % 20 == 1:
+                    self._log.warning("reading a partition's ack floor failed: retrying",
+                                      partition=p, error=f"{type(exc).__name__}: {exc}")
+                continue
+            gone += self._seen.forget_through(p, int(info.ack_floor.stream_seq))
+        return gone
+
+    async def _trim_seen(self) -> None:
+        while True:
+            await asyncio.sleep(LAST_SEEN_TRIM_S)
+            await self.trim_seen_once()
 
     async def _keep_in_progress(self) -> None:
         every = self._ack_wait_s / 3.0
@@ -324,16 +479,45 @@ class Owner:
 
     def enqueue(self, batch: Batch) -> None:
         """On the loop: a batch the owner's batcher formed; delivered in order."""
-        self._outbox.append(batch)
+        self._sent.update((u.module_id, u.key, u.seq) for u in batch.updates)
+        self._push(batch)
+
+    def _push(self, item: Batch | _Removed) -> None:
+        self._outbox.append(item)
         if self._delivering is None or self._delivering.done():
             self._delivering = self.loop.create_task(self._deliver_all())
 
+    def _settled_hook(self, updates: Sequence[Update]) -> None:
+        """The batcher's ``settled`` (its thread): ``updates`` left it, in the batches it
+        just handed on (their ``enqueue`` comes first on the loop) or removed by a batch
+        processor."""
+        triples = tuple((u.module_id, u.key, u.seq) for u in updates)
+        self.loop.call_soon_threadsafe(self.removed_check, triples)
+
+    def removed_check(self, settled: tuple[tuple[str, str, int], ...]) -> None:
+        """On the loop: of the updates that left the batcher, those in no batch since the
+        last call were removed by a batch processor: they settle after the batches queued
+        before them (so an older update of their key in one of those is delivered first),
+        counted and logged."""
+        sent, self._sent = self._sent, set()
+        removed = tuple(t for t in settled if t not in sent)
+        if not removed:
+            return
+        self.counts["processor_removed"] += len(removed)
+        self._log.info("updates a batch processor removed are acknowledged without "
+                       "delivery", updates=len(removed), total=self.counts["processor_removed"])
+        self._push(_Removed(removed))
+
     async def _deliver_all(self) -> None:
         while self._outbox:
-            batch = self._outbox[0]
-            await self._deliver(batch)
+            item = self._outbox[0]
+            if isinstance(item, _Removed):
+                self._outbox.popleft()
+                self._settle_keys(item.updates)
+                continue
+            await self._deliver(item)
             self._outbox.popleft()
-            self._settle(batch)
+            self._settle(item)
 
     async def _deliver(self, batch: Batch) -> None:
         data = self._encode(Delivery(self.instance_id, batch.batch_id, batch.reason, tuple(
@@ -369,14 +553,20 @@ class Owner:
         self.counts["updates_delivered"] += len(batch.updates)
 
     def _settle(self, batch: Batch) -> None:
-        for u in batch.updates:
-            k = (u.module_id, u.key)
+        self._settle_keys((u.module_id, u.key, u.seq) for u in batch.updates)
+
+    def _settle_keys(self, updates: Iterable[tuple[str, str, int]]) -> None:
+        """Each ``(module_id, key, seq)`` was delivered (or removed): the held messages
+        waiting for that key at or below ``seq`` no longer wait for it; a message that
+        waits for nothing more is acknowledged."""
+        for module_id, key, seq in updates:
+            k = (module_id, key)
             waiting = self._waiting.get(k)
             if not waiting:
                 continue
             keep: list[_Held] = []
             for held in waiting:
-                if held.seq <= u.seq:
+                if held.seq <= seq:
                     held.keys.discard(k)
                     if not held.keys:
                         self._held.pop(held.seq, None)
@@ -390,4 +580,6 @@ class Owner:
 
     def statistics(self) -> dict[str, Any]:
         return {**self.counts, "held_messages": len(self._held),
+                "seen_keys": len(self._seen), "seen_forgotten": self._seen.forgotten,
+                "seen_evicted": self._seen.evicted,
                 "outbox_batches": len(self._outbox), "owned": self.owned_partitions()}
