@@ -45,6 +45,7 @@ class Proxy:
         self.refuse = False
         self.conns: set[asyncio.StreamWriter] = set()
         self.server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     @property
     def url(self) -> str:
@@ -55,6 +56,10 @@ class Proxy:
         return self
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # :meth:`close` ends every handler before the loop closes
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         if self.refuse:
             w.close()
             return
@@ -101,10 +106,17 @@ class Proxy:
         self.flowing.set()
 
     async def close(self) -> None:
+        """Reset every connection, stop listening and end every connection's handler (its
+        pumps close their sockets while the loop still runs: nothing is left to a later
+        garbage collection on a closed loop)."""
         self.cut()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
 
 class ThreadedProxy:
@@ -153,6 +165,15 @@ class ThreadedProxy:
         with contextlib.suppress(Exception):
             for p in self.proxies:
                 self._call(p.close())
+
+        async def rest() -> None:  # anything else still pending on the loop
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self._call(rest())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
