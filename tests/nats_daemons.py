@@ -57,7 +57,7 @@ SUBSCRIBER = textwrap.dedent("""\
     with connect(runtime_dir=runtime, timeout=10, reconnect=False) as client:
         client.register(Module()).get(10)
         print("READY", flush=True)
-        while True:
+        while True:  # quiet-period: it only listens; batches arrive on the client's thread
             time.sleep(0.5)
     """)
 

@@ -180,6 +180,17 @@ async def _drop(admin: Any, js: Any, buckets: tuple[str, str]) -> None:
     await admin.close()
 
 
+async def _end(sampler: Sampler, out: dict[str, Any], admin: Any, js: Any,
+               buckets: tuple[str, str]) -> None:
+    """A scenario's end, passed or failed: the sampler's findings into ``out``, every
+    instance still running stopped (bounded), the test's buckets removed."""
+    await sampler.stop()
+    out["overlaps"], out["samples"] = sampler.overlaps, sampler.samples
+    for inst in sampler.instances:
+        await inst.close()
+    await _drop(admin, js, buckets)
+
+
 async def _scenario(cluster: NatsCluster) -> dict[str, Any]:
     admin, js, buckets = await _buckets(cluster)
     sampler = Sampler()
@@ -221,11 +232,7 @@ async def _scenario(cluster: NatsCluster) -> dict[str, Any]:
         out["b_stats"] = b.own.statistics()
         await b.leave()
     finally:
-        await sampler.stop()
-        out["overlaps"], out["samples"] = sampler.overlaps, sampler.samples
-        for inst in sampler.instances:
-            await inst.close()
-        await _drop(admin, js, buckets)
+        await _end(sampler, out, admin, js, buckets)
     return out
 
 
@@ -286,11 +293,7 @@ async def _partition(cluster: NatsCluster, proxy: ThreadedProxy) -> dict[str, An
         await a.leave()
         await b.leave()
     finally:
-        await sampler.stop()
-        out["overlaps"], out["samples"] = sampler.overlaps, sampler.samples
-        for inst in sampler.instances:
-            await inst.close()
-        await _drop(admin, js, buckets)
+        await _end(sampler, out, admin, js, buckets)
     return out
 
 
@@ -352,11 +355,7 @@ async def _election(cluster: NatsCluster) -> dict[str, Any]:
         await a.leave()
         await b.leave()
     finally:
-        await sampler.stop()
-        out["overlaps"] = sampler.overlaps
-        for inst in sampler.instances:
-            await inst.close()
-        await _drop(admin, js, buckets)
+        await _end(sampler, out, admin, js, buckets)
     return out
 
 
