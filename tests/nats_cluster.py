@@ -20,6 +20,7 @@ create streams through :func:`retry_async` (or an equivalent bounded retry).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +44,7 @@ __all__ = [
     "find_nats_server",
     "nats_server_or_skip",
     "retry_async",
+    "run_bounded",
 ]
 
 #: How long :meth:`NatsCluster.start` waits for readiness (it took 1.5 s at most here).
@@ -53,6 +55,9 @@ DEBIAN_BINARY = "/usr/sbin/nats-server"
 TOOL = "nats-server"
 
 T = TypeVar("T")
+
+#: How long :func:`run_bounded` waits for a cancelled task to end.
+CANCEL_WAIT_S = 5.0
 
 
 def find_nats_server() -> str | None:
@@ -129,6 +134,51 @@ def run_async(coro: Awaitable[T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
+
+
+def _task_stacks(loop: asyncio.AbstractEventLoop) -> str:
+    """Where every task on ``loop`` is waiting, as ``Task.print_stack`` prints it."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks(loop):
+        print(f"--- {task.get_name()}: {task.get_coro()!r}", file=out)
+        task.print_stack(limit=12, file=out)
+    return out.getvalue()
+
+
+def run_bounded(coro: Coroutine[Any, Any, T], timeout_s: float, what: str) -> T:
+    """``asyncio.run(coro)``, bounded: a scenario that hangs fails with the stack of every
+    task it left waiting, instead of hanging until pytest-timeout kills the test with only
+    the threads' stacks (which show nothing but the loop in ``select``).
+
+    At the end (done or not), every task still running is cancelled and waited for at most
+    :data:`CANCEL_WAIT_S`; one that ignores its cancellation (a library's close stuck on a
+    dead socket) is left behind with the closed loop rather than hanging the test.
+
+    Raises:
+        AssertionError: ``coro`` not done within ``timeout_s`` (the message holds the
+            tasks' stacks).
+        Exception: whatever ``coro`` raised.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        main = loop.create_task(coro, name=what)
+        loop.run_until_complete(asyncio.wait({main}, timeout=timeout_s))
+        if not main.done():
+            stacks = _task_stacks(loop)
+            main.cancel()
+            loop.run_until_complete(asyncio.wait({main}, timeout=CANCEL_WAIT_S))
+            raise AssertionError(f"{what}: not done within {timeout_s} s; its tasks "
+                                 f"were waiting here:\n{stacks}")
+        return main.result()
+    finally:
+        rest = asyncio.all_tasks(loop)
+        for task in rest:
+            task.cancel()
+        if rest:
+            loop.run_until_complete(asyncio.wait(rest, timeout=CANCEL_WAIT_S))
+        loop.run_until_complete(asyncio.wait({loop.create_task(loop.shutdown_asyncgens())},
+                                             timeout=CANCEL_WAIT_S))
+        loop.close()
 
 
 async def _quiet_error(e: Exception) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from nats_cluster import NatsCluster, retry_async
+from nats_cluster import NatsCluster, retry_async, run_bounded
 from nats_proxy import ThreadedProxy
 
 from modcoord.supervisor.daemon.nats.lease import LeaseSettings
@@ -35,6 +35,11 @@ MEMBER_TIMEOUT_S = 2.5
 #: leases lapse lease_s after the taker first saw them (read at least every renew_s/2),
 #: plus a poll; slack on top for a machine shared with other test runs.
 TAKEOVER_BOUND_S = SETTINGS.lease_s + SETTINGS.renew_s + 3.0
+#: Ownership.stop: its loops cancelled, at most two release rounds of 2 s (measured: tens
+#: of milliseconds).
+STOP_BOUND_S = 10.0
+#: nats-py's close (measured: milliseconds).
+CLOSE_BOUND_S = 5.0
 
 
 async def _quiet(e: Exception) -> None:
@@ -89,20 +94,30 @@ class Instance:
         for the sampler: its owned() must empty (fence) before anyone takes over."""
         assert self.own is not None
         self.stopped = True
-        await self.own.stop(release=False)
-        await self.nc.close()
+        await asyncio.wait_for(self.own.stop(release=False), STOP_BOUND_S)
+        await self._close_connection()
 
     async def leave(self) -> None:
         assert self.own is not None
         self.stopped = True
-        await self.own.stop(release=True)
-        await self.nc.close()
+        await asyncio.wait_for(self.own.stop(release=True), STOP_BOUND_S)
+        await self._close_connection()
+
+    async def _close_connection(self) -> None:
+        """Close the NATS connection, waiting at most CLOSE_BOUND_S: nats-py's close can
+        wait on a socket that was black-holed (nats-io/nats.py#671); that is the
+        library's, not what these tests test, so it is reported and left, not waited out."""
+        closing = asyncio.ensure_future(self.nc.close())
+        await asyncio.wait({closing}, timeout=CLOSE_BOUND_S)
+        if not closing.done():
+            closing.cancel()
+            print(f"{self.name}: nats-py close not done within {CLOSE_BOUND_S} s: left")
 
     async def close(self) -> None:
         """After a failed test: stop (bounded) if still running, so nothing hangs."""
         if self.own is not None and not self.stopped:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.crash(), 10)
+                await self.crash()
 
 
 class Sampler:
@@ -240,7 +255,7 @@ async def _scenario(cluster: NatsCluster) -> dict[str, Any]:
 @pytest.mark.timeout(90)
 def test_instances_split_take_over_and_rebalance_without_ever_sharing_a_partition(
         nats_cluster: NatsCluster) -> None:
-    out = asyncio.run(_scenario(nats_cluster))
+    out = run_bounded(_scenario(nats_cluster), 80, "the ownership scenario")
     print({k: out[k] for k in ("split_s", "takeover_s", "a_fenced_after_s", "join_s",
                                "after_leave_s", "samples")})
     assert out["overlaps"] == [], out["overlaps"][:5]
@@ -305,7 +320,7 @@ def test_an_instance_cut_off_from_nats_fences_before_its_partitions_move(
     server): it stops processing its partitions before their leases lapse and another
     instance takes them over; healed, it learns it lost them and gets its share back."""
     with ThreadedProxy(nats_cluster.client_ports) as proxy:
-        out = asyncio.run(_partition(nats_cluster, proxy))
+        out = run_bounded(_partition(nats_cluster, proxy), 105, "the partition scenario")
     print({k: out[k] for k in ("a_fenced_s", "takeover_s", "heal_s", "samples")})
     assert out["overlaps"] == [], out["overlaps"][:5]
     assert out["a_had"]
@@ -368,7 +383,7 @@ def test_an_election_of_the_lease_bucket_does_not_move_ownership(
     no partition changes hands (no takeover, no lost lease), and after it the split is the
     same as before."""
     try:
-        out = asyncio.run(_election(nats_cluster))
+        out = run_bounded(_election(nats_cluster), 130, "the election scenario")
     finally:  # the module's cluster is shared: bring the killed node back
         for i in range(nats_cluster.n):
             if i not in nats_cluster.running():

@@ -3,6 +3,7 @@ and a missing binary skips the test, or fails it when the run requires the tool.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import nats_cluster
@@ -43,3 +44,36 @@ def test_a_missing_server_fails_when_the_run_requires_it(
 def test_a_cluster_of_no_nodes_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one node"):
         nats_cluster.NatsCluster(0, binary="/bin/true")
+
+
+def test_run_bounded_returns_the_result_and_ends_what_the_scenario_left() -> None:
+    left: list[asyncio.Task[bool]] = []
+
+    async def scenario() -> int:
+        left.append(asyncio.create_task(asyncio.Event().wait()))  # never awaited
+        await asyncio.sleep(0)
+        return 7
+
+    assert nats_cluster.run_bounded(scenario(), 10, "a scenario") == 7
+    assert left[0].cancelled()
+
+
+@pytest.mark.timeout(10)
+def test_run_bounded_fails_a_hung_scenario_with_where_it_hung(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scenario stuck for good (a library's close ignoring its cancellation): the test
+    fails within the bound, naming the coroutine it was stuck in; it does not hang."""
+    monkeypatch.setattr(nats_cluster, "CANCEL_WAIT_S", 0.1)
+    release = asyncio.Event()
+
+    async def stuck_in_close() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # ignores its cancellation for good
+
+    async def scenario() -> None:
+        await stuck_in_close()
+
+    with pytest.raises(AssertionError, match=r"(?s)not done within 0\.2 s.*stuck_in_close"):
+        nats_cluster.run_bounded(scenario(), 0.2, "a hung scenario")

@@ -28,7 +28,6 @@ with :class:`~modcoord.actors.errors.InvalidMessageError` naming the server's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import threading
 import time
@@ -50,6 +49,7 @@ from modcoord.supervisor.daemon.engine import Accepted, PublishItem
 from modcoord.supervisor.daemon.intake import Intake
 from modcoord.supervisor.daemon.nats.names import StoredUpdate, UpdateMessage, update_subject
 from modcoord.supervisor.daemon.nats.partitions import partition_of
+from modcoord.supervisor.daemon.nats.tasks import cancel_and_wait
 
 __all__ = ["Agent", "AgentStatistics"]
 
@@ -325,11 +325,7 @@ class Agent:
                 self._flush()
             await asyncio.sleep(0.01)
         self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(list(self._tasks))
         abandoned = 0
         for table in self._pending.values():
             for _, waiters in table.values():

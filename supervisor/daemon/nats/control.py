@@ -72,6 +72,7 @@ from modcoord.supervisor.daemon.nats.names import (
     CONTROL_MODE,
     coord_subject,
 )
+from modcoord.supervisor.daemon.nats.tasks import cancel_and_wait
 from modcoord.supervisor.protocol.calls import CoordinationResult
 
 __all__ = ["ClusterControl"]
@@ -214,10 +215,7 @@ class ClusterControl:
                               error=f"{type(exc).__name__}: {exc}")
 
     async def stop(self) -> None:
-        if self._check is not None:
-            self._check.cancel()
-            with contextlib.suppress(BaseException):
-                await self._check
+        await cancel_and_wait([self._check])
 
     # -- mode --
 

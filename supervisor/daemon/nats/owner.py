@@ -73,6 +73,7 @@ from modcoord.supervisor.daemon.nats.names import (
     delivery_subject,
     partition_filter,
 )
+from modcoord.supervisor.daemon.nats.tasks import cancel_and_wait
 from modcoord.supervisor.protocol.module import ModuleInfo, Reply
 
 __all__ = ["OWNER_SUBSCRIBER", "LastSeen", "Owner"]
@@ -283,10 +284,7 @@ class Owner:
         for task in (self._housekeeping, self._trimming):
             if task is not None:
                 task.cancel()
-        if self._delivering is not None:
-            self._delivering.cancel()
-            with contextlib.suppress(BaseException):
-                await self._delivering
+        await cancel_and_wait([self._delivering])
 
     def flush(self, timeout: float) -> int:
         """Hand everything pending in the owner's debouncer and batcher on now (a control

@@ -72,6 +72,7 @@ from modcoord.supervisor.daemon.nats.lease import (
 )
 from modcoord.supervisor.daemon.nats.membership import MEMBER_TIMEOUT_S, MemberInfo, Membership
 from modcoord.supervisor.daemon.nats.partitions import assign
+from modcoord.supervisor.daemon.nats.tasks import cancel_and_wait
 
 __all__ = [
     "HEARTBEAT_S",
@@ -302,12 +303,7 @@ class Ownership:
         ``on_lost`` for every owned partition, delete every held lease key and this
         instance's heartbeat key, so that the next owners take over at once; without it
         (a crash, for tests) nothing more is written and the leases lapse. Never raises."""
-        tasks = [*self._loops, *self._tasks]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait([*self._loops, *self._tasks])
         self._loops, self._tasks = [], set()
         for p in range(self.partitions):
             if self.leases.in_flight(p):  # cancelled before it ran: outcome unknown
