@@ -17,11 +17,15 @@ from daemon_harness import DaemonFactory, DaemonProcess, wait_for
 from nats_cluster import NatsCluster, run_async
 from nats_daemons import PUBLISHER, SUBSCRIBER, nats_daemon, read_lines, start_module
 
+from modcoord.supervisor.daemon.nats.membership import MEMBER_TIMEOUT_S
+
 pytestmark = [pytest.mark.integration, pytest.mark.nats, pytest.mark.slow]
 
 PARTITIONS = 8
 #: The issue's bound on taking over a dead owner's partitions.
 TAKEOVER_BOUND_S = 10.0
+#: Publish rounds of the dead-daemon test (half a second apart: a batch each).
+ROUNDS = 4
 
 
 def _status(d: DaemonProcess) -> dict[str, Any]:
@@ -147,6 +151,64 @@ def test_killing_an_owner_holding_pending_updates_hands_them_to_the_next_owner(
         assert engine["owner"]["redelivered"] >= 1  # the victim's, from JetStream
         assert owner_of <= set(engine["partitions"]["owned"])
         print(f"takeover {takeover_s:.2f} s, victim held {held['fetched_updates']} updates")
+    finally:
+        sub.kill()
+        sub.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_a_dead_daemon_does_not_stall_the_deliveries_of_the_living(
+        nats_cluster_factory: Any, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """A daemon SIGKILLed stays a live member until its heartbeat times out (10 s); the
+    survivor's own partitions keep being delivered to its subscribers meanwhile (each
+    member has a delivery lane of its own); the dead one's partitions come after the
+    takeover; nothing accepted is lost."""
+    from modcoord.supervisor.daemon.nats.partitions import partition_of
+    cluster: NatsCluster = nats_cluster_factory()
+    modes = {"hybrid": {"debounce": {"delay_ms": 100, "max_wait_ms": 400}}}
+    alive = nats_daemon(daemon_factory, tmp_path / "alive", cluster, "lane-a", modes=modes)
+    victim = nats_daemon(daemon_factory, tmp_path / "victim", cluster, "lane-b", modes=modes)
+
+    def split() -> set[int] | None:
+        mine = set(_status(alive)["engine"]["partitions"]["owned"])
+        theirs = set(_status(victim)["engine"]["partitions"]["owned"])
+        return mine if mine and theirs and mine | theirs == set(range(PARTITIONS)) else None
+
+    mine = wait_for(split, timeout=30, message="the partitions split between the daemons")
+    received = tmp_path / "received.jsonl"
+    sub = start_module(SUBSCRIBER, str(alive.runtime_dir), "sub", "pub", str(received))
+    try:
+        assert sub.stdout is not None and sub.stdout.readline().strip() == "READY"
+        victim.signal(9)
+        victim.wait_exit(10)
+        killed = time.monotonic()
+        answers = tmp_path / "answers.jsonl"
+        # rounds apart, so that they go out in batches of their own, one after another
+        pub = start_module(PUBLISHER, str(alive.runtime_dir), "pub", "16", str(ROUNDS),
+                           str(answers), "0.5")
+        _out, err = pub.communicate(timeout=30)
+        assert pub.returncode == 0, err
+        accepted, lines = _accepted(answers)
+        assert len(accepted) == 16 and all(isinstance(r["result"], int) for r in lines)
+        own_keys = {k for k in accepted if partition_of("pub", k, PARTITIONS) in mine}
+        assert own_keys and own_keys != accepted  # both daemons' partitions are in play
+
+        def own_delivered() -> bool:  # the last round's value of each: its last batch
+            return own_keys <= {line["key"] for line in read_lines(received)
+                                if line["payload"] == ROUNDS - 1}
+
+        wait_for(own_delivered, timeout=MEMBER_TIMEOUT_S, interval=0.05,
+                 message="the survivor's own partitions delivered while the dead one is "
+                         "still a member")
+        engine = _status(alive)["engine"]
+        after_s = time.monotonic() - killed
+        # the dead daemon still counted live: before lanes its batches stalled every other
+        assert "lane-b" in engine["instances"], f"member gone already ({after_s:.1f} s)"
+        assert engine["owner"]["delivery_retries"] >= 1
+        wait_for(lambda: accepted <= {line["key"] for line in read_lines(received)
+                                      if line["payload"] == ROUNDS - 1},
+                 timeout=TAKEOVER_BOUND_S + 15, message="every key's last value delivered")
+        print(f"own partitions delivered {after_s:.2f} s after the kill")
     finally:
         sub.kill()
         sub.wait(10)

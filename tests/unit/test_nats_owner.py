@@ -118,9 +118,18 @@ class FakeNats:
     delivered: list[Delivery] = field(default_factory=list)
     floors: dict[str, int] = field(default_factory=dict)
     info_fails: bool = False
+    members: tuple[str, ...] = ("me",)  # the live members the owner sees
+    dead: set[str] = field(default_factory=set)  # members whose agent never answers
+    by_member: dict[str, list[int]] = field(default_factory=dict)  # batch ids taken
 
     async def request(self, subject: str, data: bytes, timeout: float) -> Any:
-        self.delivered.append(msgspec.msgpack.decode(data, type=Delivery))
+        member = subject.rsplit(".", 1)[1]
+        if member in self.dead:
+            raise TimeoutError("no answer")
+        delivery = msgspec.msgpack.decode(data, type=Delivery)
+        self.by_member.setdefault(member, []).append(delivery.batch_id)
+        if member == "me":
+            self.delivered.append(delivery)
         return SimpleNamespace(data=b"")
 
     async def consumer_info(self, stream: str, name: str) -> Any:
@@ -142,7 +151,7 @@ def owner_env(tmp_path: Path) -> Iterator[tuple[Owner, FakeNats, asyncio.Abstrac
     owner = Owner(load_config_dir(configs), mode="HYBRID", instance_id="me", loop=loop,
                   jetstream=lambda: fake,  # type: ignore[arg-type,return-value]
                   client=lambda: fake,  # type: ignore[arg-type,return-value]
-                  members=lambda: ("me",), owned=lambda p: True, replicas=1,
+                  members=lambda: fake.members, owned=lambda p: True, replicas=1,
                   ack_wait_s=30.0, delivery_timeout_s=1.0)
     owner.start()
     try:
@@ -222,3 +231,35 @@ def test_a_message_with_an_unknown_priority_is_acknowledged_as_malformed_not_hel
     stats = owner.statistics()
     assert stats["malformed"] == 1 and stats["held_messages"] == 0
     assert {u.key for d in fake.delivered for u in d.updates} == {"b"}
+
+
+@pytest.mark.timeout(30)
+def test_a_member_whose_agent_does_not_answer_stalls_only_its_own_deliveries(
+        owner_env: tuple[Owner, FakeNats, asyncio.AbstractEventLoop]) -> None:
+    """A dead daemon still counted live (its heartbeat not yet timed out): the other
+    members get every batch, in order, meanwhile; nothing is acknowledged until the dead
+    one leaves the live members (every member took every batch, or is gone); then all
+    is, and a member that joins later starts at the oldest batch not yet settled."""
+    owner, fake, loop = owner_env
+    fake.members, fake.dead = ("me", "other", "dead"), {"dead"}
+    msgs = [_message(seq, (f"k{seq}", 2)) for seq in range(1, 9)]
+    for msg in msgs[:4]:
+        owner._take(0, msg)  # type: ignore[arg-type]
+    _until(loop, lambda: len({u.key for d in fake.delivered for u in d.updates}) == 4,
+           "the live members got the first four updates")
+    for msg in msgs[4:]:
+        owner._take(0, msg)  # type: ignore[arg-type]
+    _until(loop, lambda: len({u.key for d in fake.delivered for u in d.updates}) == 8,
+           "the live members got all eight meanwhile")
+    assert fake.by_member["other"] == fake.by_member["me"]  # the same batches, in order
+    assert fake.by_member["me"] == sorted(fake.by_member["me"])
+    assert not any(m.acked for m in msgs)  # the dead member has taken none of them
+    stats = owner.statistics()
+    assert stats["delivery_retries"] >= 1 and stats["lanes"] == 1  # the dead one's
+    assert stats["outbox_batches"] == len(fake.by_member["me"])
+    fake.members = ("me", "other", "late")  # dead's heartbeat timed out; late joined
+    _until(loop, lambda: all(m.acked == 1 for m in msgs), "all acknowledged")
+    assert fake.by_member["late"] == fake.by_member["me"]  # it started at the oldest
+    stats = owner.statistics()
+    assert stats["outbox_batches"] == 0 and stats["lanes"] == 0
+    assert stats["batches_delivered"] == len(fake.by_member["me"])

@@ -10,8 +10,13 @@ Rules:
   with ``seq`` set to the message's stream sequence (so a key's updates keep their order
   and a subscriber can drop a duplicate whose ``seq`` is not newer than the last it saw).
 * That actor system has one subscriber (all sources): every batch it forms is sent, in
-  order, to every live member's agent (``modcoord.dlv.<instance>``) as a request; an agent
-  that does not answer is asked again (backoff) while it is a live member.
+  order, to every live member's agent (``modcoord.dlv.<instance>``) as a request. Each
+  member has a lane of its own (a task and a place in the outbox): an agent that does not
+  answer is asked again (backoff) while it is a live member, and only its own lane waits
+  meanwhile; the other members' deliveries go on. A member that joins starts at the
+  oldest batch not yet settled; one that leaves (no heartbeat for the membership timeout)
+  loses its lane. A batch settles (its updates count as delivered) once every live
+  member's lane has passed it, in the outbox's order.
 * A stream message is acknowledged only when each of its updates was delivered to every
   agent, or superseded by a newer update of the same key that was; while it waits longer
   than a third of ``engine.ack_wait_s`` the owner tells JetStream it is in progress. So an
@@ -178,6 +183,15 @@ class _Removed:
     updates: tuple[tuple[str, str, int], ...]
 
 
+@dataclass(eq=False)
+class _Entry:
+    """One outbox item: its place in the order, and a batch's delivery encoded once."""
+
+    n: int
+    item: Batch | _Removed
+    data: bytes | None = None
+
+
 class _ClusterEndpoint:
     """The owner actor system's endpoint for :data:`OWNER_SUBSCRIBER` (never blocks)."""
 
@@ -248,10 +262,12 @@ class Owner:
         self._held: dict[int, _Held] = {}  # stream seq -> held message
         self._waiting: dict[tuple[str, str], list[_Held]] = {}
         self._seen = LastSeen()
-        self._outbox: deque[Batch | _Removed] = deque()
+        self._outbox: deque[_Entry] = deque()  # not yet settled, in order
+        self._next_n = 0  # the number the next outbox entry gets
+        self._cursor: dict[str, int] = {}  # member -> the first entry it has not taken
+        self._lanes: dict[str, asyncio.Task[None]] = {}
         self._sent: set[tuple[str, str, int]] = set()  # enqueued since the last settled
         self._evicted_logged = 0
-        self._delivering: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._trimming: asyncio.Task[None] | None = None
         self._encode = msgspec.msgpack.Encoder().encode
@@ -284,7 +300,8 @@ class Owner:
         for task in (self._housekeeping, self._trimming):
             if task is not None:
                 task.cancel()
-        await cancel_and_wait([self._delivering])
+        await cancel_and_wait(list(self._lanes.values()))
+        self._lanes.clear()
 
     def flush(self, timeout: float) -> int:
         """Hand everything pending in the owner's debouncer and batcher on now (a control
@@ -481,9 +498,9 @@ class Owner:
         self._push(batch)
 
     def _push(self, item: Batch | _Removed) -> None:
-        self._outbox.append(item)
-        if self._delivering is None or self._delivering.done():
-            self._delivering = self.loop.create_task(self._deliver_all())
+        self._outbox.append(_Entry(self._next_n, item))
+        self._next_n += 1
+        self._advance()
 
     def _settled_hook(self, updates: Sequence[Update]) -> None:
         """The batcher's ``settled`` (its thread): ``updates`` left it, in the batches it
@@ -506,49 +523,86 @@ class Owner:
                        "delivery", updates=len(removed), total=self.counts["processor_removed"])
         self._push(_Removed(removed))
 
-    async def _deliver_all(self) -> None:
-        while self._outbox:
-            item = self._outbox[0]
-            if isinstance(item, _Removed):
-                self._outbox.popleft()
-                self._settle_keys(item.updates)
-                continue
-            await self._deliver(item)
-            self._outbox.popleft()
-            self._settle(item)
+    # -- delivery lanes (loop) --
 
-    async def _deliver(self, batch: Batch) -> None:
-        data = self._encode(Delivery(self.instance_id, batch.batch_id, batch.reason, tuple(
-            DeliveredUpdate(u.module_id, u.key, u.payload, u.priority, u.seq,
-                            time.time() - max(0.0, self.core.clock.monotonic()
-                                              - u.published_at))
-            for u in batch.updates)))
-        done: set[str] = set()
+    def _advance(self) -> None:
+        """Settle the outbox's head entries that every live member has taken (a batch
+        processor's removals as soon as they are at the head), forget the members that
+        are gone, and start a lane for each live member with an entry still to take."""
+        live = self._members()
+        for m in [m for m in self._cursor if m not in live and m not in self._lanes]:
+            del self._cursor[m]
+        head = self._outbox[0].n if self._outbox else self._next_n
+        while self._outbox:
+            entry = self._outbox[0]
+            if isinstance(entry.item, Batch) and any(
+                    self._cursor.get(m, head) <= entry.n for m in live):
+                break
+            self._outbox.popleft()
+            head = entry.n + 1
+            if isinstance(entry.item, Batch):
+                self._settle(entry.item)
+                self.counts["batches_delivered"] += 1
+                self.counts["updates_delivered"] += len(entry.item.updates)
+            else:
+                self._settle_keys(entry.item.updates)
+        for m in live:
+            cursor = self._cursor.setdefault(m, head)
+            if cursor < head:  # behind what has settled (it was not live meanwhile)
+                self._cursor[m] = cursor = head
+            if cursor < self._next_n and m not in self._lanes:
+                self._lanes[m] = self.loop.create_task(self._lane(m))
+
+    def _entry(self, n: int) -> _Entry | None:
+        """The outbox entry numbered ``n`` (None once it has settled or before it exists)."""
+        if not self._outbox or not self._outbox[0].n <= n < self._next_n:
+            return None
+        return self._outbox[n - self._outbox[0].n]
+
+    async def _lane(self, member: str) -> None:
+        """Deliver the outbox to one member, in order, while it is live; asking again with
+        a backoff when its agent does not take a batch."""
         delay = RETRY_MIN_S
-        nc = self._nc()
-        while True:
-            targets = [m for m in self._members() if m not in done]
-            if not targets:
-                break
-            answers = await asyncio.gather(*(
-                nc.request(delivery_subject(m), data, timeout=self._delivery_timeout_s)
-                for m in targets), return_exceptions=True)
-            failed: list[str] = []
-            for member, answer in zip(targets, answers, strict=True):
-                if isinstance(answer, BaseException) or answer.data:
-                    failed.append(member)
-                else:
-                    done.add(member)
-            if not failed:
-                break
-            self.counts["delivery_retries"] += 1
-            if self.counts["delivery_retries"] % 20 == 1:
-                self._log.warning("an agent did not take a batch: retrying",
-                                  members=failed, batch=batch.batch_id)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
-        self.counts["batches_delivered"] += 1
-        self.counts["updates_delivered"] += len(batch.updates)
+        try:
+            while member in self._members():
+                n = self._cursor.get(member, self._next_n)
+                entry = self._entry(n)
+                if entry is None:
+                    break
+                if isinstance(entry.item, Batch) and not await self._deliver(member, entry):
+                    self.counts["delivery_retries"] += 1
+                    if self.counts["delivery_retries"] % 20 == 1:
+                        self._log.warning("an agent did not take a batch: retrying",
+                                          member=member, batch=entry.item.batch_id)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                delay = RETRY_MIN_S
+                if self._cursor.get(member) == n:
+                    self._cursor[member] = n + 1
+                self._advance()
+        finally:
+            if self._lanes.get(member) is asyncio.current_task():
+                del self._lanes[member]
+        self._advance()
+
+    async def _deliver(self, member: str, entry: _Entry) -> bool:
+        """Send one batch to one member's agent; whether it took it."""
+        batch = entry.item
+        assert isinstance(batch, Batch)
+        if entry.data is None:
+            entry.data = self._encode(Delivery(self.instance_id, batch.batch_id,
+                                               batch.reason, tuple(
+                DeliveredUpdate(u.module_id, u.key, u.payload, u.priority, u.seq,
+                                time.time() - max(0.0, self.core.clock.monotonic()
+                                                  - u.published_at))
+                for u in batch.updates)))
+        try:
+            answer = await self._nc().request(delivery_subject(member), entry.data,
+                                              timeout=self._delivery_timeout_s)
+        except Exception:
+            return False
+        return not answer.data
 
     def _settle(self, batch: Batch) -> None:
         self._settle_keys((u.module_id, u.key, u.seq) for u in batch.updates)
@@ -580,4 +634,5 @@ class Owner:
         return {**self.counts, "held_messages": len(self._held),
                 "seen_keys": len(self._seen), "seen_forgotten": self._seen.forgotten,
                 "seen_evicted": self._seen.evicted,
-                "outbox_batches": len(self._outbox), "owned": self.owned_partitions()}
+                "outbox_batches": len(self._outbox), "lanes": len(self._lanes),
+                "owned": self.owned_partitions()}
