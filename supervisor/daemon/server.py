@@ -18,12 +18,13 @@ Flow control — when the server stops reading from publishers (the publish back
 its high-water mark, output pressure), disconnects connections that are not reading,
 bounds what incomplete frames may hold (``frame_timeout_s``, ``max_input_bytes``) and
 caps connections below the descriptor limit — is :mod:`modcoord.supervisor.daemon.flow`,
-whose docstring states the rules; the server calls it at fixed points (after each
-publishing read, on each read, in each round of the loop, on accept) and it acts on
-connections only through the callbacks the server hands it. Whatever is discarded (the
-deliveries still queued for a connection when it closes, for any reason, and deliveries to
-a connection already closed) is counted (``undelivered_updates``, ``undelivered_bytes``)
-and logged with the modules concerned.
+:mod:`~modcoord.supervisor.daemon.input_budget` and
+:mod:`~modcoord.supervisor.daemon.accept_gate`, whose docstrings state the rules; the
+server calls them at fixed points (after each publishing read, on each read, in each round
+of the loop, on accept) and they act on connections only through the callbacks the server
+hands them. Whatever is discarded (the deliveries still queued for a connection when it
+closes, for any reason, and deliveries to a connection already closed) is counted
+(``undelivered_updates``, ``undelivered_bytes``) and logged with the modules concerned.
 
 Each :class:`Connection` is the :class:`~modcoord.supervisor.protocol.module.ModuleEndpoint` of the
 modules registered on it. When it closes, its outstanding callbacks are answered with
@@ -49,6 +50,12 @@ from typing import Any
 
 from loguru import logger
 
+from modcoord.supervisor.daemon.accept_gate import (
+    ACCEPT_PAUSE_S,
+    FD_RESERVE,
+    AcceptGate,
+    raise_nofile_limit,
+)
 from modcoord.supervisor.daemon.connection import (
     Connection,
     PeerCredentials,
@@ -57,20 +64,18 @@ from modcoord.supervisor.daemon.connection import (
 )
 from modcoord.supervisor.daemon.engine import ServerBackend
 from modcoord.supervisor.daemon.flow import (
-    ACCEPT_PAUSE_S,
     DEFAULT_BACKLOG_HIGH_WATER,
     DEFAULT_BACKLOG_LOW_WATER,
     DEFAULT_BACKLOG_STALL_S,
+    LIMIT_LOG_INTERVAL_S,
+    FlowHooks,
+    PublisherFlow,
+)
+from modcoord.supervisor.daemon.input_budget import (
     DEFAULT_FRAME_TIMEOUT_S,
     DEFAULT_MAX_INPUT_BYTES,
-    FD_RESERVE,
-    LIMIT_LOG_INTERVAL_S,
     SMALL_FRAME_BYTES,
-    AcceptGate,
-    FlowHooks,
     InputBudget,
-    PublisherFlow,
-    raise_nofile_limit,
 )
 from modcoord.supervisor.daemon.requests import Requests
 from modcoord.supervisor.daemon.statistics import COUNTERS, ServerStatistics
@@ -213,8 +218,8 @@ class Server:
         self.now: Callable[[], float] = clock or time.monotonic
         overdue_fn = getattr(coordinator, "timers_overdue", None)
         backlog_fn = getattr(coordinator, "publish_backlog", None)
-        # Flow control (daemon/flow.py): the rules and their state; they act on the
-        # connections only through these callbacks.
+        # Flow control (daemon/flow.py, input_budget.py, accept_gate.py): the rules and
+        # their state; they act on the connections only through these callbacks.
         hooks = FlowHooks(update_interest=self._update_interest, close=self._close,
                           count=self.count, now=self.now)
         self._flow = PublisherFlow(
@@ -627,7 +632,7 @@ class Server:
             sock.close()
 
 
-    # -- the input and accept timers (I/O thread; the rules: daemon/flow.py) ---------------
+    # -- the input and accept timers (I/O thread; rules: input_budget.py, accept_gate.py) --
 
     def _timer_timeout(self, timeout: float | None) -> float:
         """The select timeout that wakes the loop for the next input or accept timer."""
