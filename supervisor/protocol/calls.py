@@ -45,6 +45,10 @@ Public API:
   engine returns and a client's ``coordinate`` resolves to (``from_wire`` builds it from
   the result map).
 
+The parameter base and its decoding (``_params.py``), the actor methods (``_actor_calls.py``)
+and the events and callbacks (``_events.py``) live in private modules beside this one; this
+module is their public face (import every name from here).
+
 This module imports msgspec and :mod:`modcoord.actors.errors`, :mod:`modcoord.actors.modes`
 and :mod:`modcoord.actors.update` only: never pykka, pydantic, loguru or the daemon.
 """
@@ -53,14 +57,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.modes import MODES, canonical_mode
 from modcoord.actors.update import PRIORITIES, PRIORITY_RANK
-from modcoord.supervisor.protocol.limits import MAX_KEY_LENGTH, MAX_MODULE_ID_LENGTH
+from modcoord.supervisor.protocol._actor_calls import (
+    ACTOR_CALLS,
+    ACTOR_NAMES,
+    ActorMethod,
+    ActorParams,
+    bind_actor_args,
+    check_actor,
+)
+from modcoord.supervisor.protocol._events import (
+    CALLBACKS,
+    EVENTS,
+    BatchEvent,
+    GetPerformanceMetricsParams,
+    OnModeChangeParams,
+    SweptEvent,
+)
+from modcoord.supervisor.protocol._params import Empty, Key, ModuleId, Params, convert_params
+from modcoord.supervisor.protocol.limits import MAX_KEY_LENGTH
 from modcoord.supervisor.protocol.module import ModuleInfo
 
 __all__ = [
@@ -113,25 +134,8 @@ CONTROL: Final = "control"
 
 CRASH_KINDS: tuple[str, ...] = ("exception", "base_exception")
 
-ModuleId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODULE_ID_LENGTH)]
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
 
 
-class Params(msgspec.Struct, forbid_unknown_fields=True):
-    """Base of every parameter struct: unknown fields are refused."""
-
-    def to_wire(self) -> dict[str, Any]:
-        """The params as the map that goes on the wire (every field set, defaults
-        included; a field left unset is left out)."""
-        return {f: v for f in self.__struct_fields__
-                if (v := getattr(self, f)) is not msgspec.UNSET}
-
-
-P = TypeVar("P", bound=Params)
-
-
-class Empty(Params):
-    """No parameters (``{}``)."""
 
 
 # -- session and data calls ----------------------------------------------------------------
@@ -346,226 +350,10 @@ class CrashParams(Params):
     """SIGKILL the actor's process instead (an actor in a process of its own only)."""
 
     def __post_init__(self) -> None:
-        _actor_field(self.actor)
+        check_actor(self.actor)
         if self.kind not in CRASH_KINDS:
             raise ValueError(f"'kind' must be one of {', '.join(CRASH_KINDS)}, "
                              f"got {self.kind!r}")
-
-
-class ActorParams(Params, dict=True):
-    """``actor``: call ``method`` of actor ``actor``. ``args`` is a list of positional
-    arguments (a map is taken as keyword arguments), ``kwargs`` a map of keyword
-    arguments. Decoding binds and validates them against the method's declaration
-    (:data:`ACTOR_CALLS`, :func:`bind_actor_args`): :attr:`arguments` holds the result."""
-
-    actor: str
-    method: str
-    # Typed ``Any`` and checked below by exact type: msgspec would take any sequence (an
-    # ``ExtType``, a named tuple) as a list.
-    args: Any = None
-    """A list of positional arguments, a map of keyword arguments, or null."""
-    kwargs: Any = None
-    """A map of keyword arguments, or null."""
-
-    def __post_init__(self) -> None:
-        _actor_field(self.actor)
-        if not self.method.isidentifier() or self.method.startswith("_"):
-            raise ValueError(f"'method' must be a public method name, got {self.method!r}")
-        args = self.args
-        if args is not None and type(args) is not list and type(args) is not dict:
-            raise ValueError("'args' must be a list (or a map of keyword arguments), "
-                             f"got {type(args).__name__}")
-        if self.kwargs is not None and type(self.kwargs) is not dict:
-            raise ValueError(f"'kwargs' must be a map, got {type(self.kwargs).__name__}")
-        kwargs = dict(self.kwargs or {})
-        for name in (*kwargs, *(args if isinstance(args, dict) else ())):
-            if type(name) is not str or not name.isidentifier():
-                raise ValueError(
-                    f"keyword argument names must be identifiers, got {name!r}")
-        if isinstance(args, dict):
-            kwargs = {**args, **kwargs}
-            args = None
-        try:
-            self.arguments: Params = bind_actor_args(self.actor, self.method, args or [],
-                                                     kwargs)
-        except InvalidMessageError as exc:
-            raise ValueError(str(exc)) from None
-
-    def keywords(self) -> dict[str, Any]:
-        """The bound arguments as keyword arguments of the actor method."""
-        return self.arguments.to_wire()
-
-
-# -- actor methods -------------------------------------------------------------------------
-
-
-class FlushDebounceParams(Params):
-    """``debouncer.flush``: flush pending debounces now (all, one module's, or one key)."""
-
-    module_id: str | None = None
-    key: str | None = None
-
-
-class CancelDebounceParams(Params):
-    """``debouncer.cancel``: drop the pending debounce of one module's key."""
-
-    module_id: str
-    key: str
-
-
-class ShrinkParams(Params):
-    """``cache.shrink``: evict this fraction of the cache's entries (0 to 1)."""
-
-    fraction: Annotated[float, msgspec.Meta(ge=0, le=1)]
-
-
-@dataclass(frozen=True)
-class ActorMethod:
-    """One actor method callable over the ``actor`` call.
-
-    Attributes:
-        actor: the actor's name.
-        name: the method's name.
-        params: its argument struct (positional arguments bind to its fields in order).
-        doc: what it does and returns.
-    """
-
-    actor: str
-    name: str
-    params: type[Params]
-    doc: str
-
-
-def _actor_methods(actor: str, *methods: tuple[str, type[Params], str]
-                   ) -> dict[str, ActorMethod]:
-    table = {"statistics": ActorMethod(actor, "statistics", Empty,
-                                       "the actor's statistics snapshot (a map)")}
-    for name, params, doc in methods:
-        table[name] = ActorMethod(actor, name, params, doc)
-    return table
-
-
-ACTOR_CALLS: Mapping[str, Mapping[str, ActorMethod]] = {
-    "debouncer": _actor_methods(
-        "debouncer",
-        ("flush", FlushDebounceParams, "flush pending debounces now; returns how many"),
-        ("cancel", CancelDebounceParams, "drop one pending debounce; returns whether "
-                                         "there was one"),
-        ("pending", Empty, "the number of pending debounces"),
-    ),
-    "cache": _actor_methods(
-        "cache",
-        ("clear", Empty, "drop every entry; returns how many"),
-        ("purge", Empty, "drop the expired entries; returns how many"),
-        ("shrink", ShrinkParams, "evict a fraction of the entries; returns how many"),
-    ),
-    "batcher": _actor_methods(
-        "batcher",
-        ("flush", Empty, "deliver every queued batch now; returns how many updates"),
-        ("queue_depth", Empty, "the number of queued updates"),
-    ),
-    "memory": _actor_methods(
-        "memory",
-        ("force_cleanup", Empty, "run the memory cleanup now; returns what it freed"),
-    ),
-    "monitor": _actor_methods(
-        "monitor",
-        ("latencies", Empty, "the coordination latency histogram snapshot"),
-        ("trim", Empty, "drop the monitor's old samples"),
-    ),
-}
-"""Actor name → method name → :class:`ActorMethod`."""
-
-ACTOR_NAMES: tuple[str, ...] = tuple(ACTOR_CALLS)
-"""The actors of the daemon, by name (the order in which ``status`` lists them)."""
-
-
-def _actor_field(actor: str) -> None:
-    if actor not in ACTOR_CALLS:
-        raise ValueError(f"'actor' must be one of {', '.join(ACTOR_NAMES)}, got {actor!r}")
-
-
-def bind_actor_args(actor: str, method: str, args: Sequence[Any],
-                    kwargs: Mapping[str, Any]) -> Params:
-    """Bind an actor call's positional and keyword arguments to the method's declared
-    params and validate them.
-
-    Raises:
-        InvalidMessageError: unknown actor or method (naming the valid ones), too many
-            positional arguments, an argument given twice, or an argument of the wrong
-            type or range (``at `$.name```).
-    """
-    methods = ACTOR_CALLS.get(actor)
-    if methods is None:
-        raise InvalidMessageError(
-            f"unknown actor {actor!r}; choose one of {', '.join(ACTOR_NAMES)}")
-    decl = methods.get(method)
-    if decl is None:
-        raise InvalidMessageError(
-            f"{actor} has no method {method!r}; choose one of {', '.join(methods)}")
-    fields = decl.params.__struct_fields__
-    where = f"{actor}.{method}"
-    if len(args) > len(fields):
-        raise InvalidMessageError(
-            f"{where}: takes {len(fields)} argument(s) ({', '.join(fields) or 'none'}), "
-            f"got {len(args)} positional")
-    bound: dict[Any, Any] = dict(zip(fields, args, strict=False))
-    for name, value in kwargs.items():
-        if name in bound:
-            raise InvalidMessageError(f"{where}: argument {name!r} given twice")
-        bound[name] = value
-    return _convert(where, bound, decl.params)
-
-
-# -- events and callbacks (daemon → client) -----------------------------------------------
-
-
-class BatchEvent(msgspec.Struct):
-    """Event ``batch``: updates delivered to ``module_id`` (the subscriber). Each update
-    is ``[source_module_id, key, payload, priority, seq]``; a batch too large for one
-    frame comes as several events with the same ``batch_id``."""
-
-    module_id: str
-    batch_id: int
-    reason: str
-    updates: list[tuple[str, str, Any, str, int]]
-
-
-class SweptEvent(msgspec.Struct):
-    """Event ``swept``: the memory manager removed ``module_id``'s subscriptions after
-    ``idle_s`` seconds idle (the limit is ``inactive_after_ms``); register it again."""
-
-    module_id: str
-    reason: str
-    idle_s: float
-    inactive_after_ms: int
-
-
-EVENTS: Mapping[str, type[msgspec.Struct]] = {"batch": BatchEvent, "swept": SweptEvent}
-"""Event name → its params struct."""
-
-
-class OnModeChangeParams(msgspec.Struct):
-    """Callback ``on_mode_change``: call the module's ``on_mode_change(mode, strategy,
-    context)`` and answer with its result."""
-
-    module_id: str
-    mode: str
-    strategy: str
-    context: dict[str, Any]
-
-
-class GetPerformanceMetricsParams(msgspec.Struct):
-    """Callback ``get_performance_metrics``: answer with the module's metrics map."""
-
-    module_id: str
-
-
-CALLBACKS: Mapping[str, type[msgspec.Struct]] = {
-    "on_mode_change": OnModeChangeParams,
-    "get_performance_metrics": GetPerformanceMetricsParams,
-}
-"""Callback method name → its params struct."""
 
 
 # -- the table -----------------------------------------------------------------------------
@@ -604,7 +392,7 @@ class Call:
         Raises:
             InvalidMessageError: ``"<name>: <problem> - at `$.field`"``.
         """
-        return _convert(self.name, params, self.params)
+        return convert_params(self.name, params, self.params)
 
 
 _INVALID = ("InvalidMessageError",)
@@ -679,24 +467,6 @@ _METHOD_LIST = ", ".join(sorted(METHODS))
 
 
 # -- decoding ------------------------------------------------------------------------------
-
-
-def _convert(where: str, params: Any, struct: type[P]) -> P:
-    try:
-        return msgspec.convert(params, struct, strict=True)
-    except msgspec.ValidationError as exc:
-        raise InvalidMessageError(f"{where}: {_wording(exc, params)}") from None
-
-
-def _wording(exc: msgspec.ValidationError, params: Any) -> str:
-    text = str(exc)
-    if text == "Expected `str` - at `key` in `$`" and type(params) is dict:
-        # A field name that is not a string: no field of any call has one.
-        odd = ", ".join(repr(k) for k in params if type(k) is not str)
-        return f"Object contains unknown field(s) {odd} (field names are strings)"
-    if text.startswith("Expected `object`"):  # the params themselves are not a map
-        return "params must be a map" + text[len("Expected `object`"):].split(" - at")[0]
-    return text
 
 
 def decode_params(method: Any, params: Any) -> Params:
