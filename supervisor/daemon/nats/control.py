@@ -22,7 +22,9 @@ Rules:
   and every value carries its writer's wall-clock time, so a reader also treats an entry
   older than *its own* current TTL as a miss (``expired``): a stale TTL never outlives the
   reload, even before the bucket is updated or on a daemon not yet reloaded.
-  A hit answers from it. A miss is computed once cluster-wide: whoever creates the
+  A hit answers from it: from this daemon's **near cache** of the bucket when it has the
+  entry (a KV watch keeps it, see :mod:`~modcoord.supervisor.daemon.nats.near_cache`),
+  else from the bucket. A miss is computed once cluster-wide: whoever creates the
   lock key ``c.<hash>`` in ``MODCOORD_LOCKS`` (create-if-absent) asks every daemon
   (``modcoord.coord.<mode>``), each of which asks its own modules with the per-module
   timeout; the merged result is stored (only without errors, as locally) and the lock
@@ -72,6 +74,7 @@ from modcoord.supervisor.daemon.nats.names import (
     CONTROL_MODE,
     coord_subject,
 )
+from modcoord.supervisor.daemon.nats.near_cache import NearCache
 from modcoord.supervisor.daemon.nats.tasks import cancel_and_wait
 from modcoord.supervisor.protocol.calls import CoordinationResult
 
@@ -126,6 +129,7 @@ class ClusterControl:
         self._state: KeyValue | None = None
         self._locks: KeyValue | None = None
         self._caches: dict[str, KeyValue] = {}
+        self._near: dict[str, NearCache] = {}  # mode -> this daemon's copy of its bucket
         self._ttl_s: dict[str, float] = {}  # mode -> the max_age this daemon last set
         self._check: asyncio.Task[None] | None = None
         self._mode_lock = asyncio.Lock()  # orders the broadcast and the periodic check
@@ -178,6 +182,9 @@ class ClusterControl:
                 raise
             self._caches[mode] = await js.key_value(bucket)
             await self._follow_ttl(mode)  # a failure is counted; the next coordinate retries
+        near = NearCache(self._caches[mode], lambda: self._mode_ttl_s(mode), mode)
+        near.start()
+        self._near[mode] = near
 
     async def _set_max_age(self, mode: str, ttl: float) -> None:
         """Give the mode's cache bucket ``max_age = ttl`` (JetStream then also expires the
@@ -216,6 +223,8 @@ class ClusterControl:
 
     async def stop(self) -> None:
         await cancel_and_wait([self._check])
+        for near in self._near.values():
+            await near.stop()
 
     # -- mode --
 
@@ -434,6 +443,12 @@ class ClusterControl:
         reply({**value, "cached": cached, "latency_ms": elapsed * 1000.0}, None)
 
     async def _cached(self, mode: str, digest: str) -> dict[str, Any] | None:
+        """The cached result: from the near cache when it has it, else from the bucket
+        (then kept in the near cache); None for a miss, an expired entry or a failed
+        read."""
+        near = self._near.get(mode)
+        if near is not None and (hit := near.get(digest)) is not None:
+            return hit
         try:
             entry = await self._caches[mode].get(digest)
         except KeyNotFoundError:
@@ -448,6 +463,8 @@ class ClusterControl:
         if isinstance(stored, (int, float)) and time.time() - stored > self._mode_ttl_s(mode):
             self.counts["expired"] += 1  # older than the TTL now (a reload shortened it)
             return None
+        if near is not None and isinstance(stored, (int, float)):
+            near.put(digest, dict(value), float(stored))
         return value
 
     async def _lookup_or_compute(self, mode: str, context: dict[str, Any], digest: str
@@ -480,9 +497,12 @@ class ClusterControl:
             try:
                 value = await self._compute(mode, context)
                 if not value["errors"]:
+                    stored = time.time()
                     try:
                         await self._caches[mode].put(digest, self._encode(
-                            {**value, "stored_unix": time.time()}))
+                            {**value, "stored_unix": stored}))
+                        if (near := self._near.get(mode)) is not None:
+                            near.put(digest, dict(value), stored)
                     except Exception:
                         self.counts["cache_errors"] += 1
                 self.counts["computed"] += 1
@@ -527,4 +547,7 @@ class ClusterControl:
         self._local.compute(mode, context, done)
 
     def statistics(self) -> dict[str, Any]:
-        return dict(self.counts)
+        """The counts, with each mode's near cache (``near_cache``: mode -> its
+        statistics)."""
+        return {**self.counts,
+                "near_cache": {mode: near.statistics() for mode, near in self._near.items()}}
