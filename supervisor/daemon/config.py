@@ -207,8 +207,8 @@ class DaemonSettings(_Strict):
     max_frame_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     callback_timeout_ms: float = Field(2000.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
-    # Input limits (see modcoord.supervisor.daemon.server): how long a frame may stay incomplete,
-    # and what the incomplete large frames of all connections may hold together.
+    # Input limits (see modcoord.supervisor.daemon.input_budget): how long a frame may stay
+    # incomplete, and what the incomplete large frames of all connections may hold together.
     frame_timeout_s: float = Field(10.0, gt=0, le=3600)
     max_input_buffer_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024, le=1 << 40)
     logs: LogSettings = LogSettings()

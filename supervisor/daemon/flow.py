@@ -1,10 +1,11 @@
 """Flow control for the socket server: when it stops reading publishers.
 
-The :class:`~modcoord.supervisor.daemon.server.Server` owns the selector loop and the
-connections; the flow-control objects own the *rules* and their state, and act on a
-connection only through the :class:`FlowHooks` the server gives them (``update_interest``:
-register the selector interest the connection needs now; ``close``: close it with a
-reason; ``count``: add to a ``ServerStatistics`` counter). Everything runs on the server's
+The :class:`~modcoord.supervisor.daemon.server.Server` owns the connections and its loop
+(:mod:`~modcoord.supervisor.daemon.loop`) the selector; the flow-control objects own the
+*rules* and their state, and act on a connection only through the :class:`FlowHooks` the
+server gives them (``update_interest``: register the selector interest the connection
+needs now; ``close``: close it with a reason; ``count``: add to a ``ServerStatistics``
+counter). Everything runs on the server's
 I/O thread except where a method says "any thread". There are three: this module's
 :class:`PublisherFlow` (when reading stops), :mod:`~modcoord.supervisor.daemon.input_budget`
 (what incomplete frames may hold) and :mod:`~modcoord.supervisor.daemon.accept_gate`

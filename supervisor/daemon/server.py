@@ -7,6 +7,17 @@ path, the registration thread, the control threads — is
 :class:`~modcoord.supervisor.daemon.requests.Requests`, whose docstring states the rules;
 the loop keeps itself free of blocking work.
 
+The server's parts, each a module beside this one: the I/O loop — waiting for events,
+serving them, the jobs other threads post, the flow-control points of each round, the
+drain at stop — is :mod:`~modcoord.supervisor.daemon.loop`; the listening socket —
+binding it, replacing a stale socket file, accepting and refusing peers, closing it — is
+:mod:`~modcoord.supervisor.daemon.listener`; closing a connection and the shutdown are
+:mod:`~modcoord.supervisor.daemon.closing`. Their functions are bound in the
+:class:`Server` class body as its methods (no layer between the loop and a connection).
+This module keeps the configuration, the public API (start, stop, statistics), the
+cross-thread plumbing (counters, posting jobs, waking the loop) and what a read or a write
+of one connection does.
+
 Responses produced while processing one read are coalesced into one ``send``. Other
 threads (the batcher delivering, a reply callback) write with :meth:`Connection.send`,
 which sends directly when nothing is queued, else buffers and wakes the loop; it never
@@ -22,25 +33,21 @@ caps connections below the descriptor limit — is :mod:`modcoord.supervisor.dae
 :mod:`~modcoord.supervisor.daemon.accept_gate`, whose docstrings state the rules; the
 server calls them at fixed points (after each publishing read, on each read, in each round
 of the loop, on accept) and they act on connections only through the callbacks the server
-hands them. Whatever is discarded (the deliveries still queued for a connection when it
-closes, for any reason, and deliveries to a connection already closed) is counted
-(``undelivered_updates``, ``undelivered_bytes``) and logged with the modules concerned.
+hands them. Deliveries to a connection already closed are counted
+(``undelivered_updates``, ``undelivered_bytes``) and logged with the modules concerned
+(what closing discards: :mod:`~modcoord.supervisor.daemon.closing`).
 
 Each :class:`Connection` is the :class:`~modcoord.supervisor.protocol.module.ModuleEndpoint` of the
-modules registered on it. When it closes, its outstanding callbacks are answered with
-``"connection closed"`` and its modules are unregistered.
+modules registered on it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import functools
 import itertools
 import os
 import selectors
 import socket
-import stat
 import threading
 import time
 from collections import deque
@@ -56,11 +63,11 @@ from modcoord.supervisor.daemon.accept_gate import (
     AcceptGate,
     raise_nofile_limit,
 )
+from modcoord.supervisor.daemon.closing import close_connection, shutdown
 from modcoord.supervisor.daemon.connection import (
     Connection,
     PeerCredentials,
     peer_credentials,
-    safe_reply,
 )
 from modcoord.supervisor.daemon.engine import ServerBackend
 from modcoord.supervisor.daemon.flow import (
@@ -76,6 +83,27 @@ from modcoord.supervisor.daemon.input_budget import (
     DEFAULT_MAX_INPUT_BYTES,
     SMALL_FRAME_BYTES,
     InputBudget,
+)
+from modcoord.supervisor.daemon.listener import (
+    LISTENER,
+    accept_connections,
+    bind_listener,
+    close_listener,
+    listen,
+    refuse_peer,
+    remove_stale_socket,
+    unlisten,
+)
+from modcoord.supervisor.daemon.loop import (
+    WAKER,
+    drain_output,
+    drain_waker,
+    on_event,
+    run,
+    run_posts,
+    run_timers,
+    timer_timeout,
+    update_interest,
 )
 from modcoord.supervisor.daemon.requests import Requests
 from modcoord.supervisor.daemon.statistics import COUNTERS, ServerStatistics
@@ -117,8 +145,6 @@ __all__ = [
 
 DEFAULT_MAX_BUFFER_BYTES = DEFAULT_OUTPUT_CONNECTION_BYTES
 _RECV_SIZE = 256 * 1024
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
 _log = logger.bind(actor="server")
 
 
@@ -128,10 +154,6 @@ CoordinatorLike = ServerBackend
 
 def _never() -> bool:
     return False
-
-
-_LISTENER = object()
-_WAKER = object()
 
 
 class Server:
@@ -255,7 +277,7 @@ class Server:
         self._stopping = False
         self._started = False
         self._counters_lock = threading.Lock()
-        self._spin = SpinPolicy()  # the I/O thread's polling (see _run)
+        self._spin = SpinPolicy()  # the I/O thread's polling (see loop.run)
         self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         # What each message does (daemon/requests.py).
         self._requests = Requests(
@@ -276,20 +298,8 @@ class Server:
         if self._started:
             raise RuntimeError("server already started")
         path = str(self.socket_path)
-        self._remove_stale_socket(path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            old_umask = os.umask(0o177)
-            try:
-                listener.bind(path)
-            finally:
-                os.umask(old_umask)
-            os.chmod(path, 0o600)
-            listener.listen(256)
-            listener.setblocking(False)
-        except BaseException:
-            listener.close()
-            raise
+        remove_stale_socket(path)
+        listener = bind_listener(path)
         self._listener = listener
         self._listener_ino = os.stat(path).st_ino
         self._accepting.open()
@@ -297,8 +307,8 @@ class Server:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._selector = selectors.DefaultSelector()
-        self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKER)
+        self._selector.register(listener, selectors.EVENT_READ, LISTENER)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, WAKER)
         self._requests.start()
         self._started = True
         self._thread = threading.Thread(target=self._run, name="modcoord-server-io",
@@ -306,29 +316,6 @@ class Server:
         self._thread.start()
         _log.info("listening", path=path, max_connections=self.max_connections)
         return self
-
-    @staticmethod
-    def _remove_stale_socket(path: str) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            _log.info("removed a stale socket", path=path)
-            return
-        except OSError:
-            pass
-        finally:
-            probe.close()
-        raise OSError(errno.EADDRINUSE, f"a server is already listening on {path}")
 
     def stop_accepting(self) -> None:
         """Close the listening socket (existing connections carry on). Idempotent."""
@@ -465,200 +452,26 @@ class Server:
             batch=batch_id, left_out=len(failed), first_source=first.module_id,
             first_key=first.key, first_seq=first.seq, why=why, sent=sent)
 
-    # -- the I/O loop ------------------------------------------------------------------------
+    # -- the I/O loop (daemon/loop.py), the listening socket (daemon/listener.py) and
+    # closing (daemon/closing.py): functions of the server, bound here as its methods.
 
-    def _run(self) -> None:
-        self._io_ident = self._requests.io_ident = threading.get_ident()
-        selector = self._selector
-        assert selector is not None
-        busy = False
-        perf = time.perf_counter
-        spin = self._spin
-        flow, inputs, accepting = self._flow, self._input, self._accepting
-        try:
-            while not self._stopping:
-                try:
-                    events: list[tuple[selectors.SelectorKey, int]] = []
-                    spin_s = spin.spin_budget() if busy and not flow.throttling else 0.0
-                    if spin_s:
-                        # Adaptive polling: right after activity, poll for a moment
-                        # before blocking. A request-reply client sends its next request
-                        # within tens of µs; blocking would let this CPU idle, and waking
-                        # an idle virtual CPU costs ~50 µs, more than serving the call.
-                        # Only when it pays (protocol/waiting.py): never without an idle
-                        # CPU, nor for a while after polls that saw nothing.
-                        until = perf() + spin_s
-                        while not events and perf() < until:
-                            events = selector.select(0)
-                        spin.spun(bool(events))
-                    if not events:
-                        timeout = flow.poll_timeout()
-                        if inputs.due() is not None or accepting.due() is not None:
-                            timeout = self._timer_timeout(timeout)
-                        events = selector.select(timeout)
-                    busy = bool(events)
-                except InterruptedError:
-                    continue
-                for key, mask in events:
-                    self._on_event(key.data, mask)
-                self._run_posts()
-                if flow.throttling:
-                    flow.check_backlog()
-                if inputs.due() is not None or accepting.due() is not None:
-                    self._run_timers()
-                if flow.output_pressure:
-                    flow.check_output()
-            self._shutdown()
-        except BaseException:
-            _log.opt(exception=True).critical("server I/O loop failed")
-            with contextlib.suppress(Exception):
-                self._shutdown()
-            raise
+    _run = run
+    _on_event = on_event
+    _drain_waker = drain_waker
+    _run_posts = run_posts
+    _update_interest = update_interest
+    _timer_timeout = timer_timeout
+    _run_timers = run_timers
+    _drain_output = drain_output
+    _accept = accept_connections
+    _refuse = refuse_peer
+    _listen = listen
+    _unlisten = unlisten
+    _close_listener = close_listener
+    _close = close_connection
+    _shutdown = shutdown
 
-    def _on_event(self, data: Any, mask: int) -> None:
-        try:
-            if data is _LISTENER:
-                self._accept()
-            elif data is _WAKER:
-                self._drain_waker()
-            else:
-                conn: Connection = data
-                if mask & _WRITE and not conn.closed:
-                    self._on_writable(conn)
-                if (mask & _READ and not conn.closed and not conn.throttled
-                        and not conn.input_waiting):
-                    self._on_readable(conn)
-        except Exception:
-            self.count("internal_errors")
-            _log.opt(exception=True).error("unexpected error in the I/O loop")
-            if isinstance(data, Connection):
-                self._close(data, "internal error")
-
-    def _drain_waker(self) -> None:
-        assert self._wake_r is not None
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
-    def _run_posts(self) -> None:
-        posts = self._posts
-        while posts:
-            kind, conn, reason = posts.popleft()
-            try:
-                if kind == "write":
-                    if conn is not None and not conn.closed:
-                        conn.out_progress_at = self.now()  # output starts waiting
-                        self._update_interest(conn)
-                elif kind == "close":
-                    if conn is not None:
-                        self._close(conn, reason)
-                elif kind == "resume":
-                    if conn is not None and not conn.closed:
-                        self._resume(conn)
-                elif kind == "pressure":
-                    self._flow.start_output_pressure()
-                elif kind == "stop_accepting":
-                    self._close_listener()
-            except Exception:
-                self.count("internal_errors")
-                _log.opt(exception=True).error("error handling a job", kind=kind)
-                if conn is not None:
-                    self._close(conn, "internal error")
-
-    def _update_interest(self, conn: Connection) -> None:
-        """Register the selector interest ``conn`` needs now (read unless it is closing or
-        throttled, write while output is queued); a no-op when unchanged."""
-        selector = self._selector
-        assert selector is not None
-        events = (_READ if conn.reading and not conn.throttled and not conn.input_waiting
-                  else 0) | (_WRITE if conn.want_write else 0)
-        if events == conn.events:
-            return
-        if events == 0:
-            if not conn.reading:
-                # Nothing to wait for: it was closing once flushed.
-                self._close(conn, "closed after error")
-                return
-            selector.unregister(conn.sock)  # throttled, nothing to send
-        elif conn.events == 0:
-            selector.register(conn.sock, events, conn)
-        else:
-            selector.modify(conn.sock, events, conn)
-        conn.events = events
-
-    def _accept(self) -> None:
-        listener = self._listener
-        if listener is None:
-            return
-        for _ in range(64):
-            if self._accepting.at_cap():
-                self._accepting.shed(listener)
-                return
-            try:
-                sock, _addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._accepting.accept_failed(listener, exc)
-                return
-            peer = peer_credentials(sock)
-            if peer is None or peer.uid != self.allowed_uid:
-                self._refuse(sock, peer)
-                continue
-            sock.setblocking(False)
-            conn = Connection(self, sock, peer, next(self._conn_ids))
-            self._conns[conn.conn_id] = conn
-            assert self._selector is not None
-            self._selector.register(sock, selectors.EVENT_READ, conn)
-            self.count("accepted")
-            _log.debug("connection accepted", connection=conn.conn_id, peer_pid=peer.pid)
-
-    def _refuse(self, sock: socket.socket, peer: PeerCredentials | None) -> None:
-        self.count("refused")
-        if peer is None:
-            reason = "peer credentials unavailable"
-        else:
-            reason = f"peer uid {peer.uid} (pid {peer.pid}) is not allowed"
-        _log.warning("refused a connection", reason=reason)
-        try:
-            sock.setblocking(False)
-            sock.send(encode_frame([RESPONSE, None, ["PermissionError", f"refused: {reason}"],
-                                    None]))
-        except OSError:
-            pass
-        finally:
-            sock.close()
-
-
-    # -- the input and accept timers (I/O thread; rules: input_budget.py, accept_gate.py) --
-
-    def _timer_timeout(self, timeout: float | None) -> float:
-        """The select timeout that wakes the loop for the next input or accept timer."""
-        due = min(d for d in (self._input.due(), self._accepting.due(), float("inf"))
-                  if d is not None)
-        wait = max(0.0, due - self.now())
-        return wait if timeout is None else min(timeout, wait)
-
-    def _run_timers(self) -> None:
-        now = self.now()
-        self._accepting.run(now)
-        self._input.run(now)
-
-    def _listen(self) -> None:
-        """Put the listener (back) in the selector: accepting resumes."""
-        listener = self._listener
-        if listener is not None and self._selector is not None:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
-
-    def _unlisten(self) -> None:
-        """Take the listener out of the selector: accepting rests."""
-        listener = self._listener
-        if listener is not None and self._selector:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(listener)
+    # -- reading and writing a connection (I/O thread) ---------------------------------------
 
     def _on_writable(self, conn: Connection) -> None:
         drained = conn.flush_out()
@@ -714,8 +527,6 @@ class Server:
         if conn.close_when_flushed and not conn.closed:
             self._close_after_flush(conn)
 
-
-
     def _close_after_flush(self, conn: Connection) -> None:
         conn.reading = False
         conn.paused = True
@@ -733,105 +544,3 @@ class Server:
         conn.backlog = deque()
         if backlog:
             self._with_coalescing(conn, backlog)
-
-    # -- closing -----------------------------------------------------------------------------
-
-    def _close(self, conn: Connection, reason: str) -> None:
-        with conn.lock:
-            if conn.closed:
-                return
-            conn.closed = True
-            callbacks = conn.callbacks
-            conn.callbacks = {}
-            modules = list(conn.module_ids)
-            lost_bytes = len(conn.out)
-            lost_updates = sum(n for _, n in conn.out_frames) + conn.held_updates
-            conn.out_frames.clear()
-            conn.out.clear()
-            conn.held.clear()
-            conn.held_updates = 0
-            self.output_taken(conn, lost_bytes, 0)
-        self._conns.pop(conn.conn_id, None)
-        if conn.partial_since is not None or conn.reserved or conn.input_waiting:
-            self._input.end(conn)
-        if self._selector is not None:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(conn.sock)
-        with contextlib.suppress(OSError):
-            conn.sock.shutdown(socket.SHUT_RDWR)
-        conn.sock.close()
-        conn.backlog.clear()
-        self.count("closed")
-        _log.debug("connection closed", connection=conn.conn_id, reason=reason)
-        if lost_updates:
-            self.count_undelivered(conn, lost_updates, lost_bytes,
-                                    f"connection {conn.conn_id} closed ({reason}) before "
-                                    "taking them")
-        if callbacks:
-            self.count("callbacks_failed", len(callbacks))
-            for reply in callbacks.values():
-                safe_reply(reply, None, "connection closed")
-        if modules:
-            self._requests.unregister_all(conn, modules)
-
-    def _close_listener(self) -> None:
-        listener = self._listener
-        if listener is None:
-            return
-        self._listener = None
-        self._accepting.stop()
-        if self._selector is not None:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(listener)
-        listener.close()
-        path = str(self.socket_path)
-        try:
-            if os.stat(path).st_ino == self._listener_ino:
-                os.unlink(path)
-        except OSError:
-            pass
-        _log.info("stopped listening", path=path)
-
-    def _shutdown(self) -> None:
-        self._close_listener()
-        self._run_posts()
-        self._drain_output()
-        for conn in list(self._conns.values()):
-            self._close(conn, "server stopping")
-        self._requests.close(timeout=5.0)
-        if self._selector is not None:
-            self._selector.close()
-        self._accepting.close()
-        for s in (self._wake_r, self._wake_w):
-            if s is not None:
-                s.close()
-        self._wake_w = None
-        _log.info("server stopped")
-
-    def _drain_output(self) -> None:
-        """Keep sending queued output for up to ``drain_timeout`` seconds."""
-        assert self._selector is not None
-        deadline = time.monotonic() + self.drain_timeout
-        while True:
-            pending = [c for c in self._conns.values() if c.want_write and not c.closed]
-            if not pending:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                lost = sum(c.buffered() for c in pending)
-                self.undelivered_bytes_at_stop = lost
-                _log.warning(
-                    "drain timeout: output to slow clients not delivered at stop; raise "
-                    "shutdown_timeout_s in daemon.yaml", timeout_s=self.drain_timeout,
-                    bytes=lost, clients=len(pending))
-                return
-            for conn in pending:
-                conn.reading = False
-                self._update_interest(conn)
-            for key, mask in self._selector.select(min(remaining, 0.05)):
-                data = key.data
-                if isinstance(data, Connection) and mask & selectors.EVENT_WRITE:
-                    self._on_writable(data)
-                elif data is _WAKER:
-                    self._drain_waker()
-            self._run_posts()
