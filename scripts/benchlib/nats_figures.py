@@ -375,7 +375,8 @@ class NatsBench:
         local_p99 = self._coordinate_p99(None)
         rows.append(row("N2 cached coordinate p99, NATS engine vs local", us(nats_p99), "us",
                         "<= 10.0x", baseline=us(local_p99),
-                        notes="the cache is a KV bucket; hits from each daemon's near cache (its watch)"))
+                        notes="the cache is a KV bucket; hits come from each daemon's "
+                              "near cache (kept by a watch)"))
         times: list[float] = []
         lost = 0
         for i in range(max(1, self.plan.rounds // 4)):
