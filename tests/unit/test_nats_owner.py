@@ -263,3 +263,42 @@ def test_a_member_whose_agent_does_not_answer_stalls_only_its_own_deliveries(
     stats = owner.statistics()
     assert stats["outbox_batches"] == 0 and stats["lanes"] == 0
     assert stats["batches_delivered"] == len(fake.by_member["me"])
+
+
+class _FakeSub:
+    """A pull subscription: ``fetch`` answers from a list of scripted outcomes and
+    records what it was asked for."""
+
+    def __init__(self, *outcomes: list[str] | type[BaseException]) -> None:
+        self.outcomes = list(outcomes)
+        self.asked: list[tuple[int, float]] = []
+
+    async def fetch(self, batch: int, timeout: float) -> list[str]:
+        self.asked.append((batch, timeout))
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, type):
+            raise outcome("nothing")
+        return outcome
+
+
+@pytest.mark.timeout(10)
+def test_a_pull_waits_for_one_message_then_takes_what_is_there_without_waiting(
+        owner_env: tuple[Owner, FakeNats, asyncio.AbstractEventLoop]) -> None:
+    """A trickle must not wait for a full batch: the lingering pull asks for one message,
+    the pull after it for the rest with a short bound."""
+    from modcoord.supervisor.daemon.nats.owner import (
+        DRAIN_TIMEOUT_S,
+        FETCH_BATCH,
+        FETCH_TIMEOUT_S,
+    )
+
+    owner, _fake, loop = owner_env
+    busy = _FakeSub(["m1"], ["m2", "m3"])
+    assert list(map(str, loop.run_until_complete(owner._pull(busy)))) == ["m1", "m2", "m3"]
+    assert busy.asked == [(1, FETCH_TIMEOUT_S), (FETCH_BATCH - 1, DRAIN_TIMEOUT_S)]
+    trickle = _FakeSub(["m1"], TimeoutError)  # nothing more right now
+    assert list(map(str, loop.run_until_complete(owner._pull(trickle)))) == ["m1"]
+    idle = _FakeSub(TimeoutError)  # nothing within the timeout: no second pull
+    assert not loop.run_until_complete(owner._pull(idle))
+    assert idle.asked == [(1, FETCH_TIMEOUT_S)]
+    assert DRAIN_TIMEOUT_S < FETCH_TIMEOUT_S / 10

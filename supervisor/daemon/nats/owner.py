@@ -87,6 +87,10 @@ OWNER_SUBSCRIBER = "modcoord.cluster"
 """The one subscriber of the owner's actor system: every batch, sent to every agent."""
 FETCH_BATCH = 256
 FETCH_TIMEOUT_S = 0.5
+"""How long one pull waits for a partition's first message (then it pulls again)."""
+DRAIN_TIMEOUT_S = 0.005
+"""How long the pull after it may wait for what is already in the stream (a round trip:
+what is there comes at once; a lingering rest is cut at this)."""
 MAX_ACK_PENDING = 20_000
 MAX_HELD_MESSAGES = 10_000
 """Messages fetched and not yet acknowledged, at most (fetching waits beyond it)."""
@@ -353,10 +357,7 @@ class Owner:
                     if self._full():
                         await asyncio.sleep(0.005)
                         continue
-                    try:
-                        msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-                    except TimeoutError:
-                        continue
+                    msgs = await self._pull(sub)
                     for msg in msgs:
                         self._take(p, msg)
                     delay = RETRY_MIN_S
@@ -373,6 +374,24 @@ class Owner:
             if sub is not None:
                 with contextlib.suppress(BaseException):
                     await sub.unsubscribe()
+
+    async def _pull(self, sub: Any) -> list[Msg]:
+        """The partition's next messages, as soon as there is one: a pull for *one*
+        message waits (up to :data:`FETCH_TIMEOUT_S`) and returns when it arrives, then
+        whatever else is there now is taken without waiting (up to :data:`FETCH_BATCH`).
+
+        (nats-py's ``fetch(n)`` with nothing available at once holds its request open
+        until ``n`` messages came or the timeout passed: a trickle of updates would wait up
+        to the whole timeout for a batch of :data:`FETCH_BATCH`.) An empty list when
+        nothing came within the timeout.
+        """
+        try:
+            msgs: list[Msg] = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+        except TimeoutError:
+            return []
+        with contextlib.suppress(TimeoutError):  # nothing more right now
+            msgs += await sub.fetch(FETCH_BATCH - 1, timeout=DRAIN_TIMEOUT_S)
+        return msgs
 
     async def _bind(self, p: int) -> Any:
         js = self._js()
