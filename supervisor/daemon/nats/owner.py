@@ -4,7 +4,8 @@ Rules:
 
 * For each owned partition ``p`` one task pulls from the durable consumer ``mc-p<p>``
   (filter ``modcoord.upd.<p>.>``; created idempotently by whoever owns ``p`` first, never
-  deleted): one message, waiting, then what else is there at once (:meth:`Owner._pull`). The updates of each fetched message go to the owner's own actor system — a
+  deleted): one message, waiting, then what else is there at once (:meth:`Owner._pull`).
+  The updates of each fetched message go to the owner's own actor system — a
   :class:`~modcoord.supervisor.daemon.coordinator.ModuleCoordinator` whose debouncer and
   batcher are the local engine's, with the same settings, modes and adaptive parameters —
   with ``seq`` set to the message's stream sequence (so a key's updates keep their order
