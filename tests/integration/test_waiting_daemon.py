@@ -62,6 +62,7 @@ def burners() -> Iterator[None]:
 
 
 @pytest.mark.integration
+@pytest.mark.serial  # its idle-CPU probe must see only its own burners, no other test
 @pytest.mark.timeout(120)
 def test_under_contention_client_and_daemon_block_instead_of_spinning(
         daemon: Any, burners: None) -> None:
