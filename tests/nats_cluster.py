@@ -41,6 +41,7 @@ import pytest
 __all__ = [
     "NATS_READY_TIMEOUT_S",
     "NatsCluster",
+    "await_bounded",
     "find_nats_server",
     "nats_server_or_skip",
     "retry_async",
@@ -179,6 +180,26 @@ def run_bounded(coro: Coroutine[Any, Any, T], timeout_s: float, what: str) -> T:
         loop.run_until_complete(asyncio.wait({loop.create_task(loop.shutdown_asyncgens())},
                                              timeout=CANCEL_WAIT_S))
         loop.close()
+
+
+async def await_bounded(aw: Awaitable[T], timeout_s: float, what: str) -> T:
+    """``await aw`` for at most ``timeout_s``, inside a running scenario: past the bound
+    it fails with where every task on the loop was waiting (the cause of a stop that
+    hangs), not with a bare ``TimeoutError``. ``aw`` is cancelled then.
+
+    Raises:
+        AssertionError: not done within ``timeout_s`` (the message holds the stacks).
+        Exception: whatever ``aw`` raised.
+    """
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        stacks = _task_stacks(asyncio.get_running_loop())
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_WAIT_S)
+        raise AssertionError(f"{what}: not done within {timeout_s} s; the tasks were "
+                             f"waiting here:\n{stacks}")
+    return task.result()
 
 
 async def _quiet_error(e: Exception) -> None:

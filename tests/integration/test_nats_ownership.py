@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from nats_cluster import NatsCluster, retry_async, run_bounded
+from nats_cluster import NatsCluster, await_bounded, retry_async, run_bounded
 from nats_proxy import ThreadedProxy
 
 from modcoord.supervisor.daemon.nats.lease import LeaseSettings
@@ -94,13 +94,15 @@ class Instance:
         for the sampler: its owned() must empty (fence) before anyone takes over."""
         assert self.own is not None
         self.stopped = True
-        await asyncio.wait_for(self.own.stop(release=False), STOP_BOUND_S)
+        await await_bounded(self.own.stop(release=False), STOP_BOUND_S,
+                            f"{self.name}: Ownership.stop(release=False)")
         await self._close_connection()
 
     async def leave(self) -> None:
         assert self.own is not None
         self.stopped = True
-        await asyncio.wait_for(self.own.stop(release=True), STOP_BOUND_S)
+        await await_bounded(self.own.stop(release=True), STOP_BOUND_S,
+                            f"{self.name}: Ownership.stop(release=True)")
         await self._close_connection()
 
     async def _close_connection(self) -> None:

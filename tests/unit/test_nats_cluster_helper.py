@@ -77,3 +77,37 @@ def test_run_bounded_fails_a_hung_scenario_with_where_it_hung(
 
     with pytest.raises(AssertionError, match=r"(?s)not done within 0\.2 s.*stuck_in_close"):
         nats_cluster.run_bounded(scenario(), 0.2, "a hung scenario")
+
+
+@pytest.mark.timeout(10)
+def test_await_bounded_fails_a_hung_stop_with_where_it_hung() -> None:
+    """A stop that hangs inside a running scenario fails naming the coroutine it waited
+    in (not a bare TimeoutError), and the awaited task is cancelled."""
+    cancelled = asyncio.Event()
+
+    async def stop_waiting_on_a_dead_socket() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def scenario() -> None:
+        with pytest.raises(AssertionError,
+                           match=r"(?s)a stop: not done within 0\.2 s.*dead_socket"):
+            await nats_cluster.await_bounded(stop_waiting_on_a_dead_socket(), 0.2, "a stop")
+        assert cancelled.is_set()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(10)
+def test_await_bounded_returns_the_result_in_time() -> None:
+    async def quick() -> int:
+        await asyncio.sleep(0)
+        return 5
+
+    async def scenario() -> int:
+        return await nats_cluster.await_bounded(quick(), 5, "quick")
+
+    assert asyncio.run(scenario()) == 5
