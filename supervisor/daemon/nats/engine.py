@@ -68,7 +68,7 @@ from modcoord.supervisor.daemon.engine import (
 )
 from modcoord.supervisor.daemon.nats.agent import Agent
 from modcoord.supervisor.daemon.nats.control import ClusterControl
-from modcoord.supervisor.daemon.nats.loop import ConnectionState, LoopThread, connect
+from modcoord.supervisor.daemon.nats.loop_thread import ConnectionState, LoopThread, connect
 from modcoord.supervisor.daemon.nats.names import (
     BUCKET_LEASES,
     BUCKET_MEMBERS,
