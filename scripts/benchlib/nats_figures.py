@@ -6,8 +6,9 @@ test suite's cluster; the binary: ``$MODCOORD_NATS_SERVER``, ``nats-server`` on 
 
 N1. **Delivered updates per second, 2 coordinator instances against 1** (the baseline):
     the same two publisher processes publish fresh keys for a while, both on the one daemon
-    or one on each of two; a subscriber on the first daemon counts what arrives. Target
-    ``>= 1.5x``.
+    or one on each of two; a subscriber on the first daemon counts what arrives. The
+    medians of :data:`N1_ROUNDS` rounds (each one run of both, in alternating order);
+    target ``>= 1.5x``. ``--only 1`` measures just N1.
 N2. **Cached ``coordinate`` p99 on the NATS engine** against the local engine's in the same
     run (one daemon each, the same module and context).
 N3. **Failover**: a daemon holding pending (debounced) updates is SIGKILLed; the time from
@@ -38,8 +39,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from .agents import Agent
 from .common import BenchError, Plan, Result, median, percentile, row, us
@@ -48,6 +52,8 @@ from .daemons import Daemon, make_config_dir
 _TESTS = Path(__file__).resolve().parents[2] / "tests"
 PARTITIONS = 16
 PUBLISH_S = {True: 4.0, False: 10.0}
+N1_ROUNDS = {True: 3, False: 5}
+"""N1: rounds, each one run with 1 instance and one with 2 (by ``--quick``)."""
 FAILOVER_UPDATES = 300
 SIM_HOSTS = {True: 4, False: 10}
 """N5/N6: simulated hosts (daemons), by ``--quick``."""
@@ -78,6 +84,39 @@ def _cluster_class() -> Any:
         raise BenchError("--engine nats needs nats-server: run scripts/get-tools (Debian: "
                          "apt-get install nats-server) or set $MODCOORD_NATS_SERVER")
     return NatsCluster
+
+
+@dataclass(frozen=True)
+class RateRun:
+    """One N1 run: the delivered rate, and the CPUs (CPU seconds per second) that the
+    whole machine, the daemons and the cluster's servers used while it ran."""
+
+    rate: float
+    machine: float
+    daemons: float
+    servers: float
+
+
+class _CpuMeter:
+    """CPU use from its creation to :meth:`read`: the machine's (every CPU's busy time),
+    the ``daemons``' and the ``cluster``'s servers' (their processes' user + system)."""
+
+    def __init__(self, daemons: list[Daemon], cluster: Any) -> None:
+        self._daemons = daemons
+        self._servers = [psutil.Process(cluster.pid(i)) for i in cluster.running()]
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float, float]:
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        return (time.monotonic(), busy, sum(d.cpu_seconds() for d in self._daemons),
+                sum(float(sum(p.cpu_times()[:2])) for p in self._servers))
+
+    def read(self) -> tuple[float, float, float]:
+        """``(machine, daemons, servers)`` CPUs used since the meter was made."""
+        (t0, m0, d0, s0), (t1, m1, d1, s1) = self._start, self._sample()
+        elapsed = max(1e-9, t1 - t0)
+        return (m1 - m0) / elapsed, (d1 - d0) / elapsed, (s1 - s0) / elapsed
 
 
 class NatsBench:
@@ -172,7 +211,7 @@ class NatsBench:
 
     # -- figures --
 
-    def _delivered_rate(self, instances: int) -> float:
+    def _delivered_rate(self, instances: int) -> RateRun:
         cluster = self._cluster()
         hybrid = {"debounce": {"delay_ms": 20, "critical_delay_ms": 10, "max_wait_ms": 100}}
         daemons = [self._daemon(cluster, f"tp{i}", hybrid) for i in range(instances)]
@@ -186,6 +225,7 @@ class NatsBench:
                 p.call("register", runtime=daemons[i % instances].runtime_str,
                        module_ids=[f"pub{i}"])
             duration = PUBLISH_S[self.quick]
+            cpu = _CpuMeter(daemons, cluster)
             for i, p in enumerate(pubs):
                 p.submit("publish_for", runtime=daemons[i % instances].runtime_str,
                          module_id=f"pub{i}", duration=duration, prefix=f"k{i}-")
@@ -197,14 +237,45 @@ class NatsBench:
                 if got["count"] >= sent:
                     break
                 time.sleep(0.2)  # quiet-period: polling the sink's count
+            used = cpu.read()
             if got.get("count", 0) < sent or got.get("first") is None:
                 raise BenchError(f"N1: {got.get('count')} of {sent} updates delivered")
             span = float(got["last"]) - float(got["first"])
-            return float(got["count"]) / max(1e-9, span)
+            return RateRun(float(got["count"]) / max(1e-9, span), *used)
         finally:
             self._release(sink, *pubs)
             self._stop(*daemons)
             cluster.stop()
+
+    def _throughput(self) -> Result:
+        """N1 over :data:`N1_ROUNDS` rounds, each a 1-instance and a 2-instance run (in
+        alternating order, so that a drift of the machine's load does not favour one): the
+        medians of both series and their ratio; every run's rate, and the CPUs the machine,
+        the daemons and the servers used meanwhile, in the notes."""
+        ones: list[RateRun] = []
+        twos: list[RateRun] = []
+        for r in range(N1_ROUNDS[self.quick]):
+            for instances in ((1, 2) if r % 2 == 0 else (2, 1)):
+                self.progress(f"N1 round {r + 1}: delivered updates/s, {instances} "
+                              f"instance{'s' if instances > 1 else ''}")
+                (ones if instances == 1 else twos).append(self._delivered_rate(instances))
+        ratios = sorted(round(t.rate / o.rate, 2) for t, o in zip(twos, ones, strict=True))
+
+        def cpus(runs: list[RateRun]) -> str:
+            return (f"machine {median([x.machine for x in runs]):.2f}, daemons "
+                    f"{median([x.daemons for x in runs]):.2f}, servers "
+                    f"{median([x.servers for x in runs]):.2f}")
+
+        return row("N1 delivered updates/s, 2 NATS instances vs 1",
+                   round(median([x.rate for x in twos])), "/s", ">= 1.5x",
+                   baseline=round(median([x.rate for x in ones])),
+                   notes=f"median of {len(ones)} rounds; the same 2 publishers and 1 "
+                         f"subscriber, fresh keys; 1 instance "
+                         f"{[round(x.rate) for x in ones]}, 2 instances "
+                         f"{[round(x.rate) for x in twos]} /s; round ratios "
+                         f"{ratios[0]}-{ratios[-1]}x; CPUs busy of {psutil.cpu_count()} "
+                         f"(medians, from the first publish to the last delivery): "
+                         f"1 instance {cpus(ones)}; 2 instances {cpus(twos)}")
 
     def _coordinate_p99(self, cluster: Any | None) -> float:
         d = self._daemon(cluster, "co")
@@ -305,8 +376,6 @@ class NatsBench:
     def _idle_cpu(self, daemons: list[Daemon], cluster: Any) -> tuple[float, float]:
         """The CPUs the idle ``daemons`` and the cluster's servers use (CPU seconds per
         second over :data:`SIM_IDLE_S`, before any module connects)."""
-        import psutil
-
         servers = [psutil.Process(cluster.pid(i)) for i in cluster.running()]
 
         def used() -> tuple[float, float]:
@@ -356,18 +425,15 @@ class NatsBench:
 
     def run(self) -> list[Result]:
         rows: list[Result] = []
-        if self.only and not self.only <= {"5", "6"}:
-            raise BenchError(f"--engine nats: --only takes 5 (N5 and N6, the simulation) "
-                             f"or nothing (every figure), not {','.join(sorted(self.only))}")
-        if self.only:
+        if self.only and not (self.only <= {"5", "6"} or self.only == {"1"}):
+            raise BenchError(f"--engine nats: --only takes 1 (N1), 5 (N5 and N6, the "
+                             f"simulation) or nothing (every figure), not "
+                             f"{','.join(sorted(self.only))}")
+        if self.only and self.only != {"1"}:
             return self._simulation()
-        self.progress("N1: delivered updates/s, 1 instance")
-        one = self._delivered_rate(1)
-        self.progress("N1: delivered updates/s, 2 instances")
-        two = self._delivered_rate(2)
-        rows.append(row("N1 delivered updates/s, 2 NATS instances vs 1", round(two), "/s",
-                        ">= 1.5x", baseline=round(one),
-                        notes="the same 2 publishers and 1 subscriber, fresh keys"))
+        rows.append(self._throughput())
+        if self.only == {"1"}:
+            return rows
         self.progress("N2: cached coordinate p99")
         cluster = self._cluster()
         nats_p99 = self._coordinate_p99(cluster)
