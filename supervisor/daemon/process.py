@@ -348,7 +348,7 @@ class _Daemon:
             watcher = ConfigWatcher(Path(config_dir), on_change)
             watcher.start()
             if config.daemon.metrics.enabled:  # prometheus_client is imported only then
-                from modcoord.supervisor.daemon.exposition import MetricsHTTPServer
+                from modcoord.supervisor.daemon.metrics_endpoint import MetricsHTTPServer
 
                 http = MetricsHTTPServer(config.daemon.metrics.host, config.daemon.metrics.port,
                                          controller.exposition)

@@ -70,6 +70,7 @@ def test_ready_before_prometheus_and_sqlite(tmp_path: Path) -> None:
     assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
     assert "modcoord.supervisor.daemon.server" in loaded  # the probe saw the start
     for module in ("prometheus_client", "sqlite3", "modcoord.supervisor.daemon.exposition",
+                   "modcoord.supervisor.daemon.metrics_endpoint",
                    "modcoord.supervisor.daemon.history", "http.server"):
         assert module not in loaded, module
 

@@ -27,8 +27,8 @@ from modcoord.supervisor.daemon.exposition import (
     METRICS,
     OPENMETRICS_CONTENT_TYPE,
     Exposition,
-    MetricsHTTPServer,
 )
+from modcoord.supervisor.daemon.metrics_endpoint import MetricsHTTPServer
 from modcoord.supervisor.protocol.calls import PROTOCOL_VERSION
 from modcoord.supervisor.version import VERSION
 
