@@ -21,13 +21,14 @@ import pytest
 from daemon_harness import copy_configs, edited_yaml
 
 from modcoord.supervisor.daemon.config import load_config_dir
+from modcoord.supervisor.daemon.nats.last_seen import LastSeen
 from modcoord.supervisor.daemon.nats.names import (
     Delivery,
     StoredUpdate,
     UpdateMessage,
     consumer_name,
 )
-from modcoord.supervisor.daemon.nats.owner import LastSeen, Owner
+from modcoord.supervisor.daemon.nats.owner import Owner
 
 pytest.importorskip("modcoord_example_plugins")
 

@@ -30,7 +30,8 @@ Rules:
   message of the partition at or below it is acknowledged, and a WorkQueue stream removes
   acknowledged messages, so none of them can be delivered again) and forgets the keys
   whose newest sequence is at or below it: what it remembers is the keys of messages that
-  are still in the stream or just above the floor. Beyond :data:`MAX_LAST_SEEN` keys the
+  are still in the stream or just above the floor. Beyond
+  :data:`~modcoord.supervisor.daemon.nats.last_seen.MAX_LAST_SEEN` keys the
   oldest are forgotten anyway (``seen_evicted``, logged): a late redelivery of one of
   those is delivered again (a duplicate with an older ``seq``), never lost.
 * Updates a batch processor (``plugins.batch_processors``) leaves out of a batch are an
@@ -70,6 +71,7 @@ from modcoord.actors.debouncer import Flush, PublishMany
 from modcoord.actors.update import PRIORITY_RANK, Batch, Update
 from modcoord.supervisor.daemon.config import ConfigSet
 from modcoord.supervisor.daemon.coordinator import ModuleCoordinator, default_child_specs
+from modcoord.supervisor.daemon.nats.last_seen import LastSeen
 from modcoord.supervisor.daemon.nats.names import (
     STREAM,
     DeliveredUpdate,
@@ -82,7 +84,7 @@ from modcoord.supervisor.daemon.nats.names import (
 from modcoord.supervisor.daemon.nats.tasks import cancel_and_wait
 from modcoord.supervisor.protocol.module import ModuleInfo, Reply
 
-__all__ = ["OWNER_SUBSCRIBER", "LastSeen", "Owner"]
+__all__ = ["OWNER_SUBSCRIBER", "Owner"]
 
 OWNER_SUBSCRIBER = "modcoord.cluster"
 """The one subscriber of the owner's actor system: every batch, sent to every agent."""
@@ -99,88 +101,6 @@ RETRY_MIN_S = 0.05
 RETRY_MAX_S = 1.0
 LAST_SEEN_TRIM_S = 5.0
 """How often the owner reads its partitions' ack floors and forgets the keys below them."""
-MAX_LAST_SEEN = 250_000
-"""Keys whose newest stream sequence the owner remembers, at most (measured: 260 bytes a
-key of 15 characters, so about 65 MB full); beyond it the oldest are forgotten, counted
-and logged (see the module docstring)."""
-
-
-class LastSeen:
-    """The newest stream sequence taken in per key, per partition (loop only).
-
-    Each partition's table is kept in the order keys were last taken in (nearly stream
-    order: fetches come in sequence order, redeliveries excepted), so forgetting below an
-    ack floor pops from the front and stops at the first newer key: it costs what it
-    forgets, and never forgets a key above the floor.
-
-    Args:
-        limit: keys remembered at most, over all partitions (then the oldest of the
-            partition being written go first; see :attr:`evicted`).
-    """
-
-    def __init__(self, limit: int = MAX_LAST_SEEN) -> None:
-        if limit < 1:
-            raise ValueError(f"LastSeen limit must be at least 1, not {limit}")
-        self.limit = limit
-        self._tables: dict[int, dict[tuple[str, str], int]] = {}
-        self._size = 0
-        self.forgotten = 0
-        """Keys forgotten because their newest sequence was at or below the ack floor."""
-        self.evicted = 0
-        """Keys forgotten above the floor because of :attr:`limit`."""
-
-    def __len__(self) -> int:
-        return self._size
-
-    def partitions(self) -> list[int]:
-        """The partitions with remembered keys."""
-        return sorted(self._tables)
-
-    def take(self, p: int, key: tuple[str, str], seq: int) -> bool:
-        """Whether an update of ``key`` at stream sequence ``seq`` is current (not older
-        than the newest taken in). A current one is remembered, moved to the end of its
-        partition's order; beyond :attr:`limit` that forgets the oldest key of ``p`` (of
-        another partition if ``key`` is ``p``'s only one), counted in :attr:`evicted`."""
-        table = self._tables.setdefault(p, {})
-        last = table.get(key)
-        if last is not None:
-            if last > seq:
-                return False  # stale: the key stays where it is
-            del table[key]
-        else:
-            self._size += 1
-        table[key] = seq
-        while self._size > self.limit:
-            # The oldest of this partition; if it has only this key, another partition's.
-            q = p if len(table) > 1 else next(q for q, t in self._tables.items() if q != p)
-            victim = self._tables[q]
-            del victim[next(iter(victim))]
-            if not victim:
-                del self._tables[q]
-            self._size -= 1
-            self.evicted += 1
-        return True
-
-    def forget_through(self, p: int, floor: int) -> int:
-        """Forget ``p``'s keys whose newest sequence is at or below ``floor`` (from the
-        front, see the class docstring); how many went."""
-        table = self._tables.get(p)
-        if table is None:
-            return 0
-        gone = 0
-        while table:
-            key = next(iter(table))
-            if table[key] > floor:
-                break
-            del table[key]
-            gone += 1
-        if not table:
-            del self._tables[p]
-        self._size -= gone
-        self.forgotten += gone
-        return gone
-
-
 @dataclass(frozen=True)
 class _Removed:
     """Updates a batch processor left out: they settle in the outbox's order."""
