@@ -10,8 +10,10 @@ Its logs go to the standard :mod:`logging` logger ``modcoord.client``.
 
 - :mod:`.api`: :func:`connect`, :class:`Client` (one method per call), :class:`ActorProxy`.
 - :mod:`.future`: :class:`Future`, the eventual answer of a call.
-- :mod:`.connection`: the socket, the buffered writes, the reading token
-  (leader/follower), the reader and writer threads, reconnecting and the hello.
+- :mod:`.connection`: the socket's lifecycle, the reader thread, reconnecting and the
+  hello; built on :mod:`._sending` (the state, the buffered writes, the writer thread,
+  losing a stream) and :mod:`._reading` (the reading token (leader/follower), the
+  reader's loop, decoding).
 - :mod:`.callbacks`: the callback thread (``on_batch``, ``on_mode_change``,
   ``get_performance_metrics``, ``swept`` events).
 - :mod:`.registry`: the module objects a client hosts.

@@ -168,7 +168,7 @@ class Client:
                 convert: Callable[[Any], Any] | None = None) -> Future[Any]:
         """Send a request; the future resolves to its result (passed through ``convert``).
 
-        The request is buffered and written soon (see :mod:`.connection`); waiting for
+        The request is buffered and written soon (see :mod:`._sending`); waiting for
         the future writes it at once.
 
         Never raises: failures come out of the future — ``ConnectionLostError`` when not
