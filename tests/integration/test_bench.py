@@ -228,7 +228,7 @@ def test_the_simulated_hosts_figures_compare_nats_with_local() -> None:
     """``--engine nats --only 5`` (quick: 4 daemons × 25 modules, each on a connection of
     its own, on a real 3-node cluster): cached coordinate p99 and publish-to-delivery p99,
     each against one local daemon holding the same modules, in the documented shape; any
-    other ``--only`` with ``--engine nats`` is refused, naming what it takes."""
+    other ``--only`` than 1 or 5 with ``--engine nats`` is refused, naming what it takes."""
     from nats_cluster import nats_server_or_skip
 
     nats_server_or_skip()
@@ -238,6 +238,7 @@ def test_the_simulated_hosts_figures_compare_nats_with_local() -> None:
          "<= 10.0x"),
         ("N6 simulated hosts (4 hosts x 25 modules): publish-to-delivery p99", "ms",
          "<= 10.0x")])
-    refused = _run_bench(60, "--engine", "nats", "--only", "1")
+    refused = _run_bench(60, "--engine", "nats", "--only", "2")
     assert refused.returncode == 1
-    assert "--only takes 5" in refused.stderr
+    assert "--only takes 1 (N1), 5 (N5 and N6" in refused.stderr, refused.stderr
+    assert "not 2" in refused.stderr, refused.stderr
