@@ -238,6 +238,9 @@ async def _scenario(cluster: NatsCluster) -> dict[str, Any]:
         sampler.instances.append(c)
         out["join_s"] = await wait_for(lambda: split_as_assigned([b, c]), 15,
                                        "c joined and b and c split the partitions")
+        # on_gained follows a partition into owned() at the next announcement (one poll)
+        await wait_for(lambda: {p for e, p in c.events if e == "gained"} == c.owned(), 5,
+                       "c announced every partition it owns")
         out["events"] = {i.name: list(i.events) for i in (a, b, c)}
         await c.leave()
         # a clean leave hands over at once (0.1-0.4 s measured); the bound is the worst
