@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from daemon_harness import wait_for
 
 __all__ = [
     "NATS_READY_TIMEOUT_S",
@@ -399,12 +400,16 @@ class NatsCluster:
         """
         t0 = time.monotonic()
         deadline = t0 + timeout_s
-        while not self.healthy():
+
+        def healthy() -> bool:
             self._check_alive()
-            if time.monotonic() >= deadline:
-                raise TimeoutError(self._not_ready("/healthz never answered 200 on every node",
-                                                   timeout_s))
-            time.sleep(0.02)
+            return self.healthy()
+
+        try:
+            wait_for(healthy, timeout_s, message="/healthz answering 200 on every node")
+        except AssertionError:
+            raise TimeoutError(self._not_ready("/healthz never answered 200 on every node",
+                                               timeout_s)) from None
         urls = [self.url(i) for i in self.running()]
         if not run_async(self._js_info_ready(urls, deadline)):
             raise TimeoutError(self._not_ready("$JS.API.INFO never answered without error",

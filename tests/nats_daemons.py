@@ -57,8 +57,8 @@ SUBSCRIBER = textwrap.dedent("""\
     with connect(runtime_dir=runtime, timeout=10, reconnect=False) as client:
         client.register(Module()).get(10)
         print("READY", flush=True)
-        while True:  # quiet-period: it only listens; batches arrive on the client's thread
-            time.sleep(0.5)
+        while True:  # it only listens; batches arrive on the client's thread
+            time.sleep(0.5)  # quiet-period
     """)
 
 #: A publisher module: ``argv``: runtime dir, module id, keys, rounds, out file and
