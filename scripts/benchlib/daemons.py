@@ -86,6 +86,32 @@ class Daemon:
         except (psutil.Error, TypeError) as exc:
             raise BenchError(f"cannot read the RSS of daemon {self.name}: {exc}") from None
 
+    ARENA_BYTES = 1 << 20
+    """The size of one of pymalloc's arenas (CPython 3.10 and later, 64-bit)."""
+
+    def rss_by_kind(self) -> dict[str, float]:
+        """The daemon's resident memory in MB by mapping kind (``/proc/PID/smaps``):
+        ``heap`` (glibc's main arena), ``arenas`` (anonymous maps of exactly 1 MiB:
+        pymalloc's arenas), ``anon`` (other anonymous maps: glibc's thread arenas, large
+        allocations), ``file`` (code and data of files).
+        Empty where ``/proc`` is not there."""
+        kinds = {"heap": 0, "arenas": 0, "anon": 0, "file": 0}
+        kind = "anon"
+        try:
+            text = Path(f"/proc/{self.pid}/smaps").read_text()
+        except OSError:
+            return {}
+        for line in text.splitlines():
+            head = line.split(maxsplit=6)
+            if len(head) >= 5 and "-" in head[0] and ":" not in head[0]:
+                name = head[5] if len(head) > 5 else ""
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                kind = ("heap" if name == "[heap]" else "file" if name.startswith("/")
+                        else "arenas" if not name and hi - lo == self.ARENA_BYTES else "anon")
+            elif head and head[0] == "Rss:":
+                kinds[kind] += int(head[1])
+        return {k: round(v / 1024, 1) for k, v in kinds.items()}
+
     def cpu_seconds(self) -> float:
         """User + system CPU time the daemon has used."""
         import psutil

@@ -338,7 +338,7 @@ class Bench(PipelineFigures):
         d.wait_for(lambda s: s["modules"] == 0, "warm-up module gone")
         d.client().optimize().get(timeout=60)
         time.sleep(0.3)
-        before = d.rss()
+        before, kinds_before = d.rss(), d.rss_by_kind()
         per = 100
         self._parallel([(a, "register", {
             "runtime": runtime, "module_ids": [f"mem-{a.index}-{i}" for i in range(per)],
@@ -350,11 +350,11 @@ class Bench(PipelineFigures):
         size = status["cache_stats"]["size"]
         if errors or size < max_entries:
             raise BenchError(f"cache not filled: {size} of {max_entries} ({errors} errors)")
-        loaded = d.rss()
+        loaded, kinds_loaded = d.rss(), d.rss_by_kind()
         time.sleep(0.5)  # inactive_after_ms is 300 in this config
         report = d.client().optimize().get(timeout=60)
         time.sleep(0.3)
-        after = d.rss()
+        after, kinds_after = d.rss(), d.rss_by_kind()
         swept = report["memory"].get("modules_swept", "?") if isinstance(
             report.get("memory"), dict) else "?"
         for a in loaders:
@@ -366,7 +366,8 @@ class Bench(PipelineFigures):
         return [row("memory added by 500 modules + full cache, reclaimed by cleanup",
                     round(value, 4), "fraction", ">= 0.50", None,
                     f"RSS before {before / MB:.1f} MB, loaded {loaded / MB:.1f} MB, after "
-                    f"cleanup {after / MB:.1f} MB; swept {swept}")]
+                    f"cleanup {after / MB:.1f} MB; swept {swept}; by kind (MB) before "
+                    f"{kinds_before}, loaded {kinds_loaded}, after {kinds_after}")]
 
     def fig_idle_rss(self, d: Daemon) -> list[Result]:
         """Figure 11 (the daemon just started; nothing connected)."""

@@ -51,8 +51,8 @@ from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import Batch, Update
 from modcoord.supervisor.processes.channel import Channel
 from modcoord.supervisor.processes.codec import (
+    DeliveryFrames,
     decode_updates,
-    encode_batch,
     encode_error,
     encode_updates,
     pickled,
@@ -277,8 +277,10 @@ def main(conn: Connection, boot: Boot) -> None:
     if boot.plugins is not None:
         shared.apply_plugins(boot.plugins)
 
+    deliveries = DeliveryFrames()
+
     def deliver(subscriber_id: str, batch: Batch) -> None:
-        channel.send(["d", subscriber_id, encode_batch(batch)])
+        channel.send(deliveries.frame(subscriber_id, batch))
 
     def settled(updates: Sequence[Update]) -> None:
         channel.send(["s", [[u.module_id, u.key, u.seq] for u in updates]])

@@ -6,7 +6,9 @@ an array whose first item is its kind. The data path is plain msgpack arrays —
 the daemon holds it: an encoded value (a :data:`~modcoord.actors.payload.WirePayload`)
 crosses as its msgpack bytes with ``wire`` 1 and is wrapped again on the other side
 without being decoded (opaque to the actor process); a plain value (a batch processor
-plugin's output) crosses as itself with ``wire`` 0. Nothing per update is pickled.
+plugin's output) crosses as itself with ``wire`` 0. Nothing per update is pickled. A
+batch that goes to several subscribers crosses once: the first delivery carries it, the
+others name it (:class:`DeliveryFrames`), so the daemon decodes and holds one copy.
 Control frames (an ask, its reply, a handover, a failure) carry a pickled body: the channel
 is a private pipe between the daemon and its own child, never a socket anyone else can
 reach, so pickle there trusts nothing it did not make itself.
@@ -24,6 +26,7 @@ import msgspec
 from modcoord.actors.update import Batch, Update
 
 __all__ = [
+    "DeliveryFrames",
     "decode_batch",
     "decode_updates",
     "encode_batch",
@@ -36,12 +39,15 @@ __all__ = [
 
 
 def encode_updates(updates: Sequence[Update]) -> list[list[Any]]:
-    """Updates as msgpack-ready arrays (an encoded payload as its bytes, flagged)."""
+    """Updates as msgpack-ready arrays (an encoded payload as a view of its bytes,
+    flagged); the rows are for :func:`pack` at once, not to keep."""
     rows = []
     for u in updates:
         p = u.payload
         if type(p) is msgspec.Raw:
-            rows.append([u.module_id, u.key, bytes(p), u.priority, u.seq, u.published_at, 1])
+            # A view, not a copy: msgpack writes it as bin straight from the Raw's buffer.
+            rows.append([u.module_id, u.key, memoryview(p), u.priority, u.seq,
+                         u.published_at, 1])
         else:
             rows.append([u.module_id, u.key, p, u.priority, u.seq, u.published_at, 0])
     return rows
@@ -60,6 +66,40 @@ def encode_batch(batch: Batch) -> list[Any]:
 
 def decode_batch(row: Sequence[Any]) -> Batch:
     return Batch(row[0], decode_updates(row[2]), row[1])
+
+
+class DeliveryFrames:
+    """Delivery frames in both directions: one batch crosses once for all its subscribers.
+
+    The child's batcher hands the same :class:`Batch` to each subscriber in turn
+    (:meth:`frame`): the first delivery of a batch is ``["d", subscriber, batch]``, each
+    further one ``["dr", subscriber]`` (the batch just sent). The channel keeps frames in
+    order, so the daemon's reader (:meth:`batch`) resolves ``"dr"`` to the batch it decoded
+    last. One instance per direction per process; not thread-safe (one batcher thread
+    sends, one reader thread reads).
+    """
+
+    def __init__(self) -> None:
+        self._last: Batch | None = None
+
+    def frame(self, subscriber_id: str, batch: Batch) -> list[Any]:
+        """The frame that delivers ``batch`` to ``subscriber_id`` (sending side)."""
+        if batch is self._last:
+            return ["dr", subscriber_id]
+        self._last = batch
+        return ["d", subscriber_id, encode_batch(batch)]
+
+    def batch(self, frame: Sequence[Any]) -> Batch:
+        """The batch a ``"d"`` or ``"dr"`` frame delivers (receiving side).
+
+        Raises:
+            ValueError: a ``"dr"`` frame with no batch before it (a malformed stream).
+        """
+        if frame[0] == "d":
+            self._last = decode_batch(frame[2])
+        elif self._last is None:
+            raise ValueError("a repeated delivery with no batch before it")
+        return self._last
 
 
 def pack(frames: list[Any]) -> bytes:

@@ -43,7 +43,12 @@ from modcoord.actors.settings import PluginSettings
 from modcoord.actors.shared import Shared
 from modcoord.supervisor.processes.channel import Channel
 from modcoord.supervisor.processes.child import Boot, decode_tell, encode_tell, main
-from modcoord.supervisor.processes.codec import decode_batch, decode_error, pickled, unpickled
+from modcoord.supervisor.processes.codec import (
+    DeliveryFrames,
+    decode_error,
+    pickled,
+    unpickled,
+)
 from modcoord.supervisor.processes.heartbeat import Heartbeat
 from modcoord.supervisor.processes.ledger import UpdateLedger, updates_in
 
@@ -137,6 +142,7 @@ class ProcessRef:
                                    name=f"modcoord-{boot.name}")
         self.channel = Channel(parent, boot.name)
         self.actor_inbox = _Inbox(self)
+        self._deliveries = DeliveryFrames()  # this process's batches, one copy each
         self.pid: int | None = None
         self._calls: dict[int, Any] = {}
         self._ids = itertools.count(1)
@@ -274,8 +280,8 @@ class ProcessRef:
         kind = frame[0]
         hosting = self.hosting
         shared = hosting.shared
-        if kind == "d":
-            batch = decode_batch(frame[2])
+        if kind in ("d", "dr"):
+            batch = self._deliveries.batch(frame)
             hosting.last_batch_id = max(hosting.last_batch_id, batch.batch_id)
             shared.deliver(frame[1], batch)
         elif kind == "s":
@@ -335,6 +341,8 @@ class ProcessRef:
                              name=f"modcoord-{self.name}-heartbeat").start()
         elif kind == "stopped":
             self._clean = True
+        else:  # a child of another version, or a bug: say so rather than lose it quietly
+            self._log.bind(kind=str(kind)[:32]).error("actor-process frame of unknown kind")
 
     def _beat(self) -> None:
         hb = self.heartbeat

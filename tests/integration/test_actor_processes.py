@@ -29,8 +29,8 @@ SUBSCRIBER = textwrap.dedent("""\
     out = open(sys.argv[2], "a", buffering=1)
 
     class Sub:
-        module_id = "sub"
-        name = "sub"
+        module_id = sys.argv[3]
+        name = sys.argv[3]
         supported_modes = ["MANUAL", "HYBRID", "FULLY_AUTO"]
         subscribe = ["pub"]
 
@@ -89,8 +89,10 @@ class Modules:
         self.procs.append(p)
         return p
 
-    def subscriber(self) -> None:
-        p = self._spawn(SUBSCRIBER, str(self.received))
+    def subscriber(self, module_id: str = "sub") -> None:
+        received = self.received if module_id == "sub" else self.received.with_name(
+            f"received-{module_id}.txt")
+        p = self._spawn(SUBSCRIBER, str(received), module_id)
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready"
 
@@ -108,14 +110,16 @@ class Modules:
     def accepted_seqs(self) -> dict[str, int]:
         return dict(self._pairs(self.accepted))
 
-    def received_seqs(self) -> dict[str, set[int]]:
+    def received_seqs(self, module_id: str = "sub") -> dict[str, set[int]]:
+        path = self.received if module_id == "sub" else self.received.with_name(
+            f"received-{module_id}.txt")
         out: dict[str, set[int]] = {}
-        for key, seq in self._pairs(self.received):
+        for key, seq in self._pairs(path):
             out.setdefault(key, set()).add(seq)
         return out
 
-    def missing(self) -> list[str]:
-        got = self.received_seqs()
+    def missing(self, module_id: str = "sub") -> list[str]:
+        got = self.received_seqs(module_id)
         return [k for k, s in self.accepted_seqs().items() if s not in got.get(k, ())]
 
     def close(self) -> None:
@@ -209,6 +213,27 @@ def test_sigkill_under_load_loses_no_accepted_update(
     assert actors[actor]["restarts"] == 1
     assert all(a["alive"] for a in actors.values()), actors
     assert records(d, message="accepted updates replayed after an actor process ended")
+
+
+@pytest.mark.timeout(90)
+def test_every_subscriber_gets_every_batch_of_an_out_of_process_batcher(
+        daemon_factory: DaemonFactory,
+        modules_of: Callable[[DaemonProcess], Modules]) -> None:
+    """Three subscribers of one source: a batch crosses the pipe once and reaches each."""
+    d = _start(daemon_factory)
+    _running_pid(d, "batcher")
+    m = modules_of(d)
+    names = ("sub", "sub-b", "sub-c")
+    for name in names:
+        m.subscriber(name)
+    total = 600
+    assert m.publisher(total).wait(60) == 0
+    assert len(m.accepted_seqs()) == total
+    for name in names:
+        wait_for(lambda name=name: not m.missing(name), 30,
+                 message=f"{name} to get every accepted update")
+    batcher = _actors(d)["batcher"]
+    assert batcher["process"] == "own" and batcher["restarts"] == 0
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from modcoord.supervisor.daemon.config import (
 )
 from modcoord.supervisor.processes.child import decode_tell, encode_tell
 from modcoord.supervisor.processes.codec import (
+    DeliveryFrames,
     decode_batch,
     decode_error,
     encode_batch,
@@ -161,6 +162,31 @@ def test_an_encoded_payload_crosses_as_its_bytes_and_stays_encoded() -> None:
     batch = Batch(3, updates, "window")
     again = decode_batch(unpack(pack([encode_batch(batch)]))[0])
     assert bytes(again.updates[0].payload) == bytes(wire)
+
+
+def test_a_batch_for_several_subscribers_crosses_once_and_is_decoded_once() -> None:
+    """The first subscriber's frame carries the batch, the others name it; the daemon's
+    side hands every subscriber the one batch it decoded."""
+    sender, receiver = DeliveryFrames(), DeliveryFrames()
+    first = Batch(1, (u("a", 1, payload=b"x" * 1000), u("b", 2)), "window")
+    second = Batch(2, (u("c", 3),), "window")
+    frames = [sender.frame(sub, batch) for batch in (first, second)
+              for sub in ("s1", "s2", "s3")]
+    assert [f[0] for f in frames] == ["d", "dr", "dr", "d", "dr", "dr"]
+    crossed = unpack(pack(frames))
+    got = [(f[1], receiver.batch(f)) for f in crossed]
+    assert [sub for sub, _ in got] == ["s1", "s2", "s3"] * 2
+    assert [b for _, b in got[:3]] == [first] * 3 and [b for _, b in got[3:]] == [second] * 3
+    assert got[0][1] is got[1][1] is got[2][1]  # one copy in the daemon, not three
+    assert got[3][1] is not got[0][1]
+    # An equal but distinct batch (a filtered part) crosses in full.
+    part = Batch(2, second.updates, "window")
+    assert sender.frame("s4", part)[0] == "d"
+
+
+def test_a_repeated_delivery_with_nothing_before_it_is_refused() -> None:
+    with pytest.raises(ValueError, match="no batch before it"):
+        DeliveryFrames().batch(["dr", "s1"])
 
 
 def test_errors_keep_their_type_across_the_pipe() -> None:
