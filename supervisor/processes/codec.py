@@ -11,11 +11,14 @@ batch that goes to several subscribers crosses once: the first delivery carries 
 others name it (:class:`DeliveryFrames`), so the daemon decodes and holds one copy.
 Control frames (an ask, its reply, a handover, a failure) carry a pickled body: the channel
 is a private pipe between the daemon and its own child, never a socket anyone else can
-reach, so pickle there trusts nothing it did not make itself.
+reach; and the unpickling is restricted to modcoord's own classes and plain data
+(:func:`unpickled`), so a corrupted or forged body is refused instead of running code.
 """
 
 from __future__ import annotations
 
+import builtins
+import io
 import pickle
 from collections.abc import Sequence
 from typing import Any
@@ -119,12 +122,61 @@ def unpack(data: bytes) -> list[Any]:
     return frames
 
 
+_BUILTIN_TYPES = frozenset({
+    "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list",
+    "range", "set", "slice", "str", "tuple",
+})
+"""The builtins a control body may name besides exception types. Never ``eval``,
+``exec``, ``getattr``, ``__import__``, ``open``, ``type`` or ``object``: functions are
+never allowed, and these types build nothing but data."""
+
+_OTHER_TYPES = frozenset({
+    ("collections", "OrderedDict"), ("collections", "deque"), ("msgspec", "Raw"),
+    ("datetime", "datetime"), ("datetime", "timedelta"), ("datetime", "timezone"),
+    ("pathlib", "PosixPath"),
+})
+"""Types outside modcoord that actor messages and replies carry."""
+
+
+class _TrustedUnpickler(pickle.Unpickler):
+    """Unpickles only what the daemon and its actors build: classes of modcoord's own
+    modules (never a function), data builtins, exception types and :data:`_OTHER_TYPES`.
+
+    A body naming anything else — ``os.system``, ``builtins.eval``, a plugin's function —
+    is refused with :class:`pickle.UnpicklingError` before anything is called, so even a
+    corrupted or forged control frame cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = None
+        if module == "builtins":
+            value = getattr(builtins, name, None)
+            if name in _BUILTIN_TYPES or (isinstance(value, type)
+                                          and issubclass(value, BaseException)):
+                found = value
+        elif module.startswith("modcoord.") or (module, name) in _OTHER_TYPES:
+            value = super().find_class(module, name)
+            if isinstance(value, type):
+                found = value
+        if found is None:
+            raise pickle.UnpicklingError(
+                f"a control frame names {module}.{name}, which actor processes never send "
+                "(only modcoord's classes and plain data cross): frame refused")
+        return found
+
+
 def pickled(value: Any) -> bytes:
+    """A control body (an ask, a reply, a handover, a failure, settings)."""
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def unpickled(data: bytes) -> Any:
-    return pickle.loads(data)
+    """The inverse of :func:`pickled`, restricted to the types actor messages are made of.
+
+    Raises:
+        pickle.UnpicklingError: the body names a function or a type outside that set
+            (see :class:`_TrustedUnpickler`); nothing it names has been called.
+    """
+    return _TrustedUnpickler(io.BytesIO(data)).load()
 
 
 def encode_error(exc: BaseException) -> list[Any]:

@@ -4,6 +4,7 @@ tests/integration/test_actor_processes.py)."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,9 @@ from modcoord.supervisor.processes.codec import (
     encode_batch,
     encode_error,
     pack,
+    pickled,
     unpack,
+    unpickled,
 )
 from modcoord.supervisor.processes.heartbeat import Heartbeat
 from modcoord.supervisor.processes.ledger import UpdateLedger, updates_in
@@ -187,6 +190,54 @@ def test_a_batch_for_several_subscribers_crosses_once_and_is_decoded_once() -> N
 def test_a_repeated_delivery_with_nothing_before_it_is_refused() -> None:
     with pytest.raises(ValueError, match="no batch before it"):
         DeliveryFrames().batch(["dr", "s1"])
+
+
+class _Forged:
+    """Pickles as a call of ``target(*args)``: what a forged control body would do."""
+
+    def __init__(self, target: object, *args: object) -> None:
+        self.target, self.args = target, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return self.target, self.args
+
+
+def test_control_bodies_of_modcoord_types_and_plain_data_cross() -> None:
+    import msgspec
+
+    from modcoord.actors.batcher import Enqueue
+
+    handover = BatcherHandover(queued=(u("a", 1, payload=msgspec.Raw(b"\x01")),),
+                               subscriptions=(("s", ("a",)),), next_batch_id=4)
+    for value in (handover, Enqueue((u("b", 2),)), {"n": [1, 2.5, None], "s": {1}},
+                  (b"x", bytearray(b"y"), frozenset({"z"})), ValueError("bad")):
+        back = unpickled(pickled(value))
+        assert type(back) is type(value)
+        if not isinstance(value, BaseException):
+            assert back == value
+    assert str(unpickled(pickled(ValueError("bad")))) == "bad"
+
+
+@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "builtins.getattr",
+                                    "subprocess.Popen", "modcoord-function"])
+def test_a_body_that_names_a_function_or_a_foreign_type_is_refused_before_any_call(
+        target: str, tmp_path: Path) -> None:
+    import builtins
+    import os
+    import subprocess
+
+    from modcoord.supervisor.processes import codec
+
+    marker = tmp_path / "ran"
+    made = {"os.system": _Forged(os.system, f"touch {marker}"),
+            "builtins.eval": _Forged(builtins.eval, f"open({str(marker)!r}, 'w')"),
+            "builtins.getattr": _Forged(builtins.getattr, marker, "touch"),
+            "subprocess.Popen": _Forged(subprocess.Popen, ["touch", str(marker)]),
+            "modcoord-function": _Forged(codec.pickled, "x")}[target]
+    body = pickled(made)
+    with pytest.raises(pickle.UnpicklingError, match="frame refused"):
+        unpickled(body)
+    assert not marker.exists()
 
 
 def test_errors_keep_their_type_across_the_pipe() -> None:
