@@ -35,7 +35,8 @@ Two pieces:
 
   ============  ==================================================================
   conservative  purge expired cache entries, sweep inactive modules
-  balanced      the above, cache ``Shrink(0.5)``, monitor ``Trim()``, ``gc.collect()``
+  balanced      the above, cache ``Shrink(0.5)``, monitor ``Trim()``, the connections'
+                idle buffers given back (``shared.release_buffers``), ``gc.collect()``
   aggressive    the above but cache ``Clear()`` instead of ``Shrink``
   ============  ==================================================================
 
@@ -448,6 +449,11 @@ class MemoryManagerActor(ManagedActor):
                 actions.append("clear")
             self._tell("monitor", Trim())
             actions.append("trim")
+            try:
+                self.context.shared.release_buffers()
+                actions.append("buffers")
+            except Exception as exc:  # the cleanup goes on without it
+                _log.bind(error=repr(exc)).warning("connections' buffers not released")
             gc_collected = gc.collect()
             actions.append("gc")
             if _release_to_os():

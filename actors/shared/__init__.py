@@ -51,10 +51,12 @@ __all__ = [
     "CpuReader",
     "Deliver",
     "NotifySwept",
+    "ReleaseBuffers",
     "RssReader",
     "Settled",
     "Shared",
     "Widening",
+    "no_buffers",
     "no_connection_states",
     "no_settle",
     "no_sink",
@@ -83,6 +85,9 @@ ConnectionStates = Callable[[float], Mapping[str, bool]]
 output within ``stall_s``). Modules it cannot judge are left out. May raise."""
 NotifySwept = Callable[[str, dict[str, Any]], None]
 """``notify(module_id, notice)``: tell a swept module (a ``swept`` event). May raise."""
+ReleaseBuffers = Callable[[], None]
+"""``release()``: ask every module connection to give back the buffer capacity a burst
+left behind (done in the I/O thread soon after; returns at once). May raise."""
 Computed = Callable[[dict[str, Any], bool], None]
 """``done(value, cacheable)``: a coordination result, and whether it may be cached (no
 module reported an error)."""
@@ -111,6 +116,10 @@ def no_connection_states(stall_s: float) -> Mapping[str, bool]:
 
 def no_swept_notice(module_id: str, notice: dict[str, Any]) -> None:
     """Nobody to tell: the module learns it was swept at its next call."""
+
+
+def no_buffers() -> None:
+    """No connections: no buffers to give back."""
 
 
 @functools.cache
@@ -165,6 +174,8 @@ class Shared:
         connection_states: which module connections are live (the memory actor asks
             before each sweep).
         notify_swept: how a swept module is told.
+        release_buffers: how a full cleanup has the connections give back buffer
+            capacity.
         available_reader: how the memory actor reads the machine's available memory.
         cpu_reader: how the memory actor reads the daemon's CPU time.
         cpu_capacity: the CPUs the daemon may use (CPU pressure is a fraction of them).
@@ -189,6 +200,7 @@ class Shared:
     rss_reader: RssReader = psutil_rss
     connection_states: ConnectionStates = no_connection_states
     notify_swept: NotifySwept = no_swept_notice
+    release_buffers: ReleaseBuffers = no_buffers
     available_reader: AvailableReader = psutil_available
     cpu_reader: CpuReader = psutil_cpu_seconds
     cpu_capacity: int = 1
@@ -211,6 +223,7 @@ class Shared:
                deliver: Deliver = no_sink, rss_reader: RssReader = psutil_rss,
                connection_states: ConnectionStates = no_connection_states,
                notify_swept: NotifySwept = no_swept_notice,
+               release_buffers: ReleaseBuffers = no_buffers,
                available_reader: AvailableReader = psutil_available,
                cpu_reader: CpuReader = psutil_cpu_seconds,
                cpu_capacity: int | None = None,
@@ -231,6 +244,7 @@ class Shared:
             rss_reader=rss_reader,
             connection_states=connection_states,
             notify_swept=notify_swept,
+            release_buffers=release_buffers,
             available_reader=available_reader,
             cpu_reader=cpu_reader,
             cpu_capacity=cpu_capacity if cpu_capacity is not None else usable_cpus(),

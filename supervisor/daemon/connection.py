@@ -344,6 +344,21 @@ class Connection:
             return True
         return now - self.out_progress_at < stall_s
 
+    def release_buffers(self) -> None:
+        """Have the I/O thread give back the buffer capacity a burst left behind
+        (:meth:`release_buffers_now`); any thread, returns at once."""
+        if not self.closed:
+            self._server.post("release_buffers", self, "")
+
+    def release_buffers_now(self) -> None:
+        """Give back buffer capacity (I/O thread): an empty output buffer is replaced by a
+        new one (a ``bytearray`` keeps its largest size), and so is the decoder's buffer
+        between frames (:meth:`FrameDecoder.release_buffer`); what is pending stays."""
+        with self.lock:
+            if not self.out and not self.closed:
+                self.out = bytearray()
+        self.decoder.release_buffer()
+
     def swept(self, module_id: str, notice: dict[str, Any]) -> None:
         """Tell ``module_id``'s process its subscriptions were removed: a ``swept`` event
         (``notice`` is its params; any thread, non-blocking; dropped if closed)."""

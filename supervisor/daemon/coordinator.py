@@ -171,6 +171,7 @@ class ModuleCoordinator:
         self.shared = Shared.create(
             self.clock, settings, deliver=self._deliver, rss_reader=self._rss_reader,
             connection_states=self._connection_states, notify_swept=self._notify_swept,
+            release_buffers=self._release_buffers,
             compute=self.compute, settled=self.ledger.release_updates,
         )
         # The hot path's objects, read in the caller's thread (no actor hop).
@@ -430,6 +431,19 @@ class ModuleCoordinator:
         except Exception:
             self._log.bind(module=module_id).opt(exception=True).error(
                 "could not tell the module it was swept")
+
+    def _release_buffers(self) -> None:
+        """For the memory manager's full cleanups: each module connection gives back the
+        buffer capacity a burst left behind (in the I/O thread); never raises."""
+        with self._modules_lock:
+            endpoints = {id(e): e for e in self._endpoints.values()}.values()
+        for endpoint in endpoints:
+            release = getattr(endpoint, "release_buffers", None)
+            if callable(release):
+                try:
+                    release()
+                except Exception:
+                    self._log.opt(exception=True).error("buffers not released")
 
     # -- coordinate --
 

@@ -142,6 +142,8 @@ def run_posts(server: Server) -> None:
                 server._flow.start_output_pressure()
             elif kind == "stop_accepting":
                 server._close_listener()
+            elif kind == "release_buffers" and conn is not None and not conn.closed:
+                conn.release_buffers_now()
         except Exception:
             server.count("internal_errors")
             _log.opt(exception=True).error("error handling a job", kind=kind)

@@ -230,6 +230,15 @@ class FrameDecoder:
         self._need = -1  # the current frame's body length once its prefix is read
         self._tail = bytearray()  # a copy of the bytes from _start to _fed
 
+    def release_buffer(self) -> bool:
+        """Between frames, give back the decoder's buffer (it stays as large as the
+        largest read it was fed) by starting a fresh one; returns whether it did.
+        Mid-frame (bytes buffered) or broken it does nothing."""
+        if self._tail or self._broken is not None:
+            return False
+        self._reset()
+        return True
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""

@@ -49,13 +49,15 @@ class Harness(ActorRig[MockClock]):
     def __init__(self, clock: MockClock, settings: MemorySettings,
                  replies: dict[str, dict[str, Any]] | None,
                  rss_reader: Callable[[], int] | None, install_peers: tuple[str, ...],
-                 connection_states: ConnectionStates, notify_swept: NotifySwept) -> None:
+                 connection_states: ConnectionStates, notify_swept: NotifySwept,
+                 release_buffers: Callable[[], None]) -> None:
         self.level = [20 * MB]
         super().__init__(
             clock, "memory", MemoryManagerActor, settings, peers=install_peers,
             others=("cache", "batcher", "monitor"), replies=replies,
             rss_reader=rss_reader if rss_reader is not None else lambda: self.level[0],
-            connection_states=connection_states, notify_swept=notify_swept)
+            connection_states=connection_states, notify_swept=notify_swept,
+            release_buffers=release_buffers)
         self.activity: ActivityTable = self.context.shared.activity
         self.start()
 
@@ -93,9 +95,10 @@ def start(clock: MockClock) -> Callable[..., Harness]:
                rss_reader: Callable[[], int] | None = None,
                install_peers: tuple[str, ...] = ("cache", "batcher", "monitor"),
                connection_states: ConnectionStates = no_connection_states,
-               notify_swept: NotifySwept = no_swept_notice) -> Harness:
+               notify_swept: NotifySwept = no_swept_notice,
+               release_buffers: Callable[[], None] = lambda: None) -> Harness:
         return Harness(clock, settings or _settings(), replies, rss_reader, install_peers,
-                       connection_states, notify_swept)
+                       connection_states, notify_swept, release_buffers)
 
     return _start
 
@@ -445,8 +448,8 @@ def test_forced_cleanup_report(start: Callable[..., Harness],
     assert report.swept == ("idle",)
     assert report.gc_collected == 11
     assert report.rss_before == report.rss_after == 42 * MB
-    assert report.actions[:5] == ("purge", "sweep", "shrink", "trim", "gc")
-    assert report.actions[5:] in ((), ("malloc_trim",))  # glibc only
+    assert report.actions[:6] == ("purge", "sweep", "shrink", "trim", "buffers", "gc")
+    assert report.actions[6:] in ((), ("malloc_trim",))  # glibc only
     as_dict = report.as_dict()
     assert as_dict["actions"] == list(report.actions)
     assert as_dict["expired_purged"] == 4
@@ -455,6 +458,27 @@ def test_forced_cleanup_report(start: Callable[..., Harness],
     assert stats.as_dict()["cleanups"] == {"interval": 5, "pressure": 0, "forced": 1}
     with pytest.raises(AttributeError):
         report.reason = "x"  # type: ignore[misc]
+
+
+def test_a_full_cleanup_has_the_connections_give_back_buffers_and_survives_a_failing_hook(
+        start: Callable[..., Harness], memory_logs: list[Any]) -> None:
+    calls: list[str] = []
+
+    def release() -> None:
+        calls.append("release")
+        if len(calls) == 2:
+            raise OSError("server gone")
+
+    h = start(_settings(strategy="balanced"), replies={"cache": {"Purge": 0, "Shrink": 0}},
+              release_buffers=release)
+    h.run(3)  # interval cleanups: purge and sweep only
+    assert calls == []
+    first: CleanupReport = h.handle.ask(ForceCleanup())
+    assert calls == ["release"] and "buffers" in first.actions
+    second: CleanupReport = h.handle.ask(ForceCleanup())  # the hook raises: logged, goes on
+    assert calls == ["release", "release"]
+    assert "buffers" not in second.actions and "gc" in second.actions
+    assert any("buffers not released" in r["message"] for r in memory_logs)
 
 
 def test_forced_cleanup_counts_zero_when_the_cache_does_not_answer(

@@ -82,6 +82,26 @@ def test_decoder_keeps_partial_frame_until_complete() -> None:
     assert list(decoder.feed(frame[50:])) == [{"k": "v" * 100}]
 
 
+def test_decoder_gives_back_its_buffer_only_between_frames() -> None:
+    big = [0, 1, "publish", {"blob": b"x" * 300_000}]
+    frame = encode_frame({"k": "v" * 100})
+    decoder = FrameDecoder()
+    assert list(decoder.feed(encode_frame(big))) == [big]
+    assert list(decoder.feed(frame[:20])) == []
+    assert decoder.release_buffer() is False  # mid-frame: what is pending stays
+    assert decoder.buffered == 20
+    assert list(decoder.feed(frame[20:])) == [{"k": "v" * 100}]
+    assert decoder.release_buffer() is True
+    assert decoder.frames == 2  # the count goes on
+    assert list(decoder.feed(encode_frames([big, "after"]))) == [big, "after"]
+    broken = FrameDecoder(max_frame_bytes=10)
+    with pytest.raises(FramingError):
+        list(broken.feed(struct.pack(">I", 11)))
+    assert broken.release_buffer() is False  # a broken decoder stays broken
+    with pytest.raises(FramingError):
+        list(broken.feed(frame))
+
+
 def test_decoder_oversize_frame_raises_after_yielding_earlier_frames() -> None:
     decoder = FrameDecoder(max_frame_bytes=100)
     good = encode_frame([0, 1, "status", {}])
