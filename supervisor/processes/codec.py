@@ -76,10 +76,10 @@ class DeliveryFrames:
 
     The child's batcher hands the same :class:`Batch` to each subscriber in turn
     (:meth:`frame`): the first delivery of a batch is ``["d", subscriber, batch]``, each
-    further one ``["dr", subscriber]`` (the batch just sent). The channel keeps frames in
-    order, so the daemon's reader (:meth:`batch`) resolves ``"dr"`` to the batch it decoded
-    last. One instance per direction per process; not thread-safe (one batcher thread
-    sends, one reader thread reads).
+    further one ``["dr", subscriber, batch_id]`` (the batch just sent). The channel keeps
+    frames in order, so the daemon's reader (:meth:`batch`) resolves ``"dr"`` to the batch
+    it decoded last, and refuses one that names another. One instance per direction per
+    process; not thread-safe (one batcher thread sends, one reader thread reads).
     """
 
     def __init__(self) -> None:
@@ -88,7 +88,7 @@ class DeliveryFrames:
     def frame(self, subscriber_id: str, batch: Batch) -> list[Any]:
         """The frame that delivers ``batch`` to ``subscriber_id`` (sending side)."""
         if batch is self._last:
-            return ["dr", subscriber_id]
+            return ["dr", subscriber_id, batch.batch_id]
         self._last = batch
         return ["d", subscriber_id, encode_batch(batch)]
 
@@ -96,12 +96,16 @@ class DeliveryFrames:
         """The batch a ``"d"`` or ``"dr"`` frame delivers (receiving side).
 
         Raises:
-            ValueError: a ``"dr"`` frame with no batch before it (a malformed stream).
+            ValueError: a ``"dr"`` frame whose batch did not come just before it (a
+                malformed stream).
         """
         if frame[0] == "d":
             self._last = decode_batch(frame[2])
-        elif self._last is None:
-            raise ValueError("a repeated delivery with no batch before it")
+        elif self._last is None or self._last.batch_id != frame[2]:
+            # The batch it names never arrived (a write lost): refusing it makes the
+            # daemon replace the process, whose updates the ledger replays.
+            raise ValueError(f"a repeated delivery of batch {frame[2]}, which did not "
+                             "come before it")
         return self._last
 
 

@@ -187,9 +187,13 @@ def test_a_batch_for_several_subscribers_crosses_once_and_is_decoded_once() -> N
     assert sender.frame("s4", part)[0] == "d"
 
 
-def test_a_repeated_delivery_with_nothing_before_it_is_refused() -> None:
-    with pytest.raises(ValueError, match="no batch before it"):
-        DeliveryFrames().batch(["dr", "s1"])
+def test_a_repeated_delivery_of_a_batch_that_did_not_come_is_refused() -> None:
+    with pytest.raises(ValueError, match="batch 1, which did not come before it"):
+        DeliveryFrames().batch(["dr", "s1", 1])
+    receiver = DeliveryFrames()
+    receiver.batch(["d", "s1", encode_batch(Batch(1, (u("a", 1),), "window"))])
+    with pytest.raises(ValueError, match="batch 2"):  # the frame carrying 2 was lost
+        receiver.batch(["dr", "s2", 2])
 
 
 class _Forged:
