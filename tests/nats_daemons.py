@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon_harness import DaemonFactory, DaemonProcess
+from daemon_harness import DaemonFactory, DaemonProcess, wait_for
 from nats_cluster import NatsCluster
 
-__all__ = ["COORDINATOR", "PUBLISHER", "SUBSCRIBER", "nats_daemon", "read_lines", "start_module"]
+__all__ = ["COORDINATOR", "PUBLISHER", "SUBSCRIBER", "nats_daemon", "read_lines", "start_module",
+           "wait_settled"]
 
 #: A subscriber module: ``argv``: runtime dir, module id, sources (comma-separated), out
 #: file. Each received update becomes a line ``{"call", "batch", "key", "payload", "seq",
@@ -121,6 +122,29 @@ def nats_daemon(factory: DaemonFactory, root: Path, cluster: NatsCluster, instan
         "instance_id": instance_id, **(engine or {})}}}
     configs.update(modes or {})
     return factory(root=root, configs=configs, start=start)
+
+
+def _owned(daemon: DaemonProcess) -> set[int]:
+    result = daemon.cli("status", "--json")
+    assert result.code == 0, result.err
+    return set(json.loads(result.out)["engine"]["partitions"]["owned"])
+
+
+def wait_settled(daemons: Mapping[str, DaemonProcess], partitions: int = 8,
+                 timeout: float = 30.0) -> dict[str, set[int]]:
+    """Wait until each of ``daemons`` (by instance id) owns exactly the partitions that
+    rendezvous hashing gives it among them, and return them. A split seen while a member
+    is still joining (seven to one, say) passes; the settled one stays.
+
+    Raises:
+        AssertionError: not settled within ``timeout`` seconds.
+    """
+    from modcoord.supervisor.daemon.nats.partitions import assign
+    target = assign(partitions, daemons)
+    shares = {name: {p for p, member in target.items() if member == name} for name in daemons}
+    wait_for(lambda: all(_owned(d) == shares[name] for name, d in daemons.items()),
+             timeout=timeout, message=f"the partitions settle as {shares}")
+    return shares
 
 
 def start_module(script: str, *args: str) -> subprocess.Popen[str]:

@@ -20,6 +20,7 @@ from nats_daemons import (
     nats_daemon,
     read_lines,
     start_module,
+    wait_settled,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.nats]
@@ -171,13 +172,7 @@ def test_a_graceful_stop_delivers_what_the_daemon_owns_before_it_leaves(
     leaving = nats_daemon(daemon_factory, tmp_path / "a", nats_cluster, "stop-a", modes=slow)
     staying = nats_daemon(daemon_factory, tmp_path / "b", nats_cluster, "stop-b", modes=slow)
 
-    def split() -> bool:
-        a = set(_status(leaving)["engine"]["partitions"]["owned"])
-        b = set(_status(staying)["engine"]["partitions"]["owned"])
-        return bool(a) and bool(b) and a | b == set(range(8))
-
-    wait_for(split, timeout=30, message="the partitions split")
-    owned = set(_status(leaving)["engine"]["partitions"]["owned"])
+    owned = wait_settled({"stop-a": leaving, "stop-b": staying})["stop-a"]
     received = tmp_path / "received.jsonl"
     sub = start_module(SUBSCRIBER, str(staying.runtime_dir), "sub", "pub", str(received))
     answers = tmp_path / "answers.jsonl"
