@@ -55,11 +55,14 @@ from modcoord.supervisor.processes.codec import (
     decode_updates,
     encode_error,
     encode_updates,
+    pack,
     pickled,
+    unpack,
     unpickled,
 )
 
-__all__ = ["METRICS_FLUSH_S", "Boot", "RemoteHandle", "encode_tell", "main"]
+__all__ = ["METRICS_FLUSH_S", "Boot", "RemoteHandle", "encode_relayed_tell", "encode_tell",
+           "main"]
 
 METRICS_FLUSH_S = 0.05
 """How often an actor process sends its latency samples to the daemon's registry."""
@@ -86,6 +89,9 @@ class Boot:
     peers: tuple[str, ...]
     plugins: PluginSettings | None = None
     widening: tuple[float, str] = (1.0, "")
+    hosted: tuple[str, ...] = ()
+    """The peers that run in processes of their own: the daemon passes their updates on
+    without decoding them (:func:`encode_relayed_tell`)."""
 
 
 def encode_tell(message: Any) -> list[Any]:
@@ -98,24 +104,43 @@ def encode_tell(message: Any) -> list[Any]:
     return ["p", pickled(message)]
 
 
+def encode_relayed_tell(message: Any) -> list[Any]:
+    """A tell for a peer in another actor process: the data path's rows packed into one
+    ``bin`` (with their count), which the daemon passes on as it is, never decoding a row;
+    anything else as :func:`encode_tell`."""
+    kind = type(message)
+    if kind is PublishMany or kind is Enqueue:
+        rows = encode_updates(message.updates)
+        return ["pm" if kind is PublishMany else "eq", pack(rows), len(rows)]
+    return encode_tell(message)
+
+
 def decode_tell(kind: str, body: Any) -> Any:
-    if kind == "pm":
-        return PublishMany(decode_updates(body))
-    if kind == "eq":
-        return Enqueue(decode_updates(body))
+    """The message of a tell's frame body (rows, or rows packed by
+    :func:`encode_relayed_tell`).
+
+    Raises:
+        ValueError: a packed body that is not msgpack (a malformed stream).
+    """
+    if kind == "pm" or kind == "eq":
+        if type(body) is bytes:
+            body = unpack(body)
+        updates = decode_updates(body)
+        return PublishMany(updates) if kind == "pm" else Enqueue(updates)
     return unpickled(body)
 
 
 class RemoteHandle(ActorHandle):
     """A peer that lives in another process: its tells go through the daemon."""
 
-    def __init__(self, name: str, channel: Channel) -> None:
+    def __init__(self, name: str, channel: Channel, *, relayed: bool = False) -> None:
         super().__init__(name)
         self._channel = channel
         self._state = "running"
+        self._encode = encode_relayed_tell if relayed else encode_tell
 
     def tell(self, message: Any) -> None:
-        self._channel.send(["t", self.name, *encode_tell(message)])
+        self._channel.send(["t", self.name, *self._encode(message)])
 
     def ask_future(self, message: Any) -> pykka.Future[Any]:
         raise ActorStoppedError(self.name, "asks between actor processes are not routed")
@@ -291,7 +316,8 @@ def main(conn: Connection, boot: Boot) -> None:
         deliver=deliver, settled=settled)
     shared.widening.set(*boot.widening)
     local = ActorHandle(boot.name)
-    handles: dict[str, ActorHandle] = {p: RemoteHandle(p, channel) for p in boot.peers}
+    handles: dict[str, ActorHandle] = {
+        p: RemoteHandle(p, channel, relayed=p in boot.hosted) for p in boot.peers}
     handles[boot.name] = local
 
     sent_guards: list[Any] = [{}]

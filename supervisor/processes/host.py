@@ -104,14 +104,17 @@ def process_usage(pid: int) -> ProcessUsage:
 
 class _Relayed:
     """A tell from one actor process to another, passed on as the frame body it came in
-    (never decoded in the daemon). Its updates are in the ledger already: they entered the
-    data path through the sender, which got them from the daemon."""
+    (never decoded in the daemon: the sender packed its rows into one ``bin``,
+    :func:`~.child.encode_relayed_tell`). ``count`` is how many updates it carries. Its
+    updates are in the ledger already: they entered the data path through the sender,
+    which got them from the daemon."""
 
-    __slots__ = ("body", "kind")
+    __slots__ = ("body", "count", "kind")
 
-    def __init__(self, kind: str, body: Any) -> None:
+    def __init__(self, kind: str, body: Any, count: int) -> None:
         self.kind = kind
         self.body = body
+        self.count = count
 
 
 class _Inbox:
@@ -239,7 +242,7 @@ class ProcessRef:
         kind = type(message)
         if kind is _Relayed:
             if message.kind == "eq":
-                self._queued += len(message.body)
+                self._queued += message.count
             self.channel.send(["t", message.kind, message.body])
             return
         ledger = self.hosting.ledger
@@ -290,7 +293,9 @@ class ProcessRef:
             target = frame[1]
             try:
                 if hosting.hosts(target):  # process to process: passed on as it came
-                    hosting.handles[target].tell(_Relayed(frame[2], frame[3]))
+                    body = frame[3]
+                    count = frame[4] if len(frame) > 4 else len(body)
+                    hosting.handles[target].tell(_Relayed(frame[2], body, count))
                 else:
                     hosting.handles[target].tell(decode_tell(frame[2], frame[3]))
             except (KeyError, ActorStoppedError):
@@ -459,6 +464,7 @@ class ProcessHosting:
                     takeover=takeover, generation=generation,
                     fault_injection=fault_injection,
                     peers=tuple(n for n in self.handles if n != name),
+                    hosted=tuple(n for n in self.names if n != name),
                     plugins=self.plugins(), widening=(w.factor, w.reason))
         ref = ProcessRef(self, boot, report)
         self.refs[name] = ref

@@ -24,7 +24,7 @@ from modcoord.supervisor.daemon.config import (
     default_config_dir,
     load_config_dir,
 )
-from modcoord.supervisor.processes.child import decode_tell, encode_tell
+from modcoord.supervisor.processes.child import decode_tell, encode_relayed_tell, encode_tell
 from modcoord.supervisor.processes.codec import (
     DeliveryFrames,
     decode_batch,
@@ -165,6 +165,31 @@ def test_an_encoded_payload_crosses_as_its_bytes_and_stays_encoded() -> None:
     batch = Batch(3, updates, "window")
     again = decode_batch(unpack(pack([encode_batch(batch)]))[0])
     assert bytes(again.updates[0].payload) == bytes(wire)
+
+
+def test_a_tell_between_actor_processes_crosses_the_daemon_as_one_bin() -> None:
+    """Relayed (debouncer process to batcher process), the rows are one ``bin`` with their
+    count: the daemon's reader gets bytes it passes on as they are (no row decoded or
+    encoded again there), and the receiving process gets the same updates, an encoded
+    payload still encoded."""
+    from modcoord.actors.batcher import Enqueue
+    from modcoord.actors.debouncer import Cancel, PublishMany
+    from modcoord.actors.payload import encode_value
+
+    wire = encode_value({"n": [1, 2**40]})
+    updates = (u("a", 1, payload=wire), u("b", 2, payload={"x": [1, 2]}))
+    for message in (PublishMany(updates), Enqueue(updates)):
+        kind, body, count = encode_relayed_tell(message)
+        (at_daemon,) = unpack(pack([["t", "batcher", kind, body, count]]))
+        assert type(at_daemon[3]) is bytes and at_daemon[4] == 2
+        (at_peer,) = unpack(pack([["t", at_daemon[2], at_daemon[3]]]))
+        crossed = decode_tell(at_peer[1], at_peer[2])
+        assert crossed == message
+        assert bytes(crossed.updates[0].payload) == bytes(wire)
+    # anything else is relayed as any tell is
+    assert encode_relayed_tell(Cancel("a", "k")) == encode_tell(Cancel("a", "k"))
+    with pytest.raises(ValueError):
+        decode_tell("eq", b"\xc1 not msgpack")
 
 
 def test_a_batch_for_several_subscribers_crosses_once_and_is_decoded_once() -> None:
