@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modcoord.actors.message import Message
@@ -51,11 +52,18 @@ class Batch(Message):
             module's updates in arrival (``seq``) order.
         reason: why it went out: ``window``, ``size``, ``critical``, ``flush``,
             ``unbatched``.
+        wire: the updates already in a subscriber's wire form, when they crossed from an
+            actor process that way: the msgpack array of ``[module_id, key, payload,
+            priority, seq]`` rows that a batch event carries, so that delivering to a
+            module connection splices it instead of encoding ``updates`` again (which
+            are then decoded only if something looks at them). ``None`` otherwise. Not
+            compared: it is another form of ``updates``.
     """
 
     batch_id: int
-    updates: tuple[Update, ...]
+    updates: Sequence[Update]
     reason: str = "window"
+    wire: bytes | None = field(default=None, compare=False)
 
     @property
     def by_module(self) -> dict[str, list[Update]]:
@@ -79,11 +87,12 @@ _set_seq = _slots["seq"].__set__
 _set_published_at = _slots["published_at"].__set__
 
 
-def updates_from_rows(rows: Any) -> tuple[Update, ...]:
+def updates_from_rows(rows: Any, published_at: Sequence[float] = ()) -> tuple[Update, ...]:
     """The updates of a delivery's rows ``[module_id, key, payload, priority, seq]``, as
-    ``Update(*row)`` makes them (``published_at`` 0.0), at twice its speed: a frozen
-    dataclass's ``__init__`` sets each field through ``object.__setattr__``; this sets the
-    slots directly (a module process builds one per delivered update).
+    ``Update(*row)`` makes them (``published_at`` from ``published_at`` by position,
+    else 0.0), at twice its speed: a frozen dataclass's ``__init__`` sets each field
+    through ``object.__setattr__``; this sets the slots directly (a module process builds
+    one per delivered update).
 
     Raises:
         IndexError, TypeError: a row is not a sequence of at least five values.
@@ -99,4 +108,6 @@ def updates_from_rows(rows: Any) -> tuple[Update, ...]:
         _set_seq(u, row[4])
         _set_published_at(u, 0.0)
         append(u)
+    for u, at in zip(out, published_at, strict=False):  # none for a module's delivery
+        _set_published_at(u, at)
     return tuple(out)

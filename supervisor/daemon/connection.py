@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from loguru import logger
 
 from modcoord.actors.update import Batch
-from modcoord.supervisor.protocol.delivery import encode_batch
+from modcoord.supervisor.protocol.delivery import encode_batch, spliced_frame
 from modcoord.supervisor.protocol.framing import CALLBACK, EVENT, FrameDecoder, encode_frame
 from modcoord.supervisor.protocol.module import Reply
 
@@ -291,8 +291,20 @@ class Connection:
                        ) -> tuple[str, bool, bool]:
         """Encode ``batch`` (lock held) and queue its frames while this connection is
         under its mark and the budget allows (one frame at least); hold the rest, in
-        front of anything held. Returns what :meth:`_queue_locked` does."""
+        front of anything held. Returns what :meth:`_queue_locked` does.
+
+        A batch that came in wire form (:attr:`Batch.wire`) and fits one frame is spliced
+        into it, its updates never looked at; otherwise it is encoded from its updates."""
         server = self._server
+        if batch.wire is not None:
+            frame = spliced_frame(module_id, batch.batch_id, batch.reason, batch.wire,
+                                  server.max_frame_bytes)
+            if frame is not None:
+                n = len(batch.updates)
+                lost, pressure, wake = self._queue_locked(frame, n)
+                if lost:
+                    self._lost_in_encoding = n
+                return lost, pressure, wake
         allowance = max(1, min(server.max_buffer_bytes - len(self.out),
                                server.output_budget_bytes - server.out_total))
         encoded = encode_batch(module_id, batch.batch_id, batch.reason, batch.updates,

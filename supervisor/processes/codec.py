@@ -6,9 +6,14 @@ an array whose first item is its kind. The data path is plain msgpack arrays —
 the daemon holds it: an encoded value (a :data:`~modcoord.actors.payload.WirePayload`)
 crosses as its msgpack bytes with ``wire`` 1 and is wrapped again on the other side
 without being decoded (opaque to the actor process); a plain value (a batch processor
-plugin's output) crosses as itself with ``wire`` 0. Nothing per update is pickled. A
-batch that goes to several subscribers crosses once: the first delivery carries it, the
-others name it (:class:`DeliveryFrames`), so the daemon decodes and holds one copy.
+plugin's output) crosses as itself with ``wire`` 0. Nothing per update is pickled.
+
+A delivery crosses in the subscriber's wire form (:class:`DeliveryFrames`): the batch's
+rows exactly as a batch event carries them (one ``bin``), which the daemon splices into
+each subscriber's frame without decoding a payload or making an
+:class:`~modcoord.actors.update.Update` (:class:`WireRows` makes them only if something
+looks). A batch that goes to several subscribers crosses once: the first delivery
+carries it, the others name it, so the daemon holds one copy.
 Control frames (an ask, its reply, a handover, a failure) carry a pickled body: the channel
 is a private pipe between the daemon and its own child, never a socket anyone else can
 reach; and the unpickling is restricted to modcoord's own classes and plain data
@@ -20,16 +25,19 @@ from __future__ import annotations
 import builtins
 import io
 import pickle
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 import msgpack
 import msgspec
 
-from modcoord.actors.update import Batch, Update
+from modcoord.actors.update import Batch, Update, updates_from_rows
+from modcoord.supervisor.protocol.delivery import encode_rows
 
 __all__ = [
     "DeliveryFrames",
+    "PayloadNotEncodable",
+    "WireRows",
     "decode_batch",
     "decode_updates",
     "encode_batch",
@@ -41,9 +49,26 @@ __all__ = [
 ]
 
 
-def encode_updates(updates: Sequence[Update]) -> list[list[Any]]:
+class PayloadNotEncodable:
+    """Stands in, on the daemon's side, for a payload its actor process could not encode
+    (a batch processor's output that msgpack cannot carry): no encoder takes it, so a
+    delivery leaves that update out, counts it and logs it, as for a batcher in the
+    daemon. ``why`` is the encoder's error in the actor process."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"PayloadNotEncodable({self.why!r})"
+
+
+def encode_updates(updates: Sequence[Update], check: bool = False) -> list[list[Any]]:
     """Updates as msgpack-ready arrays (an encoded payload as a view of its bytes,
-    flagged); the rows are for :func:`pack` at once, not to keep."""
+    flagged); the rows are for :func:`pack` at once, not to keep. With ``check``, a
+    plain payload is encoded here, and one that cannot be crosses as the error
+    (:class:`PayloadNotEncodable` on the other side) instead of failing the write."""
     rows = []
     for u in updates:
         p = u.payload
@@ -51,35 +76,104 @@ def encode_updates(updates: Sequence[Update]) -> list[list[Any]]:
             # A view, not a copy: msgpack writes it as bin straight from the Raw's buffer.
             rows.append([u.module_id, u.key, memoryview(p), u.priority, u.seq,
                          u.published_at, 1])
-        else:
+        elif not check:
             rows.append([u.module_id, u.key, p, u.priority, u.seq, u.published_at, 0])
+        else:
+            try:
+                rows.append([u.module_id, u.key, msgpack.packb(p, use_bin_type=True),
+                             u.priority, u.seq, u.published_at, 1])
+            except (TypeError, ValueError, OverflowError) as exc:
+                rows.append([u.module_id, u.key, f"{type(exc).__name__}: {exc}", u.priority,
+                             u.seq, u.published_at, 2])
     return rows
 
 
 def decode_updates(rows: Sequence[Sequence[Any]]) -> tuple[Update, ...]:
     """The inverse of :func:`encode_updates` (an encoded payload wrapped again, not
     decoded)."""
-    return tuple(Update(r[0], r[1], msgspec.Raw(r[2]) if r[6] else r[2], r[3], r[4], r[5])
+    return tuple(Update(r[0], r[1], msgspec.Raw(r[2]) if r[6] == 1 else
+                        PayloadNotEncodable(r[2]) if r[6] else r[2], r[3], r[4], r[5])
                  for r in rows)
 
 
-def encode_batch(batch: Batch) -> list[Any]:
-    return [batch.batch_id, batch.reason, encode_updates(batch.updates)]
+def encode_batch(batch: Batch, check: bool = False) -> list[Any]:
+    return [batch.batch_id, batch.reason, encode_updates(batch.updates, check)]
 
 
 def decode_batch(row: Sequence[Any]) -> Batch:
     return Batch(row[0], decode_updates(row[2]), row[1])
 
 
+_decode_rows = msgspec.msgpack.Decoder(list[tuple[str, str, msgspec.Raw, str, int]]).decode
+"""A batch event's rows, checked (each payload a view of its bytes, not decoded)."""
+
+
+class WireRows(Sequence[Update]):
+    """A batch's updates as they crossed in wire form: the rows (checked when they
+    arrived) and each update's ``published_at``; the :class:`Update` objects are made on
+    first use, once (delivering to a module connection never needs them: it splices
+    :attr:`Batch.wire <modcoord.actors.update.Batch.wire>`). Compares, hashes and
+    pickles as the tuple of its updates."""
+
+    __slots__ = ("_published", "_rows", "_updates")
+
+    def __init__(self, rows: list[tuple[str, str, msgspec.Raw, str, int]],
+                 published: Sequence[float]) -> None:
+        self._rows = rows
+        self._published = published
+        self._updates: tuple[Update, ...] | None = None
+
+    def _made(self) -> tuple[Update, ...]:
+        updates = self._updates
+        if updates is None:
+            updates = self._updates = updates_from_rows(self._rows, self._published)
+        return updates
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Update: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Update, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Update | tuple[Update, ...]:
+        return self._made()[index]
+
+    def __iter__(self) -> Iterator[Update]:
+        return iter(self._made())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, WireRows):
+            other = other._made()
+        return isinstance(other, tuple) and self._made() == other
+
+    def __hash__(self) -> int:
+        return hash(self._made())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (tuple, (self._made(),))
+
+    def __repr__(self) -> str:
+        return f"WireRows({len(self._rows)} updates)"
+
+
 class DeliveryFrames:
-    """Delivery frames in both directions: one batch crosses once for all its subscribers.
+    """Delivery frames in both directions: one batch crosses once for all its subscribers,
+    in the form its subscribers receive it.
 
     The child's batcher hands the same :class:`Batch` to each subscriber in turn
-    (:meth:`frame`): the first delivery of a batch is ``["d", subscriber, batch]``, each
-    further one ``["dr", subscriber, batch_id]`` (the batch just sent). The channel keeps
-    frames in order, so the daemon's reader (:meth:`batch`) resolves ``"dr"`` to the batch
-    it decoded last, and refuses one that names another. One instance per direction per
-    process; not thread-safe (one batcher thread sends, one reader thread reads).
+    (:meth:`frame`): the first delivery of a batch is ``["dw", subscriber, batch_id,
+    reason, rows, published_at]``, ``rows`` the bytes of the batch event's ``updates``
+    array (:func:`~modcoord.supervisor.protocol.delivery.encode_rows`), ``published_at``
+    each update's time; each further one is ``["dr", subscriber, batch_id]`` (the batch
+    just sent). A batch with a payload that cannot be encoded (a batch processor's
+    output) goes as ``["d", subscriber, batch]`` instead, that payload as its error
+    (:class:`PayloadNotEncodable`): the daemon's encoder leaves that update out and counts
+    it, and delivers the others. The channel keeps frames in order, so the
+    daemon's reader (:meth:`batch`) resolves ``"dr"`` to the batch it read last, and
+    refuses one that names another. One instance per direction per process; not
+    thread-safe (one batcher thread sends, one reader thread reads).
     """
 
     def __init__(self) -> None:
@@ -90,16 +184,35 @@ class DeliveryFrames:
         if batch is self._last:
             return ["dr", subscriber_id, batch.batch_id]
         self._last = batch
-        return ["d", subscriber_id, encode_batch(batch)]
+        updates = batch.updates
+        try:
+            rows = encode_rows(updates)
+        except (TypeError, ValueError, OverflowError):
+            return ["d", subscriber_id, encode_batch(batch, check=True)]
+        return ["dw", subscriber_id, batch.batch_id, batch.reason, rows,
+                [u.published_at for u in updates]]
 
     def batch(self, frame: Sequence[Any]) -> Batch:
-        """The batch a ``"d"`` or ``"dr"`` frame delivers (receiving side).
+        """The batch a ``"dw"``, ``"d"`` or ``"dr"`` frame delivers (receiving side).
 
         Raises:
-            ValueError: a ``"dr"`` frame whose batch did not come just before it (a
-                malformed stream).
+            ValueError: a malformed stream: ``"dw"`` rows that are not a batch event's
+                rows, or not one time per row; a ``"dr"`` frame whose batch did not come
+                just before it.
         """
-        if frame[0] == "d":
+        kind = frame[0]
+        if kind == "dw":
+            wire = frame[4]
+            try:
+                rows = _decode_rows(wire)
+            except (msgspec.DecodeError, TypeError) as exc:
+                raise ValueError(f"the rows of batch {frame[2]} are malformed: {exc}") from None
+            published = frame[5]
+            if len(published) != len(rows):
+                raise ValueError(f"batch {frame[2]} has {len(rows)} rows and "
+                                 f"{len(published)} publish times")
+            self._last = Batch(frame[2], WireRows(rows, published), frame[3], wire=bytes(wire))
+        elif kind == "d":
             self._last = decode_batch(frame[2])
         elif self._last is None or self._last.batch_id != frame[2]:
             # The batch it names never arrived (a write lost): refusing it makes the

@@ -283,7 +283,7 @@ class ProcessRef:
         kind = frame[0]
         hosting = self.hosting
         shared = hosting.shared
-        if kind in ("d", "dr"):
+        if kind in ("dw", "dr", "d"):
             batch = self._deliveries.batch(frame)
             hosting.last_batch_id = max(hosting.last_batch_id, batch.batch_id)
             shared.deliver(frame[1], batch)

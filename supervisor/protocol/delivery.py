@@ -27,7 +27,7 @@ from modcoord.supervisor.protocol.limits import (
 )
 
 __all__ = ["DELIVERY_ENVELOPE_BYTES", "BatchFrames", "check_payload", "encode_batch",
-           "encode_payload", "payload_packer"]
+           "encode_payload", "encode_rows", "payload_packer", "spliced_frame"]
 
 _pack_header = HEADER.pack
 # Delivery frames are encoded by msgspec, which writes a WirePayload (msgspec.Raw) verbatim:
@@ -160,6 +160,41 @@ def encode_payload(module_id: str, key: str, payload: Any,
     return encoded if t is WirePayload else to_wire(encoded)
 
 
+def _rows(updates: Sequence[Update], pack: Callable[[Any], bytes]) -> list[tuple[Any, ...]]:
+    """The rows of a batch event, each payload as its encoding (packed by the wire packer
+    if it is not encoded yet).
+
+    Raises:
+        TypeError, ValueError, OverflowError: a payload cannot be encoded.
+    """
+    return [(u.module_id, u.key, p if type(p) is WirePayload else to_wire(pack(p)),
+             u.priority, u.seq) for u in updates for p in (u.payload,)]
+
+
+def encode_rows(updates: Sequence[Update]) -> bytes:
+    """The ``updates`` array of a batch event for ``updates``, as bytes: what
+    :func:`spliced_frame` turns into a subscriber's frame without looking inside (an
+    actor process sends a batch this way, so that the daemon does not decode it).
+
+    Raises:
+        TypeError, ValueError, OverflowError: a payload cannot be encoded.
+    """
+    return _frame_encoder.encode(_rows(updates, thread_packer().pack))
+
+
+def spliced_frame(subscriber_id: str, batch_id: int, reason: str, rows: bytes,
+                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes | None:
+    """The batch event frame that carries ``rows`` (:func:`encode_rows`) to
+    ``subscriber_id``, byte for byte what :func:`encode_batch` makes of the same updates;
+    ``None`` when its body would be larger than ``max_frame_bytes`` (then the batch must
+    be split: decode it and use :func:`encode_batch`)."""
+    head = _delivery_head(subscriber_id, batch_id, reason)
+    size = len(head) + len(rows)
+    if size > max_frame_bytes:
+        return None
+    return b"".join((_pack_header(size), head, rows))
+
+
 @dataclass(frozen=True, slots=True)
 class BatchFrames:
     """A batch (or the first part of one) encoded for one subscriber by
@@ -201,8 +236,7 @@ def encode_batch(subscriber_id: str, batch_id: int, reason: str, updates: Sequen
     encode = _frame_encoder.encode
     if whole:
         try:
-            rows = [(u.module_id, u.key, p if type(p) is WirePayload else to_wire(pack(p)),
-                     u.priority, u.seq) for u in updates for p in (u.payload,)]
+            rows = _rows(updates, pack)
             body = encode((EVENT, "batch", {"module_id": subscriber_id, "batch_id": batch_id,
                                             "reason": reason, "updates": rows}))
         except Exception:

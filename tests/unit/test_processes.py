@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from modcoord.actors import MockClock
@@ -18,6 +19,7 @@ from modcoord.actors.errors import (
     ConfigError,
     QueueFullError,
 )
+from modcoord.actors.payload import to_wire, with_values
 from modcoord.actors.update import Batch, Update
 from modcoord.supervisor.daemon.config import (
     SupervisionSettings,
@@ -27,6 +29,7 @@ from modcoord.supervisor.daemon.config import (
 from modcoord.supervisor.processes.child import decode_tell, encode_relayed_tell, encode_tell
 from modcoord.supervisor.processes.codec import (
     DeliveryFrames,
+    PayloadNotEncodable,
     decode_batch,
     decode_error,
     encode_batch,
@@ -38,6 +41,8 @@ from modcoord.supervisor.processes.codec import (
 )
 from modcoord.supervisor.processes.heartbeat import Heartbeat
 from modcoord.supervisor.processes.ledger import UpdateLedger, updates_in
+from modcoord.supervisor.protocol.delivery import encode_batch as encode_wire_batch
+from modcoord.supervisor.protocol.delivery import spliced_frame
 
 
 def u(key: str, seq: int, module: str = "m", payload: object = None) -> Update:
@@ -192,15 +197,21 @@ def test_a_tell_between_actor_processes_crosses_the_daemon_as_one_bin() -> None:
         decode_tell("eq", b"\xc1 not msgpack")
 
 
+def wired(key: str, seq: int, value: object = None) -> Update:
+    """An update as the daemon holds it: its payload encoded (a WirePayload)."""
+    return Update("m", key, to_wire(msgpack.packb(value if value is not None else {"seq": seq})),
+                  "medium", seq, float(seq))
+
+
 def test_a_batch_for_several_subscribers_crosses_once_and_is_decoded_once() -> None:
     """The first subscriber's frame carries the batch, the others name it; the daemon's
     side hands every subscriber the one batch it decoded."""
     sender, receiver = DeliveryFrames(), DeliveryFrames()
-    first = Batch(1, (u("a", 1, payload=b"x" * 1000), u("b", 2)), "window")
-    second = Batch(2, (u("c", 3),), "window")
+    first = Batch(1, (wired("a", 1, b"x" * 1000), wired("b", 2)), "window")
+    second = Batch(2, (wired("c", 3),), "window")
     frames = [sender.frame(sub, batch) for batch in (first, second)
               for sub in ("s1", "s2", "s3")]
-    assert [f[0] for f in frames] == ["d", "dr", "dr", "d", "dr", "dr"]
+    assert [f[0] for f in frames] == ["dw", "dr", "dr", "dw", "dr", "dr"]
     crossed = unpack(pack(frames))
     got = [(f[1], receiver.batch(f)) for f in crossed]
     assert [sub for sub, _ in got] == ["s1", "s2", "s3"] * 2
@@ -209,7 +220,62 @@ def test_a_batch_for_several_subscribers_crosses_once_and_is_decoded_once() -> N
     assert got[3][1] is not got[0][1]
     # An equal but distinct batch (a filtered part) crosses in full.
     part = Batch(2, second.updates, "window")
-    assert sender.frame("s4", part)[0] == "d"
+    assert sender.frame("s4", part)[0] == "dw"
+
+
+def test_a_batch_crosses_in_the_subscribers_wire_form_and_is_spliced_as_it_came() -> None:
+    """The daemon's side keeps the rows' bytes: each subscriber's frame is exactly what
+    encoding the updates makes, and the updates are made only when something looks."""
+    sender, receiver = DeliveryFrames(), DeliveryFrames()
+    batch = Batch(7, (wired("a", 1, {"v": [1, 2]}), Update("p", "k", b"plain", "critical", 2,
+                                                            2.5)), "size")
+    (crossed,) = unpack(pack([sender.frame("sub", batch)]))
+    got = receiver.batch(crossed)
+    assert got.wire is not None and len(got.updates) == 2
+    expected = encode_wire_batch("sub", 7, "size", batch.updates)
+    assert spliced_frame("sub", 7, "size", got.wire) == expected.frames[0][0]
+    assert spliced_frame("other", 7, "size", got.wire) == encode_wire_batch(
+        "other", 7, "size", batch.updates).frames[0][0]
+    # Looking makes the updates: every field as it was sent, a plain payload encoded.
+    assert [(x.module_id, x.key, x.priority, x.seq, x.published_at) for x in got.updates] == [
+        ("m", "a", "medium", 1, 1.0), ("p", "k", "critical", 2, 2.5)]
+    assert with_values(got.updates) == with_values(batch.updates)
+    assert got.updates[1:] == tuple(got.updates)[1:] and got.updates[0] is got.updates[0]
+    assert got.updates[0] == batch.updates[0]  # an encoded payload crosses as it is
+    assert got == Batch(7, tuple(got.updates), "size")  # its wire form is not compared
+    assert pickle.loads(pickle.dumps(got)).updates == tuple(got.updates)  # as a tuple
+    # Too large for one frame: no splice (the connection then splits the updates).
+    assert spliced_frame("sub", 7, "size", got.wire, max_frame_bytes=len(got.wire)) is None
+
+
+def test_a_batch_whose_payload_cannot_be_encoded_crosses_as_values() -> None:
+    """A batch processor's output that msgpack cannot carry leaves the wire form aside:
+    the batch crosses as values, and the daemon's encoder leaves that update out (and
+    counts it), as for a batcher in the daemon."""
+    sender = DeliveryFrames()
+    batch = Batch(1, (wired("a", 1), Update("m", "b", 1 << 70, "medium", 2, 2.0),
+                      Update("m", "c", [3], "medium", 3, 3.0)), "window")
+    frame = sender.frame("sub", batch)
+    assert frame[0] == "d"
+    got = DeliveryFrames().batch(unpack(pack([frame]))[0])
+    assert got.wire is None and [x.key for x in got.updates] == ["a", "b", "c"]
+    bad = got.updates[1].payload
+    assert isinstance(bad, PayloadNotEncodable) and "OverflowError" in bad.why
+    assert with_values(got.updates[::2]) == with_values(batch.updates[::2])
+    encoded = encode_wire_batch("sub", 1, "window", got.updates)
+    assert [x.key for x, _ in encoded.failed] == ["b"]
+    assert [n for _, n in encoded.frames] == [2]
+
+
+@pytest.mark.parametrize(("rows", "published", "match"), [
+    (b"\xc1", [], "rows of batch 3 are malformed"),
+    (msgpack.packb([["m", "k", 1, "medium"]]), [0.0], "rows of batch 3 are malformed"),
+    (msgpack.packb([["m", "k", 1, "medium", 1]]), [], "1 rows and 0 publish times"),
+])
+def test_rows_that_are_not_a_batch_events_are_refused(rows: bytes, published: list[float],
+                                                      match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DeliveryFrames().batch(["dw", "sub", 3, "window", rows, published])
 
 
 def test_a_repeated_delivery_of_a_batch_that_did_not_come_is_refused() -> None:
