@@ -19,6 +19,7 @@ from modcoord.actors.payload import to_wire
 from modcoord.actors.update import Batch, Update
 from modcoord.supervisor.daemon.connection import Connection, PeerCredentials
 from modcoord.supervisor.daemon.flow import FlowHooks, PublisherFlow
+from modcoord.supervisor.processes.codec import DeliveryFrames, pack, unpack
 from modcoord.supervisor.protocol.framing import FrameDecoder
 
 FRAME = 16 << 10  # the frame limit here: a batch of 40 updates of 2 KiB needs 6 frames
@@ -141,3 +142,64 @@ def test_a_batch_held_over_the_budget_is_sent_when_its_first_frame_went_whole(
     assert not conn.held and conn.held_updates == 0 and not conn.want_write
     assert not conn.full  # it leaves the full set: pressure can end
     assert server.counts.get("undelivered_updates", 0) == 0
+
+
+def _crossed(batch: Batch) -> Batch:
+    """``batch`` as the daemon gets it from an actor process: in wire form."""
+    frame = DeliveryFrames().frame("reader", batch)
+    assert frame[0] == "dw"
+    got = DeliveryFrames().batch(unpack(pack([frame]))[0])
+    assert got.wire is not None
+    return got
+
+
+def _read_messages(peer: socket.socket, decoder: FrameDecoder) -> list[Any]:
+    messages: list[Any] = []
+    while True:
+        try:
+            data = peer.recv(1 << 20)
+        except BlockingIOError:
+            return messages
+        messages += decoder.feed(data)
+
+
+def test_a_batch_in_wire_form_reaches_the_reader_as_the_encoded_one_does(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """Spliced or split, held or not, a batch that crossed in wire form arrives exactly
+    as the same batch encoded from its updates."""
+    ours, peer = pair
+    server = _Server()
+    conn = Connection(server, ours, PeerCredentials(1, 1, 1), 1)
+    decoder = FrameDecoder(FRAME)
+    small, large = Batch(3, _updates(5, 100), "size"), Batch(4, _updates(40, 2048), "flush")
+    for batch in (small, large):
+        conn.deliver("reader", batch)
+        plain = _read_messages(peer, decoder)
+        conn.deliver("reader", _crossed(batch))
+        assert _read_messages(peer, decoder) == plain
+    assert len(plain) > 1  # the large one was split, from its updates
+    # Held over the budget: every update still arrives, in order.
+    other = cast(Connection, _Other())
+    assert server.flow.output_added(other, MARK + 1, MARK + 1)
+    crossed = [_crossed(Batch(10 + i, _updates(40, 2048), "window")) for i in range(3)]
+    for batch in crossed:
+        conn.deliver("reader", batch)
+    seqs = [row[4] for m in _read_messages(peer, decoder) for row in m[2]["updates"]]
+    server.flow.output_taken(other, MARK + 1, 0)
+    for _ in range(200):
+        if not conn.want_write:
+            break
+        conn.flush_out()
+        seqs += [row[4] for m in _read_messages(peer, decoder) for row in m[2]["updates"]]
+    assert seqs == [u.seq for b in crossed for u in b.updates]
+    assert server.counts.get("undelivered_updates", 0) == 0
+
+
+def test_a_batch_in_wire_form_for_a_closed_connection_is_counted(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, _ = pair
+    server = _Server()
+    conn = Connection(server, ours, PeerCredentials(1, 1, 1), 1)
+    conn.closed = True
+    conn.deliver("reader", _crossed(Batch(5, _updates(7, 10))))
+    assert server.counts["undelivered_updates"] == 7
