@@ -33,6 +33,7 @@ import msgspec
 
 from modcoord.actors.update import Batch, Update, updates_from_rows
 from modcoord.supervisor.protocol.delivery import encode_rows
+from modcoord.supervisor.protocol.framing import thread_packer
 
 __all__ = [
     "DeliveryFrames",
@@ -70,6 +71,7 @@ def encode_updates(updates: Sequence[Update], check: bool = False) -> list[list[
     plain payload is encoded here, and one that cannot be crosses as the error
     (:class:`PayloadNotEncodable` on the other side) instead of failing the write."""
     rows = []
+    pack = thread_packer().pack
     for u in updates:
         p = u.payload
         if type(p) is msgspec.Raw:
@@ -80,7 +82,7 @@ def encode_updates(updates: Sequence[Update], check: bool = False) -> list[list[
             rows.append([u.module_id, u.key, p, u.priority, u.seq, u.published_at, 0])
         else:
             try:
-                rows.append([u.module_id, u.key, msgpack.packb(p, use_bin_type=True),
+                rows.append([u.module_id, u.key, pack(p),
                              u.priority, u.seq, u.published_at, 1])
             except (TypeError, ValueError, OverflowError) as exc:
                 rows.append([u.module_id, u.key, f"{type(exc).__name__}: {exc}", u.priority,
@@ -211,7 +213,7 @@ class DeliveryFrames:
             if len(published) != len(rows):
                 raise ValueError(f"batch {frame[2]} has {len(rows)} rows and "
                                  f"{len(published)} publish times")
-            self._last = Batch(frame[2], WireRows(rows, published), frame[3], wire=bytes(wire))
+            self._last = Batch(frame[2], WireRows(rows, published), frame[3], wire=wire)
         elif kind == "d":
             self._last = decode_batch(frame[2])
         elif self._last is None or self._last.batch_id != frame[2]:

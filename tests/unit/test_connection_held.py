@@ -98,16 +98,19 @@ def _updates(n: int, size: int) -> tuple[Update, ...]:
                  for i in range(n))
 
 
-def _read_seqs(peer: socket.socket, decoder: FrameDecoder) -> list[int]:
-    """The seqs of the updates in the batch frames the peer has received so far."""
-    seqs: list[int] = []
+def _read_messages(peer: socket.socket, decoder: FrameDecoder) -> list[Any]:
+    messages: list[Any] = []
     while True:
         try:
             data = peer.recv(1 << 20)
         except BlockingIOError:
-            return seqs
-        for message in decoder.feed(data):
-            seqs += [row[4] for row in message[2]["updates"]]
+            return messages
+        messages += decoder.feed(data)
+
+def _read_seqs(peer: socket.socket, decoder: FrameDecoder) -> list[int]:
+    """The seqs of the updates in the batch frames the peer has received so far."""
+    return [row[4] for message in _read_messages(peer, decoder)
+            for row in message[2]["updates"]]
 
 
 def test_a_batch_held_over_the_budget_is_sent_when_its_first_frame_went_whole(
@@ -153,15 +156,6 @@ def _crossed(batch: Batch) -> Batch:
     return got
 
 
-def _read_messages(peer: socket.socket, decoder: FrameDecoder) -> list[Any]:
-    messages: list[Any] = []
-    while True:
-        try:
-            data = peer.recv(1 << 20)
-        except BlockingIOError:
-            return messages
-        messages += decoder.feed(data)
-
 
 def test_a_batch_in_wire_form_reaches_the_reader_as_the_encoded_one_does(
         pair: tuple[socket.socket, socket.socket]) -> None:
@@ -184,13 +178,13 @@ def test_a_batch_in_wire_form_reaches_the_reader_as_the_encoded_one_does(
     crossed = [_crossed(Batch(10 + i, _updates(40, 2048), "window")) for i in range(3)]
     for batch in crossed:
         conn.deliver("reader", batch)
-    seqs = [row[4] for m in _read_messages(peer, decoder) for row in m[2]["updates"]]
+    seqs = _read_seqs(peer, decoder)
     server.flow.output_taken(other, MARK + 1, 0)
     for _ in range(200):
         if not conn.want_write:
             break
         conn.flush_out()
-        seqs += [row[4] for m in _read_messages(peer, decoder) for row in m[2]["updates"]]
+        seqs += _read_seqs(peer, decoder)
     assert seqs == [u.seq for b in crossed for u in b.updates]
     assert server.counts.get("undelivered_updates", 0) == 0
 
