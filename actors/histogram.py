@@ -16,7 +16,9 @@ slices:
   bound, exactly.
 
 Recording is O(1) (a ``frexp``, a ``bisect`` over 16 bounds, a few increments) and
-thread-safe. Memory is bounded: :data:`N_BUCKETS` counters per counts object, one for the
+thread-safe; recording many at once (:meth:`LatencyHistogram.record_many`, a batch's
+latencies) finds every value's bucket at C speed, from the bits of its IEEE double.
+Memory is bounded: :data:`N_BUCKETS` counters per counts object, one for the
 totals and one per window slice (at most ``slices``).
 """
 
@@ -24,10 +26,14 @@ from __future__ import annotations
 
 import math
 import threading
-from bisect import bisect_left, bisect_right
+from array import array
+from bisect import bisect_left
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
+from itertools import repeat
+from operator import rshift
 
 from modcoord.actors.clock import Clock
 
@@ -63,9 +69,9 @@ def _bucket(seconds: float) -> int:
     """Index of the fine bucket holding ``seconds`` (>= 0)."""
     if seconds < MIN_TRACKED_S:
         return 0
-    m, e = math.frexp(seconds)  # seconds = m * 2^e, 0.5 <= m < 1
-    if e >= _MAX_EXP:
+    if seconds >= MAX_TRACKED_S:  # infinity included
         return _OVERFLOW
+    m, e = math.frexp(seconds)  # seconds = m * 2^e, 0.5 <= m < 1
     return 1 + (e - _MIN_EXP) * SUB_BUCKETS + int((m - 0.5) * (2 * SUB_BUCKETS))
 
 
@@ -82,11 +88,56 @@ def _bounds(i: int) -> tuple[float, float]:
     return lower, upper
 
 
-_LOWER_BOUNDS: tuple[float, ...] = tuple(_bounds(i)[0] for i in range(1, N_BUCKETS))
-_fine_bucket = partial(bisect_right, _LOWER_BOUNDS)
-"""``_fine_bucket(seconds)`` is :func:`_bucket`'s index at C speed (for many values): the
-number of buckets above the underflow whose (exact, binary) lower bound is at most
-``seconds``."""
+# A positive double is 1.f x 2^(E - 1023), E its 11 exponent bits and f its 52 mantissa
+# bits; the top log2(SUB_BUCKETS) bits of f are exactly ``int((m - 0.5) * 2 * SUB_BUCKETS)``
+# of :func:`_bucket` (``m = 1.f / 2``, ``e = E - 1022``). So a value's bits shifted right
+# by ``_BITS_SHIFT`` are ``E * SUB_BUCKETS + sub-bucket``: its fine bucket plus
+# ``_BITS_OFFSET`` (before clamping into the underflow and overflow buckets).
+_SUB_BITS = SUB_BUCKETS.bit_length() - 1
+assert 1 << _SUB_BITS == SUB_BUCKETS, "SUB_BUCKETS must be a power of two"
+_BITS_SHIFT = 52 - _SUB_BITS
+_BITS_OFFSET = (1022 + _MIN_EXP) * SUB_BUCKETS - 1
+
+
+def _le_of(i: int) -> int:
+    """The exported bound index (``bisect_left`` over :data:`PROMETHEUS_BUCKETS_S`) of
+    every value in fine bucket ``i``, or -1 when a bound lies inside the bucket (its
+    values must then be compared one by one)."""
+    lower, upper = _bounds(i)
+    first = bisect_left(PROMETHEUS_BUCKETS_S, lower)
+    inside = first < len(PROMETHEUS_BUCKETS_S) and PROMETHEUS_BUCKETS_S[first] < upper
+    return -1 if inside else first
+
+
+_LE_OF_BUCKET: tuple[int, ...] = tuple(_le_of(i) for i in range(N_BUCKETS))
+_le_index = partial(bisect_left, PROMETHEUS_BUCKETS_S)
+
+
+def _counts_of(values: list[float]) -> tuple[dict[int, int], Mapping[int, int]]:
+    """``values`` (each >= 0) counted per fine bucket (:func:`_bucket`) and per exported
+    bound index (``bisect_left`` over :data:`PROMETHEUS_BUCKETS_S`), exactly, with no
+    Python step per value: the buckets come from the values' bits, and a bound's index
+    from the bucket unless a bound lies inside a value's bucket."""
+    by_bits = Counter(map(rshift, array("q", array("d", values).tobytes()),
+                          repeat(_BITS_SHIFT)))
+    fine: dict[int, int] = {}
+    le: dict[int, int] = {}
+    straddled = False
+    for bits, k in by_bits.items():
+        i = bits - _BITS_OFFSET
+        if i < 0:
+            i = 0
+        elif i > _OVERFLOW:
+            i = _OVERFLOW
+        fine[i] = fine.get(i, 0) + k
+        j = _LE_OF_BUCKET[i]
+        if j < 0:
+            straddled = True
+        else:
+            le[j] = le.get(j, 0) + k
+    if straddled:
+        return fine, Counter(map(_le_index, values))
+    return fine, le
 
 
 @dataclass(frozen=True)
@@ -126,7 +177,7 @@ class _Counts:
         if seconds < self.min:
             self.min = seconds
 
-    def add_many(self, buckets: Counter[int], n: int, total_s: float, high: float,
+    def add_many(self, buckets: Mapping[int, int], n: int, total_s: float, high: float,
                  low: float) -> None:
         """Add ``n`` observations: ``buckets`` counts them per fine bucket, ``total_s`` is
         their sum, ``high`` and ``low`` their extremes."""
@@ -215,15 +266,20 @@ class LatencyHistogram:
             self._current_slice(number).add(i, seconds)
 
     def record_many(self, values: list[float]) -> None:
-        """Add several observations (seconds) under one lock acquisition."""
-        if not values:
+        """Add several observations (seconds) under one lock acquisition.
+
+        Exactly what :meth:`record` of each would count, at a fraction of the cost per
+        value: every step per value runs in C (the clamp at zero, each value's bucket
+        from its bits, counting them), and the rest is done per distinct bucket — a
+        batch's latencies fall into a few.
+        """
+        if len(values) < 2:
+            if values:
+                self.record(values[0])
             return
         number = int(self._clock.monotonic() // self._slice_s)
-        # Per value only what must be: its bucket; the rest is counted per distinct bucket
-        # (a batch's latencies fall into a few), C-speed sums and extremes.
-        values = [v if v > 0.0 else 0.0 for v in values]
-        fine = Counter(map(_fine_bucket, values))
-        le = Counter(map(partial(bisect_left, PROMETHEUS_BUCKETS_S), values))
+        values = [v if v > 0.0 else 0.0 for v in values]  # NaN and negatives count as 0
+        fine, le = _counts_of(values)
         n, total_s, high, low = len(values), sum(values), max(values), min(values)
         le_counts = self._le
         with self._lock:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect_left
+from collections import Counter
 from typing import Any
 
 import msgpack
@@ -25,10 +27,11 @@ from modcoord.actors.clock import MockClock
 from modcoord.actors.errors import InvalidMessageError
 from modcoord.actors.histogram import (
     N_BUCKETS,
+    PROMETHEUS_BUCKETS_S,
     LatencyHistogram,
     _bounds,
     _bucket,
-    _fine_bucket,
+    _counts_of,
 )
 from modcoord.actors.payload import (
     WirePayload,
@@ -189,21 +192,31 @@ def test_cache_entries_are_one_blob_each_and_every_hit_gets_its_own_value() -> N
 # -- per-update costs: same answers ---------------------------------------------------------
 
 
-def test_the_fast_bucket_index_is_the_bucket_index() -> None:
+def test_the_bucket_counts_from_the_bits_are_the_bucket_indices_counted() -> None:
     rng = random.Random(13)
-    values = [rng.uniform(0, 1e-5) for _ in range(5000)]
+    values = [0.0, 5e-324, 1e-300, 2047.9, 1e300, math.inf]
+    values += [rng.uniform(0, 1e-5) for _ in range(5000)]
     values += [10 ** rng.uniform(-7, 3.5) for _ in range(20000)]
     for i in range(1, N_BUCKETS):
         lower = _bounds(i)[0]
         values += [lower, math.nextafter(lower, 0), math.nextafter(lower, math.inf)]
-    assert [_fine_bucket(v) for v in values] == [_bucket(v) for v in values]
+    for bound in PROMETHEUS_BUCKETS_S:
+        values += [bound, math.nextafter(bound, 0), math.nextafter(bound, math.inf)]
+    fine, le = _counts_of(values)
+    assert fine == Counter(map(_bucket, values))
+    assert dict(le) == Counter(bisect_left(PROMETHEUS_BUCKETS_S, v) for v in values)
+    # A batch whose buckets hold no bound counts its bounds from the buckets alone.
+    near = [0.0123 + k * 1e-6 for k in range(50)]
+    fine, le = _counts_of(near)
+    assert fine == Counter(map(_bucket, near))
+    assert dict(le) == Counter(bisect_left(PROMETHEUS_BUCKETS_S, v) for v in near)
 
 
 def test_record_many_records_what_record_does_one_by_one() -> None:
     clock = MockClock()
     rng = random.Random(7)
-    values = [rng.choice([-1.0, 0.0, 2e-7]) if i % 9 == 0 else 10 ** rng.uniform(-6, 1)
-              for i in range(3000)]
+    values = [rng.choice([-1.0, 0.0, 2e-7, math.nan, math.inf, 1e6])
+              if i % 9 == 0 else 10 ** rng.uniform(-6, 1) for i in range(3000)]
     one, many = LatencyHistogram(clock), LatencyHistogram(clock)
     for v in values:
         one.record(v)
