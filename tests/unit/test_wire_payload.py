@@ -252,6 +252,25 @@ def test_order_updates_gives_the_documented_order_on_every_shape() -> None:
         assert order_updates(updates) == _reference_order(updates), trial
 
 
+def test_a_flush_takes_the_pending_keys_in_deadline_then_arrival_order() -> None:
+    from modcoord.actors.debouncer_pending import PendingTable, Slot
+
+    rng = random.Random(11)
+    for trial in range(200):
+        table = PendingTable()
+        n = rng.randint(0, 80)
+        seqs = rng.sample(range(10_000), n)
+        for i, seq in enumerate(seqs):  # few distinct deadlines: ties broken by seq
+            update = Update("m", f"k{i}", i, "medium", i)
+            table.entries[("m", f"k{i}")] = Slot(update, 2, 0.0,
+                                                 float(rng.randint(0, 5)), seq)
+        slots = list(table.entries.values())
+        expected = sorted(slots, key=lambda e: (e.deadline, e.seq))
+        assert table.ordered() == expected, trial
+        assert table.take(None, None) == expected, trial
+        assert not table.entries
+
+
 @pytest.mark.parametrize("chain", [("priority",), ("priority", "example_reverse")])
 def test_a_batch_processor_plugin_gets_values_the_built_in_chain_keeps_encodings(
         chain: tuple[str, ...]) -> None:
