@@ -113,7 +113,8 @@ class _Reading(_Sending):
             # CPU go idle, which costs ~50 µs to wake on a virtual machine — unless no
             # CPU is idle, when spinning would take the CPU the daemon needs.
             spin = self._spin
-            spinning = spin.spin_budget() if deadline > _monotonic() else 0.0
+            started = _monotonic()
+            budget = spinning = spin.spin_budget() if deadline > started else 0.0
             spin_until = _monotonic() + spinning
             while not done():
                 now = _monotonic()
@@ -151,6 +152,8 @@ class _Reading(_Sending):
                     return
             if spinning:
                 spin.spun(True)
+            elif not budget:
+                spin.blocked(_monotonic() - started)
         finally:
             self._lead_end = _monotonic()
             self._caller_reading = False

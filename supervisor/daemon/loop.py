@@ -73,7 +73,10 @@ def run(server: Server) -> None:
                     timeout = flow.poll_timeout()
                     if inputs.due() is not None or accepting.due() is not None:
                         timeout = server._timer_timeout(timeout)
+                    blocked_at = perf()
                     events = selector.select(timeout)
+                    if busy and not spin_s and events:
+                        spin.blocked(perf() - blocked_at)
                 busy = bool(events)
             except InterruptedError:
                 continue

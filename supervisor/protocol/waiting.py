@@ -15,7 +15,11 @@ only when it pays:
 - **Spins that do not pay: block at once for a while.** After :data:`MISSES_TO_BACK_OFF`
   spins in a row that ended without their answer, waits block at once for the back-off
   time, which starts at :data:`BACKOFF_MIN_S`, doubles with each further streak of misses
-  up to :data:`BACKOFF_MAX_S` and halves (decays) with each spin that pays.
+  up to :data:`BACKOFF_MAX_S` and halves (decays) with each spin that pays. A back-off
+  ends early when the answers come fast again: after :data:`MISSES_TO_BACK_OFF` waits in
+  a row that blocked at once and still had their answer within the spin time
+  (:meth:`SpinPolicy.blocked`) — say, cached calls after a run of slow ones — so that a
+  streak of slow answers does not cost up to a second of fast ones a thread wake each.
 
 The policy is a plain object used by one thread at a time (the connection's token holder,
 the server's I/O thread); the clock and the probe are injected so that the decision can be
@@ -104,7 +108,7 @@ class SpinPolicy:
 
     Use: ``budget = policy.spin_budget()`` before a wait (0.0: block at once), then, if the
     budget was positive, ``policy.spun(paid)`` once the spin is over (``paid``: the answer
-    came within it).
+    came within it); if it was 0.0, ``policy.blocked(waited_s)`` once the answer came.
 
     Args:
         clock: monotonic seconds (injected for tests).
@@ -122,6 +126,8 @@ class SpinPolicy:
         self._misses = 0
         self._backoff_s = BACKOFF_MIN_S
         self._blocking_until = -math.inf
+        self._backing_off = False  # the last budget was 0.0 because of the back-off
+        self._fast_blocked = 0  # blocked waits in a row answered within the spin time
         self._spins = 0
         self._spins_paid = 0
         self._blocked_busy = 0
@@ -135,7 +141,9 @@ class SpinPolicy:
         now = self._clock()
         if now < self._blocking_until:
             self._blocked_backoff += 1
+            self._backing_off = True
             return 0.0
+        self._backing_off = False
         if now >= self._next_probe:
             self._next_probe = now + PROBE_INTERVAL_S
             self._probes += 1
@@ -161,6 +169,24 @@ class SpinPolicy:
             self._misses = 0
             self._blocking_until = self._clock() + self._backoff_s
             self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2)
+
+    def blocked(self, waited_s: float) -> None:
+        """Record how long a wait that blocked at once (its budget was 0.0) took to get
+        its answer. During a back-off, :data:`MISSES_TO_BACK_OFF` of them in a row that
+        a spin would have covered (``waited_s`` at most the spin time, the wake-up
+        included) end the back-off and halve the next one: the other side answers fast
+        again. Waits that blocked because no CPU was idle are not counted."""
+        if not self._backing_off:
+            return
+        if waited_s > self._spin_s:
+            self._fast_blocked = 0
+            return
+        self._fast_blocked += 1
+        if self._fast_blocked >= MISSES_TO_BACK_OFF:
+            self._fast_blocked = 0
+            self._backing_off = False
+            self._blocking_until = -math.inf
+            self._backoff_s = max(BACKOFF_MIN_S, self._backoff_s / 2)
 
     def statistics(self) -> WaitStatistics:
         """A snapshot of the counters."""

@@ -144,6 +144,54 @@ def test_the_back_off_doubles_with_each_streak_up_to_its_bound_and_decays() -> N
     assert backoff_after_streak(p, clock) == pytest.approx(BACKOFF_MAX_S / 4, abs=1.5 * STEP)
 
 
+def back_off_at_most(p: SpinPolicy, clock: MockClock) -> None:
+    """Streaks of misses until the back-off is at its bound; leaves it backing off."""
+    for _ in range(12):
+        backoff_after_streak(p, clock)
+    for _ in range(MISSES_TO_BACK_OFF):
+        assert p.spin_budget() == SPIN_S
+        p.spun(False)
+    assert p.spin_budget() == 0.0
+
+
+def test_fast_answers_while_backing_off_end_the_back_off_early() -> None:
+    p, clock, _ = policy()
+    back_off_at_most(p, clock)  # a run of slow answers: a back-off of BACKOFF_MAX_S
+    p.blocked(SPIN_S / 4)
+    for _ in range(MISSES_TO_BACK_OFF - 1):
+        assert p.spin_budget() == 0.0  # still backing off, a fast answer each time
+        p.blocked(SPIN_S / 4)
+    assert p.spin_budget() == SPIN_S  # at once, not after a second: spins pay again
+    # and the next back-off is half as long
+    assert backoff_after_streak(p, clock) == pytest.approx(BACKOFF_MAX_S / 2, abs=1.5 * STEP)
+
+
+def test_a_slow_answer_among_the_fast_ones_keeps_the_back_off() -> None:
+    p, clock, _ = policy()
+    back_off_at_most(p, clock)
+    for _ in range(MISSES_TO_BACK_OFF - 1):
+        p.blocked(SPIN_S / 4)
+        assert p.spin_budget() == 0.0
+    p.blocked(SPIN_S * 3)  # longer than a spin: spinning would not have paid
+    for _ in range(MISSES_TO_BACK_OFF - 1):
+        assert p.spin_budget() == 0.0
+        p.blocked(SPIN_S / 4)
+    assert p.spin_budget() == 0.0  # three fast in a row since the slow one: not yet
+    p.blocked(SPIN_S / 4)
+    assert p.spin_budget() == SPIN_S
+
+
+def test_waits_blocked_for_lack_of_an_idle_cpu_do_not_end_anything() -> None:
+    p, clock, probe = policy(idle=0.0)
+    for _ in range(3 * MISSES_TO_BACK_OFF):
+        assert p.spin_budget() == 0.0
+        p.blocked(SPIN_S / 4)  # fast, but the CPUs are busy: blocking is the point
+    assert p.statistics().blocked_busy == 3 * MISSES_TO_BACK_OFF
+    probe.idle = 1.0
+    clock.advance(PROBE_INTERVAL_S)
+    assert p.spin_budget() == SPIN_S
+
+
 def test_zero_spin_never_spins() -> None:
     clock = MockClock()
     assert SpinPolicy(clock=clock.monotonic, probe=lambda: 2.0, spin_s=0.0).spin_budget() == 0
