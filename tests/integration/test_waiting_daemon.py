@@ -1,8 +1,9 @@
 """The waiting strategy under contention, through a real daemon and a real module process:
 with one CPU-burning process per core beside them, the module's waits for cached
 ``coordinate`` answers block at once instead of spinning (``ClientStatistics``), and so
-does the daemon's I/O loop between requests (``status``'s ``server`` section). The
-decision itself is unit-tested with a MockClock (``unit/test_waiting.py``)."""
+does the daemon's I/O loop between requests (``status``'s ``server`` section); and after a
+run of slow answers has made the module back off, fast ones end the back-off within a
+few calls. The decision itself is unit-tested with a MockClock (``unit/test_waiting.py``)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,62 @@ def test_under_contention_client_and_daemon_block_instead_of_spinning(
     served_busy = after["blocked_busy"] - before["blocked_busy"]
     served_spins = after["spins"] - before["spins"]
     assert served_busy > 0.8 * (served_busy + served_spins), (before, after)
+
+
+FAST_CALLS = 400
+
+_SLOW_THEN_FAST = module_script("wait-probe", f"""
+    import json
+
+    class Slow:
+        module_id = "slow-answers"
+        name = "slow answers"
+        supported_modes = ["HYBRID"]
+        subscribe = []
+
+        def on_mode_change(self, mode, strategy, context):
+            time.sleep(0.003)
+            return {{"ok": True}}
+
+        def on_batch(self, batch):
+            pass
+
+    client.register(Slow()).get(10)
+    fields = ("spins", "blocked_busy", "blocked_backoff")
+
+    def counts():
+        s = client.statistics()
+        return {{k: getattr(s, k) for k in fields}}
+
+    # Slow answers (a fresh context each: every module answers, one in 3 ms) for long
+    # enough that the back-off doubles up to its bound (1 s).
+    end = time.monotonic() + 2.5
+    i = 0
+    while time.monotonic() < end:
+        client.coordinate("HYBRID", {{"slow": i}}).get(10)
+        i += 1
+    backing_off = client.statistics().blocked_backoff
+    client.coordinate("HYBRID", {{"k": 1}}).get(10)  # computed once, then cached
+    before = counts()
+    for _ in range({FAST_CALLS}):
+        client.coordinate("HYBRID", {{"k": 1}}).get(10)
+    after = counts()
+    print(json.dumps({{"slow_calls": i, "slow_backoff": backing_off,
+                      **{{k: after[k] - before[k] for k in fields}}}}))
+""", modes=("HYBRID",))
+
+
+@pytest.mark.integration
+@pytest.mark.serial  # its waits must not see other tests' load
+@pytest.mark.timeout(120)
+def test_fast_answers_after_slow_ones_end_the_back_off_within_a_few_calls(
+        daemon: Any) -> None:
+    proc = subprocess.run([sys.executable, "-c", _SLOW_THEN_FAST, str(daemon.runtime_dir)],
+                          capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["slow_backoff"] > 0, got  # the slow run did back off
+    # The cached calls take well under a second: without the early end every one of them
+    # would block for the rest of a back-off of up to 1 s. With it, four fast answers in
+    # a row end a back-off (a later streak of unpaid spins may start a shorter one).
+    assert got["blocked_backoff"] < FAST_CALLS / 4, got
