@@ -168,8 +168,10 @@ class PipelineFigures:
         if out["errors"]:
             raise BenchError(f"publishes refused: {out['errors']}")
         d.wait_for(lambda s: s["debouncer"]["pending"] >= n, f"{n} keys pending")
+        cpu0 = d.run_seconds()
         got: dict[str, Any] = sub.call("flush_and_wait", runtime=d.runtime_str, expected=n,
                                        wait_s=120)
+        got["daemon_cpu_s"] = d.run_seconds() - cpu0
         return got
 
     def fig_batching(self, batched: Daemon, unbatched: Daemon) -> list[Result]:
@@ -183,6 +185,7 @@ class PipelineFigures:
                      subscribe=["fpub"])
             self._flush_round(d, pub, sub, 500, "warm")
         rates: dict[str, list[float]] = {"b": [], "u": []}
+        cpu_us: dict[str, list[float]] = {"b": [], "u": []}  # daemon CPU per update
         batches: dict[str, int] = {"b": 0, "u": 0}
         for r in range(p.rounds):
             order = ("b", "u") if r % 2 == 0 else ("u", "b")
@@ -190,6 +193,7 @@ class PipelineFigures:
                 d, pub, sub = pairs[key]
                 got = self._flush_round(d, pub, sub, p.flush_n, f"{key}{r}")
                 rates[key].append(p.flush_n / got["elapsed"])
+                cpu_us[key].append(got["daemon_cpu_s"] / p.flush_n * 1e6)
                 batches[key] += got["batches"]
         for d, pub, sub in pairs.values():
             pub.call("release", runtime=d.runtime_str)
@@ -199,5 +203,7 @@ class PipelineFigures:
         return [row("batched vs unbatched delivery throughput (flush of pending updates)",
                     round(b), "updates/s", ">= 10x", round(u),
                     f"updates per delivery: batched {per / max(1, batches['b']):.1f}, "
-                    f"unbatched {per / max(1, batches['u']):.1f}; rounds b "
+                    f"unbatched {per / max(1, batches['u']):.1f}; daemon CPU per update "
+                    f"(median of rounds, schedstat) batched {median(cpu_us['b']):.2f} µs, "
+                    f"unbatched {median(cpu_us['u']):.2f} µs; rounds b "
                     f"{[round(x) for x in rates['b']]} u {[round(x) for x in rates['u']]}")]
