@@ -114,7 +114,8 @@ class _Reading(_Sending):
             # CPU is idle, when spinning would take the CPU the daemon needs.
             spin = self._spin
             started = _monotonic()
-            budget = spinning = spin.spin_budget() if deadline > started else 0.0
+            consulted = deadline > started  # the policy decides this wait
+            budget = spinning = spin.spin_budget() if consulted else 0.0
             spin_until = _monotonic() + spinning
             while not done():
                 now = _monotonic()
@@ -152,7 +153,7 @@ class _Reading(_Sending):
                     return
             if spinning:
                 spin.spun(True)
-            elif not budget:
+            elif consulted and not budget:
                 spin.blocked(_monotonic() - started)
         finally:
             self._lead_end = _monotonic()

@@ -57,7 +57,8 @@ def run(server: Server) -> None:
         while not server._stopping:
             try:
                 events: list[tuple[selectors.SelectorKey, int]] = []
-                spin_s = spin.spin_budget() if busy and not flow.throttling else 0.0
+                consulted = busy and not flow.throttling  # the policy decides this wait
+                spin_s = spin.spin_budget() if consulted else 0.0
                 if spin_s:
                     # Adaptive polling: right after activity, poll for a moment
                     # before blocking. A request-reply client sends its next request
@@ -75,7 +76,7 @@ def run(server: Server) -> None:
                         timeout = server._timer_timeout(timeout)
                     blocked_at = perf()
                     events = selector.select(timeout)
-                    if busy and not spin_s and events:
+                    if consulted and not spin_s and events:
                         spin.blocked(perf() - blocked_at)
                 busy = bool(events)
             except InterruptedError:
