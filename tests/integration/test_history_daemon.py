@@ -203,9 +203,14 @@ def test_an_unsafe_state_dir_is_refused_at_start(tmp_path: Path) -> None:
     try:
         assert ok.code == 0, ok.err
         assert fresh.is_dir() and (fresh.stat().st_mode & 0o777) == 0o700
-        status = json.loads(run_cli("status", "--json", runtime_dir=tmp_path / "run").out)
-        assert status["daemon"]["state_dir"] == str(fresh)
-        assert status["history"]["path"] == str(fresh / "history.sqlite3")
+        def status() -> dict[str, Any]:
+            out = run_cli("status", "--json", runtime_dir=tmp_path / "run").out
+            return json.loads(out)  # type: ignore[no-any-return]
+
+        assert status()["daemon"]["state_dir"] == str(fresh)
+        # The history's database opens after readiness: wait for it (bounded).
+        wait_for(lambda: status()["history"]["path"] == str(fresh / "history.sqlite3"),
+                 timeout=20, message="the history database to open in the new state dir")
     finally:
         run_cli("stop", runtime_dir=tmp_path / "run")
 
