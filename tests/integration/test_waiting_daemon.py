@@ -99,7 +99,7 @@ _SLOW_THEN_FAST = module_script("wait-probe", f"""
         subscribe = []
 
         def on_mode_change(self, mode, strategy, context):
-            time.sleep(0.003)
+            time.sleep(0.003)  # quiet-period: a module whose answer takes 3 ms
             return {{"ok": True}}
 
         def on_batch(self, batch):
