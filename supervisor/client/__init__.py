@@ -15,7 +15,8 @@ Its logs go to the standard :mod:`logging` logger ``modcoord.client``.
   losing a stream) and :mod:`._reading` (the reading token (leader/follower), the
   reader's loop, decoding).
 - :mod:`.callbacks`: the callback thread (``on_batch``, ``on_mode_change``,
-  ``get_performance_metrics``, ``swept`` events).
+  ``get_performance_metrics``, ``swept`` events); :mod:`._rows`: a large batch's updates
+  kept in wire form until the module looks at them.
 - :mod:`.registry`: the module objects a client hosts.
 - :mod:`.results`: :class:`CoordinationResult`, :class:`ClientStatistics`.
 """

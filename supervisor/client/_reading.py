@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from modcoord.supervisor.client._log import log
+from modcoord.supervisor.client._rows import LAZY_MIN_BYTES, lazy_batch_event
 from modcoord.supervisor.client._sending import _HEADER_SIZE, _Sending
 from modcoord.supervisor.client.future import Future
 from modcoord.supervisor.client.stream import (
@@ -41,7 +42,13 @@ from modcoord.supervisor.client.stream import (
     Stream,
 )
 from modcoord.supervisor.protocol.errors import error_from_wire
-from modcoord.supervisor.protocol.framing import CALLBACK, EVENT, HEADER, RESPONSE
+from modcoord.supervisor.protocol.framing import (
+    CALLBACK,
+    EVENT,
+    HEADER,
+    RESPONSE,
+    decode_body,
+)
 
 __all__ = ["_Reading"]
 
@@ -300,7 +307,13 @@ class _Reading(_Sending):
                 if fed < end:
                     break
                 try:
-                    msg = unpacker.unpack()
+                    if end - tell() < LAZY_MIN_BYTES:
+                        msg = unpacker.unpack()
+                    else:  # a large frame: a batch's rows stay undecoded (see _rows)
+                        body = unpacker.read_bytes(end - tell())
+                        msg = lazy_batch_event(body)
+                        if msg is None:
+                            msg = decode_body(body)
                 except Exception as exc:
                     self._stream_lost(stream, f"broken framing from the daemon: undecodable "
                                               f"frame ({type(exc).__name__}: {exc})")

@@ -26,6 +26,7 @@ from queue import SimpleQueue
 from typing import Any, Protocol
 
 from modcoord.supervisor.client._log import log
+from modcoord.supervisor.client._rows import LazyUpdates
 from modcoord.supervisor.client.future import Future
 from modcoord.supervisor.client.registry import ModuleRegistry, log_reregistration
 from modcoord.supervisor.protocol.describe import register_params
@@ -124,8 +125,9 @@ class CallbackRunner:
         # inspect (~20 ms), which a client that receives no batches never pays for.
         from modcoord.actors.update import Batch, updates_from_rows
 
-        batch = Batch(params["batch_id"], updates_from_rows(params["updates"]),
-                      params.get("reason", "window"))
+        rows = params["updates"]
+        updates = rows if type(rows) is LazyUpdates else updates_from_rows(rows)
+        batch = Batch(params["batch_id"], updates, params.get("reason", "window"))
         self._batches_received += 1
         module.on_batch(batch)
 
