@@ -120,6 +120,10 @@ class LazyUpdates(Sequence["Update"]):
     def __hash__(self) -> int:
         return hash(self._decode())
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (or copied) as the tuple of its updates: the wire bytes are a view."""
+        return (tuple, (self._decode(),))
+
     def __repr__(self) -> str:
         if self._updates is None:
             return f"<LazyUpdates: {self._count} updates, not decoded yet>"

@@ -5,6 +5,8 @@ module finally sees equals what decoding the whole frame gives. Through the real
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import msgpack
@@ -75,6 +77,9 @@ def test_lazy_updates_compare_and_hash_like_the_tuple_of_their_updates() -> None
     assert a == b and a == list(eager) and hash(a) == hash(eager)
     assert a != eager[:-1]
     assert (a == "not a sequence of updates") is False
+    fresh = lazy_batch_event(body)[2]["updates"]  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(fresh)) == eager  # a view pickles as its tuple
+    assert copy.copy(fresh) == eager
 
 
 def test_bodies_of_another_shape_are_left_to_the_whole_decode() -> None:
