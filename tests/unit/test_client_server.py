@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import threading
@@ -21,7 +20,6 @@ from typing import Any
 
 import msgpack
 import pytest
-from daemon_harness import wait_for
 from server_harness import (  # noqa: F401 - fixtures
     WAIT,
     Editor,
@@ -34,10 +32,8 @@ from server_harness import (  # noqa: F401 - fixtures
     server,
 )
 
-from modcoord.actors import MockClock
 from modcoord.actors.errors import (
     ActorCrashedError,
-    ActorStoppedError,
     CallTimeoutError,
     ConnectionLostError,
     InvalidMessageError,
@@ -49,7 +45,7 @@ from modcoord.actors.errors import (
 from modcoord.actors.update import Batch, Update
 from modcoord.supervisor.client import Client, CoordinationResult, Future, connect
 from modcoord.supervisor.daemon.server import Server
-from modcoord.supervisor.protocol.framing import FrameDecoder, encode_frame
+from modcoord.supervisor.protocol.framing import FrameDecoder
 from modcoord.supervisor.protocol.module import ModuleInfo
 from modcoord.supervisor.protocol.paths import (
     pidfile_path,
@@ -388,147 +384,6 @@ def test_module_id_taken_by_another_connection(client: Client, runtime_dir: Path
     assert client.publish("editor", "k", 1).get() >= 1
 
 
-# -- malformed input ---------------------------------------------------------------------------
-
-
-def test_wrong_types_and_unknown_methods_keep_the_connection(server: Server, client: Client
-                                                             ) -> None:
-    raw = RawClient(server.socket_path)
-    raw.send([0, 1, "explode", {}],
-             [0, 2, "publish", {"module_id": "m", "key": 5, "payload": 1}],
-             [0, 3, "status", [1, 2]],
-             [0, 4, 99, {}],
-             [0, 5, "coordinate", {"mode": "HYBRID", "context": "x"}],
-             [9, 6, "status", {}],
-             [0, 7, "status", {}])
-    errors = {rid: msg[2] for rid, msg in raw.recv_responses(list(range(1, 8))).items()}
-    assert errors[1][0] == "InvalidMessageError" and "unknown method 'explode'" in errors[1][1]
-    assert "Expected `str`, got `int` - at `$.key`" in errors[2][1]
-    assert "params must be a map" in errors[3][1]
-    assert "method must be a string" in errors[4][1]
-    assert "at `$.context`" in errors[5][1]
-    assert "kind must be" in errors[6][1]
-    assert errors[7] is None  # the valid one after them is served
-    assert client.status().get()["mode"] == "HYBRID"
-    assert server.statistics().invalid_messages >= 6
-    raw.close()
-
-
-@pytest.mark.parametrize("case", ["garbage_body", "not_an_array", "oversized", "bad_envelope_id"])
-def test_broken_frames_close_only_that_connection(server: Server, client: Client,
-                                                  fake: FakeCoordinator, case: str) -> None:
-    client.register(Editor()).get()
-    raw = RawClient(server.socket_path)
-    if case == "garbage_body":
-        raw.send_bytes(struct.pack(">I", 4) + b"\xc1\xc1\xc1\xc1")
-        expected = "undecodable frame"
-    elif case == "not_an_array":
-        raw.send("just a string")
-        expected = "must be an array"
-    elif case == "bad_envelope_id":
-        raw.send([0, "id", "status", {}])
-        expected = "id must be an integer"
-    else:
-        raw.send_bytes(struct.pack(">I", (1 << 20) + 1) + b"x" * 100)
-        expected = "exceeds the maximum"
-    msg = raw.recv()
-    assert msg[0] == 1 and msg[1] is None
-    assert expected in msg[2][1]
-    assert raw.at_eof()
-    raw.close()
-    assert client.publish("editor", "still", "working").get() >= 1
-    assert client.coordinate("MANUAL").get().mode == "MANUAL"
-    stats = server.statistics()
-    assert stats.framing_errors == 1 and stats.connections == 1
-
-
-def test_truncated_frame_then_close(server: Server, client: Client) -> None:
-    raw = RawClient(server.socket_path)
-    frame = encode_frame([0, 1, "status", {}])
-    raw.send_bytes(frame[:-3])
-    raw.sock.shutdown(socket.SHUT_WR)
-    assert raw.at_eof()
-    raw.close()
-    assert client.status().get()["pid"] == os.getpid()
-
-
-def test_garbage_bytes_without_framing(server: Server, client: Client) -> None:
-    raw = RawClient(server.socket_path)
-    raw.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # "GET " is a 1.2 GB length
-    msg = raw.recv()
-    assert msg[1] is None and msg[2][0] == "FramingError"
-    assert raw.at_eof()
-    raw.close()
-    assert client.status().get()["mode"] == "HYBRID"
-
-
-def test_a_peer_that_stops_reading_is_disconnected_after_the_stall_timeout(
-        fake: FakeCoordinator, runtime_dir: Path) -> None:
-    """Output pressure does not cut a peer at once; one that takes none of its output for
-    ``output_stall_s`` (a mock clock) is disconnected, and what it missed is counted."""
-    clock = MockClock()
-    with Server(fake, socket_path(runtime_dir), max_buffer_bytes=1 << 20,
-                output_stall_s=5.0, clock=clock.monotonic) as srv:
-        raw = RawClient(srv.socket_path)
-        raw.send([0, 1, "register", {"module_id": "sink"}])
-        raw.recv_response(1)
-        endpoint = fake.endpoints["sink"]
-        payload = "x" * 65536
-        started = time.monotonic()
-        for i in range(64):  # 4 MiB: well above the 1 MiB mark, never blocking the sender
-            endpoint.deliver("sink", Batch(i, (Update("a", "k", payload),)))
-        assert time.monotonic() - started < 5.0
-        wait_for(lambda: srv.statistics().output_pressure, WAIT, message="output pressure")
-        before = srv.statistics()
-        # Encoded output stops at the mark (plus the frame that crossed it); the rest is
-        # held as references, not as another encoded copy.
-        assert before.buffered_out <= (1 << 20) + 65536 + 100
-        assert before.held_updates >= 40
-        clock.advance(4.9)  # not yet: it may be slow rather than gone
-        with pytest.raises(AssertionError):  # the I/O loop looks every 10 ms
-            wait_for(lambda: srv.statistics().stalled_disconnects > 0, 0.3)
-        assert srv.connections() == 1
-        clock.advance(0.2)
-        wait_for(lambda: srv.statistics().stalled_disconnects == 1, WAIT,
-                 message="the stalled peer to be disconnected")
-        assert fake.wait_for(lambda: any(m == "sink" for m, _ in fake.unregistrations))
-        stats = srv.statistics()
-        # What the kernel took is not counted; the rest of the 64 deliveries is.
-        assert 40 <= stats.undelivered_updates < 64
-        assert 0 < stats.undelivered_bytes <= before.buffered_out
-        assert stats.buffered_out == 0 and stats.held_updates == 0
-        wait_for(lambda: not srv.statistics().output_pressure, WAIT, message="pressure off")
-        raw.close()
-
-
-def test_pause_reading_refuses_new_work_but_output_still_flows(
-        server: Server, client: Client, fake: FakeCoordinator, runtime_dir: Path) -> None:
-    editor = Editor()
-    client.register(editor).get()
-    endpoint = fake.endpoints["editor"]
-    server.pause_reading()
-    with pytest.raises(ActorStoppedError, match="stopping"):
-        client.publish("editor", "late", 1).get()
-    with pytest.raises(ActorStoppedError):
-        client.status().get()
-    assert fake.published == [] and fake.calls == []
-    endpoint.deliver("editor", Batch(3, (Update("src", "k", "flushed"),), "flush"))
-    assert editor.got_batch.wait(WAIT)
-    answers: list[Any] = []
-    done = threading.Event()
-
-    def answer(r: Any, e: str | None) -> None:
-        answers.append((r, e))
-        done.set()
-
-    endpoint.mode_change("editor", "MANUAL", "conservative", {}, answer)
-    assert done.wait(WAIT)
-    assert answers == [("editor in MANUAL/conservative", None)]
-    assert not server.listening
-    with pytest.raises(NotRunningError):
-        connect(runtime_dir, timeout=1.0)
-
-
 # -- losing and regaining the daemon ------------------------------------------------------------
 
 
@@ -777,221 +632,3 @@ def test_publish_fast_path_keeps_exact_errors(server: Server, fake: FakeCoordina
                               ("m1", "k", None, "medium")]
     assert server.statistics().invalid_messages == 6
     raw.close()
-
-
-# -- flow control --------------------------------------------------------------------------------
-
-
-class BackloggedCoordinator(FakeCoordinator):
-    """A fake whose publish backlog the test sets."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.backlog = 0
-        self.overdue = False
-
-    def publish_backlog(self) -> int:
-        return self.backlog
-
-    def timers_overdue(self) -> bool:
-        return self.overdue
-
-
-def _publish(rid: int, module_id: str = "m1", key: str | None = None) -> list[Any]:
-    return [0, rid, "publish", {"module_id": module_id, "key": key or f"k{rid}",
-                                "payload": rid}]
-
-
-def _quiet(raw: RawClient, seconds: float) -> bool:
-    """Whether nothing arrives on ``raw`` for ``seconds`` (a bounded negative check)."""
-    raw.sock.settimeout(seconds)
-    try:
-        raw.recv()
-    except TimeoutError:
-        return True
-    finally:
-        raw.sock.settimeout(WAIT)
-    return False
-
-
-@pytest.fixture
-def backlogged() -> BackloggedCoordinator:
-    return BackloggedCoordinator()
-
-
-def test_backpressure_pauses_publishers_only_until_the_backlog_falls(
-        backlogged: BackloggedCoordinator, runtime_dir: Path) -> None:
-    fake = backlogged
-    with Server(fake, socket_path(runtime_dir), backlog_high_water=100,
-                backlog_low_water=10) as srv:
-        pub = RawClient(srv.socket_path)
-        pub.send([0, 1, "register", {"module_id": "m1"}])
-        pub.recv_response(1)
-        control = RawClient(srv.socket_path)
-        pub.send(_publish(10))
-        assert pub.recv_response(10)[3] == 1
-        assert srv.statistics().backpressure_pauses == 0  # backlog 0: no pause
-        fake.backlog = 101
-        pub.send(_publish(11))
-        assert pub.recv_response(11)[3] == 2  # taken: the pause applies to what follows
-        stats = srv.statistics()
-        assert stats.backpressure_pauses == 1 and stats.backpressure_active
-        assert stats.backpressure_throttled == 1
-        pub.send(_publish(12))
-        control.send([0, 1, "status", {}])
-        assert control.recv_response(1)[2] is None  # a control-only client is served
-        # A connection that starts publishing during the pause is paused after that read.
-        late = RawClient(srv.socket_path)
-        late.send([0, 1, "register", {"module_id": "m2"}])
-        late.recv_response(1)
-        late.send(_publish(20, "m2"))
-        assert late.recv_response(20)[2] is None
-        late.send(_publish(21, "m2"))
-        assert _quiet(pub, 0.2) and _quiet(late, 0.05)
-        assert [item[1] for item in fake.published] == ["k10", "k11", "k20"]
-        assert srv.statistics().backpressure_throttled == 2
-        fake.backlog = 11  # above the low-water mark: still paused
-        assert _quiet(pub, 0.05)
-        fake.backlog = 10
-        assert pub.recv_response(12)[3] == 4
-        assert late.recv_response(21)[3] == 5
-        stats = srv.statistics()
-        assert not stats.backpressure_active
-        assert stats.backpressure_pauses == 1 and stats.backpressure_stalls == 0
-        assert stats.backpressure_paused_s >= 0.25
-        for raw in (pub, control, late):
-            raw.close()
-
-
-def test_an_overdue_timer_holds_publishers_until_it_is_served(
-        backlogged: BackloggedCoordinator, runtime_dir: Path) -> None:
-    """Timers before intake: with the backlog low, an overdue debounce deadline alone
-    pauses the publishers; they resume once it is served."""
-    fake = backlogged
-    with Server(fake, socket_path(runtime_dir), backlog_high_water=100,
-                backlog_low_water=10) as srv:
-        pub = RawClient(srv.socket_path)
-        pub.send([0, 1, "register", {"module_id": "m1"}])
-        pub.recv_response(1)
-        fake.overdue = True
-        pub.send(_publish(10))
-        assert pub.recv_response(10)[3] == 1
-        assert srv.statistics().backpressure_active
-        pub.send(_publish(11))
-        assert _quiet(pub, 0.1)
-        fake.overdue = False
-        assert pub.recv_response(11)[3] == 2
-        assert not srv.statistics().backpressure_active
-        pub.close()
-
-
-def test_backpressure_slows_a_publisher_without_refusing_or_losing(
-        backlogged: BackloggedCoordinator, runtime_dir: Path) -> None:
-    fake = backlogged
-    n = 20_000  # about 1.2 MB: more than the socket buffers hold
-    with Server(fake, socket_path(runtime_dir), backlog_high_water=100,
-                backlog_low_water=10) as srv:
-        pub = RawClient(srv.socket_path)
-        pub.send([0, 1, "register", {"module_id": "m1"}])
-        pub.recv_response(1)
-        fake.backlog = 1_000
-        data = b"".join(encode_frame(_publish(100 + i)) for i in range(n))
-        sent = threading.Event()
-
-        def send_all() -> None:
-            pub.sock.sendall(data)
-            sent.set()
-
-        threading.Thread(target=send_all, daemon=True).start()
-        assert fake.wait_for(lambda: len(fake.published) > 0)
-        assert not sent.wait(0.3)  # the publisher is blocked in sendall: slowed
-        taken = len(fake.published)
-        assert 0 < taken < n and srv.statistics().backpressure_active
-        fake.backlog = 0
-        assert sent.wait(WAIT)
-        acks: dict[int, Any] = {}
-        while len(acks) < n:
-            chunk = pub.sock.recv(1 << 20)
-            assert chunk, "connection closed"
-            acks.update((m[1], m) for m in pub.decoder.feed(chunk) if m[1] != 1)
-        assert all(m[2] is None for m in acks.values())
-        assert sorted(m[3] for m in acks.values()) == list(range(1, n + 1))
-        assert [item[1] for item in fake.published] == [f"k{100 + i}" for i in range(n)]
-        stats = srv.statistics()
-        assert stats.backpressure_pauses >= 1 and stats.backpressure_stalls == 0
-        assert stats.invalid_messages == 0 and stats.stalled_disconnects == 0
-        pub.close()
-
-
-def test_a_stuck_backlog_does_not_hold_publishers_forever(
-        backlogged: BackloggedCoordinator, runtime_dir: Path) -> None:
-    fake = backlogged
-    with Server(fake, socket_path(runtime_dir), backlog_high_water=100,
-                backlog_low_water=10, backlog_stall_s=0.2) as srv:
-        pub = RawClient(srv.socket_path)
-        pub.send([0, 1, "register", {"module_id": "m1"}])
-        pub.recv_response(1)
-        fake.backlog = 500  # never falls
-        pub.send(_publish(10))
-        pub.recv_response(10)
-        assert srv.statistics().backpressure_active
-        started = time.monotonic()
-        pub.send(_publish(11))
-        assert pub.recv_response(11)[2] is None  # served once the pause is deemed stuck
-        assert time.monotonic() - started >= 0.15
-        stats = srv.statistics()
-        assert stats.backpressure_stalls == 1 and not stats.backpressure_active
-        pub.close()
-
-
-def test_flow_control_settings_are_checked(fake: FakeCoordinator, runtime_dir: Path) -> None:
-    path = socket_path(runtime_dir)
-    with pytest.raises(ValueError, match="water marks"):
-        Server(fake, path, backlog_high_water=10, backlog_low_water=10)
-    with pytest.raises(ValueError, match="water marks"):
-        Server(fake, path, backlog_high_water=10, backlog_low_water=-1)
-    with pytest.raises(ValueError, match="backlog_stall_s"):
-        Server(fake, path, backlog_stall_s=0)
-    Server(fake, path, backlog_high_water=None, backlog_low_water=10**9)  # flow control off
-
-
-def test_backpressure_with_the_real_coordinator_loses_nothing(runtime_dir: Path) -> None:
-    """A real ModuleCoordinator (actors, real clock) behind the server with low water
-    marks: one burst of publishes fills the debouncer's backlog, reading pauses, and every
-    publish is accepted and delivered."""
-    import pykka
-
-    from modcoord.supervisor.daemon.config import load_config_dir
-    from modcoord.supervisor.daemon.controller import Controller
-    from modcoord.supervisor.daemon.coordinator import ModuleCoordinator
-
-    coordinator = ModuleCoordinator(load_config_dir(), mode="HYBRID").start()
-    n = 5_000
-    try:
-        with Server(Controller(coordinator), socket_path(runtime_dir), backlog_high_water=200,
-                    backlog_low_water=50) as srv:
-            sub = RawClient(srv.socket_path)
-            sub.send([0, 1, "register", {"module_id": "sub", "subscribe": ["src"]}])
-            assert sub.recv_response(1)[2] is None
-            pub = RawClient(srv.socket_path)
-            pub.send([0, 1, "register", {"module_id": "src"}])
-            assert pub.recv_response(1)[2] is None
-            pub.send(*[_publish(100 + i, "src", f"key-{i}") for i in range(n)])
-            answers = pub.recv_responses(list(range(100, 100 + n)))
-            assert all(m[2] is None for m in answers.values())
-            keys: set[str] = set()
-            sub.sock.settimeout(10.0)
-            while len(keys) < n:
-                msg = sub.recv()
-                assert msg is not None
-                if msg[0] == 2 and msg[1] == "batch":
-                    keys.update(u[1] for u in msg[2]["updates"])
-            assert keys == {f"key-{i}" for i in range(n)}
-            stats = srv.statistics()
-            assert stats.backpressure_pauses >= 1 and stats.backpressure_stalls == 0
-            assert coordinator.publish_backlog() == 0
-            sub.close()
-            pub.close()
-    finally:
-        coordinator.stop()
-        pykka.ActorRegistry.stop_all(timeout=5)
