@@ -1,6 +1,8 @@
 """Shared fixtures: a mock clock for unit tests, real daemons for integration tests (see
 daemon_harness.py; actor unit tests build their actors with actor_harness.py, tests of the
-server in-process use server_harness.py).
+server in-process use server_harness.py, whose fixtures ``runtime_dir``, ``fake``,
+``server`` and ``client`` are visible to every test: a module that needs its own, a
+server with a MockClock for instance, defines it, and its definition wins).
 
 The tree is checked at collection (:func:`pytest_collection_modifyitems`): every test in
 ``integration/`` is marked ``integration``, and no test in ``unit/`` is, nor asks for a
@@ -19,6 +21,7 @@ import pykka
 import pytest
 from daemon_harness import DaemonFactory, DaemonProcess, copy_configs
 from nats_cluster import NatsCluster
+from server_harness import client, fake, runtime_dir, server  # noqa: F401 - fixtures
 
 from modcoord.actors import MockClock
 

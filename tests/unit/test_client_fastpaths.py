@@ -13,16 +13,7 @@ from typing import Any, cast
 
 import pytest
 from daemon_harness import wait_for
-from server_harness import (  # noqa: F401 - fixtures
-    WAIT,
-    Editor,
-    FakeCoordinator,
-    client,
-    fake,
-    registered,
-    runtime_dir,
-    server,
-)
+from server_harness import WAIT, Editor, FakeCoordinator, registered
 
 from modcoord.actors.errors import CallTimeoutError, ConnectionLostError
 from modcoord.actors.update import Batch, Update

@@ -20,16 +20,12 @@ from typing import Any
 
 import msgpack
 import pytest
-from server_harness import (  # noqa: F401 - fixtures
+from server_harness import (
     WAIT,
     Editor,
     FakeCoordinator,
     RawClient,
-    client,
-    fake,
     registered,
-    runtime_dir,
-    server,
 )
 
 from modcoord.actors.errors import (

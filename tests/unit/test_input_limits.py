@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import wait_for
-from server_harness import WAIT, FakeCoordinator, RawClient, runtime_dir  # noqa: F401
+from server_harness import WAIT, FakeCoordinator, RawClient
 
 from modcoord.actors.clock import MockClock
 from modcoord.supervisor.daemon.server import (

@@ -15,13 +15,11 @@ from typing import Any
 
 import pytest
 from daemon_harness import wait_for
-from server_harness import (  # noqa: F401 - fixtures
+from server_harness import (
     WAIT,
     Editor,
     FakeCoordinator,
     RawClient,
-    fake,
-    runtime_dir,
 )
 
 from modcoord.actors.clock import MockClock

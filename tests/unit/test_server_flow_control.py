@@ -10,16 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_harness import (  # noqa: F401 - fixtures
-    WAIT,
-    FakeCoordinator,
-    RawClient,
-    client,
-    fake,
-    registered,
-    runtime_dir,
-    server,
-)
+from server_harness import WAIT, FakeCoordinator, RawClient
 
 from modcoord.supervisor.daemon.server import Server
 from modcoord.supervisor.protocol.framing import encode_frame
@@ -60,6 +51,14 @@ def _quiet(raw: RawClient, seconds: float) -> bool:
     return False
 
 
+def _registered_publisher(srv: Server) -> RawClient:
+    """A raw connection that registered ``m1`` (its answer read)."""
+    pub = RawClient(srv.socket_path)
+    pub.send([0, 1, "register", {"module_id": "m1"}])
+    pub.recv_response(1)
+    return pub
+
+
 @pytest.fixture
 def backlogged() -> BackloggedCoordinator:
     return BackloggedCoordinator()
@@ -70,9 +69,7 @@ def test_backpressure_pauses_publishers_only_until_the_backlog_falls(
     fake = backlogged
     with Server(fake, socket_path(runtime_dir), backlog_high_water=100,
                 backlog_low_water=10) as srv:
-        pub = RawClient(srv.socket_path)
-        pub.send([0, 1, "register", {"module_id": "m1"}])
-        pub.recv_response(1)
+        pub = _registered_publisher(srv)
         control = RawClient(srv.socket_path)
         pub.send(_publish(10))
         assert pub.recv_response(10)[3] == 1
@@ -116,9 +113,7 @@ def test_an_overdue_timer_holds_publishers_until_it_is_served(
     fake = backlogged
     with Server(fake, socket_path(runtime_dir), backlog_high_water=100,
                 backlog_low_water=10) as srv:
-        pub = RawClient(srv.socket_path)
-        pub.send([0, 1, "register", {"module_id": "m1"}])
-        pub.recv_response(1)
+        pub = _registered_publisher(srv)
         fake.overdue = True
         pub.send(_publish(10))
         assert pub.recv_response(10)[3] == 1
@@ -137,9 +132,7 @@ def test_backpressure_slows_a_publisher_without_refusing_or_losing(
     n = 20_000  # about 1.2 MB: more than the socket buffers hold
     with Server(fake, socket_path(runtime_dir), backlog_high_water=100,
                 backlog_low_water=10) as srv:
-        pub = RawClient(srv.socket_path)
-        pub.send([0, 1, "register", {"module_id": "m1"}])
-        pub.recv_response(1)
+        pub = _registered_publisher(srv)
         fake.backlog = 1_000
         data = b"".join(encode_frame(_publish(100 + i)) for i in range(n))
         sent = threading.Event()
@@ -174,9 +167,7 @@ def test_a_stuck_backlog_does_not_hold_publishers_forever(
     fake = backlogged
     with Server(fake, socket_path(runtime_dir), backlog_high_water=100,
                 backlog_low_water=10, backlog_stall_s=0.2) as srv:
-        pub = RawClient(srv.socket_path)
-        pub.send([0, 1, "register", {"module_id": "m1"}])
-        pub.recv_response(1)
+        pub = _registered_publisher(srv)
         fake.backlog = 500  # never falls
         pub.send(_publish(10))
         pub.recv_response(10)

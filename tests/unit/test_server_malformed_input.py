@@ -14,16 +14,11 @@ from typing import Any
 
 import pytest
 from daemon_harness import wait_for
-from server_harness import (  # noqa: F401 - fixtures
+from server_harness import (
     WAIT,
     Editor,
     FakeCoordinator,
     RawClient,
-    client,
-    fake,
-    registered,
-    runtime_dir,
-    server,
 )
 
 from modcoord.actors import MockClock
