@@ -230,3 +230,115 @@ def test_the_client_refuses_params_msgpack_cannot_nest_naming_the_limit(tmp_path
         with pytest.raises(InvalidMessageError, match=f"at most {MAX_NESTING_DEPTH} levels"):
             client.publish("pub", "k", nested(3000)).get()
         assert client.publish("pub", "k", 1).get() >= 1  # the connection is fine
+
+
+# -- delivery bursts: one write for many frames -------------------------------------------------
+
+
+class _CountingSocket:
+    """A connection's socket that counts the ``send`` calls made on it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sends = 0
+
+    def send(self, data: Any) -> int:
+        self.sends += 1
+        return self._sock.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _burst_setup(tmp_path: Path) -> tuple[Any, ...]:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    return run, _Endpoints(), _Recorder("rec")
+
+
+def _batches(n: int, size: int = 60) -> list[Batch]:
+    return [Batch(i, tuple(Update("pub", f"k{i}-{j}", b"p" * size, "medium", i * 100 + j)
+                           for j in range(20)), "size") for i in range(n)]
+
+
+def test_a_burst_writes_its_frames_together_and_delivers_all_in_order(
+        tmp_path: Path) -> None:
+    from modcoord.supervisor.daemon.connection import BURST_BYTES, delivery_burst
+
+    run, coord, rec = _burst_setup(tmp_path)
+    with Server(coord, socket_path(run)) as srv, connect(run, timeout=5) as client:
+        client.register(rec).get()
+        endpoint = coord.endpoints["rec"]
+        counting = endpoint.sock = _CountingSocket(endpoint.sock)
+        batches = _batches(30)  # about 2 KiB each: 30 fit one burst write
+        assert sum(len(b.updates) * 80 for b in batches) < BURST_BYTES
+        with delivery_burst():
+            for b in batches[:15]:
+                endpoint.deliver("rec", b)
+            with delivery_burst():  # an inner burst joins the outer one
+                for b in batches[15:]:
+                    endpoint.deliver("rec", b)
+            assert counting.sends == 0  # held until the burst ends
+        assert counting.sends == 1
+        with rec.cond:
+            assert rec.cond.wait_for(lambda: len(rec.batches) == 30, 5)
+        assert [b.batch_id for b in rec.batches] == list(range(30))
+        assert [list(b.updates) for b in rec.batches] == [list(b.updates) for b in batches]
+        # Without a burst, each delivery is a write of its own.
+        for b in _batches(5):
+            endpoint.deliver("rec", b)
+        assert counting.sends == 6
+        assert srv.statistics().undelivered_updates == 0
+
+
+def test_a_burst_writes_when_its_bound_fills_and_when_it_raises(tmp_path: Path) -> None:
+    from modcoord.supervisor.daemon.connection import BURST_BYTES, delivery_burst
+
+    run, coord, rec = _burst_setup(tmp_path)
+    with Server(coord, socket_path(run)) as srv, connect(run, timeout=5) as client:
+        client.register(rec).get()
+        endpoint = coord.endpoints["rec"]
+        counting = endpoint.sock = _CountingSocket(endpoint.sock)
+        batches = _batches(6, size=1000)  # about 20 KiB each
+        assert 3 * 20_000 < BURST_BYTES < 4 * 20_000
+        with pytest.raises(RuntimeError), delivery_burst():
+            for i, b in enumerate(batches):
+                endpoint.deliver("rec", b)
+                assert counting.sends == (0 if i < 3 else 1), i  # the 4th fills the bound
+            raise RuntimeError("the batcher's step failed")
+        assert counting.sends == 2  # the rest went when the burst ended, raising
+        with rec.cond:
+            assert rec.cond.wait_for(lambda: len(rec.batches) == 6, 5)
+        assert [b.batch_id for b in rec.batches] == list(range(6))
+        assert srv.statistics().undelivered_updates == 0
+
+
+def test_a_burst_to_a_full_socket_leaves_the_rest_to_the_io_thread(tmp_path: Path) -> None:
+    """A subscriber that does not read yet: the burst stops writing once its socket is
+    full, and what it holds reaches the subscriber, in order, once it reads."""
+    from server_harness import RawClient
+
+    from modcoord.supervisor.daemon.connection import delivery_burst
+
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    coord = _Endpoints()
+    with Server(coord, socket_path(run)) as srv:
+        raw = RawClient(srv.socket_path)
+        raw.send([0, 1, "register", {"module_id": "rec", "subscribe": ["*"]}])
+        raw.recv_response(1)
+        endpoint = coord.endpoints["rec"]
+        counting = endpoint.sock = _CountingSocket(endpoint.sock)
+        batches = _batches(60, size=1000)  # 1.2 MB: more than the socket's buffers
+        with delivery_burst():
+            for b in batches:
+                endpoint.deliver("rec", b)
+        during = counting.sends
+        assert during < 20  # not a send per frame once the socket was full
+        got: list[int] = []
+        while len(got) < 60:
+            msg = raw.recv()
+            assert msg[0] == 2 and msg[1] == "batch", msg
+            got.append(msg[2]["batch_id"])
+        assert got == list(range(60))
+        assert srv.statistics().undelivered_updates == 0
