@@ -284,14 +284,17 @@ def task_flush_and_wait(state: AgentState, runtime: str, expected: int, wait_s: 
     """Flush the debouncer and time until the sink has ``expected`` updates."""
     client = state.client(runtime)
     state.sink.reset(expected)
+    cpu0 = time.process_time()  # this process: the subscriber's reading and callbacks
     t0 = time.monotonic()
     flushed = client.debouncer.flush().get(timeout=60)
     if not state.sink.done.wait(wait_s):
         raise BenchError(f"flush: {state.sink.count} of {expected} updates arrived "
                          f"within {wait_s} s")
+    cpu = time.process_time() - cpu0
     sink = state.sink
     assert sink.last is not None
-    return {"flushed": flushed, "elapsed": sink.last - t0, "batches": sink.batches}
+    return {"flushed": flushed, "elapsed": sink.last - t0, "batches": sink.batches,
+            "subscriber_cpu_s": cpu}
 
 
 def task_priority_latency(state: AgentState, runtime: str, source: str, n: int, gap: float,

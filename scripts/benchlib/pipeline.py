@@ -186,6 +186,7 @@ class PipelineFigures:
             self._flush_round(d, pub, sub, 500, "warm")
         rates: dict[str, list[float]] = {"b": [], "u": []}
         cpu_us: dict[str, list[float]] = {"b": [], "u": []}  # daemon CPU per update
+        sub_us: dict[str, list[float]] = {"b": [], "u": []}  # subscriber CPU per update
         batches: dict[str, int] = {"b": 0, "u": 0}
         for r in range(p.rounds):
             order = ("b", "u") if r % 2 == 0 else ("u", "b")
@@ -194,6 +195,7 @@ class PipelineFigures:
                 got = self._flush_round(d, pub, sub, p.flush_n, f"{key}{r}")
                 rates[key].append(p.flush_n / got["elapsed"])
                 cpu_us[key].append(got["daemon_cpu_s"] / p.flush_n * 1e6)
+                sub_us[key].append(got["subscriber_cpu_s"] / p.flush_n * 1e6)
                 batches[key] += got["batches"]
         for d, pub, sub in pairs.values():
             pub.call("release", runtime=d.runtime_str)
@@ -205,5 +207,7 @@ class PipelineFigures:
                     f"updates per delivery: batched {per / max(1, batches['b']):.1f}, "
                     f"unbatched {per / max(1, batches['u']):.1f}; daemon CPU per update "
                     f"(median of rounds, schedstat) batched {median(cpu_us['b']):.2f} µs, "
-                    f"unbatched {median(cpu_us['u']):.2f} µs; rounds b "
+                    f"unbatched {median(cpu_us['u']):.2f} µs; subscriber process CPU per "
+                    f"update batched {median(sub_us['b']):.2f} µs, unbatched "
+                    f"{median(sub_us['u']):.2f} µs; rounds b "
                     f"{[round(x) for x in rates['b']]} u {[round(x) for x in rates['u']]}")]
