@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import json
+import random
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -21,6 +24,8 @@ from modcoord.actors import (
 )
 from modcoord.actors.cache import CacheActor, Clear, Get, Invalidate, Purge, Put, Shrink
 from modcoord.actors.message import from_wire
+from modcoord.actors.shared import cache_keys
+from modcoord.actors.shared.cache_keys import split_key
 from modcoord.actors.shared.cache_store import (
     CacheStatistics,
     CacheStore,
@@ -63,11 +68,47 @@ def test_cache_key_treats_tuples_as_lists_and_distinguishes_values_and_modes() -
     assert cache_key("M", {}) != cache_key("M", {"u": None})
 
 
+def test_cache_key_fast_path_keys_as_the_stdlib_json_does() -> None:
+    """The msgspec fast path and the stdlib path give keys that decode to the same JSON
+    value for every plain context, and equal contexts in any key order share a key."""
+    rng = random.Random(11)
+    chars = [0x22, 0x5C, 0x0A, 0x01, 0x7F, 0xE9, 0x2028, 0x1F600, 0x41, 0x20]
+
+    def text() -> str:
+        return "".join(chr(rng.choice(chars)) for _ in range(rng.randint(0, 5)))
+
+    def value(depth: int) -> Any:
+        r = rng.random()
+        if depth > 3 or r < 0.5:
+            return rng.choice([None, True, False, 0, -(2 ** 63), 2 ** 64 - 1, 1.0, -0.0,
+                               rng.random() * 10.0 ** rng.randint(-30, 30), text()])
+        if r < 0.75:
+            return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+        return {text(): value(depth + 1) for _ in range(rng.randint(0, 4))}
+
+    for _ in range(3000):
+        context = {f"k{j}": value(0) for j in range(rng.randint(0, 4))}
+        key = cache_key("M", context)
+        assert json.loads(key[2:]) == json.loads(cache_keys._dumps(context))
+        assert cache_key("M", dict(reversed(list(context.items())))) == key
+        assert split_key(key) == ("M", json.loads(cache_keys._dumps(context)))
+    # what the fast path leaves to the stdlib one is keyed there
+    huge = {"n": 2 ** 70}
+    assert cache_key("M", huge) == "M:" + cache_keys._dumps(huge)
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    assert json.loads(cache_key("M", {"d": deep})[2:]) == {"d": deep}
+    assert len({cache_key("M", {"u": v}) for v in (1, 1.0, True, "1")}) == 4
+
+
 @pytest.mark.parametrize(
     ("context", "path"),
     [
         ({"a": {"b": [1, object()]}}, "context.a.b[1]"),
         ({"a": [{"x": float("nan")}]}, "context.a[0].x"),
+        ({"a": [float("inf")]}, "context.a[0]"),
+        ({"when": datetime.datetime(2026, 12, 4)}, "context.when"),
         ({"a": {1: "one"}}, "context.a"),
         ({"blob": b"bytes"}, "context.blob"),
         ({"s": {1, 2}}, "context.s"),
