@@ -57,7 +57,7 @@ from modcoord.actors.message import Message
 from modcoord.actors.payload import with_values
 from modcoord.actors.plugins import PluginError
 from modcoord.actors.settings import AdaptiveSettings, BatchSettings, Tuned
-from modcoord.actors.shared import Deliver, DeliveryBurst, no_sink
+from modcoord.actors.shared import Deliver, no_sink
 from modcoord.actors.shared.admission import QueueGauge
 from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.tuning import BatchSummary, frozen_parameter
@@ -288,7 +288,6 @@ class BatcherActor(ManagedActor):
         if shared.deliver is no_sink:
             logger.bind(actor=self.actor_name).warning("started without a delivery sink")
         self._deliver: Deliver = shared.deliver
-        self._burst: DeliveryBurst = shared.burst  # each step's deliveries: one burst
         self._metrics: MetricsRegistry = shared.metrics
         self._gauge: QueueGauge = shared.queue_gauge
         self._queue: list[Update] = []
@@ -452,9 +451,8 @@ class BatcherActor(ManagedActor):
     def _accept(self, updates: Sequence[Update]) -> None:
         """Route accepted updates: criticals now, the rest into the queue."""
         if not self.settings.enabled:
-            with self._burst():
-                for u in order_updates(updates):
-                    self._send((u,), "unbatched")
+            for u in order_updates(updates):
+                self._send((u,), "unbatched")
             self._settled(updates)
             return
         queue = self._queue
@@ -483,9 +481,8 @@ class BatcherActor(ManagedActor):
         full = len(queue) // size * size
         self._queue = queue[full:]
         self._cancel_window()
-        with self._burst():
-            for start in range(0, full, size):
-                self._send(self._process(queue[start:start + size]), "size")
+        for start in range(0, full, size):
+            self._send(self._process(queue[start:start + size]), "size")
         self._settled(queue[:full])
         if self._queue:
             self._arm_window(self.clock.monotonic())
@@ -497,9 +494,8 @@ class BatcherActor(ManagedActor):
         self._cancel_window()
         self._sync_gauge()
         size = self.settings.max_size if self.settings.enabled else 1
-        with self._burst():
-            for start in range(0, len(queue), size):
-                self._send(self._process(queue[start:start + size]), reason)
+        for start in range(0, len(queue), size):
+            self._send(self._process(queue[start:start + size]), reason)
         self._settled(queue)
         return len(queue)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +50,6 @@ __all__ = [
     "ConnectionStates",
     "CpuReader",
     "Deliver",
-    "DeliveryBurst",
     "NotifySwept",
     "ReleaseBuffers",
     "RssReader",
@@ -59,7 +57,6 @@ __all__ = [
     "Shared",
     "Widening",
     "no_buffers",
-    "no_burst",
     "no_connection_states",
     "no_settle",
     "no_sink",
@@ -73,11 +70,6 @@ __all__ = [
 Deliver = Callable[[str, Batch], None]
 """Hands a batch to a subscriber: ``deliver(subscriber_id, batch)``, in the batcher's thread.
 A sink that raises is logged and counted by the batcher."""
-DeliveryBurst = Callable[[], AbstractContextManager[None]]
-"""``with burst():`` around one batcher step's deliveries (a flush of many batches), in
-the batcher's thread: a subscriber connection may then hold that step's frames and write
-them together, up to a bound, instead of one ``send`` per frame; all of them are written
-(or queued for the I/O thread) when the block ends, also when it raises."""
 Settled = Callable[[Sequence[Update]], None]
 """``settled(updates)``: the batcher has sent ``updates`` to every subscriber (or to none
 that wanted them), in the batcher's thread; what held them for a crash lets them go."""
@@ -111,11 +103,6 @@ def no_sink(subscriber_id: str, batch: Batch) -> None:
         "batch not delivered: no delivery sink", batch=batch.batch_id,
         subscriber=subscriber_id,
     )
-
-
-def no_burst() -> AbstractContextManager[None]:
-    """A delivery sink without bursts: each delivery goes as it comes."""
-    return nullcontext()
 
 
 def no_settle(updates: Sequence[Update]) -> None:
@@ -183,7 +170,6 @@ class Shared:
         backlog: publishes told to the debouncer and not yet taken in.
         activity: module activity (the memory actor sweeps it).
         deliver: where the batcher hands each subscriber's batch.
-        burst: what the batcher wraps one step's deliveries in (:data:`DeliveryBurst`).
         rss_reader: how the memory actor reads resident memory.
         connection_states: which module connections are live (the memory actor asks
             before each sweep).
@@ -211,7 +197,6 @@ class Shared:
     backlog: Backlog
     activity: ActivityTable
     deliver: Deliver = no_sink
-    burst: DeliveryBurst = no_burst
     rss_reader: RssReader = psutil_rss
     connection_states: ConnectionStates = no_connection_states
     notify_swept: NotifySwept = no_swept_notice
@@ -235,8 +220,7 @@ class Shared:
 
     @classmethod
     def create(cls, clock: Clock, settings: ModeSettings | None = None, *,
-               deliver: Deliver = no_sink, burst: DeliveryBurst = no_burst,
-               rss_reader: RssReader = psutil_rss,
+               deliver: Deliver = no_sink, rss_reader: RssReader = psutil_rss,
                connection_states: ConnectionStates = no_connection_states,
                notify_swept: NotifySwept = no_swept_notice,
                release_buffers: ReleaseBuffers = no_buffers,
@@ -257,7 +241,6 @@ class Shared:
             backlog=Backlog(),
             activity=ActivityTable(clock),
             deliver=deliver,
-            burst=burst,
             rss_reader=rss_reader,
             connection_states=connection_states,
             notify_swept=notify_swept,

@@ -5,25 +5,17 @@ deliveries unencoded behind a full output buffer (a subscriber that lags costs r
 not encoded copies), counts whatever it cannot deliver, and carries the callbacks sent to
 its modules' processes. It reports to its :class:`ConnectionHost` (the server): output
 accounting, counters, and work for the I/O thread.
-
-Inside :func:`delivery_burst` (the batcher wraps each step's deliveries in it) a frame for
-a connection with nothing queued is not sent at once: the connection keeps the burst's
-frames, up to :data:`BURST_BYTES`, and writes them in one ``send`` when that fills or the
-burst ends. A flush of 20,000 updates to one subscriber is then about 25 writes instead
-of 400, and the subscriber reads large chunks; what a burst of one batch delivers leaves
-when the batcher's step ends, as before.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import selectors
 import socket
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,33 +26,10 @@ from modcoord.supervisor.protocol.delivery import encode_batch, spliced_frame
 from modcoord.supervisor.protocol.framing import CALLBACK, EVENT, FrameDecoder, encode_frame
 from modcoord.supervisor.protocol.module import Reply
 
-__all__ = ["BURST_BYTES", "Connection", "ConnectionHost", "PeerCredentials",
-           "delivery_burst", "peer_credentials", "safe_reply"]
-
-BURST_BYTES = 64 * 1024
-"""Most output a connection holds in a delivery burst before it writes."""
+__all__ = ["Connection", "ConnectionHost", "PeerCredentials", "peer_credentials",
+           "safe_reply"]
 
 _READ = selectors.EVENT_READ
-_bursts = threading.local()  # .conns: the connections holding frames of this thread's burst
-
-
-@contextlib.contextmanager
-def delivery_burst() -> Iterator[None]:
-    """Hold the frames delivered in this thread to idle connections until the block ends
-    (or :data:`BURST_BYTES` gather on one), then write each connection's frames together.
-    Reentrant: an inner burst joins the outer one. A connection whose socket does not
-    take all of them at the end is left to the I/O thread, as any partial write is."""
-    if getattr(_bursts, "conns", None) is not None:
-        yield
-        return
-    conns: set[Connection] = set()
-    _bursts.conns = conns
-    try:
-        yield
-    finally:
-        _bursts.conns = None
-        for conn in conns:
-            conn.end_burst()
 _PEERCRED = struct.Struct("3i")
 _log = logger.bind(actor="server")
 
@@ -88,10 +57,6 @@ class ConnectionHost(Protocol):
 
     def now(self) -> float:
         """The server's clock."""
-        ...
-
-    def count_write(self, nbytes: int) -> None:
-        """A send to a client socket took ``nbytes`` (> 0)."""
         ...
 
     def count(self, name: str, n: int = 1) -> None:
@@ -240,27 +205,6 @@ class Connection:
             return f"connection {self.conn_id} is closed", False, False
         out = self.out
         before = len(out)
-        burst = getattr(_bursts, "conns", None)
-        if burst is not None and (not out or self in burst):
-            if not out:
-                self.progress_at = server.now()  # the stall clock starts, as when queued
-            burst.add(self)
-            out += data
-            if updates:
-                self.out_frames.append((self._out_base + len(out), updates))
-            pressure = server.output_added(self, len(data), len(out))
-            if len(out) < BURST_BYTES:
-                return "", pressure, False
-            if self._write_locked() is None:
-                server.post_close(self, "send failed")  # counts what it did not take
-                return "", pressure, False
-            if not out:
-                return "", pressure, False
-            # The socket is full: the rest is the I/O thread's, as any partial write.
-            burst.discard(self)
-            wake = not self.want_write
-            self.want_write = True
-            return "", pressure, wake
         if not out:
             try:
                 sent = self.sock.send(data)
@@ -269,8 +213,6 @@ class Connection:
             except OSError as exc:
                 server.post_close(self, f"send failed: {exc}")
                 return f"send failed: {exc}", False, False
-            if sent:
-                server.count_write(sent)
             if sent == len(data):
                 return "", False, False
             self.progress_at = server.now()  # the stall clock starts
@@ -308,9 +250,20 @@ class Connection:
             with self.lock:
                 out = self.out
                 if out:
-                    written = self._write_locked()
-                    if written is not True:
-                        return written
+                    try:
+                        sent = self.sock.send(out)
+                    except (BlockingIOError, InterruptedError):
+                        return False
+                    except OSError:
+                        return None
+                    if sent:
+                        del out[:sent]
+                        base = self._out_base = self._out_base + sent
+                        frames = self.out_frames
+                        while frames and frames[0][0] <= base:
+                            frames.popleft()
+                        self.progress_at = self._server.now()
+                        self._server.output_taken(self, sent, len(out))
                 half = self._server.max_buffer_bytes // 2
                 while self.held and len(out) <= half and not self.closed:
                     if out and self._server.over_budget():
@@ -332,40 +285,6 @@ class Connection:
                 self._server.count_undeliverable(module_id, batch_id, bad, sent_n)
             if pressure:
                 self._server.post("pressure", self, "")
-
-    def _write_locked(self) -> bool | None:
-        """Send what the output buffer holds (lock held). True: the socket took some or
-        all; False: it took nothing (full); None: the send failed."""
-        out = self.out
-        try:
-            sent = self.sock.send(out)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return None
-        if sent:
-            self._server.count_write(sent)
-            del out[:sent]
-            base = self._out_base = self._out_base + sent
-            frames = self.out_frames
-            while frames and frames[0][0] <= base:
-                frames.popleft()
-            self.progress_at = self._server.now()
-            self._server.output_taken(self, sent, len(out))
-        return True
-
-    def end_burst(self) -> None:
-        """Write the frames held in a :func:`delivery_burst` (the burst's thread); what the
-        socket does not take now is left to the I/O thread."""
-        drained = self.flush_out()
-        if drained is None:
-            self._server.post_close(self, "send failed")
-        elif not drained:
-            with self.lock:
-                wake = not self.want_write and not self.closed
-                self.want_write = True
-            if wake:
-                self._server.post_write(self)
 
     def _encode_locked(self, module_id: str, batch: Batch,
                        failed: list[tuple[str, int, list[tuple[Any, str]], int]]

@@ -62,7 +62,6 @@ from modcoord.actors.shared.metrics import MetricsRegistry
 from modcoord.actors.update import Batch
 from modcoord.supervisor.daemon.actor_messages import ACTOR_MESSAGES, plain
 from modcoord.supervisor.daemon.config import ConfigSet, load_config_dir, normalize_mode
-from modcoord.supervisor.daemon.connection import delivery_burst
 from modcoord.supervisor.daemon.coordination import Coordination, wire_mode
 from modcoord.supervisor.daemon.engine import (
     ModeSwitch,
@@ -170,8 +169,7 @@ class ModuleCoordinator:
         # Accepted updates an actor process holds, kept here against its death.
         self.ledger = UpdateLedger()
         self.shared = Shared.create(
-            self.clock, settings, deliver=self._deliver, burst=delivery_burst,
-            rss_reader=self._rss_reader,
+            self.clock, settings, deliver=self._deliver, rss_reader=self._rss_reader,
             connection_states=self._connection_states, notify_swept=self._notify_swept,
             release_buffers=self._release_buffers,
             compute=self.compute, settled=self.ledger.release_updates,

@@ -408,12 +408,6 @@ class Server:
         with self._counters_lock:
             self._counters[name] += n
 
-    def count_write(self, nbytes: int) -> None:
-        counters = self._counters
-        with self._counters_lock:
-            counters["writes"] += 1
-            counters["bytes_out"] += nbytes
-
     def _wake(self) -> None:
         wake_w = self._wake_w
         if wake_w is None:

@@ -14,7 +14,6 @@ COUNTERS: tuple[str, ...] = (
     "framing_errors", "stalled_disconnects", "undelivered_updates",
     "undelivered_bytes", "undeliverable_updates", "split_batches", "output_pauses",
     "internal_errors", "callbacks_sent", "callbacks_failed", "bytes_in", "reads",
-    "bytes_out", "writes",
     "backpressure_throttled", "backpressure_stalls",
     "frame_timeouts", "input_waits", "refused_at_limit", "accept_errors",
     "accept_pauses",
@@ -52,9 +51,6 @@ class ServerStatistics:
         callbacks_failed: callbacks answered with "connection closed".
         bytes_in: bytes received.
         reads: reads from client sockets that returned data.
-        bytes_out: bytes sent to client sockets.
-        writes: sends to client sockets that took data (a delivery burst writes many
-            frames in one).
         backpressure_pauses: times the publish backlog crossed the high-water mark and
             reading from publishing connections stopped.
         backpressure_throttled: connections paused for backpressure since start (one
@@ -109,8 +105,6 @@ class ServerStatistics:
     callbacks_failed: int
     bytes_in: int
     reads: int
-    bytes_out: int
-    writes: int
     backpressure_pauses: int
     backpressure_throttled: int
     backpressure_stalls: int

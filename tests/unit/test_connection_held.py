@@ -65,10 +65,6 @@ class _Server:
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
 
-    def count_write(self, nbytes: int) -> None:
-        self.count("writes")
-        self.count("bytes_out", nbytes)
-
     def post(self, kind: str, conn: Any, reason: str) -> None:
         self.posts.append((kind, conn))
 
